@@ -1,0 +1,259 @@
+"""Safe resolution of artefact paths and atomic file writes.
+
+A certificate names its audit-bundle files by relative path, and the certificate
+comes from an untrusted party, so :func:`resolve_artefact` accepts only plain
+relative paths that stay inside the bundle directory. Writes go to a temporary file
+in the target directory and are published with one rename, so readers never see a
+partial file.
+
+Stability: private module; used by the issuer, the verifier and the writers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from mbd_cert.errors import FileMissing, InputError, UnsafePath
+
+__all__ = [
+    "MAX_ARTEFACT_PATH_CHARS",
+    "AtomicOutput",
+    "atomic_output",
+    "atomic_write_bytes",
+    "resolve_artefact",
+]
+
+# PATH_MAX on Linux; longer relative paths cannot be opened there anyway.
+MAX_ARTEFACT_PATH_CHARS = 4096
+# ASCII control characters, which terminals and logs interpret, and the backslash,
+# which Windows treats as a separator.
+_FORBIDDEN_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\\]")
+# "C:foo" is relative on POSIX but names a drive on Windows.
+_DRIVE_PREFIX = re.compile(r"^[A-Za-z]:")
+
+
+def _reject(field: str, relpath: object, reason: str) -> UnsafePath:
+    return UnsafePath(
+        f"unsafe artefact path in {field}: {relpath!r} {reason}",
+        hint="artefact paths must be relative paths inside the bundle directory, "
+        "separated by '/', without '.', '..' or empty components",
+    )
+
+
+def _check_syntax(relpath: object, field: str) -> list[str]:
+    """Return the components of ``relpath`` after checking its syntax."""
+    if not isinstance(relpath, str):
+        raise _reject(field, relpath, f"is a {type(relpath).__name__}; expected a string")
+    if relpath == "":
+        raise _reject(field, relpath, "is empty")
+    if len(relpath) > MAX_ARTEFACT_PATH_CHARS:
+        raise _reject(field, relpath[:64] + "...",
+                      f"has {len(relpath)} characters, more than {MAX_ARTEFACT_PATH_CHARS}")
+    bad = _FORBIDDEN_CHARACTERS.search(relpath)
+    if bad is not None:
+        name = "a backslash" if bad.group() == "\\" else f"control character {bad.group()!r}"
+        raise _reject(field, relpath, f"contains {name}")
+    if relpath.startswith("/"):
+        raise _reject(field, relpath, "is absolute")
+    if _DRIVE_PREFIX.match(relpath):
+        raise _reject(field, relpath, "starts with a drive letter")
+    parts = relpath.split("/")
+    for part in parts:
+        if part == "":
+            raise _reject(field, relpath, "has an empty component")
+        if part in (".", ".."):
+            raise _reject(field, relpath, f"has a {part!r} component")
+    return parts
+
+
+def resolve_artefact(base_dir: str | os.PathLike[str], relpath: str, *,
+                     allow_symlinks: bool = False, field: str = "artefact path") -> Path:
+    """Resolve a path named in a certificate against the bundle directory.
+
+    Components below ``base_dir`` that exist are checked with ``lstat``. The first
+    missing component ends the check, so the path of a file still to be written
+    resolves. ``base_dir`` itself is chosen by the user, so it may be or contain a
+    symbolic link.
+
+    Args:
+        base_dir: The directory the certificate's paths are relative to.
+        relpath: The path as written in the certificate, with ``/`` separators.
+        allow_symlinks: Accept symbolic links below ``base_dir`` (only when the signed
+            certificate allows them). The resolved target must still lie inside
+            ``base_dir``.
+        field: Name of the certificate field, for messages.
+
+    Returns:
+        ``base_dir / relpath``.
+
+    Raises:
+        UnsafePath: ``relpath`` is not a string, is empty, absolute, has ``.``,
+            ``..`` or empty components, a backslash, a control character or NUL,
+            or passes through a symbolic link that is not allowed or leads outside
+            ``base_dir``.
+        FileMissing: ``base_dir`` does not exist or is not a directory.
+        InputError: ``E_FILE_UNREADABLE`` when a component cannot be examined.
+    """
+    parts = _check_syntax(relpath, field)
+    base = Path(os.fspath(base_dir))
+    if not base.is_dir():
+        raise FileMissing(f"bundle directory not found: {base}",
+                          hint="pass the directory that holds the audit bundle")
+
+    current = base
+    for part in parts:
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            # Nothing exists below this point, so no link can be followed there.
+            break
+        except OSError as exc:
+            raise InputError(f"cannot examine {current} (from {field} {relpath!r}): "
+                             f"{exc.strerror}", code="E_FILE_UNREADABLE") from exc
+        if stat.S_ISLNK(mode) and not allow_symlinks:
+            raise _reject(field, relpath, f"passes through the symbolic link {current}; "
+                          "symbolic links are allowed only when the certificate allows them")
+
+    target = base.joinpath(*parts)
+    if allow_symlinks:
+        real_base = os.path.realpath(base)
+        real_target = os.path.realpath(target)
+        if os.path.commonpath([real_base, real_target]) != real_base:
+            raise _reject(field, relpath, f"resolves to {real_target}, outside the bundle "
+                          f"directory {real_base}")
+    # NOTE: a component replaced by a symbolic link after this check is followed by
+    # the caller's open(), because the check assumes that no other process modifies
+    # the bundle while it is verified.
+    return target
+
+
+@dataclass
+class AtomicOutput:
+    """Temporary file that :func:`atomic_output` publishes on success.
+
+    Attributes:
+        file: Binary file object to write to.
+        temp_path: Path of the temporary file, for reading it back before publishing.
+    """
+
+    file: BinaryIO
+    temp_path: Path
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename durable; POSIX only, because Windows cannot open directories.
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exists_error(path: Path) -> InputError:
+    return InputError(f"file already exists: {path}", code="E_FILE_EXISTS",
+                      hint="choose another path or allow overwriting")
+
+
+def _publish(temp_path: Path, path: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(temp_path, path)
+        return
+    try:
+        # link() fails if the target exists, so no existing file is ever replaced.
+        os.link(temp_path, path)
+    except FileExistsError as exc:
+        raise _exists_error(path) from exc
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                             errno.EMLINK):
+            raise
+        # NOTE: this filesystem has no hard links, so the existence check and the
+        # rename below are two steps and a file created in between is replaced.
+        if os.path.lexists(path):
+            raise _exists_error(path) from exc
+        os.replace(temp_path, path)
+        return
+    os.unlink(temp_path)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], *,
+                  overwrite: bool = False) -> Iterator[AtomicOutput]:
+    """Write a file atomically: temporary file, fsync, then rename onto ``path``.
+
+    On normal exit of the ``with`` block the data is flushed, fsynced and published.
+    On any exception, KeyboardInterrupt included, the temporary file is removed and
+    ``path`` is left as it was.
+
+    Args:
+        path: Final path. Its directory must exist.
+        overwrite: Replace an existing file at ``path``.
+
+    Yields:
+        The :class:`AtomicOutput` to write to.
+
+    Raises:
+        FileMissing: The directory of ``path`` does not exist.
+        InputError: ``E_FILE_EXISTS`` when ``path`` exists and ``overwrite`` is false;
+            ``E_FILE_UNWRITABLE`` when the file cannot be created or written.
+    """
+    target = Path(os.fspath(path))
+    directory = target.parent
+    if not directory.is_dir():
+        raise FileMissing(f"directory not found: {directory}",
+                          hint="create the directory first")
+    if not overwrite and os.path.lexists(target):
+        raise _exists_error(target)
+    try:
+        fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.",
+                                         suffix=".tmp")
+    except OSError as exc:
+        raise InputError(f"cannot create a file in {directory}: {exc.strerror}",
+                         code="E_FILE_UNWRITABLE") from exc
+    temp_path = Path(temp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield AtomicOutput(handle, temp_path)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _publish(temp_path, target, overwrite)
+        _fsync_directory(directory)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_path)
+        raise InputError(f"cannot write {target}: {exc.strerror}",
+                         code="E_FILE_UNWRITABLE") from exc
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_path)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | memoryview,
+                       *, overwrite: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_output`).
+
+    Args:
+        path: Final path. Its directory must exist.
+        data: The complete file content.
+        overwrite: Replace an existing file at ``path``.
+
+    Raises:
+        FileMissing: The directory of ``path`` does not exist.
+        InputError: ``E_FILE_EXISTS`` when ``path`` exists and ``overwrite`` is false;
+            ``E_FILE_UNWRITABLE`` when the file cannot be written.
+    """
+    with atomic_output(path, overwrite=overwrite) as output:
+        output.file.write(data)

@@ -1,0 +1,343 @@
+"""Model architectures that certificates name, and the registry that finds them.
+
+A certificate records an architecture name, version and config. The verifier looks the
+name up with :func:`get_architecture` and rebuilds the model from the config. The
+built-in architecture is "mbd-sentiment" (:mod:`mbd_cert.arch.mbd`). Other packages add
+architectures through the entry-point group ``mbd_cert.architectures``; each entry
+point names an :class:`Architecture` object.
+
+This module does not import torch at import time, because level-1 verification runs
+without it. The built-in record delays importing torch until a callable that needs it
+(``build`` or an objective) is called.
+
+Stability: :class:`Architecture`, :func:`get_architecture` and the entry-point group are
+a public interface for downstream packages.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypedDict
+
+import numpy as np
+
+from mbd_cert.errors import InputError, MalformedData
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "mbd_cert.architectures"
+BUILTIN_NAME = "mbd-sentiment"
+_BUILTIN_ENTRY_POINT = "mbd_cert.arch.mbd:ARCHITECTURE"
+
+CODE_ARCHITECTURE_UNKNOWN = "E_ARCHITECTURE_UNKNOWN"
+CODE_ARCHITECTURE_LOAD_FAILED = "E_ARCHITECTURE_LOAD_FAILED"
+CODE_MODEL_TENSORS_MISMATCH = "E_MODEL_TENSORS_MISMATCH"
+
+
+class Batch(TypedDict):
+    """Model inputs of n samples, as the objectives take them.
+
+    Attributes:
+        inputs: Modality -> float tensor [n, T, d], zeros where the modality is absent.
+        present: Bool tensor [n, M], True where the modality was observed, columns in
+            the order of the config's modalities.
+        label: Float tensor [n], the sentiment score.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    present: torch.Tensor
+    label: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A model architecture that certificates can name.
+
+    Attributes:
+        name: Registry name, such as ``"mbd-sentiment"``.
+        version: Version of the architecture's definition; a certificate records it.
+        validate_config: Function that checks a config and returns it with defaults
+            filled in. It raises ``InputError`` naming the field.
+        build: Function that builds a ``torch.nn.Module`` from a validated config.
+        encoder_prefixes: ``(config, modality)`` -> tensor-name prefixes that are zero
+            once the modality is deleted.
+        generator_prefixes: ``(config, modality)`` -> tensor-name prefixes of the
+            generator that reconstructs the modality.
+        forget_objective: ``(model, batch, modality)`` -> per-sample values [n] that
+            measure how much the output depends on the real modality.
+        retain_objective: ``(model, batch, modality)`` -> per-sample task loss [n] of
+            the model with the modality deleted.
+    """
+
+    name: str
+    version: str
+    validate_config: Callable[[Mapping[str, Any]], dict[str, Any]]
+    build: Callable[[Mapping[str, Any]], torch.nn.Module]
+    encoder_prefixes: Callable[[Mapping[str, Any], str], list[str]]
+    generator_prefixes: Callable[[Mapping[str, Any], str], list[str]]
+    forget_objective: Callable[[torch.nn.Module, Batch, str], torch.Tensor]
+    retain_objective: Callable[[torch.nn.Module, Batch, str], torch.Tensor]
+
+
+def get_architecture(name: str) -> Architecture:
+    """Return the architecture registered under ``name``.
+
+    The built-in "mbd-sentiment" always wins over an entry point of the same name, so an
+    installed package cannot replace the model a certificate of this project describes.
+
+    Args:
+        name: The architecture name from ``config.json`` or a certificate.
+
+    Returns:
+        The architecture record.
+
+    Raises:
+        InputError: No architecture has that name (code ``E_ARCHITECTURE_UNKNOWN``), or
+            its entry point is ambiguous, fails to load or does not name an
+            ``Architecture`` of that name (code ``E_ARCHITECTURE_LOAD_FAILED``).
+    """
+    if not isinstance(name, str):
+        raise InputError(
+            f"architecture name must be a string, got {type(name).__name__}",
+            code=CODE_ARCHITECTURE_UNKNOWN,
+        )
+    if name == BUILTIN_NAME:
+        return _builtin_mbd()
+
+    matches = [ep for ep in _entry_points() if ep.name == name]
+    if not matches:
+        raise InputError(
+            f"unknown architecture {name!r}",
+            hint=f"known architectures: {available_architectures()}; install the package "
+            f"that registers {name!r} in the entry-point group {ENTRY_POINT_GROUP!r}",
+            code=CODE_ARCHITECTURE_UNKNOWN,
+        )
+    targets = sorted({ep.value for ep in matches})
+    if len(targets) > 1:
+        raise InputError(
+            f"architecture {name!r} is registered by several entry points: {targets}",
+            hint="uninstall all but one of the packages that register it",
+            code=CODE_ARCHITECTURE_LOAD_FAILED,
+        )
+    entry_point = matches[0]
+    try:
+        loaded = entry_point.load()
+    # A plugin can fail to import in many ways (ImportError, SyntaxError, an exception
+    # at module level). Each one makes that architecture unusable and is no bug here.
+    except Exception as exc:
+        raise InputError(
+            f"architecture entry point {name!r} ({entry_point.value}) failed to load: "
+            f"{type(exc).__name__}: {exc}",
+            hint="reinstall or fix the package that provides it",
+            code=CODE_ARCHITECTURE_LOAD_FAILED,
+        ) from exc
+    if not isinstance(loaded, Architecture) or loaded.name != name:
+        raise InputError(
+            f"architecture entry point {name!r} ({entry_point.value}) must name an "
+            f"Architecture called {name!r}, got {type(loaded).__name__}",
+            hint="fix the package that provides it",
+            code=CODE_ARCHITECTURE_LOAD_FAILED,
+        )
+    return loaded
+
+
+def available_architectures() -> list[str]:
+    """Return the sorted names of the built-in and entry-point architectures."""
+    return sorted({BUILTIN_NAME} | {ep.name for ep in _entry_points()})
+
+
+def batch_from_arrays(
+    inputs: Mapping[str, np.ndarray],
+    present: np.ndarray,
+    label: np.ndarray,
+    device: str | torch.device | None = None,
+) -> Batch:
+    """Convert numpy arrays into a :class:`Batch` of torch tensors.
+
+    Values keep their dtype: inputs and label must already be float32 or float64,
+    because a silent cast would change the values the objectives compute with.
+
+    Args:
+        inputs: Modality -> float array [n, T, d], in the column order of ``present``.
+        present: Bool or 0/1 uint8 array [n, M].
+        label: Float array [n].
+        device: Torch device for the tensors; None keeps them on the CPU.
+
+    Returns:
+        The batch; ``present`` becomes a bool tensor.
+
+    Raises:
+        MalformedData: A shape, dtype or row count does not match, or a value is NaN
+            or infinite.
+    """
+    import torch
+
+    present_array = np.asarray(present)
+    if present_array.ndim != 2 or present_array.shape[1] != len(inputs):
+        raise MalformedData(
+            f"present has shape {list(present_array.shape)}, expected [n, {len(inputs)}] "
+            "with one column per input modality"
+        )
+    if present_array.dtype == np.uint8:
+        if np.any(present_array > 1):
+            raise MalformedData("present must hold only 0 and 1")
+        present_array = present_array.astype(bool)
+    elif present_array.dtype != np.bool_:
+        raise MalformedData(f"present has dtype {present_array.dtype}, expected bool or uint8")
+    rows = int(present_array.shape[0])
+
+    label_array = np.asarray(label)
+    _check_float_array(label_array, "label", ndim=1, rows=rows)
+    tensors: dict[str, torch.Tensor] = {}
+    for modality, values in inputs.items():
+        array = np.asarray(values)
+        _check_float_array(array, f"inputs.{modality}", ndim=3, rows=rows)
+        tensors[modality] = torch.from_numpy(np.array(array, order="C", copy=True)).to(device)
+    return {
+        "inputs": tensors,
+        "present": torch.from_numpy(np.array(present_array, copy=True)).to(device),
+        "label": torch.from_numpy(np.array(label_array, copy=True)).to(device),
+    }
+
+
+def load_state_dict_strict(model: torch.nn.Module, tensors: Mapping[str, np.ndarray]) -> None:
+    """Copy ``tensors`` into ``model``'s parameters and buffers, refusing any mismatch.
+
+    Every name of ``model.state_dict()`` must be present, no other name may be, and each
+    array must have exactly the shape and dtype of its model tensor. Nothing is
+    broadcast or cast, so the loaded model computes with exactly the committed values.
+
+    Args:
+        model: The freshly built model.
+        tensors: Tensor name -> numpy array, as read from a safetensors file.
+
+    Raises:
+        InputError: A tensor is missing, unexpected, or differs in shape or dtype (code
+            ``E_MODEL_TENSORS_MISMATCH``); the message names the tensor and both values.
+    """
+    import torch
+
+    state = model.state_dict()
+    missing = sorted(set(state) - set(tensors))
+    unexpected = sorted(set(tensors) - set(state))
+    if missing:
+        raise InputError(
+            f"model tensors are missing {len(missing)} tensor(s) of the architecture, "
+            f"first {missing[:5]}",
+            hint="the weights file does not match the architecture config",
+            code=CODE_MODEL_TENSORS_MISMATCH,
+        )
+    if unexpected:
+        raise InputError(
+            f"model tensors have {len(unexpected)} tensor(s) the architecture does not "
+            f"define, first {unexpected[:5]}",
+            hint="the weights file does not match the architecture config",
+            code=CODE_MODEL_TENSORS_MISMATCH,
+        )
+
+    converted: dict[str, torch.Tensor] = {}
+    for name, target in state.items():
+        array = np.asarray(tensors[name])
+        if tuple(array.shape) != tuple(target.shape):
+            raise InputError(
+                f"tensor {name!r} has shape {list(array.shape)}, the architecture expects "
+                f"{list(target.shape)}",
+                hint="the weights file does not match the architecture config",
+                code=CODE_MODEL_TENSORS_MISMATCH,
+            )
+        try:
+            dtype = torch.from_numpy(np.empty(0, dtype=array.dtype)).dtype
+        except TypeError as exc:
+            raise InputError(
+                f"tensor {name!r} has dtype {array.dtype}, which torch cannot hold",
+                code=CODE_MODEL_TENSORS_MISMATCH,
+            ) from exc
+        if dtype != target.dtype:
+            raise InputError(
+                f"tensor {name!r} has dtype {array.dtype}, the model expects "
+                f"{str(target.dtype).removeprefix('torch.')}",
+                hint="convert the weights file or build the model in that dtype",
+                code=CODE_MODEL_TENSORS_MISMATCH,
+            )
+        # A copy makes the array writable and contiguous (memory-mapped safetensors
+        # arrays are read-only), and keeps the model independent of the caller's buffer.
+        converted[name] = torch.from_numpy(np.array(array, order="C", copy=True))
+    model.load_state_dict(converted, strict=True)
+
+
+def _check_float_array(array: np.ndarray, field: str, *, ndim: int, rows: int) -> None:
+    if array.dtype not in (np.float32, np.float64):
+        raise MalformedData(f"{field} has dtype {array.dtype}, expected float32 or float64")
+    if array.ndim != ndim:
+        raise MalformedData(f"{field} has {array.ndim} dimensions, expected {ndim}")
+    if array.shape[0] != rows:
+        raise MalformedData(f"{field} has {array.shape[0]} rows, present has {rows}")
+    if not np.all(np.isfinite(array)):
+        raise MalformedData(f"{field} contains NaN or infinite values")
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    found = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    for entry_point in found:
+        if entry_point.name == BUILTIN_NAME and entry_point.value != _BUILTIN_ENTRY_POINT:
+            logger.warning(
+                "ignoring entry point %r (%s): the name is the built-in architecture's",
+                entry_point.name,
+                entry_point.value,
+            )
+    return [ep for ep in found if ep.name != BUILTIN_NAME]
+
+
+def _builtin_mbd() -> Architecture:
+    from mbd_cert.arch import _mbd_config
+
+    return Architecture(
+        name=_mbd_config.NAME,
+        version=_mbd_config.VERSION,
+        validate_config=_mbd_config.validate_config,
+        build=_build_mbd,
+        encoder_prefixes=_mbd_config.encoder_prefixes,
+        generator_prefixes=_mbd_config.generator_prefixes,
+        forget_objective=_forget_mbd,
+        retain_objective=_retain_mbd,
+    )
+
+
+# The three wrappers import the torch module on first call, so that looking up the
+# built-in architecture stays torch-free.
+
+
+def _build_mbd(config: Mapping[str, Any]) -> torch.nn.Module:
+    from mbd_cert.arch import mbd
+
+    return mbd.ARCHITECTURE.build(config)
+
+
+def _forget_mbd(model: torch.nn.Module, batch: Batch, modality: str) -> torch.Tensor:
+    from mbd_cert.arch import mbd
+
+    return mbd.ARCHITECTURE.forget_objective(model, batch, modality)
+
+
+def _retain_mbd(model: torch.nn.Module, batch: Batch, modality: str) -> torch.Tensor:
+    from mbd_cert.arch import mbd
+
+    return mbd.ARCHITECTURE.retain_objective(model, batch, modality)
+
+
+__all__ = [
+    "BUILTIN_NAME",
+    "ENTRY_POINT_GROUP",
+    "Architecture",
+    "Batch",
+    "available_architectures",
+    "batch_from_arrays",
+    "get_architecture",
+    "load_state_dict_strict",
+]

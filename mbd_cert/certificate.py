@@ -1,0 +1,135 @@
+"""The certificate document: loading, signing bytes, signing and digests.
+
+A certificate is a JSON object (SPEC.md, section 3). Its signature covers the RFC 8785
+canonical bytes of every member except ``signature`` (SPEC.md, R-SIG-1). This module
+never trusts a key named inside the certificate: callers pass the keys they trust.
+
+Stability: public; the functions here follow the format version in
+:data:`mbd_cert.FORMAT_VERSION`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from mbd_cert import _json, canonical, schema, signing
+from mbd_cert.errors import MalformedCertificate
+
+# A certificate of a model with 100,000 tensors stays below this; anything larger is
+# refused before parsing (SPEC.md, R-LIM-1).
+MAX_CERTIFICATE_BYTES = 64 * 1024 * 1024
+
+SIGNATURE_FIELD = "signature"
+
+
+def signing_payload(doc: Mapping[str, Any]) -> bytes:
+    """Return the bytes the issuer signs: RFC 8785 bytes of ``doc`` without its signature.
+
+    Raises:
+        MalformedCertificate: A value cannot appear in signed content (``-0.0``, an
+            integer beyond 2**53 - 1, a non-finite number).
+    """
+    unsigned = {key: value for key, value in doc.items() if key != SIGNATURE_FIELD}
+    return canonical.canonical_bytes(unsigned)
+
+
+def certificate_digest(doc: Mapping[str, Any]) -> str:
+    """Return ``sha256:<hex>`` of the canonical bytes of the whole signed certificate.
+
+    This digest links a certificate to the next one in a chain (SPEC.md, R-CHAIN-1).
+    """
+    return "sha256:" + hashlib.sha256(canonical.canonical_bytes(dict(doc))).hexdigest()
+
+
+def sign_certificate(doc: Mapping[str, Any], private_key: Ed25519PrivateKey) -> dict[str, Any]:
+    """Return a copy of ``doc`` with its ``signature`` member filled in.
+
+    The key id in ``issuer.key_id`` must belong to ``private_key``; a mismatch is a bug
+    in the caller, so it raises ``ValueError``.
+    """
+    public_key = private_key.public_key()
+    key_id = signing.key_id(public_key)
+    if doc["issuer"]["key_id"] != key_id:
+        raise ValueError("issuer.key_id does not match the signing key")
+    signed = dict(doc)
+    signed.pop(SIGNATURE_FIELD, None)
+    value = signing.sign(private_key, signing_payload(signed))
+    signed[SIGNATURE_FIELD] = {"algorithm": "ed25519", "key_id": key_id, "value": value}
+    return signed
+
+
+def check_signature(doc: Mapping[str, Any], trusted_keys: Sequence[Ed25519PublicKey]) -> str:
+    """Verify the certificate's signature against the keys the user trusts.
+
+    Returns:
+        The key id that verified.
+
+    Raises:
+        UntrustedKey: No trusted key has the certificate's key id.
+        SignatureInvalid: The signature does not verify, or ``signature.key_id`` and
+            ``issuer.key_id`` differ.
+    """
+    from mbd_cert.errors import SignatureInvalid
+
+    signature = doc[SIGNATURE_FIELD]
+    if signature["key_id"] != doc["issuer"]["key_id"]:
+        raise SignatureInvalid(
+            "signature.key_id differs from issuer.key_id",
+            hint="the certificate was edited after signing; ask the issuer for a new one",
+        )
+    signing.verify_signature(
+        trusted_keys, signature["key_id"], signing_payload(doc), signature["value"]
+    )
+    return str(signature["key_id"])
+
+
+def parse_certificate(data: bytes, *, source: str = "certificate") -> dict[str, Any]:
+    """Parse and validate certificate bytes: strict JSON, then the bundled schema.
+
+    Raises:
+        MalformedCertificate: Invalid JSON, a duplicate key, a non-finite number, or a
+            schema violation; the message names the field.
+        UnsupportedVersion: The format major version is unknown to this release.
+        LimitExceeded: The document is larger or deeper than the caps.
+    """
+    doc = _json.load_json_strict(data, what=source, max_bytes=MAX_CERTIFICATE_BYTES)
+    if not isinstance(doc, dict):
+        raise MalformedCertificate(
+            f"{source}: top level is {type(doc).__name__}, expected a JSON object",
+            hint="pass the cert.json written by 'mbd-cert issue'",
+        )
+    schema.validate_certificate(doc)
+    return doc
+
+
+def load_certificate(path: str | Path) -> dict[str, Any]:
+    """Read ``path`` with the size cap and return the validated certificate.
+
+    Raises:
+        FileMissing: The file does not exist.
+        InputError: The path is not a regular file or cannot be read.
+        MalformedCertificate, UnsupportedVersion, LimitExceeded: See
+            :func:`parse_certificate`.
+    """
+    data = _json.read_bytes_capped(path, what="certificate", max_bytes=MAX_CERTIFICATE_BYTES)
+    return parse_certificate(data, source=str(path))
+
+
+def dump_certificate(doc: Mapping[str, Any]) -> bytes:
+    """Serialise a certificate for people to read (indented, UTF-8, final newline).
+
+    The file need not be canonical: the signature covers the canonical form of the
+    parsed content, not the file's bytes.
+    """
+    canonical.canonical_bytes(dict(doc))  # refuse what could not be signed or verified
+    text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
+    return (text + "\n").encode("utf-8")

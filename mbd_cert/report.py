@@ -1,0 +1,145 @@
+"""Verification results: one record per check, and the report as JSON and JUnit XML.
+
+The JSON report is a versioned contract (``report_version``); fields are only ever
+added. Stability: public.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from xml.etree import ElementTree
+
+from mbd_cert.errors import VerificationFailed
+
+REPORT_VERSION = "1.0"
+
+PASS = "pass"
+FAIL = "fail"
+SKIPPED = "skipped"
+INCONCLUSIVE = "inconclusive"
+
+
+@dataclass
+class CheckResult:
+    """Outcome of one check.
+
+    Attributes:
+        name: Stable check name, such as ``model-digest``.
+        status: ``pass``, ``fail``, ``inconclusive`` or ``skipped``.
+        detail: One sentence for people: what was compared, or why it was skipped.
+        code: The error code of a failed check (``E_...``), else None.
+        requirement: The SPEC.md requirement the check enforces.
+        value: The measured value, when there is one.
+        threshold: The bound the value was held against, when there is one.
+        n: Sample size behind a statistical value.
+    """
+
+    name: str
+    status: str
+    detail: str
+    code: str | None = None
+    requirement: str | None = None
+    value: Any = None
+    threshold: Any = None
+    n: int | None = None
+
+
+@dataclass
+class VerificationReport:
+    """All checks of one verification run, in the order they ran."""
+
+    certificate_id: str | None
+    level: int
+    checks: list[CheckResult] = field(default_factory=list)
+    allow_inconclusive: bool = False
+
+    @property
+    def verified(self) -> bool:
+        """True when no check failed and none was inconclusive under a fail-closed policy."""
+        for check in self.checks:
+            if check.status == FAIL:
+                return False
+            if check.status == INCONCLUSIVE and not self.allow_inconclusive:
+                return False
+        return True
+
+    def run(
+        self,
+        name: str,
+        requirement: str,
+        check: Callable[[], CheckResult | str],
+    ) -> bool:
+        """Run ``check`` and record its result; return True when it passed.
+
+        A check returns a detail string (or a full :class:`CheckResult`) when it passes
+        and raises :class:`VerificationFailed` when the claim is false. Input errors
+        propagate: they end the run with exit code 2.
+        """
+        try:
+            outcome = check()
+        except VerificationFailed as failure:
+            self.checks.append(
+                CheckResult(name, FAIL, str(failure), code=failure.code, requirement=requirement)
+            )
+            return False
+        if isinstance(outcome, CheckResult):
+            self.checks.append(outcome)
+            return outcome.status == PASS
+        self.checks.append(CheckResult(name, PASS, outcome, requirement=requirement))
+        return True
+
+    def skip(self, name: str, requirement: str, reason: str) -> None:
+        """Record a check that did not run, with the reason."""
+        self.checks.append(CheckResult(name, SKIPPED, reason, requirement=requirement))
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the machine-readable report."""
+        return {
+            "report_version": REPORT_VERSION,
+            "certificate_id": self.certificate_id,
+            "level": self.level,
+            "verified": self.verified,
+            "checks": [asdict(check) for check in self.checks],
+        }
+
+
+def error_report(code: str, message: str, hint: str = "") -> dict[str, Any]:
+    """Return the JSON report for a run that stopped on unusable input or a bug."""
+    return {
+        "report_version": REPORT_VERSION,
+        "certificate_id": None,
+        "verified": False,
+        "error": {"code": code, "message": message, "hint": hint},
+        "checks": [],
+    }
+
+
+def to_junit(report: VerificationReport, suite: str = "mbd-cert.verify") -> bytes:
+    """Render the report as JUnit XML (one test case per check)."""
+    failures = sum(1 for c in report.checks if c.status == FAIL)
+    inconclusive = sum(1 for c in report.checks if c.status == INCONCLUSIVE)
+    skipped = sum(1 for c in report.checks if c.status == SKIPPED)
+    root = ElementTree.Element(
+        "testsuite",
+        name=suite,
+        tests=str(len(report.checks)),
+        failures=str(failures + (0 if report.allow_inconclusive else inconclusive)),
+        skipped=str(skipped),
+    )
+    for check in report.checks:
+        case = ElementTree.SubElement(
+            root, "testcase", classname=suite, name=check.name
+        )
+        if check.status == FAIL or (check.status == INCONCLUSIVE and not report.allow_inconclusive):
+            node = ElementTree.SubElement(case, "failure", message=check.code or check.status)
+            node.text = check.detail
+        elif check.status == SKIPPED:
+            ElementTree.SubElement(case, "skipped", message=check.detail)
+        system_out = ElementTree.SubElement(case, "system-out")
+        system_out.text = json.dumps(
+            {"value": check.value, "threshold": check.threshold, "n": check.n}, default=str
+        )
+    return ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)

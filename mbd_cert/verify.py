@@ -1,0 +1,356 @@
+"""Independent verification of a Modality Deletion Certificate.
+
+:func:`verify` runs the checks of SPEC.md, section 7, in order. Level 1 needs the
+certificate, the released model and the issuer's public key, and no torch. Every check
+recomputes what it compares from the files; nothing the certificate says about itself
+is taken on trust, and only keys the caller passes are trusted.
+
+Outcomes: unusable input raises an :class:`~mbd_cert.errors.InputError` (exit 2); a
+false claim is recorded as a failed check in the returned report (exit 1).
+
+Stability: public (:func:`verify`, :class:`VerifyOptions`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from mbd_cert import _paths, _safetensors, accounting, certificate, mechanism
+from mbd_cert.arch import get_architecture
+from mbd_cert.errors import (
+    CalibrationInvalid,
+    DeletionIncomplete,
+    DigestMismatch,
+    FileMissing,
+    InputError,
+    PolicyViolation,
+    VerificationFailed,
+)
+from mbd_cert.report import CheckResult, VerificationReport
+from mbd_cert._groups import eligible_names
+
+logger = logging.getLogger(__name__)
+
+SENSITIVITY_METHODS = ("clip-bound", "reference-retrain", "declared")
+
+
+@dataclass
+class VerifyOptions:
+    """What to verify and under which policy.
+
+    Attributes:
+        trusted_keys: The issuer public keys the caller trusts; keys inside the
+            certificate are never used.
+        level: 1 (integrity), 2 (recompute) or 3 (leakage).
+        bundle_dir: Directory holding the audit bundle files named in the certificate.
+        max_epsilon: Policy: the cumulative epsilon must not exceed this.
+        required_sensitivity_method: Policy: the certificate must use this method.
+        allow_inconclusive: Treat inconclusive statistical checks as passing.
+        progress: Called as ``progress(stage, done, total)`` during long stages.
+    """
+
+    trusted_keys: Sequence[Ed25519PublicKey]
+    level: int = 1
+    bundle_dir: Path | None = None
+    max_epsilon: float | None = None
+    required_sensitivity_method: str | None = None
+    allow_inconclusive: bool = False
+    progress: Callable[[str, int, int], None] | None = None
+
+
+def _check_options(options: VerifyOptions) -> None:
+    if options.level not in (1, 2, 3):
+        raise InputError(f"level must be 1, 2 or 3, got {options.level!r}", code="E_PARAMETER_INVALID")
+    if options.max_epsilon is not None and (
+        isinstance(options.max_epsilon, bool)
+        or not math.isfinite(options.max_epsilon)
+        or options.max_epsilon <= 0
+    ):
+        raise InputError(
+            f"max epsilon must be finite and > 0, got {options.max_epsilon!r}",
+            hint="a limit of 0 would reject every certificate; omit the option for no limit",
+            code="E_PARAMETER_INVALID",
+        )
+    method = options.required_sensitivity_method
+    if method is not None and method not in SENSITIVITY_METHODS:
+        raise InputError(
+            f"required sensitivity method must be one of {', '.join(SENSITIVITY_METHODS)}, "
+            f"got {method!r}",
+            code="E_PARAMETER_INVALID",
+        )
+    if not options.trusted_keys:
+        raise InputError(
+            "no trusted issuer key was given",
+            hint="pass the issuer's public key with --key",
+            code="E_KEY_MISSING",
+        )
+    module = {2: "mbd_cert.verify_recompute", 3: "mbd_cert.verify_leakage"}.get(options.level)
+    if module is not None and importlib.util.find_spec(module) is None:
+        raise InputError(
+            f"verification level {options.level} is not available in this release",
+            hint="run level 1, or upgrade mbd-cert",
+            code="E_LEVEL_UNAVAILABLE",
+        )
+    if options.level >= 2 and options.bundle_dir is None:
+        raise InputError(
+            f"level {options.level} needs the audit bundle",
+            hint="pass --bundle DIR with diff.safetensors and probe.safetensors",
+            code="E_BUNDLE_MISSING",
+        )
+
+
+def verify(cert_path: str | Path, model_path: str | Path, options: VerifyOptions) -> VerificationReport:
+    """Verify a certificate against a released model.
+
+    Args:
+        cert_path: The ``cert.json`` file.
+        model_path: The released ``model.safetensors``.
+        options: Keys, level and policy.
+
+    Returns:
+        The report; ``report.verified`` is False when any check failed.
+
+    Raises:
+        InputError: An input cannot be used (missing or malformed file, bad key,
+            unsupported version, bad option).
+    """
+    _check_options(options)
+    model_path = Path(model_path)
+
+    # Step 1 (SPEC §7.1): parse strictly and validate against the bundled schema.
+    doc = certificate.load_certificate(cert_path)
+    report = VerificationReport(
+        certificate_id=doc["certificate_id"],
+        level=options.level,
+        allow_inconclusive=options.allow_inconclusive,
+    )
+    report.checks.append(
+        CheckResult("schema", "pass", f"format {doc['format_version']}", requirement="R-FMT-1")
+    )
+    if not model_path.exists():
+        raise FileMissing(f"model not found: {model_path}", hint="pass the released model file")
+    architecture = get_architecture(doc["subject_model"]["architecture"]["name"])
+
+    # Step 2 (SPEC §7.2): signature under a key the user trusts.
+    report.run(
+        "signature",
+        "R-SIG-2",
+        lambda: f"verified with key {certificate.check_signature(doc, options.trusted_keys)}",
+    )
+
+    # Step 3 (SPEC §7.3): digests recomputed from the released model file.
+    header = _safetensors.read_header(model_path)
+    report.run("model-digest", "R-DIG-3", lambda: _check_model_digest(doc, model_path))
+
+    # Step 4 (SPEC §7.4): the deleted encoder is gone.
+    report.run("deleted-tensors-zero", "R-DEL-1", lambda: _check_deletion(doc, header, architecture))
+
+    # Step 5 (SPEC §7.5): the stated sigma gives the stated (epsilon, delta).
+    report.run("calibration", "R-PRIV-3", lambda: _check_calibration(doc))
+
+    # Step 6 (SPEC §7.6): the cumulative budget over the chain.
+    report.run("accounting", "R-ACC-2", lambda: _check_accounting(doc))
+
+    # Step 7 (SPEC §7.7): the caller's policy.
+    if options.max_epsilon is None and options.required_sensitivity_method is None:
+        report.skip("policy", "R-POL-1", "no policy given (--max-epsilon, --require-sensitivity-method)")
+    else:
+        report.run("policy", "R-POL-1", lambda: _check_policy(doc, options))
+
+    # Step 8 (SPEC §7.8): audit bundle digests.
+    if options.bundle_dir is None:
+        report.skip("bundle-digest", "R-BUN-2", "no audit bundle given (--bundle)")
+    else:
+        bundle = Path(options.bundle_dir)
+        report.run("bundle-digest", "R-BUN-2", lambda: _check_bundle(doc, bundle))
+
+    if options.level >= 2:
+        from mbd_cert import verify_recompute
+
+        verify_recompute.run_level2(doc, model_path, Path(options.bundle_dir or "."), report, options)
+    if options.level >= 3:
+        from mbd_cert import verify_leakage
+
+        verify_leakage.run_level3(doc, model_path, Path(options.bundle_dir or "."), report, options)
+    return report
+
+
+def _check_model_digest(doc: Mapping[str, Any], model_path: Path) -> str:
+    committed = doc["subject_model"]["post_deletion"]
+    digests = _safetensors.digest_file(model_path)
+    expected_tensors: Mapping[str, Any] = committed["tensors"]
+    mismatched = sorted(
+        name
+        for name in set(expected_tensors) | set(digests.tensors)
+        if name not in expected_tensors
+        or name not in digests.tensors
+        or expected_tensors[name]["digest"] != digests.tensors[name].digest
+        or expected_tensors[name]["dtype"] != digests.tensors[name].dtype
+        or list(expected_tensors[name]["shape"]) != list(digests.tensors[name].shape)
+    )
+    if mismatched:
+        first = mismatched[0]
+        expected = expected_tensors.get(first, {}).get("digest", "absent")
+        got = digests.tensors[first].digest if first in digests.tensors else "absent"
+        raise DigestMismatch(
+            f"digest mismatch for tensor '{first}': expected {expected}, got {got}"
+            + (f" ({len(mismatched) - 1} more tensors differ)" if len(mismatched) > 1 else ""),
+            hint="the model is not the one the certificate was issued for",
+        )
+    if digests.manifest_digest != committed["manifest_digest"]:
+        raise DigestMismatch(
+            "subject_model.post_deletion.manifest_digest: expected "
+            f"{committed['manifest_digest']}, got {digests.manifest_digest}",
+            hint="the model's metadata or tensor list differs from the certified one",
+        )
+    if digests.file_digest != committed["file_digest"]:
+        raise DigestMismatch(
+            f"subject_model.post_deletion.file_digest: expected {committed['file_digest']}, "
+            f"got {digests.file_digest}",
+            hint="the file's header bytes differ from the certified file",
+        )
+    return f"manifest {digests.manifest_digest} over {len(digests.tensors)} tensors"
+
+
+def _check_deletion(doc: Mapping[str, Any], header: Any, architecture: Any) -> str:
+    modality = doc["deletion"]["modality"]
+    config = doc["subject_model"]["architecture"]["config"]
+    if modality not in config.get("deleted_modalities", []):
+        raise DeletionIncomplete(
+            f"the certified config does not mark {modality!r} as deleted "
+            "(subject_model.architecture.config.deleted_modalities)"
+        )
+    prefixes = architecture.encoder_prefixes(config, modality)
+    expected = eligible_names(list(header.tensors), prefixes)
+    claimed = sorted(doc["deletion"]["removed_tensors"])
+    if claimed != expected:
+        missing = sorted(set(expected) - set(claimed))
+        extra = sorted(set(claimed) - set(expected))
+        raise DeletionIncomplete(
+            f"deletion.removed_tensors differs from the {modality} encoder tensors of the model: "
+            f"not listed {missing[:5]}, listed but not encoder tensors {extra[:5]}"
+        )
+    for name in expected:
+        values = _safetensors.read_tensor(header, name)
+        nonzero = int(np.count_nonzero(values))
+        if nonzero:
+            raise DeletionIncomplete(
+                f"tensor '{name}' of the deleted {modality} encoder has {nonzero} non-zero entries",
+                hint="the released model still holds the deleted encoder",
+            )
+    return f"{len(expected)} {modality} encoder tensors are all zero"
+
+
+def _check_calibration(doc: Mapping[str, Any]) -> CheckResult:
+    privacy = doc["privacy"]
+    epsilon, delta = privacy["epsilon"], privacy["delta"]
+    sensitivity, sigma = privacy["sensitivity"], privacy["sigma"]
+    if privacy["sensitivity_method"] == "clip-bound":
+        bound = 2.0 * doc["update"]["clip_norm"]
+        if sensitivity < bound:
+            raise CalibrationInvalid(
+                f"privacy.sensitivity is {sensitivity!r}, below the clip bound 2 * clip_norm = {bound!r}"
+            )
+    if privacy["noise_dimension"] != doc["saliency"]["mask_size"]:
+        raise CalibrationInvalid(
+            f"privacy.noise_dimension ({privacy['noise_dimension']}) differs from "
+            f"saliency.mask_size ({doc['saliency']['mask_size']}): noise must cover every masked entry"
+        )
+    result = mechanism.check_calibration(epsilon, delta, sensitivity, sigma)
+    if not result.ok:
+        raise CalibrationInvalid(
+            f"privacy.sigma = {sigma!r} gives delta {result.actual_delta:.6g} at epsilon "
+            f"{epsilon!r}, more than the stated {delta!r}; the analytic Gaussian mechanism needs "
+            f"sigma >= {result.required_sigma:.7g}",
+            hint="the certificate overstates its privacy",
+        )
+    return CheckResult(
+        "calibration",
+        "pass",
+        f"sigma {sigma:.7g} >= required {result.required_sigma:.7g} for "
+        f"epsilon {epsilon}, delta {delta}, sensitivity {sensitivity:.6g}",
+        requirement="R-PRIV-3",
+        value=sigma,
+        threshold=result.required_sigma,
+    )
+
+
+def _check_accounting(doc: Mapping[str, Any]) -> CheckResult:
+    account = doc["accounting"]
+    privacy = doc["privacy"]
+    if account["delta"] != privacy["delta"]:
+        raise CalibrationInvalid(
+            f"accounting.delta ({account['delta']!r}) differs from privacy.delta ({privacy['delta']!r})"
+        )
+    if account["sequence_number"] != 1 or account["previous_certificate"] is not None:
+        # TODO: walk the chain of earlier certificates; until then a chained
+        # certificate cannot be checked and fails closed.
+        raise VerificationFailed(
+            "accounting over a chain of earlier certificates is not supported by this release",
+            code="E_CHAIN_UNSUPPORTED",
+        )
+    entry = accounting.ChainEntry(
+        privacy["epsilon"], privacy["delta"], privacy["sigma"], privacy["sensitivity"]
+    )
+    recomputed = accounting.account_chain([entry], account["delta"])
+    if account["cumulative_epsilon"] < recomputed.epsilon:
+        raise CalibrationInvalid(
+            f"accounting.cumulative_epsilon is {account['cumulative_epsilon']!r}, less than the "
+            f"recomputed {recomputed.epsilon:.7g} (mu-GDP, mu = {recomputed.mu:.7g})"
+        )
+    return CheckResult(
+        "accounting",
+        "pass",
+        f"cumulative epsilon {recomputed.epsilon:.6g} at delta {account['delta']} over 1 deletion",
+        requirement="R-ACC-2",
+        value=recomputed.epsilon,
+        threshold=account["cumulative_epsilon"],
+    )
+
+
+def _check_policy(doc: Mapping[str, Any], options: VerifyOptions) -> CheckResult:
+    cumulative = doc["accounting"]["cumulative_epsilon"]
+    if options.max_epsilon is not None and cumulative > options.max_epsilon:
+        raise PolicyViolation(
+            f"cumulative epsilon {cumulative:.6g} exceeds the policy limit {options.max_epsilon:g}"
+        )
+    method = options.required_sensitivity_method
+    if method is not None and doc["privacy"]["sensitivity_method"] != method:
+        raise PolicyViolation(
+            f"sensitivity method is {doc['privacy']['sensitivity_method']!r}, the policy requires {method!r}"
+        )
+    return CheckResult(
+        "policy",
+        "pass",
+        "cumulative epsilon and sensitivity method meet the policy",
+        requirement="R-POL-1",
+        value=cumulative,
+        threshold=options.max_epsilon,
+    )
+
+
+def _check_bundle(doc: Mapping[str, Any], bundle: Path) -> str:
+    checked = []
+    for role in ("diff", "probe"):
+        entry = doc["audit_bundle"][role]
+        path = _paths.resolve_artefact(bundle, entry["path"])
+        if not path.exists():
+            raise FileMissing(f"audit bundle file not found: {path}", hint="pass the complete bundle")
+        digests = _safetensors.digest_file(path)
+        for key in ("file_digest", "manifest_digest"):
+            if getattr(digests, key) != entry[key]:
+                raise DigestMismatch(
+                    f"audit_bundle.{role}.{key}: expected {entry[key]}, got {getattr(digests, key)}",
+                    hint=f"{entry['path']} is not the file the certificate commits to",
+                )
+        checked.append(entry["path"])
+    return "digests match for " + ", ".join(checked)

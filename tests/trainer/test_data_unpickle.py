@@ -1,0 +1,148 @@
+"""Tests of the restricted unpickler that reads the CMU-MOSEI pickles."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import pickle
+import subprocess
+
+import numpy as np
+import pytest
+
+from mbd_cert.errors import MalformedData
+from trainer.data._unpickle import load_restricted, loads_restricted
+
+PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
+
+
+class CallsSystem:
+    """Pickles to ``os.system(command)``: running the command proves the load executed code."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+class CallsEval:
+    def __init__(self, expression):
+        self.expression = expression
+
+    def __reduce__(self):
+        return (builtins.eval, (self.expression,))
+
+
+class CallsPopen:
+    def __init__(self, argv):
+        self.argv = argv
+
+    def __reduce__(self):
+        return (subprocess.Popen, (self.argv,))
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_os_system_not_executed(tmp_path, protocol):
+    marker = tmp_path / "marker"
+    payload = {"language": np.zeros((2, 3), np.float32), "evil": CallsSystem(f"touch {marker}")}
+    data = pickle.dumps(payload, protocol=protocol)
+    with pytest.raises(MalformedData) as caught:
+        loads_restricted(data)
+    # os.system pickles under the name of its defining module: posix on Linux and macOS.
+    assert f"refusing to load pickle global '{os.system.__module__}.system'" in str(caught.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_builtins_eval_not_executed(tmp_path, protocol):
+    marker = tmp_path / "marker"
+    data = pickle.dumps([CallsEval(f"open({str(marker)!r}, 'w').write('x')")], protocol=protocol)
+    # Protocols 0-2 name the module __builtin__, as Python 2 did.
+    expected = "refusing to load pickle global '(builtins|__builtin__).eval'"
+    with pytest.raises(MalformedData, match=expected):
+        loads_restricted(data)
+    assert not marker.exists()
+
+
+def test_popen_not_executed(tmp_path):
+    marker = tmp_path / "marker"
+    data = pickle.dumps(CallsPopen(["touch", str(marker)]))
+    with pytest.raises(MalformedData, match="'subprocess.Popen'"):
+        loads_restricted(data)
+    assert not marker.exists()
+
+
+def test_malicious_file_names_path(tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "val_data.pkl"
+    path.write_bytes(pickle.dumps({"labels": CallsSystem(f"touch {marker}")}))
+    with pytest.raises(MalformedData) as caught:
+        load_restricted(path)
+    assert str(path) in str(caught.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_arrays_round_trip(protocol):
+    payload = {
+        "language": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "acoustic": np.array([[1.0, -np.inf], [np.nan, 2.0]], dtype=np.float32),
+        "big_endian": np.arange(6, dtype=">f8").reshape(2, 3),
+        "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        "transposed": np.arange(24.0).reshape(2, 3, 4).transpose(2, 0, 1),
+        "scalar": np.float32(2.5),
+        "integer": np.int64(7),
+        "plain": [1, 2.5, "x", b"y", (3, None, True), {"k": "v"}],
+    }
+    data = pickle.dumps(payload, protocol=protocol)
+    loaded, reference = loads_restricted(data), pickle.loads(data)
+    assert sorted(loaded) == sorted(reference)
+    for key, expected in reference.items():
+        actual = loaded[key]
+        assert type(actual) is type(expected), key
+        if isinstance(expected, np.ndarray):
+            assert actual.dtype == expected.dtype, key
+            assert actual.shape == expected.shape, key
+            assert np.array_equal(actual, expected, equal_nan=True), key
+        else:
+            assert actual == expected, key
+
+
+def test_numpy_core_alias_accepted():
+    # Pickles written by numpy 1.x name numpy.core; numpy 2 writes numpy._core.
+    data = pickle.dumps(np.arange(3, dtype=np.float32), protocol=2)
+    assert b"numpy._core.multiarray" in data
+    old_style = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert np.array_equal(loads_restricted(old_style), np.arange(3, dtype=np.float32))
+
+
+def test_object_array_rejected():
+    data = pickle.dumps(np.array([1, "x"], dtype=object))
+    with pytest.raises(MalformedData, match="object dtype"):
+        loads_restricted(data)
+
+
+def test_other_numpy_global_rejected():
+    data = pickle.dumps(np.random.default_rng(0))
+    with pytest.raises(MalformedData, match="refusing to load pickle global 'numpy.random"):
+        loads_restricted(data)
+
+
+def test_persistent_id_rejected():
+    # Protocol 0 PERSID opcode "P", persistent id "x", then STOP.
+    with pytest.raises(MalformedData, match="persistent id"):
+        loads_restricted(b"Px\n.")
+
+
+@pytest.mark.parametrize("data", [b"", b"garbage", pickle.dumps({"a": np.arange(3)})[:-4]])
+def test_invalid_pickle(data):
+    with pytest.raises(MalformedData, match="not a valid pickle"):
+        loads_restricted(data, source="broken.pkl")
+
+
+def test_non_latin1_codec_rejected():
+    # Protocol 2 stores bytes through _codecs.encode(str, "latin1"); another codec is refused.
+    data = pickle.dumps(b"\xff", protocol=2).replace(b"latin1", b"rot13_")
+    with pytest.raises(MalformedData, match="encoding"):
+        loads_restricted(data)

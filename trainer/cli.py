@@ -1,0 +1,220 @@
+"""The ``train`` and ``evaluate`` commands, mounted on the ``mbd-cert`` group.
+
+``mbd_cert.cli`` calls :func:`register`. Commands raise ``mbd_cert.errors`` classes and
+the group's ``guarded`` wrapper turns them into messages and exit codes. stdout
+carries the result (one line for ``train``, the metrics table for ``evaluate``);
+progress and logs go to stderr.
+
+Stability: internal; the options are documented in ``--help``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mbd_cert.errors import MalformedData
+from trainer.config import TrainingConfig
+from trainer.losses import TASK_LOSSES, LossWeights
+
+CORPUS_NAMES = ("synthetic", "mosei-subset", "ict-mmmo", "mosi-text")
+_DEFAULTS = TrainingConfig()
+_WEIGHTS = LossWeights()
+
+# (option, TrainingConfig field or "model.<key>" or "loss_weights.<key>", type, help)
+_HYPER_PARAMETERS: tuple[tuple[str, str, type, str], ...] = (
+    ("--epochs", "epochs", int,
+     f"Maximum passes over the training split [default: {_DEFAULTS.epochs}]."),
+    ("--batch-size", "batch_size", int,
+     f"Samples per optimiser step [default: {_DEFAULTS.batch_size}]."),
+    ("--learning-rate", "learning_rate", float,
+     f"AdamW step size [default: {_DEFAULTS.learning_rate}]."),
+    ("--weight-decay", "weight_decay", float,
+     f"AdamW decoupled weight decay coefficient [default: {_DEFAULTS.weight_decay}]."),
+    ("--modality-dropout", "modality_dropout", float,
+     "Probability of hiding each observed modality per sample and step, in [0, 1) "
+     f"[default: {_DEFAULTS.modality_dropout}]."),
+    ("--patience", "patience", int,
+     f"Epochs without a validation MAE gain before stopping [default: {_DEFAULTS.patience}]."),
+    ("--grad-clip", "grad_clip", float,
+     f"Maximum global L2 norm of the gradient per step [default: {_DEFAULTS.grad_clip}]."),
+    ("--probe-members", "probe_members", int,
+     f"Training samples in probe.safetensors [default: {_DEFAULTS.probe_members}]."),
+    ("--probe-nonmembers", "probe_nonmembers", int,
+     f"Held-out test samples in probe.safetensors [default: {_DEFAULTS.probe_nonmembers}]."),
+    ("--hidden-dim", "model.hidden_dim", int, "Encoder and generator width (units) [default: 64]."),
+    ("--shared-dim", "model.shared_dim", int, "Size k of each shared part [default: 32]."),
+    ("--private-dim", "model.private_dim", int, "Size q of each private part [default: 16]."),
+    ("--fusion-hidden", "model.fusion_hidden", int, "Fusion layer width (units) [default: 64]."),
+    ("--dropout", "model.dropout", float, "Dropout probability in encoders and fusion "
+     "[default: 0.1]."),
+    ("--similarity-weight", "loss_weights.similarity", float,
+     f"Weight of the shared-part similarity loss [default: {_WEIGHTS.similarity}]."),
+    ("--orthogonality-weight", "loss_weights.orthogonality", float,
+     f"Weight of the shared/private orthogonality loss [default: {_WEIGHTS.orthogonality}]."),
+    ("--reconstruction-weight", "loss_weights.reconstruction", float,
+     f"Weight of the generator reconstruction loss [default: {_WEIGHTS.reconstruction}]."),
+    ("--preservation-weight", "loss_weights.preservation", float,
+     f"Weight of the task preservation loss [default: {_WEIGHTS.preservation}]."),
+)
+
+
+def register(group: click.Group, guarded: Callable[..., Any] | None = None) -> None:
+    """Add the ``train`` and ``evaluate`` commands to ``group``.
+
+    Args:
+        group: The ``mbd-cert`` click group.
+        guarded: The group's error wrapper factory (``guarded()`` returns a decorator);
+            None leaves errors to click.
+    """
+    wrap: Callable[[Any], Any] = guarded() if guarded is not None else (lambda f: f)
+    group.add_command(click.command("train")(_train_options(wrap(_train))))
+    group.add_command(click.command("evaluate")(_evaluate_options(wrap(_evaluate))))
+
+
+def _train_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    for option, field_name, kind, help_text in reversed(_HYPER_PARAMETERS):
+        function = click.option(option, field_name.replace(".", "__"), type=kind, default=None,
+                                help=help_text)(function)
+    decorators = (
+        click.option("--corpus", type=click.Choice(CORPUS_NAMES), default="synthetic",
+                     show_default=True, help="Corpus to train on."),
+        click.option("--data-root", type=click.Path(path_type=Path, file_okay=False),
+                     default=None, help="Folder holding the real corpora (ignored by "
+                     "synthetic) [default: $MBD_CERT_DATA or ../shared/data]."),
+        click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+                     help="Checkpoint directory to create."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Seed of initialisation, batch order, modality dropout and probe draw."),
+        click.option("--corpus-seed", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Seed of the synthetic corpus or of the mosei-subset split."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                     show_default=True, help="Torch device; auto picks CUDA when available."),
+        click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Torch CPU threads during training."),
+        click.option("--task-loss", type=click.Choice(TASK_LOSSES), default=None,
+                     help=f"Task loss [default: {_DEFAULTS.task_loss}]."),
+        click.option("--no-progress", is_flag=True, help="Hide the progress bar."),
+        click.option("--force", is_flag=True, help="Replace a non-empty output directory."),
+    )
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+def _train(corpus: str, data_root: Path | None, out_dir: Path, seed: int, corpus_seed: int,
+           device: str, threads: int, task_loss: str | None, no_progress: bool, force: bool,
+           **hyper: Any) -> None:
+    """Train the MBD sentiment model and write a checkpoint directory."""
+    from trainer.data import load_corpus
+    from trainer.train import train
+
+    settings: dict[str, Any] = {"model": {}, "loss_weights": {}}
+    if task_loss is not None:
+        settings["task_loss"] = task_loss
+    for key, value in hyper.items():
+        if value is None:
+            continue
+        section, _, name = key.partition("__")
+        if name:
+            settings[section][name] = value
+        else:
+            settings[section] = value
+    loaded = load_corpus(corpus, data_root, corpus_seed)
+    source = {"name": corpus, "data_root": None if data_root is None else str(data_root),
+              "seed": corpus_seed}
+    result = train(loaded, settings, out_dir, seed=seed, device=device,
+                   progress=not no_progress, force=force, corpus_source=source,
+                   cpu_threads=threads)
+    test = result.metrics["views"]["all"]
+    click.echo(
+        f"trained {result.training['epochs_run']} epochs (best {result.training['best_epoch']}) "
+        f"on {result.training['device']}: test MAE {test['mae']:.4f}, "
+        f"r {_number(test['pearson_r'])}; wrote {result.out_dir}"
+    )
+
+
+def _evaluate_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    decorators = (
+        click.option("--checkpoint", type=click.Path(path_type=Path, file_okay=False),
+                     required=True, help="Checkpoint directory written by 'mbd-cert train'."),
+        click.option("--split", "split_name", type=click.Choice(["train", "valid", "test"]),
+                     default="test", show_default=True, help="Corpus split to evaluate."),
+        click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False),
+                     default=None, help="Also write the metrics as JSON to this file."),
+        click.option("--data-root", type=click.Path(path_type=Path, file_okay=False),
+                     default=None, help="Folder holding the real corpora [default: the one "
+                     "recorded at training time]."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu",
+                     show_default=True, help="Torch device for the forward passes."),
+    )
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+def _evaluate(checkpoint: Path, split_name: str, json_out: Path | None, data_root: Path | None,
+              device: str) -> None:
+    """Evaluate a checkpoint on a split, with every modality-missing view."""
+    from trainer._checkpoint_io import json_safe, write_json
+    from trainer.data import load_corpus
+    from trainer.evaluate import evaluate, load_checkpoint
+    from trainer.train import resolve_device
+
+    loaded = load_checkpoint(checkpoint, resolve_device(device))
+    record = loaded.training.get("corpus", {})
+    source = record.get("source", {}) if isinstance(record, dict) else {}
+    if not isinstance(source, dict) or not isinstance(source.get("name"), str):
+        raise MalformedData(f"{checkpoint}/training.json does not record the training corpus",
+                            hint="retrain with 'mbd-cert train' to get a complete record")
+    seed = source.get("seed", 0)
+    options = source.get("options", {})
+    if isinstance(seed, bool) or not isinstance(seed, int) or not isinstance(options, dict):
+        raise MalformedData(f"{checkpoint}/training.json records an invalid corpus seed or "
+                            "options", hint="retrain with 'mbd-cert train'")
+    root = data_root if data_root is not None else source.get("data_root")
+    corpus = load_corpus(source["name"], root, seed, **options)
+    recorded_ids = record.get("split_ids", {}).get(split_name)
+    actual_ids = [str(i) for i in corpus.splits[split_name].ids]
+    if recorded_ids is not None and recorded_ids != actual_ids:
+        raise MalformedData(
+            f"split {split_name!r} of corpus {source['name']!r} has other samples than at "
+            "training time",
+            hint="point --data-root at the data the checkpoint was trained on",
+        )
+    result = {"split": split_name, "checkpoint": str(checkpoint),
+              **evaluate(loaded.model, corpus.splits[split_name], corpus)}
+    _print_table(result)
+    if json_out is not None:
+        write_json(json_out, json_safe(result), overwrite=True)
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title=f"{result['corpus']} / {result['split']} (n = {result['n']})",
+        caption="Acc2, F1: negative vs non-negative, all samples. Acc2 nz, F1 nz: negative "
+        "vs positive, label-zero samples excluded. Acc7: rounded to -3..3.",
+    )
+    columns = (("MAE", "mae"), ("r", "pearson_r"), ("Acc2", "acc2_non_negative"),
+               ("F1", "f1_non_negative"), ("Acc2 nz", "acc2_positive"),
+               ("F1 nz", "f1_positive"), ("Acc7", "acc7"))
+    table.add_column("view", no_wrap=True)
+    for title, _ in columns:
+        table.add_column(title, justify="right", no_wrap=True)
+    for view, metrics in result["views"].items():
+        table.add_row(view, *(_number(metrics[key]) for _, key in columns))
+    Console().print(table)
+
+
+def _number(value: object) -> str:
+    if isinstance(value, (int, float)):
+        return f"{float(value):.3f}"
+    return "n/a"
