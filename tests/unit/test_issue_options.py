@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mbd_cert.errors import InputError
+from mbd_cert.issue import IssueOptions, draw_noise, sensitivity_for, validate_options
+
+
+def _options(**changes):
+    values = {"modality": "audio", "epsilon": 1.0, "delta": 1e-5}
+    values.update(changes)
+    return IssueOptions(**values)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("epsilon", 0.0),
+        ("epsilon", -1.0),
+        ("epsilon", math.nan),
+        ("epsilon", math.inf),
+        ("epsilon", True),
+        ("delta", 0.0),
+        ("delta", 1.0),
+        ("delta", math.nan),
+        ("clip_norm", 0.0),
+        ("learning_rate", -1e-3),
+        ("damping", math.inf),
+        ("top_k_fraction", 0.0),
+        ("top_k_fraction", 1.5),
+        ("steps", -1),
+        ("steps", 2.5),
+    ],
+)
+def test_validate_options_rejects_out_of_range(field, value):
+    # C20: zero is never read as "no limit"; the message names the parameter.
+    with pytest.raises(InputError) as info:
+        validate_options(_options(**{field: value}))
+    assert info.value.code == "E_PARAMETER_INVALID"
+    assert field in str(info.value)
+
+
+def test_declared_sensitivity_needs_value():
+    with pytest.raises(InputError) as info:
+        validate_options(_options(sensitivity_method="declared"))
+    assert "sensitivity" in str(info.value)
+    with pytest.raises(InputError):
+        validate_options(_options(sensitivity_method="declared", sensitivity=0.0))
+
+
+def test_sensitivity_for_clip_bound_is_diameter():
+    assert sensitivity_for(_options(clip_norm=0.25)) == 0.5
+    assert sensitivity_for(_options(sensitivity_method="declared", sensitivity=3.0)) == 3.0
+
+
+def test_draw_noise_scale_and_fresh_seed():
+    noise = draw_noise({"w": (200, 200)}, 0.5, noise_seed=1)
+    assert abs(float(noise["w"].std()) - 0.5) < 0.01
+    again = draw_noise({"w": (200, 200)}, 0.5, noise_seed=None)
+    other = draw_noise({"w": (200, 200)}, 0.5, noise_seed=None)
+    assert not (again["w"] == other["w"]).all()
