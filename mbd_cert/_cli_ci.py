@@ -1,0 +1,326 @@
+"""Commands verify-repo and attest of the ``mbd-cert`` CLI, for CI pipelines.
+
+``verify-repo`` verifies every certificate in a repository under the repository's
+policy file and writes one JUnit file, so that a CI job needs one command. Which files
+it finds and how it pairs a certificate with its model is fixed here and documented in
+SPEC.md, section "Verifying a repository":
+
+* a certificate is a regular file named ``cert.json`` or ``<name>.cert.json``;
+* ``<dir>/cert.json`` certifies ``<dir>/model.safetensors``, and
+  ``<dir>/<name>.cert.json`` certifies ``<dir>/<name>.safetensors``;
+* directories whose names start with ``.`` (``.git``, ``.venv``) and symbolic links
+  are skipped;
+* at level 2 and 3 the audit bundle is read from the certificate's directory.
+
+The exit code is the worst of the per-certificate results (0 < 1 < 2 < 3), so one
+unusable certificate makes the job fail with 2 even when the others are valid.
+
+Stability: internal; the command line is documented in docs/user-guide.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import click
+
+from mbd_cert import errors
+
+logger = logging.getLogger(__name__)
+
+CERTIFICATE_NAME = "cert.json"
+CERTIFICATE_SUFFIX = ".cert.json"
+MODEL_NAME = "model.safetensors"
+REPO_REPORT_VERSION = "1.0"
+CODE_NO_CERTIFICATES = "E_NO_CERTIFICATES"
+
+
+@dataclass
+class RepoResult:
+    """Outcome of verifying one certificate of the repository.
+
+    Attributes:
+        certificate: Path relative to the repository root, with ``/`` separators.
+        model: The paired model path, relative to the root.
+        exit_code: 0 verified, 1 a check failed, 2 unusable input, 3 internal error.
+        report: The verification report; None when verification stopped early.
+        error: ``{"code", "message", "hint"}`` when verification stopped early.
+    """
+
+    certificate: str
+    model: str
+    exit_code: int
+    report: Any = None
+    error: dict[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the machine-readable record of this certificate."""
+        return {
+            "certificate": self.certificate,
+            "model": self.model,
+            "exit_code": self.exit_code,
+            "verified": self.exit_code == 0,
+            "error": self.error,
+            "report": None if self.report is None else self.report.to_json(),
+        }
+
+
+def find_certificates(root: Path) -> list[Path]:
+    """Return every certificate file below ``root``, sorted by relative path.
+
+    Raises:
+        FileMissing: ``root`` is not a directory.
+    """
+    if not root.is_dir():
+        raise errors.FileMissing(f"repository root not found: {root}",
+                                 hint="pass the repository's top directory")
+    found = []
+    for directory, subdirectories, files in os.walk(root, followlinks=False):
+        # Pruning in place stops os.walk from descending into hidden directories.
+        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
+        for name in files:
+            if name != CERTIFICATE_NAME and not name.endswith(CERTIFICATE_SUFFIX):
+                continue
+            path = Path(directory) / name
+            if path.is_symlink() or not path.is_file():
+                logger.warning("skipping %s: not a regular file", path)
+                continue
+            found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def model_for(certificate: Path) -> Path:
+    """Return the model file a certificate is paired with (the rule in the module doc)."""
+    if certificate.name == CERTIFICATE_NAME:
+        return certificate.with_name(MODEL_NAME)
+    stem = certificate.name[: -len(CERTIFICATE_SUFFIX)]
+    return certificate.with_name(stem + ".safetensors")
+
+
+def _trusted_keys(root: Path, policy: Any, key_paths: Sequence[Path]) -> list[Any]:
+    from mbd_cert import _paths, signing
+
+    keys = [signing.load_public_key(path) for path in key_paths]
+    for index, relative in enumerate(policy.trusted_keys):
+        path = _paths.resolve_artefact(root, relative, field=f"policy trusted_keys[{index}]")
+        keys.append(signing.load_public_key(path))
+    if not keys:
+        raise errors.InputError(
+            "no trusted issuer key was given",
+            hint="list key files in the policy's trusted_keys or pass --key",
+            code="E_KEY_MISSING",
+        )
+    return keys
+
+
+def _check_methods(doc: dict[str, Any], methods: Sequence[str]) -> Any:
+    from mbd_cert.report import CheckResult
+
+    method = doc["privacy"]["sensitivity_method"]
+    if method not in methods:
+        raise errors.PolicyViolation(
+            f"sensitivity method is {method!r}, the policy accepts {list(methods)}"
+        )
+    return CheckResult("policy-sensitivity-method", "pass",
+                       f"sensitivity method {method!r} is accepted by the policy",
+                       requirement="R-POL-1")
+
+
+def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any]) -> RepoResult:
+    """Verify one certificate under the policy, recording unusable input and bugs in the result."""
+    from mbd_cert.certificate import load_certificate
+    from mbd_cert.verify import VerifyOptions, verify
+
+    model = model_for(certificate)
+    result = RepoResult(certificate.relative_to(root).as_posix(),
+                        model.relative_to(root).as_posix(), exit_code=0)
+    methods = policy.required_sensitivity_methods
+    options = VerifyOptions(
+        trusted_keys=keys,
+        level=policy.required_level,
+        bundle_dir=certificate.parent if policy.required_level >= 2 else None,
+        max_epsilon=policy.max_cumulative_epsilon,
+        # verify() checks one required method; a list of several is checked below.
+        required_sensitivity_method=methods[0] if len(methods) == 1 else None,
+        allow_inconclusive=policy.allow_inconclusive,
+    )
+    try:
+        if not model.exists():
+            raise errors.FileMissing(
+                f"model not found for {result.certificate}: expected {result.model}",
+                hint="put the released model beside the certificate: cert.json pairs with "
+                "model.safetensors, NAME.cert.json with NAME.safetensors",
+            )
+        report = verify(certificate, model, options)
+        if len(methods) > 1:
+            doc = load_certificate(certificate)
+            report.run("policy-sensitivity-method", "R-POL-1",
+                       lambda: _check_methods(doc, methods))
+        result.report = report
+        result.exit_code = 0 if report.verified else 1
+    except errors.MbdCertError as error:
+        result.exit_code = error.exit_code
+        result.error = {"code": error.code, "message": error.message, "hint": error.hint}
+    # A bug while verifying one certificate must not hide the results of the others;
+    # it still makes the run exit 3.
+    except Exception as exc:
+        logger.debug("internal error on %s", result.certificate, exc_info=True)
+        result.exit_code = 3
+        result.error = {"code": "E_INTERNAL",
+                        "message": f"internal error: {type(exc).__name__}: {exc}",
+                        "hint": "this is a bug in mbd-cert; rerun with -vv and report it"}
+    return result
+
+
+def junit_for(results: Sequence[RepoResult]) -> bytes:
+    """Render the results as JUnit XML: one test suite per certificate."""
+    from mbd_cert.report import to_junit
+
+    root = ElementTree.Element("testsuites", name="mbd-cert.verify-repo")
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for result in results:
+        if result.report is not None:
+            # to_junit builds the suite of one report; it is re-parsed to nest it here.
+            suite = ElementTree.fromstring(to_junit(result.report, suite=result.certificate))
+            suite.set("errors", "0")
+        else:
+            suite = ElementTree.Element("testsuite", name=result.certificate, tests="1",
+                                        failures="0", errors="1", skipped="0")
+            case = ElementTree.SubElement(suite, "testcase", classname=result.certificate,
+                                          name="verify")
+            assert result.error is not None
+            node = ElementTree.SubElement(case, "error", message=result.error["code"])
+            node.text = result.error["message"] + (
+                f"\nhint: {result.error['hint']}" if result.error["hint"] else "")
+        suite.set("file", result.certificate)
+        for key in totals:
+            totals[key] += int(suite.get(key, "0"))
+        root.append(suite)
+    for key, value in totals.items():
+        root.set(key, str(value))
+    return bytes(ElementTree.tostring(root, encoding="utf-8", xml_declaration=True))
+
+
+def _render(results: Sequence[RepoResult], exit_code: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=False, width=120)
+    table = Table(title="mbd-cert verify-repo")
+    table.add_column("certificate", overflow="fold")
+    table.add_column("result")
+    table.add_column("detail", overflow="fold")
+    for result in results:
+        if result.error is not None:
+            status, detail = f"error {result.error['code']}", result.error["message"]
+        elif result.exit_code == 0:
+            status, detail = "verified", f"{len(result.report.checks)} checks"
+        else:
+            failed = [c for c in result.report.checks if c.status in ("fail", "inconclusive")]
+            status = "NOT VERIFIED"
+            detail = "; ".join(f"{c.name}: {c.code or c.status}" for c in failed)
+        table.add_row(result.certificate, status, detail)
+    console.print(table)
+    verified = sum(1 for r in results if r.exit_code == 0)
+    console.print(f"{verified} of {len(results)} certificates verified (exit {exit_code})")
+
+
+def register(main: click.Group, guarded: Callable[..., Any]) -> None:
+    """Add the verify-repo and attest commands to the ``main`` group."""
+
+    @main.command("verify-repo")
+    @click.argument("root", type=click.Path(path_type=Path), default=".")
+    @click.option("--policy", "policy_path", type=click.Path(path_type=Path), default=None,
+                  help="Policy file (TOML) [default: ROOT/.mbd-cert.toml or "
+                       "ROOT/mbd-cert-policy.toml; none: level 1 without limits].")
+    @click.option("--key", "key_paths", type=click.Path(path_type=Path), multiple=True,
+                  help="Trusted issuer public key, in addition to the policy's; repeatable.")
+    @click.option("--junit", "junit_path", type=click.Path(path_type=Path), default=None,
+                  help="Write a JUnit XML file with one test suite per certificate.")
+    @click.option("--json", "as_json", is_flag=True, help="Write the JSON report to stdout.")
+    @click.option("--allow-empty", is_flag=True,
+                  help="Exit 0 when the repository contains no certificate (default: exit 2).")
+    @guarded(json_flag="as_json")
+    def verify_repo(root: Path, policy_path: Path | None, key_paths: tuple[Path, ...],
+                    junit_path: Path | None, as_json: bool, allow_empty: bool) -> None:
+        """Verify every cert.json and *.cert.json below ROOT under the policy.
+
+        Exit 0 all verified, 1 one is not valid, 2 unusable input, 3 internal error.
+        """
+        from mbd_cert import _paths
+        from mbd_cert.policy import Policy, find_policy, load_policy
+
+        policy_file = policy_path if policy_path is not None else find_policy(root)
+        policy = load_policy(policy_file) if policy_file is not None else Policy()
+        certificates = find_certificates(root)
+        if not certificates and not allow_empty:
+            raise errors.InputError(
+                f"no certificate (cert.json, *.cert.json) found below {root}",
+                hint="check the repository root, or pass --allow-empty",
+                code=CODE_NO_CERTIFICATES,
+            )
+        keys = _trusted_keys(root, policy, key_paths)
+        results = [verify_one(root, path, policy, keys) for path in certificates]
+        exit_code = max((r.exit_code for r in results), default=0)
+        if junit_path is not None:
+            _paths.atomic_write_bytes(junit_path, junit_for(results), overwrite=True)
+        if as_json:
+            click.echo(json.dumps({
+                "report_version": REPO_REPORT_VERSION,
+                "root": str(root),
+                "policy": None if policy_file is None else str(policy_file),
+                "exit_code": exit_code,
+                "results": [r.to_json() for r in results],
+            }, indent=2, default=str))
+        else:
+            _render(results, exit_code)
+        sys.exit(exit_code)
+
+    @main.command()
+    @click.argument("cert", type=click.Path(path_type=Path))
+    @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
+                  help="File to write the in-toto Statement (JSON) to.")
+    @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+                  help="Released model file; its SHA-256 must match the certificate.")
+    @click.option("--subject-name", default=None,
+                  help="Subject name in the Statement [default: the --model file name, "
+                       "else model.safetensors].")
+    @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+    @guarded()
+    def attest(cert: Path, out_path: Path, model_path: Path | None, subject_name: str | None,
+               force: bool) -> None:
+        """Export CERT as an in-toto Statement v1 whose subject is the released model.
+
+        The certificate is not verified: run 'mbd-cert verify' for that.
+        """
+        from mbd_cert import _paths, _safetensors
+        from mbd_cert.attestation import (
+            DEFAULT_SUBJECT_NAME,
+            dump_statement,
+            statement_for_certificate,
+        )
+        from mbd_cert.certificate import load_certificate
+
+        doc = load_certificate(cert)
+        if model_path is not None:
+            expected = doc["subject_model"]["post_deletion"]["file_digest"]
+            actual = _safetensors.file_digest(model_path)
+            if actual != expected:
+                raise errors.DigestMismatch(
+                    f"subject_model.post_deletion.file_digest: expected {expected}, "
+                    f"got {actual} for {model_path}",
+                    hint="pass the model the certificate was issued for",
+                )
+        name = subject_name or (model_path.name if model_path else DEFAULT_SUBJECT_NAME)
+        statement = statement_for_certificate(doc, subject_name=name)
+        _paths.atomic_write_bytes(out_path, dump_statement(statement), overwrite=force)
+        click.echo(f"wrote {out_path} (subject {name}, sha256:"
+                   f"{statement['subject'][0]['digest']['sha256']})")

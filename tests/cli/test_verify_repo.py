@@ -1,0 +1,195 @@
+"""verify-repo: discovery, pairing, policy, JUnit output and the worst-result exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from xml.etree import ElementTree
+
+import pytest
+from click.testing import CliRunner
+
+from mbd_cert import signing
+from mbd_cert.cli import main
+
+FAST = ["--epochs", "1", "--batch-size", "256", "--hidden-dim", "8", "--shared-dim", "4",
+        "--private-dim", "2", "--fusion-hidden", "8", "--probe-members", "8",
+        "--probe-nonmembers", "8", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def issued(tmp_path_factory):
+    base = tmp_path_factory.mktemp("repo-src")
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "--out", str(base / "ck"), "--seed", "0", *FAST])
+    assert result.exit_code == 0, result.output
+    private_path, public_path = signing.write_keypair(base / "issuer")
+    result = runner.invoke(main, ["issue", "--checkpoint", str(base / "ck"), "--modality",
+                                  "audio", "--epsilon", "1", "--key", str(private_path),
+                                  "--out", str(base / "deleted")])
+    assert result.exit_code == 0, result.output
+    return base / "deleted", public_path
+
+
+@pytest.fixture
+def repo(issued, tmp_path):
+    """A repository with two certificates, one per naming rule, and the issuer key."""
+    deleted, public_path = issued
+    root = tmp_path / "repo"
+    (root / "models" / "a").mkdir(parents=True)
+    (root / "models" / "b").mkdir(parents=True)
+    (root / "keys").mkdir()
+    shutil.copy(deleted / "cert.json", root / "models" / "a" / "cert.json")
+    shutil.copy(deleted / "model.safetensors", root / "models" / "a" / "model.safetensors")
+    shutil.copy(deleted / "cert.json", root / "models" / "b" / "v2.cert.json")
+    shutil.copy(deleted / "model.safetensors", root / "models" / "b" / "v2.safetensors")
+    shutil.copy(public_path, root / "keys" / "issuer.pub")
+    return root
+
+
+def _policy(root, text):
+    (root / "mbd-cert-policy.toml").write_text('trusted_keys = ["keys/issuer.pub"]\n' + text)
+
+
+def _run(*args):
+    return CliRunner().invoke(main, ["verify-repo", *map(str, args)])
+
+
+def test_all_valid_exit_0_with_junit(repo, tmp_path):
+    _policy(repo, "max_cumulative_epsilon = 2.0\n")
+    junit = tmp_path / "junit.xml"
+    result = _run(repo, "--junit", junit)
+    assert result.exit_code == 0, result.output
+    suites = ElementTree.parse(junit).getroot()
+    assert suites.tag == "testsuites"
+    names = [suite.get("name") for suite in suites.findall("testsuite")]
+    assert names == ["models/a/cert.json", "models/b/v2.cert.json"]
+    assert suites.get("failures") == "0"
+    assert suites.get("errors") == "0"
+
+
+def test_epsilon_over_policy_exit_1(repo, tmp_path):
+    _policy(repo, "max_cumulative_epsilon = 0.5\n")
+    junit = tmp_path / "junit.xml"
+    result = _run(repo, "--junit", junit)
+    assert result.exit_code == 1
+    failures = ElementTree.parse(junit).getroot().findall(".//failure")
+    assert [f.get("message") for f in failures] == ["E_POLICY_VIOLATION"] * 2
+
+
+def test_method_list_policy(repo):
+    _policy(repo, 'required_sensitivity_methods = ["declared", "reference-retrain"]\n')
+    result = _run(repo, "--json")
+    assert result.exit_code == 1
+    checks = json.loads(result.stdout)["results"][0]["report"]["checks"]
+    failed = [c for c in checks if c["status"] == "fail"]
+    assert [c["name"] for c in failed] == ["policy-sensitivity-method"]
+
+
+def test_worst_result_wins(repo, tmp_path):
+    _policy(repo, "")
+    model = repo / "models" / "a" / "model.safetensors"
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0x01
+    model.write_bytes(bytes(data))
+    result = _run(repo, "--json")
+    assert result.exit_code == 1
+    codes = [r["exit_code"] for r in json.loads(result.stdout)["results"]]
+    assert codes == [1, 0]
+    (repo / "models" / "b" / "v2.safetensors").unlink()
+    junit = tmp_path / "junit.xml"
+    result = _run(repo, "--json", "--junit", junit)
+    assert result.exit_code == 2
+    second = json.loads(result.stdout)["results"][1]
+    assert second["error"]["code"] == "E_FILE_MISSING"
+    assert "v2.safetensors" in second["error"]["message"]
+    assert ElementTree.parse(junit).getroot().get("errors") == "1"
+
+
+def test_hidden_directories_skipped(repo):
+    _policy(repo, "")
+    hidden = repo / ".git" / "objects"
+    hidden.mkdir(parents=True)
+    (hidden / "cert.json").write_text("{}")
+    result = _run(repo, "--json")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["results"]) == 2
+
+
+def test_malformed_certificate_exit_2(repo):
+    _policy(repo, "")
+    (repo / "models" / "a" / "cert.json").write_text("{not json")
+    result = _run(repo, "--json")
+    assert result.exit_code == 2
+    first = json.loads(result.stdout)["results"][0]
+    assert first["error"]["code"] == "E_JSON_SYNTAX"
+
+
+def test_invalid_policy_exit_2(repo):
+    _policy(repo, "max_cumulative_epsilon = nan\n")
+    result = _run(repo)
+    assert result.exit_code == 2
+    assert "E_POLICY_INVALID" in result.stderr
+    assert "max_cumulative_epsilon" in result.stderr
+
+
+def test_explicit_policy_path(repo, tmp_path):
+    policy = tmp_path / "strict.toml"
+    policy.write_text('trusted_keys = ["keys/issuer.pub"]\nmax_cumulative_epsilon = 0.1\n')
+    result = _run(repo, "--policy", policy)
+    assert result.exit_code == 1
+
+
+def test_no_trusted_key_exit_2(repo):
+    result = _run(repo)
+    assert result.exit_code == 2
+    assert "E_KEY_MISSING" in result.stderr
+
+
+def test_key_option_without_policy(repo):
+    result = _run(repo, "--key", repo / "keys" / "issuer.pub")
+    assert result.exit_code == 0, result.output
+
+
+def test_no_certificates(tmp_path):
+    result = _run(tmp_path)
+    assert result.exit_code == 2
+    assert "E_NO_CERTIFICATES" in result.stderr
+    result = _run(tmp_path, "--allow-empty", "--key", tmp_path / "absent.pub")
+    assert result.exit_code == 2  # the key file is still read
+    assert "E_FILE_MISSING" in result.stderr
+
+
+def test_runs_without_torch(repo):
+    _policy(repo, "max_cumulative_epsilon = 2.0\n")
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from mbd_cert.cli import main\n"
+            "main(['verify-repo', sys.argv[1], '--json'])\n")
+    result = subprocess.run([sys.executable, "-c", code, str(repo)], capture_output=True,
+                            text=True, timeout=120, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    assert all(r["verified"] for r in json.loads(result.stdout)["results"])
+
+
+def test_example_ci_files_parse():
+    from pathlib import Path
+
+    from mbd_cert.policy import load_policy
+
+    yaml = pytest.importorskip("yaml")
+    ci = Path(__file__).resolve().parents[2] / "examples" / "ci"
+    policy = load_policy(ci / "mbd-cert-policy.toml")
+    assert policy.max_cumulative_epsilon == 2.0
+    workflow = yaml.safe_load((ci / "github-workflow.yml").read_text())
+    steps = workflow["jobs"]["verify-certificates"]["steps"]
+    commands = " ".join(step.get("run", "") for step in steps)
+    assert "mbd-cert verify-repo" in commands
+    assert "--junit" in commands
+    assert "torch" not in commands
+    hooks = yaml.safe_load((ci / "pre-commit-hooks.yaml").read_text())
+    assert hooks[0]["entry"] == "mbd-cert verify-repo"
+    config = yaml.safe_load((ci / ".pre-commit-config.example.yaml").read_text())
+    assert config["repos"][0]["hooks"][0]["id"] == hooks[0]["id"]

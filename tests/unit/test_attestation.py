@@ -1,0 +1,118 @@
+"""The in-toto Statement export: schema validity, the subject digest, the predicate."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+
+from mbd_cert import signing
+from mbd_cert.attestation import PREDICATE_TYPE, STATEMENT_TYPE, statement_for_certificate
+from mbd_cert.certificate import certificate_digest, load_certificate
+from mbd_cert.cli import main
+from mbd_cert.errors import InputError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "data" / "in-toto-statement-v1.schema.json"
+FAST = ["--epochs", "1", "--batch-size", "256", "--hidden-dim", "8", "--shared-dim", "4",
+        "--private-dim", "2", "--fusion-hidden", "8", "--probe-members", "8",
+        "--probe-nonmembers", "8", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def issued(tmp_path_factory):
+    base = tmp_path_factory.mktemp("attest")
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "--out", str(base / "ck"), "--seed", "0", *FAST])
+    assert result.exit_code == 0, result.output
+    private_path, _ = signing.write_keypair(base / "issuer")
+    result = runner.invoke(main, ["issue", "--checkpoint", str(base / "ck"), "--modality",
+                                  "audio", "--epsilon", "1", "--key", str(private_path),
+                                  "--out", str(base / "deleted")])
+    assert result.exit_code == 0, result.output
+    return base / "deleted"
+
+
+@pytest.fixture(scope="module")
+def validator():
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+def test_statement_validates_against_schema(issued, validator):
+    statement = statement_for_certificate(load_certificate(issued / "cert.json"))
+    errors = sorted(validator.iter_errors(statement), key=str)
+    assert errors == []
+
+
+def test_schema_rejects_broken_statements(issued, validator):
+    statement = statement_for_certificate(load_certificate(issued / "cert.json"))
+    broken = {
+        "wrong _type": {**statement, "_type": "https://in-toto.io/Statement/v0.1"},
+        "no subject": {**statement, "subject": []},
+        "no digest": {**statement, "subject": [{"name": "model.safetensors"}]},
+        "upper-case hex": {**statement, "subject": [
+            {"name": "m", "digest": {"sha256": "A" * 64}}]},
+        "no predicateType": {k: v for k, v in statement.items() if k != "predicateType"},
+    }
+    for name, document in broken.items():
+        assert not validator.is_valid(document), name
+
+
+def test_subject_digest_is_model_file_sha256(issued):
+    statement = statement_for_certificate(load_certificate(issued / "cert.json"))
+    expected = hashlib.sha256((issued / "model.safetensors").read_bytes()).hexdigest()
+    assert statement["subject"] == [{"name": "model.safetensors", "digest": {"sha256": expected}}]
+    assert statement["_type"] == STATEMENT_TYPE
+    assert statement["predicateType"] == PREDICATE_TYPE
+
+
+def test_predicate_carries_signed_certificate(issued):
+    doc = load_certificate(issued / "cert.json")
+    predicate = statement_for_certificate(doc)["predicate"]
+    assert predicate["certificate"] == doc
+    assert predicate["certificate_digest"] == certificate_digest(doc)
+    assert predicate["issuer_key_id"] == doc["issuer"]["key_id"]
+    assert predicate["modality"] == "audio"
+
+
+def test_statement_does_not_alias_certificate(issued):
+    doc = load_certificate(issued / "cert.json")
+    original = copy.deepcopy(doc)
+    statement_for_certificate(doc)["predicate"]["certificate"]["certificate_id"] = "changed"
+    assert doc == original
+
+
+def test_bad_subject_name_rejected(issued):
+    doc = load_certificate(issued / "cert.json")
+    for name in ("", "model\n.safetensors"):
+        with pytest.raises(InputError) as caught:
+            statement_for_certificate(doc, subject_name=name)
+        assert caught.value.code == "E_PARAMETER_INVALID"
+
+
+def test_attest_command_writes_statement(issued, tmp_path, validator):
+    out = tmp_path / "statement.json"
+    result = CliRunner().invoke(main, ["attest", str(issued / "cert.json"), "--out", str(out),
+                                       "--model", str(issued / "model.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert validator.is_valid(json.loads(out.read_text()))
+    again = CliRunner().invoke(main, ["attest", str(issued / "cert.json"), "--out", str(out)])
+    assert again.exit_code == 2
+    assert "E_FILE_EXISTS" in again.stderr
+
+
+def test_attest_wrong_model_exits_1(issued, tmp_path):
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"not the model")
+    result = CliRunner().invoke(main, ["attest", str(issued / "cert.json"), "--out",
+                                       str(tmp_path / "s.json"), "--model", str(other)])
+    assert result.exit_code == 1
+    assert "E_DIGEST_MISMATCH" in result.stderr
+    assert not (tmp_path / "s.json").exists()

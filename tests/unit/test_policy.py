@@ -1,0 +1,112 @@
+"""The policy file: strict parsing of every key, and rejection of bad values."""
+
+from __future__ import annotations
+
+import pytest
+
+from mbd_cert.errors import FileMissing, InputError
+from mbd_cert.policy import Policy, find_policy, load_policy, parse_policy
+
+GOOD = """\
+policy_version = 1
+max_cumulative_epsilon = 2.5
+required_level = 1
+required_sensitivity_methods = ["clip-bound", "declared"]
+trusted_keys = ["keys/issuer.pub"]
+allow_inconclusive = false
+"""
+
+
+def _write(tmp_path, text, name="mbd-cert-policy.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_policy_reads_every_key(tmp_path):
+    policy = load_policy(_write(tmp_path, GOOD))
+    assert policy.max_cumulative_epsilon == 2.5
+    assert policy.required_level == 1
+    assert policy.required_sensitivity_methods == ("clip-bound", "declared")
+    assert policy.trusted_keys == ("keys/issuer.pub",)
+    assert policy.allow_inconclusive is False
+
+
+def test_empty_policy_has_defaults():
+    assert parse_policy({}) == Policy()
+
+
+def test_integer_epsilon_becomes_float():
+    policy = parse_policy({"max_cumulative_epsilon": 3})
+    assert policy.max_cumulative_epsilon == 3.0
+    assert isinstance(policy.max_cumulative_epsilon, float)
+
+
+BAD_VALUES = [
+    ("max_cumulative_epsilon = nan", "max_cumulative_epsilon"),
+    ("max_cumulative_epsilon = inf", "max_cumulative_epsilon"),
+    ("max_cumulative_epsilon = 0", "max_cumulative_epsilon"),
+    ("max_cumulative_epsilon = -1.0", "max_cumulative_epsilon"),
+    ("max_cumulative_epsilon = true", "max_cumulative_epsilon"),
+    ('max_cumulative_epsilon = "2"', "max_cumulative_epsilon"),
+    ("required_level = 0", "required_level"),
+    ("required_level = 4", "required_level"),
+    ("required_level = 1.0", "required_level"),
+    ("required_level = true", "required_level"),
+    ('required_sensitivity_methods = "clip-bound"', "required_sensitivity_methods"),
+    ("required_sensitivity_methods = []", "required_sensitivity_methods"),
+    ('required_sensitivity_methods = ["guessed"]', "required_sensitivity_methods"),
+    ('required_sensitivity_methods = ["declared", "declared"]', "required_sensitivity_methods"),
+    ('trusted_keys = "issuer.pub"', "trusted_keys"),
+    ('trusted_keys = ["/etc/issuer.pub"]', "trusted_keys[0]"),
+    ('trusted_keys = ["../issuer.pub"]', "trusted_keys[0]"),
+    ('trusted_keys = [""]', "trusted_keys"),
+    ("trusted_keys = [1]", "trusted_keys"),
+    ('allow_inconclusive = "yes"', "allow_inconclusive"),
+    ("policy_version = 2", "policy_version"),
+    ("max_epsilon = 1.0", "max_epsilon"),
+    ("[verify]\nlevel = 1", "verify"),
+]
+
+
+@pytest.mark.parametrize(("text", "key"), BAD_VALUES)
+def test_bad_value_rejected_naming_key(tmp_path, text, key):
+    with pytest.raises(InputError) as caught:
+        load_policy(_write(tmp_path, text + "\n"))
+    assert caught.value.code == "E_POLICY_INVALID"
+    assert caught.value.exit_code == 2
+    assert key in caught.value.message
+
+
+def test_invalid_toml_rejected(tmp_path):
+    with pytest.raises(InputError) as caught:
+        load_policy(_write(tmp_path, "max_cumulative_epsilon = \n"))
+    assert caught.value.code == "E_POLICY_INVALID"
+    assert "not valid TOML" in caught.value.message
+
+
+def test_non_utf8_rejected(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_bytes(b"# \xff\n")
+    with pytest.raises(InputError) as caught:
+        load_policy(path)
+    assert caught.value.code == "E_POLICY_INVALID"
+
+
+def test_missing_policy_file(tmp_path):
+    with pytest.raises(FileMissing):
+        load_policy(tmp_path / "absent.toml")
+
+
+def test_find_policy_default_names(tmp_path):
+    assert find_policy(tmp_path) is None
+    _write(tmp_path, GOOD, name=".mbd-cert.toml")
+    assert find_policy(tmp_path) == tmp_path / ".mbd-cert.toml"
+
+
+def test_find_policy_rejects_two_files(tmp_path):
+    _write(tmp_path, GOOD, name=".mbd-cert.toml")
+    _write(tmp_path, GOOD, name="mbd-cert-policy.toml")
+    with pytest.raises(InputError) as caught:
+        find_policy(tmp_path)
+    assert caught.value.code == "E_POLICY_INVALID"
