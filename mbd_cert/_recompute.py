@@ -1,0 +1,234 @@
+"""The verifier's own recomputation of the saliency mask and the masked update.
+
+Level 2 must not share a code path with the issuer that could hide an issuer bug. So
+this module re-implements SPEC.md sections 6.2 and 6.3 from the specification alone,
+without importing :mod:`mbd_cert.saliency` or :mod:`mbd_cert.update`. Per-sample
+gradients come from ``torch.func.vmap(torch.func.grad(...))`` over ``functional_call``
+of a module that wraps the objective, the ranking is a stable argsort, k is computed
+from the decimal value of ``top_k_fraction``, and the update steps are functional
+rather than in place. Only the architecture (model and objectives) and the file
+readers are shared with the issuer.
+
+Stability: internal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
+from typing import Any
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad, vmap
+
+Objective = Callable[[torch.nn.Module, Mapping[str, Any]], torch.Tensor]
+
+# Samples per vectorised gradient call: bounds the memory of the per-sample gradients
+# to CHUNK x (number of differentiated entries) float64 values.
+CHUNK = 64
+
+
+class _ObjectiveModule(torch.nn.Module):
+    """Wrap ``objective(model, batch)`` as a module so ``functional_call`` can swap weights."""
+
+    def __init__(self, model: torch.nn.Module, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(
+        self, inputs: dict[str, torch.Tensor], present: torch.Tensor, label: torch.Tensor
+    ) -> torch.Tensor:
+        batch = {"inputs": inputs, "present": present, "label": label}
+        result: torch.Tensor = self.objective(self.model, batch)
+        return result
+
+
+def _prefixed(values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"model." + name: value for name, value in values.items()}
+
+
+def gradient_and_fisher(
+    model: torch.nn.Module,
+    names: Sequence[str],
+    objective: Objective,
+    batch: Mapping[str, Any],
+    weights: np.ndarray,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Return the weighted mean per-sample gradient and mean squared gradient (float64).
+
+    ``sum_i w_i g_i / sum_i w_i`` and ``sum_i w_i g_i**2 / sum_i w_i`` over the samples
+    of ``batch``, where g_i is the gradient of the objective of sample i alone.
+
+    Raises:
+        ValueError: Every weight is zero.
+    """
+    wrapper = _ObjectiveModule(model, objective)
+    values = {name: param.detach() for name, param in model.named_parameters()}
+    selected = {name: values[name] for name in names}
+
+    def one_sample(
+        chosen: dict[str, torch.Tensor],
+        inputs: dict[str, torch.Tensor],
+        present: torch.Tensor,
+        label: torch.Tensor,
+    ) -> torch.Tensor:
+        # vmap strips the sample dimension; the model expects a batch of one.
+        batch_of_one = ({m: x.unsqueeze(0) for m, x in inputs.items()},
+                        present.unsqueeze(0), label.unsqueeze(0))
+        value: torch.Tensor = functional_call(
+            wrapper, _prefixed({**values, **chosen}), batch_of_one).sum()
+        return value
+
+    per_sample = vmap(grad(one_sample), in_dims=(None, 0, 0, 0))
+    weight_array = np.asarray(weights, dtype=np.float64)
+    total = float(weight_array.sum())
+    if total <= 0.0:
+        raise ValueError("no sample has a non-zero weight for this objective")
+    first = {name: torch.zeros_like(v, dtype=torch.float64) for name, v in selected.items()}
+    second = {name: torch.zeros_like(v, dtype=torch.float64) for name, v in selected.items()}
+    kept = np.flatnonzero(weight_array)
+    for start in range(0, kept.size, CHUNK):
+        rows = torch.from_numpy(kept[start : start + CHUNK])
+        w = torch.from_numpy(weight_array[rows.numpy()])
+        grads = per_sample(
+            selected,
+            {m: x.index_select(0, rows) for m, x in batch["inputs"].items()},
+            batch["present"].index_select(0, rows),
+            batch["label"].index_select(0, rows),
+        )
+        for name, g in grads.items():
+            g64 = g.to(torch.float64)
+            shape = (-1,) + (1,) * (g64.dim() - 1)
+            first[name] += (w.view(shape) * g64).sum(dim=0)
+            second[name] += (w.view(shape) * g64 * g64).sum(dim=0)
+    return (
+        {name: value / total for name, value in first.items()},
+        {name: value / total for name, value in second.items()},
+    )
+
+
+def saliency_scores(
+    model: torch.nn.Module,
+    gradient: Mapping[str, torch.Tensor],
+    fisher: Mapping[str, torch.Tensor],
+) -> dict[str, np.ndarray]:
+    """Return the second-order leave-one-out estimate -g theta + H theta**2 / 2 per entry."""
+    values = dict(model.named_parameters())
+    scores = {}
+    for name in gradient:
+        theta = values[name].detach().to(torch.float64)
+        score = theta * (0.5 * fisher[name] * theta - gradient[name])
+        scores[name] = score.numpy()
+    return scores
+
+
+def mask_count(eligible_count: int, top_k_fraction: float) -> int:
+    """Return k = max(1, ceil(top_k_fraction x eligible_count)) (SPEC.md, R-SAL-2).
+
+    The product is taken on the shortest decimal form of the fraction, the number as
+    the certificate writes it, so 0.02 x 5000 is 100 and not the 101 that binary
+    floating point would round up to.
+    """
+    product = Decimal(repr(float(top_k_fraction))) * eligible_count
+    return max(1, min(eligible_count, int(product.to_integral_value(rounding=ROUND_CEILING))))
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The recomputed top-k selection over the eligible entries.
+
+    Attributes:
+        names: Tensor order of the flat index (sorted names, row-major inside each).
+        magnitude: |score| per flat index.
+        selected: Boolean flat mask of the k entries of largest |score|.
+        cut: |score| of the k-th entry.
+    """
+
+    names: list[str]
+    magnitude: np.ndarray
+    selected: np.ndarray
+    cut: float
+
+
+def rank_top_k(scores: Mapping[str, np.ndarray], top_k_fraction: float) -> Ranking:
+    """Select the k entries of largest |score|, ties by flat index ascending (R-SAL-2).
+
+    Raises:
+        ValueError: There is no eligible entry.
+    """
+    names = sorted(scores)
+    magnitude = np.concatenate([np.abs(scores[n]).reshape(-1) for n in names]) if names else \
+        np.zeros(0)
+    if magnitude.size == 0:
+        raise ValueError("no eligible parameter entry")
+    k = mask_count(int(magnitude.size), top_k_fraction)
+    # A stable sort of -|score| keeps equal magnitudes in flat-index order.
+    order = np.argsort(-magnitude, kind="stable")
+    selected = np.zeros(magnitude.size, dtype=bool)
+    selected[order[:k]] = True
+    return Ranking(names, magnitude, selected, float(magnitude[order[k - 1]]))
+
+
+@dataclass(frozen=True)
+class Update:
+    """The recomputed deterministic update.
+
+    Attributes:
+        displacement: float64 array per masked tensor, clipped, zero outside the mask.
+        raw_norm: L2 norm before the clip.
+        norm: L2 norm after the clip.
+    """
+
+    displacement: dict[str, np.ndarray]
+    raw_norm: float
+    norm: float
+
+
+def masked_update(
+    model: torch.nn.Module,
+    masks: Mapping[str, np.ndarray],
+    objective: Objective,
+    batch: Mapping[str, Any],
+    *,
+    steps: int,
+    learning_rate: float,
+    damping: float,
+    clip_norm: float,
+) -> Update:
+    """Recompute K preconditioned masked descent steps and the clip (SPEC.md, section 6.3).
+
+    ``theta <- theta - lr * mask * g / (sqrt(F) + damping)`` with g the full-batch mean
+    gradient of the objective and F its diagonal Fisher at the start; the total
+    displacement is scaled to L2 norm at most ``clip_norm``. ``model`` is not changed.
+    """
+    names = sorted(masks)
+    wrapper = _ObjectiveModule(model, objective)
+    fixed = {name: p.detach().to(torch.float64) for name, p in model.named_parameters()}
+    start = {name: fixed[name] for name in names}
+    mask_t = {name: torch.from_numpy(np.array(masks[name], dtype=bool)) for name in names}
+    n = int(batch["label"].shape[0])
+    _, fisher = gradient_and_fisher(model, names, objective, batch, np.ones(n))
+    scale = {name: mask_t[name].to(torch.float64) / (fisher[name].sqrt() + damping)
+             for name in names}
+
+    def mean_objective(moving: dict[str, torch.Tensor]) -> torch.Tensor:
+        arguments = (batch["inputs"], batch["present"], batch["label"])
+        value: torch.Tensor = functional_call(
+            wrapper, _prefixed({**fixed, **moving}), arguments).mean()
+        return value
+
+    gradient_of = grad(mean_objective)
+    theta = dict(start)
+    for _ in range(steps):
+        g = gradient_of(theta)
+        theta = {name: theta[name] - learning_rate * g[name] * scale[name] for name in names}
+    displacement = {name: (theta[name] - start[name]).numpy() for name in names}
+    raw_norm = math.sqrt(sum(float(np.square(d).sum()) for d in displacement.values()))
+    factor = min(1.0, clip_norm / raw_norm) if raw_norm > 0 else 1.0
+    clipped = {name: np.where(masks[name], d * factor, 0.0) for name, d in displacement.items()}
+    norm = math.sqrt(sum(float(np.square(d).sum()) for d in clipped.values()))
+    return Update(clipped, raw_norm, norm)

@@ -1,0 +1,396 @@
+"""Level-2 verification: recompute the deletion from the audit bundle (SPEC.md, section 8.1).
+
+The checks rebuild the pre-deletion model as ``post - diff``, recompute the saliency
+mask and the deterministic update with the verifier's own code (:mod:`mbd_cert._recompute`,
+never the issuer's :mod:`mbd_cert.saliency` or :mod:`mbd_cert.update`), and test that
+what the diff adds on top of the update is Gaussian noise of the certified sigma.
+Everything is computed in float64 on the CPU.
+
+Stability: :func:`run_level2` is called by :func:`mbd_cert.verify.verify`; internal
+otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rfc8785
+import torch
+
+from mbd_cert import _paths, _recompute, stats
+from mbd_cert._torch_model import build_model, probe_batch
+from mbd_cert.arch import Architecture, get_architecture
+from mbd_cert.checkpoint import ProbeSet, read_probe_set, read_tensors
+from mbd_cert.errors import MalformedData, MalformedSafetensors
+from mbd_cert.report import FAIL, PASS, SKIPPED, CheckResult, VerificationReport
+
+logger = logging.getLogger(__name__)
+
+# Family-wise significance level of the three residual tests when neither the
+# certificate (update.residual_alpha) nor the caller (--alpha) sets one.
+DEFAULT_ALPHA = 0.01
+# The residual tests form one family; Bonferroni splits alpha over them.
+RESIDUAL_TESTS = 3
+# Relative agreement required between the recomputed raw update norm and the
+# certificate's update.norm_before_clip (float64 reduction order differs by ~1e-15).
+NORM_TOLERANCE = 1e-6
+
+CODE_MASK_MISMATCH = "E_MASK_MISMATCH"
+CODE_DIFF_OUTSIDE_MASK = "E_DIFF_OUTSIDE_MASK"
+CODE_UPDATE_MISMATCH = "E_UPDATE_MISMATCH"
+CODE_RESIDUAL_REJECTED = "E_RESIDUAL_REJECTED"
+CODE_INCONCLUSIVE = "E_INCONCLUSIVE"
+
+
+@dataclass
+class Bundle:
+    """Everything level 2 and 3 read, checked for layout, before any claim is tested."""
+
+    architecture: Architecture
+    modality: str
+    config_pre: dict[str, Any]
+    config_post: dict[str, Any]
+    post: dict[str, np.ndarray]
+    diff: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+    probe: ProbeSet
+    removed: list[str]
+    eligible: list[str]
+
+
+def resolve_alpha(doc: Mapping[str, Any], override: float | None) -> float:
+    """Return ``override`` if given, else ``update.residual_alpha``, else the default."""
+    if override is not None:
+        return float(override)
+    return float(doc["update"].get("residual_alpha", DEFAULT_ALPHA))
+
+
+def load_bundle(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path) -> Bundle:
+    """Read the released model and the audit bundle and check their layout.
+
+    Raises:
+        InputError: A file is missing or malformed, a diff tensor names no model tensor
+            or has the wrong shape or dtype (``E_DIFF_SHAPE``, ``E_DIFF_DTYPE``).
+    """
+    architecture = get_architecture(doc["subject_model"]["architecture"]["name"])
+    config_post = architecture.validate_config(doc["subject_model"]["architecture"]["config"])
+    modality = doc["deletion"]["modality"]
+    config_pre = dict(config_post)
+    config_pre["deleted_modalities"] = [
+        m for m in config_post.get("deleted_modalities", []) if m != modality
+    ]
+    post = read_tensors(model_path)
+    diff_path = _paths.resolve_artefact(bundle_dir, doc["audit_bundle"]["diff"]["path"])
+    probe_path = _paths.resolve_artefact(bundle_dir, doc["audit_bundle"]["probe"]["path"])
+    raw = read_tensors(diff_path)
+    diff: dict[str, np.ndarray] = {}
+    masks: dict[str, np.ndarray] = {}
+    for key, array in raw.items():
+        kind, _, name = key.partition(".")
+        if kind not in ("diff", "mask") or name not in post:
+            raise MalformedData(
+                f"{diff_path}: tensor '{key}' is neither diff.<name> nor mask.<name> of a "
+                "model tensor",
+                hint="the diff belongs to another model; use the audit bundle of this certificate",
+            )
+        if tuple(array.shape) != tuple(post[name].shape):
+            raise MalformedSafetensors(
+                f"{diff_path}: '{key}' has shape {list(array.shape)}, the model tensor has "
+                f"{list(post[name].shape)}",
+                code="E_DIFF_SHAPE",
+            )
+        expected = np.float64 if kind == "diff" else np.bool_
+        if array.dtype != expected:
+            raise MalformedSafetensors(
+                f"{diff_path}: '{key}' has dtype {array.dtype}, expected {np.dtype(expected)}",
+                code="E_DIFF_DTYPE",
+            )
+        (diff if kind == "diff" else masks)[name] = array
+    probe = read_probe_set(probe_path, modalities=config_post["modalities"])
+    removed = sorted(doc["deletion"]["removed_tensors"])
+    groups = [g.rstrip(".") for g in doc["saliency"]["eligible_groups"]]
+    eligible = sorted(
+        n for n in post
+        if n not in removed and any(n == g or n.startswith(g + ".") for g in groups)
+    )
+    return Bundle(architecture, modality, config_pre, config_post, post, diff, masks, probe,
+                  removed, eligible)
+
+
+def rebuild_pre(bundle: Bundle) -> dict[str, np.ndarray]:
+    """Return ``float64(post) - diff`` cast to each tensor's dtype (SPEC.md, R-DIFF-2)."""
+    pre = {}
+    for name, value in bundle.post.items():
+        if name in bundle.diff:
+            pre[name] = (value.astype(np.float64) - bundle.diff[name]).astype(value.dtype)
+        else:
+            pre[name] = value
+    return pre
+
+
+def _digest(array: np.ndarray) -> str:
+    data = np.ascontiguousarray(array)
+    if data.dtype == np.bool_:
+        data = data.astype(np.uint8)
+    little_endian = data.astype(data.dtype.newbyteorder("<"))
+    return "sha256:" + hashlib.sha256(little_endian.tobytes()).hexdigest()
+
+
+def _check_pre_rebuild(doc: Mapping[str, Any], pre: Mapping[str, np.ndarray]) -> str:
+    committed = doc["subject_model"]["pre_deletion"]["tensors"]
+    names = sorted(set(committed) | set(pre))
+    for name in names:
+        if name not in committed or name not in pre:
+            raise _fail_digest(
+                f"tensor '{name}' is in only one of the rebuilt and committed models")
+        entry = committed[name]
+        digest = _digest(pre[name])
+        if list(pre[name].shape) != list(entry["shape"]) or digest != entry["digest"]:
+            raise _fail_digest(
+                f"rebuilt pre-deletion tensor '{name}' (post - diff): expected "
+                f"{entry['digest']}, got {digest}"
+            )
+    return f"post - diff reproduces all {len(names)} committed pre-deletion tensor digests"
+
+
+def _fail_digest(message: str) -> Exception:
+    from mbd_cert.errors import DigestMismatch
+
+    return DigestMismatch(message, hint="the diff does not belong to this model and certificate")
+
+
+def _check_mask_commitment(doc: Mapping[str, Any], bundle: Bundle) -> str:
+    from mbd_cert.errors import VerificationFailed
+
+    saliency = doc["saliency"]
+    if sorted(bundle.masks) != bundle.eligible:
+        raise VerificationFailed(
+            f"mask tensors {sorted(bundle.masks)[:5]} differ from the eligible tensors "
+            f"{bundle.eligible[:5]} of saliency.eligible_groups",
+            code=CODE_MASK_MISMATCH,
+        )
+    entries = [
+        {"name": n, "dtype": "BOOL", "shape": list(bundle.masks[n].shape),
+         "digest": _digest(bundle.masks[n])}
+        for n in sorted(bundle.masks)
+    ]
+    digest = "sha256:" + hashlib.sha256(
+        rfc8785.dumps({"metadata": {}, "tensors": entries})).hexdigest()
+    count = sum(int(m.size) for m in bundle.masks.values())
+    size = sum(int(m.sum()) for m in bundle.masks.values())
+    expected_k = _recompute.mask_count(count, saliency["top_k_fraction"])
+    problems = []
+    if digest != saliency["mask_digest"]:
+        problems.append(f"saliency.mask_digest: expected {saliency['mask_digest']}, got {digest}")
+    if count != saliency["eligible_count"]:
+        problems.append(
+            f"saliency.eligible_count: expected {saliency['eligible_count']}, got {count}")
+    if size != saliency["mask_size"] or size != expected_k:
+        problems.append(
+            f"saliency.mask_size: certificate {saliency['mask_size']}, mask tensors {size}, "
+            f"rule k = ceil(top_k_fraction x eligible_count) {expected_k}"
+        )
+    if problems:
+        raise VerificationFailed("; ".join(problems), code=CODE_MASK_MISMATCH)
+    return f"mask tensors match saliency.mask_digest: {size} of {count} eligible entries"
+
+
+def _check_diff_support(bundle: Bundle) -> CheckResult:
+    outside = 0
+    first = ""
+    for name, values in sorted(bundle.diff.items()):
+        if name in bundle.removed:
+            continue
+        allowed = bundle.masks.get(name, np.zeros(values.shape, dtype=bool))
+        count = int(np.count_nonzero(values[~allowed]))
+        if count and not first:
+            first = name
+        outside += count
+    status = PASS if outside == 0 else FAIL
+    detail = (
+        "the diff changes only masked entries and the deleted encoder"
+        if outside == 0
+        else f"the diff changes {outside} entries outside the mask and the deleted encoder, "
+        f"first in tensor '{first}'"
+    )
+    return CheckResult("diff-support", status, detail, code=None if outside == 0 else
+                       CODE_DIFF_OUTSIDE_MASK, requirement="R-L2-3", value=outside, threshold=0)
+
+
+def _check_saliency(doc: Mapping[str, Any], bundle: Bundle,
+                    pre: Mapping[str, np.ndarray]) -> CheckResult:
+    model = build_model(bundle.architecture, bundle.config_pre, pre)
+    model.requires_grad_(False)
+    batch = probe_batch(bundle.probe)
+    column = bundle.probe.modalities.index(bundle.modality)
+    weights = bundle.probe.present[:, column].astype(np.float64)
+    modality = bundle.modality
+
+    def forget(m: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
+        return bundle.architecture.forget_objective(m, sub, modality)  # type: ignore[arg-type]
+
+    if weights.sum() == 0:
+        return CheckResult("saliency-mask", FAIL, f"no probe sample has {modality} observed",
+                           code=CODE_MASK_MISMATCH, requirement="R-L2-4")
+    gradient, fisher = _recompute.gradient_and_fisher(model, bundle.eligible, forget, batch,
+                                                      weights)
+    scores = _recompute.saliency_scores(model, gradient, fisher)
+    ranking = _recompute.rank_top_k(scores, doc["saliency"]["top_k_fraction"])
+    committed = np.concatenate([bundle.masks[n].reshape(-1) for n in ranking.names])
+    tolerance = float(doc["saliency"]["score_tolerance"])
+    differ = committed != ranking.selected
+    band = np.abs(ranking.magnitude - ranking.cut) <= tolerance * ranking.cut
+    outside_band = int(np.sum(differ & ~band))
+    swaps = int(np.sum(committed & ~ranking.selected))
+    n = int(weights.sum())
+    if outside_band:
+        return CheckResult(
+            "saliency-mask", FAIL,
+            f"{outside_band} entries differ from the recomputed top-{int(ranking.selected.sum())} "
+            f"mask outside the tie band (relative tolerance {tolerance:g} of the cut "
+            f"|score| {ranking.cut:.6g})",
+            code=CODE_MASK_MISMATCH, requirement="R-L2-4", value=outside_band, threshold=0, n=n)
+    return CheckResult(
+        "saliency-mask", PASS,
+        f"recomputed mask matches on {n} probe samples with {modality} observed; "
+        f"{swaps} boundary swaps inside the tie band (relative tolerance {tolerance:g})",
+        requirement="R-L2-4", value=swaps, threshold=tolerance, n=n)
+
+
+def _recompute_update(doc: Mapping[str, Any], bundle: Bundle,
+                      pre: Mapping[str, np.ndarray]) -> _recompute.Update:
+    start = {n: (np.zeros_like(v) if n in bundle.removed else v) for n, v in pre.items()}
+    model = build_model(bundle.architecture, bundle.config_post, start)
+    model.requires_grad_(False)
+    modality = bundle.modality
+
+    def retain(m: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
+        return bundle.architecture.retain_objective(m, sub, modality)  # type: ignore[arg-type]
+
+    update = doc["update"]
+    return _recompute.masked_update(
+        model, bundle.masks, retain, probe_batch(bundle.probe), steps=update["steps"],
+        learning_rate=update["learning_rate"], damping=update["damping"],
+        clip_norm=update["clip_norm"])
+
+
+def _check_clip(doc: Mapping[str, Any], result: _recompute.Update) -> CheckResult:
+    clip = float(doc["update"]["clip_norm"])
+    recorded = doc["update"].get("norm_before_clip")
+    problems = []
+    if result.norm > clip * (1 + 1e-12):
+        problems.append(f"recomputed norm {result.norm:.9g} exceeds clip_norm {clip:g}")
+    if recorded is not None and not math.isclose(recorded, result.raw_norm,
+                                                 rel_tol=NORM_TOLERANCE, abs_tol=1e-300):
+        problems.append(
+            f"update.norm_before_clip is {recorded!r}, recomputed {result.raw_norm:.9g}")
+    if problems:
+        return CheckResult("update-clip", FAIL, "; ".join(problems), code=CODE_UPDATE_MISMATCH,
+                           requirement="R-L2-5", value=result.norm, threshold=clip)
+    return CheckResult(
+        "update-clip", PASS,
+        f"recomputed update: norm {result.raw_norm:.6g} before and {result.norm:.6g} after "
+        f"the clip at {clip:g}", requirement="R-L2-5", value=result.norm, threshold=clip)
+
+
+def _residual_checks(doc: Mapping[str, Any], bundle: Bundle, update: _recompute.Update,
+                     alpha: float) -> list[CheckResult]:
+    sigma = float(doc["privacy"]["sigma"])
+    names = sorted(bundle.masks)
+    selected = [bundle.masks[n].reshape(-1) for n in names]
+    diff = np.concatenate([
+        bundle.diff.get(n, np.zeros(bundle.masks[n].shape)).reshape(-1)[s]
+        for n, s in zip(names, selected, strict=True)])
+    deterministic = np.concatenate([
+        update.displacement[n].reshape(-1)[s]
+        for n, s in zip(names, selected, strict=True)])
+    residual = diff - deterministic
+    level = alpha / RESIDUAL_TESTS
+    family = f"alpha {alpha:g} over {RESIDUAL_TESTS} tests (Bonferroni, {level:.4g} each)"
+    results = []
+
+    variance = stats.variance_test(residual, sigma)
+    results.append(_decide(
+        "residual-variance", "R-L2-6", variance.p_value, level,
+        f"residual variance / sigma^2 = {variance.statistic:.4f} (chi-square, n = {variance.n}, "
+        f"two-sided p = {variance.p_value:.3g}, {family})", variance.statistic, variance.n))
+
+    normality = stats.normality_test(residual)
+    if normality is None:
+        results.append(CheckResult(
+            "residual-normality", "inconclusive",
+            f"{residual.size} masked entries are too few for the normality test "
+            f"(needs {stats.MIN_NORMALITY_SAMPLES})", code=CODE_INCONCLUSIVE,
+            requirement="R-L2-7", n=int(residual.size)))
+    else:
+        results.append(_decide(
+            "residual-normality", "R-L2-7", normality.p_value, level,
+            f"D'Agostino-Pearson K^2 = {normality.statistic:.4g}, p = {normality.p_value:.3g} "
+            f"({family})", normality.statistic, normality.n))
+
+    projection = stats.projection_test(residual, deterministic, sigma)
+    results.append(_decide(
+        "residual-projection", "R-L2-8", projection.p_value, level,
+        f"residual along the recomputed update: z = {projection.statistic:.3f} "
+        f"(two-sided p = {projection.p_value:.3g}, {family})", projection.statistic,
+        projection.n))
+    return results
+
+
+def _decide(name: str, requirement: str, p_value: float, level: float, detail: str,
+            value: float, n: int) -> CheckResult:
+    passed = p_value >= level
+    return CheckResult(name, PASS if passed else FAIL, detail,
+                       code=None if passed else CODE_RESIDUAL_REJECTED,
+                       requirement=requirement, value=value, threshold=level, n=n)
+
+
+def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
+               report: VerificationReport, options: Any) -> None:
+    """Run the level-2 checks and append them to ``report`` (SPEC.md, section 8.1).
+
+    Raises:
+        InputError: The bundle files are missing or malformed.
+    """
+    started = time.monotonic()
+    alpha = resolve_alpha(doc, getattr(options, "alpha", None))
+    bundle = load_bundle(doc, model_path, bundle_dir)
+    pre = rebuild_pre(bundle)
+
+    # Step 1 (SPEC §8.1, R-L2-1): post - diff reproduces the committed pre-deletion model.
+    rebuilt = report.run("pre-rebuild", "R-L2-1", lambda: _check_pre_rebuild(doc, pre))
+
+    # Step 2 (R-L2-2): the mask tensors are the committed mask of the stated size.
+    report.run("mask-commitment", "R-L2-2", lambda: _check_mask_commitment(doc, bundle))
+
+    # Step 3 (R-L2-3): nothing outside the mask and the deleted encoder changed.
+    report.run("diff-support", "R-L2-3", lambda: _check_diff_support(bundle))
+
+    dependent = ("saliency-mask", "update-clip", "residual-variance", "residual-normality",
+                 "residual-projection")
+    if not rebuilt:
+        for name in dependent:
+            report.checks.append(CheckResult(
+                name, SKIPPED, "the pre-deletion model could not be rebuilt (pre-rebuild failed)",
+                requirement="R-L2-1"))
+        return
+
+    # Step 4 (R-L2-4): the mask recomputed from the rebuilt model and the probe set.
+    report.run("saliency-mask", "R-L2-4", lambda: _check_saliency(doc, bundle, pre))
+
+    # Step 5 (R-L2-5): the deterministic update recomputed on the committed mask, clipped.
+    update = _recompute_update(doc, bundle, pre)
+    report.run("update-clip", "R-L2-5", lambda: _check_clip(doc, update))
+
+    # Step 6 (R-L2-6 to R-L2-8): the residual diff - update is N(0, sigma^2) noise.
+    for result in _residual_checks(doc, bundle, update, alpha):
+        report.checks.append(result)
+    logger.info("level 2 took %.1f s", time.monotonic() - started)

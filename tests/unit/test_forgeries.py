@@ -1,0 +1,215 @@
+"""Forged certificates, each built from an honest one and re-signed with the issuer's key.
+
+Each forgery must fail the check that names its defect. The statistical forgeries are
+repeated for several forger seeds; every seed must be caught.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from level_factories import (  # noqa: E402
+    copy_bundle,
+    honest_bundle,
+    load_doc,
+    other_checkpoint,
+    read,
+    resign,
+    run_verify,
+    status_of,
+    write_tensors,
+)
+
+from mbd_cert import _recompute  # noqa: E402
+from mbd_cert.diff import array_manifest_digest  # noqa: E402
+from mbd_cert.verify_recompute import load_bundle, rebuild_pre  # noqa: E402
+
+# Seed 0 runs by default; the others under -m slow (each forgery takes a few seconds).
+FORGER_SEEDS = [0] + [pytest.param(seed, marks=pytest.mark.slow) for seed in (1, 2, 3, 4)]
+
+
+@pytest.fixture(scope="module")
+def honest():
+    return honest_bundle()
+
+
+def _parts(out: Path):
+    doc = load_doc(out)
+    bundle = load_bundle(doc, out / "model.safetensors", out)
+    return doc, bundle, rebuild_pre(bundle)
+
+
+def _update(doc, bundle, pre, masks):
+    from mbd_cert._torch_model import build_model, probe_batch
+
+    start = {n: (np.zeros_like(v) if n in bundle.removed else v) for n, v in pre.items()}
+    model = build_model(bundle.architecture, bundle.config_post, start)
+    model.requires_grad_(False)
+
+    def retain(m, sub):
+        return bundle.architecture.retain_objective(m, sub, "audio")
+
+    u = doc["update"]
+    return _recompute.masked_update(model, masks, retain, probe_batch(bundle.probe),
+                                    steps=u["steps"], learning_rate=u["learning_rate"],
+                                    damping=u["damping"], clip_norm=u["clip_norm"])
+
+
+def _release(out: Path, key, doc, bundle, pre, masked_values, masks=None) -> None:
+    """Write a model whose masked entries are pre + masked_values, its diff, and re-sign."""
+    masks = bundle.masks if masks is None else masks
+    post = dict(bundle.post)
+    diff = {}
+    for name, mask in masks.items():
+        moved = pre[name].astype(np.float64) + np.where(mask, masked_values[name], 0.0)
+        post[name] = moved.astype(pre[name].dtype)
+    for name in sorted(set(bundle.removed) | {n for n, m in masks.items() if m.any()}):
+        diff["diff." + name] = post[name].astype(np.float64) - pre[name].astype(np.float64)
+    for name, mask in masks.items():
+        diff["mask." + name] = mask
+    write_tensors(out / "model.safetensors", post)
+    write_tensors(out / "diff.safetensors", diff)
+    if masks is not bundle.masks:
+        doc["saliency"]["mask_digest"] = array_manifest_digest(masks)
+    resign(out, key, doc)
+
+
+def _noise(bundle, sigma, seed):
+    rng = np.random.default_rng(1000 + seed)
+    return {n: rng.normal(0.0, sigma, size=m.shape) for n, m in sorted(bundle.masks.items())}
+
+
+def test_honest_bundle_passes_level2(honest):
+    _, out, key = honest
+    report = run_verify(out, key, 2)
+    assert report.verified, [(c.name, c.detail) for c in report.checks if c.status != "pass"]
+
+
+@pytest.mark.parametrize("seed", FORGER_SEEDS)
+def test_noise_omitted_fails_variance(honest, tmp_path, seed):
+    _, source, key = honest
+    out = copy_bundle(source, tmp_path / "forged")
+    doc, bundle, pre = _parts(out)
+    update = _update(doc, bundle, pre, bundle.masks)
+    _release(out, key, doc, bundle, pre, update.displacement)
+    statuses = status_of(run_verify(out, key, 2))
+    assert statuses["bundle-digest"] == "pass"
+    assert statuses["residual-variance"] == "fail"
+
+
+@pytest.mark.parametrize("seed", FORGER_SEEDS)
+def test_sigma_understated_fails_variance(honest, tmp_path, seed):
+    _, source, key = honest
+    out = copy_bundle(source, tmp_path / "forged")
+    doc, bundle, pre = _parts(out)
+    update = _update(doc, bundle, pre, bundle.masks)
+    noise = _noise(bundle, 0.8 * doc["privacy"]["sigma"], seed)
+    _release(out, key, doc, bundle, pre, {n: update.displacement[n] + noise[n] for n in noise})
+    statuses = status_of(run_verify(out, key, 2))
+    assert statuses["pre-rebuild"] == "pass"
+    assert statuses["residual-variance"] == "fail"
+
+
+@pytest.mark.parametrize("seed", FORGER_SEEDS)
+def test_unclipped_update_fails_projection(honest, tmp_path, seed):
+    _, source, key = honest
+    out = copy_bundle(source, tmp_path / "forged")
+    doc, bundle, pre = _parts(out)
+    update = _update(doc, bundle, pre, bundle.masks)
+    factor = update.raw_norm / update.norm
+    noise = _noise(bundle, doc["privacy"]["sigma"], seed)
+    _release(out, key, doc, bundle, pre,
+             {n: factor * update.displacement[n] + noise[n] for n in noise})
+    statuses = status_of(run_verify(out, key, 2))
+    assert statuses["residual-projection"] == "fail"
+
+
+@pytest.mark.parametrize("seed", FORGER_SEEDS)
+def test_random_mask_fails_saliency(honest, tmp_path, seed):
+    _, source, key = honest
+    out = copy_bundle(source, tmp_path / "forged")
+    doc, bundle, pre = _parts(out)
+    rng = np.random.default_rng(seed)
+    masks = {}
+    for name, mask in sorted(bundle.masks.items()):
+        flat = np.zeros(mask.size, dtype=bool)
+        flat[rng.choice(mask.size, int(mask.sum()), replace=False)] = True
+        masks[name] = flat.reshape(mask.shape)
+    update = _update(doc, bundle, pre, masks)
+    noise = _noise(bundle, doc["privacy"]["sigma"], seed)
+    _release(out, key, doc, bundle, pre,
+             {n: update.displacement[n] + noise[n] for n in noise}, masks=masks)
+    statuses = status_of(run_verify(out, key, 2))
+    assert statuses["mask-commitment"] == "pass"
+    assert statuses["saliency-mask"] == "fail"
+
+
+def test_change_outside_mask_fails_support(honest, tmp_path):
+    _, source, key = honest
+    out = copy_bundle(source, tmp_path / "forged")
+    post = read(out, "model.safetensors")
+    diff = read(out, "diff.safetensors")
+    post["head.weight"] = post["head.weight"].copy()
+    before = post["head.weight"].astype(np.float64)
+    post["head.weight"].flat[0] += np.float32(0.01)
+    diff["diff.head.weight"] = post["head.weight"].astype(np.float64) - before
+    write_tensors(out / "model.safetensors", post)
+    write_tensors(out / "diff.safetensors", diff)
+    resign(out, key)
+    statuses = status_of(run_verify(out, key, 2))
+    assert statuses["pre-rebuild"] == "pass"
+    assert statuses["diff-support"] == "fail"
+
+
+def test_encoder_entry_left_fails_deletion(honest, tmp_path):
+    _, source, key = honest
+    out = copy_bundle(source, tmp_path / "forged")
+    doc = load_doc(out)
+    name = doc["deletion"]["removed_tensors"][0]
+    post = read(out, "model.safetensors")
+    diff = read(out, "diff.safetensors")
+    pre_value = -diff["diff." + name].flat[0]
+    post[name] = post[name].copy()
+    post[name].flat[0] = np.float32(pre_value)
+    diff["diff." + name] = diff["diff." + name].copy()
+    diff["diff." + name].flat[0] = 0.0
+    write_tensors(out / "model.safetensors", post)
+    write_tensors(out / "diff.safetensors", diff)
+    resign(out, key)
+    statuses = status_of(run_verify(out, key, 2))
+    assert statuses["deleted-tensors-zero"] == "fail"
+    assert statuses["pre-rebuild"] == "pass"
+
+
+def test_diff_of_other_model_fails_rebuild(honest, tmp_path):
+    _, source, key = honest
+    out = copy_bundle(source, tmp_path / "forged")
+    other_pre = read(other_checkpoint(), "model.safetensors")
+    post = read(out, "model.safetensors")
+    diff = read(out, "diff.safetensors")
+    for key_name in [k for k in diff if k.startswith("diff.")]:
+        name = key_name.removeprefix("diff.")
+        diff[key_name] = post[name].astype(np.float64) - other_pre[name].astype(np.float64)
+    write_tensors(out / "diff.safetensors", diff)
+    resign(out, key)
+    report = run_verify(out, key, 2)
+    statuses = status_of(report)
+    assert statuses["bundle-digest"] == "pass"
+    assert statuses["pre-rebuild"] == "fail"
+    assert {c.code for c in report.checks if c.name == "pre-rebuild"} == {"E_DIGEST_MISMATCH"}
+
+
+def test_swapped_probe_fails_saliency(honest, tmp_path):
+    _, source, key = honest
+    out = copy_bundle(source, tmp_path / "forged")
+    (out / "probe.safetensors").write_bytes(
+        (other_checkpoint() / "probe.safetensors").read_bytes())
+    resign(out, key)
+    statuses = status_of(run_verify(out, key, 2))
+    assert statuses["bundle-digest"] == "pass"
+    assert statuses["saliency-mask"] == "fail"

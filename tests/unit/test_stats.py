@@ -1,0 +1,140 @@
+"""Oracle values for the statistics of levels 2 and 3."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from mbd_cert import stats
+from mbd_cert.errors import InputError
+
+
+@pytest.mark.parametrize(
+    ("successes", "trials", "lower", "upper"),
+    [(10, 10, 0.722467, 1.0), (0, 10, 0.0, 0.277533), (0, 77, 0.0, 0.047518)],
+)
+def test_wilson_case_values(successes, trials, lower, upper):
+    interval = stats.wilson_interval(successes, trials)
+    assert interval.lower == pytest.approx(lower, abs=1e-6)
+    assert interval.upper == pytest.approx(upper, abs=1e-6)
+    assert interval.upper > interval.lower
+
+
+def test_wilson_matches_closed_form_inside():
+    z = scipy_stats.norm.ppf(0.975)
+    p, n = 0.3, 50
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    interval = stats.wilson_interval(15, 50)
+    assert interval.lower == pytest.approx(centre - half, rel=1e-12)
+    assert interval.upper == pytest.approx(centre + half, rel=1e-12)
+
+
+def test_clopper_pearson_known_values():
+    # 0 of n: upper = 1 - (alpha/2)^(1/n); n of n: lower = (alpha/2)^(1/n).
+    assert stats.clopper_pearson_interval(0, 10).upper == pytest.approx(1 - 0.025 ** 0.1)
+    assert stats.clopper_pearson_interval(10, 10).lower == pytest.approx(0.025 ** 0.1)
+    interval = stats.clopper_pearson_interval(5, 10)
+    assert interval.lower == pytest.approx(0.187086, abs=1e-6)
+    assert interval.upper == pytest.approx(0.812914, abs=1e-6)
+
+
+def test_clopper_pearson_covers_by_monte_carlo():
+    rng = np.random.default_rng(0)
+    p, n = 0.1, 40
+    draws = rng.binomial(n, p, size=2000)
+    covered = [stats.clopper_pearson_interval(int(k), n).lower <= p <=
+               stats.clopper_pearson_interval(int(k), n).upper for k in draws]
+    # Exact intervals are conservative: coverage at least 95 % up to Monte Carlo error
+    # (3 standard errors of 2,000 draws is about 1.5 points).
+    assert np.mean(covered) >= 0.935
+
+
+@pytest.mark.parametrize("bad", [(-1, 10), (11, 10), (0, 0)])
+def test_interval_rejects_bad_counts(bad):
+    with pytest.raises(InputError):
+        stats.wilson_interval(*bad)
+
+
+def test_balanced_accuracy_case_c26():
+    truth = np.r_[np.zeros(4861, dtype=int), np.ones(249, dtype=int)]
+    result = stats.balanced_accuracy(truth, np.zeros_like(truth))
+    assert result.majority_rate == pytest.approx(0.9513, abs=1e-4)
+    assert result.chance == 0.5
+    assert result.value == 0.5
+    assert result.interval.lower <= result.chance
+
+
+def test_balanced_accuracy_perfect_classifier_exceeds_chance():
+    truth = np.r_[np.zeros(60, dtype=int), np.ones(40, dtype=int)]
+    result = stats.balanced_accuracy(truth, truth)
+    assert result.value == 1.0
+    assert result.interval.lower > result.chance
+
+
+def test_auc_matches_mann_whitney():
+    rng = np.random.default_rng(1)
+    positive, negative = rng.normal(0.5, 1, 80), rng.normal(0, 1, 120)
+    auc, interval = stats.auc_with_interval(positive, negative)
+    expected = scipy_stats.mannwhitneyu(positive, negative).statistic / (80 * 120)
+    assert auc == pytest.approx(expected)
+    assert interval.lower < auc < interval.upper
+
+
+def test_auc_ties_count_half():
+    auc, _ = stats.auc_with_interval(np.ones(5), np.ones(7))
+    assert auc == 0.5
+
+
+def test_tpr_at_fpr_respects_cap():
+    positive = np.arange(100, 200, dtype=float)
+    negative = np.arange(0, 150, dtype=float)
+    tp, fp, threshold = stats.tpr_at_fpr(positive, negative, 0.1)
+    assert fp <= 15
+    assert tp == int(np.sum(positive > threshold))
+    assert fp == int(np.sum(negative > threshold))
+
+
+def test_epsilon_bound_zero_without_signal():
+    assert stats.epsilon_lower_bound(10, 100, 10, 100, 1e-5) == 0.0
+
+
+def test_epsilon_bound_formula():
+    tpr_lo = stats.clopper_pearson_interval(90, 100).lower
+    fpr_hi = stats.clopper_pearson_interval(2, 100).upper
+    expected = max(math.log((tpr_lo - 1e-5) / fpr_hi),
+                   math.log((1 - fpr_hi - 1e-5) / (1 - tpr_lo)))
+    assert stats.epsilon_lower_bound(90, 100, 2, 100, 1e-5) == pytest.approx(expected)
+    assert expected > 1
+
+
+def test_variance_test_is_calibrated():
+    rng = np.random.default_rng(2)
+    p_values = [stats.variance_test(rng.normal(0, 2.0, 400), 2.0).p_value for _ in range(400)]
+    # Under the null the p-value is uniform: about 5 % below 0.05 (3 standard errors).
+    assert abs(np.mean(np.array(p_values) < 0.05) - 0.05) < 0.033
+
+
+def test_variance_test_rejects_understated_sigma():
+    rng = np.random.default_rng(3)
+    result = stats.variance_test(rng.normal(0, 0.8, 800), 1.0)
+    assert result.statistic == pytest.approx(0.64, abs=0.08)
+    assert result.p_value < 1e-6
+
+
+def test_normality_test_needs_twenty_samples():
+    assert stats.normality_test(np.zeros(19)) is None
+    uniform = np.random.default_rng(4).uniform(-1, 1, 2000)
+    assert stats.normality_test(uniform).p_value < 1e-6
+
+
+def test_projection_test_detects_shift():
+    rng = np.random.default_rng(5)
+    direction = rng.normal(size=500)
+    noise = rng.normal(0, 1.0, 500)
+    assert stats.projection_test(noise, direction, 1.0).p_value > 1e-3
+    shifted = noise + 8.0 * direction / np.linalg.norm(direction)
+    assert stats.projection_test(shifted, direction, 1.0).statistic > 5

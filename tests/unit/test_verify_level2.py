@@ -1,0 +1,142 @@
+"""Level-2 verification: honest certificates pass, options and edge cases behave."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+from level_factories import copy_bundle, honest_bundle, load_doc, read, resign, run_verify  # noqa: E402,E501
+
+from mbd_cert import _recompute  # noqa: E402
+from mbd_cert.errors import InputError  # noqa: E402
+from mbd_cert.verify_recompute import DEFAULT_ALPHA, resolve_alpha  # noqa: E402
+
+LEVEL2_CHECKS = ["pre-rebuild", "mask-commitment", "diff-support", "saliency-mask",
+                 "update-clip", "residual-variance", "residual-normality",
+                 "residual-projection"]
+
+
+@pytest.fixture(scope="module")
+def honest():
+    return honest_bundle()
+
+
+@pytest.fixture(scope="module")
+def honest_report(honest):
+    _, out, key = honest
+    return run_verify(out, key, 2)
+
+
+def test_honest_passes_every_level2_check(honest_report):
+    statuses = {c.name: c.status for c in honest_report.checks}
+    for name in LEVEL2_CHECKS:
+        assert statuses[name] == "pass", name
+    assert honest_report.verified
+
+
+def test_residual_checks_report_value_threshold_n(honest, honest_report):
+    doc = load_doc(honest[1])
+    for check in honest_report.checks:
+        if check.name.startswith("residual-"):
+            assert check.n == doc["saliency"]["mask_size"]
+            assert check.threshold == pytest.approx(doc["update"]["residual_alpha"] / 3)
+            assert check.value is not None
+
+
+def test_saliency_reports_boundary_swaps(honest_report):
+    check = next(c for c in honest_report.checks if c.name == "saliency-mask")
+    assert check.value == 0
+    assert "boundary swaps" in check.detail
+
+
+def test_alpha_option_overrides_certificate(honest):
+    _, out, key = honest
+    report = run_verify(out, key, 2, alpha=0.3)
+    check = next(c for c in report.checks if c.name == "residual-variance")
+    assert check.threshold == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.5, float("nan")])
+def test_alpha_out_of_range_rejected(honest, alpha):
+    _, out, key = honest
+    with pytest.raises(InputError) as caught:
+        run_verify(out, key, 2, alpha=alpha)
+    assert caught.value.code == "E_PARAMETER_INVALID"
+
+
+def test_resolve_alpha_default_without_field():
+    assert resolve_alpha({"update": {}}, None) == DEFAULT_ALPHA
+    assert resolve_alpha({"update": {"residual_alpha": 0.05}}, None) == 0.05
+    assert resolve_alpha({"update": {"residual_alpha": 0.05}}, 0.2) == 0.2
+
+
+@pytest.mark.parametrize(
+    ("fraction", "count", "k"),
+    [(0.02, 5000, 100), (0.02, 19808, 397), (1.0, 7, 7), (1e-9, 10, 1), (0.3, 10, 3)],
+)
+def test_mask_count_decimal_rule(fraction, count, k):
+    assert _recompute.mask_count(count, fraction) == k
+
+
+def test_rank_ties_break_by_index():
+    scores = {"a": np.array([1.0, 2.0, 2.0]), "b": np.array([2.0, -2.0])}
+    ranking = _recompute.rank_top_k(scores, 0.6)
+    # k = 3 of five entries with |score| 2 at flat indices 1, 2, 3, 4: the first three win.
+    assert ranking.selected.tolist() == [False, True, True, True, False]
+    assert ranking.cut == 2.0
+
+
+def test_failed_rebuild_skips_dependent_checks(honest, tmp_path):
+    _, source, key = honest
+    out = copy_bundle(source, tmp_path / "forged")
+    diff = read(out, "diff.safetensors")
+    name = next(k for k in diff if k.startswith("diff."))
+    diff[name] = diff[name] + 1.0
+    from level_factories import write_tensors
+
+    write_tensors(out / "diff.safetensors", diff)
+    resign(out, key)
+    statuses = {c.name: c.status for c in run_verify(out, key, 2).checks}
+    assert statuses["pre-rebuild"] == "fail"
+    assert statuses["saliency-mask"] == "skipped"
+    assert statuses["residual-variance"] == "skipped"
+
+
+def test_diff_with_wrong_shape_is_input_error(honest, tmp_path):
+    _, source, key = honest
+    out = copy_bundle(source, tmp_path / "forged")
+    diff = read(out, "diff.safetensors")
+    name = next(k for k in diff if k.startswith("diff."))
+    diff[name] = np.zeros((2, 2))
+    from level_factories import write_tensors
+
+    write_tensors(out / "diff.safetensors", diff)
+    resign(out, key)
+    with pytest.raises(InputError) as caught:
+        run_verify(out, key, 2)
+    assert caught.value.code == "E_DIFF_SHAPE"
+
+
+def test_cli_level2_json_and_junit(honest, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+
+    from mbd_cert.cli import main
+
+    _, out, key = honest
+    public = tmp_path / "issuer.pub"
+    public.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    junit = tmp_path / "report.xml"
+    result = CliRunner().invoke(main, [
+        "verify", str(out / "cert.json"), str(out / "model.safetensors"), "--key", str(public),
+        "--level", "2", "--bundle", str(out), "--json", "--junit", str(junit),
+        "--alpha", "0.01"])
+    assert result.exit_code == 0, result.output
+    names = [c["name"] for c in json.loads(result.output)["checks"]]
+    assert set(LEVEL2_CHECKS) <= set(names)
+    assert b'name="residual-variance"' in junit.read_bytes()
