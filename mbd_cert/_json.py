@@ -450,8 +450,11 @@ def read_bytes_capped(path: str | os.PathLike[str], *, what: str, max_bytes: int
         flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
         descriptor = os.open(path, flags)
         with os.fdopen(descriptor, "rb") as handle:
-            _require_regular_file(os.fstat(handle.fileno()), path, what, max_bytes)
-            data = handle.read(max_bytes + 1)
+            opened = os.fstat(handle.fileno())
+            _require_regular_file(opened, path, what, max_bytes)
+            # read(n) allocates n bytes up front, so the request follows the file's own
+            # size; one byte more detects a file that grew after fstat.
+            data = handle.read(min(opened.st_size, max_bytes) + 1)
     except FileNotFoundError as exc:
         raise FileMissing(f"{what} not found: {_show_path(path)}", hint="check the path") from exc
     except OSError as exc:

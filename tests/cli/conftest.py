@@ -1,0 +1,62 @@
+"""Shared fixtures for CLI tests: issuer keys and one honest, tiny certified deletion.
+
+The session fixtures train a very small model on the synthetic corpus (2 epochs, width
+8, 16 + 16 probe samples) and issue one certificate for deleting ``audio``. Tests must
+treat the session outputs as read-only; ``fresh_run`` gives a private copy to tamper
+with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cli_support import TINY_ISSUE_OPTIONS, TINY_TRAIN_OPTIONS, HonestRun, IssuerKeys, invoke
+from click.testing import Result
+
+
+def _checked(result: Result, what: str) -> Result:
+    if result.exit_code != 0:
+        raise RuntimeError(f"{what} failed with exit {result.exit_code}: {result.output}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def issuer_keys(tmp_path_factory: pytest.TempPathFactory) -> IssuerKeys:
+    """Return a fresh issuer key pair."""
+    prefix = tmp_path_factory.mktemp("keys") / "issuer"
+    _checked(invoke(["keygen", "--out", prefix]), "keygen")
+    return IssuerKeys(private=prefix.with_suffix(".key"), public=prefix.with_suffix(".pub"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Return a checkpoint directory trained with ``TINY_TRAIN_OPTIONS``."""
+    out = tmp_path_factory.mktemp("train") / "ck"
+    _checked(invoke(["train", *TINY_TRAIN_OPTIONS, "--out", out]), "train")
+    return out
+
+
+@pytest.fixture(scope="session")
+def honest_run(
+    tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, issuer_keys: IssuerKeys
+) -> HonestRun:
+    """Return one honest certified deletion of ``audio`` (read-only for tests)."""
+    out = tmp_path_factory.mktemp("issue") / "del"
+    _checked(
+        invoke(["issue", "--checkpoint", tiny_checkpoint, *TINY_ISSUE_OPTIONS,
+                "--key", issuer_keys.private, "--out", out]),
+        "issue",
+    )
+    return HonestRun(
+        checkpoint=tiny_checkpoint, out_dir=out, cert=out / "cert.json",
+        model=out / "model.safetensors", diff=out / "diff.safetensors",
+        probe=out / "probe.safetensors", public_key=issuer_keys.public,
+        private_key=issuer_keys.private,
+    )
+
+
+@pytest.fixture
+def fresh_run(honest_run: HonestRun, tmp_path: Path) -> HonestRun:
+    """Return a private copy of the honest outputs that a test may modify."""
+    return honest_run.copy_to(tmp_path)
