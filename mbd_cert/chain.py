@@ -1,0 +1,369 @@
+"""Chains of certificates of one model: links, sequence numbers and model continuity.
+
+Each deletion after the first links to the certificate before it by that certificate's
+digest (:func:`mbd_cert.certificate.certificate_digest`, SHA-256 of its canonical
+bytes). A chain is valid when, walking back from the newest certificate (SPEC.md,
+section 7.6):
+
+* sequence numbers run 1, 2, ..., n without gaps (R-CHAIN-2);
+* certificate 1 has no previous certificate and every later one names the digest of
+  the one before it (R-CHAIN-1);
+* certificate k's ``pre_deletion`` model is certificate k-1's ``post_deletion`` model:
+  equal ``file_digest`` and ``manifest_digest`` (R-CHAIN-3);
+* no certificate id or digest appears twice (R-CHAIN-4).
+
+This module reads JSON only (no numpy, no torch). The cumulative budget is recomputed
+by the caller from the links it returns (:mod:`mbd_cert.accounting`).
+
+Stability: public (:func:`walk_chain`, :class:`ChainLink`, the limits).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mbd_cert import _paths, certificate
+from mbd_cert.errors import (
+    InputError,
+    LimitExceeded,
+    MalformedCertificate,
+    VerificationFailed,
+)
+
+logger = logging.getLogger(__name__)
+
+# A chain longer than this is rejected before any link is read (SPEC.md, R-LIM-4).
+# Each link costs one certificate parse and one signature check; 1,000 deletions of
+# the same model is far beyond the three modalities of the bundled architecture.
+MAX_CHAIN_LENGTH = 1000
+
+# A chain directory is scanned for at most this many ``*.json`` files when the
+# certificate does not name its links (R-LIM-4).
+MAX_CHAIN_DIRECTORY_FILES = 4096
+
+CODE_LINK_MISSING = "E_CHAIN_LINK_MISSING"
+CODE_BROKEN = "E_CHAIN_BROKEN"
+
+
+def chain_file_name(sequence_number: int) -> str:
+    """Return the file name the issuer gives the copy of link ``sequence_number``."""
+    return f"chain-{sequence_number:05d}.json"
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    """One certificate of a chain.
+
+    Attributes:
+        sequence_number: Position in the chain, 1 for the first deletion.
+        digest: ``certificate_digest`` of the certificate.
+        doc: The parsed, schema-valid certificate.
+        source: Where it was read from (a path, or ``"<current>"`` for the newest).
+    """
+
+    sequence_number: int
+    digest: str
+    doc: dict[str, Any]
+    source: str
+
+
+class ChainBroken(VerificationFailed):
+    """The chain of earlier certificates is not a valid sequence."""
+
+    code = CODE_BROKEN
+
+
+class ChainLinkMissing(VerificationFailed):
+    """A certificate names a previous certificate that cannot be found."""
+
+    code = CODE_LINK_MISSING
+
+
+def listed_links(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Return ``accounting.chain``: the earlier links the certificate names, oldest first.
+
+    Raises:
+        MalformedCertificate: The member is present but not a list of objects with an
+            integer ``sequence_number``, a ``certificate_digest`` and a ``path``.
+    """
+    listing = doc["accounting"].get("chain", [])
+    if not isinstance(listing, list) or not all(
+        isinstance(entry, dict)
+        and isinstance(entry.get("sequence_number"), int)
+        and isinstance(entry.get("certificate_digest"), str)
+        and isinstance(entry.get("path"), str)
+        for entry in listing
+    ):
+        raise MalformedCertificate(
+            "accounting.chain must be a list of {sequence_number, certificate_digest, path}",
+            hint="pass a certificate written by 'mbd-cert issue'",
+        )
+    return listing
+
+
+def walk_chain(doc: Mapping[str, Any], chain_dir: Path | None) -> list[ChainLink]:
+    """Find and check every earlier certificate of ``doc``.
+
+    Links are looked up in ``chain_dir``: first under the file names that
+    ``accounting.chain`` lists, then among all ``*.json`` files of the directory,
+    matched by digest. File names therefore do not matter, only contents.
+
+    Args:
+        doc: The newest certificate, already parsed and schema-valid.
+        chain_dir: The directory holding the earlier certificates; may be None when
+            ``doc`` is the first of its chain.
+
+    Returns:
+        The links oldest first; the last one is ``doc`` itself.
+
+    Raises:
+        ChainLinkMissing: A previous certificate is not in ``chain_dir``.
+        ChainBroken: Sequence numbers, links or model continuity are wrong, or a
+            certificate appears twice.
+        LimitExceeded: The chain is longer than :data:`MAX_CHAIN_LENGTH`, or the
+            directory contains too many JSON files.
+        InputError: A link file is unreadable or malformed (exit code 2).
+    """
+    newest = ChainLink(
+        sequence_number=int(doc["accounting"]["sequence_number"]),
+        digest=certificate.certificate_digest(doc),
+        doc=dict(doc),
+        source="<current>",
+    )
+    if newest.sequence_number > MAX_CHAIN_LENGTH:
+        raise LimitExceeded(
+            f"accounting.sequence_number is {newest.sequence_number}, above the chain length "
+            f"cap of {MAX_CHAIN_LENGTH}",
+            hint="this release verifies chains of at most 1000 deletions",
+        )
+    listing = listed_links(doc)
+    index = _ChainIndex(chain_dir, listing)
+    links = [newest]
+    current = newest
+    while True:
+        previous_digest = current.doc["accounting"]["previous_certificate"]
+        if current.sequence_number == 1:
+            if previous_digest is not None:
+                raise ChainBroken(
+                    f"certificate {current.doc['certificate_id']} has sequence_number 1 but names "
+                    f"a previous certificate {previous_digest}",
+                    hint="the first deletion of a model has previous_certificate null",
+                )
+            break
+        if previous_digest is None:
+            raise ChainBroken(
+                f"certificate {current.doc['certificate_id']} has sequence_number "
+                f"{current.sequence_number} but previous_certificate is null",
+                hint="a later deletion must link to the certificate before it",
+            )
+        previous = index.find(previous_digest, current)
+        _check_link(previous, current)
+        links.append(previous)
+        current = previous
+    links.reverse()
+    _check_unique(links)
+    _check_listing(listing, links)
+    return links
+
+
+def _check_link(previous: ChainLink, current: ChainLink) -> None:
+    """Check one step back: sequence number and model continuity (R-CHAIN-2, R-CHAIN-3)."""
+    expected = current.sequence_number - 1
+    if previous.sequence_number != expected:
+        raise ChainBroken(
+            f"{previous.source}: sequence_number is {previous.sequence_number}, expected "
+            f"{expected} (certificate {current.doc['certificate_id']} links to it as its "
+            "previous certificate)",
+            hint="links are out of order or one is missing",
+        )
+    post = previous.doc["subject_model"]["post_deletion"]
+    pre = current.doc["subject_model"]["pre_deletion"]
+    for key in ("manifest_digest", "file_digest"):
+        if post[key] != pre[key]:
+            raise ChainBroken(
+                f"certificate {current.sequence_number} starts from a model whose {key} is "
+                f"{pre[key]}, but certificate {previous.sequence_number} released {post[key]}",
+                hint="each deletion must start from the model the previous deletion released",
+            )
+
+
+def _check_unique(links: Sequence[ChainLink]) -> None:
+    seen_ids: dict[str, int] = {}
+    seen_digests: dict[str, int] = {}
+    for link in links:
+        certificate_id = link.doc["certificate_id"]
+        for key, seen in ((certificate_id, seen_ids), (link.digest, seen_digests)):
+            if key in seen:
+                raise ChainBroken(
+                    f"{key} appears at sequence numbers {seen[key]} and {link.sequence_number}",
+                    hint="a chain contains each certificate once",
+                )
+            seen[key] = link.sequence_number
+
+
+def _check_listing(listing: Sequence[Mapping[str, Any]], links: Sequence[ChainLink]) -> None:
+    """Check that ``accounting.chain``, when present, names exactly the links walked."""
+    if not listing:
+        return
+    walked = [(link.sequence_number, link.digest) for link in links[:-1]]
+    named = [(entry["sequence_number"], entry["certificate_digest"]) for entry in listing]
+    if named != walked:
+        raise ChainBroken(
+            f"accounting.chain lists {len(named)} links that differ from the {len(walked)} "
+            "links found by following previous_certificate",
+            hint="the certificate's chain listing was edited or the links were reordered",
+        )
+
+
+class _ChainIndex:
+    """Lookup of certificates by digest: named files first, then a directory scan."""
+
+    def __init__(self, chain_dir: Path | None, listing: Sequence[Mapping[str, Any]]) -> None:
+        self._dir = chain_dir
+        self._named = {entry["certificate_digest"]: entry["path"] for entry in listing}
+        self._scanned: dict[str, ChainLink] | None = None
+
+    def find(self, digest: str, current: ChainLink) -> ChainLink:
+        if self._dir is not None and self._dir.is_dir():
+            named = self._named.get(digest)
+            if named is not None:
+                path = _paths.resolve_artefact(self._dir, named, field="accounting.chain[].path")
+                if path.is_file():
+                    link = _load_link(path)
+                    if link.digest == digest:
+                        return link
+                    logger.warning("%s does not have the digest %s; scanning", path, digest)
+            found = self._scan().get(digest)
+            if found is not None:
+                return found
+        where = str(self._dir) if self._dir is not None else "no chain directory"
+        raise ChainLinkMissing(
+            f"certificate {current.sequence_number} links to previous certificate {digest}, "
+            f"which is not in {where}",
+            hint="pass the directory holding the earlier certificates with --chain DIR",
+        )
+
+    def _scan(self) -> dict[str, ChainLink]:
+        if self._scanned is not None:
+            return self._scanned
+        assert self._dir is not None
+        names = sorted(name for name in os.listdir(self._dir) if name.endswith(".json"))
+        if len(names) > MAX_CHAIN_DIRECTORY_FILES:
+            raise LimitExceeded(
+                f"chain directory {self._dir} contains {len(names)} JSON files, more than the cap "
+                f"of {MAX_CHAIN_DIRECTORY_FILES}",
+                hint="put only the earlier certificates of this model in the chain directory",
+            )
+        found: dict[str, ChainLink] = {}
+        for name in names:
+            path = self._dir / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            try:
+                link = _load_link(path)
+            except InputError as exc:
+                # A chain directory may hold other JSON (reports, configs); a real link
+                # that is malformed surfaces as a missing link naming its digest.
+                logger.debug("skipping %s in the chain directory: %s", path, exc.code)
+                continue
+            found.setdefault(link.digest, link)
+        self._scanned = found
+        return found
+
+
+def _load_link(path: Path) -> ChainLink:
+    doc = certificate.load_certificate(path)
+    return ChainLink(
+        sequence_number=int(doc["accounting"]["sequence_number"]),
+        digest=certificate.certificate_digest(doc),
+        doc=doc,
+        source=str(path),
+    )
+
+
+def write_chain_copies(previous: Sequence[ChainLink], out_dir: Path) -> list[dict[str, Any]]:
+    """Copy the earlier certificates into ``out_dir`` and return ``accounting.chain``.
+
+    Each link is written as ``chain-NNNNN.json`` (its sequence number), so the output
+    directory of an issue contains its whole history and the next deletion, or a
+    verifier without ``--chain``, finds every link beside ``cert.json``.
+    """
+    listing = []
+    for link in previous:
+        name = chain_file_name(link.sequence_number)
+        (out_dir / name).write_bytes(certificate.dump_certificate(link.doc))
+        listing.append({
+            "sequence_number": link.sequence_number,
+            "certificate_digest": link.digest,
+            "path": name,
+        })
+    return listing
+
+
+# Relative tolerance of R-ACC-1 (mu recomputed from the links). mu is a square root
+# of a float64 sum of at most MAX_CHAIN_LENGTH terms, so the rounding error of two
+# implementations stays below 1e-12 relative; 1e-9 leaves room for other summation
+# orders and never admits a materially smaller mu.
+MU_RELATIVE_TOLERANCE = 1e-9
+
+
+def check_chain_accounting(
+    doc: Mapping[str, Any], chain_dir: Path | None, trusted_keys: Sequence[Any]
+) -> tuple[list[ChainLink], Any]:
+    """Walk the chain and recompute every link's accounting (SPEC.md, R-ACC-1, R-ACC-2).
+
+    Every earlier link must be signed by a trusted key (R-CHAIN-6). For each link k
+    the mu-GDP parameter and the cumulative epsilon are recomputed over links 1..k at
+    link k's ``accounting.delta``.
+
+    Returns:
+        ``(links, account)``: the links oldest first and the
+        :class:`mbd_cert.accounting.ChainAccount` of the whole chain.
+
+    Raises:
+        VerificationFailed: A link is missing, out of order, duplicated, unsigned by a
+            trusted key, or states a mu or cumulative epsilon that the recomputation
+            contradicts (``E_CALIBRATION_INVALID``).
+        InputError: A link file is malformed, or the chain exceeds the caps.
+    """
+    # Imported here so that walking a chain needs no numpy (accounting uses it).
+    from mbd_cert import accounting
+    from mbd_cert.errors import CalibrationInvalid
+
+    links = walk_chain(doc, chain_dir)
+    for link in links[:-1]:
+        certificate.check_signature(link.doc, trusted_keys)
+    entries = []
+    account = None
+    for link in links:
+        privacy, stated = link.doc["privacy"], link.doc["accounting"]
+        entries.append(accounting.ChainEntry(
+            privacy["epsilon"], privacy["delta"], privacy["sigma"], privacy["sensitivity"]
+        ))
+        where = f"certificate {link.sequence_number} ({link.doc['certificate_id']})"
+        if stated["delta"] != privacy["delta"]:
+            raise CalibrationInvalid(
+                f"{where}: accounting.delta ({stated['delta']!r}) differs from privacy.delta "
+                f"({privacy['delta']!r})"
+            )
+        account = accounting.account_chain(entries, stated["delta"])
+        if abs(stated["mu"] - account.mu) > MU_RELATIVE_TOLERANCE * account.mu:
+            raise CalibrationInvalid(
+                f"{where}: accounting.mu is {stated['mu']!r}, but the chain of {len(entries)} "
+                f"deletions gives mu = {account.mu!r}",
+                hint="mu must be sqrt(sum (sensitivity_i / sigma_i)^2) over the whole chain",
+            )
+        if stated["cumulative_epsilon"] < account.epsilon:
+            raise CalibrationInvalid(
+                f"{where}: accounting.cumulative_epsilon is {stated['cumulative_epsilon']!r}, "
+                f"less than the recomputed {account.epsilon:.7g} over {len(entries)} deletions "
+                f"(mu-GDP, mu = {account.mu:.7g}, delta = {stated['delta']!r})",
+                hint="the certificate understates the privacy loss of its chain",
+            )
+    assert account is not None
+    return links, account

@@ -1,0 +1,191 @@
+"""CLI tests of chains, budgets, sealed bundles, reference-retrain and ``mbd-cert report``.
+
+They build on the session's honest deletion of ``audio`` (conftest.py) and continue its
+chain with a deletion of ``vision`` sealed to an auditor key.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from cli_support import (
+    TINY_ISSUE_OPTIONS,
+    HonestRun,
+    assert_check_failed,
+    assert_clean,
+    assert_input_error,
+    resign,
+    run_cli,
+    verify,
+    write_json,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SECOND = ("--modality", "vision", "--epsilon", "1", "--steps", "2", "--proxy-sample", "8")
+
+
+@pytest.fixture(scope="module")
+def auditor(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    prefix = tmp_path_factory.mktemp("auditor") / "auditor"
+    assert run_cli(["keygen", "--kind", "x25519", "--out", prefix]).exit_code == 0
+    return prefix.with_suffix(".key"), prefix.with_suffix(".pub")
+
+
+@pytest.fixture(scope="module")
+def second(honest_run: HonestRun, auditor: tuple[Path, Path],
+           tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The second deletion of the chain: vision, from the honest audio deletion."""
+    out = tmp_path_factory.mktemp("chain") / "second"
+    outcome = run_cli(["issue", "--checkpoint", honest_run.out_dir, *SECOND,
+                       "--key", honest_run.private_key, "--out", out,
+                       "--auditor-key", auditor[1]])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "deletion 2 of this model" in outcome.stdout
+    return out
+
+
+def test_second_deletion_continues_chain(second: Path, honest_run: HonestRun) -> None:
+    doc = json.loads((second / "cert.json").read_text())
+    first = honest_run.load_cert()
+    account = doc["accounting"]
+    assert account["sequence_number"] == 2
+    assert account["chain"][0]["path"] == "chain-00001.json"
+    assert (second / "chain-00001.json").is_file()
+    assert doc["subject_model"]["pre_deletion"]["manifest_digest"] == \
+        first["subject_model"]["post_deletion"]["manifest_digest"]
+    assert doc["subject_model"]["architecture"]["config"]["deleted_modalities"] == \
+        ["audio", "vision"]
+    assert account["cumulative_epsilon"] == pytest.approx(1.465170, abs=1e-6)
+    assert account["naive_epsilon"] == 2.0
+    assert account["cumulative_epsilon"] < account["rdp_epsilon"] < account["naive_epsilon"]
+    quality = doc["saliency"]["proxy_quality"]
+    assert quality["sample_size"] == 8
+    assert 0.0 <= quality["share_within_tolerance"] <= 1.0
+
+
+def test_chain_verifies_beside_certificate(second: Path, honest_run: HonestRun) -> None:
+    outcome = verify(second / "cert.json", second / "model.safetensors", honest_run.public_key)
+    assert outcome.exit_code == 0, outcome.stdout
+    assert "over 2 deletion(s)" in outcome.check_detail("accounting")
+
+
+def test_missing_link_fails(second: Path, honest_run: HonestRun, tmp_path: Path) -> None:
+    shutil.copy(second / "cert.json", tmp_path / "cert.json")
+    outcome = verify(tmp_path / "cert.json", second / "model.safetensors",
+                     honest_run.public_key)
+    assert_check_failed(outcome, "accounting", "E_CHAIN_LINK_MISSING")
+    # The same certificate passes with --chain naming the directory of the links.
+    outcome = verify(tmp_path / "cert.json", second / "model.safetensors",
+                     honest_run.public_key, "--chain", second)
+    assert outcome.exit_code == 0
+
+
+def test_understated_budget_fails(second: Path, honest_run: HonestRun, tmp_path: Path) -> None:
+    doc = json.loads((second / "cert.json").read_text())
+    doc["accounting"]["cumulative_epsilon"] = 1.0  # the epsilon of one deletion only
+    cert = write_json(tmp_path / "cert.json", resign(doc, honest_run.private_key))
+    outcome = verify(cert, second / "model.safetensors", honest_run.public_key,
+                     "--chain", second)
+    assert_check_failed(outcome, "accounting", "E_CALIBRATION_INVALID")
+
+
+def test_budget_refusal_writes_nothing(second: Path, honest_run: HonestRun,
+                                       tmp_path: Path) -> None:
+    out = tmp_path / "third"
+    outcome = run_cli(["issue", "--checkpoint", second, "--modality", "text", "--epsilon", "1",
+                       "--max-epsilon", "1.5", "--key", honest_run.private_key, "--out", out])
+    assert_clean(outcome)
+    assert outcome.exit_code == 1
+    assert "[E_BUDGET_EXCEEDED]" in outcome.stderr
+    assert re.search(r"1\.83497.*1\.5", outcome.stderr)
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_sealed_bundle_opens_with_auditor_key(second: Path, honest_run: HonestRun,
+                                              auditor: tuple[Path, Path]) -> None:
+    doc = json.loads((second / "cert.json").read_text())
+    sealed = doc["audit_bundle"]["sealed"]
+    assert sealed["path"] == "audit-bundle.sealed"
+    assert set(sealed) == {"path", "format", "algorithm", "recipient_key_id", "file_digest"}
+    outcome = verify(second / "cert.json", second / "model.safetensors", honest_run.public_key,
+                     "--auditor-private-key", auditor[0])
+    assert outcome.exit_code == 0, outcome.stdout
+    assert "opened audit-bundle.sealed" in outcome.check_detail("sealed-bundle")
+    assert "digests match" in outcome.check_detail("bundle-digest")
+
+
+def test_sealed_bundle_wrong_key_exits_2(second: Path, honest_run: HonestRun,
+                                         tmp_path: Path) -> None:
+    prefix = tmp_path / "other"
+    assert run_cli(["keygen", "--kind", "x25519", "--out", prefix]).exit_code == 0
+    outcome = verify(second / "cert.json", second / "model.safetensors", honest_run.public_key,
+                     "--auditor-private-key", prefix.with_suffix(".key"))
+    assert_input_error(outcome, "E_SEALED_KEY_MISMATCH")
+
+
+def test_tampered_sealed_bundle_fails(second: Path, honest_run: HonestRun,
+                                      auditor: tuple[Path, Path], tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(second, copy)
+    data = bytearray((copy / "audit-bundle.sealed").read_bytes())
+    data[-1] ^= 0x01
+    (copy / "audit-bundle.sealed").write_bytes(bytes(data))
+    outcome = verify(copy / "cert.json", copy / "model.safetensors", honest_run.public_key,
+                     "--auditor-private-key", auditor[0])
+    assert_check_failed(outcome, "sealed-bundle", "E_DIGEST_MISMATCH")
+
+
+def test_reference_retrain_and_policy(honest_run: HonestRun, tmp_path: Path) -> None:
+    out = tmp_path / "rr"
+    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
+                       "--sensitivity-method", "reference-retrain", "--reference-runs", "2",
+                       "--proxy-sample", "0", "--key", honest_run.private_key, "--out", out])
+    assert outcome.exit_code == 0, outcome.stderr
+    doc = json.loads((out / "cert.json").read_text())
+    evidence = doc["privacy"]["sensitivity_evidence"]
+    assert evidence["runs"] == 2
+    assert "proxy_quality" not in doc["saliency"]
+    required = verify(out / "cert.json", out / "model.safetensors", honest_run.public_key,
+                      "--require-sensitivity-method", "reference-retrain")
+    assert required.exit_code == 0, required.stdout
+    other = verify(out / "cert.json", out / "model.safetensors", honest_run.public_key,
+                   "--require-sensitivity-method", "clip-bound")
+    assert_check_failed(other, "policy", "E_POLICY_VIOLATION")
+    doc["privacy"]["sensitivity"] = evidence["max_distance"] * 0.5
+    cert = write_json(tmp_path / "cert.json", resign(doc, honest_run.private_key))
+    understated = verify(cert, out / "model.safetensors", honest_run.public_key)
+    assert_check_failed(understated, "calibration", "E_CALIBRATION_INVALID")
+
+
+def test_report_writes_figures_and_html(second: Path, honest_run: HonestRun,
+                                        tmp_path: Path) -> None:
+    verified = verify(second / "cert.json", second / "model.safetensors", honest_run.public_key)
+    report_json = write_json(tmp_path / "verify.json", verified.report)
+    out = tmp_path / "report"
+    outcome = run_cli(["report", "--out", out, honest_run.cert, second / "cert.json",
+                       "--verify-report", report_json])
+    assert outcome.exit_code == 0, outcome.stderr
+    names = ["privacy_utility.png", "chain_budget.png", "proxy_scatter.png", "verification.png"]
+    for name in names:
+        assert (out / name).read_bytes().startswith(PNG_MAGIC), name
+    page = (out / "index.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 4
+    assert all(base64.b64decode(image).startswith(PNG_MAGIC) for image in images)
+    assert "src=\"http" not in page and "<script" not in page
+    assert "1.465170" in page  # the tight cumulative epsilon after two deletions
+
+
+def test_report_on_malformed_verify_report(honest_run: HonestRun, tmp_path: Path) -> None:
+    bad = write_json(tmp_path / "bad.json", {"not": "a report"})
+    outcome = run_cli(["report", "--out", tmp_path / "r", honest_run.cert,
+                       "--verify-report", bad])
+    assert_clean(outcome)
+    assert outcome.exit_code == 2
+    assert "[E_DATA_MALFORMED]" in outcome.stderr

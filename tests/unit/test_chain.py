@@ -1,0 +1,291 @@
+"""Tests for mbd_cert.chain: walking a chain of certificates and recomputing its budget.
+
+The certificates are built in memory (no model): schema-valid, signed, and linked the
+way ``mbd-cert issue`` links them. Each tamper test changes one thing and re-signs, so
+the failure comes from the chain rule under test and not from the signature.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from mbd_cert import accounting, certificate, chain, signing
+from mbd_cert.errors import (
+    CalibrationInvalid,
+    IssuanceError,
+    LimitExceeded,
+    MalformedCertificate,
+    UntrustedKey,
+)
+from mbd_cert.issue import IssueOptions, chain_account
+from mbd_cert.mechanism import analytic_gaussian_sigma
+from mbd_cert.schema import validate_certificate
+
+# Analytic sigma for epsilon 1, delta 1e-5, sensitivity 1: 3.7306316350 (3.730632 when
+# rounded to six decimals). The reference epsilons 1.465170 and 2.154677 are for this
+# value; the rounded sigma gives 2.1546764, one unit lower in the sixth decimal.
+SIGMA = analytic_gaussian_sigma(1.0, 1e-5, 1.0)
+
+
+def model_commitment(label: int) -> dict[str, Any]:
+    digest = f"sha256:{label:064x}"
+    return {"file_digest": digest, "manifest_digest": digest, "tensors": {}}
+
+
+def chain_doc(
+    key: Ed25519PrivateKey,
+    sequence_number: int,
+    previous: dict[str, Any] | None,
+    earlier: list[dict[str, Any]],
+    *,
+    sigma: float = SIGMA,
+    sensitivity: float = 1.0,
+    delta: float = 1e-5,
+    pre: int | None = None,
+    **accounting_changes: Any,
+) -> dict[str, Any]:
+    """Return a signed certificate that extends ``earlier`` (oldest first)."""
+    entries = [
+        accounting.ChainEntry(d["privacy"]["epsilon"], d["privacy"]["delta"],
+                              d["privacy"]["sigma"], d["privacy"]["sensitivity"])
+        for d in earlier
+    ]
+    entries.append(accounting.ChainEntry(1.0, delta, sigma, sensitivity))
+    account = accounting.account_chain(entries, delta)
+    doc: dict[str, Any] = {
+        "format_version": "1.0",
+        "certificate_id": str(uuid.uuid4()),
+        "issued_at": "2026-01-01T00:00:00Z",
+        "issuer": {"key_id": signing.key_id(key.public_key())},
+        "subject_model": {
+            "architecture": {"name": "mbd-sentiment", "version": "1", "config": {}},
+            "pre_deletion": model_commitment(sequence_number - 1 if pre is None else pre),
+            "post_deletion": model_commitment(sequence_number),
+        },
+        "deletion": {"modality": "audio", "removed_tensors": ["encoders.audio.weight"]},
+        "saliency": {
+            "method": "swiftprune-fisher-diagonal", "objective": "forget-prediction-gap",
+            "top_k_fraction": 0.02, "eligible_groups": ["fusion"], "eligible_count": 100,
+            "mask_size": 2, "mask_digest": "sha256:" + "a" * 64, "seed": 0,
+            "tie_break": "score-descending-then-index", "score_dtype": "float64",
+            "score_tolerance": 1e-6,
+        },
+        "update": {
+            "rule": "masked-preconditioned-gd", "objective": "retain-task-l1-deleted",
+            "steps": 1, "learning_rate": 1e-3, "damping": 1e-3, "clip_norm": 0.5,
+        },
+        "privacy": {
+            "mechanism": "analytic-gaussian", "epsilon": 1.0, "delta": delta,
+            "sensitivity": sensitivity, "sensitivity_method": "declared", "sigma": sigma,
+            "noise_dimension": 2,
+        },
+        "accounting": {
+            "method": "mu-gdp",
+            "sequence_number": sequence_number,
+            "previous_certificate": (
+                certificate.certificate_digest(previous) if previous is not None else None
+            ),
+            "mu": account.mu,
+            "cumulative_epsilon": account.epsilon,
+            "delta": delta,
+            "naive_epsilon": account.naive_epsilon,
+            "rdp_epsilon": account.rdp_epsilon,
+        },
+        "audit_bundle": {
+            "confidential": True,
+            "diff": {"path": "diff.safetensors", "file_digest": "sha256:" + "b" * 64,
+                     "manifest_digest": "sha256:" + "c" * 64},
+            "probe": {"path": "probe.safetensors", "file_digest": "sha256:" + "d" * 64,
+                      "manifest_digest": "sha256:" + "e" * 64},
+        },
+        "metrics": {"utility": {}},
+        "environment": {"mbd_cert_version": "test", "torch_version": "none",
+                        "device": "cpu", "dtype": "float64"},
+    }
+    doc["accounting"].update(accounting_changes)
+    return certificate.sign_certificate(doc, key)
+
+
+def build_chain(key: Ed25519PrivateKey, length: int, **changes: Any) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for number in range(1, length + 1):
+        docs.append(chain_doc(key, number, docs[-1] if docs else None, list(docs), **changes))
+    return docs
+
+
+def write(directory: Path, docs: list[dict[str, Any]]) -> None:
+    directory.mkdir(exist_ok=True)
+    for doc in docs:
+        name = f"link-{doc['accounting']['sequence_number']}-{doc['certificate_id'][:4]}.json"
+        (directory / name).write_bytes(certificate.dump_certificate(doc))
+
+
+@pytest.fixture(scope="module")
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def test_factory_docs_are_schema_valid(key: Ed25519PrivateKey) -> None:
+    for doc in build_chain(key, 3):
+        validate_certificate(json.loads(certificate.dump_certificate(doc)))
+
+
+def test_walk_returns_links_oldest_first(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    docs = build_chain(key, 3)
+    write(tmp_path, docs[:-1])
+    links = chain.walk_chain(docs[-1], tmp_path)
+    assert [link.sequence_number for link in links] == [1, 2, 3]
+    assert [link.doc["certificate_id"] for link in links] == [d["certificate_id"] for d in docs]
+    assert links[-1].source == "<current>"
+
+
+def test_first_certificate_needs_no_directory(key: Ed25519PrivateKey) -> None:
+    (doc,) = build_chain(key, 1)
+    assert [link.sequence_number for link in chain.walk_chain(doc, None)] == [1]
+
+
+def test_missing_link_fails(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    docs = build_chain(key, 3)
+    write(tmp_path, docs[1:2])  # link 1 is absent
+    with pytest.raises(chain.ChainLinkMissing) as caught:
+        chain.walk_chain(docs[-1], tmp_path)
+    assert caught.value.code == "E_CHAIN_LINK_MISSING"
+    assert certificate.certificate_digest(docs[0]) in caught.value.message
+
+
+def test_reordered_link_fails(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    # Certificate 3 names certificate 1 as its previous one: a link is skipped.
+    docs = build_chain(key, 2)
+    skipping = chain_doc(key, 3, docs[0], docs, pre=1)
+    write(tmp_path, docs)
+    with pytest.raises(chain.ChainBroken, match="sequence_number is 1, expected 2"):
+        chain.walk_chain(skipping, tmp_path)
+
+
+def test_duplicated_link_fails(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    docs = build_chain(key, 2)
+    # The same deletion certified again as number 3, with its original certificate id.
+    twin = dict(chain_doc(key, 3, docs[1], docs))
+    twin["certificate_id"] = docs[1]["certificate_id"]
+    twin = certificate.sign_certificate(twin, key)
+    write(tmp_path, docs)
+    with pytest.raises(chain.ChainBroken, match="appears at sequence numbers 2 and 3"):
+        chain.walk_chain(twin, tmp_path)
+
+
+def test_model_discontinuity_fails(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    docs = build_chain(key, 1)
+    other_model = chain_doc(key, 2, docs[0], docs, pre=77)
+    write(tmp_path, docs)
+    with pytest.raises(chain.ChainBroken, match="starts from a model whose manifest_digest"):
+        chain.walk_chain(other_model, tmp_path)
+
+
+def test_first_link_with_previous_fails(key: Ed25519PrivateKey) -> None:
+    docs = build_chain(key, 1)
+    bad = chain_doc(key, 1, docs[0], [])
+    with pytest.raises(chain.ChainBroken, match="sequence_number 1 but names"):
+        chain.walk_chain(bad, None)
+
+
+def test_later_link_without_previous_fails(key: Ed25519PrivateKey) -> None:
+    bad = chain_doc(key, 2, None, [])
+    with pytest.raises(chain.ChainBroken, match="previous_certificate is null"):
+        chain.walk_chain(bad, None)
+
+
+def test_named_paths_are_used_first(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    docs = build_chain(key, 2)
+    listing = chain.write_chain_copies(chain.walk_chain(docs[0], None), tmp_path)
+    assert listing[0]["path"] == "chain-00001.json"
+    named = chain_doc(key, 2, docs[0], docs[:1], chain=listing)
+    assert [link.source for link in chain.walk_chain(named, tmp_path)][0].endswith(
+        "chain-00001.json"
+    )
+
+
+def test_listing_that_disagrees_fails(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    docs = build_chain(key, 2)
+    write(tmp_path, docs[:1])
+    wrong = [{"sequence_number": 1, "certificate_digest": "sha256:" + "0" * 64,
+              "path": "chain-00001.json"}]
+    bad = chain_doc(key, 2, docs[0], docs[:1], chain=wrong)
+    with pytest.raises(chain.ChainBroken, match="accounting.chain lists"):
+        chain.walk_chain(bad, tmp_path)
+
+
+def test_listing_with_unsafe_path_is_malformed(key: Ed25519PrivateKey) -> None:
+    docs = build_chain(key, 1)
+    bad = chain_doc(key, 2, docs[0], docs, chain=[
+        {"sequence_number": 1, "certificate_digest": certificate.certificate_digest(docs[0]),
+         "path": "../chain-00001.json"}])
+    with pytest.raises(MalformedCertificate):
+        validate_certificate(json.loads(certificate.dump_certificate(bad)))
+
+
+def test_chain_longer_than_cap_rejected(key: Ed25519PrivateKey) -> None:
+    bad = chain_doc(key, chain.MAX_CHAIN_LENGTH + 1, None, [])
+    bad["accounting"]["previous_certificate"] = "sha256:" + "1" * 64
+    with pytest.raises(LimitExceeded, match="chain length cap of 1000"):
+        chain.walk_chain(bad, None)
+
+
+def test_unrelated_json_in_directory_is_skipped(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    docs = build_chain(key, 2)
+    write(tmp_path, docs[:1])
+    (tmp_path / "report.json").write_text('{"checks": []}')
+    assert len(chain.walk_chain(docs[-1], tmp_path)) == 2
+
+
+def test_four_deletions_reference_epsilon(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    docs = build_chain(key, 4)
+    write(tmp_path, docs[:-1])
+    links, account = chain.check_chain_accounting(docs[-1], tmp_path, [key.public_key()])
+    assert len(links) == 4
+    assert account.epsilon == pytest.approx(2.154677, abs=5e-7)
+    assert account.naive_epsilon == 4.0
+    assert account.epsilon < account.rdp_epsilon < account.naive_epsilon
+
+
+def test_understated_earlier_link_fails(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    first = build_chain(key, 1)
+    second = chain_doc(key, 2, first[0], first, cumulative_epsilon=1.2)
+    third = chain_doc(key, 3, second, [first[0], second])
+    write(tmp_path, [first[0], second])
+    with pytest.raises(CalibrationInvalid, match="certificate 2 .* less than the recomputed"):
+        chain.check_chain_accounting(third, tmp_path, [key.public_key()])
+
+
+def test_wrong_mu_fails(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    first = build_chain(key, 1)
+    bad = chain_doc(key, 2, first[0], first, mu=0.2680)
+    write(tmp_path, first)
+    with pytest.raises(CalibrationInvalid, match="accounting.mu is 0.268"):
+        chain.check_chain_accounting(bad, tmp_path, [key.public_key()])
+
+
+def test_earlier_link_needs_trusted_key(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    stranger = Ed25519PrivateKey.generate()
+    first = build_chain(stranger, 1)
+    second = chain_doc(key, 2, first[0], first)
+    write(tmp_path, first)
+    with pytest.raises(UntrustedKey):
+        chain.check_chain_accounting(second, tmp_path, [key.public_key()])
+
+
+def test_issuer_budget_refusal_shows_both_numbers(key: Ed25519PrivateKey) -> None:
+    links = chain.walk_chain(build_chain(key, 1)[0], None)
+    options = IssueOptions(modality="vision", epsilon=1.0, delta=1e-5, max_epsilon=1.4)
+    with pytest.raises(IssuanceError) as caught:
+        chain_account(links, options, SIGMA, 1.0)
+    assert caught.value.code == "E_BUDGET_EXCEEDED"
+    assert "1.46517" in caught.value.message
+    assert "--max-epsilon 1.4" in caught.value.message
+    within = IssueOptions(modality="vision", epsilon=1.0, delta=1e-5, max_epsilon=1.5)
+    assert chain_account(links, within, SIGMA, 1.0).epsilon == pytest.approx(1.465170, abs=1e-6)

@@ -1,0 +1,99 @@
+"""Tests for mbd_cert.proxy_quality: proxy scores against true leave-one-out increments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mbd_cert.errors import InputError
+from mbd_cert.proxy_quality import (
+    RELATIVE_TOLERANCE,
+    ProxySample,
+    measure_proxy_quality,
+    summarise,
+)
+
+
+class Toy(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.a = torch.nn.Parameter(torch.randn(5, 4, generator=generator, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.randn(7, generator=generator, dtype=torch.float64))
+
+
+def squared_norm(model: torch.nn.Module) -> float:
+    # Zeroing entry q changes sum(theta^2) by exactly -theta_q^2.
+    return float(sum((p.detach() ** 2).sum() for p in model.parameters()))
+
+
+def exact_scores(model: Toy, factor: float = 1.0) -> dict[str, np.ndarray]:
+    return {name: -factor * p.detach().numpy() ** 2 for name, p in model.named_parameters()}
+
+
+def full_masks(model: Toy) -> dict[str, np.ndarray]:
+    return {name: np.ones(tuple(p.shape), dtype=bool) for name, p in model.named_parameters()}
+
+
+def test_exact_proxy_gives_rho_one() -> None:
+    model = Toy()
+    quality = measure_proxy_quality(model, exact_scores(model), full_masks(model), squared_norm,
+                                    sample_size=10, seed=3)
+    assert quality.spearman_rho == pytest.approx(1.0)
+    assert quality.share_within_tolerance == 1.0
+    assert len(quality.samples) == 10
+    for sample in quality.samples:
+        assert sample.true == pytest.approx(sample.proxy, rel=1e-12)
+
+
+@pytest.mark.parametrize(("factor", "share"), [(1.05, 1.0), (1.1, 0.0)])
+def test_share_uses_eight_percent_band(factor: float, share: float) -> None:
+    model = Toy()
+    quality = measure_proxy_quality(model, exact_scores(model, factor), full_masks(model),
+                                    squared_norm, sample_size=27, seed=0)
+    assert quality.share_within_tolerance == share
+    assert quality.spearman_rho == pytest.approx(1.0)
+
+
+def test_samples_only_masked_entries_and_restores() -> None:
+    model = Toy()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    masks = {"a": np.zeros((5, 4), dtype=bool), "b": np.zeros(7, dtype=bool)}
+    masks["a"][1, 2] = masks["b"][4] = masks["b"][6] = True
+    quality = measure_proxy_quality(model, exact_scores(model), masks, squared_norm,
+                                    sample_size=64, seed=0)
+    assert sorted((s.tensor, s.index) for s in quality.samples) == [("a", 6), ("b", 4), ("b", 6)]
+    assert quality.candidates == 3
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name])
+
+
+def test_same_seed_same_sample() -> None:
+    model = Toy()
+    draws = [measure_proxy_quality(model, exact_scores(model), full_masks(model), squared_norm,
+                                   sample_size=5, seed=11).samples for _ in range(2)]
+    assert draws[0] == draws[1]
+
+
+def test_summary_of_hand_made_points() -> None:
+    samples = [ProxySample("t", i, proxy, true) for i, (proxy, true) in
+               enumerate([(1.0, 1.0), (2.1, 2.0), (2.5, 3.0), (-1.0, -1.07)])]
+    quality = summarise(samples, seed=0, candidates=4)
+    # |2.5 - 3| = 0.5 > 0.08 * 3; |-1 + 1.07| = 0.07 <= 0.0856.
+    assert quality.share_within_tolerance == 0.75
+    assert quality.spearman_rho == pytest.approx(1.0)
+    assert RELATIVE_TOLERANCE == 0.08
+
+
+def test_constant_side_has_no_rho() -> None:
+    samples = [ProxySample("t", i, 1.0, float(i)) for i in range(4)]
+    assert summarise(samples, seed=0, candidates=4).spearman_rho is None
+
+
+@pytest.mark.parametrize("size", [0, -1, 10_001, True])
+def test_bad_sample_size_rejected(size: int) -> None:
+    model = Toy()
+    with pytest.raises(InputError):
+        measure_proxy_quality(model, exact_scores(model), full_masks(model), squared_norm,
+                              sample_size=size, seed=0)

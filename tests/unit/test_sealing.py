@@ -1,0 +1,199 @@
+"""Tests for mbd_cert.sealing: the sealed audit bundle and the X25519 key files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from mbd_cert import sealing
+from mbd_cert.errors import (
+    DigestMismatch,
+    InputError,
+    KeyInvalid,
+    UnsupportedVersion,
+)
+
+CERT_ID = "5f0c8a52-8d3e-4c1a-9d59-0b0c7f1e2a11"
+SMALL_CHUNK = sealing.MIN_CHUNK_BYTES
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> list[Path]:
+    source = tmp_path / "src"
+    source.mkdir()
+    files = {"diff.safetensors": os.urandom(3 * SMALL_CHUNK + 17),
+             "empty.bin": b"", "probe.safetensors": os.urandom(SMALL_CHUNK)}
+    for name, data in files.items():
+        (source / name).write_bytes(data)
+    return [source / name for name in files]
+
+
+def seal(bundle: list[Path], tmp_path: Path, key: X25519PrivateKey,
+         certificate_id: str = CERT_ID) -> Path:
+    out = tmp_path / "x.sealed"
+    sealing.seal_files(bundle, out, key.public_key(), certificate_id, chunk_bytes=SMALL_CHUNK)
+    return out
+
+
+def open_into(path: Path, tmp_path: Path, key: X25519PrivateKey, name: str = "open",
+              certificate_id: str = CERT_ID) -> list[Path]:
+    target = tmp_path / name
+    target.mkdir()
+    return sealing.open_sealed(path, target, key, certificate_id)
+
+
+def test_round_trip_restores_every_file(bundle: list[Path], tmp_path: Path) -> None:
+    key = X25519PrivateKey.generate()
+    opened = open_into(seal(bundle, tmp_path, key), tmp_path, key)
+    assert [p.name for p in opened] == [p.name for p in bundle]
+    for original, restored in zip(bundle, opened, strict=True):
+        assert restored.read_bytes() == original.read_bytes()
+
+
+def test_plaintext_exact_multiple_of_chunk(tmp_path: Path) -> None:
+    key = X25519PrivateKey.generate()
+    source = tmp_path / "f.bin"
+
+    def plaintext_size(size: int) -> int:
+        listing = json.dumps({"certificate_id": CERT_ID, "files": [{"path": "f.bin",
+                              "size": size}], "format": sealing.CONTENT_FORMAT},
+                             sort_keys=True, separators=(",", ":"))
+        return 8 + len(listing) + size
+
+    size = next(n for n in range(2 * SMALL_CHUNK) if plaintext_size(n) == 2 * SMALL_CHUNK)
+    source.write_bytes(os.urandom(size))
+    sealed = seal([source], tmp_path, key)
+    # Two full chunks, then a last chunk of 0 plaintext bytes (its tag only).
+    assert sealed.stat().st_size == sealing.HEADER_BYTES + 2 * (SMALL_CHUNK + 16) + 16
+    assert open_into(sealed, tmp_path, key)[0].read_bytes() == source.read_bytes()
+
+
+def test_wrong_key_is_unusable_input(bundle: list[Path], tmp_path: Path) -> None:
+    sealed = seal(bundle, tmp_path, X25519PrivateKey.generate())
+    with pytest.raises(InputError) as caught:
+        open_into(sealed, tmp_path, X25519PrivateKey.generate())
+    assert caught.value.code == "E_SEALED_KEY_MISMATCH"
+    assert caught.value.exit_code == 2
+
+
+def test_other_certificate_id_fails(bundle: list[Path], tmp_path: Path) -> None:
+    key = X25519PrivateKey.generate()
+    sealed = seal(bundle, tmp_path, key)
+    with pytest.raises(sealing.SealedBundleInvalid) as caught:
+        open_into(sealed, tmp_path, key, certificate_id="another-certificate")
+    assert caught.value.exit_code == 1
+
+
+@pytest.mark.parametrize("offset", [sealing.HEADER_BYTES + 5, -3])
+def test_flipped_ciphertext_byte_fails(bundle: list[Path], tmp_path: Path, offset: int) -> None:
+    key = X25519PrivateKey.generate()
+    sealed = seal(bundle, tmp_path, key)
+    data = bytearray(sealed.read_bytes())
+    data[offset] ^= 0x01
+    sealed.write_bytes(bytes(data))
+    with pytest.raises(sealing.SealedBundleInvalid, match="does not authenticate"):
+        open_into(sealed, tmp_path, key)
+
+
+def test_flipped_header_byte_fails(bundle: list[Path], tmp_path: Path) -> None:
+    key = X25519PrivateKey.generate()
+    sealed = seal(bundle, tmp_path, key)
+    data = bytearray(sealed.read_bytes())
+    data[75] ^= 0x01  # inside the base nonce, which the associated data covers
+    sealed.write_bytes(bytes(data))
+    with pytest.raises(sealing.SealedBundleInvalid):
+        open_into(sealed, tmp_path, key)
+
+
+def test_truncated_at_chunk_boundary_fails(bundle: list[Path], tmp_path: Path) -> None:
+    key = X25519PrivateKey.generate()
+    sealed = seal(bundle, tmp_path, key)
+    data = sealed.read_bytes()
+    # Keep the header and the first two chunks: the second is not marked as the last.
+    sealed.write_bytes(data[: sealing.HEADER_BYTES + 2 * (SMALL_CHUNK + 16)])
+    with pytest.raises(sealing.SealedBundleInvalid):
+        open_into(sealed, tmp_path, key)
+
+
+def test_swapped_chunks_fail(bundle: list[Path], tmp_path: Path) -> None:
+    key = X25519PrivateKey.generate()
+    sealed = seal(bundle, tmp_path, key)
+    data = sealed.read_bytes()
+    stride = SMALL_CHUNK + 16
+    head, first, second = (data[: sealing.HEADER_BYTES],
+                           data[sealing.HEADER_BYTES: sealing.HEADER_BYTES + stride],
+                           data[sealing.HEADER_BYTES + stride: sealing.HEADER_BYTES + 2 * stride])
+    sealed.write_bytes(head + second + first + data[sealing.HEADER_BYTES + 2 * stride:])
+    with pytest.raises(sealing.SealedBundleInvalid, match="chunk 0"):
+        open_into(sealed, tmp_path, key)
+
+
+def test_bad_magic_and_version(bundle: list[Path], tmp_path: Path) -> None:
+    key = X25519PrivateKey.generate()
+    sealed = seal(bundle, tmp_path, key)
+    data = bytearray(sealed.read_bytes())
+    data[7] = 2
+    sealed.write_bytes(bytes(data))
+    with pytest.raises(UnsupportedVersion):
+        open_into(sealed, tmp_path, key)
+    sealed.write_bytes(b"PK\x03\x04" + bytes(100))
+    with pytest.raises(InputError) as caught:
+        open_into(sealed, tmp_path, key, name="open2")
+    assert caught.value.code == "E_SEALED_MALFORMED"
+
+
+def test_key_files_round_trip(tmp_path: Path) -> None:
+    private_path, public_path = sealing.write_x25519_keypair(tmp_path / "auditor")
+    assert private_path.stat().st_mode & 0o777 == 0o600
+    private = sealing.load_auditor_private_key(private_path)
+    public = sealing.load_recipient_key(public_path)
+    assert sealing.recipient_key_id(public) == sealing.recipient_key_id(private.public_key())
+    raw = tmp_path / "raw.pub"
+    raw.write_bytes(public.public_bytes(serialization.Encoding.Raw,
+                                       serialization.PublicFormat.Raw))
+    assert sealing.recipient_key_id(sealing.load_recipient_key(raw)) == \
+        sealing.recipient_key_id(public)
+
+
+def test_signing_key_rejected_as_auditor_key(tmp_path: Path) -> None:
+    signing_key = Ed25519PrivateKey.generate()
+    pub = tmp_path / "issuer.pub"
+    pub.write_bytes(signing_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    with pytest.raises(KeyInvalid, match="expected an X25519 key"):
+        sealing.load_recipient_key(pub)
+    private = tmp_path / "issuer.key"
+    private.write_bytes(signing_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    with pytest.raises(KeyInvalid, match="Ed25519 signing key"):
+        sealing.load_auditor_private_key(private)
+    with pytest.raises(KeyInvalid, match="private key"):
+        sealing.load_recipient_key(private)
+
+
+def test_open_for_verification_checks_digest(bundle: list[Path], tmp_path: Path) -> None:
+    key = X25519PrivateKey.generate()
+    directory = bundle[0].parent
+    entry = sealing.seal_bundle(directory, [p.name for p in bundle], key.public_key(), CERT_ID)
+    doc = {"certificate_id": CERT_ID, "audit_bundle": {"sealed": entry}}
+    target = tmp_path / "ok"
+    target.mkdir()
+    assert "diff.safetensors" in sealing.open_for_verification(doc, directory, key, target)
+    tampered = dict(entry, file_digest="sha256:" + "0" * 64)
+    target2 = tmp_path / "bad"
+    target2.mkdir()
+    with pytest.raises(DigestMismatch):
+        sealing.open_for_verification({"certificate_id": CERT_ID,
+                                       "audit_bundle": {"sealed": tampered}},
+                                      directory, key, target2)
+    with pytest.raises(InputError) as caught:
+        sealing.open_for_verification({"certificate_id": CERT_ID, "audit_bundle": {}},
+                                      directory, key, target2)
+    assert caught.value.code == "E_BUNDLE_NOT_SEALED"
