@@ -9,7 +9,7 @@ import logging
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,16 +18,21 @@ import numpy as np
 import torch
 
 import mbd_cert
-from mbd_cert import _safetensors, accounting, certificate, mechanism, signing
+from mbd_cert import _safetensors, certificate, mechanism, signing
+from mbd_cert._commitment import file_commitment
 from mbd_cert._torch_model import build_model, predict, probe_batch
 from mbd_cert.arch import get_architecture
+from mbd_cert.chain import write_chain_copies
 from mbd_cert.checkpoint import ProbeSet
 from mbd_cert.diff import MASK_PREFIX, array_manifest_digest, build_diff
 from mbd_cert.errors import InputError, IssuanceError
-from mbd_cert.issue import IssueOptions, draw_noise, sensitivity_for
+from mbd_cert.issue import IssueOptions, chain_account, draw_noise, sensitivity_for
 from mbd_cert.metrics import regression_metrics
+from mbd_cert.proxy_quality import forget_value, measure_proxy_quality
 from mbd_cert._groups import eligible_names
 from mbd_cert.saliency import gradient_moments, saliency_scores, top_k_mask
+from mbd_cert.sealing import seal_bundle
+from mbd_cert.sensitivity import reference_retrain
 from mbd_cert.update import masked_update
 
 logger = logging.getLogger(__name__)
@@ -38,6 +43,9 @@ RETAIN_OBJECTIVE = "retain-task-l1-deleted"
 # Scores closer than this (relative to the cut value) to the top-k cut may swap across
 # devices and thread counts; the verifier accepts swaps inside this band.
 SCORE_TOLERANCE = 1e-6
+# Significance level the certificate states for the level-2 residual tests; an honest
+# certificate fails them with about this probability.
+RESIDUAL_ALPHA = 0.01
 
 
 def default_eligible_groups(modality: str) -> list[str]:
@@ -61,6 +69,8 @@ def run(
     options: IssueOptions,
     private_key: Any,
     progress: Callable[[str, int, int], None] | None,
+    eval_path: Path | None = None,
+    previous: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Run the deletion and write the outputs; see :func:`mbd_cert.issue.issue`."""
     architecture = get_architecture(str(config_doc["architecture"]))
@@ -109,6 +119,12 @@ def run(
     masks, cut = top_k_mask(scores, options.top_k_fraction)
     mask_size = int(sum(int(m.sum()) for m in masks.values()))
     eligible_count = int(sum(m.size for m in masks.values()))
+    proxy_quality = None
+    if options.proxy_sample_size:
+        proxy_quality = measure_proxy_quality(
+            model_pre, scores, masks, forget_value(forget, batch, forget_weights),
+            sample_size=options.proxy_sample_size, seed=options.seed,
+        ).to_json()
 
     # Step 2 (SPEC §6.1): structural removal.
     post_config = dict(config)
@@ -141,7 +157,18 @@ def run(
 
     # Step 4 (SPEC §6.4): analytic Gaussian noise on every masked entry.
     sensitivity = sensitivity_for(options)
+    evidence = None
+    if options.sensitivity_method == "reference-retrain":
+        estimate = reference_retrain(
+            model_removed, masks, retain, batch, update,
+            runs=options.reference_runs, safety_factor=options.safety_factor,
+            seed=options.seed, steps=options.steps, learning_rate=options.learning_rate,
+            damping=options.damping, clip_norm=options.clip_norm,
+            progress=report("reference retrain", options.reference_runs),
+        )
+        sensitivity, evidence = estimate.sensitivity, estimate.evidence()
     sigma = mechanism.analytic_gaussian_sigma(options.epsilon, options.delta, sensitivity)
+    account = chain_account(list(previous), options, sigma, sensitivity)  # R-CHAIN-5
     noise = draw_noise({n: masks[n].shape for n in names}, sigma, options.noise_seed)
     post_tensors = dict(start)
     for name in names:
@@ -171,15 +198,20 @@ def run(
         )
         shutil.copyfile(probe_path, staging / "probe.safetensors")
         probe_digests = _safetensors.digest_file(staging / "probe.safetensors")
+        if eval_path is not None:
+            # Kept so that a later deletion from this directory reports utility too.
+            shutil.copyfile(eval_path, staging / "eval.safetensors")
+        chain_listing = write_chain_copies(previous, staging)
+        certificate_id = str(uuid.uuid4())
+        sealed = None
+        if options.auditor_key is not None:
+            sealed = seal_bundle(staging, ["diff.safetensors", "probe.safetensors"],
+                                 options.auditor_key, certificate_id)
 
         key_id = signing.key_id(private_key.public_key())
-        account = accounting.account_chain(
-            [accounting.ChainEntry(options.epsilon, options.delta, sigma, sensitivity)],
-            options.delta,
-        )
         doc: dict[str, Any] = {
             "format_version": mbd_cert.FORMAT_VERSION,
-            "certificate_id": str(uuid.uuid4()),
+            "certificate_id": certificate_id,
             "issued_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "issuer": {"key_id": key_id, **({"name": options.issuer_name} if options.issuer_name else {})},
             "subject_model": {
@@ -188,8 +220,10 @@ def run(
                     "version": architecture.version,
                     "config": post_config,
                 },
-                "pre_deletion": _commitment(pre_digests),
-                "post_deletion": _commitment(post_digests),
+                "pre_deletion": file_commitment(pre_digests, _safetensors.read_header(model_path)),
+                "post_deletion": file_commitment(
+                    post_digests, _safetensors.read_header(staging / "model.safetensors")
+                ),
             },
             "deletion": {"modality": modality, "removed_tensors": sorted(removed)},
             "saliency": {
@@ -205,6 +239,7 @@ def run(
                 "score_dtype": "float64",
                 "score_tolerance": SCORE_TOLERANCE,
                 "cut_score": cut,
+                **({"proxy_quality": proxy_quality} if proxy_quality is not None else {}),
             },
             "update": {
                 "rule": "masked-preconditioned-gd",
@@ -214,6 +249,8 @@ def run(
                 "damping": options.damping,
                 "clip_norm": options.clip_norm,
                 "norm_before_clip": update.norm_before_clip,
+                # Family-wise level of the verifier's level-2 residual tests (SPEC R-L2-6).
+                "residual_alpha": RESIDUAL_ALPHA,
             },
             "privacy": {
                 "mechanism": "analytic-gaussian",
@@ -221,13 +258,15 @@ def run(
                 "delta": options.delta,
                 "sensitivity": sensitivity,
                 "sensitivity_method": options.sensitivity_method,
+                **({"sensitivity_evidence": evidence} if evidence is not None else {}),
                 "sigma": sigma,
                 "noise_dimension": mask_size,
             },
             "accounting": {
                 "method": "mu-gdp",
-                "sequence_number": 1,
-                "previous_certificate": None,
+                "sequence_number": len(previous) + 1,
+                "previous_certificate": previous[-1].digest if previous else None,
+                "chain": chain_listing,
                 "mu": account.mu,
                 "cumulative_epsilon": account.epsilon,
                 "delta": options.delta,
@@ -238,6 +277,7 @@ def run(
                 "confidential": True,
                 "diff": _artefact("diff.safetensors", diff_digests),
                 "probe": _artefact("probe.safetensors", probe_digests),
+                **({"sealed": sealed} if sealed is not None else {}),
             },
             "metrics": {"utility": utility},
             "environment": {
@@ -269,17 +309,6 @@ def _removed_tensors(
             code="E_EMPTY_DELETION",
         )
     return removed
-
-
-def _commitment(digests: Any) -> dict[str, Any]:
-    return {
-        "file_digest": digests.file_digest,
-        "manifest_digest": digests.manifest_digest,
-        "tensors": {
-            name: {"dtype": t.dtype, "shape": list(t.shape), "digest": t.digest}
-            for name, t in sorted(digests.tensors.items())
-        },
-    }
 
 
 def _artefact(path: str, digests: Any) -> dict[str, Any]:

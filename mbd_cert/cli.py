@@ -94,11 +94,40 @@ def _emit_error(code: str, message: str, hint: str, as_json: bool) -> None:
 
 
 class _Group(click.Group):
-    """Click group whose usage errors exit 2 with a message and no traceback."""
+    """Click group whose usage errors exit 2 with a message and no traceback.
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102
+    With ``--json`` among the arguments, a usage error also writes the JSON error
+    report (code ``E_USAGE``) to stdout, so machines always receive one document.
+    """
+
+    def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:  # noqa: D102
         kwargs.setdefault("standalone_mode", True)
-        return super().main(*args, **kwargs)
+        argv = list(sys.argv[1:] if args is None else args)
+        options = argv[: argv.index("--")] if "--" in argv else argv
+        self._json_requested = "--json" in options
+        return super().main(argv, *rest, **kwargs)
+
+    # The trainer's commands import torch; loading them only when asked for keeps
+    # every other command (level-1 verify above all) quick to start.
+    _TRAINER_COMMANDS = ("train", "evaluate")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:  # noqa: D102
+        return sorted(set(super().list_commands(ctx)) | set(self._TRAINER_COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:  # noqa: D102
+        if cmd_name in self._TRAINER_COMMANDS and cmd_name not in self.commands:
+            _register_trainer(self)
+        return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context) -> Any:  # noqa: D102
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            if getattr(self, "_json_requested", False):
+                from mbd_cert.report import error_report
+
+                click.echo(json.dumps(error_report("E_USAGE", error.format_message()), indent=2))
+            raise
 
 
 @click.group(cls=_Group)
@@ -110,24 +139,34 @@ def main(verbose: int) -> None:
 
 
 def _register_commands() -> None:
-    from mbd_cert import _cli_commands
+    from mbd_cert import _cli_ci, _cli_commands, _cli_report
 
     _cli_commands.register(main, guarded)
+    _cli_ci.register(main, guarded)
+    _cli_report.register(main, guarded)
+
+
+def _register_trainer(group: click.Group) -> None:
     try:
         from trainer import cli as trainer_cli
     except ImportError as exc:  # the trainer needs the torch extra
         missing = str(exc)
 
-        @main.command("train", context_settings={"ignore_unknown_options": True})
-        @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-        def train_unavailable(args: tuple[str, ...]) -> None:
-            """Train the bundled MBD model (needs the torch extra)."""
-            click.echo(f"error [E_INPUT]: the trainer is not available: {missing}", err=True)
-            click.echo("  hint: pip install 'mbd-cert[torch]'", err=True)
-            sys.exit(2)
+        def unavailable(name: str) -> click.Command:
+            @click.command(name, context_settings={"ignore_unknown_options": True})
+            @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+            def command(args: tuple[str, ...]) -> None:
+                """Needs the torch extra: pip install 'mbd-cert[torch]'."""
+                click.echo(f"error [E_INPUT]: the trainer is not available: {missing}", err=True)
+                click.echo("  hint: pip install 'mbd-cert[torch]'", err=True)
+                sys.exit(2)
 
+            return command
+
+        for name in _Group._TRAINER_COMMANDS:
+            group.add_command(unavailable(name))
         return
-    trainer_cli.register(main, guarded)
+    trainer_cli.register(group, guarded)
 
 
 _register_commands()

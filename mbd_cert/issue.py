@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from mbd_cert import errors
+from mbd_cert import _safetensors, accounting, certificate, chain, errors, mechanism
 from mbd_cert.checkpoint import read_config, read_probe_set, read_tensors
 
 logger = logging.getLogger(__name__)
 
-SENSITIVITY_METHODS = ("clip-bound", "declared")
+SENSITIVITY_METHODS = ("clip-bound", "reference-retrain", "declared")
 
 
 @dataclass
@@ -37,8 +37,10 @@ class IssueOptions:
         epsilon: Privacy loss bound of this deletion (natural-log units), > 0.
         delta: Failure probability of the bound, in (0, 1).
         sensitivity_method: ``clip-bound`` (sensitivity = 2 * clip_norm, because two
-            clipped displacements lie in the same L2 ball of radius clip_norm) or
-            ``declared`` (the issuer states ``sensitivity`` and answers for it).
+            clipped displacements lie in the same L2 ball of radius clip_norm),
+            ``reference-retrain`` (measured by leave-one-out reruns of the update, see
+            :mod:`mbd_cert.sensitivity`) or ``declared`` (the issuer states
+            ``sensitivity`` and answers for it).
         sensitivity: Required with ``declared``; L2 norm in parameter units.
         top_k_fraction: Share of eligible parameter entries in the mask, in (0, 1].
         eligible_groups: Tensor name prefixes the mask may select from; None selects
@@ -52,6 +54,15 @@ class IssueOptions:
             None draws the noise from the operating system's randomness.
         force: Replace an existing output directory.
         issuer_name: Free text recorded as ``issuer.name``.
+        previous: The certificate of the previous deletion of this model; None takes
+            ``cert.json`` of the checkpoint directory when there is one.
+        max_epsilon: Budget: refuse the deletion, writing nothing, when the cumulative
+            epsilon of the chain would exceed this. None sets no budget.
+        reference_runs: Leave-one-out reruns R of the ``reference-retrain`` method.
+        safety_factor: Multiplier (>= 1) on the largest ``reference-retrain`` distance.
+        proxy_sample_size: Mask entries whose true leave-one-out increment is measured
+            for ``saliency.proxy_quality``; 0 skips the measurement.
+        auditor_key: An X25519 public key: seal the audit bundle to it.
     """
 
     modality: str
@@ -69,6 +80,12 @@ class IssueOptions:
     noise_seed: int | None = None
     force: bool = False
     issuer_name: str = ""
+    previous: Path | None = None
+    max_epsilon: float | None = None
+    reference_runs: int = 4
+    safety_factor: float = 2.0
+    proxy_sample_size: int = 64
+    auditor_key: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -116,14 +133,106 @@ def validate_options(options: IssueOptions) -> None:
                 code="E_PARAMETER_INVALID",
             )
         _require_positive("sensitivity", options.sensitivity)
+    if options.max_epsilon is not None:
+        _require_positive("max_epsilon", options.max_epsilon)
+    if options.sensitivity_method == "reference-retrain":
+        from mbd_cert.sensitivity import check_parameters
+
+        check_parameters(options.reference_runs, options.safety_factor)
+    size = options.proxy_sample_size
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= 10_000:
+        raise errors.InputError(
+            f"proxy sample size must be an integer in [0, 10000], got {size!r}",
+            code="E_PARAMETER_INVALID",
+        )
 
 
 def sensitivity_for(options: IssueOptions) -> float:
     """Return the L2 sensitivity Delta the noise is calibrated for (SPEC.md, R-PRIV-2)."""
     if options.sensitivity_method == "clip-bound":
         return 2.0 * options.clip_norm
+    if options.sensitivity_method == "reference-retrain":
+        # Measured later; mu = sensitivity / sigma does not depend on it, so the
+        # budget check before any work is exact with a unit sensitivity.
+        return 1.0
     assert options.sensitivity is not None
     return float(options.sensitivity)
+
+
+def chain_account(
+    previous: list[chain.ChainLink], options: IssueOptions, sigma: float, sensitivity: float
+) -> accounting.ChainAccount:
+    """Compose the earlier deletions and this one, and enforce ``max_epsilon``.
+
+    Raises:
+        IssuanceError: The cumulative epsilon at ``options.delta`` would exceed
+            ``options.max_epsilon`` (``E_BUDGET_EXCEEDED``).
+    """
+    entries = [
+        accounting.ChainEntry(
+            link.doc["privacy"]["epsilon"],
+            link.doc["privacy"]["delta"],
+            link.doc["privacy"]["sigma"],
+            link.doc["privacy"]["sensitivity"],
+        )
+        for link in previous
+    ]
+    entries.append(accounting.ChainEntry(options.epsilon, options.delta, sigma, sensitivity))
+    account = accounting.account_chain(entries, options.delta)
+    if options.max_epsilon is not None and account.epsilon > options.max_epsilon:
+        raise errors.IssuanceError(
+            f"deletion {account.count} would raise the cumulative epsilon to "
+            f"{account.epsilon:.6g} at delta {options.delta:g}, above the budget "
+            f"--max-epsilon {options.max_epsilon:g} (earlier deletions: {len(previous)})",
+            hint="issue with a smaller --epsilon, or raise the budget; nothing was written",
+            code="E_BUDGET_EXCEEDED",
+        )
+    return account
+
+
+def previous_chain(checkpoint_dir: Path, options: IssueOptions) -> list[chain.ChainLink]:
+    """Load the chain this deletion continues, oldest first; empty for a first deletion.
+
+    The previous certificate is ``options.previous`` or, when the checkpoint directory is
+    the output of an earlier ``issue``, its ``cert.json``. Its own earlier links are
+    looked up beside it (the ``chain-NNNNN.json`` copies the issuer writes).
+
+    Raises:
+        InputError: The previous certificate is missing or malformed.
+        VerificationFailed: Its chain is broken (``E_CHAIN_*``).
+        IssuanceError: The checkpoint's model is not the model the previous
+            certificate released (``E_CHAIN_BROKEN``).
+    """
+    path = options.previous
+    if path is None and (checkpoint_dir / "cert.json").is_file():
+        path = checkpoint_dir / "cert.json"
+    if path is None:
+        return []
+    doc = certificate.load_certificate(path)
+    links = chain.walk_chain(doc, Path(path).parent)
+    model_path = checkpoint_dir / "model.safetensors"
+    if not model_path.exists():
+        raise errors.FileMissing(f"model not found: {model_path}")
+    digests = _safetensors.digest_file(model_path)
+    released = doc["subject_model"]["post_deletion"]
+    if digests.manifest_digest != released["manifest_digest"]:
+        raise errors.IssuanceError(
+            f"{model_path} has manifest digest {digests.manifest_digest}, but the previous "
+            f"certificate {path} released {released['manifest_digest']}",
+            hint="continue a chain from the model the previous deletion released",
+            code="E_CHAIN_BROKEN",
+        )
+    return links
+
+
+def _config_from_certificate(doc: dict[str, Any]) -> dict[str, Any]:
+    """Rebuild a checkpoint ``config.json`` from a certificate's released architecture."""
+    architecture = doc["subject_model"]["architecture"]
+    return {
+        "architecture": architecture["name"],
+        "architecture_version": architecture["version"],
+        "config": dict(architecture["config"]),
+    }
 
 
 def draw_noise(
@@ -152,9 +261,12 @@ def issue(
 
     Args:
         checkpoint_dir: Directory with ``model.safetensors``, ``config.json`` and
-            ``probe.safetensors`` (as ``mbd-cert train`` writes it).
+            ``probe.safetensors`` (as ``mbd-cert train`` writes it), or the output
+            directory of an earlier ``issue``: the deletion then continues its chain.
         out_dir: Output directory; it receives ``model.safetensors``, ``cert.json``,
-            ``diff.safetensors`` and ``probe.safetensors``.
+            ``diff.safetensors``, ``probe.safetensors``, the copy of the evaluation
+            set, ``chain-NNNNN.json`` copies of the earlier certificates and, with an
+            auditor key, ``audit-bundle.sealed``.
         options: The deletion parameters.
         private_key: The issuer's Ed25519 private key.
         eval_set: Held-out samples in the probe layout for utility metrics; defaults to
@@ -167,11 +279,23 @@ def issue(
     Raises:
         InputError: Bad options or unusable checkpoint files.
         IssuanceError: The deletion cannot be certified (for example the output exists
-            and ``force`` is not set, or the diff cannot be made exact).
+            and ``force`` is not set, the budget ``max_epsilon`` would be exceeded, or
+            the diff cannot be made exact).
+        VerificationFailed: The chain of earlier certificates is broken.
     """
     from mbd_cert import _issue_steps
 
     validate_options(options)
+    checkpoint_dir = Path(checkpoint_dir)
+    previous = previous_chain(checkpoint_dir, options)
+    # Budget (SPEC.md, R-CHAIN-5): refuse before any work, so nothing is written.
+    planned = sensitivity_for(options)
+    chain_account(
+        previous,
+        options,
+        mechanism.analytic_gaussian_sigma(options.epsilon, options.delta, planned),
+        planned,
+    )
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not options.force:
         raise errors.IssuanceError(
@@ -179,13 +303,18 @@ def issue(
             hint="choose another --out or pass --force to replace it",
             code="E_OUTPUT_EXISTS",
         )
-    checkpoint_dir = Path(checkpoint_dir)
-    config_doc = read_config(checkpoint_dir / "config.json")
+    probe_path = checkpoint_dir / "probe.safetensors"
+    if (checkpoint_dir / "config.json").exists() or not previous:
+        config_doc = read_config(checkpoint_dir / "config.json")
+    else:
+        # The output of an earlier issue has no config.json: the released config and
+        # the probe set are those of the previous certificate.
+        config_doc = _config_from_certificate(previous[-1].doc)
+        probe_path = checkpoint_dir / previous[-1].doc["audit_bundle"]["probe"]["path"]
     model_path = checkpoint_dir / "model.safetensors"
     if not model_path.exists():
         raise errors.FileMissing(f"model not found: {model_path}")
     pre_tensors = read_tensors(model_path)
-    probe_path = checkpoint_dir / "probe.safetensors"
     probe = read_probe_set(probe_path)
     if eval_set is None and (checkpoint_dir / "eval.safetensors").exists():
         eval_set = checkpoint_dir / "eval.safetensors"
@@ -198,6 +327,8 @@ def issue(
         probe=probe,
         probe_path=probe_path,
         evaluation=evaluation,
+        eval_path=eval_set,
+        previous=previous,
         out_dir=out_dir,
         options=options,
         private_key=private_key,

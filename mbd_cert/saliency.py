@@ -19,6 +19,8 @@ Stability: internal; the score formula and the tie rule are fixed by format 1.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -26,9 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from mbd_cert._groups import eligible_names
-
 Objective = Callable[[torch.nn.Module, Mapping[str, Any]], torch.Tensor]
+
+logger = logging.getLogger(__name__)
+
+# Memory for one chunk of per-sample gradients, in bytes, and the most samples per
+# chunk: larger chunks stop paying off once the per-op overhead is amortised.
+_CHUNK_BYTES = 256 * 1024 * 1024
+_MAX_CHUNK = 256
 
 
 def slice_batch(batch: Mapping[str, Any], index: int) -> dict[str, Any]:
@@ -49,17 +56,27 @@ def gradient_moments(
     batch: Mapping[str, Any],
     weights: torch.Tensor,
     progress: Callable[[int], None] | None = None,
+    *,
+    vectorize: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Compute the weighted mean gradient and the diagonal empirical Fisher.
+
+    Per-sample gradients are computed in chunks with ``torch.func.vmap``, which does
+    one batched backward pass per chunk instead of one pass per sample. An objective
+    that ``vmap`` cannot trace (data-dependent Python control flow, ``.item()``) falls
+    back to the per-sample loop, with a warning. Both paths accumulate in float64 and
+    agree to float64 rounding; only the summation order differs.
 
     Args:
         model: The model, already in float64 and in eval mode.
         names: Parameter names to differentiate.
-        objective: Returns per-sample objective values, shape [n], for a batch.
+        objective: Returns per-sample objective values, shape [n], for a batch. Each
+            value must depend only on its own sample.
         batch: The full probe batch.
         weights: Per-sample weights [n]; zero excludes a sample (for example one
             where the deleted modality is absent).
-        progress: Called with the number of samples done after each sample.
+        progress: Called with the number of samples done after each chunk or sample.
+        vectorize: False forces the per-sample loop (the reference implementation).
 
     Returns:
         ``(gradient, fisher)``: float64 tensors per name, ``sum_i w_i g_i / sum_i w_i``
@@ -73,11 +90,41 @@ def gradient_moments(
     total_weight = float(weights.sum())
     if total_weight <= 0.0:
         raise ValueError("no probe sample has a non-zero weight for this objective")
-    gradient = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in zip(names, targets)}
-    fisher = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in zip(names, targets)}
+    if vectorize:
+        try:
+            sums = _moment_sums_vmap(model, names, objective, batch, weights, progress)
+        except RuntimeError as exc:
+            logger.warning(
+                "per-sample gradients cannot be vectorised for this objective (%s); "
+                "using one backward pass per sample",
+                str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
+            )
+            sums = _moment_sums_loop(names, targets, objective, model, batch, weights, progress)
+    else:
+        sums = _moment_sums_loop(names, targets, objective, model, batch, weights, progress)
+    gradient, fisher = sums
+    for name in names:
+        gradient[name].div_(total_weight)
+        fisher[name].div_(total_weight)
+    return gradient, fisher
 
-    # NOTE: one backward pass per sample. Per-sample gradients are what the Fisher
-    # diagonal needs; vectorising them with torch.func is a possible speed-up.
+
+def _zeros64(names: Sequence[str], targets: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    pairs = zip(names, targets, strict=True)
+    return {name: torch.zeros_like(p, dtype=torch.float64) for name, p in pairs}
+
+
+def _moment_sums_loop(
+    names: Sequence[str],
+    targets: Sequence[torch.Tensor],
+    objective: Objective,
+    model: torch.nn.Module,
+    batch: Mapping[str, Any],
+    weights: torch.Tensor,
+    progress: Callable[[int], None] | None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Return ``sum_i w_i g_i`` and ``sum_i w_i g_i**2`` with one backward pass per sample."""
+    gradient, fisher = _zeros64(names, targets), _zeros64(names, targets)
     n = int(weights.shape[0])
     for index in range(n):
         weight = float(weights[index])
@@ -86,8 +133,8 @@ def gradient_moments(
                 progress(index + 1)
             continue
         value = objective(model, slice_batch(batch, index)).sum()
-        grads = torch.autograd.grad(value, targets, allow_unused=True)
-        for name, grad in zip(names, grads):
+        grads = torch.autograd.grad(value, list(targets), allow_unused=True)
+        for name, grad in zip(names, grads, strict=True):
             if grad is None:
                 continue
             grad64 = grad.detach().to(torch.float64)
@@ -95,10 +142,90 @@ def gradient_moments(
             fisher[name].add_(grad64 * grad64, alpha=weight)
         if progress is not None:
             progress(index + 1)
-    for name in names:
-        gradient[name].div_(total_weight)
-        fisher[name].div_(total_weight)
     return gradient, fisher
+
+
+class _Bound(torch.nn.Module):
+    """Wrap ``objective(model, batch)`` as a module so ``functional_call`` can swap parameters."""
+
+    def __init__(self, model: torch.nn.Module, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self.objective(self.model, batch)
+
+
+def _moment_sums_vmap(
+    model: torch.nn.Module,
+    names: Sequence[str],
+    objective: Objective,
+    batch: Mapping[str, Any],
+    weights: torch.Tensor,
+    progress: Callable[[int], None] | None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Return the same sums as :func:`_moment_sums_loop`, vectorised over samples."""
+    from torch.func import functional_call, grad, vmap
+
+    parameters = dict(model.named_parameters())
+    targets = {name: parameters[name].detach() for name in names}
+    gradient = _zeros64(names, list(targets.values()))
+    fisher = _zeros64(names, list(targets.values()))
+    bound = _Bound(model, objective)
+
+    def sample_value(values: dict[str, torch.Tensor], sample: Mapping[str, Any]) -> torch.Tensor:
+        # vmap strips the sample dimension; the objective expects a batch of one.
+        one = _map_batch(sample, lambda tensor: tensor.unsqueeze(0))
+        prefixed = {"model." + name: value for name, value in values.items()}
+        value: torch.Tensor = functional_call(bound, prefixed, (one,)).sum()
+        return value
+
+    per_sample = vmap(grad(sample_value), in_dims=(None, 0))
+    # Samples with weight zero are skipped, as the loop does, so that a non-finite
+    # gradient of an excluded sample cannot reach the sums.
+    kept = torch.nonzero(weights != 0).flatten()
+    chunk = _chunk_size(sum(t.numel() for t in targets.values()))
+    n = int(weights.shape[0])
+    for start in range(0, int(kept.numel()), chunk):
+        index = kept[start : start + chunk]
+        sub = _map_batch(batch, functools.partial(_select_rows, index=index))
+        chunk_weights = weights.index_select(0, index).to(torch.float64)
+        grads = per_sample(targets, sub)
+        with torch.no_grad():
+            for name in names:
+                grad64 = grads[name].to(torch.float64)
+                shape = (-1,) + (1,) * (grad64.ndim - 1)
+                weighted = grad64 * chunk_weights.reshape(shape)
+                gradient[name].add_(weighted.sum(dim=0))
+                fisher[name].add_((weighted * grad64).sum(dim=0))
+        if progress is not None:
+            done = start + int(index.numel())
+            progress(n if done == kept.numel() else int(kept[done - 1]) + 1)
+    if progress is not None and kept.numel() == 0:
+        progress(n)
+    return gradient, fisher
+
+
+def _select_rows(tensor: torch.Tensor, *, index: torch.Tensor) -> torch.Tensor:
+    return tensor.index_select(0, index)
+
+
+def _map_batch(
+    batch: Mapping[str, Any], function: Callable[[torch.Tensor], torch.Tensor]
+) -> dict[str, Any]:
+    mapped: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, Mapping):
+            mapped[key] = {k: function(v) for k, v in value.items()}
+        else:
+            mapped[key] = function(value)
+    return mapped
+
+
+def _chunk_size(parameter_count: int) -> int:
+    """Return how many per-sample gradients to hold at once (float64, about 256 MiB)."""
+    return max(1, min(_MAX_CHUNK, _CHUNK_BYTES // max(1, 8 * parameter_count)))
 
 
 def saliency_scores(

@@ -16,15 +16,24 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from mbd_cert import _paths, _safetensors, accounting, certificate, mechanism
+from mbd_cert import (
+    _commitment,
+    _paths,
+    _safetensors,
+    certificate,
+    chain,
+    mechanism,
+    sealing,
+)
 from mbd_cert.arch import get_architecture
 from mbd_cert.errors import (
     CalibrationInvalid,
@@ -36,6 +45,7 @@ from mbd_cert.errors import (
     VerificationFailed,
 )
 from mbd_cert.report import CheckResult, VerificationReport
+from mbd_cert.sensitivity import check_evidence
 from mbd_cert._groups import eligible_names
 
 logger = logging.getLogger(__name__)
@@ -55,7 +65,16 @@ class VerifyOptions:
         max_epsilon: Policy: the cumulative epsilon must not exceed this.
         required_sensitivity_method: Policy: the certificate must use this method.
         allow_inconclusive: Treat inconclusive statistical checks as passing.
+        alpha: Family-wise significance level of the level-2 residual tests; None
+            takes ``update.residual_alpha`` from the certificate, else 0.01.
         progress: Called as ``progress(stage, done, total)`` during long stages.
+        check_file_digest: Also recompute the whole-file SHA-256 of the model, one
+            sequential pass over the file. Certificates without ``header_digest``
+            (format 1.0) get this check regardless (SPEC.md, R-DIG-3).
+        chain_dir: Directory holding the earlier certificates of the chain; None looks
+            beside the certificate file.
+        auditor_private_key: The auditor's X25519 private key: open the sealed audit
+            bundle (in ``bundle_dir``, else beside the certificate) and use its files.
     """
 
     trusted_keys: Sequence[Ed25519PublicKey]
@@ -65,6 +84,10 @@ class VerifyOptions:
     required_sensitivity_method: str | None = None
     allow_inconclusive: bool = False
     progress: Callable[[str, int, int], None] | None = None
+    alpha: float | None = None
+    check_file_digest: bool = False
+    chain_dir: Path | None = None
+    auditor_private_key: Any = None
 
 
 def _check_options(options: VerifyOptions) -> None:
@@ -93,14 +116,23 @@ def _check_options(options: VerifyOptions) -> None:
             hint="pass the issuer's public key with --key",
             code="E_KEY_MISSING",
         )
-    module = {2: "mbd_cert.verify_recompute", 3: "mbd_cert.verify_leakage"}.get(options.level)
-    if module is not None and importlib.util.find_spec(module) is None:
+    if options.alpha is not None and (
+        isinstance(options.alpha, bool) or not 0 < options.alpha < 1
+    ):
         raise InputError(
-            f"verification level {options.level} is not available in this release",
-            hint="run level 1, or upgrade mbd-cert",
+            f"alpha must be in (0, 1), got {options.alpha!r}",
+            hint="pass the family-wise significance level of the level-2 tests, e.g. 0.01",
+            code="E_PARAMETER_INVALID",
+        )
+    if options.level >= 2 and importlib.util.find_spec("torch") is None:
+        # SPEC R-LVL-1: levels 2 and 3 recompute with torch; without it they are
+        # unavailable rather than silently skipped.
+        raise InputError(
+            f"verification level {options.level} needs torch, which is not installed",
+            hint="install mbd-cert[torch], or run level 1",
             code="E_LEVEL_UNAVAILABLE",
         )
-    if options.level >= 2 and options.bundle_dir is None:
+    if options.level >= 2 and options.bundle_dir is None and options.auditor_private_key is None:
         raise InputError(
             f"level {options.level} needs the audit bundle",
             hint="pass --bundle DIR with diff.safetensors and probe.safetensors",
@@ -124,6 +156,8 @@ def verify(cert_path: str | Path, model_path: str | Path, options: VerifyOptions
             unsupported version, bad option).
     """
     _check_options(options)
+    if options.auditor_private_key is not None:
+        return _verify_sealed(Path(cert_path), Path(model_path), options)
     model_path = Path(model_path)
 
     # Step 1 (SPEC §7.1): parse strictly and validate against the bundled schema.
@@ -139,6 +173,9 @@ def verify(cert_path: str | Path, model_path: str | Path, options: VerifyOptions
     if not model_path.exists():
         raise FileMissing(f"model not found: {model_path}", hint="pass the released model file")
     architecture = get_architecture(doc["subject_model"]["architecture"]["name"])
+    # The schema leaves the config's members to the architecture; a config it rejects
+    # is unusable input (exit 2), never a crash in the checks below.
+    architecture.validate_config(doc["subject_model"]["architecture"]["config"])
 
     # Step 2 (SPEC §7.2): signature under a key the user trusts.
     report.run(
@@ -149,7 +186,9 @@ def verify(cert_path: str | Path, model_path: str | Path, options: VerifyOptions
 
     # Step 3 (SPEC §7.3): digests recomputed from the released model file.
     header = _safetensors.read_header(model_path)
-    report.run("model-digest", "R-DIG-3", lambda: _check_model_digest(doc, model_path))
+    report.run("model-digest", "R-DIG-3", lambda: _commitment.check_commitment(
+        doc["subject_model"]["post_deletion"], header, field="subject_model.post_deletion",
+        check_file_digest=options.check_file_digest))
 
     # Step 4 (SPEC §7.4): the deleted encoder is gone.
     report.run("deleted-tensors-zero", "R-DEL-1", lambda: _check_deletion(doc, header, architecture))
@@ -158,7 +197,8 @@ def verify(cert_path: str | Path, model_path: str | Path, options: VerifyOptions
     report.run("calibration", "R-PRIV-3", lambda: _check_calibration(doc))
 
     # Step 6 (SPEC §7.6): the cumulative budget over the chain.
-    report.run("accounting", "R-ACC-2", lambda: _check_accounting(doc))
+    chain_dir = Path(options.chain_dir) if options.chain_dir else Path(cert_path).parent
+    report.run("accounting", "R-ACC-2", lambda: _check_accounting(doc, chain_dir, options))
 
     # Step 7 (SPEC §7.7): the caller's policy.
     if options.max_epsilon is None and options.required_sensitivity_method is None:
@@ -182,43 +222,6 @@ def verify(cert_path: str | Path, model_path: str | Path, options: VerifyOptions
 
         verify_leakage.run_level3(doc, model_path, Path(options.bundle_dir or "."), report, options)
     return report
-
-
-def _check_model_digest(doc: Mapping[str, Any], model_path: Path) -> str:
-    committed = doc["subject_model"]["post_deletion"]
-    digests = _safetensors.digest_file(model_path)
-    expected_tensors: Mapping[str, Any] = committed["tensors"]
-    mismatched = sorted(
-        name
-        for name in set(expected_tensors) | set(digests.tensors)
-        if name not in expected_tensors
-        or name not in digests.tensors
-        or expected_tensors[name]["digest"] != digests.tensors[name].digest
-        or expected_tensors[name]["dtype"] != digests.tensors[name].dtype
-        or list(expected_tensors[name]["shape"]) != list(digests.tensors[name].shape)
-    )
-    if mismatched:
-        first = mismatched[0]
-        expected = expected_tensors.get(first, {}).get("digest", "absent")
-        got = digests.tensors[first].digest if first in digests.tensors else "absent"
-        raise DigestMismatch(
-            f"digest mismatch for tensor '{first}': expected {expected}, got {got}"
-            + (f" ({len(mismatched) - 1} more tensors differ)" if len(mismatched) > 1 else ""),
-            hint="the model is not the one the certificate was issued for",
-        )
-    if digests.manifest_digest != committed["manifest_digest"]:
-        raise DigestMismatch(
-            "subject_model.post_deletion.manifest_digest: expected "
-            f"{committed['manifest_digest']}, got {digests.manifest_digest}",
-            hint="the model's metadata or tensor list differs from the certified one",
-        )
-    if digests.file_digest != committed["file_digest"]:
-        raise DigestMismatch(
-            f"subject_model.post_deletion.file_digest: expected {committed['file_digest']}, "
-            f"got {digests.file_digest}",
-            hint="the file's header bytes differ from the certified file",
-        )
-    return f"manifest {digests.manifest_digest} over {len(digests.tensors)} tensors"
 
 
 def _check_deletion(doc: Mapping[str, Any], header: Any, architecture: Any) -> str:
@@ -260,6 +263,12 @@ def _check_calibration(doc: Mapping[str, Any]) -> CheckResult:
             raise CalibrationInvalid(
                 f"privacy.sensitivity is {sensitivity!r}, below the clip bound 2 * clip_norm = {bound!r}"
             )
+    if privacy["sensitivity_method"] == "reference-retrain":
+        try:
+            sensitivity_check = check_evidence(privacy, doc["update"]["clip_norm"])
+        except ValueError as exc:
+            raise CalibrationInvalid(str(exc), hint="R-PRIV-5") from exc
+        logger.debug("%s", sensitivity_check)
     if privacy["noise_dimension"] != doc["saliency"]["mask_size"]:
         raise CalibrationInvalid(
             f"privacy.noise_dimension ({privacy['noise_dimension']}) differs from "
@@ -284,37 +293,51 @@ def _check_calibration(doc: Mapping[str, Any]) -> CheckResult:
     )
 
 
-def _check_accounting(doc: Mapping[str, Any]) -> CheckResult:
+def _check_accounting(
+    doc: Mapping[str, Any], chain_dir: Path, options: VerifyOptions
+) -> CheckResult:
+    # R-ACC-1, R-ACC-2 and R-CHAIN-1 to R-CHAIN-6 over every link of the chain.
+    links, recomputed = chain.check_chain_accounting(doc, chain_dir, options.trusted_keys)
     account = doc["accounting"]
-    privacy = doc["privacy"]
-    if account["delta"] != privacy["delta"]:
-        raise CalibrationInvalid(
-            f"accounting.delta ({account['delta']!r}) differs from privacy.delta ({privacy['delta']!r})"
-        )
-    if account["sequence_number"] != 1 or account["previous_certificate"] is not None:
-        # TODO: walk the chain of earlier certificates; until then a chained
-        # certificate cannot be checked and fails closed.
-        raise VerificationFailed(
-            "accounting over a chain of earlier certificates is not supported by this release",
-            code="E_CHAIN_UNSUPPORTED",
-        )
-    entry = accounting.ChainEntry(
-        privacy["epsilon"], privacy["delta"], privacy["sigma"], privacy["sensitivity"]
-    )
-    recomputed = accounting.account_chain([entry], account["delta"])
-    if account["cumulative_epsilon"] < recomputed.epsilon:
-        raise CalibrationInvalid(
-            f"accounting.cumulative_epsilon is {account['cumulative_epsilon']!r}, less than the "
-            f"recomputed {recomputed.epsilon:.7g} (mu-GDP, mu = {recomputed.mu:.7g})"
-        )
     return CheckResult(
         "accounting",
         "pass",
-        f"cumulative epsilon {recomputed.epsilon:.6g} at delta {account['delta']} over 1 deletion",
+        f"cumulative epsilon {recomputed.epsilon:.6g} at delta {account['delta']} over "
+        f"{len(links)} deletion(s) (mu-GDP; RDP {recomputed.rdp_epsilon:.6g}, naive "
+        f"{recomputed.naive_epsilon:.6g})",
         requirement="R-ACC-2",
         value=recomputed.epsilon,
         threshold=account["cumulative_epsilon"],
+        n=len(links),
     )
+
+
+def _verify_sealed(cert_path: Path, model_path: Path, options: VerifyOptions) -> VerificationReport:
+    """Open the sealed audit bundle into a private temporary directory, then verify with it.
+
+    Step 0 (SPEC §4.5, R-SEAL-2): a sealed file that is not the committed one, or that
+    does not authenticate, is a failed check. The other checks then run at level 1
+    without a bundle.
+    """
+    doc = certificate.load_certificate(cert_path)
+    search = Path(options.bundle_dir) if options.bundle_dir is not None else cert_path.parent
+    with tempfile.TemporaryDirectory(prefix="mbd-cert-bundle-") as temp:
+        try:
+            detail = sealing.open_for_verification(
+                doc, search, options.auditor_private_key, Path(temp)
+            )
+        except VerificationFailed as failure:
+            fallback = replace(options, auditor_private_key=None, bundle_dir=None, level=1)
+            report = verify(cert_path, model_path, fallback)
+            report.checks.append(
+                CheckResult("sealed-bundle", "fail", str(failure), code=failure.code,
+                            requirement="R-SEAL-2")
+            )
+            return report
+        opened = replace(options, auditor_private_key=None, bundle_dir=Path(temp))
+        report = verify(cert_path, model_path, opened)
+    report.checks.insert(1, CheckResult("sealed-bundle", "pass", detail, requirement="R-SEAL-2"))
+    return report
 
 
 def _check_policy(doc: Mapping[str, Any], options: VerifyOptions) -> CheckResult:

@@ -13,9 +13,9 @@ Five terms, each a non-negative scalar averaged over the samples it applies to:
   correlation in [-1, 1]; the squared Frobenius norm is divided by k * q so that the
   term does not grow with the layer widths.
 * reconstruction: squared error between the generator output r_m and the encoder's s_m,
-  divided by the batch variance of s_m (so 1 - R^2), with s_m detached (the target
-  must not move towards the generator), over the samples where m was really observed,
-  including those hidden by modality dropout.
+  divided by the batch variance of s_m, so the term reads as 1 - R^2. The target s_m is
+  detached so that it does not move towards the generator. The term covers the samples
+  where m was really observed, including those hidden by modality dropout.
 * preservation: squared difference between the prediction with m switched to its
   reconstruction and the prediction with the real m, the real side detached, over the
   samples where m is observed.

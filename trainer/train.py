@@ -10,7 +10,7 @@ The output directory is built next to its destination and renamed into place, so
 never contains a partial checkpoint. It contains ``model.safetensors``, ``config.json``,
 ``probe.safetensors``, ``eval.safetensors`` (the test split in the probe layout, for the
 issuer's utility metrics), ``training.json`` and ``metrics.json``; nothing is pickled.
-The directory is created with mode 0700, because the probe set holds training samples.
+The directory is created with mode 0700, because the probe set contains training samples.
 
 Stability: internal to the trainer. The checkpoint layout is read by ``mbd-cert issue``
 and changes only together with it.
@@ -34,7 +34,7 @@ import torch
 
 from mbd_cert.arch.mbd import MBDModel
 from mbd_cert.errors import InputError, MalformedData
-from trainer import _checkpoint_io
+from trainer import _checkpoint_io, _distributed
 from trainer.config import TrainingConfig
 from trainer.evaluate import evaluate, predict
 from trainer.losses import LOSS_NAMES, training_losses
@@ -115,6 +115,7 @@ def train(
     force: bool = False,
     corpus_source: Mapping[str, Any] | None = None,
     cpu_threads: int | None = 1,
+    mixed_precision: str = "auto",
 ) -> TrainResult:
     """Train a model on ``corpus`` and write the checkpoint directory ``out_dir``.
 
@@ -134,6 +135,12 @@ def train(
             keeps the current setting. The default model's operations are too small to
             gain from threads: on a 2-core machine shared with other processes one
             thread ran a step in about 20 ms and two threads in 160 ms or more.
+        mixed_precision: "auto" (bf16 autocast on CUDA where supported, else fp16
+            with a GradScaler; float32 on CPU), "off", "bf16" or "fp16" (CUDA only).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the run is data-parallel: see
+    :mod:`trainer._distributed`. Every rank returns the result, and only rank 0
+    writes ``out_dir``.
 
     Returns:
         The trained model, the training record and the test metrics.
@@ -157,6 +164,9 @@ def train(
     _checkpoint_io.check_output_dir(target, force=force)
     torch_device = resolve_device(device)
     _check_corpus(corpus)
+    context = _distributed.init_from_env(torch_device)
+    torch_device = _distributed.device_for(torch_device, context)
+    precision = _distributed.resolve_precision(mixed_precision, torch_device)
 
     started = time.monotonic()
     with _deterministic(seed, torch_device, cpu_threads):
@@ -168,7 +178,7 @@ def train(
         }
         model = MBDModel(model_config, seed=seed).to(torch_device)
         history, best_epoch = _fit(model, corpus, training_config, seed, torch_device,
-                                   progress)
+                                   progress and context.is_main, context, precision)
         model.eval()
         metrics = {"split": "test", **evaluate(model, corpus.splits["test"], corpus)}
     seconds = time.monotonic() - started
@@ -176,6 +186,8 @@ def train(
     training = {
         "seed": seed,
         "device": str(torch_device),
+        "world_size": context.world_size,
+        "precision": precision.name,
         "cpu_threads": torch.get_num_threads() if cpu_threads is None else cpu_threads,
         "torch_version": torch.__version__,
         "epochs_run": len(history),
@@ -186,19 +198,23 @@ def train(
         "history": history,
         "corpus": _checkpoint_io.corpus_record(corpus, corpus_source),
     }
-    _checkpoint_io.write_checkpoint(
-        target, model, corpus, training, metrics,
-        probe_members=training_config.probe_members,
-        probe_nonmembers=training_config.probe_nonmembers,
-        seed=seed, force=force,
-    )
+    if context.is_main:
+        _checkpoint_io.write_checkpoint(
+            target, model, corpus, training, metrics,
+            probe_members=training_config.probe_members,
+            probe_nonmembers=training_config.probe_nonmembers,
+            seed=seed, force=force,
+        )
+    _distributed.barrier(context)
+    _distributed.shutdown(context)
     logger.info("trained %d epochs in %.1f s, best epoch %d, checkpoint %s",
                 len(history), seconds, best_epoch, target)
     return TrainResult(out_dir=target, model=model, training=training, metrics=metrics)
 
 
 def _fit(model: MBDModel, corpus: Any, config: TrainingConfig, seed: int,
-         device: torch.device, progress: bool) -> tuple[list[dict[str, Any]], int]:
+         device: torch.device, progress: bool, context: _distributed.Distributed,
+         precision: _distributed.Precision) -> tuple[list[dict[str, Any]], int]:
     train_split = corpus.splits["train"]
     inputs = {m: torch.as_tensor(train_split.features[m], dtype=torch.float32, device=device)
               for m in model.modalities}
@@ -211,6 +227,8 @@ def _fit(model: MBDModel, corpus: Any, config: TrainingConfig, seed: int,
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
+    losses = _distributed.wrap(model, training_losses, context, device)
+    scaler = _distributed.grad_scaler(precision, device)
 
     history: list[dict[str, Any]] = []
     best_mae = float("inf")
@@ -222,31 +240,46 @@ def _fit(model: MBDModel, corpus: Any, config: TrainingConfig, seed: int,
             epoch_started = time.monotonic()
             model.train()
             sums = dict.fromkeys((*LOSS_NAMES, "total"), 0.0)
+            seen = 0
             order = torch.randperm(rows, generator=generator)
             for start in range(0, rows, config.batch_size):
-                index = order[start:start + config.batch_size]
-                really = present_cpu[index]
-                dropped = modality_dropout(really, config.modality_dropout, generator)
+                # Every rank draws the whole batch's dropout, so the generators agree.
+                batch_index = order[start:start + config.batch_size]
+                batch_really = present_cpu[batch_index]
+                batch_dropped = modality_dropout(batch_really, config.modality_dropout,
+                                                 generator)
+                if int(batch_index.shape[0]) < context.world_size:
+                    # NOTE: a last batch smaller than the world size would leave a rank
+                    # without samples, so every rank skips it.
+                    continue
+                share = _distributed.shard(torch.arange(int(batch_index.shape[0])), context)
+                index, really, dropped = batch_index[share], batch_really[share], \
+                    batch_dropped[share]
                 index_device = index.to(device)
-                total, terms = training_losses(
-                    model,
-                    {m: values[index_device] for m, values in inputs.items()},
-                    dropped.to(device),
-                    really.to(device),
-                    labels[index_device],
-                    config.loss_weights,
-                    config.task_loss,
-                )
+                with _distributed.autocast(precision, device):
+                    total, terms = losses(
+                        {m: values[index_device] for m, values in inputs.items()},
+                        dropped.to(device),
+                        really.to(device),
+                        labels[index_device],
+                        config.loss_weights,
+                        config.task_loss,
+                    )
                 optimizer.zero_grad(set_to_none=True)
-                total.backward()
+                scaler.scale(total).backward()
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 count = int(index.shape[0])
+                seen += count
                 sums["total"] += float(total.detach()) * count
                 for name, value in terms.items():
                     sums[name] += float(value.detach()) * count
 
-            valid_mae = _validation_mae(model, valid)
+            # Ranks hold equal weights; rank 0's value keeps their stopping decisions equal.
+            valid_mae = _distributed.broadcast_float(_validation_mae(model, valid), context,
+                                                     device)
             if not math.isfinite(valid_mae):
                 raise InputError(
                     f"training diverged: validation MAE is {valid_mae} after epoch {epoch}",
@@ -255,7 +288,7 @@ def _fit(model: MBDModel, corpus: Any, config: TrainingConfig, seed: int,
                 )
             record = {
                 "epoch": epoch,
-                "train": {name: value / rows for name, value in sums.items()},
+                "train": {name: value / max(seen, 1) for name, value in sums.items()},
                 "valid_mae": valid_mae,
                 "seconds": round(time.monotonic() - epoch_started, 3),
             }

@@ -12,7 +12,7 @@ h = hidden_dim, k = shared_dim, q = private_dim, F = fusion_hidden, M modalities
 * ``encoders.<m>``: LayerNorm(d), Linear(d, h) + GELU per step, mean over the
   non-padding steps, then two heads: Linear(h, k) -> s_m and Linear(h, q) -> p_m.
 * ``property_embedding``: Embedding(3 M, k), row ``3 * index(m) + state``.
-* ``generators.<m>``: Linear((M - 1)(k + 1), h) + GELU, Linear(h, k). Its input holds
+* ``generators.<m>``: Linear((M - 1)(k + 1), h) + GELU, Linear(h, k). Its input contains
   the other modalities' shared parts (zero unless observed) and their 0/1
   availability.
 * ``fusion``: Linear(M (k + q), F) + GELU + dropout, Linear(F, F) + GELU, over the

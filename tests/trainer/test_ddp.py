@@ -1,0 +1,81 @@
+"""Data-parallel training with torchrun: two CPU processes on the gloo backend.
+
+The run must finish on both ranks and write one checkpoint (rank 0 only) that records
+the world size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mbd_cert import _safetensors
+
+TINY = [
+    "--corpus", "synthetic", "--seed", "0", "--epochs", "2", "--hidden-dim", "8",
+    "--shared-dim", "4", "--private-dim", "4", "--fusion-hidden", "8",
+    "--probe-members", "16", "--probe-nonmembers", "16", "--no-progress",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _torchrun(tmp_path: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        "-m", "mbd_cert.cli", "train", *TINY, "--device", "cpu", "--out", str(out),
+    ]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def test_two_process_gloo_training(tmp_path):
+    out = tmp_path / "ck"
+    result = _torchrun(tmp_path, out)
+    assert result.returncode == 0, result.stderr[-4000:]
+    training = json.loads((out / "training.json").read_text())
+    assert training["world_size"] == 2
+    assert training["precision"] == "float32"
+    assert training["epochs_run"] == 2
+    header = _safetensors.read_header(out / "model.safetensors")
+    assert any(name.startswith("encoders.audio.") for name in header.tensors)
+    # Only rank 0 wrote: no second or partial directory next to the checkpoint.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_precision_rejects_half_on_cpu():
+    import torch
+
+    from mbd_cert.errors import InputError
+    from trainer._distributed import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")).name == "float32"
+    with pytest.raises(InputError, match="needs a CUDA device"):
+        resolve_precision("bf16", torch.device("cpu"))
+    with pytest.raises(InputError, match="must be one of"):
+        resolve_precision("fp8", torch.device("cpu"))
+
+
+def test_shard_splits_batch_by_rank():
+    import torch
+
+    from trainer._distributed import Distributed, shard
+
+    index = torch.arange(7)
+    first = shard(index, Distributed(rank=0, world_size=2))
+    second = shard(index, Distributed(rank=1, world_size=2))
+    assert first.tolist() == [0, 2, 4, 6]
+    assert second.tolist() == [1, 3, 5]
+    assert shard(index, Distributed()).tolist() == list(range(7))
