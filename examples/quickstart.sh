@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train on the bundled synthetic corpus, delete audio at epsilon 1, verify the result.
-# Outputs go to runs/quickstart/ (ignored by git). Takes about a minute on 2 CPU cores.
+# Outputs go to runs/quickstart/ (ignored by git). Takes about 20 s on 2 CPU cores.
+# keygen --force replaces the issuer key of an earlier run in the same folder.
 set -euo pipefail
 out=${1:-runs/quickstart}
 mkdir -p "$out"

@@ -1,6 +1,6 @@
 """Print the utility metrics a certificate records as a Markdown table.
 
-    python examples/utility_table.py runs/mosei-subset/deleted/cert.json
+python examples/utility_table.py runs/mosei-subset/deleted/cert.json
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ def main() -> None:
     utility = doc["metrics"]["utility"]
     rows = [(f"before, {view}", values) for view, values in utility["before"].items()]
     rows += [(f"after, {view}", values) for view, values in utility["after"].items()]
-    print(f"n = {utility.get('n')}, modality = {doc['deletion']['modality']}, "
-          f"epsilon = {doc['privacy']['epsilon']}, sigma = {doc['privacy']['sigma']:.6g}")
+    print(
+        f"n = {utility.get('n')}, modality = {doc['deletion']['modality']}, "
+        f"epsilon = {doc['privacy']['epsilon']}, sigma = {doc['privacy']['sigma']:.6g}"
+    )
     print("| model | " + " | ".join(COLUMNS) + " |")
     print("| --- " * (len(COLUMNS) + 1) + "|")
     for label, values in rows:

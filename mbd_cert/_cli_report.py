@@ -47,7 +47,15 @@ def register(main: click.Group, guarded: Callable[..., Any]) -> None:
         The chain figure uses the certificate with the highest sequence number. The
         figures show what the certificates claim; run 'mbd-cert verify' to check them.
         """
-        from mbd_cert import _json, report_figures
+        try:
+            from mbd_cert import report_figures
+        except ImportError as exc:
+            raise errors.InputError(
+                f"'mbd-cert report' needs matplotlib, which is not installed ({exc})",
+                hint="pip install 'mbd-cert[report]'",
+                code="E_INPUT",
+            ) from exc
+        from mbd_cert import _json
         from mbd_cert.certificate import load_certificate
         from mbd_cert.chain import walk_chain
 

@@ -298,7 +298,7 @@ def issue(
     )
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not options.force:
-        raise errors.IssuanceError(
+        raise errors.InputError(
             f"output directory {out_dir} exists and is not empty",
             hint="choose another --out or pass --force to replace it",
             code="E_OUTPUT_EXISTS",

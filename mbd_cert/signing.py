@@ -323,10 +323,13 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """
     source = f"private key file {os.fspath(path)!r}"
     data = read_bytes_capped(path, what="private key file", max_bytes=MAX_KEY_FILE_BYTES)
+    key = _parse_private_key(data, source)
+    # Warn only once the file is known to hold a private key: the advice would be
+    # wrong for a public key passed by mistake, which the parser rejects above.
     mode = stat.S_IMODE(os.stat(path).st_mode)
     if os.name == "posix" and mode & 0o077:
         logger.warning("%s has mode %03o; run chmod 600 on it", source, mode)
-    return _parse_private_key(data, source)
+    return key
 
 
 def _compute_key_id(public_key: Ed25519PublicKey) -> str:

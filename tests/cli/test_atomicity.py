@@ -128,7 +128,7 @@ def test_issue_refuses_existing_certificate(honest_run: HonestRun, tmp_path: Pat
     before = _snapshot(out)
     outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
                        "--key", honest_run.private_key, "--out", out])
-    assert outcome.exit_code == 1
+    assert outcome.exit_code == 2
     assert "[E_OUTPUT_EXISTS]" in outcome.stderr
     assert "Traceback" not in outcome.stderr
     assert _snapshot(out) == before

@@ -19,7 +19,11 @@ def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return subprocess.run(
         ["bash", str(REPO / "examples" / script), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 

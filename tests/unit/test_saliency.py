@@ -9,12 +9,20 @@ from mbd_cert.saliency import gradient_moments, mask_size, saliency_scores, top_
 
 
 def test_eligible_names_respects_dot_boundary():
-    names = ["fusion.0.weight", "fusion2.weight", "fusion", "head.bias", "generators.audio.net.0.bias"]
+    names = [
+        "fusion.0.weight",
+        "fusion2.weight",
+        "fusion",
+        "head.bias",
+        "generators.audio.net.0.bias",
+    ]
     assert eligible_names(names, ["fusion"]) == ["fusion", "fusion.0.weight"]
     assert eligible_names(names, ["generators.audio."]) == ["generators.audio.net.0.bias"]
 
 
-@pytest.mark.parametrize(("count", "fraction", "k"), [(10, 0.25, 3), (10, 0.2, 2), (3, 1e-9, 1), (7, 1.0, 7)])
+@pytest.mark.parametrize(
+    ("count", "fraction", "k"), [(10, 0.25, 3), (10, 0.2, 2), (3, 1e-9, 1), (7, 1.0, 7)]
+)
 def test_mask_size_is_ceiling_at_least_one(count, fraction, k):
     assert mask_size(count, fraction) == k
 

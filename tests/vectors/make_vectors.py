@@ -32,15 +32,35 @@ from mbd_cert.issue import IssueOptions, issue
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = [
-    "--hidden-dim", "8", "--shared-dim", "4", "--private-dim", "4", "--fusion-hidden", "8",
-    "--epochs", "3", "--probe-members", "16", "--probe-nonmembers", "16", "--no-progress",
+    "--hidden-dim",
+    "8",
+    "--shared-dim",
+    "4",
+    "--private-dim",
+    "4",
+    "--fusion-hidden",
+    "8",
+    "--epochs",
+    "3",
+    "--probe-members",
+    "16",
+    "--probe-nonmembers",
+    "16",
+    "--no-progress",
 ]
 # Group order L of edwards25519 (RFC 8032, section 5.1).
 ED25519_ORDER = 2**252 + 27742317777372353535851937790883648493
 
 
-def _write(directory: Path, doc: dict[str, Any], model: Path, expected: dict[str, Any],
-           key_dir: Path, bundle: Path | None = None, raw_cert: bytes | None = None) -> None:
+def _write(
+    directory: Path,
+    doc: dict[str, Any],
+    model: Path,
+    expected: dict[str, Any],
+    key_dir: Path,
+    bundle: Path | None = None,
+    raw_cert: bytes | None = None,
+) -> None:
     directory.mkdir(parents=True)
     data = raw_cert if raw_cert is not None else certificate.dump_certificate(doc)
     (directory / "cert.json").write_bytes(data)
@@ -73,152 +93,341 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         subprocess.run(
-            [sys.executable, "-m", "mbd_cert.cli", "train", "--corpus", "synthetic", "--seed", "0",
-             "--out", str(scratch / "checkpoint"), *TINY_MODEL],
+            [
+                sys.executable,
+                "-m",
+                "mbd_cert.cli",
+                "train",
+                "--corpus",
+                "synthetic",
+                "--seed",
+                "0",
+                "--out",
+                str(scratch / "checkpoint"),
+                *TINY_MODEL,
+            ],
             check=True,
         )
         run = scratch / "deleted"
         honest = issue(
-            scratch / "checkpoint", run,
-            IssueOptions(modality="audio", epsilon=1.0, delta=1e-5, noise_seed=20261204,
-                         issuer_name="mbd-cert test vectors"),
+            scratch / "checkpoint",
+            run,
+            IssueOptions(
+                modality="audio",
+                epsilon=1.0,
+                delta=1e-5,
+                noise_seed=20261204,
+                issuer_name="mbd-cert test vectors",
+            ),
             key,
         )
         model = run / "model.safetensors"
         valid, invalid = out / "valid", out / "invalid"
         made = "mbd-cert issue --modality audio --epsilon 1 --delta 1e-5 on a tiny synthetic model"
 
-        _write(valid / "honest-audio-eps1", honest, model,
-               {"exit_code": 0, "error_code": None, "requirement": "R-FMT-1", "how_made": made},
-               key_dir)
-        _write(valid / "honest-with-bundle", honest, model,
-               {"exit_code": 0, "error_code": None, "requirement": "R-BUN-2", "how_made": made,
-                "args": ["--bundle", "."]}, key_dir, bundle=run)
+        _write(
+            valid / "honest-audio-eps1",
+            honest,
+            model,
+            {"exit_code": 0, "error_code": None, "requirement": "R-FMT-1", "how_made": made},
+            key_dir,
+        )
+        _write(
+            valid / "honest-with-bundle",
+            honest,
+            model,
+            {
+                "exit_code": 0,
+                "error_code": None,
+                "requirement": "R-BUN-2",
+                "how_made": made,
+                "args": ["--bundle", "."],
+            },
+            key_dir,
+            bundle=run,
+        )
 
-        def bad(name: str, doc: dict[str, Any], code: str, exit_code: int, requirement: str,
-                how: str, **kwargs: Any) -> None:
-            _write(invalid / name, doc, kwargs.pop("model", model),
-                   {"exit_code": exit_code, "error_code": code, "requirement": requirement,
-                    "how_made": how, **kwargs.pop("expected", {})}, key_dir, **kwargs)
+        def bad(
+            name: str,
+            doc: dict[str, Any],
+            code: str,
+            exit_code: int,
+            requirement: str,
+            how: str,
+            **kwargs: Any,
+        ) -> None:
+            _write(
+                invalid / name,
+                doc,
+                kwargs.pop("model", model),
+                {
+                    "exit_code": exit_code,
+                    "error_code": code,
+                    "requirement": requirement,
+                    "how_made": how,
+                    **kwargs.pop("expected", {}),
+                },
+                key_dir,
+                **kwargs,
+            )
 
         # Schema and strict JSON (R-FMT-*, R-VER-2).
         doc = copy.deepcopy(honest)
         del doc["privacy"]["sigma"]
-        bad("schema-missing-sigma", _resign(doc, key), "E_CERT_MALFORMED", 2, "R-FMT-1",
-            "privacy.sigma removed, re-signed")
+        bad(
+            "schema-missing-sigma",
+            _resign(doc, key),
+            "E_CERT_MALFORMED",
+            2,
+            "R-FMT-1",
+            "privacy.sigma removed, re-signed",
+        )
         doc = copy.deepcopy(honest)
         doc["comment"] = "unknown top-level member"
-        bad("schema-unknown-top-level", _resign(doc, key), "E_CERT_MALFORMED", 2, "R-VER-4",
-            "an unknown top-level member added, re-signed")
+        bad(
+            "schema-unknown-top-level",
+            _resign(doc, key),
+            "E_CERT_MALFORMED",
+            2,
+            "R-VER-4",
+            "an unknown top-level member added, re-signed",
+        )
         doc = copy.deepcopy(honest)
         doc["issued_at"] = "yesterday"
-        bad("schema-date-time", _resign(doc, key), "E_CERT_MALFORMED", 2, "R-FMT-3",
-            "issued_at set to 'yesterday', re-signed")
+        bad(
+            "schema-date-time",
+            _resign(doc, key),
+            "E_CERT_MALFORMED",
+            2,
+            "R-FMT-3",
+            "issued_at set to 'yesterday', re-signed",
+        )
         doc = copy.deepcopy(honest)
         doc["format_version"] = "2.0"
-        bad("version-unsupported-major", doc, "E_UNSUPPORTED_VERSION", 2, "R-VER-2",
-            "format_version set to 2.0")
+        bad(
+            "version-unsupported-major",
+            doc,
+            "E_UNSUPPORTED_VERSION",
+            2,
+            "R-VER-2",
+            "format_version set to 2.0",
+        )
         text = certificate.dump_certificate(honest).decode()
-        bad("json-nan-epsilon", honest, "E_JSON_NONFINITE_NUMBER", 2, "R-FMT-2",
+        bad(
+            "json-nan-epsilon",
+            honest,
+            "E_JSON_NONFINITE_NUMBER",
+            2,
+            "R-FMT-2",
             "privacy.epsilon replaced by NaN in the JSON text",
-            raw_cert=text.replace('"epsilon": 1.0', '"epsilon": NaN', 1).encode())
-        bad("json-duplicate-key", honest, "E_JSON_DUPLICATE_KEY", 2, "R-FMT-2",
+            raw_cert=text.replace('"epsilon": 1.0', '"epsilon": NaN', 1).encode(),
+        )
+        bad(
+            "json-duplicate-key",
+            honest,
+            "E_JSON_DUPLICATE_KEY",
+            2,
+            "R-FMT-2",
             "a second privacy.epsilon member (100) added before the first",
-            raw_cert=text.replace('"epsilon": 1.0', '"epsilon": 100, "epsilon": 1.0', 1).encode())
+            raw_cert=text.replace('"epsilon": 1.0', '"epsilon": 100, "epsilon": 1.0', 1).encode(),
+        )
         doc = copy.deepcopy(honest)
         doc["subject_model"]["architecture"]["config"]["$ref"] = "https://example.invalid/x"
-        bad("schema-ref-keyword", _resign(doc, key), "E_CERT_SCHEMA_KEYWORD", 2, "R-FMT-1",
-            "a $ref member added inside the architecture config, re-signed")
+        bad(
+            "schema-ref-keyword",
+            _resign(doc, key),
+            "E_CERT_SCHEMA_KEYWORD",
+            2,
+            "R-FMT-1",
+            "a $ref member added inside the architecture config, re-signed",
+        )
 
         # Signature (R-SIG-*).
         doc = copy.deepcopy(honest)
         raw = bytearray(base64.b64decode(doc["signature"]["value"]))
         raw[10] ^= 0x01
         doc["signature"]["value"] = base64.b64encode(bytes(raw)).decode()
-        bad("signature-bit-flip", doc, "E_SIGNATURE_INVALID", 1, "R-SIG-1",
-            "one bit of the signature's R half flipped")
+        bad(
+            "signature-bit-flip",
+            doc,
+            "E_SIGNATURE_INVALID",
+            1,
+            "R-SIG-1",
+            "one bit of the signature's R half flipped",
+        )
         doc = copy.deepcopy(honest)
         raw = bytearray(base64.b64decode(doc["signature"]["value"]))
         s_value = int.from_bytes(raw[32:], "little") + ED25519_ORDER
-        doc["signature"]["value"] = base64.b64encode(bytes(raw[:32]) + s_value.to_bytes(32, "little")).decode()
-        bad("signature-s-plus-l", doc, "E_SIGNATURE_INVALID", 1, "R-SIG-2",
-            "S replaced by S + L (malleated signature)")
+        doc["signature"]["value"] = base64.b64encode(
+            bytes(raw[:32]) + s_value.to_bytes(32, "little")
+        ).decode()
+        bad(
+            "signature-s-plus-l",
+            doc,
+            "E_SIGNATURE_INVALID",
+            1,
+            "R-SIG-2",
+            "S replaced by S + L (malleated signature)",
+        )
         doc = copy.deepcopy(honest)
         doc["privacy"]["epsilon"] = 0.5
-        bad("payload-edited-not-resigned", doc, "E_SIGNATURE_INVALID", 1, "R-SIG-1",
-            "privacy.epsilon changed to 0.5 after signing")
+        bad(
+            "payload-edited-not-resigned",
+            doc,
+            "E_SIGNATURE_INVALID",
+            1,
+            "R-SIG-1",
+            "privacy.epsilon changed to 0.5 after signing",
+        )
         other = tempfile.mkdtemp(dir=scratch)
         signing.write_keypair(Path(other) / "other")
         other_key = signing.load_private_key(Path(other) / "other.key")
         doc = copy.deepcopy(honest)
         doc["issuer"]["key_id"] = signing.key_id(other_key.public_key())
-        bad("signature-untrusted-key", _resign(doc, other_key), "E_KEY_UNTRUSTED", 1, "R-SIG-2",
-            "signed by a key the verifier was not given")
+        bad(
+            "signature-untrusted-key",
+            _resign(doc, other_key),
+            "E_KEY_UNTRUSTED",
+            1,
+            "R-SIG-2",
+            "signed by a key the verifier was not given",
+        )
 
         # Digests (R-DIG-3).
         flipped = scratch / "flipped.safetensors"
         data = bytearray(model.read_bytes())
         data[-3] ^= 0x01
         flipped.write_bytes(bytes(data))
-        bad("model-data-byte-flipped", honest, "E_DIGEST_MISMATCH", 1, "R-DIG-3",
-            "one bit of the last tensor's data flipped in model.safetensors", model=flipped)
+        bad(
+            "model-data-byte-flipped",
+            honest,
+            "E_DIGEST_MISMATCH",
+            1,
+            "R-DIG-3",
+            "one bit of the last tensor's data flipped in model.safetensors",
+            model=flipped,
+        )
         doc = copy.deepcopy(honest)
         doc["subject_model"]["post_deletion"]["manifest_digest"] = "sha256:" + "0" * 64
-        bad("manifest-digest-edited", _resign(doc, key), "E_DIGEST_MISMATCH", 1, "R-DIG-3",
-            "post_deletion.manifest_digest replaced by zeros, re-signed")
+        bad(
+            "manifest-digest-edited",
+            _resign(doc, key),
+            "E_DIGEST_MISMATCH",
+            1,
+            "R-DIG-3",
+            "post_deletion.manifest_digest replaced by zeros, re-signed",
+        )
 
         # Deleted encoder (R-DEL-1).
-        tensors = {n: np.array(a) for n, a in _safetensors.iter_tensors(_safetensors.read_header(model))}
+        tensors = {
+            n: np.array(a) for n, a in _safetensors.iter_tensors(_safetensors.read_header(model))
+        }
         name = honest["deletion"]["removed_tensors"][0]
         tensors[name] = tensors[name].copy()
         tensors[name].flat[0] = 0.25
         nonzero = scratch / "nonzero.safetensors"
-        digests = _safetensors.write_safetensors(nonzero, tensors, _safetensors.read_header(model).metadata)
+        digests = _safetensors.write_safetensors(
+            nonzero, tensors, _safetensors.read_header(model).metadata
+        )
         doc = copy.deepcopy(honest)
         doc["subject_model"]["post_deletion"] = {
             "file_digest": digests.file_digest,
             "manifest_digest": digests.manifest_digest,
-            "tensors": {n: {"dtype": t.dtype, "shape": list(t.shape), "digest": t.digest}
-                        for n, t in sorted(digests.tensors.items())},
+            "tensors": {
+                n: {"dtype": t.dtype, "shape": list(t.shape), "digest": t.digest}
+                for n, t in sorted(digests.tensors.items())
+            },
         }
-        bad("encoder-left-nonzero", _resign(doc, key), "E_DELETION_INCOMPLETE", 1, "R-DEL-1",
-            f"one entry of {name} set to 0.25, digests recomputed, re-signed", model=nonzero)
+        bad(
+            "encoder-left-nonzero",
+            _resign(doc, key),
+            "E_DELETION_INCOMPLETE",
+            1,
+            "R-DEL-1",
+            f"one entry of {name} set to 0.25, digests recomputed, re-signed",
+            model=nonzero,
+        )
         doc = copy.deepcopy(honest)
         doc["deletion"]["removed_tensors"] = doc["deletion"]["removed_tensors"][1:]
-        bad("removed-list-short", _resign(doc, key), "E_DELETION_INCOMPLETE", 1, "R-DEL-1",
-            "first entry of deletion.removed_tensors dropped, re-signed")
+        bad(
+            "removed-list-short",
+            _resign(doc, key),
+            "E_DELETION_INCOMPLETE",
+            1,
+            "R-DEL-1",
+            "first entry of deletion.removed_tensors dropped, re-signed",
+        )
 
         # Calibration and accounting (R-PRIV-*, R-ACC-*).
         doc = copy.deepcopy(honest)
         doc["privacy"]["sigma"] = honest["privacy"]["sigma"] * 0.8
-        bad("sigma-understated", _resign(doc, key), "E_CALIBRATION_INVALID", 1, "R-PRIV-3",
-            "privacy.sigma multiplied by 0.8, re-signed")
+        bad(
+            "sigma-understated",
+            _resign(doc, key),
+            "E_CALIBRATION_INVALID",
+            1,
+            "R-PRIV-3",
+            "privacy.sigma multiplied by 0.8, re-signed",
+        )
         doc = copy.deepcopy(honest)
         sensitivity = doc["privacy"]["sensitivity"]
         doc["privacy"]["epsilon"] = 10.0
-        doc["privacy"]["sigma"] = mechanism.classic_gaussian_sigma(10.0, 1e-5, sensitivity,
-                                                                  allow_invalid=True)
+        doc["privacy"]["sigma"] = mechanism.classic_gaussian_sigma(
+            10.0, 1e-5, sensitivity, allow_invalid=True
+        )
         doc["accounting"]["cumulative_epsilon"] = 10.0
-        bad("sigma-classic-bound-eps10", _resign(doc, key), "E_CALIBRATION_INVALID", 1, "R-PRIV-3",
-            "epsilon 10 with the classic bound sqrt(2 ln(1.25/delta)) * Delta / epsilon, re-signed")
+        bad(
+            "sigma-classic-bound-eps10",
+            _resign(doc, key),
+            "E_CALIBRATION_INVALID",
+            1,
+            "R-PRIV-3",
+            "epsilon 10 with the classic bound sqrt(2 ln(1.25/delta)) * Delta / epsilon, re-signed",
+        )
         doc = copy.deepcopy(honest)
         doc["privacy"]["sensitivity"] = doc["update"]["clip_norm"]
-        doc["privacy"]["sigma"] = mechanism.analytic_gaussian_sigma(1.0, 1e-5, doc["update"]["clip_norm"])
-        bad("sensitivity-below-clip-bound", _resign(doc, key), "E_CALIBRATION_INVALID", 1,
-            "R-PRIV-2", "sensitivity set to clip_norm (not 2 x clip_norm), sigma recalibrated, re-signed")
+        doc["privacy"]["sigma"] = mechanism.analytic_gaussian_sigma(
+            1.0, 1e-5, doc["update"]["clip_norm"]
+        )
+        bad(
+            "sensitivity-below-clip-bound",
+            _resign(doc, key),
+            "E_CALIBRATION_INVALID",
+            1,
+            "R-PRIV-2",
+            "sensitivity set to clip_norm (not 2 x clip_norm), sigma recalibrated, re-signed",
+        )
         doc = copy.deepcopy(honest)
         doc["privacy"]["noise_dimension"] = doc["saliency"]["mask_size"] - 1
-        bad("noise-dimension-short", _resign(doc, key), "E_CALIBRATION_INVALID", 1, "R-PRIV-4",
-            "privacy.noise_dimension one less than saliency.mask_size, re-signed")
+        bad(
+            "noise-dimension-short",
+            _resign(doc, key),
+            "E_CALIBRATION_INVALID",
+            1,
+            "R-PRIV-4",
+            "privacy.noise_dimension one less than saliency.mask_size, re-signed",
+        )
         doc = copy.deepcopy(honest)
         doc["accounting"]["cumulative_epsilon"] = 0.5
-        bad("cumulative-epsilon-understated", _resign(doc, key), "E_CALIBRATION_INVALID", 1,
-            "R-ACC-2", "accounting.cumulative_epsilon set to 0.5, re-signed")
+        bad(
+            "cumulative-epsilon-understated",
+            _resign(doc, key),
+            "E_CALIBRATION_INVALID",
+            1,
+            "R-ACC-2",
+            "accounting.cumulative_epsilon set to 0.5, re-signed",
+        )
 
         # Policy (R-POL-1).
-        bad("policy-max-epsilon", honest, "E_POLICY_VIOLATION", 1, "R-POL-1",
+        bad(
+            "policy-max-epsilon",
+            honest,
+            "E_POLICY_VIOLATION",
+            1,
+            "R-POL-1",
             "honest certificate checked with --max-epsilon 0.5",
-            expected={"args": ["--max-epsilon", "0.5"]})
+            expected={"args": ["--max-epsilon", "0.5"]},
+        )
 
         # Audit bundle (R-BUN-*).
         tampered = scratch / "tampered-bundle"
@@ -226,14 +435,28 @@ def main() -> None:
         diff = bytearray((tampered / "diff.safetensors").read_bytes())
         diff[-1] ^= 0x01
         (tampered / "diff.safetensors").write_bytes(bytes(diff))
-        bad("bundle-diff-byte-flipped", honest, "E_DIGEST_MISMATCH", 1, "R-BUN-2",
-            "one bit of the last byte of diff.safetensors flipped", bundle=tampered,
-            expected={"args": ["--bundle", "."]})
+        bad(
+            "bundle-diff-byte-flipped",
+            honest,
+            "E_DIGEST_MISMATCH",
+            1,
+            "R-BUN-2",
+            "one bit of the last byte of diff.safetensors flipped",
+            bundle=tampered,
+            expected={"args": ["--bundle", "."]},
+        )
         doc = copy.deepcopy(honest)
         doc["audit_bundle"]["diff"]["path"] = ".."
-        bad("bundle-path-escape", _resign(doc, key), "E_CERT_MALFORMED", 2, "R-BUN-1",
-            "audit_bundle.diff.path set to '..', re-signed", bundle=run,
-            expected={"args": ["--bundle", "."]})
+        bad(
+            "bundle-path-escape",
+            _resign(doc, key),
+            "E_CERT_MALFORMED",
+            2,
+            "R-BUN-1",
+            "audit_bundle.diff.path set to '..', re-signed",
+            bundle=run,
+            expected={"args": ["--bundle", "."]},
+        )
     print(f"wrote vectors to {out}")
 
 

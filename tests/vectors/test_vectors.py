@@ -27,9 +27,25 @@ def _codes(report: dict) -> list[str]:
 
 
 def test_vector_set_covers_every_level1_check():
-    requirements = {json.loads((case / "expected.json").read_text())["requirement"] for case in CASES}
-    for needed in ("R-FMT-1", "R-FMT-2", "R-VER-2", "R-SIG-1", "R-SIG-2", "R-DIG-3", "R-DEL-1",
-                   "R-PRIV-2", "R-PRIV-3", "R-PRIV-4", "R-ACC-2", "R-POL-1", "R-BUN-1", "R-BUN-2"):
+    requirements = {
+        json.loads((case / "expected.json").read_text())["requirement"] for case in CASES
+    }
+    for needed in (
+        "R-FMT-1",
+        "R-FMT-2",
+        "R-VER-2",
+        "R-SIG-1",
+        "R-SIG-2",
+        "R-DIG-3",
+        "R-DEL-1",
+        "R-PRIV-2",
+        "R-PRIV-3",
+        "R-PRIV-4",
+        "R-ACC-2",
+        "R-POL-1",
+        "R-BUN-1",
+        "R-BUN-2",
+    ):
         assert needed in requirements
 
 
@@ -42,8 +58,15 @@ def test_vector(case: Path, tmp_path: Path):
     args = [a if a != "." else str(work) for a in expected["args"]]
     result = CliRunner().invoke(
         main,
-        ["verify", str(work / "cert.json"), str(work / "model.safetensors"),
-         "--key", str(work / "issuer.pub"), "--json", *args],
+        [
+            "verify",
+            str(work / "cert.json"),
+            str(work / "model.safetensors"),
+            "--key",
+            str(work / "issuer.pub"),
+            "--json",
+            *args,
+        ],
     )
     assert "Traceback" not in result.output
     assert result.exit_code == expected["exit_code"], result.output
