@@ -4,7 +4,7 @@
 #   bash examples/real_data.sh mosei-subset [DATA_ROOT] [OUT]
 #   bash examples/real_data.sh ict-mmmo     [DATA_ROOT] [OUT]
 #
-# DATA_ROOT holds the corpus folders (default: $MBD_CERT_DATA, else ../shared/data).
+# DATA_ROOT contains the corpus folders (default: $MBD_CERT_DATA, else ../shared/data).
 # The CMU datasets are distributed by their authors for non-commercial research only.
 # Prints the utility table (all modalities, audio missing before deletion, after
 # deletion) that docs/real-data.md records.

@@ -8,7 +8,7 @@ change code without changing the format it writes.
 __version__ = "0.1.0"
 
 # MAJOR.MINOR of the certificate format written by this release (SPEC.md, section 2).
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 SUPPORTED_FORMAT_MAJOR = 1
 
 __all__ = ["FORMAT_VERSION", "SUPPORTED_FORMAT_MAJOR", "__version__"]

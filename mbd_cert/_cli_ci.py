@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from xml.etree import ElementTree
 import click
 
 from mbd_cert import errors
+from mbd_cert._cli_commands import GuardFactory
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ def _render(results: Sequence[RepoResult], exit_code: int) -> None:
     console.print(f"{verified} of {len(results)} certificates verified (exit {exit_code})")
 
 
-def register(main: click.Group, guarded: Callable[..., Any]) -> None:
+def register(main: click.Group, guarded: GuardFactory) -> None:
     """Add the verify-repo and attest commands to the ``main`` group."""
 
     @main.command("verify-repo")

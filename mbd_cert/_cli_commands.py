@@ -54,17 +54,30 @@ def _load_keys(paths: tuple[Path, ...], trust_dir: Path | None) -> list[Any]:
     return keys
 
 
-def register(main: click.Group, guarded: Callable[..., Any]) -> None:
+# Type of mbd_cert.cli.guarded: a factory of decorators that map errors to exit codes.
+GuardFactory = Callable[..., Callable[[Callable[..., Any]], Callable[..., Any]]]
+
+
+def register(main: click.Group, guarded: GuardFactory) -> None:
     """Add the commands to the ``main`` group."""
 
     @main.command()
-    @click.option("--out", "out_prefix", type=click.Path(path_type=Path), required=True,
-                  help="Path prefix: writes PREFIX.key (private, mode 600) and PREFIX.pub.")
+    @click.option(
+        "--out",
+        "out_prefix",
+        type=click.Path(path_type=Path),
+        required=True,
+        help="Path prefix: writes PREFIX.key (private, mode 600) and PREFIX.pub.",
+    )
     @click.option("--force", is_flag=True, help="Overwrite existing key files.")
-    @click.option("--kind", type=click.Choice(["ed25519", "x25519"]), default="ed25519",
-                  show_default=True,
-                  help="ed25519: the issuer's signing key. x25519: an auditor's key, to which "
-                       "'issue --auditor-key' seals the audit bundle.")
+    @click.option(
+        "--kind",
+        type=click.Choice(["ed25519", "x25519"]),
+        default="ed25519",
+        show_default=True,
+        help="ed25519: the issuer's signing key. x25519: an auditor's key, to which "
+        "'issue --auditor-key' seals the audit bundle.",
+    )
     @guarded()
     def keygen(out_prefix: Path, force: bool, kind: str) -> None:
         """Create an Ed25519 signing key pair, or an X25519 auditor key pair."""
@@ -79,68 +92,177 @@ def register(main: click.Group, guarded: Callable[..., Any]) -> None:
         click.echo(f"wrote {private_path} and {public_path}")
 
     @main.command()
-    @click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
-                  help="Checkpoint directory written by 'mbd-cert train'.")
+    @click.option(
+        "--checkpoint",
+        type=click.Path(path_type=Path),
+        required=True,
+        help="Checkpoint directory written by 'mbd-cert train'.",
+    )
     @click.option("--modality", required=True, help="Modality to delete, e.g. audio.")
-    @click.option("--key", "key_path", type=click.Path(path_type=Path), required=True,
-                  help="Issuer's Ed25519 private key (PEM), from 'mbd-cert keygen'.")
-    @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
-                  help="Output directory for model, certificate and audit bundle.")
-    @click.option("--epsilon", type=float, required=True,
-                  help="Privacy loss bound epsilon of this deletion (natural log units), > 0.")
-    @click.option("--delta", type=float, default=1e-5, show_default=True,
-                  help="Failure probability delta of the bound, in (0, 1).")
-    @click.option("--sensitivity-method",
-                  type=click.Choice(["clip-bound", "reference-retrain", "declared"]),
-                  default="clip-bound", show_default=True,
-                  help="How the L2 sensitivity is obtained: 2 x clip norm, measured by "
-                       "leave-one-out reruns of the update, or stated by you.")
-    @click.option("--reference-runs", type=int, default=4, show_default=True,
-                  help="Leave-one-out reruns for --sensitivity-method reference-retrain.")
-    @click.option("--safety-factor", type=float, default=2.0, show_default=True,
-                  help="Multiplier (>= 1) on the largest reference-retrain distance.")
-    @click.option("--sensitivity", type=float, default=None,
-                  help="L2 sensitivity in parameter units (only with --sensitivity-method declared).")
-    @click.option("--top-k", "top_k_fraction", type=float, default=0.02, show_default=True,
-                  help="Fraction of eligible parameter entries in the saliency mask, in (0, 1].")
-    @click.option("--eligible", "eligible_groups", multiple=True,
-                  help="Tensor name prefix the mask may select from (repeatable). "
-                       "Default: fusion and the modality's generator.")
-    @click.option("--steps", type=int, default=20, show_default=True,
-                  help="Steps of the masked update (full batch on the probe set).")
-    @click.option("--learning-rate", type=float, default=1e-3, show_default=True,
-                  help="Step size of the masked update.")
-    @click.option("--damping", type=float, default=1e-3, show_default=True,
-                  help="Added to sqrt(Fisher) in the update's preconditioner.")
-    @click.option("--clip-norm", type=float, default=1e-3, show_default=True,
-                  help="L2 bound on the total update, in parameter units.")
+    @click.option(
+        "--key",
+        "key_path",
+        type=click.Path(path_type=Path),
+        required=True,
+        help="Issuer's Ed25519 private key (PEM), from 'mbd-cert keygen'.",
+    )
+    @click.option(
+        "--out",
+        "out_dir",
+        type=click.Path(path_type=Path),
+        required=True,
+        help="Output directory for model, certificate and audit bundle.",
+    )
+    @click.option(
+        "--epsilon",
+        type=float,
+        required=True,
+        help="Privacy loss bound epsilon of this deletion (natural log units), > 0.",
+    )
+    @click.option(
+        "--delta",
+        type=float,
+        default=1e-5,
+        show_default=True,
+        help="Failure probability delta of the bound, in (0, 1).",
+    )
+    @click.option(
+        "--sensitivity-method",
+        type=click.Choice(["clip-bound", "reference-retrain", "declared"]),
+        default="clip-bound",
+        show_default=True,
+        help="How the L2 sensitivity is obtained: 2 x clip norm, measured by "
+        "leave-one-out reruns of the update, or stated by you.",
+    )
+    @click.option(
+        "--reference-runs",
+        type=int,
+        default=4,
+        show_default=True,
+        help="Leave-one-out reruns for --sensitivity-method reference-retrain.",
+    )
+    @click.option(
+        "--safety-factor",
+        type=float,
+        default=2.0,
+        show_default=True,
+        help="Multiplier (>= 1) on the largest reference-retrain distance.",
+    )
+    @click.option(
+        "--sensitivity",
+        type=float,
+        default=None,
+        help="L2 sensitivity in parameter units (only with --sensitivity-method declared).",
+    )
+    @click.option(
+        "--top-k",
+        "top_k_fraction",
+        type=float,
+        default=0.02,
+        show_default=True,
+        help="Fraction of eligible parameter entries in the saliency mask, in (0, 1].",
+    )
+    @click.option(
+        "--eligible",
+        "eligible_groups",
+        multiple=True,
+        help="Tensor name prefix the mask may select from (repeatable). "
+        "Default: fusion and the modality's generator.",
+    )
+    @click.option(
+        "--steps",
+        type=int,
+        default=20,
+        show_default=True,
+        help="Steps of the masked update (full batch on the probe set).",
+    )
+    @click.option(
+        "--learning-rate",
+        type=float,
+        default=1e-3,
+        show_default=True,
+        help="Step size of the masked update.",
+    )
+    @click.option(
+        "--damping",
+        type=float,
+        default=1e-3,
+        show_default=True,
+        help="Added to sqrt(Fisher) in the update's preconditioner.",
+    )
+    @click.option(
+        "--clip-norm",
+        type=float,
+        default=1e-3,
+        show_default=True,
+        help="L2 bound on the total update, in parameter units.",
+    )
     @click.option("--seed", type=int, default=0, show_default=True, help="Recorded seed.")
-    @click.option("--eval-set", type=click.Path(path_type=Path), default=None,
-                  help="Held-out samples for utility metrics [default: CHECKPOINT/eval.safetensors].")
+    @click.option(
+        "--eval-set",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Held-out samples for utility metrics [default: CHECKPOINT/eval.safetensors].",
+    )
     @click.option("--issuer-name", default="", help="Free text recorded as issuer.name.")
-    @click.option("--previous", type=click.Path(path_type=Path), default=None,
-                  help="Certificate of the previous deletion of this model [default: "
-                       "CHECKPOINT/cert.json when CHECKPOINT is an earlier issue output].")
-    @click.option("--max-epsilon", type=float, default=None,
-                  help="Budget: refuse, writing nothing, if the cumulative epsilon of the "
-                       "chain would exceed this.")
-    @click.option("--proxy-sample", "proxy_sample_size", type=int, default=64,
-                  show_default=True,
-                  help="Mask entries whose true leave-one-out increment is measured to rate "
-                       "the saliency proxy (0 skips).")
-    @click.option("--auditor-key", type=click.Path(path_type=Path), default=None,
-                  help="Auditor's X25519 public key: also write the audit bundle sealed to "
-                       "it (audit-bundle.sealed).")
+    @click.option(
+        "--previous",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Certificate of the previous deletion of this model [default: "
+        "CHECKPOINT/cert.json when CHECKPOINT is an earlier issue output].",
+    )
+    @click.option(
+        "--max-epsilon",
+        type=float,
+        default=None,
+        help="Budget: refuse, writing nothing, if the cumulative epsilon of the "
+        "chain would exceed this.",
+    )
+    @click.option(
+        "--proxy-sample",
+        "proxy_sample_size",
+        type=int,
+        default=64,
+        show_default=True,
+        help="Mask entries whose true leave-one-out increment is measured to rate "
+        "the saliency proxy (0 skips).",
+    )
+    @click.option(
+        "--auditor-key",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Auditor's X25519 public key: also write the audit bundle sealed to "
+        "it (audit-bundle.sealed).",
+    )
     @click.option("--force", is_flag=True, help="Replace an existing output directory.")
     @guarded()
-    def issue(checkpoint: Path, modality: str, key_path: Path, out_dir: Path, epsilon: float,
-              delta: float, sensitivity_method: str, reference_runs: int, safety_factor: float,
-              sensitivity: float | None,
-              top_k_fraction: float, eligible_groups: tuple[str, ...], steps: int,
-              learning_rate: float, damping: float, clip_norm: float, seed: int,
-              eval_set: Path | None, issuer_name: str, previous: Path | None,
-              max_epsilon: float | None, proxy_sample_size: int, auditor_key: Path | None,
-              force: bool) -> None:
+    def issue(
+        checkpoint: Path,
+        modality: str,
+        key_path: Path,
+        out_dir: Path,
+        epsilon: float,
+        delta: float,
+        sensitivity_method: str,
+        reference_runs: int,
+        safety_factor: float,
+        sensitivity: float | None,
+        top_k_fraction: float,
+        eligible_groups: tuple[str, ...],
+        steps: int,
+        learning_rate: float,
+        damping: float,
+        clip_norm: float,
+        seed: int,
+        eval_set: Path | None,
+        issuer_name: str,
+        previous: Path | None,
+        max_epsilon: float | None,
+        proxy_sample_size: int,
+        auditor_key: Path | None,
+        force: bool,
+    ) -> None:
         """Delete a modality from a trained model and write a signed certificate.
 
         CHECKPOINT may be the output of an earlier issue: the deletion then continues
@@ -153,25 +275,39 @@ def register(main: click.Group, guarded: Callable[..., Any]) -> None:
         private_key = signing.load_private_key(key_path)
         recipient = sealing.load_recipient_key(auditor_key) if auditor_key else None
         options = IssueOptions(
-            modality=modality, epsilon=epsilon, delta=delta,
-            sensitivity_method=sensitivity_method, sensitivity=sensitivity,
-            top_k_fraction=top_k_fraction, eligible_groups=list(eligible_groups) or None,
-            steps=steps, learning_rate=learning_rate, damping=damping, clip_norm=clip_norm,
-            seed=seed, force=force, issuer_name=issuer_name, previous=previous,
-            max_epsilon=max_epsilon, reference_runs=reference_runs,
-            safety_factor=safety_factor, proxy_sample_size=proxy_sample_size,
+            modality=modality,
+            epsilon=epsilon,
+            delta=delta,
+            sensitivity_method=sensitivity_method,
+            sensitivity=sensitivity,
+            top_k_fraction=top_k_fraction,
+            eligible_groups=list(eligible_groups) or None,
+            steps=steps,
+            learning_rate=learning_rate,
+            damping=damping,
+            clip_norm=clip_norm,
+            seed=seed,
+            force=force,
+            issuer_name=issuer_name,
+            previous=previous,
+            max_epsilon=max_epsilon,
+            reference_runs=reference_runs,
+            safety_factor=safety_factor,
+            proxy_sample_size=proxy_sample_size,
             auditor_key=recipient,
         )
         update, close = _progress_bar()
         try:
-            doc = run_issue(checkpoint, out_dir, options, private_key, eval_set=eval_set,
-                            progress=update)
+            doc = run_issue(
+                checkpoint, out_dir, options, private_key, eval_set=eval_set, progress=update
+            )
         finally:
             close()
         privacy = doc["privacy"]
         click.echo(
             f"deleted {modality}: certificate {doc['certificate_id']} in {out_dir}/cert.json "
-            f"(epsilon {privacy['epsilon']}, delta {privacy['delta']}, sigma {privacy['sigma']:.6g}, "
+            f"(epsilon {privacy['epsilon']}, delta {privacy['delta']}, "
+            f"sigma {privacy['sigma']:.6g}, "
             f"{privacy['noise_dimension']} masked entries)"
         )
         account = doc["accounting"]
@@ -184,43 +320,104 @@ def register(main: click.Group, guarded: Callable[..., Any]) -> None:
     @main.command()
     @click.argument("cert", type=click.Path(path_type=Path))
     @click.argument("model", type=click.Path(path_type=Path))
-    @click.option("--key", "key_paths", type=click.Path(path_type=Path), multiple=True,
-                  help="Trusted issuer public key (PEM or raw 32 bytes); repeatable.")
-    @click.option("--trust-dir", type=click.Path(path_type=Path), default=None,
-                  help="Directory of trusted public keys (*.pem, *.pub).")
-    @click.option("--level", type=click.IntRange(1, 3), default=1, show_default=True,
-                  help="1 integrity, 2 recompute (needs --bundle), 3 leakage (needs --bundle).")
-    @click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path), default=None,
-                  help="Audit bundle directory (diff.safetensors, probe.safetensors).")
-    @click.option("--max-epsilon", type=float, default=None,
-                  help="Policy: fail when the cumulative epsilon exceeds this value.")
-    @click.option("--require-sensitivity-method",
-                  type=click.Choice(["clip-bound", "reference-retrain", "declared"]), default=None,
-                  help="Policy: fail unless the certificate uses this sensitivity method.")
-    @click.option("--allow-inconclusive", is_flag=True,
-                  help="Let inconclusive statistical checks pass (default: they fail).")
-    @click.option("--alpha", type=float, default=None,
-                  help="Family-wise significance level of the level-2 residual tests, in "
-                       "(0, 1) [default: update.residual_alpha of the certificate, else 0.01].")
-    @click.option("--check-file-digest", is_flag=True,
-                  help="Also check the model's whole-file SHA-256, one sequential pass over "
-                       "the file (always done for format 1.0 certificates).")
-    @click.option("--chain", "chain_dir", type=click.Path(path_type=Path), default=None,
-                  help="Directory holding the earlier certificates of this model's chain "
-                       "[default: the directory of CERT].")
-    @click.option("--auditor-private-key", type=click.Path(path_type=Path), default=None,
-                  help="Auditor's X25519 private key: open the sealed audit bundle (found in "
-                       "--bundle, else beside CERT) and verify with its contents.")
+    @click.option(
+        "--key",
+        "key_paths",
+        type=click.Path(path_type=Path),
+        multiple=True,
+        help="Trusted issuer public key (PEM or raw 32 bytes); repeatable.",
+    )
+    @click.option(
+        "--trust-dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Directory of trusted public keys (*.pem, *.pub).",
+    )
+    @click.option(
+        "--level",
+        type=click.IntRange(1, 3),
+        default=1,
+        show_default=True,
+        help="1 integrity, 2 recompute (needs --bundle), 3 leakage (needs --bundle).",
+    )
+    @click.option(
+        "--bundle",
+        "bundle_dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Audit bundle directory (diff.safetensors, probe.safetensors).",
+    )
+    @click.option(
+        "--max-epsilon",
+        type=float,
+        default=None,
+        help="Policy: fail when the cumulative epsilon exceeds this value.",
+    )
+    @click.option(
+        "--require-sensitivity-method",
+        type=click.Choice(["clip-bound", "reference-retrain", "declared"]),
+        default=None,
+        help="Policy: fail unless the certificate uses this sensitivity method.",
+    )
+    @click.option(
+        "--allow-inconclusive",
+        is_flag=True,
+        help="Let inconclusive statistical checks pass (default: they fail).",
+    )
+    @click.option(
+        "--alpha",
+        type=float,
+        default=None,
+        help="Family-wise significance level of the level-2 residual tests, in "
+        "(0, 1) [default: update.residual_alpha of the certificate, else 0.01].",
+    )
+    @click.option(
+        "--check-file-digest",
+        is_flag=True,
+        help="Also check the model's whole-file SHA-256, one sequential pass over "
+        "the file (always done for format 1.0 certificates).",
+    )
+    @click.option(
+        "--chain",
+        "chain_dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Directory holding the earlier certificates of this model's chain "
+        "[default: the directory of CERT].",
+    )
+    @click.option(
+        "--auditor-private-key",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Auditor's X25519 private key: open the sealed audit bundle (found in "
+        "--bundle, else beside CERT) and verify with its contents.",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Write the JSON report to stdout.")
-    @click.option("--junit", "junit_path", type=click.Path(path_type=Path), default=None,
-                  help="Also write the report as JUnit XML to this file.")
+    @click.option(
+        "--junit",
+        "junit_path",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Also write the report as JUnit XML to this file.",
+    )
     @guarded(json_flag="as_json")
-    def verify(cert: Path, model: Path, key_paths: tuple[Path, ...], trust_dir: Path | None,
-               level: int, bundle_dir: Path | None, max_epsilon: float | None,
-               require_sensitivity_method: str | None, allow_inconclusive: bool,
-               alpha: float | None, check_file_digest: bool, as_json: bool,
-               junit_path: Path | None, chain_dir: Path | None = None,
-               auditor_private_key: Path | None = None) -> None:
+    def verify(
+        cert: Path,
+        model: Path,
+        key_paths: tuple[Path, ...],
+        trust_dir: Path | None,
+        level: int,
+        bundle_dir: Path | None,
+        max_epsilon: float | None,
+        require_sensitivity_method: str | None,
+        allow_inconclusive: bool,
+        alpha: float | None,
+        check_file_digest: bool,
+        as_json: bool,
+        junit_path: Path | None,
+        chain_dir: Path | None = None,
+        auditor_private_key: Path | None = None,
+    ) -> None:
         """Verify CERT against the released MODEL. Exit 0 valid, 1 invalid, 2 bad input."""
         from mbd_cert import _paths
         from mbd_cert.report import to_junit
@@ -235,12 +432,23 @@ def register(main: click.Group, guarded: Callable[..., Any]) -> None:
             opener = sealing.load_auditor_private_key(auditor_private_key)
         update, close = _progress_bar()
         try:
-            report = run_verify(cert, model, VerifyOptions(
-                trusted_keys=keys, level=level, bundle_dir=bundle_dir, max_epsilon=max_epsilon,
-                required_sensitivity_method=require_sensitivity_method,
-                allow_inconclusive=allow_inconclusive, progress=update, alpha=alpha,
-                check_file_digest=check_file_digest, chain_dir=chain_dir,
-                auditor_private_key=opener))
+            report = run_verify(
+                cert,
+                model,
+                VerifyOptions(
+                    trusted_keys=keys,
+                    level=level,
+                    bundle_dir=bundle_dir,
+                    max_epsilon=max_epsilon,
+                    required_sensitivity_method=require_sensitivity_method,
+                    allow_inconclusive=allow_inconclusive,
+                    progress=update,
+                    alpha=alpha,
+                    check_file_digest=check_file_digest,
+                    chain_dir=chain_dir,
+                    auditor_private_key=opener,
+                ),
+            )
         finally:
             close()
         if junit_path is not None:
@@ -251,10 +459,12 @@ def register(main: click.Group, guarded: Callable[..., Any]) -> None:
             _render_table(report)
         if not report.verified:
             # stdout may be a JSON document, so the reason for exit code 1 goes to stderr.
-            failed = [f"{check.name} [{check.code or check.status}]" for check in report.checks
-                      if check.status in ("fail", "inconclusive")]
-            click.echo("verification failed: " + (", ".join(failed) or "see the report"),
-                       err=True)
+            failed = [
+                f"{check.name} [{check.code or check.status}]"
+                for check in report.checks
+                if check.status in ("fail", "inconclusive")
+            ]
+            click.echo("verification failed: " + (", ".join(failed) or "see the report"), err=True)
         sys.exit(0 if report.verified else 1)
 
     @main.command()
@@ -291,8 +501,10 @@ def _inspect_summary(doc: dict[str, Any]) -> dict[str, Any]:
         "issued_at": doc["issued_at"],
         "issuer_key_id": doc["issuer"]["key_id"],
         "issuer_name": doc["issuer"].get("name"),
-        "architecture": {"name": subject["architecture"]["name"],
-                         "version": subject["architecture"]["version"]},
+        "architecture": {
+            "name": subject["architecture"]["name"],
+            "version": subject["architecture"]["version"],
+        },
         "modality": doc["deletion"]["modality"],
         "removed_tensors": len(doc["deletion"]["removed_tensors"]),
         "epsilon": privacy["epsilon"],
@@ -319,9 +531,10 @@ def _inspect_summary(doc: dict[str, Any]) -> dict[str, Any]:
         "pre_deletion_manifest_digest": subject["pre_deletion"]["manifest_digest"],
         "pre_deletion_file_digest": subject["pre_deletion"]["file_digest"],
         "mask_digest": doc["saliency"]["mask_digest"],
-        "audit_bundle": {role: {"path": bundle[role]["path"],
-                                "file_digest": bundle[role]["file_digest"]}
-                         for role in ("diff", "probe")},
+        "audit_bundle": {
+            role: {"path": bundle[role]["path"], "file_digest": bundle[role]["file_digest"]}
+            for role in ("diff", "probe")
+        },
         "verified": False,
     }
 
@@ -339,16 +552,26 @@ def _render_inspect(summary: dict[str, Any]) -> None:
         ("issued at", summary["issued_at"]),
         ("issuer key id", summary["issuer_key_id"]),
         ("issuer name", summary["issuer_name"] or "(not given)"),
-        ("architecture", f"{summary['architecture']['name']} "
-                         f"version {summary['architecture']['version']}"),
-        ("deleted modality", f"{summary['modality']} "
-                             f"({summary['removed_tensors']} encoder tensors removed)"),
+        (
+            "architecture",
+            f"{summary['architecture']['name']} version {summary['architecture']['version']}",
+        ),
+        (
+            "deleted modality",
+            f"{summary['modality']} ({summary['removed_tensors']} encoder tensors removed)",
+        ),
         ("budget", f"epsilon {summary['epsilon']}, delta {summary['delta']}"),
-        ("noise", f"sigma {summary['sigma']:.7g} on {summary['noise_dimension']} entries, "
-                  f"sensitivity {summary['sensitivity']:.6g} ({summary['sensitivity_method']})"),
+        (
+            "noise",
+            f"sigma {summary['sigma']:.7g} on {summary['noise_dimension']} entries, "
+            f"sensitivity {summary['sensitivity']:.6g} ({summary['sensitivity_method']})",
+        ),
         ("chain", f"deletion {chain['sequence_number']} of this model, previous: {previous}"),
-        ("cumulative epsilon", f"{chain['cumulative_epsilon']:.6g} at delta {chain['delta']} "
-                               f"({chain['method']}, mu {chain['mu']:.6g})"),
+        (
+            "cumulative epsilon",
+            f"{chain['cumulative_epsilon']:.6g} at delta {chain['delta']} "
+            f"({chain['method']}, mu {chain['mu']:.6g})",
+        ),
         ("model file digest", summary["model_file_digest"]),
         ("model manifest digest", summary["model_manifest_digest"]),
         ("pre-deletion file digest", summary["pre_deletion_file_digest"]),
@@ -357,8 +580,10 @@ def _render_inspect(summary: dict[str, Any]) -> None:
     for role, entry in summary["audit_bundle"].items():
         rows.append((f"audit bundle {role}", f"{entry['path']} {entry['file_digest']}"))
     console = Console(soft_wrap=False, width=120)
-    table = Table(title="certificate claims (NOT VERIFIED: run 'mbd-cert verify' to check them)",
-                  show_header=False)
+    table = Table(
+        title="certificate claims (NOT VERIFIED: run 'mbd-cert verify' to check them)",
+        show_header=False,
+    )
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     for field, value in rows:

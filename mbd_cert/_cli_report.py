@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
 from mbd_cert import errors
+from mbd_cert._cli_commands import GuardFactory
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +20,7 @@ logger = logging.getLogger(__name__)
 MAX_VERIFY_REPORT_BYTES = 16 * 1024 * 1024
 
 
-def register(main: click.Group, guarded: Callable[..., Any]) -> None:
+def register(main: click.Group, guarded: GuardFactory) -> None:
     """Add the ``report`` command to the ``main`` group."""
 
     @main.command()

@@ -6,13 +6,14 @@ Stability: internal.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -20,8 +21,9 @@ import torch
 import mbd_cert
 from mbd_cert import _safetensors, certificate, mechanism, signing
 from mbd_cert._commitment import file_commitment
+from mbd_cert._groups import eligible_names
 from mbd_cert._torch_model import build_model, predict, probe_batch
-from mbd_cert.arch import get_architecture
+from mbd_cert.arch import Batch, get_architecture
 from mbd_cert.chain import write_chain_copies
 from mbd_cert.checkpoint import ProbeSet
 from mbd_cert.diff import MASK_PREFIX, array_manifest_digest, build_diff
@@ -29,7 +31,6 @@ from mbd_cert.errors import InputError, IssuanceError
 from mbd_cert.issue import IssueOptions, chain_account, draw_noise, sensitivity_for
 from mbd_cert.metrics import regression_metrics
 from mbd_cert.proxy_quality import forget_value, measure_proxy_quality
-from mbd_cert._groups import eligible_names
 from mbd_cert.saliency import gradient_moments, saliency_scores, top_k_mask
 from mbd_cert.sealing import seal_bundle
 from mbd_cert.sensitivity import reference_retrain
@@ -57,7 +58,29 @@ def default_eligible_groups(modality: str) -> list[str]:
     return ["fusion", f"generators.{modality}"]
 
 
-def run(
+# Torch intra-op threads during issuance. The default model's operations are small, so
+# threads mostly wait for each other: on a 2-core machine shared with other processes,
+# `mbd-cert issue` on the synthetic checkpoint used 5.3 s of CPU with one thread and 18
+# to 32 s with two (docs/benchmarks.md). The trainer defaults to one thread as well.
+# NOTE: a model much larger than the bundled one would gain from more threads, and
+# there is no option to raise this yet.
+ISSUE_THREADS = 1
+
+
+def run(**kwargs: Any) -> dict[str, Any]:
+    """Run the deletion and write the outputs; see :func:`mbd_cert.issue.issue`.
+
+    Torch runs with ``ISSUE_THREADS`` intra-op threads meanwhile, restored afterwards.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(ISSUE_THREADS)
+    try:
+        return _run(**kwargs)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(
     *,
     config_doc: Mapping[str, Any],
     model_path: Path,
@@ -85,7 +108,8 @@ def run(
         raise IssuanceError(f"modality {modality!r} is already deleted from this model")
     if probe.modalities != list(config["modalities"]):
         raise InputError(
-            f"probe set modalities {probe.modalities} differ from the model's {config['modalities']}",
+            f"probe set modalities {probe.modalities} differ from the model's "
+            f"{config['modalities']}",
             code="E_DATA_MALFORMED",
         )
     torch.manual_seed(options.seed)
@@ -104,7 +128,7 @@ def run(
         raise IssuanceError(f"no probe sample has modality {modality!r} observed")
 
     def forget(model: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
-        return architecture.forget_objective(model, sub, modality)
+        return architecture.forget_objective(model, cast(Batch, sub), modality)
 
     def report(stage: str, total: int) -> Callable[[int], None] | None:
         if progress is None:
@@ -122,8 +146,12 @@ def run(
     proxy_quality = None
     if options.proxy_sample_size:
         proxy_quality = measure_proxy_quality(
-            model_pre, scores, masks, forget_value(forget, batch, forget_weights),
-            sample_size=options.proxy_sample_size, seed=options.seed,
+            model_pre,
+            scores,
+            masks,
+            forget_value(forget, batch, forget_weights),
+            sample_size=options.proxy_sample_size,
+            seed=options.seed,
         ).to_json()
 
     # Step 2 (SPEC §6.1): structural removal.
@@ -136,7 +164,7 @@ def run(
 
     # Step 3 (SPEC §6.3): deterministic masked update on the retain objective, clipped.
     def retain(model: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
-        return architecture.retain_objective(model, sub, modality)
+        return architecture.retain_objective(model, cast(Batch, sub), modality)
 
     retain_weights = torch.ones(probe.size, dtype=torch.float64)
     if progress is not None:
@@ -160,10 +188,18 @@ def run(
     evidence = None
     if options.sensitivity_method == "reference-retrain":
         estimate = reference_retrain(
-            model_removed, masks, retain, batch, update,
-            runs=options.reference_runs, safety_factor=options.safety_factor,
-            seed=options.seed, steps=options.steps, learning_rate=options.learning_rate,
-            damping=options.damping, clip_norm=options.clip_norm,
+            model_removed,
+            masks,
+            retain,
+            batch,
+            update,
+            runs=options.reference_runs,
+            safety_factor=options.safety_factor,
+            seed=options.seed,
+            steps=options.steps,
+            learning_rate=options.learning_rate,
+            damping=options.damping,
+            clip_norm=options.clip_norm,
             progress=report("reference retrain", options.reference_runs),
         )
         sensitivity, evidence = estimate.sensitivity, estimate.evidence()
@@ -178,7 +214,9 @@ def run(
     changed = sorted(set(removed) | {n for n in names if masks[n].any()})
 
     # Step 5: utility before and after, on held-out samples.
-    utility = _utility(architecture, config, post_config, pre_tensors, post_tensors, evaluation, modality)
+    utility = _utility(
+        architecture, config, post_config, pre_tensors, post_tensors, evaluation, modality
+    )
 
     # Step 6 (SPEC §6.5): write everything into a temporary directory, then swap it in.
     diff_tensors: dict[str, np.ndarray] = build_diff(pre_tensors, post_tensors, changed)
@@ -205,15 +243,22 @@ def run(
         certificate_id = str(uuid.uuid4())
         sealed = None
         if options.auditor_key is not None:
-            sealed = seal_bundle(staging, ["diff.safetensors", "probe.safetensors"],
-                                 options.auditor_key, certificate_id)
+            sealed = seal_bundle(
+                staging,
+                ["diff.safetensors", "probe.safetensors"],
+                options.auditor_key,
+                certificate_id,
+            )
 
         key_id = signing.key_id(private_key.public_key())
         doc: dict[str, Any] = {
             "format_version": mbd_cert.FORMAT_VERSION,
             "certificate_id": certificate_id,
             "issued_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "issuer": {"key_id": key_id, **({"name": options.issuer_name} if options.issuer_name else {})},
+            "issuer": {
+                "key_id": key_id,
+                **({"name": options.issuer_name} if options.issuer_name else {}),
+            },
             "subject_model": {
                 "architecture": {
                     "name": architecture.name,
@@ -289,6 +334,7 @@ def run(
         }
         signed = certificate.sign_certificate(doc, private_key)
         (staging / "cert.json").write_bytes(certificate.dump_certificate(signed))
+        _set_modes(staging)
         _swap_in(staging, out_dir, force=options.force)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -349,11 +395,30 @@ def _utility(
     }
 
 
+# The released model, the certificate and the chain copies are public; the audit
+# bundle reveals pre-deletion weights and training samples (SPEC.md, section 12).
+_PRIVATE_FILES = ("diff.safetensors", "probe.safetensors", "eval.safetensors")
+
+
+def _set_modes(staging: Path) -> None:
+    """Make public outputs readable under the user's umask and keep the bundle private."""
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o755 & ~umask)
+    for path in staging.iterdir():
+        private = path.name in _PRIVATE_FILES or path.suffix == ".sealed"
+        path.chmod(0o600 if private else 0o644 & ~umask)
+
+
 def _swap_in(staging: Path, out_dir: Path, *, force: bool) -> None:
     """Move the finished staging directory to ``out_dir`` (replacing it only with force)."""
     if out_dir.exists():
         if not force and any(out_dir.iterdir()):
-            raise IssuanceError(f"output directory {out_dir} appeared while issuing")
+            raise InputError(
+                f"output directory {out_dir} appeared while issuing",
+                hint="another process writes there; choose another --out",
+                code="E_OUTPUT_EXISTS",
+            )
         backup = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
         out_dir.rename(backup)
         staging.rename(out_dir)

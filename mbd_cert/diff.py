@@ -85,7 +85,8 @@ def rebuild_pre(post: np.ndarray, difference: np.ndarray, name: str) -> np.ndarr
             hint="the diff must be written by 'mbd-cert issue'",
             code="E_DIFF_DTYPE",
         )
-    return (post.astype(np.float64) - difference).astype(post.dtype)
+    rebuilt: np.ndarray = (post.astype(np.float64) - difference).astype(post.dtype)
+    return rebuilt
 
 
 def array_manifest_digest(arrays: Mapping[str, np.ndarray]) -> str:

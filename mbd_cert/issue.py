@@ -40,7 +40,7 @@ class IssueOptions:
             clipped displacements lie in the same L2 ball of radius clip_norm),
             ``reference-retrain`` (measured by leave-one-out reruns of the update, see
             :mod:`mbd_cert.sensitivity`) or ``declared`` (the issuer states
-            ``sensitivity`` and answers for it).
+            ``sensitivity`` and is responsible for it).
         sensitivity: Required with ``declared``; L2 norm in parameter units.
         top_k_fraction: Share of eligible parameter entries in the mask, in (0, 1].
         eligible_groups: Tensor name prefixes the mask may select from; None selects
@@ -91,7 +91,9 @@ class IssueOptions:
 
 def _require_positive(name: str, value: float, *, upper: float | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise errors.InputError(f"{name} must be a number, got {value!r}", code="E_PARAMETER_INVALID")
+        raise errors.InputError(
+            f"{name} must be a number, got {value!r}", code="E_PARAMETER_INVALID"
+        )
     if not math.isfinite(value) or value <= 0 or (upper is not None and value > upper):
         bound = f"in (0, {upper}]" if upper is not None else "finite and > 0"
         raise errors.InputError(
@@ -240,12 +242,14 @@ def draw_noise(
 ) -> dict[str, np.ndarray]:
     """Draw N(0, sigma^2) float64 noise per tensor.
 
-    The default seed comes from :mod:`secrets` and is never stored: whoever knew it
-    could subtract the noise and undo the privacy guarantee.
+    The default seed comes from :mod:`secrets` and is never stored, because anyone who
+    knew it could subtract the noise and undo the privacy guarantee.
     """
     seed = noise_seed if noise_seed is not None else secrets.randbits(128)
     generator = np.random.default_rng(seed)
-    return {name: generator.normal(0.0, sigma, size=shape) for name, shape in sorted(shapes.items())}
+    return {
+        name: generator.normal(0.0, sigma, size=shape) for name, shape in sorted(shapes.items())
+    }
 
 
 def issue(

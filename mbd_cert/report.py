@@ -130,9 +130,7 @@ def to_junit(report: VerificationReport, suite: str = "mbd-cert.verify") -> byte
         skipped=str(skipped),
     )
     for check in report.checks:
-        case = ElementTree.SubElement(
-            root, "testcase", classname=suite, name=check.name
-        )
+        case = ElementTree.SubElement(root, "testcase", classname=suite, name=check.name)
         if check.status == FAIL or (check.status == INCONCLUSIVE and not report.allow_inconclusive):
             node = ElementTree.SubElement(case, "failure", message=check.code or check.status)
             node.text = check.detail
@@ -142,4 +140,5 @@ def to_junit(report: VerificationReport, suite: str = "mbd-cert.verify") -> byte
         system_out.text = json.dumps(
             {"value": check.value, "threshold": check.threshold, "n": check.n}, default=str
         )
-    return ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
+    data: bytes = ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
+    return data

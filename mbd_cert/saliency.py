@@ -11,8 +11,9 @@ arXiv:2602.16144). The mask keeps the ``top_k_fraction`` of eligible entries wit
 largest |score|, ties broken by score magnitude descending, then by flat index ascending
 (SPEC.md, section 6.2). Everything accumulates in float64 whatever the model dtype.
 
-The issuer and the verifier both call :func:`gradient_moments`; the verifier recomputes
-the scores from the files and compares masks under the certificate's tolerance.
+The issuer calls :func:`gradient_moments` for the scores and for the update's Fisher
+preconditioner. The verifier recomputes the scores with its own implementation
+(:mod:`mbd_cert._recompute`) and compares masks under the certificate's tolerance.
 
 Stability: internal; the score formula and the tie rule are fixed by format 1.
 """

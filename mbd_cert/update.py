@@ -89,7 +89,7 @@ def masked_update(
             targets = [parameters[name] for name in names]
             grads = torch.autograd.grad(loss, targets, allow_unused=True)
             with torch.no_grad():
-                for name, grad in zip(names, grads):
+                for name, grad in zip(names, grads, strict=True):
                     if grad is None:
                         continue
                     step = learning_rate * grad.to(torch.float64) * precondition[name]

@@ -2,7 +2,7 @@
 
 :func:`verify` runs the checks of SPEC.md, section 7, in order. Level 1 needs the
 certificate, the released model and the issuer's public key, and no torch. Every check
-recomputes what it compares from the files; nothing the certificate says about itself
+recomputes what it compares from the files; nothing the certificate states about itself
 is taken on trust, and only keys the caller passes are trusted.
 
 Outcomes: unusable input raises an :class:`~mbd_cert.errors.InputError` (exit 2); a
@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from mbd_cert import (
     _commitment,
+    _groups,
     _paths,
     _safetensors,
     certificate,
@@ -46,7 +47,6 @@ from mbd_cert.errors import (
 )
 from mbd_cert.report import CheckResult, VerificationReport
 from mbd_cert.sensitivity import check_evidence
-from mbd_cert._groups import eligible_names
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ class VerifyOptions:
 
 def _check_options(options: VerifyOptions) -> None:
     if options.level not in (1, 2, 3):
-        raise InputError(f"level must be 1, 2 or 3, got {options.level!r}", code="E_PARAMETER_INVALID")
+        raise InputError(
+            f"level must be 1, 2 or 3, got {options.level!r}", code="E_PARAMETER_INVALID"
+        )
     if options.max_epsilon is not None and (
         isinstance(options.max_epsilon, bool)
         or not math.isfinite(options.max_epsilon)
@@ -116,9 +118,7 @@ def _check_options(options: VerifyOptions) -> None:
             hint="pass the issuer's public key with --key",
             code="E_KEY_MISSING",
         )
-    if options.alpha is not None and (
-        isinstance(options.alpha, bool) or not 0 < options.alpha < 1
-    ):
+    if options.alpha is not None and (isinstance(options.alpha, bool) or not 0 < options.alpha < 1):
         raise InputError(
             f"alpha must be in (0, 1), got {options.alpha!r}",
             hint="pass the family-wise significance level of the level-2 tests, e.g. 0.01",
@@ -140,7 +140,9 @@ def _check_options(options: VerifyOptions) -> None:
         )
 
 
-def verify(cert_path: str | Path, model_path: str | Path, options: VerifyOptions) -> VerificationReport:
+def verify(
+    cert_path: str | Path, model_path: str | Path, options: VerifyOptions
+) -> VerificationReport:
     """Verify a certificate against a released model.
 
     Args:
@@ -186,12 +188,21 @@ def verify(cert_path: str | Path, model_path: str | Path, options: VerifyOptions
 
     # Step 3 (SPEC §7.3): digests recomputed from the released model file.
     header = _safetensors.read_header(model_path)
-    report.run("model-digest", "R-DIG-3", lambda: _commitment.check_commitment(
-        doc["subject_model"]["post_deletion"], header, field="subject_model.post_deletion",
-        check_file_digest=options.check_file_digest))
+    report.run(
+        "model-digest",
+        "R-DIG-3",
+        lambda: _commitment.check_commitment(
+            doc["subject_model"]["post_deletion"],
+            header,
+            field="subject_model.post_deletion",
+            check_file_digest=options.check_file_digest,
+        ),
+    )
 
     # Step 4 (SPEC §7.4): the deleted encoder is gone.
-    report.run("deleted-tensors-zero", "R-DEL-1", lambda: _check_deletion(doc, header, architecture))
+    report.run(
+        "deleted-tensors-zero", "R-DEL-1", lambda: _check_deletion(doc, header, architecture)
+    )
 
     # Step 5 (SPEC §7.5): the stated sigma gives the stated (epsilon, delta).
     report.run("calibration", "R-PRIV-3", lambda: _check_calibration(doc))
@@ -202,7 +213,9 @@ def verify(cert_path: str | Path, model_path: str | Path, options: VerifyOptions
 
     # Step 7 (SPEC §7.7): the caller's policy.
     if options.max_epsilon is None and options.required_sensitivity_method is None:
-        report.skip("policy", "R-POL-1", "no policy given (--max-epsilon, --require-sensitivity-method)")
+        report.skip(
+            "policy", "R-POL-1", "no policy given (--max-epsilon, --require-sensitivity-method)"
+        )
     else:
         report.run("policy", "R-POL-1", lambda: _check_policy(doc, options))
 
@@ -216,7 +229,9 @@ def verify(cert_path: str | Path, model_path: str | Path, options: VerifyOptions
     if options.level >= 2:
         from mbd_cert import verify_recompute
 
-        verify_recompute.run_level2(doc, model_path, Path(options.bundle_dir or "."), report, options)
+        verify_recompute.run_level2(
+            doc, model_path, Path(options.bundle_dir or "."), report, options
+        )
     if options.level >= 3:
         from mbd_cert import verify_leakage
 
@@ -233,7 +248,7 @@ def _check_deletion(doc: Mapping[str, Any], header: Any, architecture: Any) -> s
             "(subject_model.architecture.config.deleted_modalities)"
         )
     prefixes = architecture.encoder_prefixes(config, modality)
-    expected = eligible_names(list(header.tensors), prefixes)
+    expected = _groups.eligible_names(list(header.tensors), prefixes)
     claimed = sorted(doc["deletion"]["removed_tensors"])
     if claimed != expected:
         missing = sorted(set(expected) - set(claimed))
@@ -261,7 +276,8 @@ def _check_calibration(doc: Mapping[str, Any]) -> CheckResult:
         bound = 2.0 * doc["update"]["clip_norm"]
         if sensitivity < bound:
             raise CalibrationInvalid(
-                f"privacy.sensitivity is {sensitivity!r}, below the clip bound 2 * clip_norm = {bound!r}"
+                f"privacy.sensitivity is {sensitivity!r}, below the clip bound "
+                f"2 * clip_norm = {bound!r}"
             )
     if privacy["sensitivity_method"] == "reference-retrain":
         try:
@@ -272,7 +288,8 @@ def _check_calibration(doc: Mapping[str, Any]) -> CheckResult:
     if privacy["noise_dimension"] != doc["saliency"]["mask_size"]:
         raise CalibrationInvalid(
             f"privacy.noise_dimension ({privacy['noise_dimension']}) differs from "
-            f"saliency.mask_size ({doc['saliency']['mask_size']}): noise must cover every masked entry"
+            f"saliency.mask_size ({doc['saliency']['mask_size']}): "
+            "noise must cover every masked entry"
         )
     result = mechanism.check_calibration(epsilon, delta, sensitivity, sigma)
     if not result.ok:
@@ -330,8 +347,9 @@ def _verify_sealed(cert_path: Path, model_path: Path, options: VerifyOptions) ->
             fallback = replace(options, auditor_private_key=None, bundle_dir=None, level=1)
             report = verify(cert_path, model_path, fallback)
             report.checks.append(
-                CheckResult("sealed-bundle", "fail", str(failure), code=failure.code,
-                            requirement="R-SEAL-2")
+                CheckResult(
+                    "sealed-bundle", "fail", str(failure), code=failure.code, requirement="R-SEAL-2"
+                )
             )
             return report
         opened = replace(options, auditor_private_key=None, bundle_dir=Path(temp))
@@ -349,7 +367,8 @@ def _check_policy(doc: Mapping[str, Any], options: VerifyOptions) -> CheckResult
     method = options.required_sensitivity_method
     if method is not None and doc["privacy"]["sensitivity_method"] != method:
         raise PolicyViolation(
-            f"sensitivity method is {doc['privacy']['sensitivity_method']!r}, the policy requires {method!r}"
+            f"sensitivity method is {doc['privacy']['sensitivity_method']!r}, "
+            f"the policy requires {method!r}"
         )
     return CheckResult(
         "policy",
@@ -367,12 +386,15 @@ def _check_bundle(doc: Mapping[str, Any], bundle: Path) -> str:
         entry = doc["audit_bundle"][role]
         path = _paths.resolve_artefact(bundle, entry["path"])
         if not path.exists():
-            raise FileMissing(f"audit bundle file not found: {path}", hint="pass the complete bundle")
+            raise FileMissing(
+                f"audit bundle file not found: {path}", hint="pass the complete bundle"
+            )
         digests = _safetensors.digest_file(path)
         for key in ("file_digest", "manifest_digest"):
             if getattr(digests, key) != entry[key]:
                 raise DigestMismatch(
-                    f"audit_bundle.{role}.{key}: expected {entry[key]}, got {getattr(digests, key)}",
+                    f"audit_bundle.{role}.{key}: expected {entry[key]}, "
+                    f"got {getattr(digests, key)}",
                     hint=f"{entry['path']} is not the file the certificate commits to",
                 )
         checked.append(entry["path"])

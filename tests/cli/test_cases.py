@@ -32,7 +32,7 @@ from cli_support import (
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
-from mbd_cert import _safetensors, canonical, diff, errors, mechanism
+from mbd_cert import FORMAT_VERSION, _safetensors, canonical, diff, errors, mechanism
 
 F32_ONE = '{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
 
@@ -460,7 +460,8 @@ def test_c11_huge_number_literal(honest_run: HonestRun, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "named"),
     [('"epsilon": 1.0', '"epsilon": 100, "epsilon": 1.0', "privacy.epsilon"),
-     ('"format_version": "1.0"', '"format_version": "1.0", "format_version": "1.0"',
+     (f'"format_version": "{FORMAT_VERSION}"',
+      f'"format_version": "{FORMAT_VERSION}", "format_version": "{FORMAT_VERSION}"',
       "format_version"),
      ('"steps": 2', '"steps": 2, "steps": 2', "update.steps"),
      ('"confidential": true', '"confidential": false, "confidential": true',

@@ -6,7 +6,6 @@ import os
 import stat
 
 import pytest
-
 from cli_support import HonestRun
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")

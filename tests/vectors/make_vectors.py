@@ -52,6 +52,9 @@ TINY_MODEL = [
 ED25519_ORDER = 2**252 + 27742317777372353535851937790883648493
 
 
+_ONLY: set[str] | None = None
+
+
 def _write(
     directory: Path,
     doc: dict[str, Any],
@@ -61,6 +64,10 @@ def _write(
     bundle: Path | None = None,
     raw_cert: bytes | None = None,
 ) -> None:
+    if _ONLY is not None:
+        if f"{directory.parent.name}/{directory.name}" not in _ONLY:
+            return
+        shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     data = raw_cert if raw_cert is not None else certificate.dump_certificate(doc)
     (directory / "cert.json").write_bytes(data)
@@ -80,15 +87,25 @@ def _resign(doc: dict[str, Any], key: Any) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "schema" / "vectors" / "v1")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        help="write only these vectors (kind/name) and keep every other one as it is",
+    )
     args = parser.parse_args()
+    only = set(args.only) if args.only else None
+    global _ONLY
+    _ONLY = only
     out: Path = args.out
     key_dir = out / "keys"
     key_dir.mkdir(parents=True, exist_ok=True)
     if not (key_dir / "issuer.key").exists():
         signing.write_keypair(key_dir / "issuer")
     key = signing.load_private_key(key_dir / "issuer.key")
-    for kind in ("valid", "invalid"):
-        shutil.rmtree(out / kind, ignore_errors=True)
+    if only is None:
+        for kind in ("valid", "invalid"):
+            shutil.rmtree(out / kind, ignore_errors=True)
 
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
@@ -306,6 +323,37 @@ def main() -> None:
             "R-DIG-3",
             "one bit of the last tensor's data flipped in model.safetensors",
             model=flipped,
+        )
+        _write(
+            valid / "honest-format-1.1",
+            honest,
+            model,
+            {
+                "exit_code": 0,
+                "error_code": None,
+                "requirement": "R-DIG-4",
+                "how_made": made + f" (format {honest['format_version']}, with header_digest)",
+            },
+            key_dir,
+        )
+        header_model = scratch / "header-edited.safetensors"
+        data = bytearray(model.read_bytes())
+        header_end = 8 + int.from_bytes(data[:8], "little")
+        # One character of the header's metadata changes; the header digest and the
+        # manifest both bind it.
+        text = data[8:header_end].decode()
+        edited = text.replace('"mbd-cert-model/1"', '"mbd-cert-model/2"', 1)
+        assert len(edited) == len(text)
+        data[8:header_end] = edited.encode()
+        header_model.write_bytes(bytes(data))
+        bad(
+            "header-metadata-edited",
+            honest,
+            "E_DIGEST_MISMATCH",
+            1,
+            "R-DIG-4",
+            "one character of the model's header metadata changed (format model/1 to model/2)",
+            model=header_model,
         )
         doc = copy.deepcopy(honest)
         doc["subject_model"]["post_deletion"]["manifest_digest"] = "sha256:" + "0" * 64

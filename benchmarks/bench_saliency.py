@@ -1,0 +1,123 @@
+"""Level-2 saliency recomputation against a bare forward and backward pass over the probe set.
+
+The measured step is the verifier's recomputation of the saliency mask
+(``mbd_cert._recompute``: per-sample gradients, diagonal Fisher, scores, top-k). The
+issuer's :func:`mbd_cert.saliency.gradient_moments` is timed as well, vectorised and
+with ``vectorize=False`` (one backward pass per sample, the implementation before the
+vectorisation), to show what the change bought. The baseline is
+one forward pass of the forget objective over the whole probe set and one backward
+pass to the same eligible tensors, in the same dtype (float64), which is the least
+any gradient-based saliency must do.
+
+Usage: python benchmarks/bench_saliency.py [--quick] [--checkpoint DIR] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import save, show, spread, timed  # noqa: E402
+
+MODALITY = "audio"
+
+
+def main() -> None:
+    import torch
+
+    from mbd_cert import _recompute, checkpoint
+    from mbd_cert._groups import eligible_names
+    from mbd_cert._issue_steps import default_eligible_groups
+    from mbd_cert._torch_model import build_model, probe_batch
+    from mbd_cert.arch import get_architecture
+    from mbd_cert.saliency import gradient_moments
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 repeats")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="trained checkpoint [default: train one on the synthetic corpus]")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads [default: torch's own default]")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    repeats = 2 if args.quick else args.repeats
+
+    with tempfile.TemporaryDirectory(prefix="mbd-bench-saliency-") as tmp:
+        ck = args.checkpoint
+        if ck is None:
+            ck = Path(tmp) / "ck"
+            subprocess.run([sys.executable, "-m", "mbd_cert.cli", "train", "--corpus",
+                            "synthetic", "--seed", "0", "--no-progress", "--out", str(ck)],
+                           check=True, capture_output=True)
+        config_doc = checkpoint.read_config(ck / "config.json")
+        architecture = get_architecture(config_doc["architecture"])
+        config = architecture.validate_config(config_doc["config"])
+        model = build_model(architecture, config, checkpoint.read_tensors(ck / "model.safetensors"))
+        probe = checkpoint.read_probe_set(ck / "probe.safetensors")
+    batch = probe_batch(probe)
+    names = eligible_names([n for n, _ in model.named_parameters()],
+                           default_eligible_groups(MODALITY))
+    weights = probe.present[:, probe.modalities.index(MODALITY)].astype(np.float64)
+    parameters = dict(model.named_parameters())
+
+    def forget(m: torch.nn.Module, sub: object) -> torch.Tensor:
+        return architecture.forget_objective(m, sub, MODALITY)  # type: ignore[arg-type]
+
+    def bare() -> None:
+        values = forget(model, batch)
+        loss = (values * torch.from_numpy(weights)).sum() / weights.sum()
+        torch.autograd.grad(loss, [parameters[n] for n in names])
+
+    def level2() -> None:
+        gradient, fisher = _recompute.gradient_and_fisher(model, names, forget, batch, weights)
+        scores = _recompute.saliency_scores(model, gradient, fisher)
+        _recompute.rank_top_k(scores, 0.02)
+
+    def issuer() -> None:
+        gradient_moments(model, names, forget, batch, torch.from_numpy(weights))
+
+    def issuer_loop() -> None:
+        gradient_moments(model, names, forget, batch, torch.from_numpy(weights),
+                         vectorize=False)
+
+    bare(), level2(), issuer()  # warm-up: first calls pay one-time dispatch costs
+    runs = []
+    for _ in range(repeats):
+        runs.append({"bare": timed(bare)[0], "level2": timed(level2)[0],
+                     "issuer": timed(issuer)[0], "issuer_loop": timed(issuer_loop)[0]})
+    payload = {
+        "probe_samples": probe.size,
+        "samples_with_modality": int(weights.sum()),
+        "eligible_entries": int(sum(parameters[n].numel() for n in names)),
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "bare_s": spread([r["bare"] for r in runs]),
+        "level2_s": spread([r["level2"] for r in runs]),
+        "issuer_s": spread([r["issuer"] for r in runs]),
+        "issuer_loop_s": spread([r["issuer_loop"] for r in runs]),
+        "ratio_level2_over_bare": spread([r["level2"] / r["bare"] for r in runs]),
+        "ratio_issuer_over_bare": spread([r["issuer"] / r["bare"] for r in runs]),
+        "ratio_issuer_loop_over_issuer": spread([r["issuer_loop"] / r["issuer"] for r in runs]),
+        "runs": runs,
+    }
+    suffix = ("_quick" if args.quick else "") + (f"_threads{args.threads}" if args.threads else "")
+    saved = save("saliency" + suffix, payload)
+    show([["measure", "median", "min", "max"],
+          *[[key, payload[key]["median"], payload[key]["min"], payload[key]["max"]]
+            for key in ("bare_s", "level2_s", "issuer_s", "issuer_loop_s",
+                        "ratio_level2_over_bare", "ratio_issuer_over_bare",
+                        "ratio_issuer_loop_over_issuer")]])
+    print(f"{payload['samples_with_modality']} of {probe.size} probe samples, "
+          f"{payload['eligible_entries']} eligible entries; wrote {saved}")
+
+
+if __name__ == "__main__":
+    main()

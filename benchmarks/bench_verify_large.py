@@ -1,0 +1,180 @@
+"""Level-1 verification of a large generated model against ``sha256sum`` of the same file.
+
+Generates a safetensors model of 200 float32 tensors (4 GiB by default) in a temporary
+directory, certifies it by re-signing a real certificate from the synthetic corpus
+with the large model's commitment, then alternates ``mbd-cert verify`` (level 1) and
+``sha256sum`` on the file. A third command runs the same level-1 checks through the
+library (``mbd_cert.verify.verify`` in a fresh interpreter), which shows the cost of
+the CLI's start-up apart from the checks. ``openssl dgst -sha256`` is timed too,
+because coreutils ``sha256sum`` may use a slower SHA-256 implementation than the
+OpenSSL one that Python's ``hashlib`` uses, and the speed-up from parallel tensor
+digests should be judged against the faster of the two. Wall time and peak resident memory come from
+a wrapper process around each command. The file stays in the page cache between runs (it is
+smaller than RAM), so both commands hash from memory: the ratio compares hashing
+throughput, not disk speed.
+
+Usage: python benchmarks/bench_verify_large.py [--quick] [--gib 4] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import run_measured, save, show, spread  # noqa: E402
+
+TENSORS = 200
+API_SNIPPET = (
+    "import sys\n"
+    "from mbd_cert import signing\n"
+    "from mbd_cert.verify import VerifyOptions, verify\n"
+    "key = signing.load_public_key(sys.argv[3])\n"
+    "report = verify(sys.argv[1], sys.argv[2], VerifyOptions(trusted_keys=[key]))\n"
+    "sys.exit(0 if report.verified else 1)\n"
+)
+ZERO_ENCODER = ["encoders.audio.proj.weight", "encoders.audio.proj.bias"]
+
+
+def write_model(path: Path, total_bytes: int, seed: int = 0) -> None:
+    """Stream a safetensors file of TENSORS float32 tensors plus a zeroed audio encoder."""
+    per_tensor = (total_bytes // TENSORS) // 4 // 1024 * 1024  # float32 entries, rows of 1024
+    shapes = {f"blocks.{i:03d}.weight": (per_tensor // 1024, 1024) for i in range(TENSORS)}
+    shapes.update({ZERO_ENCODER[0]: (64, 16), ZERO_ENCODER[1]: (64,)})
+    header: dict[str, object] = {"__metadata__": {"format": "mbd-cert-model/1"}}
+    offset = 0
+    for name, shape in shapes.items():
+        size = int(np.prod(shape)) * 4
+        header[name] = {"dtype": "F32", "shape": list(shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * ((8 - len(raw) % 8) % 8)
+    rng = np.random.default_rng(seed)
+    with path.open("wb") as handle:
+        handle.write(struct.pack("<Q", len(raw)) + raw)
+        for name, shape in shapes.items():
+            if name in ZERO_ENCODER:
+                handle.write(np.zeros(shape, dtype="<f4").tobytes())
+            else:
+                handle.write(rng.standard_normal(shape, dtype=np.float32).tobytes())
+
+
+def certify(workdir: Path, model: Path, small_cert: Path, key: Path) -> Path:
+    """Re-sign a real certificate so that it commits to ``model`` and return its path."""
+    from mbd_cert import _safetensors, certificate, signing
+    from mbd_cert._commitment import file_commitment
+
+    doc = json.loads(small_cert.read_text())
+    doc.pop("signature")
+    digests = _safetensors.digest_file(model)
+    header = _safetensors.read_header(model)
+    doc["subject_model"]["post_deletion"] = file_commitment(digests, header)
+    doc["deletion"]["removed_tensors"] = sorted(ZERO_ENCODER)
+    signed = certificate.sign_certificate(doc, signing.load_private_key(key))
+    path = workdir / "cert.json"
+    path.write_bytes(certificate.dump_certificate(signed))
+    return path
+
+
+def small_certificate(workdir: Path) -> tuple[Path, Path, Path]:
+    """Train a tiny model, issue a certificate and return (cert, private key, public key)."""
+    tiny = ["--corpus", "synthetic", "--seed", "0", "--epochs", "2", "--hidden-dim", "8",
+            "--shared-dim", "4", "--private-dim", "4", "--fusion-hidden", "8",
+            "--probe-members", "16", "--probe-nonmembers", "16", "--no-progress"]
+    cli = [sys.executable, "-m", "mbd_cert.cli"]
+    subprocess.run([*cli, "keygen", "--out", str(workdir / "issuer")], check=True,
+                   capture_output=True)
+    subprocess.run([*cli, "train", *tiny, "--out", str(workdir / "ck")], check=True,
+                   capture_output=True)
+    subprocess.run([*cli, "issue", "--checkpoint", str(workdir / "ck"), "--modality", "audio",
+                    "--epsilon", "1", "--steps", "2", "--key", str(workdir / "issuer.key"),
+                    "--out", str(workdir / "del")], check=True, capture_output=True)
+    return workdir / "del" / "cert.json", workdir / "issuer.key", workdir / "issuer.pub"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="0.4 GiB and 2 repeats")
+    parser.add_argument("--gib", type=float, default=4.0, help="model size in GiB")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=None, help="parent of the temporary folder")
+    args = parser.parse_args()
+    gib, repeats = (0.4, 2) if args.quick else (args.gib, args.repeats)
+    total = int(gib * 1024**3)
+
+    workdir = Path(tempfile.mkdtemp(prefix="mbd-bench-verify-", dir=args.dir))
+    try:
+        free = shutil.disk_usage(workdir).free
+        if free < total * 1.2:
+            scaled = free / 1.2 / 1024**3
+            print(f"NOTE: only {free / 1024**3:.1f} GiB free; model scaled to {scaled:.1f} GiB")
+            total, gib = int(scaled * 1024**3), scaled
+        cert_small, key, pub = small_certificate(workdir)
+        model = workdir / "model.safetensors"
+        write_model(model, total)
+        cert = certify(workdir, model, cert_small, key)
+        verify = [sys.executable, "-m", "mbd_cert.cli", "verify", str(cert), str(model),
+                  "--key", str(pub)]
+        checksum = ["sha256sum", str(model)]
+        library = [sys.executable, "-c", API_SNIPPET, str(cert), str(model), str(pub)]
+        openssl = ["openssl", "dgst", "-sha256", str(model)]
+        run_measured(checksum)  # warm the page cache for both commands
+        runs = []
+        for repeat in range(repeats):
+            # Alternate the order so that neither command always runs second.
+            pair = [("verify", verify), ("sha256sum", checksum), ("verify_api", library)]
+            if shutil.which("openssl"):
+                pair.append(("openssl", openssl))
+            if repeat % 2:
+                pair.reverse()
+            results = {label: run_measured(command) for label, command in pair}
+            runs.append(results)
+        ratios = [r["verify"]["wall_s"] / r["sha256sum"]["wall_s"] for r in runs]
+        api_ratios = [r["verify_api"]["wall_s"] / r["sha256sum"]["wall_s"] for r in runs]
+        payload = {
+            "model_bytes": model.stat().st_size,
+            "tensors": TENSORS + len(ZERO_ENCODER),
+            "repeats": repeats,
+            "verify_wall_s": spread([r["verify"]["wall_s"] for r in runs]),
+            "sha256sum_wall_s": spread([r["sha256sum"]["wall_s"] for r in runs]),
+            "ratio_verify_over_sha256sum": spread(ratios),
+            "verify_api_wall_s": spread([r["verify_api"]["wall_s"] for r in runs]),
+            "ratio_verify_api_over_sha256sum": spread(api_ratios),
+            "verify_api_max_rss_mib": spread([r["verify_api"]["max_rss_mib"] for r in runs]),
+            **({"openssl_wall_s": spread([r["openssl"]["wall_s"] for r in runs]),
+                "ratio_verify_over_openssl": spread(
+                    [r["verify"]["wall_s"] / r["openssl"]["wall_s"] for r in runs]),
+                "ratio_verify_api_over_openssl": spread(
+                    [r["verify_api"]["wall_s"] / r["openssl"]["wall_s"] for r in runs])}
+               if "openssl" in runs[0] else {}),
+            "verify_max_rss_mib": spread([r["verify"]["max_rss_mib"] for r in runs]),
+            "sha256sum_max_rss_mib": spread([r["sha256sum"]["max_rss_mib"] for r in runs]),
+            "runs": runs,
+        }
+        saved = save("verify_large" + ("_quick" if args.quick else ""), payload)
+        show([
+            ["measure", "median", "min", "max"],
+            *[[key, payload[key]["median"], payload[key]["min"], payload[key]["max"]]
+              for key in ("verify_wall_s", "sha256sum_wall_s", "ratio_verify_over_sha256sum",
+                          "verify_api_wall_s", "ratio_verify_api_over_sha256sum",
+                          "openssl_wall_s", "ratio_verify_over_openssl",
+                          "ratio_verify_api_over_openssl", "verify_max_rss_mib",
+                          "verify_api_max_rss_mib", "sha256sum_max_rss_mib")
+              if key in payload],
+        ])
+        print(f"model {payload['model_bytes'] / 1024**3:.2f} GiB, {repeats} repeats; wrote {saved}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
