@@ -257,15 +257,25 @@ def _check_deletion(doc: Mapping[str, Any], header: Any, architecture: Any) -> s
             f"deletion.removed_tensors differs from the {modality} encoder tensors of the model: "
             f"not listed {missing[:5]}, listed but not encoder tensors {extra[:5]}"
         )
-    for name in expected:
-        values = _safetensors.read_tensor(header, name)
-        nonzero = int(np.count_nonzero(values))
-        if nonzero:
-            raise DeletionIncomplete(
-                f"tensor '{name}' of the deleted {modality} encoder has {nonzero} non-zero entries",
-                hint="the released model still holds the deleted encoder",
-            )
-    return f"{len(expected)} {modality} encoder tensors are all zero"
+    # Every modality deleted so far, not only this one: a later deletion must not bring
+    # back an encoder that an earlier certificate removed (SPEC.md, R-DEL-1).
+    count = 0
+    for deleted in sorted(config.get("deleted_modalities", [])):
+        names = _groups.eligible_names(
+            list(header.tensors), architecture.encoder_prefixes(config, deleted)
+        )
+        for name in names:
+            values = _safetensors.read_tensor(header, name)
+            nonzero = int(np.count_nonzero(values))
+            if nonzero:
+                raise DeletionIncomplete(
+                    f"tensor '{name}' of the deleted {deleted} encoder has {nonzero} "
+                    "non-zero entries",
+                    hint="the released model still holds the deleted encoder",
+                )
+        count += len(names)
+    deleted_list = ", ".join(sorted(config.get("deleted_modalities", [])))
+    return f"{count} encoder tensors of the deleted modalities ({deleted_list}) are all zero"
 
 
 def _check_calibration(doc: Mapping[str, Any]) -> CheckResult:

@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from xml.etree import ElementTree
 
-import pytest
-
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "user-guide.md"
 BLOCK = re.compile(r"^```sh\n(.*?)^```$", re.DOTALL | re.MULTILINE)
 
@@ -26,8 +24,6 @@ def test_guide_has_blocks():
     assert any("attest" in block for block in blocks)
 
 
-# About 76 s on two CPU cores, because every mbd-cert process imports torch at start.
-@pytest.mark.slow
 def test_guide_commands_run(tmp_path):
     # The guide's `mbd-cert` must be the one installed with this interpreter.
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
