@@ -16,7 +16,7 @@ Papers in this field report:
 F1 is the support-weighted mean of the per-class F1 over the classes that occur in
 the labels (scikit-learn's ``average="weighted"``).
 
-Stability: internal to the trainer; the key names appear in ``metrics.json``.
+Stability: internal; the key names appear in ``metrics.json`` and in certificates.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from mbd_cert import _json, _safetensors
 from mbd_cert.arch import get_architecture, load_state_dict_strict
 from mbd_cert.arch.mbd import MBDModel
 from mbd_cert.errors import FileMissing, InputError, MalformedData
-from trainer.metrics import regression_metrics
+from mbd_cert.metrics import regression_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def evaluate(model: MBDModel, split: Any, corpus: Any) -> dict[str, Any]:
 
     Returns:
         ``{"n", "corpus", "modalities", "deleted_modalities", "views": {name: metrics}}``;
-        each view's metrics are those of :func:`trainer.metrics.regression_metrics`
+        each view's metrics are those of :func:`mbd_cert.metrics.regression_metrics`
         plus ``n_without_any_modality``.
 
     Raises:

@@ -1,4 +1,4 @@
-"""Tests of trainer.metrics against hand-worked values and scipy."""
+"""Tests of mbd_cert.metrics against hand-worked values and scipy."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from mbd_cert import metrics
 from mbd_cert.errors import InputError
-from trainer import metrics
 
 
 def test_pearson_matches_scipy():
