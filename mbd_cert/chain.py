@@ -29,10 +29,11 @@ from typing import Any
 
 from mbd_cert import _paths, certificate
 from mbd_cert.errors import (
+    ChainBroken,
+    ChainLinkMissing,
     InputError,
     LimitExceeded,
     MalformedCertificate,
-    VerificationFailed,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,18 +71,6 @@ class ChainLink:
     digest: str
     doc: dict[str, Any]
     source: str
-
-
-class ChainBroken(VerificationFailed):
-    """The chain of earlier certificates is not a valid sequence."""
-
-    code = CODE_BROKEN
-
-
-class ChainLinkMissing(VerificationFailed):
-    """A certificate names a previous certificate that cannot be found."""
-
-    code = CODE_LINK_MISSING
 
 
 def listed_links(doc: Mapping[str, Any]) -> list[dict[str, Any]]:

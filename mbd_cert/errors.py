@@ -155,6 +155,24 @@ class PolicyViolation(VerificationFailed):
     code = "E_POLICY_VIOLATION"
 
 
+class ChainBroken(VerificationFailed):
+    """The chain of earlier certificates is not a valid sequence."""
+
+    code = "E_CHAIN_BROKEN"
+
+
+class ChainLinkMissing(VerificationFailed):
+    """A certificate names a previous certificate that cannot be found."""
+
+    code = "E_CHAIN_LINK_MISSING"
+
+
+class SealedBundleInvalid(VerificationFailed):
+    """The sealed audit bundle does not authenticate under the recipient's key."""
+
+    code = "E_SEALED_BUNDLE_INVALID"
+
+
 class StatisticalCheckFailed(VerificationFailed):
     """A statistical test rejected the certificate's claim."""
 

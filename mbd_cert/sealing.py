@@ -64,8 +64,8 @@ from mbd_cert.errors import (
     DigestMismatch,
     FileMissing,
     InputError,
+    SealedBundleInvalid,
     UnsupportedVersion,
-    VerificationFailed,
 )
 
 MAGIC = b"MBDSEAL"
@@ -98,12 +98,6 @@ __all__ = [
     "seal_files",
     "write_x25519_keypair",
 ]
-
-
-class SealedBundleInvalid(VerificationFailed):
-    """The sealed bundle does not authenticate under the recipient's key."""
-
-    code = CODE_INVALID
 
 
 def recipient_key_id(public_key: X25519PublicKey) -> str:
