@@ -108,7 +108,11 @@ def main() -> None:
         "ratio_issuer_loop_over_issuer": spread([r["issuer_loop"] / r["issuer"] for r in runs]),
         "runs": runs,
     }
-    suffix = ("_quick" if args.quick else "") + (f"_threads{args.threads}" if args.threads else "")
+    suffix = ""
+    if args.quick:
+        suffix += "_quick"
+    if args.threads:
+        suffix += f"_threads{args.threads}"
     saved = save("saliency" + suffix, payload)
     show([["measure", "median", "min", "max"],
           *[[key, payload[key]["median"], payload[key]["min"], payload[key]["max"]]

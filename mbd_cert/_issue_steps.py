@@ -42,9 +42,9 @@ MODEL_FORMAT = "mbd-cert-model/1"
 FORGET_OBJECTIVE = "forget-prediction-gap"
 RETAIN_OBJECTIVE = "retain-task-l1-deleted"
 # Scores closer than this (relative to the cut value) to the top-k cut may swap across
-# devices and thread counts; the verifier accepts swaps inside this band.
+# devices and thread counts, so the verifier accepts swaps inside this band.
 SCORE_TOLERANCE = 1e-6
-# Significance level the certificate states for the level-2 residual tests; an honest
+# Significance level the certificate states for the level-2 residual tests. An honest
 # certificate fails them with about this probability.
 RESIDUAL_ALPHA = 0.01
 
@@ -59,9 +59,9 @@ def default_eligible_groups(modality: str) -> list[str]:
 
 
 # Torch intra-op threads during issuance. The default model's operations are small, so
-# threads mostly wait for each other: on a 2-core machine shared with other processes,
+# threads mostly wait for each other. On a 2-core machine shared with other processes,
 # `mbd-cert issue` on the synthetic checkpoint used 5.3 s of CPU with one thread and 18
-# to 32 s with two (docs/benchmarks.md). The trainer defaults to one thread as well.
+# to 32 s with two (measured, docs/benchmarks.md). The trainer defaults to one thread as well.
 # NOTE: a model much larger than the bundled one would gain from more threads, and
 # there is no option to raise this yet.
 ISSUE_THREADS = 1

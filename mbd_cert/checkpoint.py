@@ -1,9 +1,9 @@
 """Reading a trained checkpoint and the probe set file (numpy; torch only on demand).
 
-A checkpoint directory, as ``mbd-cert train`` writes it, holds ``model.safetensors``,
+A checkpoint directory, as ``mbd-cert train`` writes it, contains ``model.safetensors``,
 ``config.json`` (``{"architecture", "architecture_version", "config"}``) and
-``probe.safetensors``; it may hold ``eval.safetensors`` (held-out samples in the probe
-layout, used for utility metrics).
+``probe.safetensors``. It may also contain ``eval.safetensors``: held-out samples in the
+probe layout, used for utility metrics.
 
 Stability: internal.
 """
@@ -74,8 +74,8 @@ def read_config(path: Path) -> dict[str, Any]:
 def read_tensors(path: Path, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Read tensors of a safetensors file through the strict reader, as numpy copies."""
     header = _safetensors.read_header(path)
-    wanted = header.tensors if names is None else names
-    return {name: np.array(_safetensors.read_tensor(header, name)) for name in wanted}
+    selected = header.tensors if names is None else names
+    return {name: np.array(_safetensors.read_tensor(header, name)) for name in selected}
 
 
 def read_probe_set(path: Path, *, modalities: Sequence[str] | None = None) -> ProbeSet:

@@ -48,7 +48,7 @@ def build_diff(
     Raises:
         IssuanceError: The pre-deletion tensor cannot be rebuilt bit-exactly from the
             post-deletion tensor and the diff (values so far apart in magnitude that
-            their float64 difference rounds); the issuer then refuses to sign.
+            their float64 difference rounds). The issuer then does not sign.
     """
     tensors: dict[str, np.ndarray] = {}
     for name in sorted(changed):

@@ -54,7 +54,7 @@ class HypothesisTestResult:
     Attributes:
         statistic: The test statistic (its meaning is in the function's docstring).
         p_value: Probability under the null hypothesis of a statistic at least as
-            extreme, two-sided unless the function says otherwise.
+            extreme, two-sided unless the function states otherwise.
         n: Number of observations.
     """
 
@@ -292,7 +292,7 @@ def normality_test(residual: np.ndarray) -> HypothesisTestResult | None:
     """
     values = np.asarray(residual, dtype=np.float64).ravel()
     if not np.all(np.isfinite(values)):
-        raise InputError("the residual holds NaN or infinite values")
+        raise InputError("the residual contains NaN or infinite values")
     if values.size < MIN_NORMALITY_SAMPLES:
         return None
     result = scipy_stats.normaltest(values)

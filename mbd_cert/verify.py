@@ -55,7 +55,7 @@ SENSITIVITY_METHODS = ("clip-bound", "reference-retrain", "declared")
 
 @dataclass
 class VerifyOptions:
-    """What to verify and under which policy.
+    """Options of one verification run: trusted keys, level and policy.
 
     Attributes:
         trusted_keys: The issuer public keys the caller trusts; keys inside the

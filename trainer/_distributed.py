@@ -126,7 +126,7 @@ def barrier(context: Distributed) -> None:
 
 
 class LossModule(torch.nn.Module):
-    """Wrap a loss function of the model so that DistributedDataParallel sees the forward.
+    """Wrap a loss function so that its forward pass runs inside DistributedDataParallel.
 
     DDP synchronises gradients only for work done inside its own ``forward``. The
     training losses call ``forward_parts`` and ``predict_from_parts`` directly, so the
@@ -159,7 +159,7 @@ def wrap(model: torch.nn.Module, loss: Any, context: Distributed,
 
 @dataclass(frozen=True)
 class Precision:
-    """The autocast dtype (None for full float32) and whether a GradScaler is needed."""
+    """Mixed-precision setting: the autocast dtype (None for float32) and GradScaler use."""
 
     dtype: torch.dtype | None
     scaled: bool

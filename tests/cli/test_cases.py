@@ -577,7 +577,7 @@ def test_c17_unsafe_bundle_path(fresh_run: HonestRun, tmp_path: Path, path: str)
     doc["audit_bundle"]["diff"]["path"] = path
     cert = write_json(tmp_path / "c.json", resign(doc, fresh_run.private_key))
     outcome = verify(cert, fresh_run.model, fresh_run.public_key, "--bundle", fresh_run.out_dir)
-    # The schema's file-name pattern rejects these before the path resolver sees them.
+    # The schema's file-name pattern rejects these before they reach the path resolver.
     assert_input_error(outcome, "E_CERT_MALFORMED")
     assert "audit_bundle.diff.path" in outcome.stderr
 

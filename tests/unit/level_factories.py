@@ -1,6 +1,6 @@
 """Factories for the level-2 and level-3 tests: a tiny honest deletion and forged copies.
 
-A forger here holds the issuer's key, so every forged certificate gets its digests
+A forger here has the issuer's key, so every forged certificate gets its digests
 recomputed and is signed again: only the level-2 and level-3 checks can catch it.
 """
 

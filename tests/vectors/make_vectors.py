@@ -6,7 +6,7 @@ Every vector is a directory with ``cert.json``, ``model.safetensors``, the trust
 ``issuer.pub``, optional audit-bundle files and ``expected.json``: the verify
 arguments, the expected exit code and error code, the SPEC requirement, and how the
 vector was made. Forged vectors are re-signed with the vector key, because the threat
-they model is an issuer who holds its own key and lies. The vector private key is
+they model is an issuer who has its own key and lies. The vector private key is
 committed on purpose and signs nothing else.
 
 Vectors are kept forever once released; regenerate only to add new ones.

@@ -1,0 +1,52 @@
+"""R-DEL-1 covers every modality deleted so far, not only the one a certificate removes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from cli_support import HonestRun, assert_check_failed, resign, verify, write_json
+
+from mbd_cert import _commitment, _safetensors
+
+
+def _claim_second_deletion(run: HonestRun, tmp_path: Path, *, restore_audio: bool) -> Path:
+    """Rewrite the honest audio deletion as if vision were deleted after audio."""
+    header = _safetensors.read_header(run.model)
+    tensors = {name: np.array(array) for name, array in _safetensors.iter_tensors(header)}
+    vision = sorted(name for name in tensors if name.startswith("encoders.vision."))
+    for name in vision:
+        tensors[name] = np.zeros_like(tensors[name])
+    if restore_audio:
+        audio = sorted(name for name in tensors if name.startswith("encoders.audio."))[0]
+        tensors[audio] = tensors[audio].copy()
+        tensors[audio].flat[0] = 0.5
+    model = tmp_path / "model.safetensors"
+    digests = _safetensors.write_safetensors(model, tensors, header.metadata)
+
+    doc = json.loads(run.cert.read_text())
+    doc["subject_model"]["architecture"]["config"]["deleted_modalities"] = ["audio", "vision"]
+    doc["deletion"]["modality"] = "vision"
+    doc["deletion"]["removed_tensors"] = vision
+    doc["subject_model"]["post_deletion"] = _commitment.file_commitment(
+        digests, _safetensors.read_header(model)
+    )
+    write_json(tmp_path / "cert.json", resign(doc, run.private_key))
+    return model
+
+
+def test_earlier_encoder_restored_fails(honest_run: HonestRun, tmp_path: Path):
+    model = _claim_second_deletion(honest_run, tmp_path, restore_audio=True)
+    outcome = verify(tmp_path / "cert.json", model, honest_run.public_key, "--json")
+    assert_check_failed(outcome, "deleted-tensors-zero", "E_DELETION_INCOMPLETE")
+    assert "deleted audio encoder" in outcome.stdout
+
+
+def test_all_deleted_encoders_zero_passes(honest_run: HonestRun, tmp_path: Path):
+    model = _claim_second_deletion(honest_run, tmp_path, restore_audio=False)
+    outcome = verify(tmp_path / "cert.json", model, honest_run.public_key, "--json")
+    report = json.loads(outcome.stdout)
+    check = next(c for c in report["checks"] if c["name"] == "deleted-tensors-zero")
+    assert check["status"] == "pass"
+    assert "(audio, vision)" in check["detail"]
