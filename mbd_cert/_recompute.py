@@ -4,10 +4,12 @@ Level 2 must not share a code path with the issuer that could hide an issuer bug
 this module re-implements SPEC.md sections 6.2 and 6.3 from the specification alone,
 without importing :mod:`mbd_cert.saliency` or :mod:`mbd_cert.update`. Per-sample
 gradients come from ``torch.func.vmap(torch.func.grad(...))`` over ``functional_call``
-of a module that wraps the objective, the ranking is a stable argsort, k is computed
+of a module that wraps the objective, the ranking breaks ties by flat index, k is computed
 from the decimal value of ``top_k_fraction``, and the update steps are functional
 rather than in place. Only the architecture (model and objectives) and the file
-readers are shared with the issuer.
+readers are shared with the issuer. For architectures whose samples are independent,
+the moments of ``nn.Linear`` tensors come in closed form from one batched backward pass
+(:mod:`mbd_cert._fisher_linear`, also verifier-only code).
 
 Stability: internal.
 """
@@ -23,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
+
+from mbd_cert import _fisher_linear
 
 Objective = Callable[[torch.nn.Module, Mapping[str, Any]], torch.Tensor]
 
@@ -57,17 +61,77 @@ def gradient_and_fisher(
     objective: Objective,
     batch: Mapping[str, Any],
     weights: np.ndarray,
+    *,
+    closed_form: bool = False,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Return the weighted mean per-sample gradient and mean squared gradient (float64).
 
     ``sum_i w_i g_i / sum_i w_i`` and ``sum_i w_i g_i**2 / sum_i w_i`` over the samples
     of ``batch``, where g_i is the gradient of the objective of sample i alone.
 
+    Args:
+        model: The model; its parameters are not changed.
+        names: Parameter names to differentiate.
+        objective: ``(model, batch)`` -> per-sample values [n].
+        batch: Inputs, presence mask and labels of n samples.
+        weights: [n] sample weights; samples of weight zero are skipped.
+        closed_form: Compute the tensors of ``nn.Linear`` modules with
+            :mod:`mbd_cert._fisher_linear` from one batched backward pass. Exact only
+            when the samples are independent (``Architecture.independent_samples``);
+            every other tensor takes the per-sample vmap path.
+
     Raises:
         ValueError: Every weight is zero.
     """
+    weight_array = np.asarray(weights, dtype=np.float64)
+    total = float(weight_array.sum())
+    if total <= 0.0:
+        raise ValueError("no sample has a non-zero weight for this objective")
+    kept = np.flatnonzero(weight_array)
     wrapper = _ObjectiveModule(model, objective)
     values = {name: param.detach() for name, param in model.named_parameters()}
+    first: dict[str, torch.Tensor] = {}
+    second: dict[str, torch.Tensor] = {}
+    remaining = list(names)
+    if closed_form:
+        rows = torch.from_numpy(kept)
+        arguments = _select_rows(batch, rows)
+
+        def forward(chosen: dict[str, torch.Tensor]) -> torch.Tensor:
+            result: torch.Tensor = functional_call(
+                wrapper, _prefixed({**values, **chosen}), arguments)
+            return result
+
+        sums = _fisher_linear.linear_moments(
+            model, names, forward, torch.from_numpy(weight_array[kept]))
+        first.update(sums.first)
+        second.update(sums.second)
+        remaining = sums.fallback
+    if remaining:
+        vmap_first, vmap_second = _vmap_sums(wrapper, values, remaining, batch, weight_array,
+                                             kept)
+        first.update(vmap_first)
+        second.update(vmap_second)
+    return (
+        {name: first[name] / total for name in names},
+        {name: second[name] / total for name in names},
+    )
+
+
+def _select_rows(batch: Mapping[str, Any], rows: torch.Tensor) -> tuple[Any, ...]:
+    return ({m: x.index_select(0, rows) for m, x in batch["inputs"].items()},
+            batch["present"].index_select(0, rows), batch["label"].index_select(0, rows))
+
+
+def _vmap_sums(
+    wrapper: _ObjectiveModule,
+    values: Mapping[str, torch.Tensor],
+    names: Sequence[str],
+    batch: Mapping[str, Any],
+    weight_array: np.ndarray,
+    kept: np.ndarray,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Return ``sum_i w_i g_i`` and ``sum_i w_i g_i**2`` from one gradient per sample."""
     selected = {name: values[name] for name in names}
 
     def one_sample(
@@ -84,31 +148,18 @@ def gradient_and_fisher(
         return value
 
     per_sample = vmap(grad(one_sample), in_dims=(None, 0, 0, 0))
-    weight_array = np.asarray(weights, dtype=np.float64)
-    total = float(weight_array.sum())
-    if total <= 0.0:
-        raise ValueError("no sample has a non-zero weight for this objective")
     first = {name: torch.zeros_like(v, dtype=torch.float64) for name, v in selected.items()}
     second = {name: torch.zeros_like(v, dtype=torch.float64) for name, v in selected.items()}
-    kept = np.flatnonzero(weight_array)
     for start in range(0, kept.size, CHUNK):
         rows = torch.from_numpy(kept[start : start + CHUNK])
         w = torch.from_numpy(weight_array[rows.numpy()])
-        grads = per_sample(
-            selected,
-            {m: x.index_select(0, rows) for m, x in batch["inputs"].items()},
-            batch["present"].index_select(0, rows),
-            batch["label"].index_select(0, rows),
-        )
+        grads = per_sample(selected, *_select_rows(batch, rows))
         for name, g in grads.items():
             g64 = g.to(torch.float64)
             shape = (-1,) + (1,) * (g64.dim() - 1)
             first[name] += (w.view(shape) * g64).sum(dim=0)
             second[name] += (w.view(shape) * g64 * g64).sum(dim=0)
-    return (
-        {name: value / total for name, value in first.items()},
-        {name: value / total for name, value in second.items()},
-    )
+    return first, second
 
 
 def saliency_scores(
@@ -166,11 +217,20 @@ def rank_top_k(scores: Mapping[str, np.ndarray], top_k_fraction: float) -> Ranki
     if magnitude.size == 0:
         raise ValueError("no eligible parameter entry")
     k = mask_count(int(magnitude.size), top_k_fraction)
-    # A stable sort of -|score| keeps equal magnitudes in flat-index order.
-    order = np.argsort(-magnitude, kind="stable")
-    selected = np.zeros(magnitude.size, dtype=bool)
-    selected[order[:k]] = True
-    return Ranking(names, magnitude, selected, float(magnitude[order[k - 1]]))
+    if np.isnan(magnitude).any():
+        # A stable sort of -|score| keeps equal magnitudes in flat-index order and ranks
+        # NaN last, which np.partition would rank first.
+        order = np.argsort(-magnitude, kind="stable")
+        selected = np.zeros(magnitude.size, dtype=bool)
+        selected[order[:k]] = True
+        return Ranking(names, magnitude, selected, float(magnitude[order[k - 1]]))
+    # The same selection in linear time: every entry above the k-th largest |score| is
+    # in, and entries equal to it fill the remaining places in flat-index order.
+    cut = float(np.partition(magnitude, magnitude.size - k)[magnitude.size - k])
+    selected = magnitude > cut
+    ties = np.flatnonzero(magnitude == cut)
+    selected[ties[: k - int(selected.sum())]] = True
+    return Ranking(names, magnitude, selected, cut)
 
 
 @dataclass(frozen=True)
@@ -198,12 +258,14 @@ def masked_update(
     learning_rate: float,
     damping: float,
     clip_norm: float,
+    closed_form: bool = False,
 ) -> Update:
     """Recompute K preconditioned masked descent steps and the clip (SPEC.md, section 6.3).
 
     ``theta <- theta - lr * mask * g / (sqrt(F) + damping)`` with g the full-batch mean
     gradient of the objective and F its diagonal Fisher at the start; the total
     displacement is scaled to L2 norm at most ``clip_norm``. ``model`` is not changed.
+    ``closed_form`` is passed to :func:`gradient_and_fisher` for F.
     """
     names = sorted(masks)
     wrapper = _ObjectiveModule(model, objective)
@@ -211,7 +273,8 @@ def masked_update(
     start = {name: fixed[name] for name in names}
     mask_t = {name: torch.from_numpy(np.array(masks[name], dtype=bool)) for name in names}
     n = int(batch["label"].shape[0])
-    _, fisher = gradient_and_fisher(model, names, objective, batch, np.ones(n))
+    _, fisher = gradient_and_fisher(model, names, objective, batch, np.ones(n),
+                                    closed_form=closed_form)
     scale = {name: mask_t[name].to(torch.float64) / (fisher[name].sqrt() + damping)
              for name in names}
 

@@ -240,8 +240,9 @@ def _check_saliency(doc: Mapping[str, Any], bundle: Bundle,
     if weights.sum() == 0:
         return CheckResult("saliency-mask", FAIL, f"no probe sample has {modality} observed",
                            code=CODE_MASK_MISMATCH, requirement="R-L2-4")
-    gradient, fisher = _recompute.gradient_and_fisher(model, bundle.eligible, forget, batch,
-                                                      weights)
+    gradient, fisher = _recompute.gradient_and_fisher(
+        model, bundle.eligible, forget, batch, weights,
+        closed_form=bundle.architecture.independent_samples)
     scores = _recompute.saliency_scores(model, gradient, fisher)
     ranking = _recompute.rank_top_k(scores, doc["saliency"]["top_k_fraction"])
     committed = np.concatenate([bundle.masks[n].reshape(-1) for n in ranking.names])
@@ -279,7 +280,7 @@ def _recompute_update(doc: Mapping[str, Any], bundle: Bundle,
     return _recompute.masked_update(
         model, bundle.masks, retain, probe_batch(bundle.probe), steps=update["steps"],
         learning_rate=update["learning_rate"], damping=update["damping"],
-        clip_norm=update["clip_norm"])
+        clip_norm=update["clip_norm"], closed_form=bundle.architecture.independent_samples)
 
 
 def _check_clip(doc: Mapping[str, Any], result: _recompute.Update) -> CheckResult:

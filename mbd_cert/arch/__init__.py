@@ -73,6 +73,13 @@ class Architecture:
             measure how much the output depends on the real modality.
         retain_objective: ``(model, batch, modality)`` -> per-sample task loss [n] of
             the model with the modality deleted.
+        independent_samples: True only if each sample's objective value depends on
+            that sample's inputs alone (no batch statistics such as BatchNorm in
+            training mode, no attention across samples) and every ``nn.Linear``
+            called on a 2-D input gets sample i's features in row i. The issuer and
+            level 2 then compute the per-sample gradient moments of ``nn.Linear``
+            tensors from one batched backward pass, each with its own code. False
+            (the default) keeps the exact per-sample path for every tensor.
     """
 
     name: str
@@ -83,6 +90,7 @@ class Architecture:
     generator_prefixes: Callable[[Mapping[str, Any], str], list[str]]
     forget_objective: Callable[[torch.nn.Module, Batch, str], torch.Tensor]
     retain_objective: Callable[[torch.nn.Module, Batch, str], torch.Tensor]
+    independent_samples: bool = False
 
 
 def get_architecture(name: str) -> Architecture:
@@ -306,6 +314,7 @@ def _builtin_mbd() -> Architecture:
         generator_prefixes=_mbd_config.generator_prefixes,
         forget_objective=_forget_mbd,
         retain_objective=_retain_mbd,
+        independent_samples=True,
     )
 
 

@@ -421,6 +421,8 @@ ARCHITECTURE = Architecture(
     generator_prefixes=generator_prefixes,
     forget_objective=forget_objective,
     retain_objective=retain_objective,
+    # Both objectives run in eval mode and the model has no batch statistics.
+    independent_samples=True,
 )
 
 __all__ = ["ARCHITECTURE", "MBDModel", "Parts", "build", "forget_objective", "retain_objective"]
