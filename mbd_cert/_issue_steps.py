@@ -135,8 +135,10 @@ def _run(
             return None
         return lambda done: progress(stage, done, total)
 
+    independent = architecture.independent_samples
     gradient, fisher = gradient_moments(
-        model_pre, names, forget, batch, forget_weights, report("saliency", probe.size)
+        model_pre, names, forget, batch, forget_weights, report("saliency", probe.size),
+        independent_samples=independent,
     )
     parameters = dict(model_pre.named_parameters())
     scores = saliency_scores({n: parameters[n] for n in names}, gradient, fisher)
@@ -179,6 +181,7 @@ def _run(
         learning_rate=options.learning_rate,
         damping=options.damping,
         clip_norm=options.clip_norm,
+        independent_samples=independent,
     )
     if progress is not None:
         progress("update", options.steps, options.steps)
@@ -201,6 +204,7 @@ def _run(
             damping=options.damping,
             clip_norm=options.clip_norm,
             progress=report("reference retrain", options.reference_runs),
+            independent_samples=independent,
         )
         sensitivity, evidence = estimate.sensitivity, estimate.evidence()
     sigma = mechanism.analytic_gaussian_sigma(options.epsilon, options.delta, sensitivity)

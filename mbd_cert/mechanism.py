@@ -20,7 +20,7 @@ import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from scipy import integrate, special
+from scipy import special
 
 from mbd_cert.errors import InputError
 
@@ -345,6 +345,10 @@ def _log_delta_by_integral(mu: float, a: float) -> float:
 
     def integrand(t: float) -> float:
         return math.exp(a * t - 0.5 * t * t) * (-math.expm1(-mu * t) / mu)
+
+    # Imported here: scipy.integrate pulls in scipy.optimize, about 0.25 s of start-up
+    # that most commands never need.
+    from scipy import integrate
 
     integral, _ = integrate.quad(integrand, 0.0, upper, epsabs=0.0, epsrel=1e-13, limit=200)
     if integral <= 0.0:

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mbd_cert._linear_per_sample import linear_owners, per_sample_linear_moments
+
 Objective = Callable[[torch.nn.Module, Mapping[str, Any]], torch.Tensor]
 
 logger = logging.getLogger(__name__)
@@ -59,14 +61,18 @@ def gradient_moments(
     progress: Callable[[int], None] | None = None,
     *,
     vectorize: bool = True,
+    independent_samples: bool = False,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Compute the weighted mean gradient and the diagonal empirical Fisher.
 
     Per-sample gradients are computed in chunks with ``torch.func.vmap``, which does
     one batched backward pass per chunk instead of one pass per sample. An objective
     that ``vmap`` cannot trace (data-dependent Python control flow, ``.item()``) falls
-    back to the per-sample loop, with a warning. Both paths accumulate in float64 and
-    agree to float64 rounding; only the summation order differs.
+    back to the per-sample loop, with a warning. With ``independent_samples``, the
+    gradients of ``nn.Linear`` parameters come from one batched backward pass per
+    chunk instead (:mod:`mbd_cert._linear_per_sample`) and only the other names go
+    through ``vmap``. All paths accumulate in float64 and agree to float64 rounding;
+    only the summation order differs.
 
     Args:
         model: The model, already in float64 and in eval mode.
@@ -78,6 +84,9 @@ def gradient_moments(
             where the deleted modality is absent).
         progress: Called with the number of samples done after each chunk or sample.
         vectorize: False forces the per-sample loop (the reference implementation).
+        independent_samples: The objective of sample i depends on sample i's inputs
+            alone, even when the batch holds other samples (no batch statistics).
+            ``Architecture.independent_samples`` states it for an architecture.
 
     Returns:
         ``(gradient, fisher)``: float64 tensors per name, ``sum_i w_i g_i / sum_i w_i``
@@ -91,7 +100,9 @@ def gradient_moments(
     total_weight = float(weights.sum())
     if total_weight <= 0.0:
         raise ValueError("no probe sample has a non-zero weight for this objective")
-    if vectorize:
+    if vectorize and independent_samples:
+        sums = _moment_sums_linear(model, names, objective, batch, weights, progress)
+    elif vectorize:
         try:
             sums = _moment_sums_vmap(model, names, objective, batch, weights, progress)
         except RuntimeError as exc:
@@ -203,6 +214,52 @@ def _moment_sums_vmap(
         if progress is not None:
             done = start + int(index.numel())
             progress(n if done == kept.numel() else int(kept[done - 1]) + 1)
+    if progress is not None and kept.numel() == 0:
+        progress(n)
+    return gradient, fisher
+
+
+def _moment_sums_linear(
+    model: torch.nn.Module,
+    names: Sequence[str],
+    objective: Objective,
+    batch: Mapping[str, Any],
+    weights: torch.Tensor,
+    progress: Callable[[int], None] | None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Return the sums of :func:`_moment_sums_loop`: Linear layers batched, the rest by vmap."""
+    owners = linear_owners(model, names)
+    parameters = dict(model.named_parameters())
+    gradient = _zeros64(list(owners), [parameters[name] for name in owners])
+    fisher = _zeros64(list(owners), [parameters[name] for name in owners])
+    rejected: set[str] = set()
+    kept = torch.nonzero(weights != 0).flatten()
+    chunk = _chunk_size(sum(parameters[name].numel() for name in owners))
+    n = int(weights.shape[0])
+    for start in range(0, int(kept.numel()), chunk):
+        index = kept[start : start + chunk]
+        sub = _map_batch(batch, functools.partial(_select_rows, index=index))
+        sums, squares, refused = per_sample_linear_moments(
+            model, owners, functools.partial(objective, model, sub),
+            weights.index_select(0, index))
+        rejected.update(refused)
+        for name, value in sums.items():
+            gradient[name].add_(value)
+            fisher[name].add_(squares[name])
+        if progress is not None:
+            done = start + int(index.numel())
+            progress(n if done == kept.numel() else int(kept[done - 1]) + 1)
+    rest = [name for name in names if name not in owners or name in rejected]
+    if rejected:
+        logger.debug("Linear per-sample gradients refused for %s; using vmap", sorted(rejected))
+    for name in rest:
+        gradient.pop(name, None)
+        fisher.pop(name, None)
+    if rest:
+        more_gradient, more_fisher = _moment_sums_vmap(model, rest, objective, batch, weights,
+                                                       None)
+        gradient.update(more_gradient)
+        fisher.update(more_fisher)
     if progress is not None and kept.numel() == 0:
         progress(n)
     return gradient, fisher

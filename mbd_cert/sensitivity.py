@@ -106,6 +106,7 @@ def reference_retrain(
     damping: float,
     clip_norm: float,
     progress: Callable[[int], None] | None = None,
+    independent_samples: bool = False,
 ) -> SensitivityEstimate:
     """Estimate the L2 sensitivity of the masked update by leave-one-out reruns.
 
@@ -124,6 +125,7 @@ def reference_retrain(
         damping: Preconditioner damping of the update.
         clip_norm: The update's L2 clip C; 2 * C caps the estimate.
         progress: Called with the number of runs done.
+        independent_samples: Passed to :func:`mbd_cert.update.masked_update`.
 
     Returns:
         The estimate and its evidence.
@@ -156,6 +158,7 @@ def reference_retrain(
         neighbour = masked_update(
             model, masks, objective, batch, weights,
             steps=steps, learning_rate=learning_rate, damping=damping, clip_norm=clip_norm,
+            independent_samples=independent_samples,
         )
         squared = sum(
             float(np.sum((full.displacement[name] - neighbour.displacement[name]) ** 2))

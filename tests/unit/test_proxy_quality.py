@@ -97,3 +97,57 @@ def test_bad_sample_size_rejected(size: int) -> None:
     with pytest.raises(InputError):
         measure_proxy_quality(model, exact_scores(model), full_masks(model), squared_norm,
                               sample_size=size, seed=0)
+
+
+def _mbd_case(sample_size: int):
+    from mbd_cert.arch.mbd import forget_objective
+    from mbd_cert.proxy_quality import forget_value
+    from tests.unit.test_gradient_moments import _batch, _model, _names
+
+    model = _model([])
+    batch = _batch(21, seed=9)
+    weights = batch["present"][:, 1].to(torch.float64)
+    names = _names(model)
+    parameters = dict(model.named_parameters())
+    scores = {n: np.linspace(0.0, 1.0, parameters[n].numel()).reshape(parameters[n].shape)
+              for n in names}
+    masks = {n: np.ones(tuple(parameters[n].shape), dtype=bool) for n in names}
+    value = forget_value(lambda m, b: forget_objective(m, b, "audio"), batch, weights)
+    return model, scores, masks, value
+
+
+def test_vectorised_increments_equal_one_pass_per_entry():
+    # 40 entries: three vectorised passes of at most 16 copies, across several tensors.
+    model, scores, masks, value = _mbd_case(40)
+    fast = measure_proxy_quality(model, scores, masks, value, sample_size=40, seed=1)
+    slow = measure_proxy_quality(model, scores, masks, lambda m: value(m), sample_size=40,
+                                 seed=1)
+    assert len({s.tensor for s in fast.samples}) > 1
+    assert [(s.tensor, s.index) for s in fast.samples] == [(s.tensor, s.index)
+                                                          for s in slow.samples]
+    true_fast = np.array([s.true for s in fast.samples])
+    true_slow = np.array([s.true for s in slow.samples])
+    assert np.count_nonzero(true_slow) > 30
+    np.testing.assert_allclose(true_fast, true_slow, rtol=1e-9, atol=1e-17)
+
+
+def test_untraceable_objective_falls_back_to_one_pass_per_entry(caplog):
+    import logging
+
+    from mbd_cert.arch.mbd import forget_objective
+    from mbd_cert.proxy_quality import forget_value
+
+    model, scores, masks, value = _mbd_case(5)
+
+    def objective(m, b):
+        values = forget_objective(m, b, "audio")
+        # .item() on a batched tensor cannot be traced by vmap.
+        return values if values.sum().item() >= 0 else -values
+
+    fallback = forget_value(objective, value.batch, value.weights)
+    with caplog.at_level(logging.WARNING, logger="mbd_cert.proxy_quality"):
+        quality = measure_proxy_quality(model, scores, masks, fallback, sample_size=5, seed=2)
+    assert "cannot be vectorised" in caplog.text
+    reference = measure_proxy_quality(model, scores, masks, value, sample_size=5, seed=2)
+    np.testing.assert_allclose([s.true for s in quality.samples],
+                               [s.true for s in reference.samples], rtol=1e-9, atol=1e-17)

@@ -1,0 +1,140 @@
+"""Per-sample gradients of Linear layers from activations agree with the per-sample loop."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+from mbd_cert import _linear_per_sample
+from mbd_cert.arch.mbd import forget_objective, retain_objective
+from mbd_cert.saliency import gradient_moments
+from tests.unit.test_gradient_moments import _assert_close, _batch, _model, _names
+
+
+def _both(model, names, objective, batch, weights):
+    loop = gradient_moments(model, names, objective, batch, weights, vectorize=False)
+    fast = gradient_moments(model, names, objective, batch, weights, independent_samples=True)
+    return loop, fast
+
+
+def test_forget_moments_match_loop_with_zero_and_uneven_weights():
+    model = _model([])
+    batch = _batch(31, seed=11)
+    weights = batch["present"][:, 1].to(torch.float64) * torch.linspace(0.2, 3.0, 31,
+                                                                        dtype=torch.float64)
+    assert 0 < int((weights > 0).sum()) < 31
+    # The forget objective calls every fusion and generator layer twice per sample, so
+    # the per-sample gradient is a sum of two outer products; squaring each product
+    # separately (dropping the cross term) would not match the loop.
+    loop, fast = _both(model, _names(model), lambda m, b: forget_objective(m, b, "audio"),
+                       batch, weights)
+    _assert_close(fast[0], loop[0])
+    _assert_close(fast[1], loop[1])
+    assert any(float(f.abs().max()) > 0 for f in fast[1].values())
+
+
+def test_retain_moments_match_loop_and_non_linear_names_use_vmap():
+    model = _model(["audio"])
+    batch = _batch(19, seed=12)
+    names = [*_names(model), "property_embedding.weight", "encoders.text.norm.weight"]
+    loop, fast = _both(model, names, lambda m, b: retain_objective(m, b, "audio"), batch,
+                       torch.ones(19, dtype=torch.float64))
+    _assert_close(fast[0], loop[0])
+    _assert_close(fast[1], loop[1])
+
+
+def test_chunks_and_progress(monkeypatch):
+    from mbd_cert import saliency
+
+    monkeypatch.setattr(saliency, "_MAX_CHUNK", 5)
+    model = _model(["audio"])
+    batch = _batch(12, seed=13)
+    done: list[int] = []
+    weights = torch.ones(12, dtype=torch.float64)
+    objective = lambda m, b: retain_objective(m, b, "audio")  # noqa: E731
+    loop = gradient_moments(model, _names(model), objective, batch, weights, vectorize=False)
+    fast = gradient_moments(model, _names(model), objective, batch, weights, done.append,
+                            independent_samples=True)
+    _assert_close(fast[1], loop[1])
+    assert done == [5, 10, 12]
+
+
+class _Tied(torch.nn.Module):
+    """Uses its layer's weight a second time outside the layer's forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = torch.nn.Linear(3, 3).to(torch.float64)
+        self.other = torch.nn.Linear(3, 1).to(torch.float64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(self.layer(x)) @ self.layer.weight
+        return self.other(hidden).squeeze(-1) ** 2
+
+
+class _Sequence(torch.nn.Module):
+    """Applies its layer to [n, T, d] steps, where one sample's gradient sums over steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.layer = torch.nn.Linear(3, 2).to(torch.float64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = x.unsqueeze(1).expand(-1, 4, -1) * torch.arange(1.0, 5.0, dtype=x.dtype)[:, None]
+        return torch.tanh(self.layer(steps)).sum(dim=(1, 2)) ** 2
+
+
+def _toy_case(module: torch.nn.Module, names: list[str]) -> None:
+    x = torch.randn(7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    batch = {"x": x}
+    weights = torch.linspace(0.5, 1.5, 7, dtype=torch.float64)
+    objective = lambda m, b: m(b["x"])  # noqa: E731
+    owners = _linear_per_sample.linear_owners(module, names)
+    _, _, rejected = _linear_per_sample.per_sample_linear_moments(
+        module, owners, lambda: objective(module, batch), weights)
+    loop, fast = _both(module, names, objective, batch, weights)
+    _assert_close(fast[0], loop[0])
+    _assert_close(fast[1], loop[1])
+    return rejected
+
+
+def test_weight_used_outside_its_layer_is_refused_and_recomputed():
+    rejected = _toy_case(_Tied(), ["layer.weight", "layer.bias", "other.weight"])
+    assert rejected == ["layer.weight"]
+
+
+def test_sequence_input_is_refused_and_recomputed():
+    rejected = _toy_case(_Sequence(), ["layer.weight", "layer.bias"])
+    assert rejected == ["layer.bias", "layer.weight"]
+
+
+def test_linear_subclass_is_not_claimed():
+    class Scaled(torch.nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2.0 * super().forward(x)
+
+    model = torch.nn.Sequential(Scaled(2, 2), torch.nn.Linear(2, 1))
+    assert sorted(_linear_per_sample.linear_owners(model, ["0.weight", "1.weight"])) == \
+        ["1.weight"]
+
+
+def test_issuer_saliency_does_not_import_dynamo():
+    # torch.func.grad imports torch._dynamo on first use, 1.5 s of start-up for every
+    # `mbd-cert issue`; the Linear path must not need it for the MBD model.
+    script = (
+        "import sys, torch\n"
+        "from tests.unit.test_gradient_moments import _batch, _model, _names\n"
+        "from mbd_cert.arch.mbd import forget_objective\n"
+        "from mbd_cert.saliency import gradient_moments\n"
+        "m = _model([]); b = _batch(9, seed=3)\n"
+        "gradient_moments(m, _names(m), lambda x, y: forget_objective(x, y, 'audio'), b,\n"
+        "                 torch.ones(9, dtype=torch.float64), independent_samples=True)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"
