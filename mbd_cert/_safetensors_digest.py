@@ -181,7 +181,8 @@ def file_digest(path: str | os.PathLike[str]) -> str:
 
     Raises:
         FileMissing: The file does not exist.
-        InputError: ``E_FILE_UNREADABLE`` when it cannot be read or is not a regular file.
+        InputError: ``E_FILE_UNREADABLE`` when it cannot be read, ``E_FILE_NOT_REGULAR``
+            when it is not a regular file.
     """
     handle, _ = open_regular_file(path)
     hasher = hashlib.sha256()

@@ -87,8 +87,8 @@ def open_regular_file(path: str | os.PathLike[str]) -> tuple[io.FileIO, os.stat_
 
     Raises:
         FileMissing: The file does not exist.
-        InputError: ``E_FILE_UNREADABLE`` when it cannot be opened or is not a
-            regular file (a directory, FIFO or device).
+        InputError: ``E_FILE_UNREADABLE`` when it cannot be opened, and
+            ``E_FILE_NOT_REGULAR`` when it is a directory, FIFO or device.
     """
     # O_NONBLOCK keeps open() from waiting for a writer when the path is a FIFO.
     # It has no effect on regular files, the only kind read after the check below.
@@ -100,6 +100,8 @@ def open_regular_file(path: str | os.PathLike[str]) -> tuple[io.FileIO, os.stat_
         raise FileMissing(
             f"file not found: {os.fspath(path)}", hint="check the path"
         ) from exc
+    except IsADirectoryError as exc:
+        raise _not_regular(path, "a directory") from exc
     except OSError as exc:
         raise InputError(
             f"cannot open {os.fspath(path)}: {exc.strerror}",
@@ -109,15 +111,21 @@ def open_regular_file(path: str | os.PathLike[str]) -> tuple[io.FileIO, os.stat_
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise InputError(
-                f"{os.fspath(path)} is not a regular file",
-                code="E_FILE_UNREADABLE",
-                hint="pass the path of a safetensors file",
-            )
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise _not_regular(path, kind)
         return os.fdopen(fd, "rb", buffering=0), st
     except BaseException:
         os.close(fd)
         raise
+
+
+def _not_regular(path: str | os.PathLike[str], kind: str) -> InputError:
+    # The same code and wording as the JSON reader gives for a certificate path.
+    return InputError(
+        f"{os.fspath(path)} is {kind}",
+        code="E_FILE_NOT_REGULAR",
+        hint="pass the path of a regular safetensors file",
+    )
 
 
 def open_checked(header: SafetensorsHeader) -> io.FileIO:
@@ -258,8 +266,8 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
 
     Raises:
         FileMissing: The file does not exist.
-        InputError: ``E_FILE_UNREADABLE`` when the file cannot be read or is not a
-            regular file.
+        InputError: ``E_FILE_UNREADABLE`` when the file cannot be read, or
+            ``E_FILE_NOT_REGULAR`` when it is not a regular file.
         MalformedSafetensors: The file is not a valid safetensors file. Codes:
             ``E_SAFETENSORS_NOT_SAFETENSORS`` (a zip, pickle or .npy file),
             ``E_SAFETENSORS_TRUNCATED``, ``E_SAFETENSORS_HEADER_TOO_LARGE``,

@@ -664,7 +664,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_directory_rejected(tmp_path: Path) -> None:
-    with expect(InputError, "E_FILE_UNREADABLE", "not a regular file"):
+    with expect(InputError, "E_FILE_NOT_REGULAR", "is a directory"):
         stio.read_header(tmp_path)
 
 
@@ -672,7 +672,7 @@ def test_directory_rejected(tmp_path: Path) -> None:
 def test_fifo_rejected_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    with expect(InputError, "E_FILE_UNREADABLE", "not a regular file"):
+    with expect(InputError, "E_FILE_NOT_REGULAR", "not a regular file"):
         stio.read_header(fifo)
 
 
