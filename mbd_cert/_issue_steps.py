@@ -151,7 +151,7 @@ def _run(
             model_pre,
             scores,
             masks,
-            forget_value(forget, batch, forget_weights),
+            forget_value(forget, batch, forget_weights, independent_samples=independent),
             sample_size=options.proxy_sample_size,
             seed=options.seed,
         ).to_json()

@@ -18,6 +18,7 @@ Stability: internal; the update rule is fixed by format 1.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from mbd_cert._frozen_memo import memoise_frozen
 from mbd_cert.saliency import Objective, gradient_moments
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,6 @@ def masked_update(
     _, fisher = gradient_moments(model, names, objective, batch, weights,
                                  independent_samples=independent_samples)
     precondition = {name: 1.0 / (fisher[name].sqrt() + damping) for name in names}
-    total_weight = float(weights.sum())
     # Parameters outside the mask never move, so the steps record no autograd graph
     # for them: 20 % less time per step on the MBD model (docs/benchmarks.md).
     frozen = [p for name, p in parameters.items() if name not in mask_t and p.requires_grad]
@@ -91,24 +94,11 @@ def masked_update(
     try:
         for p in frozen:
             p.requires_grad_(False)
-        for _ in range(steps):
-            values = objective(model, batch)
-            loss = (values * weights.to(values.dtype)).sum() / total_weight
-            targets = [parameters[name] for name in names]
-            grads = torch.autograd.grad(loss, targets, allow_unused=True)
-            with torch.no_grad():
-                for name, grad in zip(names, grads, strict=True):
-                    if grad is None:
-                        continue
-                    step = learning_rate * grad.to(torch.float64) * precondition[name]
-                    step = torch.where(mask_t[name], step, torch.zeros_like(step))
-                    parameters[name].sub_(step.to(parameters[name].dtype))
-        displacement = {
-            name: (parameters[name].detach().to(torch.float64) - start[name].to(torch.float64))
-            .cpu()
-            .numpy()
-            for name in names
-        }
+        with memoise_frozen(model, set(names)) as memo:
+            displacement = _descend(model, names, objective, batch, weights, steps,
+                                    learning_rate, precondition, mask_t)
+        logger.debug("masked update: %d memoised module calls, memo dropped for %s",
+                     memo.hits, memo.dropped)
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -123,3 +113,36 @@ def masked_update(
     for name in names:
         displacement[name][~masks[name]] = 0.0
     return UpdateResult(displacement=displacement, norm_before_clip=norm, scale=scale)
+
+
+def _descend(
+    model: torch.nn.Module,
+    names: Sequence[str],
+    objective: Objective,
+    batch: Mapping[str, Any],
+    weights: torch.Tensor,
+    steps: int,
+    learning_rate: float,
+    precondition: Mapping[str, torch.Tensor],
+    mask_t: Mapping[str, torch.Tensor],
+) -> dict[str, np.ndarray]:
+    """Run the K masked steps in place and return the float64 displacement per tensor."""
+    parameters = dict(model.named_parameters())
+    start = {name: parameters[name].detach().to(torch.float64).clone() for name in names}
+    total_weight = float(weights.sum())
+    for _ in range(steps):
+        values = objective(model, batch)
+        loss = (values * weights.to(values.dtype)).sum() / total_weight
+        targets = [parameters[name] for name in names]
+        grads = torch.autograd.grad(loss, targets, allow_unused=True)
+        with torch.no_grad():
+            for name, grad in zip(names, grads, strict=True):
+                if grad is None:
+                    continue
+                step = learning_rate * grad.to(torch.float64) * precondition[name]
+                step = torch.where(mask_t[name], step, torch.zeros_like(step))
+                parameters[name].sub_(step.to(parameters[name].dtype))
+    return {
+        name: (parameters[name].detach().to(torch.float64) - start[name]).cpu().numpy()
+        for name in names
+    }

@@ -151,3 +151,32 @@ def test_untraceable_objective_falls_back_to_one_pass_per_entry(caplog):
     reference = measure_proxy_quality(model, scores, masks, value, sample_size=5, seed=2)
     np.testing.assert_allclose([s.true for s in quality.samples],
                                [s.true for s in reference.samples], rtol=1e-9, atol=1e-17)
+
+
+def test_dropping_zero_weight_rows_keeps_the_value():
+    from mbd_cert.arch.mbd import forget_objective
+    from mbd_cert.proxy_quality import forget_value
+
+    model, scores, masks, value = _mbd_case(6)
+    assert int((value.weights == 0).sum()) > 0
+    dropped = forget_value(lambda m, b: forget_objective(m, b, "audio"), value.batch,
+                           value.weights, independent_samples=True)
+    assert int(dropped.weights.shape[0]) == int((value.weights != 0).sum())
+    assert dropped(model) == pytest.approx(value(model), rel=1e-12)
+    full = measure_proxy_quality(model, scores, masks, value, sample_size=6, seed=4)
+    kept = measure_proxy_quality(model, scores, masks, dropped, sample_size=6, seed=4)
+    np.testing.assert_allclose([s.true for s in kept.samples],
+                               [s.true for s in full.samples], rtol=1e-9, atol=1e-17)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_spearman_matches_scipy_with_ties(seed: int) -> None:
+    from scipy import stats
+
+    from mbd_cert.proxy_quality import spearman_rho
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 6, size=40).astype(np.float64)  # many ties
+    y = x * rng.normal(1.0, 0.5, size=40) + rng.normal(size=40)
+    assert spearman_rho(x, y) == pytest.approx(float(stats.spearmanr(x, y).statistic),
+                                               abs=1e-12)

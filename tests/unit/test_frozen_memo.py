@@ -1,0 +1,132 @@
+"""The frozen-module memo of the masked update returns what the modules would compute."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from mbd_cert import update
+from mbd_cert._frozen_memo import MemoCounts, memoise_frozen
+from mbd_cert.arch.mbd import retain_objective
+from tests.unit.test_gradient_moments import _batch, _model, _names
+
+
+class _Drifting(torch.nn.Module):
+    """Reads a Python attribute besides its parameters, so equal inputs can give new outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 2).to(torch.float64)
+        self.offset = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x) + self.offset
+
+
+def _outer(inner: torch.nn.Module) -> torch.nn.Module:
+    model = torch.nn.Module()
+    model.inner = inner
+    model.moving = torch.nn.Linear(2, 1).to(torch.float64)
+    return model
+
+
+def test_update_with_memo_equals_update_without(monkeypatch):
+    model = _model(["audio"])
+    batch = _batch(17, seed=21)
+    names = _names(model)
+    parameters = dict(model.named_parameters())
+    rng = np.random.default_rng(0)
+    masks = {n: rng.random(tuple(parameters[n].shape)) < 0.3 for n in names}
+    weights = torch.ones(17, dtype=torch.float64)
+
+    def run() -> update.UpdateResult:
+        return update.masked_update(
+            model, masks, lambda m, b: retain_objective(m, b, "audio"), batch, weights,
+            steps=4, learning_rate=1e-2, damping=1e-3, clip_norm=10.0,
+            independent_samples=True)
+
+    hits: list[int] = []
+    real = update.memoise_frozen
+
+    @contextlib.contextmanager
+    def counted(*args, **kwargs):
+        with real(*args, **kwargs) as counts:
+            yield counts
+        hits.append(counts.hits)
+
+    monkeypatch.setattr(update, "memoise_frozen", counted)
+    with_memo = run()
+    monkeypatch.setattr(update, "memoise_frozen",
+                        lambda *a, **k: contextlib.nullcontext(MemoCounts()))
+    without = run()
+    assert hits[0] > 0
+    for name in names:
+        np.testing.assert_array_equal(with_memo.displacement[name], without.displacement[name])
+    assert with_memo.norm_before_clip == without.norm_before_clip
+
+
+def test_module_that_reads_other_state_is_dropped():
+    inner = _Drifting()
+    model = _outer(inner)
+    for p in inner.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    x = torch.ones(3, 2, dtype=torch.float64)
+    with memoise_frozen(model, {"moving.weight", "moving.bias"}) as counts:
+        first = inner(x)
+        inner.offset = 1.0
+        second = inner(x)
+        third = inner(x)
+    assert counts.dropped == ["inner"]
+    assert torch.equal(second, first + 1.0)
+    assert torch.equal(third, second)
+    # The Linear inside reads only its parameters and input, so it keeps its memo.
+    assert counts.hits == 1
+
+
+def test_hit_needs_same_unchanged_input_and_eval_mode():
+    inner = _Drifting()
+    model = _outer(inner)
+    for p in inner.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    x = torch.ones(3, 2, dtype=torch.float64)
+    with memoise_frozen(model, {"moving.weight"}) as counts:
+        reference = inner(x)
+        inner(x)  # first repeat: recomputed and compared
+        assert torch.equal(inner(x), reference)
+        assert counts.hits == 1
+        x.mul_(2.0)  # same object, new version
+        assert torch.equal(inner(x), torch.nn.functional.linear(x, inner.layer.weight,
+                                                                inner.layer.bias))
+        assert counts.hits == 1
+        model.train()
+        for _ in range(3):
+            inner(x)
+        assert counts.hits == 1
+
+
+def test_trainable_or_moving_modules_are_not_memoised():
+    inner = _Drifting()
+    model = _outer(inner)
+    model.eval()
+    x = torch.ones(3, 2, dtype=torch.float64)
+    with memoise_frozen(model, {"inner.layer.weight"}) as counts:
+        for _ in range(3):
+            inner(x)
+    with memoise_frozen(model, set()) as counts_grad:
+        for _ in range(3):
+            inner(x)  # parameters still require gradients
+    assert counts.hits == 0
+    assert counts_grad.hits == 0
+
+
+def test_forward_is_restored_after_the_block():
+    inner = _Drifting()
+    model = _outer(inner)
+    with memoise_frozen(model, {"moving.weight"}):
+        assert "forward" in inner.__dict__
+    assert "forward" not in inner.__dict__
+    assert "forward" not in inner.layer.__dict__
