@@ -284,7 +284,15 @@ def masked_update(
             wrapper, _prefixed({**fixed, **moving}), arguments).mean()
         return value
 
-    gradient_of = grad(mean_objective)
+    def gradient_of(moving: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # torch.autograd rather than torch.func.grad: the latter imports torch._dynamo
+        # on first use, about 1.5 s of every `verify --level 2` (docs/benchmarks.md).
+        leaves = {name: value.detach().requires_grad_(True) for name, value in moving.items()}
+        grads = torch.autograd.grad(mean_objective(leaves), list(leaves.values()),
+                                    allow_unused=True)
+        return {name: torch.zeros_like(leaves[name]) if g is None else g
+                for name, g in zip(leaves, grads, strict=True)}
+
     theta = dict(start)
     for _ in range(steps):
         g = gradient_of(theta)
