@@ -5,9 +5,10 @@ The measured step is the verifier's recomputation of the saliency mask
 that level 2 takes for the checkpoint's architecture: for "mbd-sentiment"
 (``independent_samples``) the closed form of ``mbd_cert._fisher_linear``. The same step
 on the per-sample ``vmap`` path is timed as ``level2_vmap`` for comparison. The
-issuer's :func:`mbd_cert.saliency.gradient_moments` is timed as well, vectorised and
-with ``vectorize=False`` (one backward pass per sample, the implementation before the
-vectorisation), to show what the change bought. The baseline is
+issuer's :func:`mbd_cert.saliency.gradient_moments` is timed as well: on the path
+``issue`` takes (``issuer``, batched Linear moments), on the ``vmap`` path
+(``issuer_vmap``) and with ``vectorize=False`` (``issuer_loop``, one backward pass
+per sample). The baseline is
 one forward pass of the forget objective over the whole probe set and one backward
 pass to the same eligible tensors, in the same dtype (float64), which is the least
 any gradient-based saliency must do.
@@ -92,18 +93,24 @@ def main() -> None:
         recompute_mask(False)
 
     def issuer() -> None:
+        gradient_moments(model, names, forget, batch, torch.from_numpy(weights),
+                         independent_samples=architecture.independent_samples)
+
+    def issuer_vmap() -> None:
         gradient_moments(model, names, forget, batch, torch.from_numpy(weights))
 
     def issuer_loop() -> None:
         gradient_moments(model, names, forget, batch, torch.from_numpy(weights),
                          vectorize=False)
 
-    bare(), level2(), level2_vmap(), issuer()  # warm-up: first calls pay one-time costs
+    # Warm-up: first calls pay one-time costs.
+    bare(), level2(), level2_vmap(), issuer(), issuer_vmap()
     runs = []
     for _ in range(repeats):
         runs.append({"bare": timed(bare)[0], "level2": timed(level2)[0],
                      "level2_vmap": timed(level2_vmap)[0],
-                     "issuer": timed(issuer)[0], "issuer_loop": timed(issuer_loop)[0]})
+                     "issuer": timed(issuer)[0], "issuer_vmap": timed(issuer_vmap)[0],
+                     "issuer_loop": timed(issuer_loop)[0]})
     payload = {
         "probe_samples": probe.size,
         "samples_with_modality": int(weights.sum()),
@@ -115,10 +122,12 @@ def main() -> None:
         "level2_s": spread([r["level2"] for r in runs]),
         "level2_vmap_s": spread([r["level2_vmap"] for r in runs]),
         "issuer_s": spread([r["issuer"] for r in runs]),
+        "issuer_vmap_s": spread([r["issuer_vmap"] for r in runs]),
         "issuer_loop_s": spread([r["issuer_loop"] for r in runs]),
         "ratio_level2_over_bare": spread([r["level2"] / r["bare"] for r in runs]),
         "ratio_level2_vmap_over_bare": spread([r["level2_vmap"] / r["bare"] for r in runs]),
         "ratio_issuer_over_bare": spread([r["issuer"] / r["bare"] for r in runs]),
+        "ratio_issuer_vmap_over_bare": spread([r["issuer_vmap"] / r["bare"] for r in runs]),
         "ratio_issuer_loop_over_issuer": spread([r["issuer_loop"] / r["issuer"] for r in runs]),
         "runs": runs,
     }
@@ -130,9 +139,10 @@ def main() -> None:
     saved = save("saliency" + suffix, payload)
     show([["measure", "median", "min", "max"],
           *[[key, payload[key]["median"], payload[key]["min"], payload[key]["max"]]
-            for key in ("bare_s", "level2_s", "level2_vmap_s", "issuer_s", "issuer_loop_s",
-                        "ratio_level2_over_bare", "ratio_level2_vmap_over_bare",
-                        "ratio_issuer_over_bare",
+            for key in ("bare_s", "level2_s", "level2_vmap_s", "issuer_s", "issuer_vmap_s",
+                        "issuer_loop_s", "ratio_level2_over_bare",
+                        "ratio_level2_vmap_over_bare", "ratio_issuer_over_bare",
+                        "ratio_issuer_vmap_over_bare",
                         "ratio_issuer_loop_over_issuer")]])
     print(f"{payload['samples_with_modality']} of {probe.size} probe samples, "
           f"{payload['eligible_entries']} eligible entries; wrote {saved}")

@@ -1,0 +1,83 @@
+"""Wall time of each stage of ``mbd_cert.issue.issue``, cold and warm, in one process.
+
+The first call pays one-time costs (lazy imports, first use of torch kernels); the
+later calls show the steady state that ``bench_issue_vs_retrain.py`` times in process.
+Each stage is a function that ``mbd_cert._issue_steps`` calls; this script wraps them
+with timers for its own run only.
+
+Usage: python benchmarks/profile_issue.py [--checkpoint DIR] [--calls 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+STAGES = ["gradient_moments", "measure_proxy_quality", "masked_update", "_utility",
+          "build_model", "build_diff", "write_chain_copies"]
+
+
+def _timed(totals: dict[str, float], name: str,
+           function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
+
+    return call
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="trained checkpoint [default: train one on the synthetic corpus]")
+    parser.add_argument("--calls", type=int, default=4, help="issue calls, the first cold")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    from mbd_cert import _issue_steps, signing
+    from mbd_cert.issue import IssueOptions, issue
+    imported = time.perf_counter() - started
+
+    totals: dict[str, float] = {}
+    for name in STAGES:
+        setattr(_issue_steps, name, _timed(totals, name, getattr(_issue_steps, name)))
+    for name in ("digest_file", "write_safetensors"):
+        module = _issue_steps._safetensors
+        setattr(module, name, _timed(totals, name, getattr(module, name)))
+
+    with tempfile.TemporaryDirectory(prefix="mbd-profile-issue-") as tmp:
+        work = Path(tmp)
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            checkpoint = work / "ck"
+            subprocess.run([sys.executable, "-m", "mbd_cert.cli", "train", "--corpus",
+                            "synthetic", "--seed", "0", "--no-progress", "--out",
+                            str(checkpoint)], check=True, capture_output=True)
+        signing.write_keypair(work / "issuer")
+        key = signing.load_private_key(work / "issuer.key")
+        options = IssueOptions(modality="audio", epsilon=1.0, delta=1e-5, force=True)
+        print(f"imports: {imported:.3f} s")
+        for call in range(args.calls):
+            totals.clear()
+            start = time.perf_counter()
+            issue(checkpoint, work / "del", options, key)
+            total = time.perf_counter() - start
+            stages = ", ".join(f"{name} {seconds:.3f}" for name, seconds in
+                               sorted(totals.items(), key=lambda item: -item[1]))
+            label = "cold" if call == 0 else "warm"
+            print(f"call {call} ({label}): {total:.3f} s; {stages}")
+
+
+if __name__ == "__main__":
+    main()
