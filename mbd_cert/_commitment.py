@@ -15,7 +15,7 @@ Stability: internal.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mbd_cert import _safetensors
@@ -83,6 +83,7 @@ def check_commitment(
     *,
     field: str,
     check_file_digest: bool,
+    progress: Callable[[int, int], None] | None = None,
 ) -> str:
     """Recompute a file's digests and compare them with its commitment (SPEC.md, R-DIG-3).
 
@@ -94,6 +95,7 @@ def check_commitment(
         check_file_digest: Also check ``file_digest``. It is checked regardless when
             the commitment has no ``header_digest`` (format 1.0), because then nothing
             else binds the header bytes.
+        progress: Called as ``progress(done, total)`` in bytes while the file is hashed.
 
     Returns:
         A one-line summary of what matched.
@@ -105,7 +107,7 @@ def check_commitment(
     """
     committed_header = committed.get("header_digest")
     whole = check_file_digest or committed_header is None
-    digests = _safetensors.digest_file(header.path, with_file_digest=whole)
+    digests = _safetensors.digest_file(header.path, with_file_digest=whole, progress=progress)
     # digest_file reads the header again; this raises if the file changed in between,
     # so both reads saw the same file.
     open_checked(header).close()

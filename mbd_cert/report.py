@@ -106,6 +106,26 @@ class VerificationReport:
         }
 
 
+def stage_counter(progress: Callable[[str, int, int], None] | None, stage: str,
+                  total: int) -> Callable[[], None]:
+    """Return a function that reports one more finished step of ``stage`` out of ``total``.
+
+    ``progress`` is the ``VerifyOptions.progress`` callback, ``progress(stage, done,
+    total)``; with None the returned function does nothing.
+    """
+    done = 0
+    if progress is not None:
+        progress(stage, 0, total)
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(stage, min(done, total), total)
+
+    return step
+
+
 def error_report(code: str, message: str, hint: str = "") -> dict[str, Any]:
     """Return the JSON report for a run that stopped on unusable input or a bug."""
     return {

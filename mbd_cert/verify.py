@@ -196,6 +196,7 @@ def verify(
             header,
             field="subject_model.post_deletion",
             check_file_digest=options.check_file_digest,
+            progress=_bytes_progress(options.progress, "hashing model (bytes)"),
         ),
     )
 
@@ -237,6 +238,13 @@ def verify(
 
         verify_leakage.run_level3(doc, model_path, Path(options.bundle_dir or "."), report, options)
     return report
+
+
+def _bytes_progress(progress: Callable[[str, int, int], None] | None,
+                    stage: str) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(stage, done, total)
 
 
 def _check_deletion(doc: Mapping[str, Any], header: Any, architecture: Any) -> str:

@@ -30,7 +30,15 @@ from scipy import optimize
 
 from mbd_cert import stats
 from mbd_cert._torch_model import build_model, predict, probe_batch
-from mbd_cert.report import FAIL, INCONCLUSIVE, PASS, SKIPPED, CheckResult, VerificationReport
+from mbd_cert.report import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    SKIPPED,
+    CheckResult,
+    VerificationReport,
+    stage_counter,
+)
 from mbd_cert.verify_recompute import Bundle, load_bundle, rebuild_pre
 
 logger = logging.getLogger(__name__)
@@ -244,27 +252,33 @@ def run_level3(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
         InputError: The bundle files are missing or malformed.
     """
     started = time.monotonic()
+    step = stage_counter(getattr(options, "progress", None), "level 3 probes", 6)
     bundle = load_bundle(doc, model_path, bundle_dir)
     pre = rebuild_pre(bundle)
     pre_ok = _pre_matches(doc, pre)
+    step()
 
     # Step 1 (SPEC §8.2, R-L3-1): the deleted input has no effect on the outputs.
     report.run("functional-probe", "R-L3-1", lambda: _functional_probe(bundle))
+    step()
 
     # Step 2 (R-L3-2): membership inference after, and for reference before, deletion.
     post_scores = _membership(bundle, bundle.post, bundle.config_post)
     report.run("membership-inference", "R-L3-2",
                lambda: _membership_check(doc, bundle, "membership-inference", post_scores,
                                          reference=False))
+    step()
     # Step 3 (R-L3-3): the deleted modality's private attribute in the representation.
     report.run("representation-probe", "R-L3-3",
                lambda: _representation_check(bundle, "representation-probe", bundle.post,
                                              bundle.config_post, reference=False))
+    step()
     if pre_ok:
         pre_scores = _membership(bundle, pre, bundle.config_pre)
         report.run("membership-inference-pre", "R-L3-2",
                    lambda: _membership_check(doc, bundle, "membership-inference-pre",
                                              pre_scores, reference=True))
+        step()
         report.run("representation-probe-pre", "R-L3-3",
                    lambda: _representation_check(bundle, "representation-probe-pre", pre,
                                                  bundle.config_pre, reference=True))
@@ -272,4 +286,6 @@ def run_level3(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
         for name in ("membership-inference-pre", "representation-probe-pre"):
             report.skip(name, "R-L3-2", "the pre-deletion model could not be rebuilt "
                         "(post - diff does not match the committed digests)")
+        step()
+    step()
     logger.info("level 3 took %.1f s", time.monotonic() - started)

@@ -30,7 +30,14 @@ from mbd_cert._torch_model import build_model, probe_batch
 from mbd_cert.arch import Architecture, get_architecture
 from mbd_cert.checkpoint import ProbeSet, read_probe_set, read_tensors
 from mbd_cert.errors import MalformedData, MalformedSafetensors
-from mbd_cert.report import FAIL, PASS, SKIPPED, CheckResult, VerificationReport
+from mbd_cert.report import (
+    FAIL,
+    PASS,
+    SKIPPED,
+    CheckResult,
+    VerificationReport,
+    stage_counter,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -362,18 +369,22 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
         InputError: The bundle files are missing or malformed.
     """
     started = time.monotonic()
+    step = stage_counter(getattr(options, "progress", None), "level 2 recompute", 6)
     alpha = resolve_alpha(doc, getattr(options, "alpha", None))
     bundle = load_bundle(doc, model_path, bundle_dir)
     pre = rebuild_pre(bundle)
+    step()
 
     # Step 1 (SPEC §8.1, R-L2-1): post - diff reproduces the committed pre-deletion model.
     rebuilt = report.run("pre-rebuild", "R-L2-1", lambda: _check_pre_rebuild(doc, pre))
+    step()
 
     # Step 2 (R-L2-2): the mask tensors are the committed mask of the stated size.
     report.run("mask-commitment", "R-L2-2", lambda: _check_mask_commitment(doc, bundle))
 
     # Step 3 (R-L2-3): nothing outside the mask and the deleted encoder changed.
     report.run("diff-support", "R-L2-3", lambda: _check_diff_support(bundle))
+    step()
 
     dependent = ("saliency-mask", "update-clip", "residual-variance", "residual-normality",
                  "residual-projection")
@@ -386,12 +397,15 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
 
     # Step 4 (R-L2-4): the mask recomputed from the rebuilt model and the probe set.
     report.run("saliency-mask", "R-L2-4", lambda: _check_saliency(doc, bundle, pre))
+    step()
 
     # Step 5 (R-L2-5): the deterministic update recomputed on the committed mask, clipped.
     update = _recompute_update(doc, bundle, pre)
     report.run("update-clip", "R-L2-5", lambda: _check_clip(doc, update))
+    step()
 
     # Step 6 (R-L2-6 to R-L2-8): the residual diff - update is N(0, sigma^2) noise.
     for result in _residual_checks(doc, bundle, update, alpha):
         report.checks.append(result)
+    step()
     logger.info("level 2 took %.1f s", time.monotonic() - started)

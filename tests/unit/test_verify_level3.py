@@ -97,3 +97,18 @@ def test_inconclusive_fails_unless_allowed(honest):
     lenient = VerificationReport("x", 3, [CheckResult("a", "inconclusive", "few samples")],
                                  allow_inconclusive=True)
     assert lenient.verified
+
+
+def test_progress_reports_every_stage_to_the_end(honest):
+    _, out, key = honest
+    calls: list[tuple[str, int, int]] = []
+    report = run_verify(out, key, 3, progress=lambda *call: calls.append(call))
+    assert report.verified
+    last = {stage: (done, total) for stage, done, total in calls}
+    assert set(last) == {"hashing model (bytes)", "level 2 recompute", "level 3 probes"}
+    for stage, (done, total) in last.items():
+        assert done == total > 0, stage
+    # Each stage counts up from its first report.
+    for stage in last:
+        done = [d for s, d, _ in calls if s == stage]
+        assert done == sorted(done), stage
