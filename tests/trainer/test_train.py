@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -30,15 +29,13 @@ OUTPUT_FILES = {"model.safetensors", "config.json", "probe.safetensors", "eval.s
 def trained(tmp_path_factory):
     corpus = build_corpus(seed=0)
     out = tmp_path_factory.mktemp("runs") / "model"
-    started = time.monotonic()
     result = train(corpus, FAST, out, seed=0, progress=False)
-    return corpus, result, time.monotonic() - started
+    return corpus, result
 
 
 def test_short_run_lowers_validation_mae(trained):
-    corpus, result, seconds = trained
+    corpus, result = trained
     history = result.training["history"]
-    assert seconds < 15.0
     assert result.training["best_valid_mae"] < history[0]["valid_mae"]
     valid = corpus.splits["valid"].labels
     constant_mae = float(np.mean(np.abs(valid - corpus.splits["train"].labels.mean())))
@@ -46,7 +43,7 @@ def test_short_run_lowers_validation_mae(trained):
 
 
 def test_run_writes_every_output_file(trained):
-    corpus, result, _ = trained
+    corpus, result = trained
     assert {p.name for p in result.out_dir.iterdir()} == OUTPUT_FILES
     with safe_open(str(result.out_dir / "model.safetensors"), framework="numpy") as handle:
         metadata = handle.metadata()
@@ -70,7 +67,7 @@ def test_run_writes_every_output_file(trained):
 
 
 def test_training_record_contents(trained):
-    corpus, result, _ = trained
+    corpus, result = trained
     record = json.loads((result.out_dir / "training.json").read_text())
     assert record["seed"] == 0
     assert record["device"] == "cpu"
@@ -84,7 +81,7 @@ def test_training_record_contents(trained):
 
 
 def test_metrics_file_views(trained):
-    _, result, _ = trained
+    _, result = trained
     metrics = json.loads((result.out_dir / "metrics.json").read_text())
     assert metrics["split"] == "test"
     assert set(metrics["views"]) == {"all", "missing:text", "missing:audio", "missing:vision"}
@@ -95,7 +92,7 @@ def test_metrics_file_views(trained):
 
 
 def test_checkpoint_round_trip_same_predictions(trained):
-    corpus, result, _ = trained
+    corpus, result = trained
     loaded = load_checkpoint(result.out_dir)
     test = corpus.splits["test"]
     assert np.array_equal(predict(loaded.model, test.features, test.present),
@@ -104,14 +101,14 @@ def test_checkpoint_round_trip_same_predictions(trained):
 
 
 def test_same_seed_same_weights(trained, tmp_path):
-    corpus, result, _ = trained
+    corpus, result = trained
     again = train(corpus, FAST, tmp_path / "again", seed=0, progress=False)
     for name, value in result.model.state_dict().items():
         assert torch.equal(again.model.state_dict()[name], value), name
 
 
 def test_global_torch_settings_restored(trained, tmp_path):
-    corpus, _, _ = trained
+    corpus, _ = trained
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     train(corpus, {**FAST, "epochs": 1}, tmp_path / "one", seed=1, progress=False,
