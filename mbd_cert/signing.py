@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from mbd_cert._json import read_bytes_capped
 from mbd_cert._paths import atomic_output
+from mbd_cert._read_capped import read_bytes_capped
 from mbd_cert.errors import (
     InputError,
     KeyInvalid,
