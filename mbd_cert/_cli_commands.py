@@ -16,6 +16,15 @@ import click
 from mbd_cert import errors
 
 
+def _require_directory(path: Path, what: str, hint: str) -> None:
+    """Raise a clear error unless ``path`` is an existing directory."""
+    if not path.exists():
+        raise errors.FileMissing(f"{what} not found: {str(path)!r}", hint=hint)
+    if not path.is_dir():
+        raise errors.InputError(f"{what} {str(path)!r} is a file, not a directory", hint=hint,
+                         code="E_PARAMETER_INVALID")
+
+
 def _progress_bar() -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
     """Return (update, close) for a rich progress bar on stderr."""
     from rich.console import Console
@@ -268,6 +277,10 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         CHECKPOINT may be the output of an earlier issue: the deletion then continues
         that model's chain of certificates.
         """
+        # Checked before the imports below, which load torch (1 to 2 s).
+        _require_directory(checkpoint, "checkpoint directory",
+                           "pass the directory that 'mbd-cert train' or an earlier "
+                           "'mbd-cert issue' wrote")
         from mbd_cert import sealing, signing
         from mbd_cert.issue import IssueOptions
         from mbd_cert.issue import issue as run_issue
@@ -325,7 +338,9 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         "key_paths",
         type=click.Path(path_type=Path),
         multiple=True,
-        help="Trusted issuer public key (PEM or raw 32 bytes); repeatable.",
+        help="Trusted issuer public key (PEM or raw 32 bytes). Required unless "
+        "--trust-dir is given. Repeat it once per issuer when the certificates of a "
+        "chain were signed with different keys.",
     )
     @click.option(
         "--trust-dir",
@@ -418,7 +433,11 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         chain_dir: Path | None = None,
         auditor_private_key: Path | None = None,
     ) -> None:
-        """Verify CERT against the released MODEL. Exit 0 valid, 1 invalid, 2 bad input."""
+        """Verify CERT against the released MODEL.
+
+        Exit codes: 0 verified, 1 a check failed (tampering or a false claim), 2 bad
+        input (a missing or malformed file or option), 3 internal error (a bug).
+        """
         from mbd_cert import _paths
         from mbd_cert.report import to_junit
         from mbd_cert.verify import VerifyOptions

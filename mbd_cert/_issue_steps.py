@@ -104,8 +104,15 @@ def _run(
             f"modality {modality!r} is not in the model's modalities {config['modalities']}",
             code="E_PARAMETER_INVALID",
         )
-    if modality in config.get("deleted_modalities", []):
+    deleted = list(config.get("deleted_modalities", []))
+    if modality in deleted:
         raise IssuanceError(f"modality {modality!r} is already deleted from this model")
+    if not [m for m in config["modalities"] if m != modality and m not in deleted]:
+        raise IssuanceError(
+            f"cannot delete {modality!r}: {', '.join(map(repr, deleted))} already deleted, "
+            "and a model must keep at least one modality",
+            hint="retrain without this data, or retire the model",
+        )
     if probe.modalities != list(config["modalities"]):
         raise InputError(
             f"probe set modalities {probe.modalities} differ from the model's "

@@ -52,7 +52,7 @@ def _reject(field: str, relpath: object, reason: str) -> UnsafePath:
 def _check_syntax(relpath: object, field: str) -> list[str]:
     """Return the components of ``relpath`` after checking its syntax."""
     if not isinstance(relpath, str):
-        raise _reject(field, relpath, f"is a {type(relpath).__name__}; expected a string")
+        raise _reject(field, relpath, f"has type {type(relpath).__name__}; expected a string")
     if relpath == "":
         raise _reject(field, relpath, "is empty")
     if len(relpath) > MAX_ARTEFACT_PATH_CHARS:

@@ -200,7 +200,7 @@ def _load_json(raw: bytes, path: Path) -> _JsonObject:
         raise _malformed(path, f"header has non-space bytes after the JSON object "
                          f"(offset {end} of {len(text)}); only spaces may pad it")
     if not isinstance(value, _JsonObject):
-        raise _malformed(path, f"header JSON is a {type(value).__name__}; expected an object")
+        raise _malformed(path, f"header JSON has type {type(value).__name__}; expected an object")
     return value
 
 

@@ -76,7 +76,7 @@ def _invalid(message: str) -> InputError:
 
 def _check_text(description: str, value: object) -> str:
     if not isinstance(value, str):
-        raise _invalid(f"{description} {value!r} is a {type(value).__name__}; expected a str")
+        raise _invalid(f"{description} {value!r} has type {type(value).__name__}; expected a str")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -92,7 +92,7 @@ def _prepare(name: object, array: object) -> _Prepared:
         raise LimitExceeded(f"tensor name {text[:40]!r}... is longer than "
                             f"{MAX_TENSOR_NAME_BYTES} bytes")
     if not isinstance(array, np.ndarray):
-        raise _invalid(f"tensor {text!r} is a {type(array).__name__}; expected a numpy "
+        raise _invalid(f"tensor {text!r} has type {type(array).__name__}; expected a numpy "
                        "array (convert it explicitly so no dtype is guessed)")
     dtype = _NUMPY_TO_DTYPE.get((array.dtype.kind, array.dtype.itemsize))
     if dtype is None or array.dtype.fields is not None or array.dtype.subdtype is not None:

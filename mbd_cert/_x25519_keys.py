@@ -91,4 +91,7 @@ def _wrong_kind(key: object, path: Path) -> KeyInvalid:
     hint = "create one with 'mbd-cert keygen --kind x25519'"
     if isinstance(key, (Ed25519PublicKey, Ed25519PrivateKey)):
         hint = "this is an Ed25519 signing key; audit bundles are sealed to X25519 keys"
-    return KeyInvalid(f"{path}: holds a {type(key).__name__}, expected an X25519 key", hint=hint)
+    return KeyInvalid(
+        f"{path}: contains a key of type {type(key).__name__}, expected an X25519 key",
+        hint=hint,
+    )

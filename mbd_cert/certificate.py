@@ -121,7 +121,21 @@ def load_certificate(path: str | Path) -> dict[str, Any]:
             :func:`parse_certificate`.
     """
     data = _json.read_bytes_capped(path, what="certificate", max_bytes=MAX_CERTIFICATE_BYTES)
+    if _looks_like_safetensors(data):
+        raise MalformedCertificate(
+            f"certificate file {str(path)!r} is a safetensors file, not a certificate",
+            hint="give the certificate first and the model second: mbd-cert verify CERT MODEL",
+        )
     return parse_certificate(data, source=str(path))
+
+
+def _looks_like_safetensors(data: bytes) -> bool:
+    # A safetensors file starts with an 8-byte little-endian header length and then
+    # the JSON header; a certificate starts with its JSON text.
+    if len(data) < 10 or data[8:9] != b"{":
+        return False
+    length = int.from_bytes(data[:8], "little")
+    return 2 <= length <= len(data) - 8
 
 
 def dump_certificate(doc: Mapping[str, Any]) -> bytes:

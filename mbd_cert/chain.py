@@ -34,6 +34,7 @@ from mbd_cert.errors import (
     InputError,
     LimitExceeded,
     MalformedCertificate,
+    VerificationFailed,
 )
 
 logger = logging.getLogger(__name__)
@@ -326,7 +327,14 @@ def check_chain_accounting(
 
     links = walk_chain(doc, chain_dir)
     for link in links[:-1]:
-        certificate.check_signature(link.doc, trusted_keys)
+        try:
+            certificate.check_signature(link.doc, trusted_keys)
+        except VerificationFailed as exc:
+            # Name the earlier certificate: the current one's signature has its own
+            # check, which may pass.
+            raise type(exc)(
+                f"earlier certificate {link.sequence_number} of the chain ({link.source}): "
+                f"{exc.message}", hint=exc.hint, code=exc.code) from exc
     entries = []
     account = None
     for link in links:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,6 +252,22 @@ def draw_noise(
     }
 
 
+def _warn_other_issuers(previous: Sequence[chain.ChainLink], private_key: Any) -> None:
+    """Warn when earlier certificates of the chain were signed with other keys.
+
+    Such a chain is valid, but a verifier must then trust every issuer key of it.
+    """
+    from mbd_cert import signing
+
+    own = signing.key_id(private_key.public_key())
+    others = sorted({link.doc["issuer"]["key_id"] for link in previous} - {own})
+    if others:
+        logger.warning(
+            "earlier certificates of this chain were signed with other keys (%s); "
+            "verifiers will need --key for each of them as well as for this key %s",
+            ", ".join(others), own)
+
+
 def issue(
     checkpoint_dir: Path,
     out_dir: Path,
@@ -292,6 +308,7 @@ def issue(
     validate_options(options)
     checkpoint_dir = Path(checkpoint_dir)
     previous = previous_chain(checkpoint_dir, options)
+    _warn_other_issuers(previous, private_key)
     # Budget (SPEC.md, R-CHAIN-5): refuse before any work, so nothing is written.
     planned = sensitivity_for(options)
     chain_account(

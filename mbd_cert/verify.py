@@ -132,6 +132,15 @@ def _check_options(options: VerifyOptions) -> None:
             hint="install mbd-cert[torch], or run level 1",
             code="E_LEVEL_UNAVAILABLE",
         )
+    if options.chain_dir is not None and not Path(options.chain_dir).is_dir():
+        # A mistyped --chain is unusable input, not a missing link of the chain.
+        problem = "not found" if not Path(options.chain_dir).exists() else "not a directory"
+        raise InputError(
+            f"chain directory {str(options.chain_dir)!r}: {problem}",
+            hint="pass the directory that holds the chain-NNNNN.json copies (the issue "
+            "output directory)",
+            code="E_FILE_MISSING" if problem == "not found" else "E_PARAMETER_INVALID",
+        )
     if options.level >= 2 and options.bundle_dir is None and options.auditor_private_key is None:
         raise InputError(
             f"level {options.level} needs the audit bundle",
@@ -237,6 +246,8 @@ def verify(
         from mbd_cert import verify_leakage
 
         verify_leakage.run_level3(doc, model_path, Path(options.bundle_dir or "."), report, options)
+    for check in report.checks:
+        logger.info("%s: %s (%s)", check.name, check.status, check.requirement or "-")
     return report
 
 

@@ -930,8 +930,8 @@ def test_writer_overwrite(tmp_path: Path) -> None:
      (np.array(["x"]), "dtype <U1"),
      (np.array([object()]), "dtype object"),
      (np.zeros(2, [("a", "<f4")]), "dtype"),
-     ([1.0, 2.0], "is a list"),
-     (np.float32(1.0), "is a float32")],
+     ([1.0, 2.0], "has type list"),
+     (np.float32(1.0), "has type float32")],
 )
 def test_writer_rejects_unsupported_values(tmp_path: Path, value: Any, phrase: str) -> None:
     with expect(InputError, "E_PARAMETER_INVALID", "'t'", phrase):

@@ -16,6 +16,7 @@ from mbd_cert.errors import (
     DigestMismatch,
     InputError,
     KeyInvalid,
+    SealedBundleInvalid,
     UnsupportedVersion,
 )
 
@@ -197,3 +198,19 @@ def test_open_for_verification_checks_digest(bundle: list[Path], tmp_path: Path)
         sealing.open_for_verification({"certificate_id": CERT_ID, "audit_bundle": {}},
                                       directory, key, target2)
     assert caught.value.code == "E_BUNDLE_NOT_SEALED"
+
+
+def test_name_listed_twice_is_invalid_not_a_crash(tmp_path: Path) -> None:
+    # The sealer never writes such a listing, so the file is sealed by hand from the
+    # SPEC. Opening must reject the repeated name before its second file would
+    # overwrite the first.
+    from tests.vectors.make_chain_vectors import _seal_listing
+
+    key = X25519PrivateKey.generate()
+    sealed = _seal_listing(tmp_path / "x.sealed",
+                           [{"path": "a.bin", "size": 1}, {"path": "a.bin", "size": 2}],
+                           b"abc", key.public_key(), CERT_ID)
+    with pytest.raises(SealedBundleInvalid) as info:
+        open_into(sealed, tmp_path, key)
+    assert info.value.code == "E_SEALED_BUNDLE_INVALID"
+    assert "not a new plain file name" in info.value.message

@@ -1,0 +1,86 @@
+"""Messages for mistakes a new user makes: each names the problem and the fix."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from cli_support import (
+    TINY_ISSUE_OPTIONS,
+    HonestRun,
+    assert_check_failed,
+    assert_clean,
+    assert_input_error,
+    run_cli,
+    verify,
+)
+
+
+def _assert_issue_input_error(outcome, code: str) -> None:
+    # issue has no --json report, so the code is read from its message on stderr.
+    assert_clean(outcome)
+    assert outcome.exit_code == 2, outcome.stderr
+    assert f"[{code}]" in outcome.stderr
+
+
+def test_swapped_cert_and_model(honest_run: HonestRun):
+    outcome = verify(honest_run.model, honest_run.cert, honest_run.public_key)
+    assert_input_error(outcome, "E_CERT_MALFORMED")
+    assert "is a safetensors file" in outcome.stderr
+    assert "CERT MODEL" in outcome.stderr
+
+
+def test_missing_checkpoint_directory(honest_run: HonestRun, tmp_path: Path):
+    outcome = run_cli(["issue", "--checkpoint", tmp_path / "checkpont", *TINY_ISSUE_OPTIONS,
+                       "--key", honest_run.private_key, "--out", tmp_path / "out"])
+    _assert_issue_input_error(outcome, "E_FILE_MISSING")
+    assert "checkpoint directory not found" in outcome.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_that_is_a_file(honest_run: HonestRun, tmp_path: Path):
+    outcome = run_cli(["issue", "--checkpoint", honest_run.cert, *TINY_ISSUE_OPTIONS,
+                       "--key", honest_run.private_key, "--out", tmp_path / "out"])
+    _assert_issue_input_error(outcome, "E_PARAMETER_INVALID")
+    assert "not a directory" in outcome.stderr
+
+
+def _delete(source: Path, modality: str, key: Path, out: Path) -> object:
+    return run_cli(["issue", "--checkpoint", source, "--modality", modality,
+                    "--epsilon", "1", "--steps", "2", "--key", key, "--out", out])
+
+
+def test_last_modality_cannot_be_deleted(honest_run: HonestRun, tmp_path: Path):
+    second = tmp_path / "vision"
+    assert _delete(honest_run.out_dir, "vision", honest_run.private_key, second).exit_code == 0
+    outcome = _delete(second, "text", honest_run.private_key, tmp_path / "text")
+    assert_clean(outcome)
+    assert outcome.exit_code == 1
+    assert "must keep at least one modality" in outcome.stderr
+    assert not (tmp_path / "text").exists()
+
+
+def test_chain_with_two_issuers_warns_and_names_the_link(honest_run: HonestRun,
+                                                          tmp_path: Path, caplog):
+    other = tmp_path / "other"
+    assert run_cli(["keygen", "--out", other]).exit_code == 0
+    second = tmp_path / "vision"
+    with caplog.at_level(logging.WARNING, logger="mbd_cert.issue"):
+        assert _delete(honest_run.out_dir, "vision", other.with_suffix(".key"),
+                       second).exit_code == 0
+    assert "signed with other keys" in caplog.text
+
+    alone = verify(second / "cert.json", second / "model.safetensors",
+                   other.with_suffix(".pub"))
+    assert_check_failed(alone, "accounting", "E_KEY_UNTRUSTED")
+    assert "earlier certificate 1 of the chain" in alone.check_detail("accounting")
+    both = verify(second / "cert.json", second / "model.safetensors",
+                  other.with_suffix(".pub"), "--key", honest_run.public_key)
+    assert both.exit_code == 0, both.stderr
+
+
+def test_mistyped_chain_directory(honest_run: HonestRun, tmp_path: Path):
+    outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key,
+                     "--chain", tmp_path / "nope")
+    assert_input_error(outcome, "E_FILE_MISSING")
+    assert "chain directory" in outcome.stderr
