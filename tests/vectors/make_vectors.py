@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 
+# Run as a script, so this directory is on sys.path.
+from make_chain_vectors import add_chain_and_sealed_vectors
+
 from mbd_cert import _safetensors, certificate, mechanism, signing
 from mbd_cert.issue import IssueOptions, issue
 
@@ -63,6 +66,7 @@ def _write(
     key_dir: Path,
     bundle: Path | None = None,
     raw_cert: bytes | None = None,
+    extras: dict[str, Path] | None = None,
 ) -> None:
     if _ONLY is not None:
         if f"{directory.parent.name}/{directory.name}" not in _ONLY:
@@ -76,6 +80,9 @@ def _write(
     if bundle is not None:
         for name in ("diff.safetensors", "probe.safetensors"):
             shutil.copyfile(bundle / name, directory / name)
+    # Further files the vector needs, such as chain links or a sealed bundle: name -> source.
+    for name, source in (extras or {}).items():
+        shutil.copyfile(source, directory / name)
     expected.setdefault("args", [])
     (directory / "expected.json").write_text(json.dumps(expected, indent=2) + "\n")
 
@@ -505,6 +512,9 @@ def main() -> None:
             bundle=run,
             expected={"args": ["--bundle", "."]},
         )
+
+        # Chains (R-CHAIN-*) and sealed audit bundles (R-SEAL-*).
+        add_chain_and_sealed_vectors(out, scratch, scratch / "checkpoint", key, key_dir, _write)
     print(f"wrote vectors to {out}")
 
 
