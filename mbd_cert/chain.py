@@ -267,7 +267,13 @@ class _ChainIndex:
 
 
 def _load_link(path: Path) -> ChainLink:
-    doc = certificate.load_certificate(path)
+    try:
+        doc = certificate.load_certificate(path)
+    except InputError as exc:
+        # The message must name the link, or it reads as a fault of the certificate
+        # being verified.
+        raise type(exc)(f"chain link {str(path)!r}: {exc.message}", hint=exc.hint,
+                        code=exc.code) from exc
     return ChainLink(
         sequence_number=int(doc["accounting"]["sequence_number"]),
         digest=certificate.certificate_digest(doc),

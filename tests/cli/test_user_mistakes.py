@@ -84,3 +84,12 @@ def test_mistyped_chain_directory(honest_run: HonestRun, tmp_path: Path):
                      "--chain", tmp_path / "nope")
     assert_input_error(outcome, "E_FILE_MISSING")
     assert "chain directory" in outcome.stderr
+
+
+def test_malformed_chain_link_is_named():
+    vector = Path(__file__).resolve().parents[2] / "schema/vectors/v1/invalid" \
+        / "chain-link-schema-invalid"
+    outcome = verify(vector / "cert.json", vector / "model.safetensors",
+                     vector / "issuer.pub", "--chain", vector)
+    assert_input_error(outcome, "E_CERT_MALFORMED")
+    assert "chain-00001.json" in outcome.stderr
