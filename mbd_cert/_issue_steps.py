@@ -23,6 +23,7 @@ from mbd_cert import _safetensors, certificate, mechanism, signing
 from mbd_cert._commitment import file_commitment
 from mbd_cert._groups import eligible_names
 from mbd_cert._torch_model import build_model, predict, probe_batch
+from mbd_cert._work_limits import check_update_work
 from mbd_cert.arch import Batch, get_architecture
 from mbd_cert.chain import write_chain_copies
 from mbd_cert.checkpoint import ProbeSet
@@ -119,6 +120,7 @@ def _run(
             f"{config['modalities']}",
             code="E_DATA_MALFORMED",
         )
+    check_update_work(options.steps, probe.size, source="issue options")
     torch.manual_seed(options.seed)
     column = probe.modalities.index(modality)
 
@@ -149,6 +151,14 @@ def _run(
     )
     parameters = dict(model_pre.named_parameters())
     scores = saliency_scores({n: parameters[n] for n in names}, gradient, fisher)
+    nonfinite = int(sum(np.count_nonzero(~np.isfinite(v)) for v in scores.values()))
+    if nonfinite:
+        raise IssuanceError(
+            f"{nonfinite} saliency scores are not finite: the model or the probe set has "
+            "values too large for the score (SPEC.md, R-SAL-4)",
+            hint="check the checkpoint for NaN, infinite or extreme weights",
+            code="E_SCORES_NONFINITE",
+        )
     masks, cut = top_k_mask(scores, options.top_k_fraction)
     mask_size = int(sum(int(m.sum()) for m in masks.values()))
     eligible_count = int(sum(m.size for m in masks.values()))

@@ -117,6 +117,9 @@ def per_sample_linear_moments(
             dys = [_zeros_if_none(output_grads[id(y)], y).to(torch.float64)
                    for y in record.outputs]
             xs = [x.to(torch.float64) for x in record.inputs]
+            if not _within_square_range(xs + dys):
+                rejected.add(name)
+                continue
             if role == "weight":
                 summed = torch.cat(dys).T @ torch.cat(xs)
                 first, second = _weight_moments(dys, xs, w)
@@ -125,7 +128,8 @@ def per_sample_linear_moments(
                 summed = per_sample.sum(dim=0)
                 first, second = w @ per_sample, w @ (per_sample * per_sample)
             reference = direct[name]
-            if reference is None or not _agrees(summed, reference):
+            finite = bool(torch.isfinite(first).all() and torch.isfinite(second).all())
+            if reference is None or not finite or not _agrees(summed, reference):
                 rejected.add(name)
                 continue
             gradient[name], fisher[name] = first, second
@@ -169,6 +173,22 @@ def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tenso
     # An output that does not reach the objective (for example a reconstruction the
     # objective masks out for every sample) has no gradient: it contributes zero.
     return torch.zeros_like(like) if grad is None else grad
+
+
+def _within_square_range(tensors: Sequence[torch.Tensor]) -> bool:
+    """Return whether x**2 and dy**2 stay normal float64 numbers for every non-zero entry.
+
+    The batched sums square x and dy separately, the per-sample gradient squares
+    their product, so the two agree only while neither square overflows or
+    underflows. Non-zero magnitudes in [1e-75, 1e75] keep the squares within
+    [1e-150, 1e150]; outside that range the caller falls back to the exact path.
+    """
+    for tensor in tensors:
+        nonzero = tensor.abs()[tensor != 0]
+        if nonzero.numel() and not (1e-75 <= float(nonzero.min())
+                                    and float(nonzero.max()) <= 1e75):
+            return False
+    return True
 
 
 def _agrees(summed: torch.Tensor, reference: torch.Tensor) -> bool:

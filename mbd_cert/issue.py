@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mbd_cert import _safetensors, accounting, certificate, chain, errors, mechanism
+from mbd_cert._work_limits import MAX_UPDATE_STEPS
 from mbd_cert.checkpoint import read_config, read_probe_set, read_tensors
 
 logger = logging.getLogger(__name__)
@@ -117,9 +118,12 @@ def validate_options(options: IssueOptions) -> None:
     _require_positive("learning_rate", options.learning_rate)
     _require_positive("damping", options.damping)
     _require_positive("clip_norm", options.clip_norm)
-    if isinstance(options.steps, bool) or not isinstance(options.steps, int) or options.steps < 0:
+    if isinstance(options.steps, bool) or not isinstance(options.steps, int) or not (
+            0 <= options.steps <= MAX_UPDATE_STEPS):
         raise errors.InputError(
-            f"steps must be an integer >= 0, got {options.steps!r}", code="E_PARAMETER_INVALID"
+            f"steps must be an integer in [0, {MAX_UPDATE_STEPS}], got {options.steps!r}",
+            hint="level 2 replays every step, so verifiers cap them (SPEC.md, section 10)",
+            code="E_PARAMETER_INVALID",
         )
     if options.sensitivity_method not in SENSITIVITY_METHODS:
         raise errors.InputError(

@@ -27,6 +27,7 @@ import torch
 
 from mbd_cert import _paths, _recompute, stats
 from mbd_cert._torch_model import build_model, probe_batch
+from mbd_cert._work_limits import check_update_work
 from mbd_cert.arch import Architecture, get_architecture
 from mbd_cert.checkpoint import ProbeSet, read_probe_set, read_tensors
 from mbd_cert.errors import MalformedData, MalformedSafetensors
@@ -55,6 +56,11 @@ CODE_DIFF_OUTSIDE_MASK = "E_DIFF_OUTSIDE_MASK"
 CODE_UPDATE_MISMATCH = "E_UPDATE_MISMATCH"
 CODE_RESIDUAL_REJECTED = "E_RESIDUAL_REJECTED"
 CODE_INCONCLUSIVE = "E_INCONCLUSIVE"
+CODE_SCORES_NONFINITE = "E_SCORES_NONFINITE"
+CODE_MODEL_NONFINITE = "E_MODEL_NONFINITE"
+# Largest relative tie band around the cut that level 2 applies (R-SAL-3). The issuer
+# states 1e-6; float64 rounding differences across devices are about 1e-12.
+MAX_SCORE_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -165,6 +171,17 @@ def _check_pre_rebuild(doc: Mapping[str, Any], pre: Mapping[str, np.ndarray]) ->
                 f"rebuilt pre-deletion tensor '{name}' (post - diff): expected "
                 f"{entry['digest']}, got {digest}"
             )
+    for name in names:
+        values = pre[name]
+        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+            from mbd_cert.errors import VerificationFailed
+
+            raise VerificationFailed(
+                f"rebuilt pre-deletion tensor '{name}' (post - diff) has NaN or infinite "
+                "values, so no saliency, update or residual can be computed from it",
+                hint="the diff or the committed pre-deletion model is not a usable model",
+                code=CODE_MODEL_NONFINITE,
+            )
     return f"post - diff reproduces all {len(names)} committed pre-deletion tensor digests"
 
 
@@ -178,10 +195,19 @@ def _check_mask_commitment(doc: Mapping[str, Any], bundle: Bundle) -> str:
     from mbd_cert.errors import VerificationFailed
 
     saliency = doc["saliency"]
-    if sorted(bundle.masks) != bundle.eligible:
+    if not bundle.eligible:
         raise VerificationFailed(
-            f"mask tensors {sorted(bundle.masks)[:5]} differ from the eligible tensors "
-            f"{bundle.eligible[:5]} of saliency.eligible_groups",
+            f"saliency.eligible_groups {saliency['eligible_groups']} match no tensor of the "
+            "model besides the removed ones, so there is no mask to check",
+            code=CODE_MASK_MISMATCH,
+        )
+    if sorted(bundle.masks) != bundle.eligible:
+        missing = sorted(set(bundle.eligible) - set(bundle.masks))
+        extra = sorted(set(bundle.masks) - set(bundle.eligible))
+        raise VerificationFailed(
+            "the mask tensors of the diff are not the eligible tensors of "
+            f"saliency.eligible_groups: no mask for {missing[:5]}, mask but not eligible "
+            f"{extra[:5]}",
             code=CODE_MASK_MISMATCH,
         )
     entries = [
@@ -251,9 +277,21 @@ def _check_saliency(doc: Mapping[str, Any], bundle: Bundle,
         model, bundle.eligible, forget, batch, weights,
         closed_form=bundle.architecture.independent_samples)
     scores = _recompute.saliency_scores(model, gradient, fisher)
+    nonfinite = int(sum(np.count_nonzero(~np.isfinite(v)) for v in scores.values()))
+    if nonfinite:
+        # A ranking of NaN scores would be the flat-index order, which a forger can
+        # match; such a model cannot be certified by this method.
+        return CheckResult(
+            "saliency-mask", FAIL,
+            f"{nonfinite} recomputed saliency scores are not finite: the pre-deletion model "
+            "or the probe set has values too large for the score (SPEC.md, R-SAL-4)",
+            code=CODE_SCORES_NONFINITE, requirement="R-SAL-4", value=nonfinite, threshold=0)
     ranking = _recompute.rank_top_k(scores, doc["saliency"]["top_k_fraction"])
     committed = np.concatenate([bundle.masks[n].reshape(-1) for n in ranking.names])
-    tolerance = float(doc["saliency"]["score_tolerance"])
+    stated = float(doc["saliency"]["score_tolerance"])
+    # R-SAL-3: the band is the certificate's tolerance, but never wider than the cap,
+    # or a wide band would let any mask pass.
+    tolerance = min(stated, MAX_SCORE_TOLERANCE)
     differ = committed != ranking.selected
     band = np.abs(ranking.magnitude - ranking.cut) <= tolerance * ranking.cut
     outside_band = int(np.sum(differ & ~band))
@@ -269,7 +307,8 @@ def _check_saliency(doc: Mapping[str, Any], bundle: Bundle,
     return CheckResult(
         "saliency-mask", PASS,
         f"recomputed mask matches on {n} probe samples with {modality} observed; "
-        f"{swaps} boundary swaps inside the tie band (relative tolerance {tolerance:g})",
+        f"{swaps} boundary swaps inside the tie band (relative tolerance {tolerance:g}"
+        + (f", capped from the stated {stated:g}" if stated > tolerance else "") + ")",
         requirement="R-L2-4", value=swaps, threshold=tolerance, n=n)
 
 
@@ -320,7 +359,19 @@ def _residual_checks(doc: Mapping[str, Any], bundle: Bundle, update: _recompute.
     deterministic = np.concatenate([
         update.displacement[n].reshape(-1)[s]
         for n, s in zip(names, selected, strict=True)])
-    residual = diff - deterministic
+    with np.errstate(over="ignore", invalid="ignore"):
+        residual = diff - deterministic
+        scaled = residual / sigma
+    if not np.all(np.isfinite(scaled)) or not np.all(np.isfinite(scaled * scaled)):
+        # Values this large cannot be Gaussian noise of this sigma, and the tests below
+        # would overflow instead of returning a p-value.
+        detail = (f"the residual diff - update, in units of sigma {sigma:g}, has values too "
+                  "large to test (NaN, infinite, or overflowing when squared)")
+        return [CheckResult(name, FAIL, detail, code=CODE_RESIDUAL_REJECTED,
+                            requirement=requirement, n=int(residual.size))
+                for name, requirement in (("residual-variance", "R-L2-6"),
+                                          ("residual-normality", "R-L2-7"),
+                                          ("residual-projection", "R-L2-8"))]
     level = alpha / RESIDUAL_TESTS
     family = f"alpha {alpha:g} over {RESIDUAL_TESTS} tests (Bonferroni, {level:.4g} each)"
     results = []
@@ -372,6 +423,7 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
     step = stage_counter(getattr(options, "progress", None), "level 2 recompute", 6)
     alpha = resolve_alpha(doc, getattr(options, "alpha", None))
     bundle = load_bundle(doc, model_path, bundle_dir)
+    check_update_work(int(doc["update"]["steps"]), bundle.probe.size, source="certificate")
     pre = rebuild_pre(bundle)
     step()
 
@@ -380,7 +432,8 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
     step()
 
     # Step 2 (R-L2-2): the mask tensors are the committed mask of the stated size.
-    report.run("mask-commitment", "R-L2-2", lambda: _check_mask_commitment(doc, bundle))
+    masks_ok = report.run("mask-commitment", "R-L2-2",
+                          lambda: _check_mask_commitment(doc, bundle))
 
     # Step 3 (R-L2-3): nothing outside the mask and the deleted encoder changed.
     report.run("diff-support", "R-L2-3", lambda: _check_diff_support(bundle))
@@ -388,11 +441,15 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
 
     dependent = ("saliency-mask", "update-clip", "residual-variance", "residual-normality",
                  "residual-projection")
-    if not rebuilt:
+    if not rebuilt or not masks_ok:
+        reason = ("the pre-deletion model could not be rebuilt (pre-rebuild failed)"
+                  if not rebuilt else
+                  "the mask tensors are not the committed mask (mask-commitment failed)")
         for name in dependent:
-            report.checks.append(CheckResult(
-                name, SKIPPED, "the pre-deletion model could not be rebuilt (pre-rebuild failed)",
-                requirement="R-L2-1"))
+            report.checks.append(CheckResult(name, SKIPPED, reason,
+                                             requirement="R-L2-1" if not rebuilt else "R-L2-2"))
+        for _ in range(3):
+            step()
         return
 
     # Step 4 (R-L2-4): the mask recomputed from the rebuilt model and the probe set.

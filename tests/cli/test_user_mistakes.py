@@ -93,3 +93,23 @@ def test_malformed_chain_link_is_named():
                      vector / "issuer.pub", "--chain", vector)
     assert_input_error(outcome, "E_CERT_MALFORMED")
     assert "chain-00001.json" in outcome.stderr
+
+
+def test_issuer_refuses_nonfinite_scores(honest_run: HonestRun, tmp_path: Path, monkeypatch):
+    from mbd_cert import _issue_steps
+
+    real = _issue_steps.saliency_scores
+
+    def with_inf(*args, **kwargs):
+        scores = real(*args, **kwargs)
+        first = sorted(scores)[0]
+        scores[first] = scores[first].copy()
+        scores[first].flat[0] = float("inf")
+        return scores
+
+    monkeypatch.setattr(_issue_steps, "saliency_scores", with_inf)
+    outcome = _delete(honest_run.checkpoint, "audio", honest_run.private_key, tmp_path / "out")
+    assert_clean(outcome)
+    assert outcome.exit_code == 1
+    assert "[E_SCORES_NONFINITE]" in outcome.stderr
+    assert not (tmp_path / "out").exists()

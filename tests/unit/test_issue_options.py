@@ -32,6 +32,7 @@ def _options(**changes):
         ("top_k_fraction", 1.5),
         ("steps", -1),
         ("steps", 2.5),
+        ("steps", 1001),
     ],
 )
 def test_validate_options_rejects_out_of_range(field, value):

@@ -1,0 +1,44 @@
+"""Caps on the work that a certificate can ask level 2 to replay (SPEC.md, section 10).
+
+Level 2 replays the masked update: ``update.steps`` full-batch steps over every probe
+sample. The schema allows 100,000 steps and the probe set 100,000 samples, so without
+a cap a crafted certificate could keep a CI verifier busy for days. On the benchmark
+machine (2 cores, docs/benchmarks.md) one sample-step of the bundled model took about
+0.33 ms, so the cap below bounds the replay at roughly ten minutes there. The issuer
+checks the same caps, so every certificate it writes stays verifiable.
+
+Stability: public constants; raising them is a compatible change, lowering them is not.
+"""
+
+from __future__ import annotations
+
+from mbd_cert.errors import LimitExceeded
+
+# Descent steps of the masked update. The default is 20.
+MAX_UPDATE_STEPS = 1_000
+# Steps times probe samples. The defaults (20 steps, 400 samples) use 8,000.
+MAX_UPDATE_SAMPLE_STEPS = 2_000_000
+
+
+def check_update_work(steps: int, samples: int, *, source: str) -> None:
+    """Raise ``LimitExceeded`` when replaying ``steps`` over ``samples`` is over a cap.
+
+    Args:
+        steps: ``update.steps``.
+        samples: Probe set size.
+        source: Where the numbers come from, for the message (``certificate``,
+            ``issue options``).
+    """
+    if steps > MAX_UPDATE_STEPS:
+        raise LimitExceeded(
+            f"{source}: update.steps is {steps}, more than the cap of {MAX_UPDATE_STEPS}",
+            hint="use fewer descent steps (the default is 20)",
+            code="E_LIMIT_EXCEEDED",
+        )
+    if steps * samples > MAX_UPDATE_SAMPLE_STEPS:
+        raise LimitExceeded(
+            f"{source}: {steps} update steps over {samples} probe samples is "
+            f"{steps * samples} sample-steps, more than the cap of {MAX_UPDATE_SAMPLE_STEPS}",
+            hint="use fewer descent steps or a smaller probe set",
+            code="E_LIMIT_EXCEEDED",
+        )
