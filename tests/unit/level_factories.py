@@ -141,3 +141,12 @@ def other_checkpoint() -> Path:
         _CACHE["other"] = train_tiny(checkpoint.parent / "other", seed=1)
     other: Path = _CACHE["other"]
     return other
+
+
+def bundle_parts(out: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """Return the certificate, the loaded audit bundle and the rebuilt pre-deletion model."""
+    from mbd_cert.verify_recompute import load_bundle, rebuild_pre
+
+    doc = load_doc(out)
+    bundle = load_bundle(doc, out / "model.safetensors", out)
+    return doc, bundle, rebuild_pre(bundle)

@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from level_factories import (  # noqa: E402
+    bundle_parts,
     copy_bundle,
     honest_bundle,
     load_doc,
@@ -30,7 +31,7 @@ from mbd_cert import _recompute  # noqa: E402
 from mbd_cert._torch_model import build_model, probe_batch  # noqa: E402
 from mbd_cert.diff import array_manifest_digest  # noqa: E402
 from mbd_cert.errors import InputError, MbdCertError  # noqa: E402
-from mbd_cert.verify_recompute import _digest, load_bundle, rebuild_pre  # noqa: E402
+from mbd_cert.verify_recompute import _digest  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +40,7 @@ def honest():
 
 
 def _parts(out: Path):
-    doc = load_doc(out)
-    bundle = load_bundle(doc, out / "model.safetensors", out)
-    return doc, bundle, rebuild_pre(bundle)
+    return bundle_parts(out)
 
 
 def _forget_moments(bundle, pre, names, *, closed_form):

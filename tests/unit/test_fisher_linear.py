@@ -16,41 +16,13 @@ from torch.func import functional_call  # noqa: E402
 from mbd_cert import _fisher_linear, _recompute  # noqa: E402
 from mbd_cert.arch import Architecture, get_architecture  # noqa: E402
 from mbd_cert.arch import mbd as mbd_module  # noqa: E402
-from mbd_cert.arch.mbd import MBDModel, forget_objective, retain_objective  # noqa: E402
+from mbd_cert.arch.mbd import forget_objective, retain_objective  # noqa: E402
+from tests.unit.test_gradient_moments import _batch as _mbd_batch  # noqa: E402
+from tests.unit.test_gradient_moments import _model as _mbd_model  # noqa: E402
 
-CONFIG = {
-    "modalities": ["text", "audio", "vision"],
-    "input_dims": {"text": 6, "audio": 5, "vision": 4},
-    "seq_len": {"text": 3, "audio": 4, "vision": 2},
-    "hidden_dim": 8,
-    "shared_dim": 4,
-    "private_dim": 3,
-    "fusion_hidden": 8,
-    "dropout": 0.1,
-}
 # Per tensor, ||closed form - vmap|| <= RTOL x ||vmap||: the two paths sum the same
 # float64 products in another order.
 RTOL = 1e-12
-
-
-def _mbd_batch(n: int, seed: int) -> dict[str, object]:
-    generator = torch.Generator().manual_seed(seed)
-    inputs = {
-        m: torch.randn(n, CONFIG["seq_len"][m], CONFIG["input_dims"][m], generator=generator,
-                       dtype=torch.float64)
-        for m in CONFIG["modalities"]
-    }
-    inputs["audio"][0, -1] = 0.0  # one padding step
-    present = torch.rand(n, 3, generator=generator) > 0.3
-    present[:, 0] = True
-    return {"inputs": inputs, "present": present,
-            "label": torch.randn(n, generator=generator, dtype=torch.float64)}
-
-
-def _mbd_model(deleted: list[str]) -> MBDModel:
-    model = MBDModel({**CONFIG, "deleted_modalities": deleted}, seed=3).to(torch.float64)
-    model.eval()
-    return model
 
 
 def _toy_batch(n: int, shape: tuple[int, ...], seed: int) -> dict[str, object]:

@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("torch")
 
 from level_factories import (  # noqa: E402
+    bundle_parts,
     copy_bundle,
     honest_bundle,
     load_doc,
@@ -27,7 +28,6 @@ from level_factories import (  # noqa: E402
 
 from mbd_cert import _recompute  # noqa: E402
 from mbd_cert.diff import array_manifest_digest  # noqa: E402
-from mbd_cert.verify_recompute import load_bundle, rebuild_pre  # noqa: E402
 
 # Seed 0 runs by default; the others under -m slow (each forgery takes a few seconds).
 FORGER_SEEDS = [0] + [pytest.param(seed, marks=pytest.mark.slow) for seed in (1, 2, 3, 4)]
@@ -39,9 +39,7 @@ def honest():
 
 
 def _parts(out: Path):
-    doc = load_doc(out)
-    bundle = load_bundle(doc, out / "model.safetensors", out)
-    return doc, bundle, rebuild_pre(bundle)
+    return bundle_parts(out)
 
 
 def _update(doc, bundle, pre, masks):
