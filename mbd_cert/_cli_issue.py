@@ -1,0 +1,246 @@
+"""Command issue of the ``mbd-cert`` CLI.
+
+Stability: internal; the command line itself is documented in README.md and SPEC.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mbd_cert._cli_commands import GuardFactory, progress_bar, require_directory
+
+
+def register(main: click.Group, guarded: GuardFactory) -> None:
+    """Add the issue command to the ``main`` group."""
+
+    @main.command()
+    @click.option(
+        "--checkpoint",
+        type=click.Path(path_type=Path),
+        required=True,
+        help="Checkpoint directory written by 'mbd-cert train'.",
+    )
+    @click.option("--modality", required=True, help="Modality to delete, e.g. audio.")
+    @click.option(
+        "--key",
+        "key_path",
+        type=click.Path(path_type=Path),
+        required=True,
+        help="Issuer's Ed25519 private key (PEM), from 'mbd-cert keygen'.",
+    )
+    @click.option(
+        "--out",
+        "out_dir",
+        type=click.Path(path_type=Path),
+        required=True,
+        help="Output directory for model, certificate and audit bundle.",
+    )
+    @click.option(
+        "--epsilon",
+        type=float,
+        required=True,
+        help="Privacy loss bound epsilon of this deletion (natural log units), > 0.",
+    )
+    @click.option(
+        "--delta",
+        type=float,
+        default=1e-5,
+        show_default=True,
+        help="Failure probability delta of the bound, in (0, 1).",
+    )
+    @click.option(
+        "--sensitivity-method",
+        type=click.Choice(["clip-bound", "reference-retrain", "declared"]),
+        default="clip-bound",
+        show_default=True,
+        help="How the L2 sensitivity is obtained: 2 x clip norm, measured by "
+        "leave-one-out reruns of the update, or stated by you.",
+    )
+    @click.option(
+        "--reference-runs",
+        type=int,
+        default=4,
+        show_default=True,
+        help="Leave-one-out reruns for --sensitivity-method reference-retrain.",
+    )
+    @click.option(
+        "--safety-factor",
+        type=float,
+        default=2.0,
+        show_default=True,
+        help="Multiplier (>= 1) on the largest reference-retrain distance.",
+    )
+    @click.option(
+        "--sensitivity",
+        type=float,
+        default=None,
+        help="L2 sensitivity in parameter units (only with --sensitivity-method declared).",
+    )
+    @click.option(
+        "--top-k",
+        "top_k_fraction",
+        type=float,
+        default=0.02,
+        show_default=True,
+        help="Fraction of eligible parameter entries in the saliency mask, in (0, 1].",
+    )
+    @click.option(
+        "--eligible",
+        "eligible_groups",
+        multiple=True,
+        help="Tensor name prefix the mask may select from (repeatable). "
+        "Default: fusion and the modality's generator.",
+    )
+    @click.option(
+        "--steps",
+        type=int,
+        default=20,
+        show_default=True,
+        help="Steps of the masked update (full batch on the probe set).",
+    )
+    @click.option(
+        "--learning-rate",
+        type=float,
+        default=1e-3,
+        show_default=True,
+        help="Step size of the masked update.",
+    )
+    @click.option(
+        "--damping",
+        type=float,
+        default=1e-3,
+        show_default=True,
+        help="Added to sqrt(Fisher) in the update's preconditioner.",
+    )
+    @click.option(
+        "--clip-norm",
+        type=float,
+        default=1e-3,
+        show_default=True,
+        help="L2 bound on the total update, in parameter units.",
+    )
+    @click.option("--seed", type=int, default=0, show_default=True, help="Recorded seed.")
+    @click.option(
+        "--eval-set",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Held-out samples for utility metrics [default: CHECKPOINT/eval.safetensors].",
+    )
+    @click.option("--issuer-name", default="", help="Free text recorded as issuer.name.")
+    @click.option(
+        "--previous",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Certificate of the previous deletion of this model [default: "
+        "CHECKPOINT/cert.json when CHECKPOINT is an earlier issue output].",
+    )
+    @click.option(
+        "--max-epsilon",
+        type=float,
+        default=None,
+        help="Budget: refuse, writing nothing, if the cumulative epsilon of the "
+        "chain would exceed this.",
+    )
+    @click.option(
+        "--proxy-sample",
+        "proxy_sample_size",
+        type=int,
+        default=64,
+        show_default=True,
+        help="Mask entries whose true leave-one-out increment is measured to rate "
+        "the saliency proxy (0 skips).",
+    )
+    @click.option(
+        "--auditor-key",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Auditor's X25519 public key: also write the audit bundle sealed to "
+        "it (audit-bundle.sealed).",
+    )
+    @click.option("--force", is_flag=True, help="Replace an existing output directory.")
+    @guarded()
+    def issue(
+        checkpoint: Path,
+        modality: str,
+        key_path: Path,
+        out_dir: Path,
+        epsilon: float,
+        delta: float,
+        sensitivity_method: str,
+        reference_runs: int,
+        safety_factor: float,
+        sensitivity: float | None,
+        top_k_fraction: float,
+        eligible_groups: tuple[str, ...],
+        steps: int,
+        learning_rate: float,
+        damping: float,
+        clip_norm: float,
+        seed: int,
+        eval_set: Path | None,
+        issuer_name: str,
+        previous: Path | None,
+        max_epsilon: float | None,
+        proxy_sample_size: int,
+        auditor_key: Path | None,
+        force: bool,
+    ) -> None:
+        """Delete a modality from a trained model and write a signed certificate.
+
+        CHECKPOINT may be the output of an earlier issue: the deletion then continues
+        that model's chain of certificates.
+        """
+        # Checked before the imports below, which load torch (1 to 2 s).
+        require_directory(checkpoint, "checkpoint directory",
+                           "pass the directory that 'mbd-cert train' or an earlier "
+                           "'mbd-cert issue' wrote")
+        from mbd_cert import sealing, signing
+        from mbd_cert.issue import IssueOptions
+        from mbd_cert.issue import issue as run_issue
+
+        private_key = signing.load_private_key(key_path)
+        recipient = sealing.load_recipient_key(auditor_key) if auditor_key else None
+        options = IssueOptions(
+            modality=modality,
+            epsilon=epsilon,
+            delta=delta,
+            sensitivity_method=sensitivity_method,
+            sensitivity=sensitivity,
+            top_k_fraction=top_k_fraction,
+            eligible_groups=list(eligible_groups) or None,
+            steps=steps,
+            learning_rate=learning_rate,
+            damping=damping,
+            clip_norm=clip_norm,
+            seed=seed,
+            force=force,
+            issuer_name=issuer_name,
+            previous=previous,
+            max_epsilon=max_epsilon,
+            reference_runs=reference_runs,
+            safety_factor=safety_factor,
+            proxy_sample_size=proxy_sample_size,
+            auditor_key=recipient,
+        )
+        update, close = progress_bar()
+        try:
+            doc = run_issue(
+                checkpoint, out_dir, options, private_key, eval_set=eval_set, progress=update
+            )
+        finally:
+            close()
+        privacy = doc["privacy"]
+        click.echo(
+            f"deleted {modality}: certificate {doc['certificate_id']} in {out_dir}/cert.json "
+            f"(epsilon {privacy['epsilon']}, delta {privacy['delta']}, "
+            f"sigma {privacy['sigma']:.6g}, "
+            f"{privacy['noise_dimension']} masked entries)"
+        )
+        account = doc["accounting"]
+        click.echo(
+            f"deletion {account['sequence_number']} of this model: cumulative epsilon "
+            f"{account['cumulative_epsilon']:.6g} at delta {account['delta']:g} "
+            f"(RDP {account['rdp_epsilon']:.6g}, naive {account['naive_epsilon']:.6g})"
+        )
