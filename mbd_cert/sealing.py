@@ -331,7 +331,7 @@ class _ContentSink:
                 or not isinstance(listing.get("files"), list)
                 or len(listing["files"]) > MAX_FILES):
             raise SealedBundleInvalid(f"{self._source}: the content listing is invalid")
-        files = []
+        files: list[tuple[Path, int]] = []
         for entry in listing["files"]:
             size = entry.get("size") if isinstance(entry, dict) else None
             if not isinstance(size, int) or size < 0:
@@ -401,7 +401,8 @@ def open_for_verification(
         InputError: The certificate has no sealed bundle (``E_BUNDLE_NOT_SEALED``), the
             file is missing or malformed, or the key is not the recipient's.
         DigestMismatch: The sealed file is not the one the certificate commits to.
-        SealedBundleInvalid: The file does not authenticate.
+        SealedBundleInvalid: The file does not authenticate, or it is sealed for another
+            recipient than the certificate states.
     """
     entry = doc["audit_bundle"].get("sealed")
     if not isinstance(entry, Mapping):
@@ -424,6 +425,17 @@ def open_for_verification(
             f"audit_bundle.sealed.file_digest: expected {entry['file_digest']}, got {actual}",
             hint=f"{path} is not the sealed bundle the certificate commits to",
         )
+    with open(path, "rb") as handle:
+        header = handle.read(HEADER_BYTES)
+    if len(header) == HEADER_BYTES and header[:len(MAGIC)] == MAGIC:
+        sealed_for = "sha256:" + header[40:72].hex()
+        if sealed_for != entry["recipient_key_id"]:
+            # The file is the committed one (digest above), so the certificate
+            # contradicts itself: a false claim, not a wrong key from the user.
+            raise SealedBundleInvalid(
+                f"the committed sealed bundle {entry['path']} is sealed for recipient "
+                f"{sealed_for}, but audit_bundle.sealed.recipient_key_id states "
+                f"{entry['recipient_key_id']}")
     own_id = recipient_key_id(private_key.public_key())
     if entry["recipient_key_id"] != own_id:
         raise InputError(

@@ -214,3 +214,21 @@ def test_name_listed_twice_is_invalid_not_a_crash(tmp_path: Path) -> None:
         open_into(sealed, tmp_path, key)
     assert info.value.code == "E_SEALED_BUNDLE_INVALID"
     assert "not a new plain file name" in info.value.message
+
+
+def test_committed_file_sealed_for_another_recipient_is_a_false_claim(
+        bundle: list[Path], tmp_path: Path) -> None:
+    import hashlib
+
+    auditor, other = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    sealed = seal(bundle, tmp_path, other)
+    doc = {"certificate_id": CERT_ID, "audit_bundle": {"sealed": {
+        "path": sealed.name,
+        "file_digest": "sha256:" + hashlib.sha256(sealed.read_bytes()).hexdigest(),
+        "recipient_key_id": sealing.recipient_key_id(auditor.public_key()),
+    }}}
+    into = tmp_path / "into"
+    into.mkdir()
+    with pytest.raises(SealedBundleInvalid) as info:
+        sealing.open_for_verification(doc, tmp_path, auditor, into)
+    assert "states" in info.value.message
