@@ -338,3 +338,24 @@ def test_sample_steps_cap():
     with pytest.raises(InputError) as caught:
         check_update_work(20, MAX_UPDATE_SAMPLE_STEPS // 20 + 1, source="test")
     assert caught.value.code == "E_LIMIT_EXCEEDED"
+
+
+def test_mixed_paths_issue_and_verify_agree(honest, tmp_path):
+    # Eligible groups with Linear tensors (batched paths) and others (an encoder's
+    # LayerNorm and the property embedding, on the vmap paths): the issuer and level 2
+    # mix their two paths differently, and must still agree on the mask and update.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from mbd_cert.issue import IssueOptions, issue
+
+    checkpoint, _, _ = honest
+    key = Ed25519PrivateKey.generate()
+    options = IssueOptions(modality="audio", epsilon=4.0, delta=1e-5, top_k_fraction=0.3,
+                           noise_seed=0, force=True,
+                           eligible_groups=["fusion", "encoders.text", "property_embedding"])
+    issue(checkpoint, tmp_path / "mixed", options, key)
+    report = run_verify(tmp_path / "mixed", key, 2)
+    statuses = status_of(report)
+    assert statuses["saliency-mask"] == "pass"
+    assert statuses["update-clip"] == "pass"
+    assert report.verified, [(c.name, c.status, c.detail) for c in report.checks]
