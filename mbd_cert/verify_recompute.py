@@ -25,7 +25,8 @@ import numpy as np
 import rfc8785
 import torch
 
-from mbd_cert import _paths, _recompute, stats
+from mbd_cert import _paths, _recompute
+from mbd_cert._residual_tests import residual_checks
 from mbd_cert._torch_model import build_model, probe_batch
 from mbd_cert._work_limits import check_update_work
 from mbd_cert.arch import Architecture, get_architecture
@@ -45,8 +46,6 @@ logger = logging.getLogger(__name__)
 # Family-wise significance level of the three residual tests when neither the
 # certificate (update.residual_alpha) nor the caller (--alpha) sets one.
 DEFAULT_ALPHA = 0.01
-# The residual tests form one family; Bonferroni splits alpha over them.
-RESIDUAL_TESTS = 3
 # Relative agreement required between the recomputed raw update norm and the
 # certificate's update.norm_before_clip (float64 reduction order differs by ~1e-15).
 NORM_TOLERANCE = 1e-6
@@ -54,8 +53,6 @@ NORM_TOLERANCE = 1e-6
 CODE_MASK_MISMATCH = "E_MASK_MISMATCH"
 CODE_DIFF_OUTSIDE_MASK = "E_DIFF_OUTSIDE_MASK"
 CODE_UPDATE_MISMATCH = "E_UPDATE_MISMATCH"
-CODE_RESIDUAL_REJECTED = "E_RESIDUAL_REJECTED"
-CODE_INCONCLUSIVE = "E_INCONCLUSIVE"
 CODE_SCORES_NONFINITE = "E_SCORES_NONFINITE"
 CODE_MODEL_NONFINITE = "E_MODEL_NONFINITE"
 # Largest relative tie band around the cut that level 2 applies (R-SAL-3). The issuer
@@ -348,70 +345,6 @@ def _check_clip(doc: Mapping[str, Any], result: _recompute.Update) -> CheckResul
         f"the clip at {clip:g}", requirement="R-L2-5", value=result.norm, threshold=clip)
 
 
-def _residual_checks(doc: Mapping[str, Any], bundle: Bundle, update: _recompute.Update,
-                     alpha: float) -> list[CheckResult]:
-    sigma = float(doc["privacy"]["sigma"])
-    names = sorted(bundle.masks)
-    selected = [bundle.masks[n].reshape(-1) for n in names]
-    diff = np.concatenate([
-        bundle.diff.get(n, np.zeros(bundle.masks[n].shape)).reshape(-1)[s]
-        for n, s in zip(names, selected, strict=True)])
-    deterministic = np.concatenate([
-        update.displacement[n].reshape(-1)[s]
-        for n, s in zip(names, selected, strict=True)])
-    with np.errstate(over="ignore", invalid="ignore"):
-        residual = diff - deterministic
-        scaled = residual / sigma
-    if not np.all(np.isfinite(scaled)) or not np.all(np.isfinite(scaled * scaled)):
-        # Values this large cannot be Gaussian noise of this sigma, and the tests below
-        # would overflow instead of returning a p-value.
-        detail = (f"the residual diff - update, in units of sigma {sigma:g}, has values too "
-                  "large to test (NaN, infinite, or overflowing when squared)")
-        return [CheckResult(name, FAIL, detail, code=CODE_RESIDUAL_REJECTED,
-                            requirement=requirement, n=int(residual.size))
-                for name, requirement in (("residual-variance", "R-L2-6"),
-                                          ("residual-normality", "R-L2-7"),
-                                          ("residual-projection", "R-L2-8"))]
-    level = alpha / RESIDUAL_TESTS
-    family = f"alpha {alpha:g} over {RESIDUAL_TESTS} tests (Bonferroni, {level:.4g} each)"
-    results = []
-
-    variance = stats.variance_test(residual, sigma)
-    results.append(_decide(
-        "residual-variance", "R-L2-6", variance.p_value, level,
-        f"residual variance / sigma^2 = {variance.statistic:.4f} (chi-square, n = {variance.n}, "
-        f"two-sided p = {variance.p_value:.3g}, {family})", variance.statistic, variance.n))
-
-    normality = stats.normality_test(residual)
-    if normality is None:
-        results.append(CheckResult(
-            "residual-normality", "inconclusive",
-            f"{residual.size} masked entries are too few for the normality test "
-            f"(needs {stats.MIN_NORMALITY_SAMPLES})", code=CODE_INCONCLUSIVE,
-            requirement="R-L2-7", n=int(residual.size)))
-    else:
-        results.append(_decide(
-            "residual-normality", "R-L2-7", normality.p_value, level,
-            f"D'Agostino-Pearson K^2 = {normality.statistic:.4g}, p = {normality.p_value:.3g} "
-            f"({family})", normality.statistic, normality.n))
-
-    projection = stats.projection_test(residual, deterministic, sigma)
-    results.append(_decide(
-        "residual-projection", "R-L2-8", projection.p_value, level,
-        f"residual along the recomputed update: z = {projection.statistic:.3f} "
-        f"(two-sided p = {projection.p_value:.3g}, {family})", projection.statistic,
-        projection.n))
-    return results
-
-
-def _decide(name: str, requirement: str, p_value: float, level: float, detail: str,
-            value: float, n: int) -> CheckResult:
-    passed = p_value >= level
-    return CheckResult(name, PASS if passed else FAIL, detail,
-                       code=None if passed else CODE_RESIDUAL_REJECTED,
-                       requirement=requirement, value=value, threshold=level, n=n)
-
-
 def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
                report: VerificationReport, options: Any) -> None:
     """Run the level-2 checks and append them to ``report`` (SPEC.md, section 8.1).
@@ -462,7 +395,7 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
     step()
 
     # Step 6 (R-L2-6 to R-L2-8): the residual diff - update is N(0, sigma^2) noise.
-    for result in _residual_checks(doc, bundle, update, alpha):
+    for result in residual_checks(doc, bundle.masks, bundle.diff, update.displacement, alpha):
         report.checks.append(result)
     step()
     logger.info("level 2 took %.1f s", time.monotonic() - started)
