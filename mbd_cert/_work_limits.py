@@ -3,8 +3,9 @@
 Level 2 replays the masked update: ``update.steps`` full-batch steps over every probe
 sample. The schema allows 100,000 steps and the probe set 100,000 samples, so without
 a cap a crafted certificate could keep a CI verifier busy for days. On the benchmark
-machine (2 cores, docs/benchmarks.md) one sample-step of the bundled model took about
-0.33 ms, so the cap below bounds the replay at roughly ten minutes there. The issuer
+machine (2 cores, docs/benchmarks.md), level 2 with 1,000 steps over the 400 probe
+samples of the bundled model took 133 s, about 0.33 ms per sample-step. The cap below
+therefore bounds the replay at roughly ten minutes there (an estimate). The issuer
 checks the same caps, so every certificate it writes stays verifiable.
 
 Stability: public constants; raising them is a compatible change, lowering them is not.

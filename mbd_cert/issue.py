@@ -263,13 +263,13 @@ def _warn_other_issuers(previous: Sequence[chain.ChainLink], private_key: Any) -
     """
     from mbd_cert import signing
 
-    own = signing.key_id(private_key.public_key())
-    others = sorted({link.doc["issuer"]["key_id"] for link in previous} - {own})
+    own_key_id = signing.key_id(private_key.public_key())
+    others = sorted({link.doc["issuer"]["key_id"] for link in previous} - {own_key_id})
     if others:
         logger.warning(
-            "earlier certificates of this chain were signed with other keys (%s); "
-            "verifiers will need --key for each of them as well as for this key %s",
-            ", ".join(others), own)
+            "earlier certificates of this chain were signed with other keys (%s). "
+            "Verifiers will need --key for each of them as well as for this key %s",
+            ", ".join(others), own_key_id)
 
 
 def issue(

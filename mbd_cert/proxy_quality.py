@@ -115,9 +115,9 @@ class ForgetMean:
         if independent_samples:
             # Rows of weight zero cannot change F when each sample's value depends on
             # its own inputs alone, so they are left out of every evaluation.
-            kept = torch.nonzero(self.weights != 0).flatten()
-            self.batch = _rows(batch, kept)
-            self.weights = self.weights.index_select(0, kept)
+            nonzero = torch.nonzero(self.weights != 0).flatten()
+            self.batch = _rows(batch, nonzero)
+            self.weights = self.weights.index_select(0, nonzero)
 
     def __call__(self, model: torch.nn.Module) -> float:
         """Return F of ``model`` with its current parameters."""

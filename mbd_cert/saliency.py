@@ -233,25 +233,30 @@ def _moment_sums_linear(
     gradient = _zeros64(list(owners), [parameters[name] for name in owners])
     fisher = _zeros64(list(owners), [parameters[name] for name in owners])
     rejected: set[str] = set()
-    kept = torch.nonzero(weights != 0).flatten()
+
+    nonzero = torch.nonzero(weights != 0).flatten()
     chunk = _chunk_size(sum(parameters[name].numel() for name in owners))
     n = int(weights.shape[0])
-    for start in range(0, int(kept.numel()), chunk):
-        index = kept[start : start + chunk]
+    for start in range(0, int(nonzero.numel()), chunk):
+        index = nonzero[start : start + chunk]
         sub = _map_batch(batch, functools.partial(_select_rows, index=index))
-        sums, squares, refused = per_sample_linear_moments(
+        sums, squares, chunk_rejected = per_sample_linear_moments(
             model, owners, functools.partial(objective, model, sub),
             weights.index_select(0, index))
-        rejected.update(refused)
+        rejected.update(chunk_rejected)
         for name, value in sums.items():
             gradient[name].add_(value)
             fisher[name].add_(squares[name])
         if progress is not None:
             done = start + int(index.numel())
-            progress(n if done == kept.numel() else int(kept[done - 1]) + 1)
+            progress(n if done == nonzero.numel() else int(nonzero[done - 1]) + 1)
+
+    # Tensors that are not Linear parameters, or that a chunk rejected, go through vmap
+    # over all samples, so no partial sum of theirs is kept.
     rest = [name for name in names if name not in owners or name in rejected]
     if rejected:
-        logger.debug("Linear per-sample gradients refused for %s; using vmap", sorted(rejected))
+        logger.debug("batched Linear moments rejected for %s (input shape, magnitude or "
+                     "self-check); using vmap", sorted(rejected))
     for name in rest:
         gradient.pop(name, None)
         fisher.pop(name, None)
@@ -260,7 +265,7 @@ def _moment_sums_linear(
                                                        None)
         gradient.update(more_gradient)
         fisher.update(more_fisher)
-    if progress is not None and kept.numel() == 0:
+    if progress is not None and nonzero.numel() == 0:
         progress(n)
     return gradient, fisher
 

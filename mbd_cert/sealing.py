@@ -337,9 +337,9 @@ class _ContentSink:
             if not isinstance(size, int) or size < 0:
                 raise SealedBundleInvalid(f"{self._source}: a listed file has no valid size")
             path = _paths.resolve_artefact(self._out_dir, entry.get("path"), field="sealed path")
-            # A name listed twice would overwrite its first file, so it counts as taken.
-            taken = path.exists() or any(path == earlier for earlier, _ in files)
-            if len(path.relative_to(self._out_dir).parts) != 1 or taken:
+            # A name listed twice would overwrite its first file, so it counts as in use.
+            in_use = path.exists() or any(path == earlier for earlier, _ in files)
+            if len(path.relative_to(self._out_dir).parts) != 1 or in_use:
                 raise SealedBundleInvalid(f"{self._source}: listed path {entry.get('path')!r} is "
                                           "not a new plain file name")
             files.append((path, size))

@@ -56,7 +56,7 @@ CODE_UPDATE_MISMATCH = "E_UPDATE_MISMATCH"
 CODE_SCORES_NONFINITE = "E_SCORES_NONFINITE"
 CODE_MODEL_NONFINITE = "E_MODEL_NONFINITE"
 # Largest relative tie band around the cut that level 2 applies (R-SAL-3). The issuer
-# states 1e-6; float64 rounding differences across devices are about 1e-12.
+# states 1e-6, far above the float64 rounding differences between devices.
 MAX_SCORE_TOLERANCE = 1e-4
 
 
@@ -277,7 +277,7 @@ def _check_saliency(doc: Mapping[str, Any], bundle: Bundle,
     nonfinite = int(sum(np.count_nonzero(~np.isfinite(v)) for v in scores.values()))
     if nonfinite:
         # A ranking of NaN scores would be the flat-index order, which a forger can
-        # match; such a model cannot be certified by this method.
+        # match. Such a model cannot be certified by this method.
         return CheckResult(
             "saliency-mask", FAIL,
             f"{nonfinite} recomputed saliency scores are not finite: the pre-deletion model "

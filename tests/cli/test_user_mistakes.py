@@ -60,7 +60,7 @@ def test_last_modality_cannot_be_deleted(honest_run: HonestRun, tmp_path: Path):
     assert not (tmp_path / "text").exists()
 
 
-def test_chain_with_two_issuers_warns_and_names_the_link(honest_run: HonestRun,
+def test_two_issuer_chain_warns(honest_run: HonestRun,
                                                           tmp_path: Path, caplog):
     other = tmp_path / "other"
     assert run_cli(["keygen", "--out", other]).exit_code == 0

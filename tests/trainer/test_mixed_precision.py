@@ -24,7 +24,7 @@ FAST = {"epochs": 4, "batch_size": 32, "learning_rate": 3e-3, "patience": 4,
 
 @pytest.mark.parametrize(("dtype", "scaled", "name"),
                          [(torch.bfloat16, False, "bf16"), (torch.float16, True, "fp16")])
-def test_forced_precision_trains_and_is_recorded(tmp_path, monkeypatch, dtype, scaled, name):
+def test_forced_precision_trains(tmp_path, monkeypatch, dtype, scaled, name):
     monkeypatch.setattr(_distributed, "resolve_precision",
                         lambda requested, device: _distributed.Precision(dtype, scaled))
     result = train(build_corpus(seed=1), FAST, tmp_path / "model", seed=0, progress=False)

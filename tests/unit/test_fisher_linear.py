@@ -222,7 +222,7 @@ def test_all_zero_weights_rejected_on_closed_form():
                                        closed_form=True)
 
 
-def test_independent_samples_defaults_false_and_mbd_sets_true():
+def test_independent_samples_flag_defaults():
     field = {f.name: f for f in dataclasses.fields(Architecture)}["independent_samples"]
     assert field.default is False
     record = mbd_module.ARCHITECTURE

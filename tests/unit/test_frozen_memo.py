@@ -32,7 +32,7 @@ def _outer(inner: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def test_update_with_memo_equals_update_without(monkeypatch):
+def test_memo_keeps_update_exact(monkeypatch):
     model = _model(["audio"])
     batch = _batch(17, seed=21)
     names = _names(model)
@@ -67,7 +67,7 @@ def test_update_with_memo_equals_update_without(monkeypatch):
     assert with_memo.norm_before_clip == without.norm_before_clip
 
 
-def test_module_that_reads_other_state_is_dropped():
+def test_impure_module_dropped():
     inner = _Drifting()
     model = _outer(inner)
     for p in inner.parameters():
@@ -86,7 +86,7 @@ def test_module_that_reads_other_state_is_dropped():
     assert counts.hits == 1
 
 
-def test_hit_needs_same_unchanged_input_and_eval_mode():
+def test_hit_needs_same_input_eval():
     inner = _Drifting()
     model = _outer(inner)
     for p in inner.parameters():
@@ -108,7 +108,7 @@ def test_hit_needs_same_unchanged_input_and_eval_mode():
         assert counts.hits == 1
 
 
-def test_trainable_or_moving_modules_are_not_memoised():
+def test_moving_modules_not_memoised():
     inner = _Drifting()
     model = _outer(inner)
     model.eval()

@@ -19,15 +19,15 @@ def _both(model, names, objective, batch, weights):
     return loop, fast
 
 
-def test_forget_moments_match_loop_with_zero_and_uneven_weights():
+def test_forget_moments_uneven_weights():
     model = _model([])
     batch = _batch(31, seed=11)
     weights = batch["present"][:, 1].to(torch.float64) * torch.linspace(0.2, 3.0, 31,
                                                                         dtype=torch.float64)
     assert 0 < int((weights > 0).sum()) < 31
     # The forget objective calls every fusion and generator layer twice per sample, so
-    # the per-sample gradient is a sum of two outer products; squaring each product
-    # separately (dropping the cross term) would not match the loop.
+    # the per-sample gradient is a sum of two outer products. Squaring each product
+    # separately, without the cross term, would not match the loop.
     loop, fast = _both(model, _names(model), lambda m, b: forget_objective(m, b, "audio"),
                        batch, weights)
     _assert_close(fast[0], loop[0])
@@ -35,7 +35,7 @@ def test_forget_moments_match_loop_with_zero_and_uneven_weights():
     assert any(float(f.abs().max()) > 0 for f in fast[1].values())
 
 
-def test_retain_moments_match_loop_and_non_linear_names_use_vmap():
+def test_retain_moments_mixed_names():
     model = _model(["audio"])
     batch = _batch(19, seed=12)
     names = [*_names(model), "property_embedding.weight", "encoders.text.norm.weight"]
@@ -102,12 +102,12 @@ def _toy_case(module: torch.nn.Module, names: list[str]) -> None:
     return rejected
 
 
-def test_weight_used_outside_its_layer_is_refused_and_recomputed():
+def test_tied_weight_falls_back():
     rejected = _toy_case(_Tied(), ["layer.weight", "layer.bias", "other.weight"])
     assert rejected == ["layer.weight"]
 
 
-def test_sequence_input_is_refused_and_recomputed():
+def test_sequence_input_falls_back():
     rejected = _toy_case(_Sequence(), ["layer.weight", "layer.bias"])
     assert rejected == ["layer.bias", "layer.weight"]
 

@@ -116,7 +116,7 @@ def _mbd_case(sample_size: int):
     return model, scores, masks, value
 
 
-def test_vectorised_increments_equal_one_pass_per_entry():
+def test_vectorised_increments_match_loop():
     # 40 entries: three vectorised passes of at most 16 copies, across several tensors.
     model, scores, masks, value = _mbd_case(40)
     fast = measure_proxy_quality(model, scores, masks, value, sample_size=40, seed=1)
@@ -131,7 +131,7 @@ def test_vectorised_increments_equal_one_pass_per_entry():
     np.testing.assert_allclose(true_fast, true_slow, rtol=1e-9, atol=1e-17)
 
 
-def test_untraceable_objective_falls_back_to_one_pass_per_entry(caplog):
+def test_untraceable_objective_loop_fallback(caplog):
     import logging
 
     from mbd_cert.arch.mbd import forget_objective

@@ -200,7 +200,7 @@ def test_open_for_verification_checks_digest(bundle: list[Path], tmp_path: Path)
     assert caught.value.code == "E_BUNDLE_NOT_SEALED"
 
 
-def test_name_listed_twice_is_invalid_not_a_crash(tmp_path: Path) -> None:
+def test_repeated_listed_name_invalid(tmp_path: Path) -> None:
     # The sealer never writes such a listing, so the file is sealed by hand from the
     # SPEC. Opening must reject the repeated name before its second file would
     # overwrite the first.
@@ -216,7 +216,7 @@ def test_name_listed_twice_is_invalid_not_a_crash(tmp_path: Path) -> None:
     assert "not a new plain file name" in info.value.message
 
 
-def test_committed_file_sealed_for_another_recipient_is_a_false_claim(
+def test_sealed_for_other_recipient_fails(
         bundle: list[Path], tmp_path: Path) -> None:
     import hashlib
 

@@ -99,7 +99,7 @@ def test_inconclusive_fails_unless_allowed(honest):
     assert lenient.verified
 
 
-def test_progress_reports_every_stage_to_the_end(honest):
+def test_progress_reaches_every_total(honest):
     _, out, key = honest
     calls: list[tuple[str, int, int]] = []
     report = run_verify(out, key, 3, progress=lambda *call: calls.append(call))
