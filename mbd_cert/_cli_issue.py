@@ -159,6 +159,14 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         help="Auditor's X25519 public key: also write the audit bundle sealed to "
         "it (audit-bundle.sealed).",
     )
+    @click.option(
+        "--threads",
+        type=click.IntRange(min=1, max=1024),
+        default=1,
+        show_default=True,
+        help="Torch CPU threads while the deletion runs. One suits the bundled model; "
+        "raise it for a model with large layers.",
+    )
     @click.option("--force", is_flag=True, help="Replace an existing output directory.")
     @guarded()
     def issue(
@@ -185,6 +193,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         max_epsilon: float | None,
         proxy_sample_size: int,
         auditor_key: Path | None,
+        threads: int,
         force: bool,
     ) -> None:
         """Delete a modality from a trained model and write a signed certificate.
@@ -223,6 +232,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
             safety_factor=safety_factor,
             proxy_sample_size=proxy_sample_size,
             auditor_key=recipient,
+            threads=threads,
         )
         update, close = progress_bar()
         try:

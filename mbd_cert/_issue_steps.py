@@ -59,22 +59,20 @@ def default_eligible_groups(modality: str) -> list[str]:
     return ["fusion", f"generators.{modality}"]
 
 
-# Torch intra-op threads during issuance. The default model's operations are small, so
-# threads mostly wait for each other. On a 2-core machine shared with other processes,
-# `mbd-cert issue` on the synthetic checkpoint used 5.3 s of CPU with one thread and 18
-# to 32 s with two (measured, docs/benchmarks.md). The trainer defaults to one thread as well.
-# NOTE: a model much larger than the bundled one would gain from more threads, and
-# there is no option to raise this yet.
-ISSUE_THREADS = 1
+# Torch intra-op threads during issuance come from ``IssueOptions.threads`` (default 1).
+# The default model's operations are small, so threads mostly wait for each other. On
+# a 2-core machine shared with other processes, `mbd-cert issue` on the synthetic
+# checkpoint used 5.3 s of CPU with one thread and 18 to 32 s with two (measured,
+# docs/benchmarks.md). The trainer defaults to one thread as well.
 
 
 def run(**kwargs: Any) -> dict[str, Any]:
     """Run the deletion and write the outputs; see :func:`mbd_cert.issue.issue`.
 
-    Torch runs with ``ISSUE_THREADS`` intra-op threads meanwhile, restored afterwards.
+    Torch runs with ``options.threads`` intra-op threads meanwhile, restored afterwards.
     """
     previous = torch.get_num_threads()
-    torch.set_num_threads(ISSUE_THREADS)
+    torch.set_num_threads(kwargs["options"].threads)
     try:
         return _run(**kwargs)
     finally:

@@ -64,6 +64,10 @@ class IssueOptions:
         proxy_sample_size: Mask entries whose true leave-one-out increment is measured
             for ``saliency.proxy_quality``; 0 skips the measurement.
         auditor_key: An X25519 public key: seal the audit bundle to it.
+        threads: Torch intra-op CPU threads while the deletion runs (restored
+            afterwards). One suits the bundled model; a larger model gains from more.
+            The certificate does not depend on it beyond floating-point reduction
+            order, which level 2 tolerates (SPEC.md, R-SAL-3).
     """
 
     modality: str
@@ -87,6 +91,7 @@ class IssueOptions:
     safety_factor: float = 2.0
     proxy_sample_size: int = 64
     auditor_key: Any = None
+    threads: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -145,6 +150,12 @@ def validate_options(options: IssueOptions) -> None:
         from mbd_cert.sensitivity import check_parameters
 
         check_parameters(options.reference_runs, options.safety_factor)
+    threads = options.threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
+        raise errors.InputError(
+            f"threads must be an integer in [1, 1024], got {threads!r}",
+            code="E_PARAMETER_INVALID",
+        )
     size = options.proxy_sample_size
     if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= 10_000:
         raise errors.InputError(

@@ -113,3 +113,23 @@ def test_issuer_refuses_nonfinite_scores(honest_run: HonestRun, tmp_path: Path, 
     assert outcome.exit_code == 1
     assert "[E_SCORES_NONFINITE]" in outcome.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_issue_with_two_threads_verifies_at_level_2(honest_run: HonestRun, tmp_path: Path):
+    # Another thread count changes only the reduction order, which the level-2 score
+    # band absorbs (C24).
+    out = tmp_path / "threads"
+    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
+                       "--threads", "2", "--key", honest_run.private_key, "--out", out])
+    assert outcome.exit_code == 0, outcome.stderr
+    verified = verify(out / "cert.json", out / "model.safetensors", honest_run.public_key,
+                      "--level", "2", "--bundle", out, "--allow-inconclusive")
+    # The tiny test model has 8 masked entries, too few for the normality test.
+    assert verified.exit_code == 0, [c for c in verified.report["checks"]
+                                     if c["status"] != "pass"]
+    assert {c["name"]: c["status"] for c in verified.report["checks"]}["saliency-mask"] == "pass"
+    zero = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
+                    "--threads", "0", "--key", honest_run.private_key, "--out", tmp_path / "z"])
+    assert_clean(zero)
+    assert zero.exit_code == 2
+    assert "--threads" in zero.stderr

@@ -33,6 +33,9 @@ def _options(**changes):
         ("steps", -1),
         ("steps", 2.5),
         ("steps", 1001),
+        ("threads", 0),
+        ("threads", 1.5),
+        ("threads", True),
     ],
 )
 def test_validate_options_rejects_out_of_range(field, value):
@@ -62,3 +65,18 @@ def test_draw_noise_scale_and_fresh_seed():
     again = draw_noise({"w": (200, 200)}, 0.5, noise_seed=None)
     other = draw_noise({"w": (200, 200)}, 0.5, noise_seed=None)
     assert not (again["w"] == other["w"]).all()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_issue_runs_with_the_requested_threads_and_restores_them(monkeypatch, threads):
+    import torch
+
+    from mbd_cert import _issue_steps
+
+    seen = []
+    monkeypatch.setattr(_issue_steps, "_run",
+                        lambda **kwargs: seen.append(torch.get_num_threads()) or {})
+    before = torch.get_num_threads()
+    _issue_steps.run(options=_options(threads=threads))
+    assert seen == [threads]
+    assert torch.get_num_threads() == before
