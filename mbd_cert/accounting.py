@@ -31,10 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from mbd_cert._gaussian_delta import log_delta as _log_delta
 from mbd_cert.errors import InputError
 from mbd_cert.mechanism import (
     _epsilon_for_mu,
-    _log_delta,
     _require_positive,
     _require_probability,
 )

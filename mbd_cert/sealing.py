@@ -40,13 +40,12 @@ Stability: public; the file layout is fixed by version byte 1.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import secrets
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -54,7 +53,16 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from mbd_cert import _json, _paths
+from mbd_cert import _paths
+from mbd_cert._sealed_content import CONTENT_FORMAT as CONTENT_FORMAT
+from mbd_cert._sealed_content import MAX_CONTENT_HEADER_BYTES as MAX_CONTENT_HEADER_BYTES
+from mbd_cert._sealed_content import (
+    MAX_FILES,
+    ContentSink,
+    encode_listing,
+    plaintext_blocks,
+    rechunk,
+)
 from mbd_cert._x25519_keys import (  # re-exported: the key files belong to this API
     load_auditor_private_key,
     load_recipient_key,
@@ -72,7 +80,6 @@ MAGIC = b"MBDSEAL"
 VERSION = 1
 ALGORITHM = "x25519-hkdf-sha256-aes-256-gcm"
 FORMAT = "mbd-cert-sealed/1"
-CONTENT_FORMAT = "mbd-cert-sealed-bundle/1"
 SEALED_FILE_NAME = "audit-bundle.sealed"
 HKDF_INFO = b"mbd-cert sealed audit bundle v1"
 HEADER_BYTES = 88
@@ -80,8 +87,6 @@ TAG_BYTES = 16
 DEFAULT_CHUNK_BYTES = 1024 * 1024
 MIN_CHUNK_BYTES = 1024
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
-MAX_CONTENT_HEADER_BYTES = 64 * 1024
-MAX_FILES = 16
 
 CODE_KEY_MISMATCH = "E_SEALED_KEY_MISMATCH"
 CODE_INVALID = "E_SEALED_BUNDLE_INVALID"
@@ -136,15 +141,7 @@ def seal_files(
     if len(set(names)) != len(names) or len(names) > MAX_FILES:
         raise InputError(f"cannot seal {names}: names must be distinct, at most {MAX_FILES}",
                          code="E_PARAMETER_INVALID")
-    listing = [
-        {"path": name, "size": os.path.getsize(path)}
-        for name, path in zip(names, files, strict=True)
-    ]
-    content = json.dumps(
-        {"format": CONTENT_FORMAT, "certificate_id": certificate_id, "files": listing},
-        sort_keys=True,
-        separators=(",", ":"),
-    ).encode()
+    content = encode_listing(names, files, certificate_id)
 
     ephemeral = X25519PrivateKey.generate()
     ephemeral_raw = ephemeral.public_key().public_bytes(
@@ -155,16 +152,11 @@ def seal_files(
               + struct.pack(">I", chunk_bytes))
     aead = AESGCM(_derive_key(ephemeral.exchange(recipient), ephemeral_raw, recipient))
 
-    def plaintext() -> Iterator[bytes]:
-        yield struct.pack(">Q", len(content)) + content
-        for path in files:
-            with open(path, "rb") as handle:
-                while block := handle.read(chunk_bytes):
-                    yield block
+    plaintext = plaintext_blocks(content, files, chunk_bytes)
 
     with _paths.atomic_output(out_path, overwrite=True) as output:
         output.file.write(header)
-        for index, (chunk, final) in enumerate(_rechunk(plaintext(), chunk_bytes)):
+        for index, (chunk, final) in enumerate(rechunk(plaintext, chunk_bytes)):
             aad = _associated_data(header, certificate_id, index, final)
             output.file.write(aead.encrypt(_chunk_nonce(nonce, index), chunk, aad))
     return key_id
@@ -223,7 +215,7 @@ def open_sealed(
         count = body // stride + 1
         if not TAG_BYTES <= body - (count - 1) * stride < stride:
             raise SealedBundleInvalid(f"{path}: the file is truncated or has trailing bytes")
-        sink = _ContentSink(out_dir, certificate_id, str(path))
+        sink = ContentSink(out_dir, certificate_id, str(path))
         try:
             for index in range(count):
                 final = index == count - 1
@@ -258,105 +250,6 @@ def _chunk_nonce(base: bytes, index: int) -> bytes:
 
 def _associated_data(header: bytes, certificate_id: str, index: int, final: bool) -> bytes:
     return header + certificate_id.encode("utf-8") + struct.pack(">QB", index, int(final))
-
-
-def _rechunk(blocks: Iterator[bytes], size: int) -> Iterator[tuple[bytes, bool]]:
-    """Yield ``(chunk, final)``: full chunks, then a last chunk of 0 to size - 1 bytes."""
-    buffer = bytearray()
-    for block in blocks:
-        buffer += block
-        while len(buffer) >= size:
-            yield bytes(buffer[:size]), False
-            del buffer[:size]
-    yield bytes(buffer), True
-
-
-class _ContentSink:
-    """Parse the decrypted stream: length, JSON listing, then each file's bytes."""
-
-    def __init__(self, out_dir: Path, certificate_id: str, source: str) -> None:
-        self._out_dir = out_dir
-        self._certificate_id = certificate_id
-        self._source = source
-        self._buffer = bytearray()
-        self._files: list[tuple[Path, int]] | None = None
-        self._current: BinaryIO | None = None
-        self._remaining = 0
-        self._written: list[Path] = []
-
-    def write(self, data: bytes) -> None:
-        self._buffer += data
-        if self._files is None and not self._parse_listing():
-            return
-        while self._buffer:
-            if self._current is None:
-                if not self._open_next():
-                    return  # bytes beyond the listing; finish() rejects them
-                continue
-            take = min(self._remaining, len(self._buffer))
-            self._current.write(self._buffer[:take])
-            del self._buffer[:take]
-            self._remaining -= take
-            if self._remaining == 0:
-                self._current.close()
-                self._current = None
-
-    def finish(self) -> list[Path]:
-        if self._files is None:
-            raise SealedBundleInvalid(f"{self._source}: the content listing is missing")
-        while self._current is None and self._files and self._files[0][1] == 0:
-            self._open_next()
-        if self._files or self._current is not None or self._buffer:
-            raise SealedBundleInvalid(f"{self._source}: the content does not match its listing")
-        return self._written
-
-    def close(self) -> None:
-        if self._current is not None:
-            self._current.close()
-            self._current = None
-
-    def _parse_listing(self) -> bool:
-        if len(self._buffer) < 8:
-            return False
-        (length,) = struct.unpack(">Q", self._buffer[:8])
-        if length > MAX_CONTENT_HEADER_BYTES:
-            raise SealedBundleInvalid(f"{self._source}: content listing of {length} bytes")
-        if len(self._buffer) < 8 + length:
-            return False
-        listing = _json.load_json_strict(bytes(self._buffer[8:8 + length]), what="sealed listing",
-                                         max_bytes=MAX_CONTENT_HEADER_BYTES)
-        del self._buffer[:8 + length]
-        if (not isinstance(listing, dict) or listing.get("format") != CONTENT_FORMAT
-                or listing.get("certificate_id") != self._certificate_id
-                or not isinstance(listing.get("files"), list)
-                or len(listing["files"]) > MAX_FILES):
-            raise SealedBundleInvalid(f"{self._source}: the content listing is invalid")
-        files: list[tuple[Path, int]] = []
-        for entry in listing["files"]:
-            size = entry.get("size") if isinstance(entry, dict) else None
-            if not isinstance(size, int) or size < 0:
-                raise SealedBundleInvalid(f"{self._source}: a listed file has no valid size")
-            path = _paths.resolve_artefact(self._out_dir, entry.get("path"), field="sealed path")
-            # A name listed twice would overwrite its first file, so it counts as in use.
-            in_use = path.exists() or any(path == earlier for earlier, _ in files)
-            if len(path.relative_to(self._out_dir).parts) != 1 or in_use:
-                raise SealedBundleInvalid(f"{self._source}: listed path {entry.get('path')!r} is "
-                                          "not a new plain file name")
-            files.append((path, size))
-        self._files = files
-        return True
-
-    def _open_next(self) -> bool:
-        if not self._files:
-            return False
-        path, size = self._files.pop(0)
-        self._current = open(path, "xb")  # noqa: SIM115 - closed when its bytes are written
-        self._written.append(path)
-        self._remaining = size
-        if size == 0:
-            self._current.close()
-            self._current = None
-        return True
 
 
 def seal_bundle(

@@ -25,16 +25,16 @@ import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, rsa, x448, x25519
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 
+from mbd_cert._ed25519_keys import PUBLIC_KEY_BYTES as PUBLIC_KEY_BYTES  # re-exported
+from mbd_cert._ed25519_keys import key_kind, parse_private_key, parse_public_key
 from mbd_cert._paths import atomic_output
 from mbd_cert._read_capped import read_bytes_capped
 from mbd_cert.errors import (
@@ -58,7 +58,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SIGNATURE_BYTES = 64
-PUBLIC_KEY_BYTES = 32
 SIGNATURE_TEXT_LENGTH = 88  # 4 * ceil(64 / 3) base64 characters, padding included
 KEY_ID_PREFIX = "sha256:"
 # A PEM Ed25519 key is under 200 bytes. 64 KiB still admits large RSA keys, so that
@@ -74,8 +73,6 @@ ED25519_GROUP_ORDER = 2**252 + 27742317777372353535851937790883648493
 
 _SIGNATURE_TEXT = re.compile(r"[A-Za-z0-9+/]{86}==\Z")
 _KEY_ID = re.compile(r"sha256:[0-9a-f]{64}\Z")
-_PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
-_HEX_TEXT = re.compile(rb"[0-9A-Fa-f]+\Z")
 
 
 def generate_keypair() -> tuple[bytes, bytes]:
@@ -139,7 +136,7 @@ def write_keypair(
     if private_pem is None:
         private_pem, public_pem = generate_keypair()
     else:
-        private_key = _parse_private_key(private_pem, "private_pem argument")
+        private_key = parse_private_key(private_pem, "private_pem argument")
         public_pem = _public_pem(private_key.public_key())
 
     base = Path(dir_or_prefix)
@@ -164,93 +161,6 @@ def write_keypair(
     return private_path, public_path
 
 
-def _key_kind(key: object) -> str:
-    kinds: list[tuple[tuple[type, ...], str]] = [
-        ((rsa.RSAPublicKey, rsa.RSAPrivateKey), "RSA"),
-        ((ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey), "EC"),
-        ((dsa.DSAPublicKey, dsa.DSAPrivateKey), "DSA"),
-        ((x25519.X25519PublicKey, x25519.X25519PrivateKey), "X25519"),
-        ((x448.X448PublicKey, x448.X448PrivateKey), "X448"),
-        ((ed448.Ed448PublicKey, ed448.Ed448PrivateKey), "Ed448"),
-    ]
-    for classes, name in kinds:
-        if isinstance(key, classes):
-            return name
-    return type(key).__name__
-
-
-def _bad_key(source: str, problem: str, hint: str = "") -> NoReturn:
-    raise KeyInvalid(f"{source}: {problem}", hint=hint)
-
-
-def _reject_wrong_kind(source: str, key: object) -> NoReturn:
-    kind = _key_kind(key)
-    if kind == "X25519":
-        hint = "X25519 keys seal audit bundles; pass the issuer's Ed25519 signing key"
-    else:
-        hint = "pass an Ed25519 key, such as one written by mbd-cert keygen"
-    _bad_key(source, f"contains a key of type {kind}; expected Ed25519", hint=hint)
-
-
-def _single_pem_label(data: bytes, source: str) -> bytes | None:
-    """Return the label of the file's PEM block, or ``None`` when it is not PEM."""
-    if not data.lstrip().startswith(b"-----BEGIN "):
-        return None
-    labels = _PEM_BEGIN.findall(data)
-    if len(labels) != 1:
-        _bad_key(source, f"contains {len(labels)} PEM blocks; expected exactly one key")
-    label: bytes = labels[0]
-    return label
-
-
-def _parse_public_key(data: bytes, source: str) -> Ed25519PublicKey:
-    label = _single_pem_label(data, source)
-    if label is not None:
-        if label.endswith(b"PRIVATE KEY"):
-            _bad_key(
-                source,
-                "this is a private key; pass the public key",
-                hint="the public key is the .pub file written next to the private key",
-            )
-        if label != b"PUBLIC KEY":
-            _bad_key(source, f"contains a PEM block of type {label.decode()}; expected PUBLIC KEY")
-        try:
-            key = serialization.load_pem_public_key(data)
-        except (ValueError, UnsupportedAlgorithm) as exc:
-            raise KeyInvalid(f"{source}: the PUBLIC KEY block is invalid") from exc
-        if not isinstance(key, Ed25519PublicKey):
-            _reject_wrong_kind(source, key)
-        return key
-
-    stripped = data.strip()
-    if stripped.startswith(b"ssh-"):
-        _bad_key(
-            source,
-            "OpenSSH public keys are not supported",
-            hint="pass a PEM, 64-hex-digit or 32-byte raw Ed25519 public key",
-        )
-    if stripped and _HEX_TEXT.match(stripped):
-        if len(stripped) != 2 * PUBLIC_KEY_BYTES:
-            _bad_key(
-                source,
-                f"contains {len(stripped)} hex digits; a hex Ed25519 public key has "
-                f"{2 * PUBLIC_KEY_BYTES}",
-            )
-        raw = bytes.fromhex(stripped.decode("ascii"))
-    elif len(data) == PUBLIC_KEY_BYTES:
-        raw = data
-    else:
-        _bad_key(
-            source,
-            f"is {len(data)} bytes, which is not a PEM, {2 * PUBLIC_KEY_BYTES}-hex-digit or "
-            f"{PUBLIC_KEY_BYTES}-byte raw Ed25519 public key",
-        )
-    try:
-        return Ed25519PublicKey.from_public_bytes(raw)
-    except ValueError as exc:
-        raise KeyInvalid(f"{source}: is not a valid Ed25519 public key") from exc
-
-
 def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     """Load an Ed25519 public key that the user trusts.
 
@@ -272,36 +182,7 @@ def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     """
     source = f"public key file {os.fspath(path)!r}"
     data = read_bytes_capped(path, what="public key file", max_bytes=MAX_KEY_FILE_BYTES)
-    return _parse_public_key(data, source)
-
-
-def _parse_private_key(data: bytes, source: str) -> Ed25519PrivateKey:
-    label = _single_pem_label(data, source)
-    if label is None:
-        # Raw 32-byte and hex private keys look exactly like public keys, and reading
-        # a public key as a private key would silently sign with an unrelated key.
-        _bad_key(
-            source,
-            "is not a PEM private key; raw and hex private keys are not accepted",
-            hint="pass the unencrypted PKCS#8 PEM file written by mbd-cert keygen",
-        )
-    if label == b"PUBLIC KEY":
-        _bad_key(source, "this is a public key; pass the private key")
-    if label == b"ENCRYPTED PRIVATE KEY":
-        _bad_key(
-            source,
-            "the private key is encrypted; mbd-cert reads unencrypted PKCS#8 keys",
-            hint="decrypt it with 'openssl pkcs8 -in FILE -out NEW' and keep NEW at mode 600",
-        )
-    if not label.endswith(b"PRIVATE KEY") or label == b"OPENSSH PRIVATE KEY":
-        _bad_key(source, f"contains a PEM block of type {label.decode()}; expected PRIVATE KEY")
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise KeyInvalid(f"{source}: the private key block is invalid") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        _reject_wrong_kind(source, key)
-    return key
+    return parse_public_key(data, source)
 
 
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
@@ -323,7 +204,7 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """
     source = f"private key file {os.fspath(path)!r}"
     data = read_bytes_capped(path, what="private key file", max_bytes=MAX_KEY_FILE_BYTES)
-    key = _parse_private_key(data, source)
+    key = parse_private_key(data, source)
     # Warn only once the file is known to hold a private key: the advice would be
     # wrong for a public key passed by mistake, which the parser rejects above.
     mode = stat.S_IMODE(os.stat(path).st_mode)
@@ -334,7 +215,7 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
 
 def _compute_key_id(public_key: Ed25519PublicKey) -> str:
     if not isinstance(public_key, Ed25519PublicKey):
-        raise KeyInvalid(f"expected an Ed25519 public key, got {_key_kind(public_key)}")
+        raise KeyInvalid(f"expected an Ed25519 public key, got {key_kind(public_key)}")
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return KEY_ID_PREFIX + hashlib.sha256(raw).hexdigest()
 
