@@ -1,33 +1,34 @@
 """The torch half of :func:`mbd_cert.issue.issue`: mask, update, noise, outputs.
 
+:func:`run` runs the deletion steps of SPEC.md section 6 in order and writes the output
+files. :mod:`mbd_cert._issue_document` lays out the certificate's fields and
+:mod:`mbd_cert._issue_outputs` stages the output directory and moves it into place.
+
 Stability: internal.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
 
-import mbd_cert
 from mbd_cert import _safetensors, certificate, mechanism, signing
-from mbd_cert._commitment import file_commitment
 from mbd_cert._groups import eligible_names
+from mbd_cert._issue_document import certificate_document
+from mbd_cert._issue_outputs import create_staging, set_modes, swap_in
 from mbd_cert._torch_model import build_model, predict, probe_batch
 from mbd_cert._work_limits import check_update_work
 from mbd_cert.arch import Batch, get_architecture
 from mbd_cert.chain import write_chain_copies
 from mbd_cert.checkpoint import ProbeSet
-from mbd_cert.diff import MASK_PREFIX, array_manifest_digest, build_diff
+from mbd_cert.diff import MASK_PREFIX, build_diff
 from mbd_cert.errors import InputError, IssuanceError
 from mbd_cert.issue import IssueOptions, chain_account, draw_noise, sensitivity_for
 from mbd_cert.metrics import regression_metrics
@@ -40,14 +41,6 @@ from mbd_cert.update import masked_update
 logger = logging.getLogger(__name__)
 
 MODEL_FORMAT = "mbd-cert-model/1"
-FORGET_OBJECTIVE = "forget-prediction-gap"
-RETAIN_OBJECTIVE = "retain-task-l1-deleted"
-# Scores closer than this (relative to the cut value) to the top-k cut may swap across
-# devices and thread counts, so the verifier accepts swaps inside this band.
-SCORE_TOLERANCE = 1e-6
-# Significance level the certificate states for the level-2 residual tests. An honest
-# certificate fails them with about this probability.
-RESIDUAL_ALPHA = 0.01
 
 
 def default_eligible_groups(modality: str) -> list[str]:
@@ -158,8 +151,6 @@ def _run(
             code="E_SCORES_NONFINITE",
         )
     masks, cut = top_k_mask(scores, options.top_k_fraction)
-    mask_size = int(sum(int(m.sum()) for m in masks.values()))
-    eligible_count = int(sum(m.size for m in masks.values()))
     proxy_quality = None
     if options.proxy_sample_size:
         proxy_quality = measure_proxy_quality(
@@ -241,9 +232,7 @@ def _run(
     diff_tensors: dict[str, np.ndarray] = build_diff(pre_tensors, post_tensors, changed)
     for name in names:
         diff_tensors[MASK_PREFIX + name] = masks[name]
-    parent = out_dir.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
+    staging = create_staging(out_dir)
     try:
         model_meta = {"format": MODEL_FORMAT, "architecture": architecture.name}
         pre_digests = _safetensors.digest_file(model_path)
@@ -269,92 +258,37 @@ def _run(
                 certificate_id,
             )
 
-        key_id = signing.key_id(private_key.public_key())
-        doc: dict[str, Any] = {
-            "format_version": mbd_cert.FORMAT_VERSION,
-            "certificate_id": certificate_id,
-            "issued_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "issuer": {
-                "key_id": key_id,
-                **({"name": options.issuer_name} if options.issuer_name else {}),
-            },
-            "subject_model": {
-                "architecture": {
-                    "name": architecture.name,
-                    "version": architecture.version,
-                    "config": post_config,
-                },
-                "pre_deletion": file_commitment(pre_digests, _safetensors.read_header(model_path)),
-                "post_deletion": file_commitment(
-                    post_digests, _safetensors.read_header(staging / "model.safetensors")
-                ),
-            },
-            "deletion": {"modality": modality, "removed_tensors": sorted(removed)},
-            "saliency": {
-                "method": "swiftprune-fisher-diagonal",
-                "objective": FORGET_OBJECTIVE,
-                "top_k_fraction": options.top_k_fraction,
-                "eligible_groups": list(groups),
-                "eligible_count": eligible_count,
-                "mask_size": mask_size,
-                "mask_digest": array_manifest_digest(masks),
-                "seed": options.seed,
-                "tie_break": "score-descending-then-index",
-                "score_dtype": "float64",
-                "score_tolerance": SCORE_TOLERANCE,
-                "cut_score": cut,
-                **({"proxy_quality": proxy_quality} if proxy_quality is not None else {}),
-            },
-            "update": {
-                "rule": "masked-preconditioned-gd",
-                "objective": RETAIN_OBJECTIVE,
-                "steps": options.steps,
-                "learning_rate": options.learning_rate,
-                "damping": options.damping,
-                "clip_norm": options.clip_norm,
-                "norm_before_clip": update.norm_before_clip,
-                # Family-wise level of the verifier's level-2 residual tests (SPEC R-L2-6).
-                "residual_alpha": RESIDUAL_ALPHA,
-            },
-            "privacy": {
-                "mechanism": "analytic-gaussian",
-                "epsilon": options.epsilon,
-                "delta": options.delta,
-                "sensitivity": sensitivity,
-                "sensitivity_method": options.sensitivity_method,
-                **({"sensitivity_evidence": evidence} if evidence is not None else {}),
-                "sigma": sigma,
-                "noise_dimension": mask_size,
-            },
-            "accounting": {
-                "method": "mu-gdp",
-                "sequence_number": len(previous) + 1,
-                "previous_certificate": previous[-1].digest if previous else None,
-                "chain": chain_listing,
-                "mu": account.mu,
-                "cumulative_epsilon": account.epsilon,
-                "delta": options.delta,
-                "naive_epsilon": account.naive_epsilon,
-                "rdp_epsilon": account.rdp_epsilon,
-            },
-            "audit_bundle": {
-                "confidential": True,
-                "diff": _artefact("diff.safetensors", diff_digests),
-                "probe": _artefact("probe.safetensors", probe_digests),
-                **({"sealed": sealed} if sealed is not None else {}),
-            },
-            "metrics": {"utility": utility},
-            "environment": {
-                "mbd_cert_version": mbd_cert.__version__,
-                "torch_version": torch.__version__,
-                "device": "cpu",
-                "dtype": "float64",
-            },
-        }
+        doc = certificate_document(
+            certificate_id=certificate_id,
+            key_id=signing.key_id(private_key.public_key()),
+            options=options,
+            architecture=architecture,
+            post_config=post_config,
+            pre_model=model_path,
+            pre_digests=pre_digests,
+            post_model=staging / "model.safetensors",
+            post_digests=post_digests,
+            removed=removed,
+            groups=groups,
+            masks=masks,
+            cut=cut,
+            proxy_quality=proxy_quality,
+            norm_before_clip=update.norm_before_clip,
+            sensitivity=sensitivity,
+            evidence=evidence,
+            sigma=sigma,
+            account=account,
+            previous=previous,
+            chain_listing=chain_listing,
+            diff_digests=diff_digests,
+            probe_digests=probe_digests,
+            sealed=sealed,
+            utility=utility,
+        )
         signed = certificate.sign_certificate(doc, private_key)
         (staging / "cert.json").write_bytes(certificate.dump_certificate(signed))
-        _set_modes(staging)
-        _swap_in(staging, out_dir, force=options.force)
+        set_modes(staging)
+        swap_in(staging, out_dir, force=options.force)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -374,14 +308,6 @@ def _removed_tensors(
             code="E_EMPTY_DELETION",
         )
     return removed
-
-
-def _artefact(path: str, digests: Any) -> dict[str, Any]:
-    return {
-        "path": path,
-        "file_digest": digests.file_digest,
-        "manifest_digest": digests.manifest_digest,
-    }
 
 
 def _utility(
@@ -412,35 +338,3 @@ def _utility(
         },
         "after": {f"deleted_{modality}": regression_metrics(predict(post, batch), label)},
     }
-
-
-# The released model, the certificate and the chain copies are public; the audit
-# bundle reveals pre-deletion weights and training samples (SPEC.md, section 12).
-_PRIVATE_FILES = ("diff.safetensors", "probe.safetensors", "eval.safetensors")
-
-
-def _set_modes(staging: Path) -> None:
-    """Make public outputs readable under the user's umask and keep the bundle private."""
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o755 & ~umask)
-    for path in staging.iterdir():
-        private = path.name in _PRIVATE_FILES or path.suffix == ".sealed"
-        path.chmod(0o600 if private else 0o644 & ~umask)
-
-
-def _swap_in(staging: Path, out_dir: Path, *, force: bool) -> None:
-    """Move the finished staging directory to ``out_dir`` (replacing it only with force)."""
-    if out_dir.exists():
-        if not force and any(out_dir.iterdir()):
-            raise InputError(
-                f"output directory {out_dir} appeared while issuing",
-                hint="another process writes there; choose another --out",
-                code="E_OUTPUT_EXISTS",
-            )
-        backup = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        out_dir.rename(backup)
-        staging.rename(out_dir)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        staging.rename(out_dir)
