@@ -93,6 +93,8 @@ def _render_inspect(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from mbd_cert._terminal import rich_text
+
     chain = summary["chain"]
     previous = chain["previous_certificate"] or "none (first deletion of this model)"
     rows = [
@@ -136,6 +138,8 @@ def _render_inspect(summary: dict[str, Any]) -> None:
     )
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
+    # Issuer name, architecture version and paths come from the certificate, which
+    # inspect does not verify: show them escaped and never as rich markup (SPEC.md, R-SEC-5).
     for field, value in rows:
-        table.add_row(field, str(value))
+        table.add_row(field, rich_text(value))
     console.print(table)

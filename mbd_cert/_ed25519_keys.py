@@ -121,6 +121,27 @@ def parse_public_key(data: bytes, source: str) -> Ed25519PublicKey:
 
 
 
+def foreign_public_key_kind(data: bytes) -> str | None:
+    """Return the algorithm of a public key of another kind than Ed25519, else ``None``.
+
+    Recognises one PEM ``PUBLIC KEY`` or ``RSA PUBLIC KEY`` block and one OpenSSH
+    public key line. ``None`` means the bytes are an Ed25519 key, a private key, or no
+    key that this function can parse: :func:`parse_public_key` then accepts them or
+    raises its usual error.
+    """
+    stripped = data.strip()
+    try:
+        if stripped.startswith(b"-----BEGIN ") and len(_PEM_BEGIN.findall(data)) == 1:
+            key: object = serialization.load_pem_public_key(data)
+        elif stripped.startswith((b"ssh-", b"ecdsa-")) and b"\n" not in stripped:
+            key = serialization.load_ssh_public_key(stripped)
+        else:
+            return None
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+    return None if isinstance(key, Ed25519PublicKey) else key_kind(key)
+
+
 def parse_private_key(data: bytes, source: str) -> Ed25519PrivateKey:
     """Parse an Ed25519 private key from one unencrypted PKCS#8 PEM block.
 

@@ -27,6 +27,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from mbd_cert import _fisher_linear
+from mbd_cert.errors import MalformedData
 
 Objective = Callable[[torch.nn.Module, Mapping[str, Any]], torch.Tensor]
 
@@ -266,6 +267,9 @@ def masked_update(
     gradient of the objective and F its diagonal Fisher at the start; the total
     displacement is scaled to L2 norm at most ``clip_norm``. ``model`` is not changed.
     ``closed_form`` is passed to :func:`gradient_and_fisher` for F.
+
+    Raises:
+        MalformedData: The batch has no sample.
     """
     names = sorted(masks)
     wrapper = _ObjectiveModule(model, objective)
@@ -273,6 +277,12 @@ def masked_update(
     start = {name: fixed[name] for name in names}
     mask_t = {name: torch.from_numpy(np.array(masks[name], dtype=bool)) for name in names}
     n = int(batch["label"].shape[0])
+    if n == 0:
+        # read_probe_set rejects such a file, so this only guards callers that build the batch.
+        raise MalformedData(
+            "probe set has 0 samples; the masked update needs at least 1 (SPEC.md, R-PRB-1)",
+            hint="use the probe set written with the checkpoint by 'mbd-cert train'",
+        )
     _, fisher = gradient_and_fisher(model, names, objective, batch, np.ones(n),
                                     closed_form=closed_form)
     scale = {name: mask_t[name].to(torch.float64) / (fisher[name].sqrt() + damping)

@@ -10,7 +10,6 @@ Stability: internal.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,9 @@ PROBE_FORMAT = "mbd-cert-probe/1"
 MAX_CONFIG_BYTES = 1024 * 1024
 # Caps the per-sample gradient loops of issue and level-2 verification (SPEC.md, R-LIM-3).
 MAX_PROBE_SAMPLES = 100_000
+# The 'modalities' metadata value is a short JSON list of names, and 64 KiB leaves
+# room for hundreds of long names.
+MAX_MODALITIES_BYTES = 64 * 1024
 
 
 @dataclass
@@ -88,7 +90,10 @@ def read_probe_set(path: Path, *, modalities: Sequence[str] | None = None) -> Pr
     Raises:
         FileMissing: The file does not exist.
         MalformedSafetensors: The file is not a valid safetensors file.
-        MalformedData: A tensor is missing or has the wrong shape or dtype.
+        MalformedData: A tensor is missing or has the wrong shape or dtype, the file
+            contains no sample, or the 'modalities' metadata is not a JSON list of
+            distinct names.
+        LimitExceeded: The 'modalities' metadata is too large or nests too deep.
     """
     if not path.exists():
         raise FileMissing(f"probe set not found: {path}")
@@ -110,6 +115,13 @@ def read_probe_set(path: Path, *, modalities: Sequence[str] | None = None) -> Pr
     n = _check_shape(label, what, "label", ndim=1, dtype=np.float32)
     if n > MAX_PROBE_SAMPLES:
         raise MalformedData(f"{what}: {n} samples, more than the cap of {MAX_PROBE_SAMPLES}")
+    # Saliency scores, the update and the leakage probes are means over the samples, so
+    # a probe set without samples certifies nothing (SPEC.md, R-PRB-1).
+    if n == 0:
+        raise MalformedData(
+            f"{what}: tensor 'label' has 0 rows; a probe set needs at least 1 sample",
+            hint="use the probe set written with this checkpoint by 'mbd-cert train'",
+        )
     if not np.all(np.isfinite(label)):
         raise MalformedData(f"{what}: tensor 'label' contains NaN or infinite values")
     present = tensor("present")
@@ -148,10 +160,19 @@ def _modalities_from_metadata(metadata: Mapping[str, str], what: str) -> list[st
             f"{what}: metadata 'format' is {metadata.get('format')!r}, expected {PROBE_FORMAT!r}",
             hint="write the probe set with 'mbd-cert train'",
         )
-    try:
-        declared = json.loads(metadata.get("modalities", ""))
-    except ValueError as exc:
-        raise MalformedData(f"{what}: metadata 'modalities' is not a JSON list") from exc
+    text = metadata.get("modalities")
+    if text is None:
+        raise MalformedData(f"{what}: metadata 'modalities' is missing",
+                            hint="write the probe set with 'mbd-cert train'")
+    # The strict parser caps nesting before parsing: json.loads would recurse once per
+    # '[' of a crafted value and raise RecursionError (SPEC.md, R-PRB-2).
+    # A lone surrogate passes through encode() so that the parser rejects it by name.
+    declared = _json.load_json_strict(
+        text.encode("utf-8", errors="surrogatepass"),
+        what=f"{what}: metadata 'modalities'",
+        max_bytes=MAX_MODALITIES_BYTES,
+        error_class=MalformedData,
+    )
     if (
         not isinstance(declared, list)
         or not declared

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from xml.etree import ElementTree
 
+from mbd_cert._terminal import clean_xml_tree
 from mbd_cert.errors import VerificationFailed
 
 REPORT_VERSION = "1.0"
@@ -160,5 +161,8 @@ def to_junit(report: VerificationReport, suite: str = "mbd-cert.verify") -> byte
         system_out.text = json.dumps(
             {"value": check.value, "threshold": check.threshold, "n": check.n}, default=str
         )
+    # Check names and details quote tensor names and other strings from the files, which
+    # may hold control characters that XML 1.0 cannot encode, even as references.
+    clean_xml_tree(root)
     data: bytes = ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
     return data

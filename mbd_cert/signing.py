@@ -34,10 +34,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from mbd_cert._ed25519_keys import PUBLIC_KEY_BYTES as PUBLIC_KEY_BYTES  # re-exported
-from mbd_cert._ed25519_keys import key_kind, parse_private_key, parse_public_key
+from mbd_cert._ed25519_keys import (
+    foreign_public_key_kind,
+    key_kind,
+    parse_private_key,
+    parse_public_key,
+)
 from mbd_cert._paths import atomic_output
 from mbd_cert._read_capped import read_bytes_capped
 from mbd_cert.errors import (
+    FileMissing,
     InputError,
     KeyInvalid,
     MalformedCertificate,
@@ -50,6 +56,7 @@ __all__ = [
     "key_id",
     "load_private_key",
     "load_public_key",
+    "load_trust_directory",
     "sign",
     "verify_signature",
     "write_keypair",
@@ -63,6 +70,8 @@ KEY_ID_PREFIX = "sha256:"
 # A PEM Ed25519 key is under 200 bytes. 64 KiB still admits large RSA keys, so that
 # they are reported as the wrong key type rather than as an oversized file.
 MAX_KEY_FILE_BYTES = 64 * 1024
+# Skipped trust-directory files logged one by one; the rest are counted in one line.
+_MAX_SKIPPED_KEY_WARNINGS = 10
 PRIVATE_KEY_FILE_MODE = 0o600
 PUBLIC_KEY_FILE_MODE = 0o644
 DEFAULT_KEY_NAME = "issuer"
@@ -183,6 +192,62 @@ def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     source = f"public key file {os.fspath(path)!r}"
     data = read_bytes_capped(path, what="public key file", max_bytes=MAX_KEY_FILE_BYTES)
     return parse_public_key(data, source)
+
+
+def load_trust_directory(directory: str | os.PathLike[str]) -> list[Ed25519PublicKey]:
+    """Load the issuer keys of a trust directory: its ``*.pem`` and ``*.pub`` files.
+
+    Other files, subdirectories and links that lead to no regular file are ignored.
+    A file that contains a public key of another algorithm, such as the X25519 auditor
+    key that ``mbd-cert keygen --kind x25519`` writes as ``.pub``, is skipped with a
+    warning naming it (SPEC.md, R-SIG-5). Every other key file must be an Ed25519
+    public key.
+
+    Args:
+        directory: The trust directory.
+
+    Returns:
+        The Ed25519 public keys, in file name order; empty when the directory has no
+        key file.
+
+    Raises:
+        FileMissing: The directory does not exist.
+        KeyInvalid: A key file is unparsable or a private key, or every key file was
+            skipped, so the directory contains no Ed25519 public key.
+        LimitExceeded: A key file is larger than ``MAX_KEY_FILE_BYTES``.
+        InputError: A key file is not readable.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileMissing(f"trust directory not found: {os.fspath(directory)!r}",
+                          hint="pass a directory of issuer public keys to --trust-dir")
+    keys: list[Ed25519PublicKey] = []
+    skipped: list[str] = []
+    for path in sorted(root.iterdir()):
+        if path.suffix not in (".pem", ".pub") or not path.is_file():
+            continue
+        data = read_bytes_capped(path, what="public key file", max_bytes=MAX_KEY_FILE_BYTES)
+        kind = foreign_public_key_kind(data)
+        if kind is None:
+            keys.append(parse_public_key(data, f"public key file {os.fspath(path)!r}"))
+            continue
+        skipped.append(f"{path.name!r} ({kind})")
+        if len(skipped) <= _MAX_SKIPPED_KEY_WARNINGS:
+            logger.warning("trust directory: skipped %r: it contains a public key of type %s, "
+                           "not an Ed25519 issuer key", os.fspath(path), kind)
+    if len(skipped) > _MAX_SKIPPED_KEY_WARNINGS:
+        logger.warning("trust directory: skipped %d more public keys of other algorithms",
+                       len(skipped) - _MAX_SKIPPED_KEY_WARNINGS)
+    if skipped and not keys:
+        listed = ", ".join(skipped[:_MAX_SKIPPED_KEY_WARNINGS])
+        more = len(skipped) - _MAX_SKIPPED_KEY_WARNINGS
+        raise KeyInvalid(
+            f"trust directory {os.fspath(directory)!r} contains no Ed25519 public key; "
+            f"skipped {listed}" + (f" and {more} more" if more > 0 else ""),
+            hint="add the issuer's Ed25519 public key (the .pub file of 'mbd-cert keygen "
+            "--kind ed25519') to the directory, or pass it with --key",
+        )
+    return keys
 
 
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:

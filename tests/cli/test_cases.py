@@ -30,7 +30,7 @@ from cli_support import (
     write_json,
 )
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 
 from mbd_cert import FORMAT_VERSION, _safetensors, canonical, diff, errors, mechanism
 
@@ -184,6 +184,69 @@ def test_c03_layout_rules_probe(fresh_run: HonestRun, header: str, size: int,
     bundle = _as_bundle_file(fresh_run, "probe", safetensors_bytes(header, bytes(size)))
     outcome = verify(fresh_run.cert, fresh_run.model, fresh_run.public_key, "--bundle", bundle)
     assert_input_error(outcome, code)
+
+
+# Probe set contents: the JSON inside its metadata, and the number of samples. The
+# certificate is re-signed over the edited probe set, so only the reader can stop it.
+
+
+def _rewrite_probe(run: HonestRun, edit: Any) -> None:
+    """Apply ``edit(tensors, metadata)`` to the probe set and re-sign its commitment."""
+    header = _safetensors.read_header(run.probe)
+    tensors = {name: np.array(_safetensors.read_tensor(header, name)) for name in header.tensors}
+    metadata = dict(header.metadata)
+    edit(tensors, metadata)
+    run.probe.unlink()
+    _safetensors.write_safetensors(run.probe, tensors, metadata)
+    doc = run.load_cert()
+    digests = _safetensors.digest_file(run.probe)
+    doc["audit_bundle"]["probe"]["file_digest"] = digests.file_digest
+    doc["audit_bundle"]["probe"]["manifest_digest"] = digests.manifest_digest
+    write_json(run.cert, resign(doc, run.private_key))
+
+
+@pytest.mark.parametrize(
+    ("modalities", "code"),
+    [("[" * 5000 + "]" * 5000, "E_JSON_TOO_DEEP"),
+     ('{"a":' * 5000 + "1" + "}" * 5000, "E_JSON_TOO_DEEP"),
+     ("not json", "E_JSON_SYNTAX"),
+     ('["text", 1e400]', "E_JSON_NONFINITE_NUMBER"),
+     ('{"a": 1, "a": 2}', "E_JSON_DUPLICATE_KEY"),
+     ("1" * 5000, "E_JSON_NUMBER_TOO_LONG"),
+     ('["text", "audio", "text"]', "E_DATA_MALFORMED"),
+     (None, "E_DATA_MALFORMED")],
+    ids=["deep-list", "deep-object", "syntax", "overflow", "duplicate-key", "long-number",
+         "repeated-name", "missing"],
+)
+def test_probe_metadata_modalities_strict(fresh_run: HonestRun, modalities: str | None,
+                                          code: str) -> None:
+    def edit(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+        if modalities is None:
+            del metadata["modalities"]
+        else:
+            metadata["modalities"] = modalities
+
+    _rewrite_probe(fresh_run, edit)
+    outcome = verify(fresh_run.cert, fresh_run.model, fresh_run.public_key, "--level", "2",
+                     "--bundle", fresh_run.out_dir)
+    assert_input_error(outcome, code)
+    assert str(fresh_run.probe) in outcome.stderr
+    assert "metadata 'modalities'" in outcome.stderr
+
+
+def test_probe_set_without_samples(fresh_run: HonestRun) -> None:
+    def edit(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+        for name, value in tensors.items():
+            tensors[name] = value[:0].copy()
+
+    _rewrite_probe(fresh_run, edit)
+    for level in ("2", "3"):
+        outcome = verify(fresh_run.cert, fresh_run.model, fresh_run.public_key, "--level", level,
+                         "--bundle", fresh_run.out_dir)
+        assert_input_error(outcome, "E_DATA_MALFORMED")
+        assert str(fresh_run.probe) in outcome.stderr
+        assert "0 rows" in outcome.stderr
+        assert "at least 1 sample" in outcome.stderr
 
 
 # C04: metadata that is not a string map, and a tensor named __metadata__.
@@ -538,10 +601,21 @@ def test_c14_bad_public_key(honest_run: HonestRun, tmp_path: Path, data: bytes) 
     assert str(key) in outcome.stderr
 
 
+def _rsa_pem() -> bytes:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key(
+    ).public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
+
+
+def _ec_openssh() -> bytes:
+    return ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+
+
 @pytest.mark.parametrize("kind", ["x25519-pem", "private-pem", "issuer-private"])
 @pytest.mark.parametrize("via", ["--key", "--trust-dir"])
 def test_c14_wrong_kind_of_key(honest_run: HonestRun, tmp_path: Path, kind: str,
                                via: str) -> None:
+    # Alone in a trust directory, an X25519 key is skipped, which leaves no issuer key.
     if kind == "issuer-private":
         data = honest_run.private_key.read_bytes()
     else:
@@ -553,6 +627,70 @@ def test_c14_wrong_kind_of_key(honest_run: HonestRun, tmp_path: Path, kind: str,
     outcome = run_cli(["verify", honest_run.cert, honest_run.model, *key_args, "--json"])
     assert_input_error(outcome, "E_KEY_INVALID")
     assert "issuer.pem" in outcome.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "kind"),
+    [("auditor.pub", _x25519_pem, "X25519"), ("legacy.pem", _rsa_pem, "RSA"),
+     ("ssh.pub", _ec_openssh, "EC")],
+    ids=["x25519", "rsa-pkcs1", "ec-openssh"],
+)
+def test_c14_trust_dir_skips_other_algorithms(honest_run: HonestRun, tmp_path: Path,
+                                              name: str, make: Any, kind: str) -> None:
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    (trust / "issuer.pub").write_bytes(honest_run.public_key.read_bytes())
+    _write(trust / name, make())
+    outcome = run_cli(["verify", honest_run.cert, honest_run.model, "--trust-dir", trust])
+    assert_clean(outcome)
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "WARNING" in outcome.stderr
+    assert name in outcome.stderr
+    assert f"type {kind}" in outcome.stderr
+
+
+def test_c14_trust_dir_only_other_algorithms(honest_run: HonestRun, tmp_path: Path) -> None:
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    _write(trust / "auditor.pub", _x25519_pem())
+    _write(trust / "legacy.pem", _rsa_pem())
+    outcome = run_cli(["verify", honest_run.cert, honest_run.model, "--trust-dir", trust,
+                       "--key", honest_run.public_key, "--json"])
+    assert_input_error(outcome, "E_KEY_INVALID")
+    assert "contains no Ed25519 public key" in outcome.stderr
+    assert "'auditor.pub' (X25519)" in outcome.stderr
+    assert "'legacy.pem' (RSA)" in outcome.stderr
+
+
+@pytest.mark.parametrize(
+    "data", [b"not a key", b"-----BEGIN PUBLIC KEY-----\nbroken\n-----END PUBLIC KEY-----\n"],
+    ids=["garbage", "broken-pem"],
+)
+def test_c14_trust_dir_bad_file_stops(honest_run: HonestRun, tmp_path: Path,
+                                      data: bytes) -> None:
+    # Unlike a key of another algorithm, a file that is no key at all is a mistake to fix.
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    (trust / "issuer.pub").write_bytes(honest_run.public_key.read_bytes())
+    _write(trust / "broken.pub", data)
+    outcome = run_cli(["verify", honest_run.cert, honest_run.model, "--trust-dir", trust,
+                       "--json"])
+    assert_input_error(outcome, "E_KEY_INVALID")
+    assert "broken.pub" in outcome.stderr
+
+
+def test_c14_trust_dir_private_key_stops(honest_run: HonestRun, tmp_path: Path) -> None:
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    (trust / "issuer.pub").write_bytes(honest_run.public_key.read_bytes())
+    _write(trust / "auditor.pem", x25519.X25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    outcome = run_cli(["verify", honest_run.cert, honest_run.model, "--trust-dir", trust,
+                       "--json"])
+    assert_input_error(outcome, "E_KEY_INVALID")
+    assert "auditor.pem" in outcome.stderr
+    assert "private key" in outcome.stderr
 
 
 def test_c14_private_key_for_issue_is_public(honest_run: HonestRun, tmp_path: Path) -> None:
@@ -810,6 +948,33 @@ def test_certificate_not_a_certificate(honest_run: HonestRun, tmp_path: Path, te
     assert_input_error(outcome, code)
 
 
+def test_inspect_shows_hostile_strings_escaped(honest_run: HonestRun, tmp_path: Path) -> None:
+    # inspect does not verify, so whoever wrote the certificate chooses these strings.
+    name = ("\x1b]0;owned\x07\x1b[2J\x1b[32mVERIFIED\x1b[0m [bold green]ALL CHECKS PASSED"
+            "[/bold green] [/x] \u202eexe.txt")
+    version = "\x1b[8m hidden \x1b[0m\r"
+    doc = honest_run.load_cert()
+    doc["issuer"]["name"] = name
+    doc["subject_model"]["architecture"]["version"] = version
+    cert = write_json(tmp_path / "c.json", resign(doc, honest_run.private_key))
+    outcome = run_cli(["inspect", cert])
+    assert_clean(outcome)
+    assert outcome.exit_code == 0, outcome.stderr
+    for char in "\x1b\x07\r\u202e":
+        assert char not in outcome.stdout
+    # The table folds long cells over several lines: compare without spaces and borders.
+    flat = "".join(char for char in outcome.stdout if char not in " \n│")
+    assert "[boldgreen]ALLCHECKSPASSED[/boldgreen][/x]" in flat
+    assert "\\x1b]0;owned\\x07\\x1b[2J" in flat
+    assert "\\u202eexe.txt" in flat
+    assert "\\x1b[8mhidden\\x1b[0m\\r" in flat
+    # --json keeps the exact strings.
+    summary = run_cli(["inspect", cert, "--json"]).report
+    assert summary is not None
+    assert summary["issuer_name"] == name
+    assert summary["architecture"]["version"] == version
+
+
 def test_binary_certificate(honest_run: HonestRun, tmp_path: Path) -> None:
     cert = _write(tmp_path / "c.json", b"\xff\xfe\x00{")
     outcome = verify(cert, honest_run.model, honest_run.public_key)
@@ -879,7 +1044,7 @@ def test_foreign_exception_exits_3(honest_run: HonestRun,
     def broken(*args: Any, **kwargs: Any) -> None:
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(verify_module, "_check_calibration", broken)
+    monkeypatch.setattr(verify_module, "check_calibration", broken)
     outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key)
     assert outcome.exit_code == 3
     assert outcome.error_code == "E_INTERNAL"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from xml.etree import ElementTree
 
+import numpy as np
 import pytest
 from cli_support import (
     HonestRun,
@@ -13,6 +15,7 @@ from cli_support import (
     assert_clean,
     flip_signature_s,
     resign,
+    run_cli,
     split_safetensors,
     verify,
     write_json,
@@ -20,7 +23,8 @@ from cli_support import (
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from mbd_cert import signing
+from mbd_cert import _safetensors, signing
+from mbd_cert._terminal import terminal_text, xml_text
 
 
 def _flip(path: Path, offset: int) -> None:
@@ -198,3 +202,48 @@ def test_c18_attacker_signed_certificate(fresh_run: HonestRun, tmp_path: Path) -
     assert_check_failed(outcome, "signature", "E_KEY_UNTRUSTED")
     report = json.loads(outcome.stdout)
     assert report["verified"] is False
+
+
+# Hostile names in the files: the human-readable outputs show them escaped (R-SEC-5).
+
+HOSTILE_NAMES = ["[/x]", "[green]ok[/green]", "\x1b[2J\x1b[32mVERIFIED\x1b[0m",
+                 "a\rb\u202egnp\x07\x01"]
+
+
+def _add_model_tensor(run: HonestRun, name: str) -> None:
+    header = _safetensors.read_header(run.model)
+    tensors = {key: np.array(_safetensors.read_tensor(header, key)) for key in header.tensors}
+    tensors[name] = np.zeros(1, np.float32)
+    metadata = dict(header.metadata)
+    run.model.unlink()
+    _safetensors.write_safetensors(run.model, tensors, metadata)
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=["closing-tag", "style", "escape", "mixed"])
+def test_hostile_tensor_name_in_table(fresh_run: HonestRun, tmp_path: Path, name: str) -> None:
+    _add_model_tensor(fresh_run, name)
+    junit = tmp_path / "junit.xml"
+    outcome = run_cli(["verify", fresh_run.cert, fresh_run.model, "--key",
+                       fresh_run.public_key, "--junit", junit])
+    assert_clean(outcome)
+    assert outcome.exit_code == 1, outcome.stderr
+    assert "E_DIGEST_MISMATCH" in outcome.stdout
+    escaped_name = terminal_text(name)
+    # The table folds long cells, so the escaped name is looked for without line breaks.
+    assert escaped_name in "".join(line.strip(" │") for line in outcome.stdout.splitlines())
+    for char in "\x1b\r\x07\x01\u202e":
+        assert char not in outcome.stdout + outcome.stderr
+    # The JUnit file parses, and its model-digest failure quotes the name escaped.
+    cases = {case.get("name"): case for case in ElementTree.parse(junit).getroot()}
+    failure = cases["model-digest"].find("failure")
+    assert failure is not None and failure.text is not None
+    assert xml_text(name) in failure.text
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=["closing-tag", "style", "escape", "mixed"])
+def test_hostile_tensor_name_in_json(fresh_run: HonestRun, name: str) -> None:
+    # --json stays exact: json.dumps escapes control characters itself.
+    _add_model_tensor(fresh_run, name)
+    outcome = verify(fresh_run.cert, fresh_run.model, fresh_run.public_key)
+    assert_check_failed(outcome, "model-digest", "E_DIGEST_MISMATCH")
+    assert name in outcome.check_detail("model-digest")

@@ -259,6 +259,71 @@ def test_public_key_file_too_large(tmp_path: Path) -> None:
         load_public_key(path)
 
 
+# --- trust directories ------------------------------------------------------------
+
+
+def _x25519_public_pem() -> bytes:
+    return x25519.X25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def raw_public_of(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def test_trust_directory_skips_other_algorithms(
+    tmp_path: Path, issuer_key: Ed25519PrivateKey, rsa_key: rsa.RSAPrivateKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    write(tmp_path / "issuer.pub", raw_public(issuer_key).hex().encode())
+    write(tmp_path / "auditor.pub", _x25519_public_pem())
+    write(tmp_path / "rsa.pem", rsa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    write(tmp_path / "notes.txt", b"not a key file, and not read")
+    with caplog.at_level(logging.WARNING, logger="mbd_cert.signing"):
+        keys = signing.load_trust_directory(tmp_path)
+    assert [raw_public_of(key) for key in keys] == [raw_public(issuer_key)]
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    assert "auditor.pub" in messages[0]
+    assert "type X25519" in messages[0]
+    assert "rsa.pem" in messages[1]
+    assert "type RSA" in messages[1]
+
+
+def test_trust_directory_of_other_algorithms_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    for index in range(13):
+        write(tmp_path / f"auditor{index:02d}.pub", _x25519_public_pem())
+    with caplog.at_level(logging.WARNING, logger="mbd_cert.signing"), \
+            pytest.raises(KeyInvalid) as info:
+        signing.load_trust_directory(tmp_path)
+    assert "contains no Ed25519 public key" in info.value.message
+    assert "'auditor00.pub' (X25519)" in info.value.message
+    assert "and 3 more" in info.value.message
+    # Ten files are named one by one, then one line counts the rest.
+    assert len(caplog.records) == 11
+    assert "3 more" in caplog.records[-1].getMessage()
+
+
+def test_trust_directory_empty_gives_no_keys(tmp_path: Path) -> None:
+    assert signing.load_trust_directory(tmp_path) == []
+
+
+def test_trust_directory_missing(tmp_path: Path) -> None:
+    with pytest.raises(FileMissing):
+        signing.load_trust_directory(tmp_path / "absent")
+
+
+@pytest.mark.parametrize("content", [b"garbage", b""], ids=["garbage", "empty"])
+def test_trust_directory_unparsable_file_stops(
+    tmp_path: Path, issuer_key: Ed25519PrivateKey, content: bytes,
+) -> None:
+    write(tmp_path / "issuer.pub", raw_public(issuer_key))
+    key_error(lambda _: signing.load_trust_directory(tmp_path), write(tmp_path / "x.pem", content))
+
+
 # --- loading private keys ---------------------------------------------------------
 
 

@@ -1,0 +1,108 @@
+r"""Showing strings from untrusted files on a terminal or in an XML report.
+
+Stability: internal. The CLI's human-readable output (tables, error messages, logs)
+and the JUnit writers pass every value that came from a file through these functions
+(SPEC.md, R-SEC-5). ``--json`` output needs none of this: ``json.dumps`` escapes
+control characters itself.
+
+A tensor name, an issuer name or a file name may carry ESC sequences that retitle,
+clear or recolour the terminal, carriage returns that overwrite a line, and Unicode
+bidirectional overrides that reorder what the reader sees. :func:`terminal_text`
+replaces each such character with a visible escape (``\x1b``, ``\u202e``), and
+:func:`rich_text` wraps the result so that rich renders it literally instead of
+reading ``[bold]`` or ``[/x]`` as console markup.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from xml.etree import ElementTree
+
+if TYPE_CHECKING:
+    from rich.text import Text
+
+# Unicode bidirectional formatting characters: the marks ALM, LRM and RLM, the
+# embeddings and overrides LRE, RLE, PDF, LRO and RLO, and the isolates LRI, RLI, FSI
+# and PDI (Unicode Standard Annex #9, section 2). Line and paragraph separators
+# (U+2028, U+2029) go with them because some terminals start a new line on them.
+_BIDI_AND_SEPARATORS = (
+    [0x061C, 0x200E, 0x200F, 0x2028, 0x2029]
+    + list(range(0x202A, 0x202F))
+    + list(range(0x2066, 0x206A))
+)
+
+# C0 controls, DEL and the C1 controls (U+0080 to U+009F, which some terminals read
+# as 8-bit escape sequences).
+_CONTROLS = list(range(0x00, 0x20)) + list(range(0x7F, 0xA0))
+
+
+_SHORT_ESCAPES = {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+
+
+def _escape(code_point: int) -> str:
+    if code_point in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[code_point]
+    return f"\\x{code_point:02x}" if code_point <= 0xFF else f"\\u{code_point:04x}"
+
+
+_TERMINAL_TABLE = {point: _escape(point) for point in _CONTROLS + _BIDI_AND_SEPARATORS}
+
+# XML 1.0 (section 2.2, production Char) allows tab, line feed and carriage return
+# but no other C0 control, not even as a character reference, nor U+FFFE, U+FFFF or a
+# surrogate. A JUnit report keeps tab and line feed, which separate the message from
+# its hint.
+_XML_TABLE = {
+    point: _escape(point)
+    for point in _CONTROLS + _BIDI_AND_SEPARATORS + [0xFFFE, 0xFFFF]
+    + list(range(0xD800, 0xE000))
+    if point not in (0x09, 0x0A)
+}
+
+
+def terminal_text(value: object) -> str:
+    r"""Return ``str(value)`` with control and bidirectional characters escaped.
+
+    Every C0 and C1 control character (including ESC, CR, LF, TAB and BEL), DEL, the
+    Unicode bidirectional formatting characters and U+2028/U+2029 become visible
+    escapes such as ``\x1b`` or ``\u202e``. Everything else, including non-ASCII
+    letters, is kept. The result is safe to print, but not safe from rich markup:
+    see :func:`rich_text`.
+    """
+    return str(value).translate(_TERMINAL_TABLE)
+
+
+def rich_text(value: object, style: str = "") -> Text:
+    """Return :func:`terminal_text` of ``value`` as a rich ``Text``, which rich never parses.
+
+    A plain ``str`` cell or ``console.print`` argument is read as console markup, so
+    a name such as ``[/x]`` raises ``MarkupError`` and ``[green]`` restyles the
+    output. A ``Text`` object is printed as it is.
+    """
+    from rich.text import Text
+
+    return Text(terminal_text(value), style=style)
+
+
+def xml_text(value: object) -> str:
+    r"""Return ``str(value)`` with every character XML 1.0 cannot hold escaped.
+
+    Tab and line feed are kept. Other control characters, the bidirectional
+    formatting characters, U+FFFE, U+FFFF and lone surrogates become escapes such as
+    ``\x1b``, as in :func:`terminal_text`.
+    """
+    return str(value).translate(_XML_TABLE)
+
+
+def clean_xml_tree(root: ElementTree.Element) -> None:
+    """Apply :func:`xml_text` to every text, tail and attribute value under ``root``.
+
+    Call it on a tree before ``ElementTree.tostring``, which writes control characters
+    as they are and so produces a file no XML parser accepts.
+    """
+    for element in root.iter():
+        if element.text is not None:
+            element.text = xml_text(element.text)
+        if element.tail is not None:
+            element.tail = xml_text(element.tail)
+        for name in list(element.attrib):
+            element.set(name, xml_text(element.attrib[name]))

@@ -1,0 +1,115 @@
+"""Escaping of untrusted strings for the terminal and for JUnit XML (SPEC.md, R-SEC-5)."""
+
+from __future__ import annotations
+
+import io
+import logging
+from xml.etree import ElementTree
+
+import pytest
+from rich.console import Console
+from rich.table import Table
+
+from mbd_cert import cli
+from mbd_cert._terminal import clean_xml_tree, rich_text, terminal_text, xml_text
+
+# Every character class R-SEC-5 names, with the escape a reader sees in its place.
+ESCAPES = [
+    ("\x1b", "\\x1b"), ("\x07", "\\x07"), ("\x00", "\\x00"), ("\r", "\\r"), ("\n", "\\n"),
+    ("\t", "\\t"), ("\x7f", "\\x7f"), ("\x85", "\\x85"), ("\x9b", "\\x9b"),
+    ("\u061c", "\\u061c"), ("\u200e", "\\u200e"), ("\u200f", "\\u200f"),
+    ("\u202a", "\\u202a"), ("\u202e", "\\u202e"), ("\u2066", "\\u2066"),
+    ("\u2069", "\\u2069"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"),
+]
+HOSTILE = "\x1b]0;title\x07\x1b[2J\x1b[32mVERIFIED\x1b[0m [bold]x[/bold] [/x] \u202egnp.exe"
+
+
+@pytest.mark.parametrize(("char", "escape"), ESCAPES)
+def test_terminal_text_escapes(char: str, escape: str) -> None:
+    assert terminal_text(f"a{char}b") == f"a{escape}b"
+
+
+def test_terminal_text_keeps_printable_text() -> None:
+    text = "vision.proj.weight [0] é 日本 \\x1b ✓"
+    assert terminal_text(text) == text
+
+
+def test_terminal_text_is_idempotent() -> None:
+    once = terminal_text(HOSTILE)
+    assert terminal_text(once) == once
+
+
+def _render(cell: object) -> str:
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=200, color_system="standard")
+    table = Table()
+    table.add_column("value")
+    table.add_row(cell)  # type: ignore[arg-type]
+    console.print(table)
+    return buffer.getvalue()
+
+
+def test_rich_text_shows_markup_literally() -> None:
+    output = _render(rich_text("[bold]x[/bold] [/x] [link=https://example.org]y[/link]"))
+    assert "[bold]x[/bold] [/x] [link=https://example.org]y[/link]" in output
+
+
+def test_rich_text_hostile_cell_has_no_raw_controls() -> None:
+    output = _render(rich_text(HOSTILE))
+    # The console's own colour codes are ESC [ ... m; the hostile ones must be gone.
+    assert "\x1b]0;" not in output
+    assert "\x1b[2J" not in output
+    assert "\x07" not in output
+    assert "\u202e" not in output
+    assert "\\x1b[2J" in output
+
+
+def test_plain_str_cell_is_read_as_markup() -> None:
+    # The failure rich_text prevents: a str cell with a stray closing tag.
+    from rich.errors import MarkupError
+
+    with pytest.raises(MarkupError):
+        _render("[/x]")
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x1b", "\x0b", "\x7f", "\ufffe", "\ud800"])
+def test_xml_text_replaces_characters_xml_cannot_hold(char: str) -> None:
+    root = ElementTree.Element("case", name=f"n{char}", message=f"m{char}")
+    root.text = f"t{char}"
+    ElementTree.SubElement(root, "child").tail = f"tail{char}"
+    clean_xml_tree(root)
+    data = ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
+    parsed = ElementTree.fromstring(data)
+    assert parsed.get("name") == "n" + xml_text(char)
+    assert parsed.text == "t" + xml_text(char)
+    assert xml_text(char).startswith("\\")
+
+
+def test_xml_text_keeps_tab_and_newline() -> None:
+    assert xml_text("a\tb\nc") == "a\tb\nc"
+
+
+def test_error_message_escaped_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    cli._emit_error("E_DATA_MALFORMED", "tensor '\x1b[2Jx' is bad", "rename \x07it", False)
+    captured = capsys.readouterr()
+    assert "\x1b" not in captured.err
+    assert "\x07" not in captured.err
+    assert "tensor '\\x1b[2Jx' is bad" in captured.err
+    assert "hint: rename \\x07it" in captured.err
+
+
+def test_error_message_exact_in_json(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    cli._emit_error("E_DATA_MALFORMED", "tensor '\x1b[2Jx' is bad", "", True)
+    document = json.loads(capsys.readouterr().out)
+    assert document["error"]["message"] == "tensor '\x1b[2Jx' is bad"
+
+
+def test_log_formatter_escapes_message() -> None:
+    record = logging.LogRecord("mbd_cert.x", logging.WARNING, __file__, 1,
+                               "skipped %s\nINFO forged line", ("a\x1b[2J.pub",), None)
+    text = cli._EscapingFormatter("%(levelname)s %(name)s: %(message)s").format(record)
+    assert "\x1b" not in text
+    assert "\n" not in text
+    assert text == "WARNING mbd_cert.x: skipped a\\x1b[2J.pub\\nINFO forged line"
