@@ -10,7 +10,9 @@ SPEC.md, section "Verifying a repository":
   ``<dir>/<name>.cert.json`` certifies ``<dir>/<name>.safetensors``;
 * directories whose names start with ``.`` (``.git``, ``.venv``) and symbolic links
   are skipped;
-* at level 2 and 3 the audit bundle is read from the certificate's directory.
+* at level 2 and 3 the audit bundle is read from the certificate's directory;
+* a confidential audit bundle (``diff.safetensors``, ``probe.safetensors``) found
+  beside its certificate adds a warning but leaves the exit code as it is.
 
 The exit code is the worst of the per-certificate results (0 < 1 < 2 < 3), so one
 unusable certificate makes the job fail with 2 even when the others are valid.
@@ -25,7 +27,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -40,7 +42,8 @@ logger = logging.getLogger(__name__)
 CERTIFICATE_NAME = "cert.json"
 CERTIFICATE_SUFFIX = ".cert.json"
 MODEL_NAME = "model.safetensors"
-REPO_REPORT_VERSION = "1.0"
+# 1.1 adds "warnings" to each result; readers of 1.0 can ignore it.
+REPO_REPORT_VERSION = "1.1"
 CODE_NO_CERTIFICATES = "E_NO_CERTIFICATES"
 
 
@@ -54,6 +57,8 @@ class RepoResult:
         exit_code: 0 verified, 1 a check failed, 2 unusable input, 3 internal error.
         report: The verification report; None when verification stopped early.
         error: ``{"code", "message", "hint"}`` when verification stopped early.
+        warnings: Problems that do not affect the exit code, such as a confidential
+            audit bundle published beside the certificate.
     """
 
     certificate: str
@@ -61,6 +66,7 @@ class RepoResult:
     exit_code: int
     report: Any = None
     error: dict[str, str] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """Return the machine-readable record of this certificate."""
@@ -70,6 +76,7 @@ class RepoResult:
             "exit_code": self.exit_code,
             "verified": self.exit_code == 0,
             "error": self.error,
+            "warnings": list(self.warnings),
             "report": None if self.report is None else self.report.to_json(),
         }
 
@@ -106,6 +113,39 @@ def model_for(certificate: Path) -> Path:
     return certificate.with_name(stem + ".safetensors")
 
 
+def published_bundle_files(root: Path, certificate: Path) -> list[str]:
+    """Return the plain files of a confidential audit bundle that lie beside ``certificate``.
+
+    ``issue`` leaves ``diff.safetensors`` and ``probe.safetensors`` in its output
+    directory even when it also seals them. The diff rebuilds the pre-deletion model
+    and the probe set contains training samples (SPEC.md section 12.3), so a
+    repository that contains them publishes what the deletion removed.
+
+    Returns:
+        Paths relative to ``root``; empty when the certificate cannot be read, because
+        verification reports that.
+    """
+    from mbd_cert import _paths
+    from mbd_cert.certificate import load_certificate
+
+    try:
+        bundle = load_certificate(certificate)["audit_bundle"]
+    except errors.MbdCertError:
+        return []
+    if bundle.get("confidential") is not True:
+        return []
+    found = []
+    for part in ("diff", "probe"):
+        try:
+            path = _paths.resolve_artefact(certificate.parent, bundle[part]["path"],
+                                           field=f"audit_bundle.{part}.path")
+        except errors.MbdCertError:
+            continue
+        if path.is_file():
+            found.append(path.relative_to(root).as_posix())
+    return found
+
+
 def _trusted_keys(root: Path, policy: Any, key_paths: Sequence[Path]) -> list[Any]:
     from mbd_cert import _paths, signing
 
@@ -122,22 +162,8 @@ def _trusted_keys(root: Path, policy: Any, key_paths: Sequence[Path]) -> list[An
     return keys
 
 
-def _check_methods(doc: dict[str, Any], methods: Sequence[str]) -> Any:
-    from mbd_cert.report import CheckResult
-
-    method = doc["privacy"]["sensitivity_method"]
-    if method not in methods:
-        raise errors.PolicyViolation(
-            f"sensitivity method is {method!r}, the policy accepts {list(methods)}"
-        )
-    return CheckResult("policy-sensitivity-method", "pass",
-                       f"sensitivity method {method!r} is accepted by the policy",
-                       requirement="R-POL-1")
-
-
 def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any]) -> RepoResult:
     """Verify one certificate under the policy, recording unusable input and bugs in the result."""
-    from mbd_cert.certificate import load_certificate
     from mbd_cert.verify import VerifyOptions, verify
 
     model = model_for(certificate)
@@ -149,8 +175,9 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any]) 
         level=policy.required_level,
         bundle_dir=certificate.parent if policy.required_level >= 2 else None,
         max_epsilon=policy.max_cumulative_epsilon,
-        # verify() checks one required method; a list of several is checked below.
-        required_sensitivity_method=methods[0] if len(methods) == 1 else None,
+        max_delta=policy.max_delta,
+        # verify() applies the methods to every certificate of the chain (R-POLF-2).
+        accepted_sensitivity_methods=methods,
         allow_inconclusive=policy.allow_inconclusive,
     )
     try:
@@ -161,10 +188,6 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any]) 
                 "model.safetensors, NAME.cert.json with NAME.safetensors",
             )
         report = verify(certificate, model, options)
-        if len(methods) > 1:
-            doc = load_certificate(certificate)
-            report.run("policy-sensitivity-method", "R-POL-1",
-                       lambda: _check_methods(doc, methods))
         result.report = report
         result.exit_code = 0 if report.verified else 1
     except errors.MbdCertError as error:
@@ -178,11 +201,18 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any]) 
         result.error = {"code": "E_INTERNAL",
                         "message": f"internal error: {type(exc).__name__}: {exc}",
                         "hint": "this is a bug in mbd-cert; rerun with -vv and report it"}
+    published = published_bundle_files(root, certificate)
+    if published:
+        result.warnings.append(
+            f"{', '.join(published)}: confidential audit bundle (it rebuilds the "
+            "pre-deletion model and contains training samples); publish it only where "
+            "auditors alone can read it")
     return result
 
 
 def junit_for(results: Sequence[RepoResult]) -> bytes:
     """Render the results as JUnit XML: one test suite per certificate."""
+    from mbd_cert._terminal import clean_xml_tree
     from mbd_cert.report import to_junit
 
     root = ElementTree.Element("testsuites", name="mbd-cert.verify-repo")
@@ -207,12 +237,16 @@ def junit_for(results: Sequence[RepoResult]) -> bytes:
         root.append(suite)
     for key, value in totals.items():
         root.set(key, str(value))
+    # Certificate paths and error messages may contain characters XML 1.0 cannot encode.
+    clean_xml_tree(root)
     return bytes(ElementTree.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
 def _render(results: Sequence[RepoResult], exit_code: int) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from mbd_cert._terminal import rich_text
 
     console = Console(soft_wrap=False, width=120)
     table = Table(title="mbd-cert verify-repo")
@@ -228,10 +262,16 @@ def _render(results: Sequence[RepoResult], exit_code: int) -> None:
             failed = [c for c in result.report.checks if c.status in ("fail", "inconclusive")]
             status = "NOT VERIFIED"
             detail = "; ".join(f"{c.name}: {c.code or c.status}" for c in failed)
-        table.add_row(result.certificate, status, detail)
+        if result.warnings:
+            status += " (warning)"
+            detail = "; ".join([detail, *result.warnings])
+        # Paths, messages and check names come from the repository under test: escaped,
+        # and never read as rich markup (SPEC.md, R-SEC-5).
+        table.add_row(rich_text(result.certificate), rich_text(status), rich_text(detail))
     console.print(table)
     verified = sum(1 for r in results if r.exit_code == 0)
-    console.print(f"{verified} of {len(results)} certificates verified (exit {exit_code})")
+    console.print(rich_text(f"{verified} of {len(results)} certificates verified "
+                            f"(exit {exit_code})"))
 
 
 def register(main: click.Group, guarded: GuardFactory) -> None:
@@ -257,6 +297,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         Exit 0 all verified, 1 one is not valid, 2 unusable input, 3 internal error.
         """
         from mbd_cert import _paths
+        from mbd_cert._terminal import terminal_text
         from mbd_cert.policy import Policy, find_policy, load_policy
 
         policy_file = policy_path if policy_path is not None else find_policy(root)
@@ -273,6 +314,10 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         exit_code = max((r.exit_code for r in results), default=0)
         if junit_path is not None:
             _paths.atomic_write_bytes(junit_path, junit_for(results), overwrite=True)
+        for result in results:
+            for warning in result.warnings:
+                click.echo(f"warning: {terminal_text(result.certificate)}: "
+                           f"{terminal_text(warning)}", err=True)
         if as_json:
             click.echo(json.dumps({
                 "report_version": REPO_REPORT_VERSION,
@@ -310,6 +355,12 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         )
         from mbd_cert.certificate import load_certificate
 
+        # Checked here to name the option; the atomic write below still refuses a file
+        # that appears meanwhile.
+        if not force and os.path.lexists(out_path):
+            raise errors.InputError(f"output file exists: {out_path}",
+                                    hint="choose another --out, or pass --force to replace it",
+                                    code="E_FILE_EXISTS")
         doc = load_certificate(cert)
         if model_path is not None:
             expected = doc["subject_model"]["post_deletion"]["file_digest"]

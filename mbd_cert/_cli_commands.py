@@ -55,11 +55,7 @@ def _load_keys(paths: tuple[Path, ...], trust_dir: Path | None) -> list[Any]:
 
     keys = [signing.load_public_key(path) for path in paths]
     if trust_dir is not None:
-        if not trust_dir.is_dir():
-            raise errors.FileMissing(f"trust directory not found: {trust_dir}")
-        for path in sorted(trust_dir.iterdir()):
-            if path.suffix in (".pem", ".pub") and path.is_file():
-                keys.append(signing.load_public_key(path))
+        keys.extend(signing.load_trust_directory(trust_dir))
     return keys
 
 
@@ -116,7 +112,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         "--trust-dir",
         type=click.Path(path_type=Path),
         default=None,
-        help="Directory of trusted public keys (*.pem, *.pub).",
+        help="Directory of trusted issuer public keys (*.pem, *.pub). Public keys of "
+        "other algorithms, such as an X25519 auditor key, are skipped with a warning.",
     )
     @click.option(
         "--level",
@@ -139,10 +136,18 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         help="Policy: fail when the cumulative epsilon exceeds this value.",
     )
     @click.option(
+        "--max-delta",
+        type=float,
+        default=None,
+        help="Policy: fail when the delta of the cumulative epsilon (accounting.delta, "
+        "a probability in (0, 1)) exceeds this value, e.g. 1e-5.",
+    )
+    @click.option(
         "--require-sensitivity-method",
         type=click.Choice(["clip-bound", "reference-retrain", "declared"]),
         default=None,
-        help="Policy: fail unless the certificate uses this sensitivity method.",
+        help="Policy: fail unless every certificate of the chain uses this "
+        "sensitivity method.",
     )
     @click.option(
         "--allow-inconclusive",
@@ -154,7 +159,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         type=float,
         default=None,
         help="Family-wise significance level of the level-2 residual tests, in "
-        "(0, 1) [default: update.residual_alpha of the certificate, else 0.01].",
+        "(0, 1) [default: 0.01, or the certificate's update.residual_alpha if larger].",
     )
     @click.option(
         "--check-file-digest",
@@ -194,6 +199,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         level: int,
         bundle_dir: Path | None,
         max_epsilon: float | None,
+        max_delta: float | None,
         require_sensitivity_method: str | None,
         allow_inconclusive: bool,
         alpha: float | None,
@@ -205,10 +211,13 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
     ) -> None:
         """Verify CERT against the released MODEL.
 
-        Exit codes: 0 verified, 1 a check failed (tampering or a false claim), 2 bad
-        input (a missing or malformed file or option), 3 internal error (a bug).
+        Exit codes: 0 verified, 1 a check failed (tampering or a false claim; the
+        level-2 residual tests also reject an honest certificate with probability at
+        most alpha), 2 bad input (a missing or malformed file or option), 3 internal
+        error (a bug), 130 interrupted.
         """
         from mbd_cert import _paths
+        from mbd_cert._terminal import terminal_text
         from mbd_cert.report import to_junit
         from mbd_cert.verify import VerifyOptions
         from mbd_cert.verify import verify as run_verify
@@ -229,6 +238,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                     level=level,
                     bundle_dir=bundle_dir,
                     max_epsilon=max_epsilon,
+                    max_delta=max_delta,
                     required_sensitivity_method=require_sensitivity_method,
                     allow_inconclusive=allow_inconclusive,
                     progress=update,
@@ -249,7 +259,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         if not report.verified:
             # stdout may be a JSON document, so the reason for exit code 1 goes to stderr.
             failed = [
-                f"{check.name} [{check.code or check.status}]"
+                terminal_text(f"{check.name} [{check.code or check.status}]")
                 for check in report.checks
                 if check.status in ("fail", "inconclusive")
             ]
@@ -260,14 +270,19 @@ def _render_table(report: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from mbd_cert._terminal import rich_text
+
+    # Names and details quote tensor names and other strings from the files, so every
+    # cell is a Text: rich would read a plain str as markup (SPEC.md, R-SEC-5).
     console = Console(soft_wrap=False, width=120)
-    table = Table(title=f"certificate {report.certificate_id} (level {report.level})")
+    table = Table(title=rich_text(f"certificate {report.certificate_id} (level {report.level})"))
     table.add_column("check")
     table.add_column("status")
     table.add_column("detail", overflow="fold")
     styles = {"pass": "green", "fail": "bold red", "skipped": "yellow", "inconclusive": "magenta"}
     for check in report.checks:
         status = check.status + (f" {check.code}" if check.code else "")
-        table.add_row(check.name, f"[{styles.get(check.status, '')}]{status}[/]", check.detail)
+        table.add_row(rich_text(check.name), rich_text(status, styles.get(check.status, "")),
+                      rich_text(check.detail))
     console.print(table)
-    console.print("VERIFIED" if report.verified else "NOT VERIFIED", style="bold")
+    console.print(rich_text("VERIFIED" if report.verified else "NOT VERIFIED", "bold"))

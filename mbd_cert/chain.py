@@ -313,7 +313,8 @@ def check_chain_accounting(
 ) -> tuple[list[ChainLink], Any]:
     """Walk the chain and recompute every link's accounting (SPEC.md, R-ACC-1, R-ACC-2).
 
-    Every earlier link must be signed by a trusted key (R-CHAIN-6). For each link k
+    Every earlier link must be signed by a trusted key (R-CHAIN-6) and calibrated
+    (R-CHAIN-8, the checks of R-PRIV-2 to R-PRIV-5). For each link k
     the mu-GDP parameter and the cumulative epsilon are recomputed over links 1..k at
     link k's ``accounting.delta``.
 
@@ -323,12 +324,13 @@ def check_chain_accounting(
 
     Raises:
         VerificationFailed: A link is missing, out of order, duplicated, unsigned by a
-            trusted key, or states a mu or cumulative epsilon that the recomputation
+            trusted key, miscalibrated, or states a mu or cumulative epsilon that the recomputation
             contradicts (``E_CALIBRATION_INVALID``).
         InputError: A link file is malformed, or the chain exceeds the caps.
     """
     # Imported here so that walking a chain needs no numpy (accounting uses it).
     from mbd_cert import accounting
+    from mbd_cert._calibration import check_calibration
     from mbd_cert.errors import CalibrationInvalid
 
     links = walk_chain(doc, chain_dir)
@@ -341,6 +343,14 @@ def check_chain_accounting(
             raise type(exc)(
                 f"earlier certificate {link.sequence_number} of the chain ({link.source}): "
                 f"{exc.message}", hint=exc.hint, code=exc.code) from exc
+        # R-CHAIN-8: an earlier link's sigma and sensitivity enter the budget below, so
+        # they are checked as strictly as the newest certificate's.
+        try:
+            check_calibration(link.doc)
+        except CalibrationInvalid as exc:
+            raise CalibrationInvalid(
+                f"earlier certificate {link.sequence_number} of the chain ({link.source}): "
+                f"{exc.message}", hint=exc.hint) from exc
     entries = []
     account = None
     for link in links:

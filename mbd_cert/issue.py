@@ -242,7 +242,7 @@ def previous_chain(checkpoint_dir: Path, options: IssueOptions) -> list[chain.Ch
     return links
 
 
-def _config_from_certificate(doc: dict[str, Any]) -> dict[str, Any]:
+def config_from_certificate(doc: dict[str, Any]) -> dict[str, Any]:
     """Rebuild a checkpoint ``config.json`` from a certificate's released architecture."""
     architecture = doc["subject_model"]["architecture"]
     return {
@@ -281,6 +281,31 @@ def _warn_other_issuers(previous: Sequence[chain.ChainLink], private_key: Any) -
             "earlier certificates of this chain were signed with other keys (%s). "
             "Verifiers will need --key for each of them as well as for this key %s",
             ", ".join(others), own_key_id)
+
+
+# Above this delta the (epsilon, delta) guarantee is weak for any epsilon: each of a
+# thousand records could be exposed with probability 1/1000.
+WEAK_DELTA = 1e-3
+
+
+def _warn_weak_settings(options: IssueOptions) -> None:
+    """Warn about valid options that make the certified epsilon mean little."""
+    bound = 2.0 * options.clip_norm
+    if options.sensitivity_method == "declared" and options.sensitivity is not None \
+            and options.sensitivity < bound:
+        logger.warning(
+            "the declared sensitivity %g is below the clip bound 2 * clip_norm = %g; the "
+            "certified epsilon holds only if your own sensitivity analysis is right, and "
+            "verifiers cannot check it", options.sensitivity, bound)
+    if options.sensitivity_method == "reference-retrain" and options.reference_runs < 4:
+        logger.warning(
+            "%d reference rerun(s) give a rough estimate of the sensitivity, not a bound; "
+            "the clip bound (%g) needs no estimate", options.reference_runs, bound)
+    if options.delta > WEAK_DELTA:
+        logger.warning(
+            "delta %g is large: the epsilon guarantee may fail with that probability. "
+            "Use a delta well below 1 / (number of training samples), e.g. 1e-5",
+            options.delta)
 
 
 def issue(
@@ -324,6 +349,7 @@ def issue(
     checkpoint_dir = Path(checkpoint_dir)
     previous = previous_chain(checkpoint_dir, options)
     _warn_other_issuers(previous, private_key)
+    _warn_weak_settings(options)
     # Budget (SPEC.md, R-CHAIN-5): refuse before any work, so nothing is written.
     planned = sensitivity_for(options)
     chain_account(
@@ -345,7 +371,7 @@ def issue(
     else:
         # The output of an earlier issue has no config.json: the released config and
         # the probe set are those of the previous certificate.
-        config_doc = _config_from_certificate(previous[-1].doc)
+        config_doc = config_from_certificate(previous[-1].doc)
         probe_path = checkpoint_dir / previous[-1].doc["audit_bundle"]["probe"]["path"]
     model_path = checkpoint_dir / "model.safetensors"
     if not model_path.exists():

@@ -46,6 +46,7 @@ SENSITIVITY_METHODS = ("clip-bound", "reference-retrain", "declared")
 _KNOWN_KEYS = (
     "policy_version",
     "max_cumulative_epsilon",
+    "max_delta",
     "required_level",
     "required_sensitivity_methods",
     "trusted_keys",
@@ -60,6 +61,8 @@ class Policy:
     Attributes:
         max_cumulative_epsilon: Largest accepted ``accounting.cumulative_epsilon``;
             None sets no limit.
+        max_delta: Largest accepted ``accounting.delta``, the failure probability of
+            the cumulative epsilon; None sets no limit.
         required_level: Verification level every certificate is checked at (1 to 3).
         required_sensitivity_methods: Accepted ``privacy.sensitivity_method`` values;
             empty accepts every method.
@@ -69,6 +72,7 @@ class Policy:
     """
 
     max_cumulative_epsilon: float | None = None
+    max_delta: float | None = None
     required_level: int = 1
     required_sensitivity_methods: tuple[str, ...] = ()
     trusted_keys: tuple[str, ...] = ()
@@ -100,6 +104,17 @@ def _parse_epsilon(source: str, value: object) -> float:
             source, key, f"must be finite and > 0, got {value!r}",
             hint="0 would reject every certificate; remove the key for no limit",
         )
+    return number
+
+
+def _parse_delta(source: str, value: object) -> float:
+    key = "max_delta"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _invalid(source, key, f"must be a number, got {_type_name(value)} {value!r}")
+    number = float(value)
+    if not 0 < number < 1:
+        raise _invalid(source, key, f"must be in (0, 1), got {value!r}",
+                       hint="delta is a probability, e.g. 1e-5; remove the key for no limit")
     return number
 
 
@@ -186,6 +201,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>") -> Policy
         )
 
     epsilon = data.get("max_cumulative_epsilon")
+    delta = data.get("max_delta")
     allow_inconclusive = data.get("allow_inconclusive", False)
     if not isinstance(allow_inconclusive, bool):
         raise _invalid(source, "allow_inconclusive",
@@ -193,6 +209,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>") -> Policy
                        f"{allow_inconclusive!r}")
     return Policy(
         max_cumulative_epsilon=None if epsilon is None else _parse_epsilon(source, epsilon),
+        max_delta=None if delta is None else _parse_delta(source, delta),
         required_level=_parse_level(source, data.get("required_level", 1)),
         required_sensitivity_methods=(
             _parse_methods(source, data["required_sensitivity_methods"])
@@ -235,6 +252,11 @@ def load_policy(path: str | Path) -> Policy:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _invalid(source, "file", f"is not valid TOML: {exc}") from exc
+    except RecursionError as exc:
+        # tomllib recurses once per nested array or table; the 64 KiB cap still admits
+        # thousands of levels. No policy key takes a nested value.
+        raise _invalid(source, "file", "nests arrays or tables too deeply to parse",
+                       hint="a policy holds numbers, booleans and lists of strings") from exc
     return parse_policy(document, source=source)
 
 

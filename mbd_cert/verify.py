@@ -22,31 +22,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from mbd_cert import (
     _commitment,
-    _groups,
-    _paths,
     _safetensors,
     certificate,
     chain,
-    mechanism,
     sealing,
 )
+from mbd_cert._calibration import check_calibration
+from mbd_cert._level1_checks import check_bundle, check_deletion, check_policy
 from mbd_cert.arch import get_architecture
 from mbd_cert.errors import (
-    CalibrationInvalid,
-    DeletionIncomplete,
-    DigestMismatch,
     FileMissing,
     InputError,
-    PolicyViolation,
     VerificationFailed,
 )
 from mbd_cert.report import CheckResult, VerificationReport
-from mbd_cert.sensitivity import check_evidence
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +56,15 @@ class VerifyOptions:
         level: 1 (integrity), 2 (recompute) or 3 (leakage).
         bundle_dir: Directory holding the audit bundle files named in the certificate.
         max_epsilon: Policy: the cumulative epsilon must not exceed this.
-        required_sensitivity_method: Policy: the certificate must use this method.
+        required_sensitivity_method: Policy: every certificate of the chain must use
+            this method.
+        accepted_sensitivity_methods: Policy: every certificate of the chain must use
+            one of these methods; empty accepts all.
+        max_delta: Policy: the delta at which the cumulative epsilon is stated
+            (``accounting.delta``) must not exceed this.
         allow_inconclusive: Treat inconclusive statistical checks as passing.
         alpha: Family-wise significance level of the level-2 residual tests; None
-            takes ``update.residual_alpha`` from the certificate, else 0.01.
+            takes 0.01, or ``update.residual_alpha`` of the certificate if larger.
         progress: Called as ``progress(stage, done, total)`` during long stages.
         check_file_digest: Also recompute the whole-file SHA-256 of the model, one
             sequential pass over the file. Certificates without ``header_digest``
@@ -82,6 +80,8 @@ class VerifyOptions:
     bundle_dir: Path | None = None
     max_epsilon: float | None = None
     required_sensitivity_method: str | None = None
+    accepted_sensitivity_methods: Sequence[str] = ()
+    max_delta: float | None = None
     allow_inconclusive: bool = False
     progress: Callable[[str, int, int], None] | None = None
     alpha: float | None = None
@@ -105,13 +105,22 @@ def _check_options(options: VerifyOptions) -> None:
             hint="a limit of 0 would reject every certificate; omit the option for no limit",
             code="E_PARAMETER_INVALID",
         )
-    method = options.required_sensitivity_method
-    if method is not None and method not in SENSITIVITY_METHODS:
+    if options.max_delta is not None and (
+        isinstance(options.max_delta, bool) or not 0 < options.max_delta < 1
+    ):
         raise InputError(
-            f"required sensitivity method must be one of {', '.join(SENSITIVITY_METHODS)}, "
-            f"got {method!r}",
+            f"max delta must be in (0, 1), got {options.max_delta!r}",
+            hint="pass the largest delta you accept, e.g. 1e-5",
             code="E_PARAMETER_INVALID",
         )
+    methods = [options.required_sensitivity_method, *options.accepted_sensitivity_methods]
+    for method in methods:
+        if method is not None and method not in SENSITIVITY_METHODS:
+            raise InputError(
+                f"required sensitivity method must be one of {', '.join(SENSITIVITY_METHODS)}, "
+                f"got {method!r}",
+                code="E_PARAMETER_INVALID",
+            )
     if not options.trusted_keys:
         raise InputError(
             "no trusted issuer key was given",
@@ -144,7 +153,9 @@ def _check_options(options: VerifyOptions) -> None:
     if options.level >= 2 and options.bundle_dir is None and options.auditor_private_key is None:
         raise InputError(
             f"level {options.level} needs the audit bundle",
-            hint="pass --bundle DIR with diff.safetensors and probe.safetensors",
+            hint="pass --bundle DIR with diff.safetensors and probe.safetensors, or, "
+            "when the issuer sealed them into audit-bundle.sealed, "
+            "--auditor-private-key KEY",
             code="E_BUNDLE_MISSING",
         )
 
@@ -211,31 +222,49 @@ def verify(
 
     # Step 4 (SPEC §7.4): the deleted encoder is gone.
     report.run(
-        "deleted-tensors-zero", "R-DEL-1", lambda: _check_deletion(doc, header, architecture)
+        "deleted-tensors-zero", "R-DEL-1", lambda: check_deletion(doc, header, architecture)
     )
 
     # Step 5 (SPEC §7.5): the stated sigma gives the stated (epsilon, delta).
-    report.run("calibration", "R-PRIV-3", lambda: _check_calibration(doc))
+    report.run("calibration", "R-PRIV-3", lambda: check_calibration(doc))
 
     # Step 6 (SPEC §7.6): the cumulative budget over the chain.
     chain_dir = Path(options.chain_dir) if options.chain_dir else Path(cert_path).parent
-    report.run("accounting", "R-ACC-2", lambda: _check_accounting(doc, chain_dir, options))
+    walked: list[chain.ChainLink] = []
+    report.run("accounting", "R-ACC-2",
+               lambda: _check_accounting(doc, chain_dir, options, walked))
 
-    # Step 7 (SPEC §7.7): the caller's policy.
-    if options.max_epsilon is None and options.required_sensitivity_method is None:
-        report.skip(
-            "policy", "R-POL-1", "no policy given (--max-epsilon, --require-sensitivity-method)"
-        )
+    # Step 7 (SPEC §7.7): the caller's policy, on every link of the chain.
+    if (options.max_epsilon is None and options.max_delta is None
+            and options.required_sensitivity_method is None
+            and not options.accepted_sensitivity_methods):
+        report.skip("policy", "R-POL-1", "no policy given (--max-epsilon, --max-delta, "
+                    "--require-sensitivity-method)")
     else:
-        report.run("policy", "R-POL-1", lambda: _check_policy(doc, options))
+        report.run("policy", "R-POL-1", lambda: check_policy(
+            doc, walked, max_epsilon=options.max_epsilon, max_delta=options.max_delta,
+            required_method=options.required_sensitivity_method,
+            accepted_methods=options.accepted_sensitivity_methods))
 
     # Step 8 (SPEC §7.8): audit bundle digests.
     if options.bundle_dir is None:
         report.skip("bundle-digest", "R-BUN-2", "no audit bundle given (--bundle)")
     else:
         bundle = Path(options.bundle_dir)
-        report.run("bundle-digest", "R-BUN-2", lambda: _check_bundle(doc, bundle))
+        report.run("bundle-digest", "R-BUN-2", lambda: check_bundle(doc, bundle))
 
+    # R-LVL-3: levels 2 and 3 parse and recompute only files the certificate commits
+    # to under a trusted signature; anything else is unauthenticated input, and its
+    # checks could not change the verdict.
+    unauthenticated = [c.name for c in report.checks
+                       if c.name in ("signature", "model-digest", "bundle-digest")
+                       and c.status != "pass"]
+    if options.level >= 2 and unauthenticated:
+        for level in range(2, options.level + 1):
+            report.skip(f"level-{level}", "R-LVL-3",
+                        f"not run: {', '.join(unauthenticated)} did not pass, so the model "
+                        "and bundle files are not the ones a trusted issuer certified")
+        return _finish(report)
     if options.level >= 2:
         from mbd_cert import verify_recompute
 
@@ -246,6 +275,10 @@ def verify(
         from mbd_cert import verify_leakage
 
         verify_leakage.run_level3(doc, model_path, Path(options.bundle_dir or "."), report, options)
+    return _finish(report)
+
+
+def _finish(report: VerificationReport) -> VerificationReport:
     for check in report.checks:
         logger.info("%s: %s (%s)", check.name, check.status, check.requirement or "-")
     return report
@@ -258,92 +291,14 @@ def _bytes_progress(progress: Callable[[str, int, int], None] | None,
     return lambda done, total: progress(stage, done, total)
 
 
-def _check_deletion(doc: Mapping[str, Any], header: Any, architecture: Any) -> str:
-    modality = doc["deletion"]["modality"]
-    config = doc["subject_model"]["architecture"]["config"]
-    if modality not in config.get("deleted_modalities", []):
-        raise DeletionIncomplete(
-            f"the certified config does not mark {modality!r} as deleted "
-            "(subject_model.architecture.config.deleted_modalities)"
-        )
-    prefixes = architecture.encoder_prefixes(config, modality)
-    expected = _groups.eligible_names(list(header.tensors), prefixes)
-    claimed = sorted(doc["deletion"]["removed_tensors"])
-    if claimed != expected:
-        missing = sorted(set(expected) - set(claimed))
-        extra = sorted(set(claimed) - set(expected))
-        raise DeletionIncomplete(
-            f"deletion.removed_tensors differs from the {modality} encoder tensors of the model: "
-            f"not listed {missing[:5]}, listed but not encoder tensors {extra[:5]}"
-        )
-    # Every modality deleted so far, not only this one: a later deletion must not bring
-    # back an encoder that an earlier certificate removed (SPEC.md, R-DEL-1).
-    count = 0
-    for deleted in sorted(config.get("deleted_modalities", [])):
-        names = _groups.eligible_names(
-            list(header.tensors), architecture.encoder_prefixes(config, deleted)
-        )
-        for name in names:
-            values = _safetensors.read_tensor(header, name)
-            nonzero = int(np.count_nonzero(values))
-            if nonzero:
-                raise DeletionIncomplete(
-                    f"tensor '{name}' of the deleted {deleted} encoder has {nonzero} "
-                    "non-zero entries",
-                    hint="the released model still holds the deleted encoder",
-                )
-        count += len(names)
-    deleted_list = ", ".join(sorted(config.get("deleted_modalities", [])))
-    return f"{count} encoder tensors of the deleted modalities ({deleted_list}) are all zero"
-
-
-def _check_calibration(doc: Mapping[str, Any]) -> CheckResult:
-    privacy = doc["privacy"]
-    epsilon, delta = privacy["epsilon"], privacy["delta"]
-    sensitivity, sigma = privacy["sensitivity"], privacy["sigma"]
-    if privacy["sensitivity_method"] == "clip-bound":
-        bound = 2.0 * doc["update"]["clip_norm"]
-        if sensitivity < bound:
-            raise CalibrationInvalid(
-                f"privacy.sensitivity is {sensitivity!r}, below the clip bound "
-                f"2 * clip_norm = {bound!r}"
-            )
-    if privacy["sensitivity_method"] == "reference-retrain":
-        try:
-            sensitivity_check = check_evidence(privacy, doc["update"]["clip_norm"])
-        except ValueError as exc:
-            raise CalibrationInvalid(str(exc), hint="R-PRIV-5") from exc
-        logger.debug("%s", sensitivity_check)
-    if privacy["noise_dimension"] != doc["saliency"]["mask_size"]:
-        raise CalibrationInvalid(
-            f"privacy.noise_dimension ({privacy['noise_dimension']}) differs from "
-            f"saliency.mask_size ({doc['saliency']['mask_size']}): "
-            "noise must cover every masked entry"
-        )
-    result = mechanism.check_calibration(epsilon, delta, sensitivity, sigma)
-    if not result.ok:
-        raise CalibrationInvalid(
-            f"privacy.sigma = {sigma!r} gives delta {result.actual_delta:.6g} at epsilon "
-            f"{epsilon!r}, more than the stated {delta!r}; the analytic Gaussian mechanism needs "
-            f"sigma >= {result.required_sigma:.7g}",
-            hint="the certificate overstates its privacy",
-        )
-    return CheckResult(
-        "calibration",
-        "pass",
-        f"sigma {sigma:.7g} >= required {result.required_sigma:.7g} for "
-        f"epsilon {epsilon}, delta {delta}, sensitivity {sensitivity:.6g}",
-        requirement="R-PRIV-3",
-        value=sigma,
-        threshold=result.required_sigma,
-    )
-
-
 def _check_accounting(
-    doc: Mapping[str, Any], chain_dir: Path, options: VerifyOptions
+    doc: Mapping[str, Any], chain_dir: Path, options: VerifyOptions,
+    walked: list[chain.ChainLink],
 ) -> CheckResult:
-    # R-ACC-1, R-ACC-2 and R-CHAIN-1 to R-CHAIN-6 over every link of the chain.
+    # R-ACC-1, R-ACC-2 and R-CHAIN-1 to R-CHAIN-8 over every link of the chain. The
+    # links go to ``walked`` for the policy check.
     links, recomputed = chain.check_chain_accounting(doc, chain_dir, options.trusted_keys)
+    walked.extend(links)
     account = doc["accounting"]
     return CheckResult(
         "accounting",
@@ -385,46 +340,3 @@ def _verify_sealed(cert_path: Path, model_path: Path, options: VerifyOptions) ->
         report = verify(cert_path, model_path, opened)
     report.checks.insert(1, CheckResult("sealed-bundle", "pass", detail, requirement="R-SEAL-2"))
     return report
-
-
-def _check_policy(doc: Mapping[str, Any], options: VerifyOptions) -> CheckResult:
-    cumulative = doc["accounting"]["cumulative_epsilon"]
-    if options.max_epsilon is not None and cumulative > options.max_epsilon:
-        raise PolicyViolation(
-            f"cumulative epsilon {cumulative:.6g} exceeds the policy limit {options.max_epsilon:g}"
-        )
-    method = options.required_sensitivity_method
-    if method is not None and doc["privacy"]["sensitivity_method"] != method:
-        raise PolicyViolation(
-            f"sensitivity method is {doc['privacy']['sensitivity_method']!r}, "
-            f"the policy requires {method!r}"
-        )
-    return CheckResult(
-        "policy",
-        "pass",
-        "cumulative epsilon and sensitivity method meet the policy",
-        requirement="R-POL-1",
-        value=cumulative,
-        threshold=options.max_epsilon,
-    )
-
-
-def _check_bundle(doc: Mapping[str, Any], bundle: Path) -> str:
-    checked = []
-    for role in ("diff", "probe"):
-        entry = doc["audit_bundle"][role]
-        path = _paths.resolve_artefact(bundle, entry["path"])
-        if not path.exists():
-            raise FileMissing(
-                f"audit bundle file not found: {path}", hint="pass the complete bundle"
-            )
-        digests = _safetensors.digest_file(path)
-        for key in ("file_digest", "manifest_digest"):
-            if getattr(digests, key) != entry[key]:
-                raise DigestMismatch(
-                    f"audit_bundle.{role}.{key}: expected {entry[key]}, "
-                    f"got {getattr(digests, key)}",
-                    hint=f"{entry['path']} is not the file the certificate commits to",
-                )
-        checked.append(entry["path"])
-    return "digests match for " + ", ".join(checked)

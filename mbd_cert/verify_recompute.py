@@ -43,8 +43,8 @@ from mbd_cert.report import (
 
 logger = logging.getLogger(__name__)
 
-# Family-wise significance level of the three residual tests when neither the
-# certificate (update.residual_alpha) nor the caller (--alpha) sets one.
+# Family-wise significance level of the three residual tests when the caller sets none
+# (--alpha); also the lowest level a certificate's update.residual_alpha can ask for.
 DEFAULT_ALPHA = 0.01
 # Relative agreement required between the recomputed raw update norm and the
 # certificate's update.norm_before_clip (float64 reduction order differs by ~1e-15).
@@ -77,10 +77,15 @@ class Bundle:
 
 
 def resolve_alpha(doc: Mapping[str, Any], override: float | None) -> float:
-    """Return ``override`` if given, else ``update.residual_alpha``, else the default."""
+    """Return the level of the residual tests (R-L2-9).
+
+    The caller's ``override`` wins. Otherwise the certificate's ``update.residual_alpha``
+    may raise the level above ``DEFAULT_ALPHA`` (stricter tests) but never lower it:
+    a certificate that chose alpha = 1e-300 would switch the noise tests off.
+    """
     if override is not None:
         return float(override)
-    return float(doc["update"].get("residual_alpha", DEFAULT_ALPHA))
+    return max(float(doc["update"].get("residual_alpha", DEFAULT_ALPHA)), DEFAULT_ALPHA)
 
 
 def load_bundle(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path) -> Bundle:

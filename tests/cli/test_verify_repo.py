@@ -86,7 +86,19 @@ def test_method_list_policy(repo):
     assert result.exit_code == 1
     checks = json.loads(result.stdout)["results"][0]["report"]["checks"]
     failed = [c for c in checks if c["status"] == "fail"]
-    assert [c["name"] for c in failed] == ["policy-sensitivity-method"]
+    assert [c["name"] for c in failed] == ["policy"]
+    assert "the policy accepts ['declared', 'reference-retrain']" in failed[0]["detail"]
+
+
+def test_max_delta_policy(repo):
+    # The certificates state delta 1e-5: a limit below it fails, one above passes.
+    _policy(repo, "max_delta = 1e-6\n")
+    result = _run(repo, "--json")
+    assert result.exit_code == 1
+    checks = json.loads(result.stdout)["results"][0]["report"]["checks"]
+    assert [c["name"] for c in checks if c["status"] == "fail"] == ["policy"]
+    _policy(repo, "max_delta = 1e-4\n")
+    assert _run(repo, "--json").exit_code == 0
 
 
 def test_worst_result_wins(repo, tmp_path):
@@ -107,6 +119,36 @@ def test_worst_result_wins(repo, tmp_path):
     assert second["error"]["code"] == "E_FILE_MISSING"
     assert "v2.safetensors" in second["error"]["message"]
     assert ElementTree.parse(junit).getroot().get("errors") == "1"
+
+
+def test_hostile_names_escaped(repo, tmp_path):
+    # A pull request controls directory names and the model's tensor names: the table
+    # shows them escaped and literal, and the JUnit file stays well-formed XML.
+    import numpy as np
+
+    from mbd_cert import _safetensors
+    from mbd_cert._terminal import terminal_text
+
+    _policy(repo, "")
+    hostile = repo / "models" / "\x1b[2J[red]\x07"
+    (repo / "models" / "a").rename(hostile)
+    model = hostile / "model.safetensors"
+    header = _safetensors.read_header(model)
+    tensors = {name: np.array(_safetensors.read_tensor(header, name)) for name in header.tensors}
+    tensors["[/y]\x1b[31m"] = np.zeros(1, np.float32)
+    metadata = dict(header.metadata)
+    model.unlink()
+    _safetensors.write_safetensors(model, tensors, metadata)
+    (repo / "models" / "b" / "v2.cert.json").write_text('{"\x1b[2J": [/z]')
+    junit = tmp_path / "junit.xml"
+    result = _run(repo, "--junit", junit)
+    assert result.exit_code == 2, result.output
+    for char in "\x1b\x07":
+        assert char not in result.stdout + result.stderr
+    assert terminal_text("models/\x1b[2J[red]\x07/cert.json") in result.stdout.replace("\n", "")
+    suites = ElementTree.parse(junit).getroot()
+    names = [suite.get("name") for suite in suites.findall("testsuite")]
+    assert names[0] == "models/\\x1b[2J[red]\\x07/cert.json"
 
 
 def test_hidden_directories_skipped(repo):

@@ -24,7 +24,7 @@ from mbd_cert.errors import (
     UntrustedKey,
 )
 from mbd_cert.issue import IssueOptions, chain_account
-from mbd_cert.mechanism import analytic_gaussian_sigma
+from mbd_cert.mechanism import analytic_gaussian_epsilon, analytic_gaussian_sigma
 from mbd_cert.schema import validate_certificate
 
 # Analytic sigma for epsilon 1, delta 1e-5, sensitivity 1: 3.7306316350 (3.730632 when
@@ -56,7 +56,10 @@ def chain_doc(
                               d["privacy"]["sigma"], d["privacy"]["sensitivity"])
         for d in earlier
     ]
-    entries.append(accounting.ChainEntry(1.0, delta, sigma, sensitivity))
+    # The link's own epsilon: 1 where sigma covers it, else what sigma gives, so that
+    # every link passes its calibration check (R-CHAIN-8).
+    epsilon = max(1.0, analytic_gaussian_epsilon(delta, sigma, sensitivity))
+    entries.append(accounting.ChainEntry(epsilon, delta, sigma, sensitivity))
     account = accounting.account_chain(entries, delta)
     doc: dict[str, Any] = {
         "format_version": "1.0",
@@ -81,7 +84,7 @@ def chain_doc(
             "steps": 1, "learning_rate": 1e-3, "damping": 1e-3, "clip_norm": 0.5,
         },
         "privacy": {
-            "mechanism": "analytic-gaussian", "epsilon": 1.0, "delta": delta,
+            "mechanism": "analytic-gaussian", "epsilon": epsilon, "delta": delta,
             "sensitivity": sensitivity, "sensitivity_method": "declared", "sigma": sigma,
             "noise_dimension": 2,
         },
@@ -289,3 +292,39 @@ def test_issuer_budget_refusal_shows_both_numbers(key: Ed25519PrivateKey) -> Non
     assert "--max-epsilon 1.4" in caught.value.message
     within = IssueOptions(modality="vision", epsilon=1.0, delta=1e-5, max_epsilon=1.5)
     assert chain_account(links, within, SIGMA, 1.0).epsilon == pytest.approx(1.465170, abs=1e-6)
+
+
+def _resigned(key: Ed25519PrivateKey, doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    edited = json.loads(json.dumps(doc))
+    edited.pop("signature", None)
+    for path, value in changes.items():
+        section, field = path.split("__")
+        edited[section][field] = value
+    return certificate.sign_certificate(edited, key)
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [({"update__clip_norm": 5.0, "privacy__sensitivity_method": "clip-bound"},
+      "below the clip bound"),
+     ({"privacy__noise_dimension": 1}, "noise must cover every masked entry")],
+    ids=["sensitivity-below-clip-bound", "noise-dimension"],
+)
+def test_miscalibrated_earlier_link_fails(key: Ed25519PrivateKey, tmp_path: Path,
+                                          changes: dict[str, Any], match: str) -> None:
+    # R-CHAIN-8: an earlier link's sensitivity and sigma enter the cumulative budget,
+    # so a link that fails its own calibration check fails the chain.
+    first = _resigned(key, build_chain(key, 1)[0], **changes)
+    second = chain_doc(key, 2, first, [first])
+    write(tmp_path, [first])
+    with pytest.raises(CalibrationInvalid, match=f"earlier certificate 1 .*{match}"):
+        chain.check_chain_accounting(second, tmp_path, [key.public_key()])
+
+
+def test_low_sigma_earlier_link_fails(key: Ed25519PrivateKey,
+                                                     tmp_path: Path) -> None:
+    first = [_resigned(key, build_chain(key, 1)[0], privacy__sigma=SIGMA / 2)]
+    second = chain_doc(key, 2, first[0], first)
+    write(tmp_path, first)
+    with pytest.raises(CalibrationInvalid, match="earlier certificate 1 .*sigma >= 3.73063"):
+        chain.check_chain_accounting(second, tmp_path, [key.public_key()])

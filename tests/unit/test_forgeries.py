@@ -100,6 +100,22 @@ def test_noise_omitted_fails_variance(honest, tmp_path, seed):
     assert statuses["residual-variance"] == "fail"
 
 
+def test_certificate_cannot_lower_alpha(honest, tmp_path):
+    # A forger who adds 80 % of the stated noise and states residual_alpha = 1e-300
+    # would pass the variance test (p about 1e-18 here, far above 1e-300) if the
+    # verifier took the level from the certificate (R-L2-9).
+    _, source, key = honest
+    out = copy_bundle(source, tmp_path / "forged")
+    doc, bundle, pre = _parts(out)
+    update = _update(doc, bundle, pre, bundle.masks)
+    noise = _noise(bundle, 0.8 * doc["privacy"]["sigma"], 0)
+    doc["update"]["residual_alpha"] = 1e-300
+    _release(out, key, doc, bundle, pre, {n: update.displacement[n] + noise[n] for n in noise})
+    statuses = status_of(run_verify(out, key, 2))
+    assert statuses["signature"] == "pass"
+    assert statuses["residual-variance"] == "fail"
+
+
 @pytest.mark.parametrize("seed", FORGER_SEEDS)
 def test_sigma_understated_fails_variance(honest, tmp_path, seed):
     _, source, key = honest

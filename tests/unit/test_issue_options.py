@@ -68,7 +68,7 @@ def test_draw_noise_scale_and_fresh_seed():
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_issue_runs_with_the_requested_threads_and_restores_them(monkeypatch, threads):
+def test_issue_threads_set_and_restored(monkeypatch, threads):
     import torch
 
     from mbd_cert import _issue_steps
@@ -80,3 +80,27 @@ def test_issue_runs_with_the_requested_threads_and_restores_them(monkeypatch, th
     _issue_steps.run(options=_options(threads=threads))
     assert seen == [threads]
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [({"sensitivity_method": "declared", "sensitivity": 1e-6}, "below the clip bound"),
+     ({"sensitivity_method": "reference-retrain", "reference_runs": 1}, "rough estimate"),
+     ({"delta": 0.5}, "delta 0.5 is large")],
+    ids=["declared-below-clip", "one-rerun", "large-delta"],
+)
+def test_weak_settings_warn(caplog, changes, expected):
+    from mbd_cert.issue import _warn_weak_settings
+
+    with caplog.at_level("WARNING", logger="mbd_cert.issue"):
+        _warn_weak_settings(_options(**changes))
+    assert expected in caplog.text
+
+
+def test_default_settings_do_not_warn(caplog):
+    from mbd_cert.issue import _warn_weak_settings
+
+    with caplog.at_level("WARNING", logger="mbd_cert.issue"):
+        _warn_weak_settings(_options())
+        _warn_weak_settings(_options(sensitivity_method="declared", sensitivity=0.002))
+    assert caplog.text == ""

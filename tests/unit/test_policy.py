@@ -36,6 +36,11 @@ def test_empty_policy_has_defaults():
     assert parse_policy({}) == Policy()
 
 
+def test_max_delta_is_read():
+    assert parse_policy({"max_delta": 1e-5}).max_delta == 1e-5
+    assert parse_policy({}).max_delta is None
+
+
 def test_integer_epsilon_becomes_float():
     policy = parse_policy({"max_cumulative_epsilon": 3})
     assert policy.max_cumulative_epsilon == 3.0
@@ -49,6 +54,10 @@ BAD_VALUES = [
     ("max_cumulative_epsilon = -1.0", "max_cumulative_epsilon"),
     ("max_cumulative_epsilon = true", "max_cumulative_epsilon"),
     ('max_cumulative_epsilon = "2"', "max_cumulative_epsilon"),
+    ("max_delta = 0", "max_delta"),
+    ("max_delta = 1", "max_delta"),
+    ("max_delta = nan", "max_delta"),
+    ("max_delta = true", "max_delta"),
     ("required_level = 0", "required_level"),
     ("required_level = 4", "required_level"),
     ("required_level = 1.0", "required_level"),
@@ -91,6 +100,14 @@ def test_non_utf8_rejected(tmp_path):
     with pytest.raises(InputError) as caught:
         load_policy(path)
     assert caught.value.code == "E_POLICY_INVALID"
+
+
+def test_deeply_nested_policy_invalid(tmp_path):
+    path = _write(tmp_path, "max_cumulative_epsilon = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(InputError) as info:
+        load_policy(path)
+    assert info.value.code == "E_POLICY_INVALID"
+    assert "too deeply" in str(info.value)
 
 
 def test_missing_policy_file(tmp_path):

@@ -73,6 +73,9 @@ def test_resolve_alpha_default_without_field():
     assert resolve_alpha({"update": {}}, None) == DEFAULT_ALPHA
     assert resolve_alpha({"update": {"residual_alpha": 0.05}}, None) == 0.05
     assert resolve_alpha({"update": {"residual_alpha": 0.05}}, 0.2) == 0.2
+    # The certificate can make the tests stricter, never weaker; the caller can do both.
+    assert resolve_alpha({"update": {"residual_alpha": 1e-300}}, None) == DEFAULT_ALPHA
+    assert resolve_alpha({"update": {"residual_alpha": 1e-300}}, 1e-6) == 1e-6
 
 
 @pytest.mark.parametrize(
@@ -89,6 +92,20 @@ def test_rank_ties_break_by_index():
     # k = 3 of five entries with |score| 2 at flat indices 1, 2, 3, 4: the first three win.
     assert ranking.selected.tolist() == [False, True, True, True, False]
     assert ranking.cut == 2.0
+
+
+def test_masked_update_without_samples_is_input_error():
+    import torch
+
+    model = torch.nn.Linear(2, 1)
+    batch = {"inputs": {}, "present": torch.zeros((0, 1), dtype=torch.bool),
+             "label": torch.zeros(0)}
+    with pytest.raises(InputError) as caught:
+        _recompute.masked_update(
+            model, {"weight": np.ones((1, 2), dtype=bool)}, lambda m, b: b["label"], batch,
+            steps=1, learning_rate=0.1, damping=1e-3, clip_norm=1.0)
+    assert caught.value.code == "E_DATA_MALFORMED"
+    assert "0 samples" in caught.value.message
 
 
 def test_failed_rebuild_skips_dependent_checks(honest, tmp_path):

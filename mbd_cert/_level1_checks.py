@@ -1,0 +1,147 @@
+"""Level-1 checks of the deleted encoders, the caller's policy and the bundle digests.
+
+:func:`mbd_cert.verify.verify` runs these in SPEC.md section 7 order (steps 4, 7
+and 8); each raises a :class:`~mbd_cert.errors.VerificationFailed` subclass for a
+false claim, which the report records as a failed check.
+
+Stability: internal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mbd_cert import _groups, _paths, _safetensors, chain
+from mbd_cert.errors import DeletionIncomplete, DigestMismatch, FileMissing, PolicyViolation
+from mbd_cert.report import CheckResult
+
+
+def check_deletion(doc: Mapping[str, Any], header: Any, architecture: Any) -> str:
+    """Check that the deleted encoders are listed and zero in the model (R-DEL-1).
+
+    Raises:
+        DeletionIncomplete: The listing differs from the encoder tensors, or one of them
+            has non-zero entries.
+    """
+    modality = doc["deletion"]["modality"]
+    config = doc["subject_model"]["architecture"]["config"]
+    if modality not in config.get("deleted_modalities", []):
+        raise DeletionIncomplete(
+            f"the certified config does not mark {modality!r} as deleted "
+            "(subject_model.architecture.config.deleted_modalities)"
+        )
+    prefixes = architecture.encoder_prefixes(config, modality)
+    expected = _groups.eligible_names(list(header.tensors), prefixes)
+    claimed = sorted(doc["deletion"]["removed_tensors"])
+    if claimed != expected:
+        missing = sorted(set(expected) - set(claimed))
+        extra = sorted(set(claimed) - set(expected))
+        raise DeletionIncomplete(
+            f"deletion.removed_tensors differs from the {modality} encoder tensors of the model: "
+            f"not listed {missing[:5]}, listed but not encoder tensors {extra[:5]}"
+        )
+    # Every modality deleted so far, not only this one: a later deletion must not bring
+    # back an encoder that an earlier certificate removed (SPEC.md, R-DEL-1).
+    count = 0
+    for deleted in sorted(config.get("deleted_modalities", [])):
+        names = _groups.eligible_names(
+            list(header.tensors), architecture.encoder_prefixes(config, deleted)
+        )
+        for name in names:
+            values = _safetensors.read_tensor(header, name)
+            nonzero = int(np.count_nonzero(values))
+            if nonzero:
+                raise DeletionIncomplete(
+                    f"tensor '{name}' of the deleted {deleted} encoder has {nonzero} "
+                    "non-zero entries",
+                    hint="the released model still holds the deleted encoder",
+                )
+        count += len(names)
+    deleted_list = ", ".join(sorted(config.get("deleted_modalities", [])))
+    return f"{count} encoder tensors of the deleted modalities ({deleted_list}) are all zero"
+
+
+def check_policy(
+    doc: Mapping[str, Any],
+    links: Sequence[chain.ChainLink],
+    *,
+    max_epsilon: float | None,
+    max_delta: float | None,
+    required_method: str | None,
+    accepted_methods: Sequence[str],
+) -> CheckResult:
+    """Apply the caller's policy to the certificate and every link of its chain (R-POL-1).
+
+    Raises:
+        PolicyViolation: A limit is exceeded or a link uses a method the policy refuses.
+    """
+    cumulative = doc["accounting"]["cumulative_epsilon"]
+    if max_epsilon is not None and cumulative > max_epsilon:
+        raise PolicyViolation(
+            f"cumulative epsilon {cumulative:.6g} exceeds the policy limit {max_epsilon:g}"
+        )
+    delta = doc["accounting"]["delta"]
+    if max_delta is not None and delta > max_delta:
+        raise PolicyViolation(
+            f"accounting.delta {delta:g} exceeds the policy limit {max_delta:g}: "
+            "the cumulative epsilon holds only with that failure probability"
+        )
+    # R-POL-1: the method applies to every link, since an earlier link's noise is part
+    # of the released model. Without a walked chain (the accounting check failed) only
+    # the newest certificate can be checked, and the detail says so.
+    docs: list[tuple[int, str, Mapping[str, Any]]] = [
+        (link.sequence_number, link.source, link.doc) for link in links
+    ] or [(int(doc["accounting"]["sequence_number"]), "<current>", doc)]
+    accepted = list(accepted_methods)
+    for number, source, link_doc in docs:
+        method = link_doc["privacy"]["sensitivity_method"]
+        where = "" if source == "<current>" else \
+            f"earlier certificate {number} of the chain ({source}): "
+        required = required_method
+        if required is not None and method != required:
+            raise PolicyViolation(f"{where}sensitivity method is {method!r}, "
+                                  f"the policy requires {required!r}")
+        if accepted and method not in accepted:
+            raise PolicyViolation(f"{where}sensitivity method is {method!r}, "
+                                  f"the policy accepts {accepted}")
+    scope = (f"{len(links)} certificate(s) of the chain" if links else
+             "the newest certificate only (the chain could not be walked)")
+    return CheckResult(
+        "policy",
+        "pass",
+        f"cumulative epsilon, delta and sensitivity methods meet the policy on {scope}",
+        requirement="R-POL-1",
+        value=cumulative,
+        threshold=max_epsilon,
+    )
+
+
+def check_bundle(doc: Mapping[str, Any], bundle: Path) -> str:
+    """Check the audit bundle files against the certificate's digests (R-BUN-2).
+
+    Raises:
+        FileMissing: A bundle file is absent.
+        DigestMismatch: A file is not the one the certificate commits to.
+    """
+    checked = []
+    for role in ("diff", "probe"):
+        entry = doc["audit_bundle"][role]
+        path = _paths.resolve_artefact(bundle, entry["path"])
+        if not path.exists():
+            raise FileMissing(
+                f"audit bundle file not found: {path}", hint="pass the complete bundle"
+            )
+        digests = _safetensors.digest_file(path)
+        for key in ("file_digest", "manifest_digest"):
+            if getattr(digests, key) != entry[key]:
+                raise DigestMismatch(
+                    f"audit_bundle.{role}.{key}: expected {entry[key]}, "
+                    f"got {getattr(digests, key)}",
+                    hint=f"{entry['path']} is not the file the certificate commits to",
+                )
+        checked.append(entry["path"])
+    return "digests match for " + ", ".join(checked)

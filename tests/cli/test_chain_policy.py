@@ -1,0 +1,122 @@
+"""Policy over a whole chain, and levels 2 and 3 on unauthenticated files.
+
+Each test reproduces a way a certificate once passed a policy or reached the level-2
+parsers that it should not have (adversarial review, third round).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from cli_support import (
+    TINY_ISSUE_OPTIONS,
+    HonestRun,
+    assert_check_failed,
+    assert_clean,
+    flip_signature_s,
+    run_cli,
+    safetensors_bytes,
+    verify,
+    write_json,
+)
+
+
+@pytest.fixture(scope="module")
+def declared_then_clip(honest_run: HonestRun,
+                       tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A chain whose first link declares a tiny sensitivity and whose second is clip-bound."""
+    root = tmp_path_factory.mktemp("declared-chain")
+    first, second = root / "first", root / "second"
+    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
+                       "--sensitivity-method", "declared", "--sensitivity", "2e-6",
+                       "--key", honest_run.private_key, "--out", first])
+    assert outcome.exit_code == 0, outcome.stderr
+    outcome = run_cli(["issue", "--checkpoint", first, "--modality", "vision", "--epsilon", "1",
+                       "--steps", "2", "--key", honest_run.private_key, "--out", second])
+    assert outcome.exit_code == 0, outcome.stderr
+    return second
+
+
+def test_required_method_applies_to_earlier_links(declared_then_clip: Path,
+                                                  honest_run: HonestRun) -> None:
+    outcome = verify(declared_then_clip / "cert.json", declared_then_clip / "model.safetensors",
+                     honest_run.public_key, "--require-sensitivity-method", "clip-bound")
+    assert_check_failed(outcome, "policy", "E_POLICY_VIOLATION")
+    detail = outcome.check_detail("policy")
+    assert "earlier certificate 1 of the chain" in detail
+    assert "'declared'" in detail
+
+
+def test_required_method_passes_single_link(declared_then_clip: Path,
+                                                        honest_run: HonestRun) -> None:
+    outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key,
+                     "--require-sensitivity-method", "clip-bound")
+    assert outcome.exit_code == 0, outcome.stdout
+    assert "1 certificate(s) of the chain" in outcome.check_detail("policy")
+
+
+@pytest.mark.parametrize(("limit", "exit_code"), [("1e-6", 1), ("1e-5", 0), ("0.5", 0)])
+def test_max_delta_policy(honest_run: HonestRun, limit: str, exit_code: int) -> None:
+    # The honest certificate states delta 1e-5.
+    outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key,
+                     "--max-delta", limit)
+    assert outcome.exit_code == exit_code, outcome.stdout
+    if exit_code:
+        assert_check_failed(outcome, "policy", "E_POLICY_VIOLATION")
+        assert "accounting.delta 1e-05 exceeds the policy limit 1e-06" in \
+            outcome.check_detail("policy")
+
+
+@pytest.mark.parametrize("limit", ["0", "1", "-1e-5", "nan"])
+def test_max_delta_out_of_range_is_unusable(honest_run: HonestRun, limit: str) -> None:
+    outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key,
+                     "--max-delta", limit)
+    assert_clean(outcome)
+    assert outcome.exit_code == 2
+    assert outcome.error_code == "E_PARAMETER_INVALID"
+
+
+def _probe_with_deep_metadata(path: Path) -> None:
+    # A probe set whose metadata would crash a naive JSON parser: it must never be
+    # parsed when the certificate does not commit to it.
+    header = json.dumps({"__metadata__": {"format": "mbd-cert-probe/1",
+                                          "modalities": "[" * 5000}})
+    path.write_bytes(safetensors_bytes(header))
+
+
+@pytest.mark.parametrize("tamper", ["signature", "bundle"])
+def test_levels_2_and_3_skip_unauthenticated_files(fresh_run: HonestRun, tmp_path: Path,
+                                                   tamper: str) -> None:
+    cert = fresh_run.cert
+    if tamper == "signature":
+        doc = fresh_run.load_cert()
+        doc["signature"]["value"] = flip_signature_s(doc["signature"]["value"])
+        cert = write_json(tmp_path / "cert.json", doc)
+        shutil.copy(fresh_run.diff, tmp_path / "diff.safetensors")
+        bundle = tmp_path
+    else:
+        bundle = fresh_run.out_dir
+    _probe_with_deep_metadata(bundle / "probe.safetensors")
+    outcome = verify(cert, fresh_run.model, fresh_run.public_key, "--level", "3",
+                     "--bundle", bundle)
+    assert_clean(outcome)
+    assert outcome.exit_code == 1, outcome.stderr
+    statuses = {c["name"]: c["status"] for c in outcome.report["checks"]}
+    assert statuses["level-2"] == statuses["level-3"] == "skipped"
+    assert "pre-rebuild" not in statuses
+    failed = "signature" if tamper == "signature" else "bundle-digest"
+    assert statuses[failed] == "fail"
+    assert failed in outcome.check_detail("level-2")
+
+
+def test_calibration_detail_names_method(
+        declared_then_clip: Path, honest_run: HonestRun) -> None:
+    first = declared_then_clip.parent / "first"
+    declared = verify(first / "cert.json", first / "model.safetensors", honest_run.public_key)
+    assert declared.exit_code == 0, declared.stdout
+    assert "declared by the issuer and not checked" in declared.check_detail("calibration")
+    clip = verify(honest_run.cert, honest_run.model, honest_run.public_key)
+    assert "sensitivity is the clip bound" in clip.check_detail("calibration")

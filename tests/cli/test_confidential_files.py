@@ -1,0 +1,99 @@
+"""Confidential issue outputs: issue names them, verify-repo warns about them in a repository."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from cli_support import HonestRun, IssuerKeys, run_cli
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def sealed_second_deletion(honest_run: HonestRun, tmp_path_factory: pytest.TempPathFactory):
+    """Delete vision after audio with an auditor key: every kind of issue output."""
+    base = tmp_path_factory.mktemp("sealed")
+    assert run_cli(["keygen", "--kind", "x25519", "--out", base / "auditor"]).exit_code == 0
+    out = base / "del2"
+    outcome = run_cli(["issue", "--checkpoint", honest_run.out_dir, "--modality", "vision",
+                       "--epsilon", "1", "--steps", "2", "--key", honest_run.private_key,
+                       "--auditor-key", base / "auditor.pub", "--out", out])
+    assert outcome.exit_code == 0, outcome.stderr
+    return out, outcome
+
+
+def test_issue_names_confidential_files(sealed_second_deletion):
+    out, outcome = sealed_second_deletion
+    lines = outcome.stdout.splitlines()
+    assert "publish: cert.json, model.safetensors, chain-00001.json, audit-bundle.sealed" in lines
+    confidential = [line for line in lines if line.startswith("confidential, for auditors only: ")]
+    assert len(confidential) == 1
+    assert "diff.safetensors, probe.safetensors, eval.safetensors" in confidential[0]
+    listed = set(re.findall(r"[\w.-]+\.(?:json|safetensors|sealed)", "\n".join(lines[2:])))
+    assert listed == {path.name for path in out.iterdir()}
+
+
+def test_readme_lists_every_issue_output(sealed_second_deletion):
+    out, _ = sealed_second_deletion
+    row = next(line for line in README.read_text().splitlines()
+               if line.startswith("| `mbd-cert issue "))
+    for path in out.iterdir():
+        name = re.sub(r"\d{5}", "NNNNN", path.name)
+        assert f"`{name}`" in row, name
+    assert "confidential" in row
+
+
+def _repo_with(run: HonestRun, root: Path, names: list[str]) -> Path:
+    (root / "models").mkdir(parents=True)
+    for name in names:
+        shutil.copy(run.out_dir / name, root / "models" / name)
+    return root
+
+
+def test_verify_repo_warns_on_plain_bundle(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                           tmp_path: Path):
+    root = _repo_with(honest_run, tmp_path / "repo",
+                      ["cert.json", "model.safetensors", "diff.safetensors",
+                       "probe.safetensors"])
+    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json"])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.report is not None
+    [result] = outcome.report["results"]
+    assert result["verified"] is True
+    [warning] = result["warnings"]
+    assert "models/diff.safetensors, models/probe.safetensors" in warning
+    assert "confidential audit bundle" in warning
+    assert f"warning: models/cert.json: {warning}" in outcome.stderr
+
+    table = run_cli(["verify-repo", root, "--key", issuer_keys.public])
+    assert table.exit_code == 0, table.stderr
+    assert "verified (warning)" in table.stdout
+    assert "confidential audit bundle" in table.stderr
+
+
+def test_verify_repo_quiet_without_bundle(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                          tmp_path: Path):
+    root = _repo_with(honest_run, tmp_path / "repo", ["cert.json", "model.safetensors"])
+    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json"])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.report is not None
+    assert outcome.report["results"][0]["warnings"] == []
+    assert "warning" not in outcome.stderr
+
+
+def test_verify_repo_warning_keeps_failure_code(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                                tmp_path: Path):
+    root = _repo_with(honest_run, tmp_path / "repo",
+                      ["cert.json", "model.safetensors", "diff.safetensors"])
+    doc = json.loads((root / "models" / "cert.json").read_text())
+    (root / "mbd-cert-policy.toml").write_text(
+        f"max_cumulative_epsilon = {doc['privacy']['epsilon'] / 2}\n")
+    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json"])
+    assert outcome.exit_code == 1, outcome.stderr
+    assert outcome.report is not None
+    [warning] = outcome.report["results"][0]["warnings"]
+    assert "models/diff.safetensors:" in warning
