@@ -6,6 +6,7 @@ Stability: internal; the command line itself is documented in README.md and SPEC
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -168,7 +169,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         "raise it for a model with large layers.",
     )
     @click.option("--force", is_flag=True, help="Replace an existing output directory.")
-    @guarded()
+    # True until the output is in place; from then on Ctrl-C is held (mbd_cert._interrupts).
+    @guarded(interrupted="the output directory was left as it was")
     def issue(
         checkpoint: Path,
         modality: str,
@@ -206,6 +208,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                            "pass the directory that 'mbd-cert train' or an earlier "
                            "'mbd-cert issue' wrote")
         from mbd_cert import sealing, signing
+        from mbd_cert._interrupts import command_window
         from mbd_cert.issue import IssueOptions
         from mbd_cert.issue import issue as run_issue
 
@@ -235,22 +238,44 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
             threads=threads,
         )
         update, close = progress_bar()
-        try:
-            doc = run_issue(
-                checkpoint, out_dir, options, private_key, eval_set=eval_set, progress=update
-            )
-        finally:
-            close()
-        privacy = doc["privacy"]
-        click.echo(
-            f"deleted {modality}: certificate {doc['certificate_id']} in {out_dir}/cert.json "
-            f"(epsilon {privacy['epsilon']}, delta {privacy['delta']}, "
-            f"sigma {privacy['sigma']:.6g}, "
-            f"{privacy['noise_dimension']} masked entries)"
-        )
-        account = doc["accounting"]
-        click.echo(
-            f"deletion {account['sequence_number']} of this model: cumulative epsilon "
-            f"{account['cumulative_epsilon']:.6g} at delta {account['delta']:g} "
-            f"(RDP {account['rdp_epsilon']:.6g}, naive {account['naive_epsilon']:.6g})"
-        )
+        with command_window() as window:
+            try:
+                doc = run_issue(
+                    checkpoint, out_dir, options, private_key, eval_set=eval_set,
+                    progress=update,
+                )
+            finally:
+                close()
+            _print_summary(doc, modality, out_dir)
+        if window.interrupted:
+            click.echo(f"Ctrl-C arrived after the new output was moved into {out_dir}; "
+                       "the deletion is complete", err=True)
+
+
+def _print_summary(doc: dict[str, Any], modality: str, out_dir: Path) -> None:
+    privacy = doc["privacy"]
+    click.echo(
+        f"deleted {modality}: certificate {doc['certificate_id']} in {out_dir}/cert.json "
+        f"(epsilon {privacy['epsilon']}, delta {privacy['delta']}, "
+        f"sigma {privacy['sigma']:.6g}, "
+        f"{privacy['noise_dimension']} masked entries)"
+    )
+    account = doc["accounting"]
+    click.echo(
+        f"deletion {account['sequence_number']} of this model: cumulative epsilon "
+        f"{account['cumulative_epsilon']:.6g} at delta {account['delta']:g} "
+        f"(RDP {account['rdp_epsilon']:.6g}, naive {account['naive_epsilon']:.6g})"
+    )
+    # The plain audit bundle rebuilds the pre-deletion model and contains training
+    # samples (SPEC.md section 12.3). Verifying the chain needs the earlier certificates.
+    bundle = doc["audit_bundle"]
+    public = ["cert.json", "model.safetensors",
+              *(link["path"] for link in account.get("chain", []))]
+    if "sealed" in bundle:
+        public.append(bundle["sealed"]["path"])
+    confidential = [bundle["diff"]["path"], bundle["probe"]["path"]]
+    if (out_dir / "eval.safetensors").exists():
+        confidential.append("eval.safetensors")
+    click.echo(f"publish: {', '.join(public)}")
+    click.echo(f"confidential, for auditors only: {', '.join(confidential)} (they rebuild "
+               "the pre-deletion model and contain training and held-out samples)")

@@ -51,7 +51,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         except ImportError as exc:
             raise errors.InputError(
                 f"'mbd-cert report' needs matplotlib, which is not installed ({exc})",
-                hint="pip install 'mbd-cert[report]'",
+                hint="in a checkout of mbd-cert: pip install -e '.[report]'; "
+                "from the package index: pip install 'mbd-cert[report]'",
                 code="E_INPUT",
             ) from exc
         from mbd_cert import _json

@@ -15,6 +15,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from mbd_cert._interrupts import publishing
 from mbd_cert.errors import InputError
 
 # The released model, the certificate and the chain copies are public; the audit
@@ -46,23 +47,28 @@ def set_modes(staging: Path) -> None:
 def swap_in(staging: Path, out_dir: Path, *, force: bool) -> None:
     """Move the finished staging directory to ``out_dir`` (replacing it only with force).
 
+    SIGINT is held from the start of the move (see :mod:`mbd_cert._interrupts`).
+
     Raises:
         InputError: ``out_dir`` is not empty and ``force`` is False, because another
             process wrote there after the issue began (``E_OUTPUT_EXISTS``).
     """
-    if out_dir.exists():
-        if not force and any(out_dir.iterdir()):
-            raise InputError(
-                f"output directory {out_dir} appeared while issuing",
-                hint="another process writes there; choose another --out",
-                code="E_OUTPUT_EXISTS",
-            )
-        backup = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        out_dir.rename(backup)
-        staging.rename(out_dir)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        staging.rename(out_dir)
+    # From here on a Ctrl-C must neither separate the two renames nor report a
+    # failure after out_dir contains the new output.
+    with publishing():
+        if out_dir.exists():
+            if not force and any(out_dir.iterdir()):
+                raise InputError(
+                    f"output directory {out_dir} appeared while issuing",
+                    hint="another process writes there; choose another --out",
+                    code="E_OUTPUT_EXISTS",
+                )
+            backup = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+            out_dir.rename(backup)
+            staging.rename(out_dir)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            staging.rename(out_dir)
 
 
 __all__ = ["create_staging", "set_modes", "swap_in"]

@@ -124,7 +124,8 @@ def load_certificate(path: str | Path) -> dict[str, Any]:
     if _looks_like_safetensors(data):
         raise MalformedCertificate(
             f"certificate file {str(path)!r} is a safetensors file, not a certificate",
-            hint="give the certificate first and the model second: mbd-cert verify CERT MODEL",
+            hint="this argument takes the certificate (cert.json), not the model; "
+            "'mbd-cert verify' takes both, in the order CERT MODEL",
         )
     return parse_certificate(data, source=str(path))
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from mbd_cert import _paths
+from mbd_cert._interrupts import publishing
 from mbd_cert._safetensors import write_safetensors
 from mbd_cert.arch import BUILTIN_NAME
 from mbd_cert.arch.mbd import ARCHITECTURE, MBDModel
@@ -44,7 +45,7 @@ def check_output_dir(target: Path, *, force: bool) -> None:
     Raises:
         InputError: ``target`` is a symbolic link or not a directory
             (``E_PARAMETER_INVALID``), or a non-empty directory while ``force`` is
-            false (``E_FILE_EXISTS``).
+            false (``E_OUTPUT_EXISTS``).
     """
     if target.is_symlink():
         raise InputError(f"output directory {target} is a symbolic link",
@@ -55,7 +56,7 @@ def check_output_dir(target: Path, *, force: bool) -> None:
     if target.is_dir() and any(target.iterdir()) and not force:
         raise InputError(f"output directory {target} exists and is not empty",
                          hint="choose another --out path or pass --force to replace it",
-                         code="E_FILE_EXISTS")
+                         code="E_OUTPUT_EXISTS")
 
 
 def write_checkpoint(target: Path, model: MBDModel, corpus: Any, training: Mapping[str, Any],
@@ -92,7 +93,9 @@ def write_checkpoint(target: Path, model: MBDModel, corpus: Any, training: Mappi
         write_json(staging / TRAINING_FILE,
                    {**training, "model_manifest_digest": digests.manifest_digest})
         write_json(staging / METRICS_FILE, metrics)
-        _install(staging, target, force=force)
+        # Ctrl-C is held from here until the command has printed its result.
+        with publishing():
+            _install(staging, target, force=force)
     except OSError as exc:
         raise InputError(f"cannot write checkpoint directory {target}: {exc}",
                          code="E_FILE_UNWRITABLE") from exc

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from mbd_cert.errors import MalformedData
+from mbd_cert.errors import InputError, MalformedData
 from trainer.config import TrainingConfig
 from trainer.losses import TASK_LOSSES, LossWeights
 
@@ -70,9 +70,15 @@ def register(group: click.Group, guarded: Callable[..., Any] | None = None) -> N
         guarded: The group's error wrapper factory (``guarded()`` returns a decorator);
             None leaves errors to click.
     """
-    wrap: Callable[[Any], Any] = guarded() if guarded is not None else (lambda f: f)
-    group.add_command(click.command("train")(_train_options(wrap(_train))))
-    group.add_command(click.command("evaluate")(_evaluate_options(wrap(_evaluate))))
+    if guarded is None:
+        group.add_command(click.command("train")(_train_options(_train)))
+        group.add_command(click.command("evaluate")(_evaluate_options(_evaluate)))
+        return
+    # True until the checkpoint is in place; from then on Ctrl-C is held
+    # (mbd_cert._interrupts).
+    wrap_train = guarded(interrupted="the output directory was left as it was")
+    group.add_command(click.command("train")(_train_options(wrap_train(_train))))
+    group.add_command(click.command("evaluate")(_evaluate_options(guarded()(_evaluate))))
 
 
 def _train_options(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -109,6 +115,7 @@ def _train(corpus: str, data_root: Path | None, out_dir: Path, seed: int, corpus
            device: str, threads: int, task_loss: str | None, no_progress: bool, force: bool,
            **hyper: Any) -> None:
     """Train the MBD sentiment model and write a checkpoint directory."""
+    from mbd_cert._interrupts import command_window
     from trainer.data import load_corpus
     from trainer.train import train
 
@@ -126,21 +133,27 @@ def _train(corpus: str, data_root: Path | None, out_dir: Path, seed: int, corpus
     loaded = load_corpus(corpus, data_root, corpus_seed)
     source = {"name": corpus, "data_root": None if data_root is None else str(data_root),
               "seed": corpus_seed}
-    result = train(loaded, settings, out_dir, seed=seed, device=device,
-                   progress=not no_progress, force=force, corpus_source=source,
-                   cpu_threads=threads)
-    test = result.metrics["views"]["all"]
-    click.echo(
-        f"trained {result.training['epochs_run']} epochs (best {result.training['best_epoch']}) "
-        f"on {result.training['device']}: test MAE {test['mae']:.4f}, "
-        f"r {_number(test['pearson_r'])}; wrote {result.out_dir}"
-    )
+    with command_window() as window:
+        result = train(loaded, settings, out_dir, seed=seed, device=device,
+                       progress=not no_progress, force=force, corpus_source=source,
+                       cpu_threads=threads)
+        test = result.metrics["views"]["all"]
+        click.echo(
+            f"trained {result.training['epochs_run']} epochs "
+            f"(best {result.training['best_epoch']}) on {result.training['device']}: "
+            f"test MAE {test['mae']:.4f}, r {_number(test['pearson_r'])}; "
+            f"wrote {result.out_dir}"
+        )
+    if window.interrupted:
+        click.echo(f"Ctrl-C arrived after the checkpoint was moved into {result.out_dir}; "
+                   "training is complete", err=True)
 
 
 def _evaluate_options(function: Callable[..., Any]) -> Callable[..., Any]:
     decorators = (
         click.option("--checkpoint", type=click.Path(path_type=Path, file_okay=False),
-                     required=True, help="Checkpoint directory written by 'mbd-cert train'."),
+                     required=True, help="Checkpoint directory written by 'mbd-cert train', "
+                     "or the output directory of 'mbd-cert issue' (test split only)."),
         click.option("--split", "split_name", type=click.Choice(["train", "valid", "test"]),
                      default="test", show_default=True, help="Corpus split to evaluate."),
         click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False),
@@ -158,13 +171,40 @@ def _evaluate_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 def _evaluate(checkpoint: Path, split_name: str, json_out: Path | None, data_root: Path | None,
               device: str) -> None:
-    """Evaluate a checkpoint on a split, with every modality-missing view."""
+    """Evaluate a checkpoint on a split, with every modality-missing view.
+
+    CHECKPOINT may also be the output directory of 'mbd-cert issue' (the released
+    model); it keeps only the test split, in eval.safetensors.
+    """
     from trainer._checkpoint_io import json_safe, write_json
-    from trainer.data import load_corpus
-    from trainer.evaluate import evaluate, load_checkpoint
+    from trainer.evaluate import evaluate, load_checkpoint, released_test_split
     from trainer.train import resolve_device
 
     loaded = load_checkpoint(checkpoint, resolve_device(device))
+    if loaded.certificate is not None and not loaded.training:
+        if split_name != "test":
+            raise InputError(
+                f"{checkpoint} is the output of 'mbd-cert issue', which keeps only the test "
+                f"split (eval.safetensors), not split {split_name!r}",
+                hint="pass --split test, or evaluate the checkpoint the deletion started "
+                "from for the other splits",
+                code="E_PARAMETER_INVALID",
+            )
+        split, corpus = released_test_split(loaded)
+    else:
+        split, corpus = _corpus_split(loaded, checkpoint, split_name, data_root)
+    result = {"split": split_name, "checkpoint": str(checkpoint),
+              **evaluate(loaded.model, split, corpus)}
+    _print_table(result)
+    if json_out is not None:
+        write_json(json_out, json_safe(result), overwrite=True)
+
+
+def _corpus_split(loaded: Any, checkpoint: Path, split_name: str,
+                  data_root: Path | None) -> tuple[Any, Any]:
+    """Reload the corpus that training.json records and return one split of it."""
+    from trainer.data import load_corpus
+
     record = loaded.training.get("corpus", {})
     source = record.get("source", {}) if isinstance(record, dict) else {}
     if not isinstance(source, dict) or not isinstance(source.get("name"), str):
@@ -185,11 +225,7 @@ def _evaluate(checkpoint: Path, split_name: str, json_out: Path | None, data_roo
             "training time",
             hint="point --data-root at the data the checkpoint was trained on",
         )
-    result = {"split": split_name, "checkpoint": str(checkpoint),
-              **evaluate(loaded.model, corpus.splits[split_name], corpus)}
-    _print_table(result)
-    if json_out is not None:
-        write_json(json_out, json_safe(result), overwrite=True)
+    return corpus.splits[split_name], corpus
 
 
 def _print_table(result: dict[str, Any]) -> None:

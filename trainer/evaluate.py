@@ -36,6 +36,7 @@ MODEL_FORMAT = "mbd-cert-model/1"
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 PROBE_FILE = "probe.safetensors"
+CERTIFICATE_FILE = "cert.json"
 EVAL_FILE = "eval.safetensors"
 TRAINING_FILE = "training.json"
 METRICS_FILE = "metrics.json"
@@ -53,14 +54,17 @@ class Checkpoint:
     Attributes:
         directory: The checkpoint directory.
         model: The model in eval mode, on the requested device.
-        config_document: Contents of ``config.json``.
+        config_document: Contents of ``config.json``, or the same document rebuilt from
+            ``cert.json`` for the output directory of ``mbd-cert issue``.
         training: Contents of ``training.json``, or an empty dict when absent.
+        certificate: Contents of ``cert.json`` when the config came from it, else None.
     """
 
     directory: Path
     model: MBDModel
     config_document: dict[str, Any]
     training: dict[str, Any]
+    certificate: dict[str, Any] | None = None
 
 
 def predict(
@@ -153,32 +157,47 @@ def evaluate(model: MBDModel, split: Any, corpus: Any) -> dict[str, Any]:
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint directory written by :func:`trainer.train.train`.
+    """Load a checkpoint directory written by :func:`trainer.train.train` or by issue.
 
     Args:
-        directory: Folder that contains ``model.safetensors`` and ``config.json``.
+        directory: Folder that contains ``model.safetensors`` and ``config.json``, or
+            the output directory of ``mbd-cert issue``, whose ``cert.json`` records
+            the released config.
         device: Torch device for the model.
 
     Returns:
         The loaded checkpoint, model in eval mode.
 
     Raises:
-        FileMissing: The directory or one of the two files does not exist.
+        FileMissing: The directory, the model or the config does not exist.
         MalformedData: ``config.json`` or the model metadata is not in the expected
             layout, or names another architecture.
+        MalformedCertificate: ``cert.json`` is not a valid certificate.
         InputError: The config is invalid or the weights do not match it.
     """
     folder = Path(directory)
     if not folder.is_dir():
         raise FileMissing(f"checkpoint directory not found: {folder}",
                           hint="pass the --out folder of 'mbd-cert train'")
-    document = _read_json(folder / CONFIG_FILE)
+    certificate = None
+    config_path = folder / CONFIG_FILE
+    if not config_path.exists() and (folder / CERTIFICATE_FILE).is_file():
+        # The output of 'mbd-cert issue' has no config.json; the released config is
+        # the certificate's, read the way issue reads it to continue a chain.
+        from mbd_cert.certificate import load_certificate
+        from mbd_cert.issue import config_from_certificate
+
+        config_path = folder / CERTIFICATE_FILE
+        certificate = load_certificate(config_path)
+        document = config_from_certificate(certificate)
+    else:
+        document = _read_json(config_path)
     if not isinstance(document, dict) or not isinstance(document.get("config"), dict):
-        raise MalformedData(f"{folder / CONFIG_FILE}: expected an object with a 'config' object")
+        raise MalformedData(f"{config_path}: expected an object with a 'config' object")
     architecture = get_architecture(str(document.get("architecture")))
     if document.get("architecture_version") != architecture.version:
         raise MalformedData(
-            f"{folder / CONFIG_FILE}: architecture_version is "
+            f"{config_path}: architecture_version is "
             f"{document.get('architecture_version')!r}, this release has "
             f"{architecture.version!r} of {architecture.name!r}"
         )
@@ -198,7 +217,41 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     model.to(device).eval()
     training_path = folder / TRAINING_FILE
     training = _read_json(training_path) if training_path.exists() else {}
-    return Checkpoint(folder, model, document, training if isinstance(training, dict) else {})
+    return Checkpoint(folder, model, document, training if isinstance(training, dict) else {},
+                      certificate)
+
+
+def released_test_split(checkpoint: Checkpoint) -> tuple[Any, Any]:
+    """Return the test split that an issue output directory keeps, and its corpus.
+
+    ``mbd-cert issue`` copies the checkpoint's ``eval.safetensors`` (the whole test
+    split, every sample a non-member) but no ``training.json``, so this file is the
+    only split such a directory can be evaluated on. The corpus is named after the file.
+
+    Raises:
+        FileMissing: The directory has no ``eval.safetensors``.
+        MalformedData: The file is not in the probe layout or its modalities differ
+            from the model's.
+    """
+    from mbd_cert.checkpoint import read_probe_set
+    from trainer.data import Corpus, Split
+
+    path = checkpoint.directory / EVAL_FILE
+    if not path.exists():
+        raise FileMissing(
+            f"{path} not found: the output of 'mbd-cert issue' is evaluated on the copy "
+            "of the test split that issue writes there",
+            hint="evaluate the checkpoint the deletion started from, or issue from a "
+            "checkpoint that has eval.safetensors",
+        )
+    samples = read_probe_set(path, modalities=checkpoint.model.modalities)
+    split = Split(features=samples.inputs, present=samples.present, labels=samples.label,
+                  attributes=samples.attributes)
+    corpus = Corpus(name=EVAL_FILE, modalities=samples.modalities,
+                    input_dims={m: int(v.shape[2]) for m, v in samples.inputs.items()},
+                    seq_len={m: int(v.shape[1]) for m, v in samples.inputs.items()},
+                    splits={"test": split})
+    return split, corpus
 
 
 def _view_metrics(prediction: np.ndarray, labels: np.ndarray,

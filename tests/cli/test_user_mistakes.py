@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from pathlib import Path
 
 from cli_support import (
@@ -14,6 +16,8 @@ from cli_support import (
     run_cli,
     verify,
 )
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _assert_issue_input_error(outcome, code: str) -> None:
@@ -115,7 +119,7 @@ def test_issuer_refuses_nonfinite_scores(honest_run: HonestRun, tmp_path: Path, 
     assert not (tmp_path / "out").exists()
 
 
-def test_issue_with_two_threads_verifies_at_level_2(honest_run: HonestRun, tmp_path: Path):
+def test_two_threads_verify_at_level_2(honest_run: HonestRun, tmp_path: Path):
     # Another thread count changes only the reduction order, which the level-2 score
     # band absorbs (C24).
     out = tmp_path / "threads"
@@ -133,3 +137,77 @@ def test_issue_with_two_threads_verifies_at_level_2(honest_run: HonestRun, tmp_p
     assert_clean(zero)
     assert zero.exit_code == 2
     assert "--threads" in zero.stderr
+
+
+def test_evaluate_accepts_issue_output(honest_run: HonestRun, tmp_path: Path):
+    # An issue output has no config.json or training.json; the released config is the
+    # certificate's and the samples are the test split copied to eval.safetensors.
+    released = tmp_path / "released.json"
+    outcome = run_cli(["evaluate", "--checkpoint", honest_run.out_dir, "--json", released])
+    assert outcome.exit_code == 0, outcome.stderr
+    trained = tmp_path / "trained.json"
+    assert run_cli(["evaluate", "--checkpoint", honest_run.checkpoint,
+                    "--json", trained]).exit_code == 0
+    metrics = json.loads(released.read_text())
+    assert metrics["deleted_modalities"] == ["audio"]
+    assert metrics["views"]["deleted:audio"]["max_abs_change_vs_all"] == 0.0
+    assert metrics["n"] == json.loads(trained.read_text())["n"]
+
+
+def test_evaluate_issue_output_other_split(honest_run: HonestRun):
+    outcome = run_cli(["evaluate", "--checkpoint", honest_run.out_dir, "--split", "train"])
+    _assert_issue_input_error(outcome, "E_PARAMETER_INVALID")
+    assert "--split test" in outcome.stderr
+
+
+def test_level_2_without_bundle_names_both_options(honest_run: HonestRun):
+    outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key, "--level", "2")
+    assert_input_error(outcome, "E_BUNDLE_MISSING")
+    assert "--bundle DIR" in outcome.stderr
+    assert "--auditor-private-key" in outcome.stderr
+
+
+def test_missing_corpus_hint_names_data_root(tmp_path: Path):
+    outcome = run_cli(["train", "--corpus", "mosei-subset", "--data-root", tmp_path / "none",
+                       "--out", tmp_path / "ck", "--no-progress"])
+    _assert_issue_input_error(outcome, "E_FILE_MISSING")
+    assert "pass --data-root" in outcome.stderr
+    assert "root=" not in outcome.stderr
+
+
+def test_attest_existing_output_names_force(honest_run: HonestRun, tmp_path: Path):
+    out = tmp_path / "statement.json"
+    assert run_cli(["attest", honest_run.cert, "--out", out]).exit_code == 0
+    outcome = run_cli(["attest", honest_run.cert, "--out", out])
+    _assert_issue_input_error(outcome, "E_FILE_EXISTS")
+    assert "--force" in outcome.stderr
+    assert run_cli(["attest", honest_run.cert, "--out", out, "--force"]).exit_code == 0
+
+
+def test_model_given_as_certificate(honest_run: HonestRun, tmp_path: Path):
+    for arguments in (["inspect", honest_run.model],
+                      ["attest", honest_run.model, "--out", tmp_path / "statement.json"]):
+        outcome = run_cli(arguments)
+        _assert_issue_input_error(outcome, "E_CERT_MALFORMED")
+        assert "takes the certificate (cert.json), not the model" in outcome.stderr
+
+
+def test_report_install_hint_matches_readme(honest_run: HonestRun, tmp_path: Path,
+                                            monkeypatch):
+    import mbd_cert
+
+    # None in sys.modules makes the import raise ImportError, as without matplotlib;
+    # an attribute left by an earlier import would be used instead.
+    monkeypatch.setitem(sys.modules, "mbd_cert.report_figures", None)
+    monkeypatch.delattr(mbd_cert, "report_figures", raising=False)
+    outcome = run_cli(["report", honest_run.cert, "--out", tmp_path / "report"])
+    _assert_issue_input_error(outcome, "E_INPUT")
+    command = "pip install -e '.[report]'"
+    assert command in outcome.stderr
+    assert command in README.read_text()
+
+
+def test_train_existing_output_code(honest_run: HonestRun):
+    outcome = run_cli(["train", "--out", honest_run.checkpoint, "--no-progress"])
+    _assert_issue_input_error(outcome, "E_OUTPUT_EXISTS")
+    assert "--force" in outcome.stderr

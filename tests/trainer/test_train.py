@@ -128,7 +128,7 @@ def test_non_empty_output_dir_rejected(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "_fit", never)
     with pytest.raises(InputError) as info:
         train(build_corpus(), FAST, out, seed=0, progress=False)
-    assert info.value.code == "E_FILE_EXISTS"
+    assert info.value.code == "E_OUTPUT_EXISTS"
     assert (out / "keep.txt").read_text() == "mine"
 
 

@@ -40,7 +40,7 @@ def test_train_existing_dir_exits_2(checkpoint):
     out, _ = checkpoint
     result = CliRunner().invoke(main, ["train", "--out", str(out), *FAST])
     assert result.exit_code == 2
-    assert "E_FILE_EXISTS" in result.stderr
+    assert "E_OUTPUT_EXISTS" in result.stderr
 
 
 def test_train_bad_hyper_parameter_exits_2(tmp_path):

@@ -78,7 +78,7 @@ def resolve_corpus_dir(root: Path | None, folder_name: str, required: Iterable[s
     if not candidate.is_dir():
         raise FileMissing(
             f"corpus folder not found: {candidate}",
-            hint=f"set {DATA_ROOT_ENV} or pass root= pointing at the folder that holds "
+            hint=f"pass --data-root (or set {DATA_ROOT_ENV}) with the folder that holds "
             f"{folder_name}/",
         )
     for name in required:
