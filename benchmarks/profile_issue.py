@@ -6,6 +6,11 @@ Each stage is a function that ``mbd_cert._issue_steps`` calls; this script wraps
 with timers for its own run only.
 
 Usage: python benchmarks/profile_issue.py [--checkpoint DIR] [--calls 4]
+       [--proxy-sample N] [--steps K]
+
+``--proxy-sample 0 --steps 0`` leaves out the proxy-quality check and the update
+steps, which gives the floor of the fixed work that remains (loading, saliency,
+utility metrics, writing and signing).
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="trained checkpoint [default: train one on the synthetic corpus]")
     parser.add_argument("--calls", type=int, default=4, help="issue calls, the first cold")
+    parser.add_argument("--proxy-sample", type=int, default=64,
+                        help="proxy-quality sample size (0 skips the check)")
+    parser.add_argument("--steps", type=int, default=20, help="masked update steps K")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -66,7 +74,8 @@ def main() -> None:
                             str(checkpoint)], check=True, capture_output=True)
         signing.write_keypair(work / "issuer")
         key = signing.load_private_key(work / "issuer.key")
-        options = IssueOptions(modality="audio", epsilon=1.0, delta=1e-5, force=True)
+        options = IssueOptions(modality="audio", epsilon=1.0, delta=1e-5, force=True,
+                               proxy_sample_size=args.proxy_sample, steps=args.steps)
         print(f"imports: {imported:.3f} s")
         for call in range(args.calls):
             totals.clear()
