@@ -90,10 +90,11 @@ def residual_checks(doc: Mapping[str, Any], masks: Mapping[str, np.ndarray],
 
 def _decide(name: str, requirement: str, p_value: float, level: float, detail: str,
             n: int) -> CheckResult:
-    """Pass when ``p_value >= level``; the report's value and threshold are both p-values.
+    """Decide one residual test: pass when ``p_value >= level``.
 
-    The test statistic stays in the detail text. A rejection says how often an honest
-    certificate is rejected, so a reader can tell a chance rejection is possible.
+    The report's value and threshold are both p-values, and the test statistic stays in
+    the detail text. A rejection states how often an honest certificate is rejected, so
+    a reader can tell that a chance rejection is possible.
     """
     passed = p_value >= level
     if not passed:

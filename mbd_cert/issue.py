@@ -283,8 +283,9 @@ def _warn_other_issuers(previous: Sequence[chain.ChainLink], private_key: Any) -
             ", ".join(others), own_key_id)
 
 
-# Above this delta the (epsilon, delta) guarantee is weak for any epsilon: each of a
-# thousand records could be exposed with probability 1/1000.
+# Delta is the probability that the epsilon bound fails. The usual advice is a delta
+# well below 1/n for n training samples, so above 1e-3 the guarantee is weak whatever
+# epsilon is.
 WEAK_DELTA = 1e-3
 
 
@@ -294,13 +295,13 @@ def _warn_weak_settings(options: IssueOptions) -> None:
     if options.sensitivity_method == "declared" and options.sensitivity is not None \
             and options.sensitivity < bound:
         logger.warning(
-            "the declared sensitivity %g is below the clip bound 2 * clip_norm = %g; the "
+            "the declared sensitivity %g is below the clip bound 2 * clip_norm = %g, so the "
             "certified epsilon holds only if your own sensitivity analysis is right, and "
             "verifiers cannot check it", options.sensitivity, bound)
     if options.sensitivity_method == "reference-retrain" and options.reference_runs < 4:
         logger.warning(
-            "%d reference rerun(s) give a rough estimate of the sensitivity, not a bound; "
-            "the clip bound (%g) needs no estimate", options.reference_runs, bound)
+            "%d reference rerun(s) give a rough estimate of the sensitivity, not a bound. "
+            "The clip bound (%g) needs no estimate", options.reference_runs, bound)
     if options.delta > WEAK_DELTA:
         logger.warning(
             "delta %g is large: the epsilon guarantee may fail with that probability. "
