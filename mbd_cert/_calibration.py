@@ -80,7 +80,9 @@ def _sensitivity_note(doc: Mapping[str, Any]) -> str:
         return (f" (sensitivity declared by the issuer and not checked; the clip bound "
                 f"2 * clip_norm is {bound:.6g})")
     if method == "reference-retrain":
-        runs = privacy["sensitivity_evidence"]["runs"]
+        # The schema requires the distances but not the count ``runs``, which is
+        # their number; an unsigned or foreign certificate may omit it.
+        runs = len(privacy["sensitivity_evidence"]["distances"])
         return (f" (sensitivity estimated from {runs} reference rerun(s): an empirical "
                 f"estimate, not a worst-case bound; the clip bound is {bound:.6g})")
     return " (sensitivity is the clip bound 2 * clip_norm)"

@@ -75,9 +75,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                 _json.read_bytes_capped(path, what="verification report",
                                         max_bytes=MAX_VERIFY_REPORT_BYTES),
                 what=str(path), max_bytes=MAX_VERIFY_REPORT_BYTES)
-            if not isinstance(document, dict) or "checks" not in document:
-                raise errors.InputError(f"{path}: not a report of 'mbd-cert verify --json'",
-                                        code="E_DATA_MALFORMED")
+            _check_verify_report(document, path)
             loaded.append((path.parent.name or path.name, document))
 
         sections = [
@@ -96,3 +94,35 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                    + ", ".join(written))
         summary = {"figures": written, "html": str(out_dir / "index.html")}
         logger.debug("%s", json.dumps(summary))
+
+
+# Statuses a check of 'mbd-cert verify --json' can have (SPEC.md, R-REP-1).
+_STATUSES = ("pass", "fail", "inconclusive", "skipped")
+# A check name is an identifier of the verifier; a longer one is not a real report.
+_MAX_CHECK_NAME = 200
+
+
+def _check_verify_report(document: object, path: Path) -> None:
+    """Check the fields of a verification report that the figures read.
+
+    Raises:
+        InputError: ``E_DATA_MALFORMED`` naming the field and what it must be.
+    """
+    def malformed(field: str, expected: str) -> errors.InputError:
+        return errors.InputError(
+            f"{path}: {field} must be {expected}",
+            hint="pass the JSON written by 'mbd-cert verify --json'", code="E_DATA_MALFORMED")
+
+    if not isinstance(document, dict) or not isinstance(document.get("checks"), list):
+        raise malformed("the report", "an object with a 'checks' list")
+    for index, check in enumerate(document["checks"]):
+        if not isinstance(check, dict):
+            raise malformed(f"checks[{index}]", "an object")
+        name = check.get("name")
+        if not isinstance(name, str) or not 0 < len(name) <= _MAX_CHECK_NAME:
+            raise malformed(f"checks[{index}].name",
+                            f"a string of 1 to {_MAX_CHECK_NAME} characters")
+        if check.get("status") not in _STATUSES:
+            raise malformed(f"checks[{index}].status", f"one of {list(_STATUSES)}")
+    if not isinstance(document.get("verified", False), bool):
+        raise malformed("verified", "true or false")

@@ -125,9 +125,11 @@ def foreign_public_key_kind(data: bytes) -> str | None:
     """Return the algorithm of a public key of another kind than Ed25519, else ``None``.
 
     Recognises one PEM ``PUBLIC KEY`` or ``RSA PUBLIC KEY`` block and one OpenSSH
-    public key line. ``None`` means the bytes are an Ed25519 key, a private key, or no
-    key that this function can parse: :func:`parse_public_key` then accepts them or
-    raises its usual error.
+    public key line. An OpenSSH line counts as foreign even for an Ed25519 key: mbd-cert
+    never writes issuer keys in that format, so such a file is someone's SSH identity.
+    ``None`` means the bytes are an Ed25519 key, a private key, or no key that this
+    function can parse: :func:`parse_public_key` then accepts them or raises its usual
+    error.
     """
     stripped = data.strip()
     try:
@@ -135,6 +137,8 @@ def foreign_public_key_kind(data: bytes) -> str | None:
             key: object = serialization.load_pem_public_key(data)
         elif stripped.startswith((b"ssh-", b"ecdsa-")) and b"\n" not in stripped:
             key = serialization.load_ssh_public_key(stripped)
+            if isinstance(key, Ed25519PublicKey):
+                return "OpenSSH Ed25519"
         else:
             return None
     except (ValueError, UnsupportedAlgorithm):

@@ -71,6 +71,15 @@ def terminal_text(value: object) -> str:
     return str(value).translate(_TERMINAL_TABLE)
 
 
+def terminal_lines(value: object) -> str:
+    """Return :func:`terminal_text` of each line of ``str(value)``, keeping the line breaks.
+
+    For multi-line text such as a traceback, whose exception messages may quote names
+    from the input files.
+    """
+    return "\n".join(terminal_text(line) for line in str(value).split("\n"))
+
+
 def rich_text(value: object, style: str = "") -> Text:
     """Return :func:`terminal_text` of ``value`` as a rich ``Text``, which rich never parses.
 

@@ -22,7 +22,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from mbd_cert import __version__, errors
-from mbd_cert._terminal import terminal_text
+from mbd_cert._terminal import terminal_lines, terminal_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("mbd_cert")
@@ -43,12 +43,16 @@ class _EscapingFormatter(logging.Formatter):
     """Log formatter that escapes control characters in the message (SPEC.md, R-SEC-5).
 
     Log messages name files and tensors from the inputs. Tracebacks (``-v``) are
-    formatted apart from the message and keep their line breaks.
+    formatted apart from the message and keep their line breaks, with each line
+    escaped, because an exception message can quote the same names.
     """
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: D102, N802
         record.message = terminal_text(record.message)
         return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:  # noqa: D102, N802
+        return terminal_lines(super().formatException(ei))
 
 
 def _configure_logging(verbose: int) -> None:
@@ -96,7 +100,7 @@ def guarded(json_flag: str | None = None, *,
                 ctx = click.get_current_context(silent=True)
                 verbose = bool(ctx and ctx.find_root().params.get("verbose"))
                 if verbose:
-                    traceback.print_exc()
+                    click.echo(terminal_lines(traceback.format_exc().rstrip("\n")), err=True)
                 _emit_error(
                     "E_INTERNAL",
                     f"internal error: {type(exc).__name__}: {exc}",

@@ -219,6 +219,11 @@ def proxy_scatter(docs: Sequence[Mapping[str, Any]]) -> Section:
     return section
 
 
+def _literal(text: str) -> str:
+    """Return ``text`` with '$' escaped, so matplotlib draws it without mathtext."""
+    return text.replace("$", r"\$")
+
+
 def verification_results(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> Section:
     """Draw one column per verification report and one row per check, coloured by status."""
     section = Section("Verification results")
@@ -242,9 +247,12 @@ def verification_results(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> Se
         section.rows.append([label, str(report.get("certificate_id")), verdict])
     ax.set_xlim(0, len(reports))
     ax.set_ylim(len(names), 0)
-    ax.set_yticks([i + 0.45 for i in range(len(names))], names, fontsize=8)
-    ax.set_xticks([i + 0.47 for i in range(len(reports))], [label for label, _ in reports],
-                  fontsize=7, rotation=15)
+    # Names come from the report files: a '$' would start matplotlib mathtext, and
+    # a malformed formula raises while drawing.
+    ax.set_yticks([i + 0.45 for i in range(len(names))], [_literal(n) for n in names],
+                  fontsize=8)
+    ax.set_xticks([i + 0.47 for i in range(len(reports))],
+                  [_literal(label) for label, _ in reports], fontsize=7, rotation=15)
     ax.tick_params(length=0)
     ax.set_title("status of each check, per verification report", fontsize=9)
     for spine in ax.spines.values():

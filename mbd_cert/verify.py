@@ -318,9 +318,16 @@ def _verify_sealed(cert_path: Path, model_path: Path, options: VerifyOptions) ->
 
     Step 0 (SPEC §4.5, R-SEAL-2): a sealed file that is not the committed one, or that
     does not authenticate, is a failed check. The other checks then run at level 1
-    without a bundle.
+    without a bundle. The sealed file is opened only for a certificate whose signature
+    verifies under a trusted key (R-LVL-3): anyone can seal to the auditor's public key.
     """
     doc = certificate.load_certificate(cert_path)
+    try:
+        certificate.check_signature(doc, options.trusted_keys)
+    except VerificationFailed:
+        return _without_bundle(cert_path, model_path, options, CheckResult(
+            "sealed-bundle", "skipped", "not opened: the certificate's signature did not "
+            "verify under a trusted key", requirement="R-LVL-3"))
     search = Path(options.bundle_dir) if options.bundle_dir is not None else cert_path.parent
     with tempfile.TemporaryDirectory(prefix="mbd-cert-bundle-") as temp:
         try:
@@ -328,15 +335,23 @@ def _verify_sealed(cert_path: Path, model_path: Path, options: VerifyOptions) ->
                 doc, search, options.auditor_private_key, Path(temp)
             )
         except VerificationFailed as failure:
-            fallback = replace(options, auditor_private_key=None, bundle_dir=None, level=1)
-            report = verify(cert_path, model_path, fallback)
-            report.checks.append(
-                CheckResult(
-                    "sealed-bundle", "fail", str(failure), code=failure.code, requirement="R-SEAL-2"
-                )
-            )
-            return report
+            return _without_bundle(cert_path, model_path, options, CheckResult(
+                "sealed-bundle", "fail", str(failure), code=failure.code,
+                requirement="R-SEAL-2"))
         opened = replace(options, auditor_private_key=None, bundle_dir=Path(temp))
         report = verify(cert_path, model_path, opened)
     report.checks.insert(1, CheckResult("sealed-bundle", "pass", detail, requirement="R-SEAL-2"))
+    return report
+
+
+def _without_bundle(cert_path: Path, model_path: Path, options: VerifyOptions,
+                    sealed: CheckResult) -> VerificationReport:
+    """Run the level-1 checks without a bundle and record why levels 2 and 3 did not run."""
+    fallback = replace(options, auditor_private_key=None, bundle_dir=None, level=1)
+    report = verify(cert_path, model_path, fallback)
+    report.level = options.level
+    report.checks.insert(1, sealed)
+    for level in range(2, options.level + 1):
+        report.skip(f"level-{level}", "R-LVL-3",
+                    f"not run: sealed-bundle did not pass ({sealed.status})")
     return report

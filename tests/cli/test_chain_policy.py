@@ -120,3 +120,72 @@ def test_calibration_detail_names_method(
     assert "declared by the issuer and not checked" in declared.check_detail("calibration")
     clip = verify(honest_run.cert, honest_run.model, honest_run.public_key)
     assert "sensitivity is the clip bound" in clip.check_detail("calibration")
+
+
+def test_evidence_without_runs_is_not_a_crash(honest_run: HonestRun, tmp_path: Path) -> None:
+    # The schema requires distances but not runs; an edited, unsigned certificate that
+    # omits it must fail its signature, not crash the calibration detail.
+    doc = honest_run.load_cert()
+    doc["privacy"]["sensitivity_method"] = "reference-retrain"
+    doc["privacy"]["sensitivity_evidence"] = {
+        "method": "reference-retrain", "distances": [1e-4, 2e-4], "safety_factor": 2.0}
+    cert = write_json(tmp_path / "cert.json", doc)
+    outcome = verify(cert, honest_run.model, honest_run.public_key)
+    assert_check_failed(outcome, "signature", "E_SIGNATURE_INVALID")
+    assert "estimated from 2 reference rerun(s)" in outcome.check_detail("calibration")
+
+
+@pytest.fixture(scope="module")
+def sealed_run(honest_run: HonestRun,
+               tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An honest deletion sealed to an auditor: (output directory, auditor private key)."""
+    root = tmp_path_factory.mktemp("sealed")
+    assert run_cli(["keygen", "--kind", "x25519", "--out", root / "auditor"]).exit_code == 0
+    out = root / "del"
+    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
+                       "--auditor-key", root / "auditor.pub",
+                       "--key", honest_run.private_key, "--out", out])
+    assert outcome.exit_code == 0, outcome.stderr
+    return out, root / "auditor.key"
+
+
+def test_sealed_bundle_not_opened_for_unsigned_certificate(
+        sealed_run: tuple[Path, Path], honest_run: HonestRun, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Anyone can seal files to the auditor's public key, so a certificate that fails
+    # its signature must not get its sealed file decrypted and parsed (R-LVL-3).
+    from mbd_cert import sealing
+
+    out, auditor_key = sealed_run
+    for name in ("model.safetensors", "audit-bundle.sealed"):
+        shutil.copy(out / name, tmp_path / name)
+    doc = json.loads((out / "cert.json").read_text())
+    doc["issuer"]["name"] = "edited after signing"
+    cert = write_json(tmp_path / "cert.json", doc)
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the sealed bundle was opened")
+
+    monkeypatch.setattr(sealing, "open_for_verification", never)
+    outcome = verify(cert, tmp_path / "model.safetensors", honest_run.public_key,
+                     "--level", "2", "--auditor-private-key", auditor_key)
+    assert_check_failed(outcome, "signature", "E_SIGNATURE_INVALID")
+    assert outcome.report["level"] == 2
+    statuses = {c["name"]: c["status"] for c in outcome.report["checks"]}
+    assert statuses["sealed-bundle"] == "skipped"
+    assert statuses["level-2"] == "skipped"
+
+
+def test_sealed_bundle_opens_for_signed_certificate(sealed_run: tuple[Path, Path],
+                                                    honest_run: HonestRun,
+                                                    tmp_path: Path) -> None:
+    out, auditor_key = sealed_run
+    for name in ("cert.json", "model.safetensors", "audit-bundle.sealed"):
+        shutil.copy(out / name, tmp_path / name)
+    outcome = verify(tmp_path / "cert.json", tmp_path / "model.safetensors",
+                     honest_run.public_key, "--level", "2", "--allow-inconclusive",
+                     "--auditor-private-key", auditor_key)
+    assert outcome.exit_code == 0, outcome.stdout
+    statuses = {c["name"]: c["status"] for c in outcome.report["checks"]}
+    assert statuses["sealed-bundle"] == "pass"
+    assert statuses["saliency-mask"] == "pass"

@@ -189,3 +189,33 @@ def test_report_on_malformed_verify_report(honest_run: HonestRun, tmp_path: Path
     assert_clean(outcome)
     assert outcome.exit_code == 2
     assert "[E_DATA_MALFORMED]" in outcome.stderr
+
+
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [({"checks": "all passed"}, "the report"),
+     ({"checks": [{"status": "pass"}]}, "checks[0].name"),
+     ({"checks": [{"name": ["a"], "status": "pass"}]}, "checks[0].name"),
+     ({"checks": [{"name": "schema", "status": "$x^$"}]}, "checks[0].status"),
+     ({"checks": [], "verified": "yes"}, "verified")],
+    ids=["checks-string", "no-name", "name-list", "bad-status", "verified-string"],
+)
+def test_report_rejects_malformed_verify_report(honest_run: HonestRun, tmp_path: Path,
+                                                document: dict, field: str) -> None:
+    report_json = write_json(tmp_path / "verify.json", document)
+    outcome = run_cli(["report", "--out", tmp_path / "report", honest_run.cert,
+                       "--verify-report", report_json])
+    assert_clean(outcome)
+    assert outcome.exit_code == 2
+    assert "[E_DATA_MALFORMED]" in outcome.stderr
+    assert field in outcome.stderr
+
+
+def test_report_draws_dollar_signs_literally(honest_run: HonestRun, tmp_path: Path) -> None:
+    # '$...$' would be parsed as matplotlib mathtext, and a broken formula raises.
+    document = {"verified": False, "checks": [{"name": "$\\foo{$", "status": "pass"}]}
+    report_json = write_json(tmp_path / "verify.json", document)
+    outcome = run_cli(["report", "--out", tmp_path / "report", honest_run.cert,
+                       "--verify-report", report_json])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert (tmp_path / "report" / "verification.png").exists()

@@ -291,6 +291,22 @@ def test_trust_directory_skips_other_algorithms(
     assert "type RSA" in messages[1]
 
 
+def test_trust_directory_skips_ssh_ed25519_key(
+    tmp_path: Path, issuer_key: Ed25519PrivateKey, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # An SSH identity beside the issuer key, as in a copied ~/.ssh directory.
+    ssh_line = Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    write(tmp_path / "id_ed25519.pub", ssh_line + b" user@host\n")
+    write(tmp_path / "issuer.pub", raw_public(issuer_key).hex().encode())
+    with caplog.at_level(logging.WARNING, logger="mbd_cert.signing"):
+        keys = signing.load_trust_directory(tmp_path)
+    assert [raw_public_of(key) for key in keys] == [raw_public(issuer_key)]
+    assert "OpenSSH Ed25519" in caplog.text
+    with pytest.raises(KeyInvalid):
+        load_public_key(tmp_path / "id_ed25519.pub")
+
+
 def test_trust_directory_of_other_algorithms_only(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:

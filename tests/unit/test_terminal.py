@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
+from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
@@ -113,3 +115,37 @@ def test_log_formatter_escapes_message() -> None:
     assert "\x1b" not in text
     assert "\n" not in text
     assert text == "WARNING mbd_cert.x: skipped a\\x1b[2J.pub\\nINFO forged line"
+
+
+def test_log_formatter_escapes_traceback() -> None:
+    try:
+        raise ValueError("tensor \x1b]0;PWNED\x07 is bad")
+    except ValueError:
+        record = logging.LogRecord("mbd_cert.x", logging.DEBUG, __file__, 1, "failed", (),
+                                   sys.exc_info())
+    text = cli._EscapingFormatter("%(message)s").format(record)
+    assert "\x1b" not in text
+    assert "\\x1b]0;PWNED\\x07" in text
+    # The traceback keeps its line structure.
+    assert text.count("\n") >= 3
+
+
+def test_verbose_traceback_is_escaped(monkeypatch, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mbd_cert import verify as verify_module
+
+    def broken(*args, **kwargs):
+        raise ValueError("tensor \x1b]0;PWNED\x07 is bad")
+
+    monkeypatch.setattr(verify_module, "verify", broken)
+    (tmp_path / "c.json").write_text("{}")
+    (tmp_path / "m.safetensors").write_bytes(b"")
+    (tmp_path / "k.pub").write_text("00" * 32)
+    result = CliRunner().invoke(cli.main, ["-v", "verify", str(tmp_path / "c.json"),
+                                           str(tmp_path / "m.safetensors"),
+                                           "--key", str(tmp_path / "k.pub")])
+    assert result.exit_code == 3
+    assert "Traceback" in result.stderr
+    assert "\x1b" not in result.stderr
+    assert "\\x1b]0;PWNED\\x07" in result.stderr
