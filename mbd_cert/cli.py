@@ -66,9 +66,12 @@ def _configure_logging(verbose: int) -> None:
         level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("mbd_cert")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    # The bundled trainer logs under "trainer" (train and evaluate run it), with paths
+    # and file errors that need the same escaping and the same -v control.
+    for name in ("mbd_cert", "trainer"):
+        package = logging.getLogger(name)
+        package.handlers[:] = [handler]
+        package.setLevel(level)
 
 
 def guarded(json_flag: str | None = None, *,

@@ -41,7 +41,7 @@ REQUIRED_KEYS = ("input_dims", "seq_len")
 KNOWN_KEYS = frozenset(DEFAULTS) | frozenset(REQUIRED_KEYS)
 
 # Modality names become parts of tensor names, so they must not contain dots.
-MODALITY_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+MODALITY_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 # Caps against a certificate whose config would allocate an absurd model. A verifier
 # builds the model from the config before it reads any weights.
@@ -210,7 +210,7 @@ def _modality_list(value: object, field: str, *, allow_empty: bool) -> list[str]
         raise _invalid(field, "must not be empty", value)
     names: list[str] = []
     for item in value:
-        if not isinstance(item, str) or not MODALITY_NAME.match(item):
+        if not isinstance(item, str) or not MODALITY_NAME.fullmatch(item):
             raise _invalid(
                 field, "must hold names of lowercase letters, digits and '_' (max 32)", item
             )

@@ -161,6 +161,7 @@ def test_config_defaults_filled():
     ({"modalities": []}, "config.modalities"),
     ({"modalities": ["text", "text"]}, "config.modalities"),
     ({"modalities": ["te.xt"]}, "config.modalities"),
+    ({"modalities": ["text\n"]}, "config.modalities"),
     ({"input_dims": {"text": 6, "audio": 4}}, "config.input_dims"),
     ({"input_dims": {"text": 6, "audio": 4, "vision": -1}}, "config.input_dims.vision"),
     ({"seq_len": {"text": 1, "audio": 1, "vision": None}}, "config.seq_len.vision"),

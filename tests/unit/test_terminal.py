@@ -149,3 +149,11 @@ def test_verbose_traceback_is_escaped(monkeypatch, tmp_path: Path) -> None:
     assert "Traceback" in result.stderr
     assert "\x1b" not in result.stderr
     assert "\\x1b]0;PWNED\\x07" in result.stderr
+
+
+def test_trainer_logs_go_through_the_escaping_handler() -> None:
+    cli._configure_logging(0)
+    for name in ("mbd_cert", "trainer"):
+        handlers = logging.getLogger(name).handlers
+        assert len(handlers) == 1
+        assert isinstance(handlers[0].formatter, cli._EscapingFormatter)
