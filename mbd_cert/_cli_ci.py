@@ -117,8 +117,9 @@ def published_bundle_files(root: Path, certificate: Path) -> list[str]:
     """Return the plain files of a confidential audit bundle that lie beside ``certificate``.
 
     ``issue`` leaves ``diff.safetensors`` and ``probe.safetensors`` in its output
-    directory even when it also seals them. The diff rebuilds the pre-deletion model
-    and the probe set contains training samples (SPEC.md section 12.3), so a
+    directory even when it also seals them, and ``eval.safetensors``, the held-out
+    samples of its utility metrics. The diff rebuilds the pre-deletion model and the
+    probe and evaluation sets contain data samples (SPEC.md section 12.3), so a
     repository that contains them publishes what the deletion removed.
 
     Returns:
@@ -143,6 +144,10 @@ def published_bundle_files(root: Path, certificate: Path) -> list[str]:
             continue
         if path.is_file():
             found.append(path.relative_to(root).as_posix())
+    # The certificate does not name the evaluation set; issue writes it under this name.
+    evaluation = certificate.parent / "eval.safetensors"
+    if evaluation.is_file() and not evaluation.is_symlink():
+        found.append(evaluation.relative_to(root).as_posix())
     return found
 
 
@@ -204,9 +209,9 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any]) 
     published = published_bundle_files(root, certificate)
     if published:
         result.warnings.append(
-            f"{', '.join(published)}: confidential audit bundle (it rebuilds the "
-            "pre-deletion model and contains training samples); publish it only where "
-            "auditors alone can read it")
+            f"{', '.join(published)}: confidential files of the issuer (the audit bundle "
+            "rebuilds the pre-deletion model, and the probe and evaluation sets contain "
+            "data samples); publish them only where auditors alone can read them")
     return result
 
 
@@ -232,6 +237,10 @@ def junit_for(results: Sequence[RepoResult]) -> bytes:
             node.text = result.error["message"] + (
                 f"\nhint: {result.error['hint']}" if result.error["hint"] else "")
         suite.set("file", result.certificate)
+        if result.warnings:
+            # JUnit has no warning status; CI systems show a suite's system-err text.
+            ElementTree.SubElement(suite, "system-err").text = "\n".join(
+                f"warning: {warning}" for warning in result.warnings)
         for key in totals:
             totals[key] += int(suite.get(key, "0"))
         root.append(suite)
@@ -294,7 +303,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                     junit_path: Path | None, as_json: bool, allow_empty: bool) -> None:
         """Verify every cert.json and *.cert.json below ROOT under the policy.
 
-        Exit 0 all verified, 1 one is not valid, 2 unusable input, 3 internal error.
+        Exit 0 all verified, 1 one is not valid, 2 unusable input, 3 internal error,
+        130 interrupted.
         """
         from mbd_cert import _paths
         from mbd_cert._terminal import terminal_text

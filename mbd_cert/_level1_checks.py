@@ -132,9 +132,12 @@ def check_bundle(doc: Mapping[str, Any], bundle: Path) -> str:
         entry = doc["audit_bundle"][role]
         path = _paths.resolve_artefact(bundle, entry["path"])
         if not path.exists():
-            raise FileMissing(
-                f"audit bundle file not found: {path}", hint="pass the complete bundle"
-            )
+            hint = "pass the complete bundle"
+            if (bundle / "audit-bundle.sealed").is_file():
+                hint = ("this directory holds the sealed bundle audit-bundle.sealed: pass "
+                        "--auditor-private-key to 'mbd-cert verify' to open it "
+                        "(verify-repo reads plain bundles only)")
+            raise FileMissing(f"audit bundle file not found: {path}", hint=hint)
         digests = _safetensors.digest_file(path)
         for key in ("file_digest", "manifest_digest"):
             if getattr(digests, key) != entry[key]:

@@ -136,6 +136,14 @@ def validate_options(options: IssueOptions) -> None:
             f"got {options.sensitivity_method!r}",
             code="E_PARAMETER_INVALID",
         )
+    if options.sensitivity is not None and options.sensitivity_method != "declared":
+        # Ignoring it would calibrate the noise for another sensitivity than the user gave.
+        raise errors.InputError(
+            f"a sensitivity value ({options.sensitivity!r}) applies only to the 'declared' "
+            f"method, not to {options.sensitivity_method!r}",
+            hint="add --sensitivity-method declared, or drop --sensitivity",
+            code="E_PARAMETER_INVALID",
+        )
     if options.sensitivity_method == "declared":
         if options.sensitivity is None:
             raise errors.InputError(

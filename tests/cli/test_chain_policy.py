@@ -189,3 +189,17 @@ def test_sealed_bundle_opens_for_signed_certificate(sealed_run: tuple[Path, Path
     statuses = {c["name"]: c["status"] for c in outcome.report["checks"]}
     assert statuses["sealed-bundle"] == "pass"
     assert statuses["saliency-mask"] == "pass"
+
+
+def test_missing_plain_bundle_hint_names_sealed_file(sealed_run: tuple[Path, Path],
+                                                     honest_run: HonestRun,
+                                                     tmp_path: Path) -> None:
+    out, _ = sealed_run
+    for name in ("cert.json", "model.safetensors", "audit-bundle.sealed"):
+        shutil.copy(out / name, tmp_path / name)
+    outcome = verify(tmp_path / "cert.json", tmp_path / "model.safetensors",
+                     honest_run.public_key, "--level", "2", "--bundle", tmp_path)
+    assert_clean(outcome)
+    assert outcome.exit_code == 2
+    assert outcome.error_code == "E_FILE_MISSING"
+    assert "--auditor-private-key" in outcome.stderr

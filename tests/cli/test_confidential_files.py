@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 from cli_support import HonestRun, IssuerKeys, run_cli
@@ -66,13 +67,31 @@ def test_verify_repo_warns_on_plain_bundle(honest_run: HonestRun, issuer_keys: I
     assert result["verified"] is True
     [warning] = result["warnings"]
     assert "models/diff.safetensors, models/probe.safetensors" in warning
-    assert "confidential audit bundle" in warning
+    assert "confidential files of the issuer" in warning
     assert f"warning: models/cert.json: {warning}" in outcome.stderr
+
+    junit = root.parent / "junit.xml"
+    assert run_cli(["verify-repo", root, "--key", issuer_keys.public, "--junit",
+                    junit]).exit_code == 0
+    [system_err] = ElementTree.parse(junit).getroot().findall("./testsuite/system-err")
+    assert system_err.text == f"warning: {warning}"
 
     table = run_cli(["verify-repo", root, "--key", issuer_keys.public])
     assert table.exit_code == 0, table.stderr
     assert "verified (warning)" in table.stdout
-    assert "confidential audit bundle" in table.stderr
+    assert "confidential files of the issuer" in table.stderr
+
+
+def test_verify_repo_warns_on_evaluation_set(honest_run: HonestRun,
+                                            issuer_keys: IssuerKeys, tmp_path: Path):
+    # The certificate does not name eval.safetensors, but issue writes it beside it.
+    root = _repo_with(honest_run, tmp_path / "repo",
+                      ["cert.json", "model.safetensors", "eval.safetensors"])
+    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json"])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.report is not None
+    [warning] = outcome.report["results"][0]["warnings"]
+    assert warning.startswith("models/eval.safetensors:")
 
 
 def test_verify_repo_quiet_without_bundle(honest_run: HonestRun, issuer_keys: IssuerKeys,

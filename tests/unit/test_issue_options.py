@@ -54,6 +54,15 @@ def test_declared_sensitivity_needs_value():
         validate_options(_options(sensitivity_method="declared", sensitivity=0.0))
 
 
+@pytest.mark.parametrize("method", ["clip-bound", "reference-retrain"])
+def test_sensitivity_value_needs_declared_method(method):
+    # A value the method ignores would calibrate the noise for another sensitivity.
+    with pytest.raises(InputError) as info:
+        validate_options(_options(sensitivity_method=method, sensitivity=0.01))
+    assert info.value.code == "E_PARAMETER_INVALID"
+    assert "declared" in str(info.value)
+
+
 def test_sensitivity_for_clip_bound_is_diameter():
     assert sensitivity_for(_options(clip_norm=0.25)) == 0.5
     assert sensitivity_for(_options(sensitivity_method="declared", sensitivity=3.0)) == 3.0
