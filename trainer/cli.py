@@ -156,6 +156,9 @@ def _evaluate_options(function: Callable[..., Any]) -> Callable[..., Any]:
                      "or the output directory of 'mbd-cert issue' (test split only)."),
         click.option("--split", "split_name", type=click.Choice(["train", "valid", "test"]),
                      default="test", show_default=True, help="Corpus split to evaluate."),
+        click.option("--eval-set", type=click.Path(path_type=Path, dir_okay=False),
+                     default=None, help="Evaluate on this file of held-out samples in the "
+                     "probe layout (like eval.safetensors) instead of a corpus split."),
         click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False),
                      default=None, help="Also write the metrics as JSON to this file."),
         click.option("--data-root", type=click.Path(path_type=Path, file_okay=False),
@@ -169,8 +172,8 @@ def _evaluate_options(function: Callable[..., Any]) -> Callable[..., Any]:
     return function
 
 
-def _evaluate(checkpoint: Path, split_name: str, json_out: Path | None, data_root: Path | None,
-              device: str) -> None:
+def _evaluate(checkpoint: Path, split_name: str, eval_set: Path | None, json_out: Path | None,
+              data_root: Path | None, device: str) -> None:
     """Evaluate a checkpoint on a split, with every modality-missing view.
 
     CHECKPOINT may also be the output directory of 'mbd-cert issue' (the released
@@ -181,7 +184,10 @@ def _evaluate(checkpoint: Path, split_name: str, json_out: Path | None, data_roo
     from trainer.train import resolve_device
 
     loaded = load_checkpoint(checkpoint, resolve_device(device))
-    if loaded.certificate is not None and not loaded.training:
+    if eval_set is not None:
+        split_name = eval_set.name
+        split, corpus = released_test_split(loaded, eval_set)
+    elif loaded.certificate is not None and not loaded.training:
         if split_name != "test":
             raise InputError(
                 f"{checkpoint} is the output of 'mbd-cert issue', which keeps only the test "

@@ -221,12 +221,15 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
                       certificate)
 
 
-def released_test_split(checkpoint: Checkpoint) -> tuple[Any, Any]:
+def released_test_split(checkpoint: Checkpoint,
+                        path: Path | None = None) -> tuple[Any, Any]:
     """Return the test split that an issue output directory keeps, and its corpus.
 
     ``mbd-cert issue`` copies the checkpoint's ``eval.safetensors`` (the whole test
     split, every sample a non-member) but no ``training.json``, so this file is the
-    only split such a directory can be evaluated on. The corpus is named after the file.
+    only split such a directory can be evaluated on. ``path`` names another file in
+    the same probe layout instead, such as a downstream user's own held-out set. The
+    corpus is named after the file.
 
     Raises:
         FileMissing: The directory has no ``eval.safetensors``.
@@ -236,18 +239,19 @@ def released_test_split(checkpoint: Checkpoint) -> tuple[Any, Any]:
     from mbd_cert.checkpoint import read_probe_set
     from trainer.data import Corpus, Split
 
-    path = checkpoint.directory / EVAL_FILE
-    if not path.exists():
-        raise FileMissing(
-            f"{path} not found: the output of 'mbd-cert issue' is evaluated on the copy "
-            "of the test split that issue writes there",
-            hint="evaluate the checkpoint the deletion started from, or issue from a "
-            "checkpoint that has eval.safetensors",
-        )
+    if path is None:
+        path = checkpoint.directory / EVAL_FILE
+        if not path.exists():
+            raise FileMissing(
+                f"{path} not found: the output of 'mbd-cert issue' is evaluated on the "
+                "copy of the test split that issue writes there",
+                hint="pass --eval-set FILE with held-out samples in the probe layout, or "
+                "evaluate the checkpoint the deletion started from",
+            )
     samples = read_probe_set(path, modalities=checkpoint.model.modalities)
     split = Split(features=samples.inputs, present=samples.present, labels=samples.label,
                   attributes=samples.attributes)
-    corpus = Corpus(name=EVAL_FILE, modalities=samples.modalities,
+    corpus = Corpus(name=path.name, modalities=samples.modalities,
                     input_dims={m: int(v.shape[2]) for m, v in samples.inputs.items()},
                     seq_len={m: int(v.shape[1]) for m, v in samples.inputs.items()},
                     splits={"test": split})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -152,6 +153,24 @@ def test_evaluate_accepts_issue_output(honest_run: HonestRun, tmp_path: Path):
     assert metrics["deleted_modalities"] == ["audio"]
     assert metrics["views"]["deleted:audio"]["max_abs_change_vs_all"] == 0.0
     assert metrics["n"] == json.loads(trained.read_text())["n"]
+
+
+def test_evaluate_published_model_with_eval_set(honest_run: HonestRun, tmp_path: Path):
+    # A downstream user holds only the published files and brings held-out samples.
+    published = tmp_path / "published"
+    published.mkdir()
+    for name in ("cert.json", "model.safetensors"):
+        shutil.copy(honest_run.out_dir / name, published / name)
+    missing = run_cli(["evaluate", "--checkpoint", published])
+    _assert_issue_input_error(missing, "E_FILE_MISSING")
+    assert "--eval-set" in missing.stderr
+    out = tmp_path / "metrics.json"
+    outcome = run_cli(["evaluate", "--checkpoint", published, "--eval-set",
+                       honest_run.checkpoint / "eval.safetensors", "--json", out])
+    assert outcome.exit_code == 0, outcome.stderr
+    metrics = json.loads(out.read_text())
+    assert metrics["split"] == "eval.safetensors"
+    assert metrics["deleted_modalities"] == ["audio"]
 
 
 def test_evaluate_issue_output_other_split(honest_run: HonestRun):
