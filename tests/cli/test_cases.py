@@ -492,6 +492,20 @@ def test_c10_schema_keywords_rejected(honest_run: HonestRun, tmp_path: Path,
     assert path[-1] in outcome.stderr
 
 
+@pytest.mark.parametrize("key", ["", "note"])
+def test_unsigned_signature_member_rejected(honest_run: HonestRun, tmp_path: Path,
+                                            key: str) -> None:
+    # The signature member is the one part of the certificate its signature does not
+    # cover, so an extra field there would be unsigned content (R-SIG-1).
+    doc = honest_run.load_cert()
+    doc["signature"][key] = "added after signing"
+    outcome = verify(write_json(tmp_path / "c.json", doc), honest_run.model,
+                     honest_run.public_key)
+    assert_input_error(outcome, "E_CERT_MALFORMED")
+    assert "certificate field signature" in outcome.stderr
+    assert "is not allowed here" in outcome.stderr
+
+
 # C11: non-finite and overflowing numbers.
 
 

@@ -149,6 +149,12 @@ def sealed_run(honest_run: HonestRun,
     return out, root / "auditor.key"
 
 
+def _publish_sealed(out: Path, target: Path) -> None:
+    """Copy what an issuer publishes with a sealed bundle: no plain bundle files."""
+    for name in ("cert.json", "model.safetensors", "audit-bundle.sealed"):
+        shutil.copy(out / name, target / name)
+
+
 def test_sealed_bundle_not_opened_for_unsigned_certificate(
         sealed_run: tuple[Path, Path], honest_run: HonestRun, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,8 +186,7 @@ def test_sealed_bundle_opens_for_signed_certificate(sealed_run: tuple[Path, Path
                                                     honest_run: HonestRun,
                                                     tmp_path: Path) -> None:
     out, auditor_key = sealed_run
-    for name in ("cert.json", "model.safetensors", "audit-bundle.sealed"):
-        shutil.copy(out / name, tmp_path / name)
+    _publish_sealed(out, tmp_path)
     outcome = verify(tmp_path / "cert.json", tmp_path / "model.safetensors",
                      honest_run.public_key, "--level", "2", "--allow-inconclusive",
                      "--auditor-private-key", auditor_key)
@@ -195,8 +200,7 @@ def test_missing_plain_bundle_hint_names_sealed_file(sealed_run: tuple[Path, Pat
                                                      honest_run: HonestRun,
                                                      tmp_path: Path) -> None:
     out, _ = sealed_run
-    for name in ("cert.json", "model.safetensors", "audit-bundle.sealed"):
-        shutil.copy(out / name, tmp_path / name)
+    _publish_sealed(out, tmp_path)
     outcome = verify(tmp_path / "cert.json", tmp_path / "model.safetensors",
                      honest_run.public_key, "--level", "2", "--bundle", tmp_path)
     assert_clean(outcome)
