@@ -7,7 +7,8 @@ what the diff adds on top of the update is Gaussian noise of the certified sigma
 Everything is computed in float64 on the CPU.
 
 Stability: :func:`run_level2` is called by :func:`mbd_cert.verify.verify`; internal
-otherwise.
+otherwise. :class:`Bundle`, :func:`load_bundle` and :func:`rebuild_pre` live in
+:mod:`mbd_cert._level2_bundle` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,11 @@ import numpy as np
 import rfc8785
 import torch
 
-from mbd_cert import _paths, _recompute
+from mbd_cert import _recompute
+from mbd_cert._level2_bundle import Bundle, load_bundle, rebuild_pre
 from mbd_cert._residual_tests import residual_checks
 from mbd_cert._torch_model import build_model, probe_batch
 from mbd_cert._work_limits import check_update_work
-from mbd_cert.arch import Architecture, get_architecture
-from mbd_cert.checkpoint import ProbeSet, read_probe_set, read_tensors
-from mbd_cert.errors import MalformedData, MalformedSafetensors
 from mbd_cert.report import (
     FAIL,
     PASS,
@@ -60,22 +58,6 @@ CODE_MODEL_NONFINITE = "E_MODEL_NONFINITE"
 MAX_SCORE_TOLERANCE = 1e-4
 
 
-@dataclass
-class Bundle:
-    """Everything level 2 and 3 read, checked for layout, before any claim is tested."""
-
-    architecture: Architecture
-    modality: str
-    config_pre: dict[str, Any]
-    config_post: dict[str, Any]
-    post: dict[str, np.ndarray]
-    diff: dict[str, np.ndarray]
-    masks: dict[str, np.ndarray]
-    probe: ProbeSet
-    removed: list[str]
-    eligible: list[str]
-
-
 def resolve_alpha(doc: Mapping[str, Any], override: float | None) -> float:
     """Return the level of the residual tests (R-L2-9).
 
@@ -86,69 +68,6 @@ def resolve_alpha(doc: Mapping[str, Any], override: float | None) -> float:
     if override is not None:
         return float(override)
     return max(float(doc["update"].get("residual_alpha", DEFAULT_ALPHA)), DEFAULT_ALPHA)
-
-
-def load_bundle(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path) -> Bundle:
-    """Read the released model and the audit bundle and check their layout.
-
-    Raises:
-        InputError: A file is missing or malformed, a diff tensor names no model tensor
-            or has the wrong shape or dtype (``E_DIFF_SHAPE``, ``E_DIFF_DTYPE``).
-    """
-    architecture = get_architecture(doc["subject_model"]["architecture"]["name"])
-    config_post = architecture.validate_config(doc["subject_model"]["architecture"]["config"])
-    modality = doc["deletion"]["modality"]
-    config_pre = dict(config_post)
-    config_pre["deleted_modalities"] = [
-        m for m in config_post.get("deleted_modalities", []) if m != modality
-    ]
-    post = read_tensors(model_path)
-    diff_path = _paths.resolve_artefact(bundle_dir, doc["audit_bundle"]["diff"]["path"])
-    probe_path = _paths.resolve_artefact(bundle_dir, doc["audit_bundle"]["probe"]["path"])
-    raw = read_tensors(diff_path)
-    diff: dict[str, np.ndarray] = {}
-    masks: dict[str, np.ndarray] = {}
-    for key, array in raw.items():
-        kind, _, name = key.partition(".")
-        if kind not in ("diff", "mask") or name not in post:
-            raise MalformedData(
-                f"{diff_path}: tensor '{key}' is neither diff.<name> nor mask.<name> of a "
-                "model tensor",
-                hint="the diff belongs to another model; use the audit bundle of this certificate",
-            )
-        if tuple(array.shape) != tuple(post[name].shape):
-            raise MalformedSafetensors(
-                f"{diff_path}: '{key}' has shape {list(array.shape)}, the model tensor has "
-                f"{list(post[name].shape)}",
-                code="E_DIFF_SHAPE",
-            )
-        expected = np.float64 if kind == "diff" else np.bool_
-        if array.dtype != expected:
-            raise MalformedSafetensors(
-                f"{diff_path}: '{key}' has dtype {array.dtype}, expected {np.dtype(expected)}",
-                code="E_DIFF_DTYPE",
-            )
-        (diff if kind == "diff" else masks)[name] = array
-    probe = read_probe_set(probe_path, modalities=config_post["modalities"])
-    removed = sorted(doc["deletion"]["removed_tensors"])
-    groups = [g.rstrip(".") for g in doc["saliency"]["eligible_groups"]]
-    eligible = sorted(
-        n for n in post
-        if n not in removed and any(n == g or n.startswith(g + ".") for g in groups)
-    )
-    return Bundle(architecture, modality, config_pre, config_post, post, diff, masks, probe,
-                  removed, eligible)
-
-
-def rebuild_pre(bundle: Bundle) -> dict[str, np.ndarray]:
-    """Return ``float64(post) - diff`` cast to each tensor's dtype (SPEC.md, R-DIFF-2)."""
-    pre = {}
-    for name, value in bundle.post.items():
-        if name in bundle.diff:
-            pre[name] = (value.astype(np.float64) - bundle.diff[name]).astype(value.dtype)
-        else:
-            pre[name] = value
-    return pre
 
 
 def _digest(array: np.ndarray) -> str:
@@ -404,3 +323,6 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
         report.checks.append(result)
     step()
     logger.info("level 2 took %.1f s", time.monotonic() - started)
+
+
+__all__ = ["Bundle", "load_bundle", "rebuild_pre", "resolve_alpha", "run_level2"]
