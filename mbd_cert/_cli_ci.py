@@ -91,17 +91,26 @@ def find_certificates(root: Path) -> list[Path]:
         raise errors.FileMissing(f"repository root not found: {root}",
                                  hint="pass the repository's top directory")
     found = []
-    for directory, subdirectories, files in os.walk(root, followlinks=False):
-        # Pruning in place stops os.walk from descending into hidden directories.
-        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
-        for name in files:
-            if name != CERTIFICATE_NAME and not name.endswith(CERTIFICATE_SUFFIX):
-                continue
-            path = Path(directory) / name
-            if path.is_symlink() or not path.is_file():
-                logger.warning("skipping %s: not a regular file", path)
-                continue
-            found.append(path)
+    # An explicit stack, not os.walk: on Python 3.11 os.walk recurses once per level,
+    # and a directory about 1,000 levels deep ended the whole run with RecursionError.
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    # Hidden directories (.git) and linked directories are not searched.
+                    if not entry.name.startswith("."):
+                        pending.append(Path(entry.path))
+                    continue
+                if entry.name != CERTIFICATE_NAME and not entry.name.endswith(
+                        CERTIFICATE_SUFFIX):
+                    continue
+                path = Path(entry.path)
+                if path.is_symlink() or not path.is_file():
+                    logger.warning("skipping %s: not a regular file", path)
+                    continue
+                found.append(path)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -186,6 +195,14 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any]) 
         allow_inconclusive=policy.allow_inconclusive,
     )
     try:
+        if model.is_symlink():
+            # A link can point outside the repository, and CI would then report a model
+            # the repository does not contain as verified.
+            raise errors.InputError(
+                f"model of {result.certificate} is a symbolic link: {result.model}",
+                hint="commit the model file itself beside the certificate",
+                code="E_UNSAFE_PATH",
+            )
         if not model.exists():
             raise errors.FileMissing(
                 f"model not found for {result.certificate}: expected {result.model}",
@@ -386,3 +403,6 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         _paths.atomic_write_bytes(out_path, dump_statement(statement), overwrite=force)
         click.echo(f"wrote {out_path} (subject {name}, sha256:"
                    f"{statement['subject'][0]['digest']['sha256']})")
+        # The statement repeats the certificate's claims; nothing here checked them.
+        click.echo("note: the certificate was not verified; run 'mbd-cert verify' before "
+                   "publishing the statement", err=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from mbd_cert import errors
+from mbd_cert import _paths, errors
 from mbd_cert._cli_commands import GuardFactory
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         written = [name for name, section in sections
                    if report_figures.write_png(section, out_dir / name)]
         page = report_figures.render_html(title, [section for _, section in sections])
-        (out_dir / "index.html").write_text(page, encoding="utf-8")
+        _paths.atomic_write_bytes(out_dir / "index.html", page.encode("utf-8"),
+                                  overwrite=True)
         logger.info("wrote %s", ", ".join(written))
         click.echo(f"wrote {out_dir / 'index.html'} and {len(written)} figures: "
                    + ", ".join(written))

@@ -18,6 +18,7 @@ file's keys are a versioned contract (``policy_version``).
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -263,11 +264,16 @@ def load_policy(path: str | Path) -> Policy:
 def find_policy(root: str | Path) -> Path | None:
     """Return the policy file in the repository root, or None when there is none.
 
+    A default name that exists but is not a readable regular file (a dangling link, a
+    directory) is still returned, so that :func:`load_policy` rejects it: skipping it
+    would verify the repository with no policy at all.
+
     Raises:
         InputError: ``E_POLICY_INVALID`` when both default names exist, because it
             would be unclear which one applies.
     """
-    found = [Path(root) / name for name in DEFAULT_FILE_NAMES if (Path(root) / name).is_file()]
+    found = [Path(root) / name for name in DEFAULT_FILE_NAMES
+             if os.path.lexists(Path(root) / name)]
     if len(found) > 1:
         raise InputError(
             f"both {found[0]} and {found[1]} exist; only one policy file may apply",

@@ -36,7 +36,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import NullLocator, ScalarFormatter  # noqa: E402
 
-from mbd_cert import accounting  # noqa: E402
+from mbd_cert import _paths, accounting  # noqa: E402
 from mbd_cert.chain import ChainLink  # noqa: E402
 
 STATUS_COLOURS = {"pass": "#4caf50", "fail": "#e53935", "skipped": "#bdbdbd",
@@ -191,6 +191,8 @@ def proxy_scatter(docs: Sequence[Mapping[str, Any]]) -> Section:
     # Plot in units of a power of ten, named in the axis labels, instead of an offset
     # text that matplotlib draws over the x label.
     exponent = math.floor(math.log10(largest)) if largest > 0 else 0
+    # 10.0 ** e underflows to 0 below e = -323 (subnormal values), so clamp the unit.
+    exponent = max(exponent, -300)
     unit = 10.0 ** exponent
     low, high = 0.0, 0.0
     for doc in rated[:6]:
@@ -295,7 +297,9 @@ def write_png(section: Section, path: Path) -> bool:
     """Write the section's PNG to ``path``; return False when it has none."""
     if section.png is None:
         return False
-    path.write_bytes(section.png)
+    # Atomic replace: an existing file, or a link planted in --out, is replaced
+    # rather than written through.
+    _paths.atomic_write_bytes(path, section.png, overwrite=True)
     return True
 
 

@@ -219,3 +219,40 @@ def test_report_draws_dollar_signs_literally(honest_run: HonestRun, tmp_path: Pa
                        "--verify-report", report_json])
     assert outcome.exit_code == 0, outcome.stderr
     assert (tmp_path / "report" / "verification.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value"),
+    [("update", "norm_before_clip", "0.0064"),
+     ("proxy_quality", "seed", [1]),
+     ("utility_after", "deleted_audio", 5),
+     ("utility_before", "all", [1])],
+    ids=["norm-string", "seed-list", "view-number", "view-list"],
+)
+def test_schema_types_members_readers_use(honest_run: HonestRun, tmp_path: Path,
+                                          section: str, field: str, value: object) -> None:
+    # Optional members that level 2 or the report read must have a declared type, or a
+    # schema-valid certificate crashes the reader (exit 3).
+    doc = honest_run.load_cert()
+    target = {"update": doc["update"],
+              "proxy_quality": doc["saliency"].setdefault("proxy_quality", {}),
+              "utility_after": doc["metrics"]["utility"].setdefault("after", {}),
+              "utility_before": doc["metrics"]["utility"].setdefault("before", {})}[section]
+    target[field] = value
+    cert = write_json(tmp_path / "cert.json", resign(doc, honest_run.private_key))
+    outcome = run_cli(["report", "--out", tmp_path / "report", cert])
+    assert_clean(outcome)
+    assert outcome.exit_code == 2
+    assert "[E_CERT_MALFORMED]" in outcome.stderr
+
+
+def test_report_subnormal_proxy_values(honest_run: HonestRun, tmp_path: Path) -> None:
+    doc = honest_run.load_cert()
+    quality = doc["saliency"].get("proxy_quality")
+    if not quality or not quality.get("samples"):
+        pytest.skip("the tiny certificate has no proxy samples")
+    for sample in quality["samples"]:
+        sample["true"] = sample["proxy"] = 5e-324
+    cert = write_json(tmp_path / "cert.json", resign(doc, honest_run.private_key))
+    outcome = run_cli(["report", "--out", tmp_path / "report", cert])
+    assert outcome.exit_code == 0, outcome.stderr

@@ -230,3 +230,9 @@ def test_train_existing_output_code(honest_run: HonestRun):
     outcome = run_cli(["train", "--out", honest_run.checkpoint, "--no-progress"])
     _assert_issue_input_error(outcome, "E_OUTPUT_EXISTS")
     assert "--force" in outcome.stderr
+
+
+def test_attest_says_it_did_not_verify(honest_run: HonestRun, tmp_path: Path):
+    outcome = run_cli(["attest", honest_run.cert, "--out", tmp_path / "statement.json"])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "not verified" in outcome.stderr

@@ -235,3 +235,51 @@ def test_example_ci_files_parse():
     assert hooks[0]["entry"] == "mbd-cert verify-repo"
     config = yaml.safe_load((ci / ".pre-commit-config.example.yaml").read_text())
     assert config["repos"][0]["hooks"][0]["id"] == hooks[0]["id"]
+
+
+def test_symlinked_model_is_refused(repo, tmp_path):
+    # A link may point outside the repository, which would then not contain the model
+    # that CI reports as verified.
+    _policy(repo, "")
+    outside = tmp_path / "outside.safetensors"
+    model = repo / "models" / "a" / "model.safetensors"
+    shutil.move(model, outside)
+    model.symlink_to(outside)
+    result = _run(repo, "--json")
+    assert result.exit_code == 2
+    results = json.loads(result.stdout)["results"]
+    assert [r["exit_code"] for r in results] == [2, 0]
+    assert results[0]["error"]["code"] == "E_UNSAFE_PATH"
+
+
+def test_deep_directory_does_not_end_the_run(repo):
+    # os.walk recursed once per directory level on Python 3.11, so a deep enough tree
+    # ended the run with RecursionError. Lowering the limit makes 300 levels enough
+    # (and keeps the tree shallow enough for pytest's own recursive cleanup).
+    from mbd_cert._cli_ci import find_certificates
+
+    deep = repo / "deep"
+    deep.mkdir()
+    current = deep
+    for _ in range(300):
+        current = current / "d"
+        current.mkdir()
+    depth, frame = 0, sys._getframe()
+    while frame is not None:
+        depth, frame = depth + 1, frame.f_back
+    limit = sys.getrecursionlimit()
+    # 100 frames above the current depth: far fewer than the 300 levels below.
+    sys.setrecursionlimit(depth + 100)
+    try:
+        found = find_certificates(repo)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert [p.relative_to(repo).as_posix() for p in found] == [
+        "models/a/cert.json", "models/b/v2.cert.json"]
+
+
+def test_unreadable_default_policy_fails_the_run(repo):
+    # A dangling policy link used to be skipped, so the repository passed with no policy.
+    (repo / "mbd-cert-policy.toml").symlink_to(repo / "missing" / "policy.toml")
+    result = _run(repo, "--key", repo / "keys" / "issuer.pub")
+    assert result.exit_code == 2

@@ -121,6 +121,20 @@ def test_find_policy_default_names(tmp_path):
     assert find_policy(tmp_path) == tmp_path / ".mbd-cert.toml"
 
 
+@pytest.mark.parametrize("kind", ["dangling-link", "directory"])
+def test_unreadable_default_policy_is_not_skipped(tmp_path, kind):
+    # Skipping it would verify the repository with no policy at all.
+    path = tmp_path / ".mbd-cert.toml"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to(tmp_path / "shared" / "policy.toml")
+    assert find_policy(tmp_path) == path
+    with pytest.raises(InputError) as caught:
+        load_policy(path)
+    assert caught.value.exit_code == 2
+
+
 def test_find_policy_rejects_two_files(tmp_path):
     _write(tmp_path, GOOD, name=".mbd-cert.toml")
     _write(tmp_path, GOOD, name="mbd-cert-policy.toml")
