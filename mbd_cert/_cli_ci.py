@@ -340,7 +340,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         results = [verify_one(root, path, policy, keys) for path in certificates]
         exit_code = max((r.exit_code for r in results), default=0)
         if junit_path is not None:
-            _paths.atomic_write_bytes(junit_path, junit_for(results), overwrite=True)
+            _paths.atomic_write_bytes(junit_path, junit_for(results), overwrite=True,
+                                      shared=True)
         for result in results:
             for warning in result.warnings:
                 click.echo(f"warning: {terminal_text(result.certificate)}: "
@@ -400,7 +401,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                 )
         name = subject_name or (model_path.name if model_path else DEFAULT_SUBJECT_NAME)
         statement = statement_for_certificate(doc, subject_name=name)
-        _paths.atomic_write_bytes(out_path, dump_statement(statement), overwrite=force)
+        _paths.atomic_write_bytes(out_path, dump_statement(statement), overwrite=force,
+                                  shared=True)
         click.echo(f"wrote {out_path} (subject {name}, sha256:"
                    f"{statement['subject'][0]['digest']['sha256']})")
         # The statement repeats the certificate's claims; nothing here checked them.

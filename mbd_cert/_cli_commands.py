@@ -251,7 +251,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         finally:
             close()
         if junit_path is not None:
-            _paths.atomic_write_bytes(junit_path, to_junit(report), overwrite=True)
+            _paths.atomic_write_bytes(junit_path, to_junit(report), overwrite=True,
+                                          shared=True)
         if as_json:
             click.echo(json.dumps(report.to_json(), indent=2, default=str))
         else:

@@ -89,7 +89,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                    if report_figures.write_png(section, out_dir / name)]
         page = report_figures.render_html(title, [section for _, section in sections])
         _paths.atomic_write_bytes(out_dir / "index.html", page.encode("utf-8"),
-                                  overwrite=True)
+                                  overwrite=True, shared=True)
         logger.info("wrote %s", ", ".join(written))
         click.echo(f"wrote {out_dir / 'index.html'} and {len(written)} figures: "
                    + ", ".join(written))

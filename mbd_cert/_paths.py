@@ -242,13 +242,16 @@ def atomic_output(path: str | os.PathLike[str], *,
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | memoryview,
-                       *, overwrite: bool = False) -> None:
+                       *, overwrite: bool = False, shared: bool = False) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_output`).
 
     Args:
         path: Final path. Its directory must exist.
         data: The complete file content.
         overwrite: Replace an existing file at ``path``.
+        shared: Give the file the mode a plain ``open`` would (0o644 under a umask of
+            022) instead of the temporary file's 0o600, for outputs meant to be read
+            by others (reports, attestations, JUnit files).
 
     Raises:
         FileMissing: The directory of ``path`` does not exist.
@@ -256,4 +259,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | m
             ``E_FILE_UNWRITABLE`` when the file cannot be written.
     """
     with atomic_output(path, overwrite=overwrite) as output:
+        if shared:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(output.temp_path, 0o666 & ~umask)
         output.file.write(data)

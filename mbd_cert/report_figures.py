@@ -299,7 +299,7 @@ def write_png(section: Section, path: Path) -> bool:
         return False
     # Atomic replace: an existing file, or a link planted in --out, is replaced
     # rather than written through.
-    _paths.atomic_write_bytes(path, section.png, overwrite=True)
+    _paths.atomic_write_bytes(path, section.png, overwrite=True, shared=True)
     return True
 
 

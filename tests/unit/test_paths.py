@@ -245,3 +245,17 @@ def test_filesystem_without_hard_links(tmp_path: Path,
         atomic_write_bytes(target, b"other")
     assert target.read_bytes() == b"data"
     assert os.listdir(tmp_path) == ["out.bin"]
+
+
+def test_atomic_write_shared_mode_follows_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "private.bin", b"x")
+        atomic_write_bytes(tmp_path / "report.html", b"x", shared=True)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "private.bin").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == 0o644
