@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from mbd_cert import certificate, sealing, signing
+from mbd_cert import accounting, certificate, sealing, signing
 from mbd_cert.chain import chain_file_name
 from mbd_cert.issue import IssueOptions, issue
 
@@ -165,6 +165,17 @@ def _with_previous(doc: dict[str, Any], previous: dict[str, Any]) -> dict[str, A
     edited = copy.deepcopy(doc)
     edited["accounting"]["previous_certificate"] = certificate.certificate_digest(previous)
     return edited
+
+
+def _recount(doc: dict[str, Any], links: list[dict[str, Any]]) -> None:
+    """Set ``doc``'s mu and cumulative epsilon to what ``links`` (oldest first) give."""
+    entries = [accounting.ChainEntry(d["privacy"]["epsilon"], d["privacy"]["delta"],
+                                     d["privacy"]["sigma"], d["privacy"]["sensitivity"])
+               for d in links]
+    account = accounting.account_chain(entries, doc["accounting"]["delta"])
+    doc["accounting"].update(mu=account.mu, cumulative_epsilon=account.epsilon,
+                             naive_epsilon=account.naive_epsilon,
+                             rdp_epsilon=account.rdp_epsilon)
 
 
 def _add_chain_vectors(
@@ -324,6 +335,28 @@ def _add_chain_vectors(
         "R-CHAIN-6",
         "chain-00001.json re-signed by a key the verifier was not given; deletion 2 "
         "relinked to its digest and re-signed with the trusted key",
+        link=link,
+    )
+    # R-CHAIN-8: every earlier link passes its own calibration checks. The accounting
+    # of both links is recomputed, so only the calibration check can catch it.
+    link_doc = copy.deepcopy(first)
+    link_doc["privacy"]["sensitivity"] = link_doc["update"]["clip_norm"]
+    _recount(link_doc, [link_doc])
+    signed_link = certificate.sign_certificate(link_doc, key)
+    doc, link = relinked(signed_link, "miscalibrated.json")
+    doc.pop("signature")
+    _recount(doc, [signed_link, doc])
+    doc = certificate.sign_certificate(doc, key)
+    vector(
+        "invalid",
+        "chain-link-miscalibrated",
+        doc,
+        "E_CALIBRATION_INVALID",
+        1,
+        "R-CHAIN-8",
+        "chain-00001.json: privacy.sensitivity set to clip_norm, half the clip bound, and "
+        "its mu and cumulative epsilon recomputed, re-signed; deletion 2 relinked to its "
+        "digest, its accounting recomputed, re-signed",
         link=link,
     )
     link_doc = copy.deepcopy(first)

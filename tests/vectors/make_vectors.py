@@ -294,6 +294,16 @@ def main() -> None:
             "S replaced by S + L (malleated signature)",
         )
         doc = copy.deepcopy(honest)
+        doc["signature"]["note"] = "added after signing"
+        bad(
+            "signature-extra-member",
+            doc,
+            "E_CERT_MALFORMED",
+            2,
+            "R-SIG-1",
+            "a member added to the signature object, which the signature does not cover",
+        )
+        doc = copy.deepcopy(honest)
         doc["privacy"]["epsilon"] = 0.5
         bad(
             "payload-edited-not-resigned",
@@ -482,6 +492,16 @@ def main() -> None:
             "R-POL-1",
             "honest certificate checked with --max-epsilon 0.5",
             expected={"args": ["--max-epsilon", "0.5"]},
+        )
+
+        bad(
+            "policy-max-delta",
+            honest,
+            "E_POLICY_VIOLATION",
+            1,
+            "R-POL-1",
+            "honest certificate (delta 1e-5) checked with --max-delta 1e-6",
+            expected={"args": ["--max-delta", "1e-6"]},
         )
 
         # Audit bundle (R-BUN-*).
