@@ -80,8 +80,8 @@ def _sensitivity_note(doc: Mapping[str, Any]) -> str:
         return (f" (sensitivity declared by the issuer and not checked; the clip bound "
                 f"2 * clip_norm is {bound:.6g})")
     if method == "reference-retrain":
-        # The schema requires the distances but not the count ``runs``, which is
-        # their number; an unsigned or foreign certificate may omit it.
+        # The schema requires the distances but not their count ``runs``, which an
+        # unsigned or foreign certificate may omit.
         runs = len(privacy["sensitivity_evidence"]["distances"])
         return (f" (sensitivity estimated from {runs} reference rerun(s): an empirical "
                 f"estimate, not a worst-case bound; the clip bound is {bound:.6g})")

@@ -57,8 +57,8 @@ class RepoResult:
         exit_code: 0 verified, 1 a check failed, 2 unusable input, 3 internal error.
         report: The verification report; None when verification stopped early.
         error: ``{"code", "message", "hint"}`` when verification stopped early.
-        warnings: Problems that do not affect the exit code, such as a confidential
-            audit bundle published beside the certificate.
+        warnings: Problems that do not affect the exit code, such as confidential
+            issuer files published beside the certificate.
     """
 
     certificate: str
@@ -122,8 +122,8 @@ def model_for(certificate: Path) -> Path:
     return certificate.with_name(stem + ".safetensors")
 
 
-def published_bundle_files(root: Path, certificate: Path) -> list[str]:
-    """Return the plain files of a confidential audit bundle that lie beside ``certificate``.
+def published_confidential_files(root: Path, certificate: Path) -> list[str]:
+    """Return the confidential issuer files that lie beside ``certificate``.
 
     ``issue`` leaves ``diff.safetensors`` and ``probe.safetensors`` in its output
     directory even when it also seals them, and ``eval.safetensors``, the held-out
@@ -153,7 +153,7 @@ def published_bundle_files(root: Path, certificate: Path) -> list[str]:
             continue
         if path.is_file():
             found.append(path.relative_to(root).as_posix())
-    # The certificate does not name the evaluation set; issue writes it under this name.
+    # The certificate does not name the evaluation set. Issue writes it under this name.
     evaluation = certificate.parent / "eval.safetensors"
     if evaluation.is_file() and not evaluation.is_symlink():
         found.append(evaluation.relative_to(root).as_posix())
@@ -223,7 +223,7 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any]) 
         result.error = {"code": "E_INTERNAL",
                         "message": f"internal error: {type(exc).__name__}: {exc}",
                         "hint": "this is a bug in mbd-cert; rerun with -vv and report it"}
-    published = published_bundle_files(root, certificate)
+    published = published_confidential_files(root, certificate)
     if published:
         result.warnings.append(
             f"{', '.join(published)}: confidential files of the issuer (the audit bundle "
@@ -383,8 +383,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         )
         from mbd_cert.certificate import load_certificate
 
-        # Checked here to name the option; the atomic write below still refuses a file
-        # that appears meanwhile.
+        # Checked here to name the option. The atomic write below still rejects a file
+        # that appears in the meantime.
         if not force and os.path.lexists(out_path):
             raise errors.InputError(f"output file exists: {out_path}",
                                     hint="choose another --out, or pass --force to replace it",

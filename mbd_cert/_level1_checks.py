@@ -1,8 +1,8 @@
 """Level-1 checks of the deleted encoders, the caller's policy and the bundle digests.
 
-:func:`mbd_cert.verify.verify` runs these in SPEC.md section 7 order (steps 4, 7
-and 8); each raises a :class:`~mbd_cert.errors.VerificationFailed` subclass for a
-false claim, which the report records as a failed check.
+:func:`mbd_cert.verify.verify` runs these as steps 4, 7 and 8 of SPEC.md section 7.
+Each raises a :class:`~mbd_cert.errors.VerificationFailed` subclass for a false claim,
+and the report records it as a failed check.
 
 Stability: internal.
 """
@@ -90,9 +90,9 @@ def check_policy(
             f"accounting.delta {delta:g} exceeds the policy limit {max_delta:g}: "
             "the cumulative epsilon holds only with that failure probability"
         )
-    # R-POL-1: the method applies to every link, since an earlier link's noise is part
-    # of the released model. Without a walked chain (the accounting check failed) only
-    # the newest certificate can be checked, and the detail says so.
+    # R-POL-1: the method applies to every link, because an earlier link's noise is
+    # part of the released model. When the accounting check failed, no chain was
+    # walked, so only the newest certificate is checked and the detail states this.
     docs: list[tuple[int, str, Mapping[str, Any]]] = [
         (link.sequence_number, link.source, link.doc) for link in links
     ] or [(int(doc["accounting"]["sequence_number"]), "<current>", doc)]

@@ -7,7 +7,7 @@ control characters itself.
 
 A tensor name, an issuer name or a file name may carry ESC sequences that retitle,
 clear or recolour the terminal, carriage returns that overwrite a line, and Unicode
-bidirectional overrides that reorder what the reader sees. :func:`terminal_text`
+bidirectional overrides that reorder the displayed text. :func:`terminal_text`
 replaces each such character with a visible escape (``\x1b``, ``\u202e``), and
 :func:`rich_text` wraps the result so that rich renders it literally instead of
 reading ``[bold]`` or ``[/x]`` as console markup.

@@ -80,7 +80,7 @@ def guarded(json_flag: str | None = None, *,
 
     With ``json_flag`` set and that option given, errors are also written to stdout
     as a JSON error report, so machines always receive one document. ``interrupted``
-    completes the message ``interrupted; ...`` printed on Ctrl-C; it must be true at
+    completes the message ``interrupted; ...`` printed on Ctrl-C. It must be true at
     any point where the command can be interrupted.
     """
 
@@ -167,8 +167,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
-            # Outside a command's guard, above all while the trainer's commands import
-            # torch; click itself would print "Aborted!" and exit 1.
+            # A Ctrl-C outside a command's guard, mostly while the trainer's commands
+            # import torch. Click itself would print "Aborted!" and exit 1.
             exit_interrupted()
         except click.UsageError as error:
             if getattr(self, "_json_requested", False):

@@ -65,7 +65,7 @@ class IssueOptions:
             for ``saliency.proxy_quality``; 0 skips the measurement.
         auditor_key: An X25519 public key: seal the audit bundle to it.
         threads: Torch intra-op CPU threads while the deletion runs (restored
-            afterwards). One suits the bundled model; a larger model gains from more.
+            afterwards). One suits the bundled model, and a larger model gains from more.
             The certificate does not depend on it beyond floating-point reduction
             order, which level 2 tolerates (SPEC.md, R-SAL-3).
     """

@@ -253,9 +253,9 @@ def verify(
         bundle = Path(options.bundle_dir)
         report.run("bundle-digest", "R-BUN-2", lambda: check_bundle(doc, bundle))
 
-    # R-LVL-3: levels 2 and 3 parse and recompute only files the certificate commits
-    # to under a trusted signature; anything else is unauthenticated input, and its
-    # checks could not change the verdict.
+    # R-LVL-3: levels 2 and 3 read only files that a trusted signature commits to.
+    # Any other file is unauthenticated input, and its checks cannot change a verdict
+    # that has already failed.
     unauthenticated = [c.name for c in report.checks
                        if c.name in ("signature", "model-digest", "bundle-digest")
                        and c.status != "pass"]

@@ -963,7 +963,7 @@ def test_certificate_not_a_certificate(honest_run: HonestRun, tmp_path: Path, te
 
 
 def test_inspect_shows_hostile_strings_escaped(honest_run: HonestRun, tmp_path: Path) -> None:
-    # inspect does not verify, so whoever wrote the certificate chooses these strings.
+    # inspect does not verify, so the certificate's author chooses these strings.
     name = ("\x1b]0;owned\x07\x1b[2J\x1b[32mVERIFIED\x1b[0m [bold green]ALL CHECKS PASSED"
             "[/bold green] [/x] \u202eexe.txt")
     version = "\x1b[8m hidden \x1b[0m\r"

@@ -1,7 +1,7 @@
 """Policy over a whole chain, and levels 2 and 3 on unauthenticated files.
 
 Each test reproduces a way a certificate once passed a policy or reached the level-2
-parsers that it should not have (adversarial review, third round).
+parsers that it should not have reached.
 """
 
 from __future__ import annotations
@@ -122,8 +122,8 @@ def test_calibration_detail_names_method(
     assert "sensitivity is the clip bound" in clip.check_detail("calibration")
 
 
-def test_evidence_without_runs_is_not_a_crash(honest_run: HonestRun, tmp_path: Path) -> None:
-    # The schema requires distances but not runs; an edited, unsigned certificate that
+def test_evidence_without_runs_no_crash(honest_run: HonestRun, tmp_path: Path) -> None:
+    # The schema requires distances but not runs. An edited, unsigned certificate that
     # omits it must fail its signature, not crash the calibration detail.
     doc = honest_run.load_cert()
     doc["privacy"]["sensitivity_method"] = "reference-retrain"
@@ -155,7 +155,7 @@ def _publish_sealed(out: Path, target: Path) -> None:
         shutil.copy(out / name, target / name)
 
 
-def test_sealed_bundle_not_opened_for_unsigned_certificate(
+def test_unsigned_cert_keeps_bundle_sealed(
         sealed_run: tuple[Path, Path], honest_run: HonestRun, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Anyone can seal files to the auditor's public key, so a certificate that fails
@@ -182,7 +182,7 @@ def test_sealed_bundle_not_opened_for_unsigned_certificate(
     assert statuses["level-2"] == "skipped"
 
 
-def test_sealed_bundle_opens_for_signed_certificate(sealed_run: tuple[Path, Path],
+def test_signed_cert_opens_sealed_bundle(sealed_run: tuple[Path, Path],
                                                     honest_run: HonestRun,
                                                     tmp_path: Path) -> None:
     out, auditor_key = sealed_run
@@ -196,7 +196,7 @@ def test_sealed_bundle_opens_for_signed_certificate(sealed_run: tuple[Path, Path
     assert statuses["saliency-mask"] == "pass"
 
 
-def test_missing_plain_bundle_hint_names_sealed_file(sealed_run: tuple[Path, Path],
+def test_missing_bundle_hint_names_sealed(sealed_run: tuple[Path, Path],
                                                      honest_run: HonestRun,
                                                      tmp_path: Path) -> None:
     out, _ = sealed_run

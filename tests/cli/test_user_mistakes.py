@@ -122,7 +122,7 @@ def test_issuer_refuses_nonfinite_scores(honest_run: HonestRun, tmp_path: Path, 
 
 def test_two_threads_verify_at_level_2(honest_run: HonestRun, tmp_path: Path):
     # Another thread count changes only the reduction order, which the level-2 score
-    # band absorbs (C24).
+    # band absorbs.
     out = tmp_path / "threads"
     outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
                        "--threads", "2", "--key", honest_run.private_key, "--out", out])
@@ -141,8 +141,8 @@ def test_two_threads_verify_at_level_2(honest_run: HonestRun, tmp_path: Path):
 
 
 def test_evaluate_accepts_issue_output(honest_run: HonestRun, tmp_path: Path):
-    # An issue output has no config.json or training.json; the released config is the
-    # certificate's and the samples are the test split copied to eval.safetensors.
+    # An issue output has no config.json or training.json. The released config is the
+    # certificate's, and the samples are the test split copied to eval.safetensors.
     released = tmp_path / "released.json"
     outcome = run_cli(["evaluate", "--checkpoint", honest_run.out_dir, "--json", released])
     assert outcome.exit_code == 0, outcome.stderr

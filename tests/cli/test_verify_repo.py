@@ -252,7 +252,7 @@ def test_symlinked_model_is_refused(repo, tmp_path):
     assert results[0]["error"]["code"] == "E_UNSAFE_PATH"
 
 
-def test_deep_directory_does_not_end_the_run(repo):
+def test_deep_directory_walk_completes(repo):
     # os.walk recursed once per directory level on Python 3.11, so a deep enough tree
     # ended the run with RecursionError. Lowering the limit makes 300 levels enough
     # (and keeps the tree shallow enough for pytest's own recursive cleanup).
@@ -278,7 +278,7 @@ def test_deep_directory_does_not_end_the_run(repo):
         "models/a/cert.json", "models/b/v2.cert.json"]
 
 
-def test_unreadable_default_policy_fails_the_run(repo):
+def test_unreadable_default_policy_fails(repo):
     # A dangling policy link used to be skipped, so the repository passed with no policy.
     (repo / "mbd-cert-policy.toml").symlink_to(repo / "missing" / "policy.toml")
     result = _run(repo, "--key", repo / "keys" / "issuer.pub")

@@ -15,7 +15,7 @@ from rich.table import Table
 from mbd_cert import cli
 from mbd_cert._terminal import clean_xml_tree, rich_text, terminal_text, xml_text
 
-# Every character class R-SEC-5 names, with the escape a reader sees in its place.
+# Every character class R-SEC-5 names, with the escape printed in its place.
 ESCAPES = [
     ("\x1b", "\\x1b"), ("\x07", "\\x07"), ("\x00", "\\x00"), ("\r", "\\r"), ("\n", "\\n"),
     ("\t", "\\t"), ("\x7f", "\\x7f"), ("\x85", "\\x85"), ("\x9b", "\\x9b"),
@@ -75,7 +75,7 @@ def test_plain_str_cell_is_read_as_markup() -> None:
 
 
 @pytest.mark.parametrize("char", ["\x00", "\x01", "\x1b", "\x0b", "\x7f", "\ufffe", "\ud800"])
-def test_xml_text_replaces_characters_xml_cannot_hold(char: str) -> None:
+def test_xml_text_escapes_invalid_chars(char: str) -> None:
     root = ElementTree.Element("case", name=f"n{char}", message=f"m{char}")
     root.text = f"t{char}"
     ElementTree.SubElement(root, "child").tail = f"tail{char}"
