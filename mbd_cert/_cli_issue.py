@@ -165,8 +165,9 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         type=click.IntRange(min=1, max=1024),
         default=1,
         show_default=True,
-        help="Torch CPU threads while the deletion runs. One suits the bundled model; "
-        "raise it for a model with large layers.",
+        help="Torch CPU threads per stage while the deletion runs. The proxy-quality "
+        "check always runs on one more thread, alongside the update. One suits the "
+        "bundled model; raise it for a model with large layers.",
     )
     @click.option("--force", is_flag=True, help="Replace an existing output directory.")
     # True until the output is in place; from then on Ctrl-C is held (mbd_cert._interrupts).

@@ -9,8 +9,10 @@ Stability: internal.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from mbd_cert import _safetensors, certificate, mechanism, signing
+from mbd_cert._background import Background
 from mbd_cert._groups import eligible_names
 from mbd_cert._issue_document import certificate_document
 from mbd_cert._issue_outputs import create_staging, set_modes, swap_in
@@ -67,13 +70,17 @@ def run(**kwargs: Any) -> dict[str, Any]:
     previous = torch.get_num_threads()
     torch.set_num_threads(kwargs["options"].threads)
     try:
-        return _run(**kwargs)
+        # Stages started on a second thread are cancelled and joined when _run leaves,
+        # by an exception or after taking their results.
+        with contextlib.ExitStack() as tasks:
+            return _run(tasks=tasks, **kwargs)
     finally:
         torch.set_num_threads(previous)
 
 
 def _run(
     *,
+    tasks: contextlib.ExitStack,
     config_doc: Mapping[str, Any],
     model_path: Path,
     pre_tensors: dict[str, np.ndarray],
@@ -115,7 +122,6 @@ def _run(
     torch.manual_seed(options.seed)
     column = probe.modalities.index(modality)
 
-    # Step 1 (SPEC §6.2): saliency of the forget objective on the pre-deletion model.
     model_pre = build_model(architecture, config, pre_tensors)
     batch = probe_batch(probe)
     groups = options.eligible_groups or default_eligible_groups(modality)
@@ -130,12 +136,34 @@ def _run(
     def forget(model: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
         return architecture.forget_objective(model, cast(Batch, sub), modality)
 
+    def retain(model: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
+        return architecture.retain_objective(model, cast(Batch, sub), modality)
+
     def report(stage: str, total: int) -> Callable[[int], None] | None:
         if progress is None:
             return None
         return lambda done: progress(stage, done, total)
 
     independent = architecture.independent_samples
+
+    # Step 2 (SPEC §6.1): structural removal. It comes first in time because the
+    # update's preconditioner (the Fisher of the retain objective on the eligible
+    # tensors) does not depend on the mask, so a second thread computes it while this
+    # one computes the saliency scores (mbd_cert._background).
+    post_config = dict(config)
+    post_config["deleted_modalities"] = sorted([*deleted, modality])
+    start = dict(pre_tensors)
+    for name in removed:
+        start[name] = np.zeros_like(pre_tensors[name])
+    model_removed = build_model(architecture, post_config, start)
+    retain_weights = torch.ones(probe.size, dtype=torch.float64)
+    preconditioner = tasks.enter_context(Background(
+        lambda stopping: gradient_moments(model_removed, sorted(names), retain, batch,
+                                          retain_weights, independent_samples=independent)[1],
+        name="mbd-cert update Fisher",
+    ))
+
+    # Step 1 (SPEC §6.2): saliency of the forget objective on the pre-deletion model.
     gradient, fisher = gradient_moments(
         model_pre, names, forget, batch, forget_weights, report("saliency", probe.size),
         independent_samples=independent,
@@ -151,30 +179,21 @@ def _run(
             code="E_SCORES_NONFINITE",
         )
     masks, cut = top_k_mask(scores, options.top_k_fraction)
-    proxy_quality = None
-    if options.proxy_sample_size:
-        proxy_quality = measure_proxy_quality(
-            model_pre,
-            scores,
-            masks,
-            forget_value(forget, batch, forget_weights, independent_samples=independent),
-            sample_size=options.proxy_sample_size,
-            seed=options.seed,
+
+    def check_proxy(stopping: threading.Event) -> dict[str, Any] | None:
+        if not options.proxy_sample_size:
+            return None
+        value = forget_value(forget, batch, forget_weights, independent_samples=independent)
+        return measure_proxy_quality(
+            model_pre, scores, masks, value, sample_size=options.proxy_sample_size,
+            seed=options.seed, stopping=stopping,
         ).to_json()
 
-    # Step 2 (SPEC §6.1): structural removal.
-    post_config = dict(config)
-    post_config["deleted_modalities"] = sorted([*config.get("deleted_modalities", []), modality])
-    start = dict(pre_tensors)
-    for name in removed:
-        start[name] = np.zeros_like(pre_tensors[name])
-    model_removed = build_model(architecture, post_config, start)
+    # The proxy check reads only model_pre, which nothing else uses from here on, so it
+    # runs on the second thread while this one runs steps 3 to 6 up to the certificate.
+    proxy_check = tasks.enter_context(Background(check_proxy, name="mbd-cert proxy check"))
 
     # Step 3 (SPEC §6.3): deterministic masked update on the retain objective, clipped.
-    def retain(model: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
-        return architecture.retain_objective(model, cast(Batch, sub), modality)
-
-    retain_weights = torch.ones(probe.size, dtype=torch.float64)
     if progress is not None:
         progress("update", 0, options.steps)
     update = masked_update(
@@ -188,6 +207,7 @@ def _run(
         damping=options.damping,
         clip_norm=options.clip_norm,
         independent_samples=independent,
+        fisher=preconditioner.result(),
     )
     if progress is not None:
         progress("update", options.steps, options.steps)
@@ -258,6 +278,7 @@ def _run(
                 certificate_id,
             )
 
+        proxy_quality = proxy_check.result()
         doc = certificate_document(
             certificate_id=certificate_id,
             key_id=signing.key_id(private_key.public_key()),

@@ -66,6 +66,8 @@ class IssueOptions:
         auditor_key: An X25519 public key: seal the audit bundle to it.
         threads: Torch intra-op CPU threads while the deletion runs (restored
             afterwards). One suits the bundled model, and a larger model gains from more.
+            The proxy-quality check and the update's Fisher run on one more Python
+            thread, alongside the saliency scores and the update.
             The certificate does not depend on it beyond floating-point reduction
             order, which level 2 tolerates (SPEC.md, R-SAL-3).
     """

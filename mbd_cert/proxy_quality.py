@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mbd_cert._background import Cancelled
 from mbd_cert.errors import InputError
 
 # The band of the paper's "within +-8 %" figure, relative to the true increment.
@@ -190,6 +192,7 @@ def measure_proxy_quality(
     *,
     sample_size: int,
     seed: int,
+    stopping: threading.Event | None = None,
 ) -> ProxyQuality:
     """Compare proxy scores with true leave-one-out increments on sampled mask entries.
 
@@ -202,6 +205,8 @@ def measure_proxy_quality(
         sample_size: Number of entries to sample, 1 to :data:`MAX_SAMPLE_SIZE`; fewer
             when the mask is smaller.
         seed: Seed of the draw (recorded).
+        stopping: Checked before each forward pass; once it is set the measurement
+            stops with :class:`mbd_cert._background.Cancelled`.
 
     Returns:
         The measured agreement.
@@ -209,6 +214,7 @@ def measure_proxy_quality(
     Raises:
         InputError: ``sample_size`` is out of range or the mask is empty
             (``E_PARAMETER_INVALID``).
+        Cancelled: ``stopping`` was set.
     """
     if isinstance(sample_size, bool) or not isinstance(sample_size, int) or not (
         1 <= sample_size <= MAX_SAMPLE_SIZE
@@ -235,12 +241,12 @@ def measure_proxy_quality(
     increments = None
     if isinstance(value, ForgetMean):
         try:
-            increments = _increments_vectorised(model, entries, value)
+            increments = _increments_vectorised(model, entries, value, stopping)
         except RuntimeError as exc:
             logger.warning("the proxy check cannot be vectorised for this objective (%s); "
                            "using one forward pass per entry", str(exc).splitlines()[0][:200])
     if increments is None:
-        increments = _increments_one_by_one(model, entries, value)
+        increments = _increments_one_by_one(model, entries, value, stopping)
     samples = [
         ProxySample(name, flat_index, float(np.asarray(scores[name]).ravel()[flat_index]),
                     float(increment))
@@ -249,14 +255,21 @@ def measure_proxy_quality(
     return summarise(samples, seed=seed, candidates=total)
 
 
+def _check_stopping(stopping: threading.Event | None) -> None:
+    if stopping is not None and stopping.is_set():
+        raise Cancelled("the proxy-quality check was cancelled")
+
+
 def _increments_one_by_one(
-    model: torch.nn.Module, entries: Sequence[tuple[str, int]], value: ForgetValue
+    model: torch.nn.Module, entries: Sequence[tuple[str, int]], value: ForgetValue,
+    stopping: threading.Event | None = None,
 ) -> list[float]:
     """Zero each entry in place, evaluate F, restore it: one forward pass per entry."""
     parameters = dict(model.named_parameters())
     baseline = value(model)
     increments = []
     for name, flat_index in entries:
+        _check_stopping(stopping)
         flat = parameters[name].data.view(-1)
         original = flat[flat_index].clone()
         try:
@@ -268,7 +281,8 @@ def _increments_one_by_one(
 
 
 def _increments_vectorised(
-    model: torch.nn.Module, entries: Sequence[tuple[str, int]], value: ForgetMean
+    model: torch.nn.Module, entries: Sequence[tuple[str, int]], value: ForgetMean,
+    stopping: threading.Event | None = None,
 ) -> list[float]:
     """Evaluate F for up to ``_VARIANTS_PER_PASS`` zeroed entries per vectorised pass.
 
@@ -278,6 +292,7 @@ def _increments_vectorised(
     parameters = dict(model.named_parameters())
     increments: list[float] = []
     for start in range(0, len(entries), _VARIANTS_PER_PASS):
+        _check_stopping(stopping)
         part = entries[start : start + _VARIANTS_PER_PASS]
         copies = len(part) + 1
         tensors = {

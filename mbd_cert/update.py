@@ -60,6 +60,7 @@ def masked_update(
     damping: float,
     clip_norm: float,
     independent_samples: bool = False,
+    fisher: Mapping[str, torch.Tensor] | None = None,
 ) -> UpdateResult:
     """Run the masked preconditioned descent and clip the displacement.
 
@@ -75,6 +76,9 @@ def masked_update(
         damping: Added to sqrt(F) so the preconditioner stays bounded.
         clip_norm: The L2 bound C on the total displacement.
         independent_samples: Passed to :func:`gradient_moments` for the Fisher.
+        fisher: The Fisher F per tensor name, when the caller has already computed it
+            with :func:`gradient_moments` on this model, objective, batch and weights
+            (the issuer does so while it computes the saliency scores).
 
     Returns:
         The clipped displacement.
@@ -84,8 +88,9 @@ def masked_update(
     start = {name: parameters[name].detach().clone() for name in names}
     mask_t = {name: torch.from_numpy(np.ascontiguousarray(masks[name])) for name in names}
 
-    _, fisher = gradient_moments(model, names, objective, batch, weights,
-                                 independent_samples=independent_samples)
+    if fisher is None:
+        _, fisher = gradient_moments(model, names, objective, batch, weights,
+                                     independent_samples=independent_samples)
     precondition = {name: 1.0 / (fisher[name].sqrt() + damping) for name in names}
     # Parameters outside the mask never move, so the steps record no autograd graph
     # for them: 20 % less time per step on the MBD model (docs/benchmarks.md).

@@ -352,6 +352,21 @@ def test_forget_objective_definition():
     assert model.head.weight.grad is not None
 
 
+def test_objectives_switch_off_dropout_in_submodules():
+    # A root in eval mode can hold submodules in training mode; dropout must still be
+    # off inside the objective, and each module's own mode must come back afterwards.
+    model = MBDModel(tiny_config(dropout=0.5, deleted_modalities=["audio"]), seed=3).eval()
+    model.fusion.train()
+    batch = random_batch(rows=8)
+    first = ARCHITECTURE.retain_objective(model, batch, "audio").detach()
+    second = ARCHITECTURE.retain_objective(model, batch, "audio").detach()
+    assert torch.equal(first, second)
+    assert not model.training and model.fusion.training and model.fusion[2].training
+    model.fusion.eval()
+    torch.testing.assert_close(ARCHITECTURE.retain_objective(model, batch, "audio").detach(),
+                               first, rtol=0, atol=0)
+
+
 def test_forget_objective_per_sample_matches_batch():
     # The issuer evaluates the objective one sample at a time.
     model = MBDModel(tiny_config(), seed=8)

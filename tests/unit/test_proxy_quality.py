@@ -180,3 +180,26 @@ def test_spearman_matches_scipy_with_ties(seed: int) -> None:
     y = x * rng.normal(1.0, 0.5, size=40) + rng.normal(size=40)
     assert spearman_rho(x, y) == pytest.approx(float(stats.spearmanr(x, y).statistic),
                                                abs=1e-12)
+
+
+@pytest.mark.parametrize("vectorised", [True, False], ids=["vectorised", "one-by-one"])
+def test_stopping_event_cancels_the_check(vectorised):
+    import threading
+
+    from mbd_cert._background import Cancelled
+
+    model, scores, masks, value = _mbd_case(40)
+    evaluate = value if vectorised else (lambda m: value(m))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stopping = threading.Event()
+    stopping.set()
+    with pytest.raises(Cancelled):
+        measure_proxy_quality(model, scores, masks, evaluate, sample_size=40, seed=1,
+                              stopping=stopping)
+    for name, parameter in model.named_parameters():
+        assert torch.equal(parameter.detach(), before[name])
+    # An event that is never set changes nothing.
+    quiet = measure_proxy_quality(model, scores, masks, evaluate, sample_size=40, seed=1,
+                                  stopping=threading.Event())
+    plain = measure_proxy_quality(model, scores, masks, evaluate, sample_size=40, seed=1)
+    assert quiet == plain

@@ -1,0 +1,76 @@
+"""``issue`` runs two stages on a second thread; a failure anywhere must stop them all."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from cli_support import IssuerKeys
+
+from mbd_cert import _issue_steps, signing
+from mbd_cert.issue import IssueOptions, issue
+
+
+def _stage_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith("mbd-cert ")}
+
+
+def _issue(checkpoint: Path, out: Path, keys: IssuerKeys) -> dict:
+    options = IssueOptions(modality="audio", epsilon=1.0, delta=1e-5, steps=2)
+    return issue(checkpoint, out, options, signing.load_private_key(keys.private))
+
+
+def test_update_failure_stops_the_proxy_check(monkeypatch, tmp_path, tiny_checkpoint,
+                                              issuer_keys):
+    stopped = []
+    real_proxy = _issue_steps.measure_proxy_quality
+
+    def slow_proxy(*args, **kwargs):
+        # Holds the check open until the main thread gives up, as a large sample would.
+        assert kwargs["stopping"].wait(60)
+        stopped.append(True)
+        return real_proxy(*args, **kwargs)
+
+    def failing_update(*args, **kwargs):
+        raise RuntimeError("update failed")
+
+    monkeypatch.setattr(_issue_steps, "measure_proxy_quality", slow_proxy)
+    monkeypatch.setattr(_issue_steps, "masked_update", failing_update)
+    with pytest.raises(RuntimeError, match="update failed"):
+        _issue(tiny_checkpoint, tmp_path / "out", issuer_keys)
+    assert stopped == [True]
+    assert _stage_threads() == set()
+    assert not (tmp_path / "out").exists()
+
+
+def test_proxy_failure_reaches_the_caller(monkeypatch, tmp_path, tiny_checkpoint,
+                                          issuer_keys):
+    def failing_proxy(*args, **kwargs):
+        raise RuntimeError("proxy check failed")
+
+    monkeypatch.setattr(_issue_steps, "measure_proxy_quality", failing_proxy)
+    with pytest.raises(RuntimeError, match="proxy check failed"):
+        _issue(tiny_checkpoint, tmp_path / "out", issuer_keys)
+    assert _stage_threads() == set()
+    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stages_run_on_a_second_thread(monkeypatch, tmp_path, tiny_checkpoint, issuer_keys):
+    threads = {}
+    for name in ("measure_proxy_quality", "masked_update", "gradient_moments"):
+        real = getattr(_issue_steps, name)
+
+        def record(*args, _real=real, _name=name, **kwargs):
+            threads.setdefault(_name, set()).add(threading.current_thread().name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(_issue_steps, name, record)
+    doc = _issue(tiny_checkpoint, tmp_path / "out", issuer_keys)
+    assert doc["saliency"]["proxy_quality"]["sample_size"] > 0
+    assert threads["measure_proxy_quality"] == {"mbd-cert proxy check"}
+    assert threads["masked_update"] == {"MainThread"}
+    # The saliency moments on this thread, the update's Fisher on the second one.
+    assert threads["gradient_moments"] == {"MainThread", "mbd-cert update Fisher"}
+    assert _stage_threads() == set()

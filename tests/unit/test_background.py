@@ -1,0 +1,58 @@
+"""Tests for mbd_cert._background: a second-thread stage that is always joined."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from mbd_cert._background import Background, Cancelled
+
+
+def test_result_is_the_value_computed_on_another_thread():
+    callers = []
+
+    def task(stopping: threading.Event) -> int:
+        callers.append(threading.current_thread())
+        return 42
+
+    with Background(task, name="test task") as background:
+        assert background.result() == 42
+    assert callers and callers[0] is not threading.main_thread()
+
+
+def test_exception_reaches_the_caller():
+    def task(stopping: threading.Event) -> None:
+        raise ValueError("bad probe")
+
+    with Background(task, name="test task") as background, pytest.raises(ValueError,
+                                                                         match="bad probe"):
+        background.result()
+
+
+def test_leaving_the_block_by_an_exception_cancels_and_joins():
+    started = threading.Event()
+    seen_stop = []
+
+    def task(stopping: threading.Event) -> None:
+        started.set()
+        # Polls like the proxy check does between its passes; without a cancel it
+        # would run for 60 s.
+        if stopping.wait(60):
+            seen_stop.append(True)
+            raise Cancelled("stopped")
+
+    with pytest.raises(RuntimeError, match="main thread failed"):
+        with Background(task, name="test task") as background:
+            assert started.wait(10)
+            raise RuntimeError("main thread failed")
+    assert seen_stop == [True]
+    assert not background._thread.is_alive()
+    assert "test task" not in {thread.name for thread in threading.enumerate()}
+
+
+def test_cancel_after_result_changes_nothing():
+    background = Background(lambda stopping: "done", name="test task")
+    assert background.result() == "done"
+    background.cancel()
+    assert background.result() == "done"
