@@ -7,13 +7,13 @@ output from the same input on every step. On the MBD model the encoders take abo
 40 % of a step.
 
 Inside :func:`memoise_frozen`, such a module returns its previous output when it is
-called again with the very same input tensors (same objects, unchanged version
-counters), in eval mode, with no input or parameter that requires gradients. On its
-first repeat each module recomputes the output and compares it bit for bit with the
-stored one. A module whose output differs there, because it reads state other than
-its parameters, buffers and inputs, loses its memo for the rest of the block.
-SPEC.md section 14 already requires the objectives to be deterministic for given
-weights and batch.
+called again with the same inputs (the same tensors, or tensors equal to them bit for
+bit, while the stored ones are unchanged), in eval mode, with no input or parameter
+that requires gradients. On its first repeat each module recomputes the output and
+compares it bit for bit with the stored one. A module whose output differs there,
+because it reads state other than its parameters, buffers and inputs, loses its memo
+for the rest of the block. SPEC.md section 14 already requires the objectives to be
+deterministic for given weights and batch.
 
 Stability: internal.
 """
@@ -116,12 +116,30 @@ def _plain_inputs(args: tuple[Any, ...]) -> bool:
 
 
 def _same_inputs(entry: _Entry, args: tuple[Any, ...]) -> bool:
-    # Identity, not equality: the stored references keep the inputs alive, so an id
-    # cannot be reused by another tensor, and the version counter catches in-place
-    # changes.
-    return len(args) == len(entry.inputs) and all(
-        a is b for a, b in zip(args, entry.inputs, strict=True)) and \
-        _versions(args) == entry.versions
+    # The stored inputs must be unchanged since the output was computed (version
+    # counters), and each new input must be the stored tensor or equal to it bit for
+    # bit. The frozen generators of the MBD model get a freshly concatenated but equal
+    # input on every step.
+    return len(args) == len(entry.inputs) and \
+        _versions(entry.inputs) == entry.versions and all(
+            a is b or _same_bits(a, b) for a, b in zip(args, entry.inputs, strict=True))
+
+
+# Integer types of the same width as each floating type, for a bitwise comparison
+# that distinguishes 0.0 from -0.0 (torch.equal does not) and compares NaN payloads exactly.
+_BIT_TYPES = {torch.float64: torch.int64, torch.float32: torch.int32,
+              torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
+        return False
+    if a.dtype in _BIT_TYPES:
+        bits = _BIT_TYPES[a.dtype]
+        return torch.equal(a.view(bits), b.view(bits))
+    if a.dtype.is_floating_point or a.dtype.is_complex:
+        return False
+    return torch.equal(a, b)
 
 
 def _versions(tensors: Any) -> tuple[int, ...]:

@@ -108,6 +108,44 @@ def test_hit_needs_same_input_eval():
         assert counts.hits == 1
 
 
+def test_hit_on_equal_bits_not_on_equal_values():
+    inner = _Drifting()
+    model = _outer(inner)
+    for p in inner.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    x = torch.tensor([[0.0, 1.5], [2.0, -3.0]], dtype=torch.float64)
+    with memoise_frozen(model, {"moving.weight"}) as counts:
+        reference = inner(x)
+        inner(x.clone())  # first repeat: recomputed and compared
+        assert inner(x.clone()) is reference
+        assert counts.hits == 1
+        # 0.0 == -0.0 as numbers, but a module may tell them apart (1 / x, atan2).
+        negative_zero = x.clone()
+        negative_zero[0, 0] = -0.0
+        assert torch.equal(negative_zero, x)
+        assert inner(negative_zero) is not reference
+        assert counts.hits == 1
+
+
+def test_no_hit_after_stored_input_changed_in_place():
+    inner = _Drifting()
+    model = _outer(inner)
+    for p in inner.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    x = torch.ones(3, 2, dtype=torch.float64)
+    with memoise_frozen(model, {"moving.weight"}) as counts:
+        reference = inner(x)
+        inner(x.clone())
+        x.add_(1.0)  # the stored input no longer matches the stored output
+        result = inner(x.clone())
+        assert result is not reference
+        assert torch.equal(result, torch.nn.functional.linear(x, inner.layer.weight,
+                                                              inner.layer.bias))
+        assert counts.hits == 0
+
+
 def test_moving_modules_not_memoised():
     inner = _Drifting()
     model = _outer(inner)
