@@ -187,3 +187,27 @@ def test_ctrl_c_at_shutdown_is_ignored():
     assert result.returncode == 0, result.stderr
     assert "KeyboardInterrupt" not in result.stderr
     assert result.stdout.startswith("mbd-cert, version ")
+
+
+def test_ctrl_c_while_loading_the_cli_exits_130():
+    # A Ctrl-C that arrives while the console script is still importing the CLI.
+    code = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'mbd_cert.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from mbd_cert._entry import main\n"
+        "main()\n"
+    )
+    result = _run_python(code, "--version")
+    assert result.returncode == 130
+    assert result.stderr == "interrupted; the command did not start\n"
+
+
+def test_console_script_entry_runs_the_cli():
+    result = _run_python("from mbd_cert._entry import main\nmain()\n", "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("mbd-cert, version ")
