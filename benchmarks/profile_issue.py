@@ -3,7 +3,9 @@
 The first call pays one-time costs (lazy imports, first use of torch kernels); the
 later calls show the steady state that ``bench_issue_vs_retrain.py`` times in process.
 Each stage is a function that ``mbd_cert._issue_steps`` calls; this script wraps them
-with timers for its own run only.
+with timers for its own run only. ``issue`` runs the proxy-quality check and the
+update's Fisher (timed as ``gradient_moments``) on a second thread, alongside other
+stages, so the stage times can add up to more than the call's wall time.
 
 Usage: python benchmarks/profile_issue.py [--checkpoint DIR] [--calls 4]
        [--proxy-sample N] [--steps K]
