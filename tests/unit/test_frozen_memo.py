@@ -32,6 +32,16 @@ def _outer(inner: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def _frozen_inner() -> tuple[_Drifting, torch.nn.Module]:
+    """Return a frozen inner module and its outer model, in eval mode."""
+    inner = _Drifting()
+    model = _outer(inner)
+    for p in inner.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    return inner, model
+
+
 def test_memo_keeps_update_exact(monkeypatch):
     model = _model(["audio"])
     batch = _batch(17, seed=21)
@@ -68,11 +78,7 @@ def test_memo_keeps_update_exact(monkeypatch):
 
 
 def test_impure_module_dropped():
-    inner = _Drifting()
-    model = _outer(inner)
-    for p in inner.parameters():
-        p.requires_grad_(False)
-    model.eval()
+    inner, model = _frozen_inner()
     x = torch.ones(3, 2, dtype=torch.float64)
     with memoise_frozen(model, {"moving.weight", "moving.bias"}) as counts:
         first = inner(x)
@@ -87,11 +93,7 @@ def test_impure_module_dropped():
 
 
 def test_hit_needs_same_input_eval():
-    inner = _Drifting()
-    model = _outer(inner)
-    for p in inner.parameters():
-        p.requires_grad_(False)
-    model.eval()
+    inner, model = _frozen_inner()
     x = torch.ones(3, 2, dtype=torch.float64)
     with memoise_frozen(model, {"moving.weight"}) as counts:
         reference = inner(x)
@@ -109,11 +111,7 @@ def test_hit_needs_same_input_eval():
 
 
 def test_hit_on_equal_bits_not_on_equal_values():
-    inner = _Drifting()
-    model = _outer(inner)
-    for p in inner.parameters():
-        p.requires_grad_(False)
-    model.eval()
+    inner, model = _frozen_inner()
     x = torch.tensor([[0.0, 1.5], [2.0, -3.0]], dtype=torch.float64)
     with memoise_frozen(model, {"moving.weight"}) as counts:
         reference = inner(x)
@@ -129,11 +127,7 @@ def test_hit_on_equal_bits_not_on_equal_values():
 
 
 def test_no_hit_after_stored_input_changed_in_place():
-    inner = _Drifting()
-    model = _outer(inner)
-    for p in inner.parameters():
-        p.requires_grad_(False)
-    model.eval()
+    inner, model = _frozen_inner()
     x = torch.ones(3, 2, dtype=torch.float64)
     with memoise_frozen(model, {"moving.weight"}) as counts:
         reference = inner(x)
