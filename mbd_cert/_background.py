@@ -9,7 +9,8 @@ own kernel order, so its results are the same as in a serial run.
 
 The task polls :attr:`Background.stopping` between units of work. When the main thread
 fails or is interrupted, :meth:`Background.cancel` sets it and waits for the task to
-stop, so no thread outlives the call that started it.
+stop, so no thread outlives the call that started it. A task that does not poll (the
+Fisher) is waited for until it ends.
 
 Stability: internal.
 """
@@ -38,6 +39,7 @@ class Background(Generic[T]):
 
     def __init__(self, function: Callable[[threading.Event], T], *, name: str) -> None:
         self.stopping = threading.Event()
+        self._done = threading.Event()
         self._function = function
         self._values: list[T] = []
         self._error: BaseException | None = None
@@ -49,6 +51,8 @@ class Background(Generic[T]):
             self._values.append(self._function(self.stopping))
         except BaseException as exc:  # re-raised in the caller's thread by result()
             self._error = exc
+        finally:
+            self._done.set()
 
     def __enter__(self) -> Background[T]:
         return self
@@ -58,12 +62,33 @@ class Background(Generic[T]):
 
     def result(self) -> T:
         """Wait for the task and return its value, or raise the exception it raised."""
-        self._thread.join()
+        self._wait()
         if self._error is not None:
             raise self._error
         return self._values[0]
 
     def cancel(self) -> None:
-        """Ask the task to stop, then wait until it has stopped. Its result is discarded."""
+        """Ask the task to stop, then wait until it has stopped. Its result is discarded.
+
+        A Ctrl-C during the wait does not cut it short, because the task would go on
+        running torch code while the interpreter shuts down. It is raised once the
+        task has stopped, which takes at most one unit of the task's work.
+        """
         self.stopping.set()
+        interrupted = False
+        while True:
+            try:
+                self._wait()
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+        if interrupted:
+            raise KeyboardInterrupt
+
+    def _wait(self) -> None:
+        # Python 3.11 marks a running thread as stopped when KeyboardInterrupt cuts a
+        # join short, so a later join returns at once. The process then aborted at exit,
+        # inside the thread's torch code. An interrupted Event.wait has no such effect,
+        # and once the event is set the thread only has to return.
+        self._done.wait()
         self._thread.join()

@@ -56,3 +56,30 @@ def test_cancel_after_result_changes_nothing():
     assert background.result() == "done"
     background.cancel()
     assert background.result() == "done"
+
+
+def test_ctrl_c_while_waiting_still_waits_for_the_task():
+    # A real SIGINT to the main thread while it waits in result(). On Python 3.11 an
+    # interrupted Thread.join marks the running thread as stopped, so a later join
+    # returned at once and the task went on running after the block.
+    import signal
+    import time
+
+    finished = []
+
+    def task(stopping: threading.Event) -> None:
+        while not stopping.is_set():
+            time.sleep(0.01)
+        time.sleep(0.2)  # the last unit of work after the stop was seen
+        finished.append(True)
+
+    main_id = threading.main_thread().ident
+    assert main_id is not None
+    timer = threading.Timer(0.2, signal.pthread_kill, (main_id, signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        with Background(task, name="test task") as background:
+            timer.start()
+            background.result()
+    timer.join()
+    assert finished == [True]
+    assert "test task" not in {thread.name for thread in threading.enumerate()}

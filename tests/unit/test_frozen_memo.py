@@ -162,3 +162,38 @@ def test_forward_is_restored_after_the_block():
         assert "forward" in inner.__dict__
     assert "forward" not in inner.__dict__
     assert "forward" not in inner.layer.__dict__
+
+
+def test_no_hit_on_other_layout():
+    # Equal values in another memory layout, or in a sparse tensor, are recomputed.
+    inner, model = _frozen_inner()
+    x = torch.tensor([[0.5, 1.5], [2.0, -3.0], [4.0, 0.25]], dtype=torch.float64)
+    transposed = x.T.contiguous().T
+    assert transposed.stride() != x.stride()
+    with memoise_frozen(model, {"moving.weight"}) as counts:
+        inner.layer(x)
+        inner.layer(x.clone())  # first repeat: recomputed and compared
+        inner.layer(x.clone())
+        assert counts.hits == 1
+        inner.layer(transposed)
+        assert counts.hits == 1
+    sparse_model = _outer(_SparseInput())
+    sparse_model.eval()
+    dense = torch.eye(3, dtype=torch.float64)
+    with memoise_frozen(sparse_model, {"moving.weight"}) as counts:
+        results = [sparse_model.inner(dense.to_sparse()) for _ in range(3)]
+    assert counts.hits == 0
+    for result in results:
+        assert torch.equal(result, results[0])
+
+
+class _SparseInput(torch.nn.Module):
+    """A frozen module that accepts a sparse input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(3, 2, dtype=torch.float64),
+                                         requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sparse.mm(x, self.weight)
