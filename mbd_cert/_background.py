@@ -9,8 +9,7 @@ own kernel order, so its results are the same as in a serial run.
 
 The task polls :attr:`Background.stopping` between units of work. When the main thread
 fails or is interrupted, :meth:`Background.cancel` sets it and waits for the task to
-stop, so no thread outlives the call that started it. A task that does not poll (the
-Fisher) is waited for until it ends.
+stop, so no thread outlives the call that started it.
 
 Stability: internal.
 """

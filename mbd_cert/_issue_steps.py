@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from mbd_cert import _safetensors, certificate, mechanism, signing
-from mbd_cert._background import Background
+from mbd_cert._background import Background, Cancelled
 from mbd_cert._groups import eligible_names
 from mbd_cert._issue_document import certificate_document
 from mbd_cert._issue_outputs import create_staging, set_modes, swap_in
@@ -157,11 +157,17 @@ def _run(
         start[name] = np.zeros_like(pre_tensors[name])
     model_removed = build_model(architecture, post_config, start)
     retain_weights = torch.ones(probe.size, dtype=torch.float64)
-    preconditioner = tasks.enter_context(Background(
-        lambda stopping: gradient_moments(model_removed, sorted(names), retain, batch,
-                                          retain_weights, independent_samples=independent)[1],
-        name="mbd-cert update Fisher",
-    ))
+    def update_fisher(stopping: threading.Event) -> dict[str, torch.Tensor]:
+        def check(done: int) -> None:
+            # Called after each chunk of samples, so a cancel waits for one chunk.
+            if stopping.is_set():
+                raise Cancelled("the update's Fisher was cancelled")
+
+        return gradient_moments(model_removed, sorted(names), retain, batch, retain_weights,
+                                check, independent_samples=independent)[1]
+
+    preconditioner = tasks.enter_context(Background(update_fisher,
+                                                    name="mbd-cert update Fisher"))
 
     # Step 1 (SPEC §6.2): saliency of the forget objective on the pre-deletion model.
     gradient, fisher = gradient_moments(

@@ -74,3 +74,31 @@ def test_stages_run_on_a_second_thread(monkeypatch, tmp_path, tiny_checkpoint, i
     # The saliency moments on this thread, the update's Fisher on the second one.
     assert threads["gradient_moments"] == {"MainThread", "mbd-cert update Fisher"}
     assert _stage_threads() == set()
+
+
+def test_saliency_failure_stops_the_fisher(monkeypatch, tmp_path, tiny_checkpoint,
+                                           issuer_keys):
+    import time
+
+    from mbd_cert._background import Cancelled
+
+    cancelled = []
+
+    def moments(model, names, objective, batch, weights, progress=None, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            raise RuntimeError("saliency failed")
+        # The update's Fisher, chunk after chunk, as on a model too large to be quick.
+        try:
+            for chunk in range(6000):
+                time.sleep(0.01)
+                progress(chunk)
+        except Cancelled:
+            cancelled.append(True)
+            raise
+        raise AssertionError("the Fisher was never cancelled")
+
+    monkeypatch.setattr(_issue_steps, "gradient_moments", moments)
+    with pytest.raises(RuntimeError, match="saliency failed"):
+        _issue(tiny_checkpoint, tmp_path / "out", issuer_keys)
+    assert cancelled == [True]
+    assert _stage_threads() == set()
