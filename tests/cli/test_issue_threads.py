@@ -1,4 +1,4 @@
-"""``issue`` runs two stages on a second thread; a failure anywhere must stop them all."""
+"""``issue`` runs two stages on a second thread, and a failure anywhere must stop them all."""
 
 from __future__ import annotations
 
