@@ -1,4 +1,4 @@
-"""Commands verify-repo and attest of the ``mbd-cert`` CLI, for CI pipelines.
+"""Command verify-repo of the ``mbd-cert`` CLI, for CI pipelines.
 
 ``verify-repo`` verifies every certificate in a repository under the repository's
 policy file and writes one JUnit file, so that a CI job needs one command. Which files
@@ -10,7 +10,8 @@ SPEC.md, section "Verifying a repository":
   ``<dir>/<name>.cert.json`` certifies ``<dir>/<name>.safetensors``;
 * directories whose names start with ``.`` (``.git``, ``.venv``) and symbolic links
   are skipped;
-* at level 2 and 3 the audit bundle is read from the certificate's directory;
+* at level 2 and 3 the audit bundle is read from the certificate's directory, from the
+  sealed file when an auditor key is given and the certificate records one;
 * a confidential audit bundle (``diff.safetensors``, ``probe.safetensors``) found
   beside its certificate adds a warning but leaves the exit code as it is.
 
@@ -176,23 +177,31 @@ def _trusted_keys(root: Path, policy: Any, key_paths: Sequence[Path]) -> list[An
     return keys
 
 
-def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any]) -> RepoResult:
-    """Verify one certificate under the policy, recording unusable input and bugs in the result."""
+def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any],
+               auditor_key: Any = None) -> RepoResult:
+    """Verify one certificate under the policy, recording unusable input and bugs in the result.
+
+    With ``auditor_key`` (an X25519 private key) and a policy level of 2 or 3, a
+    certificate whose audit bundle was sealed is verified with the sealed file beside
+    it. Other certificates read the plain bundle files from their directory.
+    """
     from mbd_cert.verify import VerifyOptions, verify
 
     model = model_for(certificate)
     result = RepoResult(certificate.relative_to(root).as_posix(),
                         model.relative_to(root).as_posix(), exit_code=0)
     methods = policy.required_sensitivity_methods
+    needs_bundle = policy.required_level >= 2
     options = VerifyOptions(
         trusted_keys=keys,
         level=policy.required_level,
-        bundle_dir=certificate.parent if policy.required_level >= 2 else None,
+        bundle_dir=certificate.parent if needs_bundle else None,
         max_epsilon=policy.max_cumulative_epsilon,
         max_delta=policy.max_delta,
         # verify() applies the methods to every certificate of the chain (R-POLF-2).
         accepted_sensitivity_methods=methods,
         allow_inconclusive=policy.allow_inconclusive,
+        auditor_private_key=auditor_key if needs_bundle and _is_sealed(certificate) else None,
     )
     try:
         if model.is_symlink():
@@ -228,8 +237,20 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any]) 
         result.warnings.append(
             f"{', '.join(published)}: confidential files of the issuer (the audit bundle "
             "rebuilds the pre-deletion model, and the probe and evaluation sets contain "
-            "data samples); publish them only where auditors alone can read them")
+            "data samples); publish them only where auditors alone can read them, or "
+            "publish audit-bundle.sealed instead and pass --auditor-private-key")
     return result
+
+
+def _is_sealed(certificate: Path) -> bool:
+    """Return whether the certificate records a sealed audit bundle (False if unreadable)."""
+    from mbd_cert.certificate import load_certificate
+
+    try:
+        bundle = load_certificate(certificate)["audit_bundle"]
+    except errors.MbdCertError:
+        return False  # verify() reports the unreadable certificate
+    return isinstance(bundle, dict) and "sealed" in bundle
 
 
 def junit_for(results: Sequence[RepoResult]) -> bytes:
@@ -301,7 +322,7 @@ def _render(results: Sequence[RepoResult], exit_code: int) -> None:
 
 
 def register(main: click.Group, guarded: GuardFactory) -> None:
-    """Add the verify-repo and attest commands to the ``main`` group."""
+    """Add the verify-repo command to the ``main`` group."""
 
     @main.command("verify-repo")
     @click.argument("root", type=click.Path(path_type=Path), default=".")
@@ -315,9 +336,15 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Write the JSON report to stdout.")
     @click.option("--allow-empty", is_flag=True,
                   help="Exit 0 when the repository contains no certificate (default: exit 2).")
+    @click.option("--auditor-private-key", "auditor_key_path", type=click.Path(path_type=Path),
+                  default=None,
+                  help="Auditor's X25519 private key (keep it in a CI secret): under a "
+                       "level-2 or level-3 policy, open each certificate's sealed "
+                       "audit-bundle.sealed instead of reading a plain bundle.")
     @guarded(json_flag="as_json")
     def verify_repo(root: Path, policy_path: Path | None, key_paths: tuple[Path, ...],
-                    junit_path: Path | None, as_json: bool, allow_empty: bool) -> None:
+                    junit_path: Path | None, as_json: bool, allow_empty: bool,
+                    auditor_key_path: Path | None = None) -> None:
         """Verify every cert.json and *.cert.json below ROOT under the policy.
 
         Exit 0 all verified, 1 one is not valid, 2 unusable input, 3 internal error,
@@ -337,7 +364,12 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                 code=CODE_NO_CERTIFICATES,
             )
         keys = _trusted_keys(root, policy, key_paths)
-        results = [verify_one(root, path, policy, keys) for path in certificates]
+        auditor_key = None
+        if auditor_key_path is not None:
+            from mbd_cert import sealing
+
+            auditor_key = sealing.load_auditor_private_key(auditor_key_path)
+        results = [verify_one(root, path, policy, keys, auditor_key) for path in certificates]
         exit_code = max((r.exit_code for r in results), default=0)
         if junit_path is not None:
             _paths.atomic_write_bytes(junit_path, junit_for(results), overwrite=True,
@@ -357,54 +389,3 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         else:
             _render(results, exit_code)
         sys.exit(exit_code)
-
-    @main.command()
-    @click.argument("cert", type=click.Path(path_type=Path))
-    @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
-                  help="File to write the in-toto Statement (JSON) to.")
-    @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
-                  help="Released model file; its SHA-256 must match the certificate.")
-    @click.option("--subject-name", default=None,
-                  help="Subject name in the Statement [default: the --model file name, "
-                       "else model.safetensors].")
-    @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-    @guarded()
-    def attest(cert: Path, out_path: Path, model_path: Path | None, subject_name: str | None,
-               force: bool) -> None:
-        """Export CERT as an in-toto Statement v1 whose subject is the released model.
-
-        The certificate is not verified: run 'mbd-cert verify' for that.
-        """
-        from mbd_cert import _paths, _safetensors
-        from mbd_cert.attestation import (
-            DEFAULT_SUBJECT_NAME,
-            dump_statement,
-            statement_for_certificate,
-        )
-        from mbd_cert.certificate import load_certificate
-
-        # Checked here to name the option. The atomic write below still rejects a file
-        # that appears in the meantime.
-        if not force and os.path.lexists(out_path):
-            raise errors.InputError(f"output file exists: {out_path}",
-                                    hint="choose another --out, or pass --force to replace it",
-                                    code="E_FILE_EXISTS")
-        doc = load_certificate(cert)
-        if model_path is not None:
-            expected = doc["subject_model"]["post_deletion"]["file_digest"]
-            actual = _safetensors.file_digest(model_path)
-            if actual != expected:
-                raise errors.DigestMismatch(
-                    f"subject_model.post_deletion.file_digest: expected {expected}, "
-                    f"got {actual} for {model_path}",
-                    hint="pass the model the certificate was issued for",
-                )
-        name = subject_name or (model_path.name if model_path else DEFAULT_SUBJECT_NAME)
-        statement = statement_for_certificate(doc, subject_name=name)
-        _paths.atomic_write_bytes(out_path, dump_statement(statement), overwrite=force,
-                                  shared=True)
-        click.echo(f"wrote {out_path} (subject {name}, sha256:"
-                   f"{statement['subject'][0]['digest']['sha256']})")
-        # The statement repeats the certificate's claims; nothing here checked them.
-        click.echo("note: the certificate was not verified; run 'mbd-cert verify' before "
-                   "publishing the statement", err=True)

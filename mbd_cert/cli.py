@@ -187,12 +187,20 @@ def main(verbose: int) -> None:
 
 
 def _register_commands() -> None:
-    from mbd_cert import _cli_ci, _cli_commands, _cli_inspect, _cli_issue, _cli_report
+    from mbd_cert import (
+        _cli_attest,
+        _cli_ci,
+        _cli_commands,
+        _cli_inspect,
+        _cli_issue,
+        _cli_report,
+    )
 
     _cli_commands.register(main, guarded)
     _cli_issue.register(main, guarded)
     _cli_inspect.register(main, guarded)
     _cli_ci.register(main, guarded)
+    _cli_attest.register(main, guarded)
     _cli_report.register(main, guarded)
 
 

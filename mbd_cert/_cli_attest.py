@@ -1,0 +1,72 @@
+"""Command attest of the ``mbd-cert`` CLI: a certificate as an in-toto Statement.
+
+The Statement names the released model as its subject, so supply-chain tools that read
+in-toto attestations can carry the certificate next to the model.
+
+Stability: internal; the command line is documented in docs/user-guide.md.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from mbd_cert import errors
+from mbd_cert._cli_commands import GuardFactory
+
+
+def register(main: click.Group, guarded: GuardFactory) -> None:
+    """Add the attest command to the ``main`` group."""
+
+    @main.command()
+    @click.argument("cert", type=click.Path(path_type=Path))
+    @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
+                  help="File to write the in-toto Statement (JSON) to.")
+    @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+                  help="Released model file; its SHA-256 must match the certificate.")
+    @click.option("--subject-name", default=None,
+                  help="Subject name in the Statement [default: the --model file name, "
+                       "else model.safetensors].")
+    @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+    @guarded()
+    def attest(cert: Path, out_path: Path, model_path: Path | None, subject_name: str | None,
+               force: bool) -> None:
+        """Export CERT as an in-toto Statement v1 whose subject is the released model.
+
+        The certificate is not verified: run 'mbd-cert verify' for that.
+        """
+        from mbd_cert import _paths, _safetensors
+        from mbd_cert.attestation import (
+            DEFAULT_SUBJECT_NAME,
+            dump_statement,
+            statement_for_certificate,
+        )
+        from mbd_cert.certificate import load_certificate
+
+        # Checked here to name the option. The atomic write below still rejects a file
+        # that appears in the meantime.
+        if not force and os.path.lexists(out_path):
+            raise errors.InputError(f"output file exists: {out_path}",
+                                    hint="choose another --out, or pass --force to replace it",
+                                    code="E_FILE_EXISTS")
+        doc = load_certificate(cert)
+        if model_path is not None:
+            expected = doc["subject_model"]["post_deletion"]["file_digest"]
+            actual = _safetensors.file_digest(model_path)
+            if actual != expected:
+                raise errors.DigestMismatch(
+                    f"subject_model.post_deletion.file_digest: expected {expected}, "
+                    f"got {actual} for {model_path}",
+                    hint="pass the model the certificate was issued for",
+                )
+        name = subject_name or (model_path.name if model_path else DEFAULT_SUBJECT_NAME)
+        statement = statement_for_certificate(doc, subject_name=name)
+        _paths.atomic_write_bytes(out_path, dump_statement(statement), overwrite=force,
+                                  shared=True)
+        click.echo(f"wrote {out_path} (subject {name}, sha256:"
+                   f"{statement['subject'][0]['digest']['sha256']})")
+        # The statement repeats the certificate's claims; nothing here checked them.
+        click.echo("note: the certificate was not verified; run 'mbd-cert verify' before "
+                   "publishing the statement", err=True)

@@ -1,0 +1,94 @@
+"""verify-repo --auditor-private-key: level 2 from sealed audit bundles in a repository."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from cli_support import HonestRun, IssuerKeys, run_cli
+
+
+@pytest.fixture(scope="module")
+def sealed_run(honest_run: HonestRun, tmp_path_factory: pytest.TempPathFactory):
+    """Delete audio with an auditor key; return the output and the folder of the keys."""
+    base = tmp_path_factory.mktemp("sealed-repo")
+    assert run_cli(["keygen", "--kind", "x25519", "--out", base / "auditor"]).exit_code == 0
+    assert run_cli(["keygen", "--kind", "x25519", "--out", base / "other"]).exit_code == 0
+    out = base / "del"
+    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, "--modality", "audio",
+                       "--epsilon", "1", "--steps", "2", "--key", honest_run.private_key,
+                       "--auditor-key", base / "auditor.pub", "--out", out])
+    assert outcome.exit_code == 0, outcome.stderr
+    return out, base
+
+
+def _repo(tmp_path: Path, sealed_out: Path, plain: HonestRun) -> Path:
+    """A level-2 repository: one sealed certificate, one with its plain bundle."""
+    root = tmp_path / "repo"
+    (root / "sealed").mkdir(parents=True)
+    for name in ("cert.json", "model.safetensors", "audit-bundle.sealed"):
+        shutil.copy(sealed_out / name, root / "sealed" / name)
+    (root / "plain").mkdir()
+    for name in ("cert.json", "model.safetensors", "diff.safetensors", "probe.safetensors"):
+        shutil.copy(plain.out_dir / name, root / "plain" / name)
+    # The tiny model has too few masked entries for the normality test.
+    (root / "mbd-cert-policy.toml").write_text("required_level = 2\nallow_inconclusive = true\n")
+    return root
+
+
+def _results(outcome) -> dict[str, dict]:
+    assert outcome.report is not None
+    return {r["certificate"]: r for r in outcome.report["results"]}
+
+
+def test_sealed_bundle_verifies_at_level_2(sealed_run, honest_run: HonestRun,
+                                           issuer_keys: IssuerKeys, tmp_path: Path):
+    out, base = sealed_run
+    root = _repo(tmp_path, out, honest_run)
+    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json",
+                       "--auditor-private-key", base / "auditor.key"])
+    assert outcome.exit_code == 0, outcome.stderr
+    results = _results(outcome)
+    assert results["sealed/cert.json"]["verified"] is True
+    assert results["plain/cert.json"]["verified"] is True
+    sealed_checks = {c["name"]: c["status"]
+                     for c in results["sealed/cert.json"]["report"]["checks"]}
+    assert sealed_checks["sealed-bundle"] == "pass"
+    assert sealed_checks["saliency-mask"] == "pass"
+
+
+def test_sealed_bundle_without_key_is_unusable(sealed_run, honest_run: HonestRun,
+                                               issuer_keys: IssuerKeys, tmp_path: Path):
+    out, _ = sealed_run
+    root = _repo(tmp_path, out, honest_run)
+    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json"])
+    assert outcome.exit_code == 2
+    results = _results(outcome)
+    assert results["sealed/cert.json"]["exit_code"] == 2
+    assert results["plain/cert.json"]["exit_code"] == 0
+
+
+def test_sealed_bundle_with_other_key_exit_2(sealed_run, honest_run: HonestRun,
+                                             issuer_keys: IssuerKeys, tmp_path: Path):
+    # The wrong auditor key is unusable input, as for verify --auditor-private-key.
+    out, base = sealed_run
+    root = _repo(tmp_path, out, honest_run)
+    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json",
+                       "--auditor-private-key", base / "other.key"])
+    assert outcome.exit_code == 2
+    results = _results(outcome)
+    assert results["sealed/cert.json"]["exit_code"] == 2
+    assert "auditor private key" in results["sealed/cert.json"]["error"]["hint"]
+    assert results["plain/cert.json"]["verified"] is True
+
+
+def test_signing_key_as_auditor_key_exit_2(sealed_run, honest_run: HonestRun,
+                                            issuer_keys: IssuerKeys, tmp_path: Path):
+    out, _ = sealed_run
+    root = _repo(tmp_path, out, honest_run)
+    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public,
+                       "--auditor-private-key", issuer_keys.private])
+    assert outcome.exit_code == 2
+    assert "[E_KEY_INVALID]" in outcome.stderr
+    assert "expected an X25519 key" in outcome.stderr
