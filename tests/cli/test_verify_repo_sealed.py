@@ -84,7 +84,7 @@ def test_sealed_bundle_with_other_key_exit_2(sealed_run, honest_run: HonestRun,
 
 
 def test_signing_key_as_auditor_key_exit_2(sealed_run, honest_run: HonestRun,
-                                            issuer_keys: IssuerKeys, tmp_path: Path):
+                                           issuer_keys: IssuerKeys, tmp_path: Path):
     out, _ = sealed_run
     root = _repo(tmp_path, out, honest_run)
     outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public,
