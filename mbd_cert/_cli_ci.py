@@ -28,15 +28,14 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree
 
 import click
 
 from mbd_cert import errors
 from mbd_cert._cli_commands import GuardFactory
+from mbd_cert._repo_results import RepoResult, junit_for, render_table
 
 logger = logging.getLogger(__name__)
 
@@ -46,40 +45,6 @@ MODEL_NAME = "model.safetensors"
 # 1.1 adds "warnings" to each result; readers of 1.0 can ignore it.
 REPO_REPORT_VERSION = "1.1"
 CODE_NO_CERTIFICATES = "E_NO_CERTIFICATES"
-
-
-@dataclass
-class RepoResult:
-    """Outcome of verifying one certificate of the repository.
-
-    Attributes:
-        certificate: Path relative to the repository root, with ``/`` separators.
-        model: The paired model path, relative to the root.
-        exit_code: 0 verified, 1 a check failed, 2 unusable input, 3 internal error.
-        report: The verification report; None when verification stopped early.
-        error: ``{"code", "message", "hint"}`` when verification stopped early.
-        warnings: Problems that do not affect the exit code, such as confidential
-            issuer files published beside the certificate.
-    """
-
-    certificate: str
-    model: str
-    exit_code: int
-    report: Any = None
-    error: dict[str, str] | None = None
-    warnings: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the machine-readable record of this certificate."""
-        return {
-            "certificate": self.certificate,
-            "model": self.model,
-            "exit_code": self.exit_code,
-            "verified": self.exit_code == 0,
-            "error": self.error,
-            "warnings": list(self.warnings),
-            "report": None if self.report is None else self.report.to_json(),
-        }
 
 
 def find_certificates(root: Path) -> list[Path]:
@@ -253,74 +218,6 @@ def _is_sealed(certificate: Path) -> bool:
     return isinstance(bundle, dict) and "sealed" in bundle
 
 
-def junit_for(results: Sequence[RepoResult]) -> bytes:
-    """Render the results as JUnit XML: one test suite per certificate."""
-    from mbd_cert._terminal import clean_xml_tree
-    from mbd_cert.report import to_junit
-
-    root = ElementTree.Element("testsuites", name="mbd-cert.verify-repo")
-    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    for result in results:
-        if result.report is not None:
-            # to_junit builds the suite of one report; it is re-parsed to nest it here.
-            suite = ElementTree.fromstring(to_junit(result.report, suite=result.certificate))
-            suite.set("errors", "0")
-        else:
-            suite = ElementTree.Element("testsuite", name=result.certificate, tests="1",
-                                        failures="0", errors="1", skipped="0")
-            case = ElementTree.SubElement(suite, "testcase", classname=result.certificate,
-                                          name="verify")
-            assert result.error is not None
-            node = ElementTree.SubElement(case, "error", message=result.error["code"])
-            node.text = result.error["message"] + (
-                f"\nhint: {result.error['hint']}" if result.error["hint"] else "")
-        suite.set("file", result.certificate)
-        if result.warnings:
-            # JUnit has no warning status; CI systems show a suite's system-err text.
-            ElementTree.SubElement(suite, "system-err").text = "\n".join(
-                f"warning: {warning}" for warning in result.warnings)
-        for key in totals:
-            totals[key] += int(suite.get(key, "0"))
-        root.append(suite)
-    for key, value in totals.items():
-        root.set(key, str(value))
-    # Certificate paths and error messages may contain characters XML 1.0 cannot encode.
-    clean_xml_tree(root)
-    return bytes(ElementTree.tostring(root, encoding="utf-8", xml_declaration=True))
-
-
-def _render(results: Sequence[RepoResult], exit_code: int) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from mbd_cert._terminal import rich_text
-
-    console = Console(soft_wrap=False, width=120)
-    table = Table(title="mbd-cert verify-repo")
-    table.add_column("certificate", overflow="fold")
-    table.add_column("result")
-    table.add_column("detail", overflow="fold")
-    for result in results:
-        if result.error is not None:
-            status, detail = f"error {result.error['code']}", result.error["message"]
-        elif result.exit_code == 0:
-            status, detail = "verified", f"{len(result.report.checks)} checks"
-        else:
-            failed = [c for c in result.report.checks if c.status in ("fail", "inconclusive")]
-            status = "NOT VERIFIED"
-            detail = "; ".join(f"{c.name}: {c.code or c.status}" for c in failed)
-        if result.warnings:
-            status += " (warning)"
-            detail = "; ".join([detail, *result.warnings])
-        # Paths, messages and check names come from the repository under test: escaped,
-        # and never read as rich markup (SPEC.md, R-SEC-5).
-        table.add_row(rich_text(result.certificate), rich_text(status), rich_text(detail))
-    console.print(table)
-    verified = sum(1 for r in results if r.exit_code == 0)
-    console.print(rich_text(f"{verified} of {len(results)} certificates verified "
-                            f"(exit {exit_code})"))
-
-
 def register(main: click.Group, guarded: GuardFactory) -> None:
     """Add the verify-repo command to the ``main`` group."""
 
@@ -356,6 +253,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
 
         policy_file = policy_path if policy_path is not None else find_policy(root)
         policy = load_policy(policy_file) if policy_file is not None else Policy()
+
         certificates = find_certificates(root)
         if not certificates and not allow_empty:
             raise errors.InputError(
@@ -387,5 +285,5 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                 "results": [r.to_json() for r in results],
             }, indent=2, default=str))
         else:
-            _render(results, exit_code)
+            render_table(results, exit_code, policy.required_level, policy_file is not None)
         sys.exit(exit_code)

@@ -135,8 +135,8 @@ def check_bundle(doc: Mapping[str, Any], bundle: Path) -> str:
             hint = "pass the complete bundle"
             if (bundle / "audit-bundle.sealed").is_file():
                 hint = ("this directory holds the sealed bundle audit-bundle.sealed: pass "
-                        "--auditor-private-key to 'mbd-cert verify' to open it "
-                        "(verify-repo reads plain bundles only)")
+                        "the auditor's --auditor-private-key (verify or verify-repo) to "
+                        "open it")
             raise FileMissing(f"audit bundle file not found: {path}", hint=hint)
         digests = _safetensors.digest_file(path)
         for key in ("file_digest", "manifest_digest"):

@@ -235,7 +235,8 @@ class _ChainIndex:
         raise ChainLinkMissing(
             f"certificate {current.sequence_number} links to previous certificate {digest}, "
             f"which is not in {where}",
-            hint="pass the directory holding the earlier certificates with --chain DIR",
+            hint="publish the chain-NNNNN.json copies that issue wrote beside the "
+            "certificate, or pass the directory holding them with 'verify --chain DIR'",
         )
 
     def _scan(self) -> dict[str, ChainLink]:

@@ -248,7 +248,9 @@ def verify(
 
     # Step 8 (SPEC §7.8): audit bundle digests.
     if options.bundle_dir is None:
-        report.skip("bundle-digest", "R-BUN-2", "no audit bundle given (--bundle)")
+        report.skip("bundle-digest", "R-BUN-2",
+                    "no audit bundle given: level 1 does not read it (verify --bundle DIR, "
+                    "or a policy of level 2 or 3 for verify-repo)")
     else:
         bundle = Path(options.bundle_dir)
         report.run("bundle-digest", "R-BUN-2", lambda: check_bundle(doc, bundle))

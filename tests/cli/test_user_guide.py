@@ -40,7 +40,8 @@ def test_guide_commands_run(tmp_path):
 
     assert "exit code 1" in output_of("--max-epsilon 0.5")
     assert "exit code 2" in output_of("bad-policy.toml")
-    assert "1 of 1 certificates verified (exit 0)" in output_of("verify-repo repo --junit")
+    summary = "1 of 1 certificates verified at level 1 (exit 0)"
+    assert summary in output_of("verify-repo repo --junit")
     assert (tmp_path / "release" / "statement.json").is_file()
     assert (tmp_path / "claims.json").is_file()
     suites = ElementTree.parse(tmp_path / "junit.xml").getroot()

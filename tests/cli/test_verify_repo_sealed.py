@@ -92,3 +92,34 @@ def test_signing_key_as_auditor_key_exit_2(sealed_run, honest_run: HonestRun,
     assert outcome.exit_code == 2
     assert "[E_KEY_INVALID]" in outcome.stderr
     assert "expected an X25519 key" in outcome.stderr
+
+
+def _detail_column(table: str) -> str:
+    """Return the table's detail cells, joined in order (rich wraps them over lines)."""
+    cells = [line.split("│")[3].strip() for line in table.splitlines()
+             if line.count("│") == 4]
+    return " ".join(cell for cell in cells if cell)
+
+
+def test_table_shows_hints_details_and_level(sealed_run, honest_run: HonestRun,
+                                             issuer_keys: IssuerKeys, tmp_path: Path):
+    out, base = sealed_run
+    root = _repo(tmp_path, out, honest_run)
+    # Forgotten auditor key: the table names the option that fixes it.
+    missing = run_cli(["verify-repo", root, "--key", issuer_keys.public])
+    assert missing.exit_code == 2
+    detail = _detail_column(missing.stdout)
+    assert "(hint: this directory holds the sealed bundle" in detail
+    assert "--auditor-private-key" in detail
+    assert "at level 2 (exit 2)" in missing.stdout
+    # A check that is only inconclusive says why in the table, not only in --json.
+    (root / "mbd-cert-policy.toml").write_text("required_level = 2\n")
+    strict = run_cli(["verify-repo", root, "--key", issuer_keys.public,
+                      "--auditor-private-key", base / "auditor.key"])
+    assert strict.exit_code == 1
+    assert "too few for the normality test" in _detail_column(strict.stdout)
+    # No policy file: the summary says so.
+    (root / "mbd-cert-policy.toml").unlink()
+    plain = run_cli(["verify-repo", root, "--key", issuer_keys.public])
+    assert plain.exit_code == 0, plain.stderr
+    assert "at level 1, no policy file found" in " ".join(plain.stdout.split())
