@@ -44,6 +44,9 @@ from mbd_cert.update import masked_update
 logger = logging.getLogger(__name__)
 
 MODEL_FORMAT = "mbd-cert-model/1"
+# stats.MIN_NORMALITY_SAMPLES, repeated because mbd_cert.stats imports scipy.stats
+# (0.4 s); a unit test keeps the two equal.
+NORMALITY_MIN_ENTRIES = 20
 
 
 def default_eligible_groups(modality: str) -> list[str]:
@@ -185,6 +188,12 @@ def _run(
             code="E_SCORES_NONFINITE",
         )
     masks, cut = top_k_mask(scores, options.top_k_fraction)
+    masked = int(sum(np.count_nonzero(m) for m in masks.values()))
+    if masked < NORMALITY_MIN_ENTRIES:
+        logger.warning(
+            "only %d masked entries: level 2 needs at least %d for its normality test and "
+            "reports it inconclusive with fewer. Raise --top-k for a small model",
+            masked, NORMALITY_MIN_ENTRIES)
 
     def check_proxy(stopping: threading.Event) -> dict[str, Any] | None:
         if not options.proxy_sample_size:

@@ -75,6 +75,13 @@ def load_auditor_private_key(path: Path) -> X25519PrivateKey:
         KeyInvalid: The file contains another kind of key or is not a private key.
     """
     data = _json.read_bytes_capped(path, what="X25519 private key", max_bytes=MAX_KEY_FILE_BYTES)
+    if not data.strip():
+        # What a CI job gets when the secret it writes to the file is not set.
+        raise KeyInvalid(
+            f"{path}: the auditor private key file is empty",
+            hint="if a CI secret fills this file, check that the secret is set and "
+            "available to this job",
+        )
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:

@@ -113,3 +113,9 @@ def test_default_settings_do_not_warn(caplog):
         _warn_weak_settings(_options())
         _warn_weak_settings(_options(sensitivity_method="declared", sensitivity=0.002))
     assert caplog.text == ""
+
+
+def test_small_mask_warning_matches_level_2():
+    from mbd_cert import _issue_steps, stats
+
+    assert _issue_steps.NORMALITY_MIN_ENTRIES == stats.MIN_NORMALITY_SAMPLES

@@ -232,3 +232,13 @@ def test_sealed_for_other_recipient_fails(
     with pytest.raises(SealedBundleInvalid) as info:
         sealing.open_for_verification(doc, tmp_path, auditor, into)
     assert "states" in info.value.message
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"  \n\n"], ids=["empty", "newline", "blank"])
+def test_empty_auditor_key_file_named(tmp_path: Path, content: bytes) -> None:
+    # A CI job whose secret is unset writes an empty or blank key file.
+    path = tmp_path / "auditor.key"
+    path.write_bytes(content)
+    with pytest.raises(KeyInvalid, match="file is empty") as raised:
+        sealing.load_auditor_private_key(path)
+    assert "secret" in (raised.value.hint or "")
