@@ -207,6 +207,19 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any],
     return result
 
 
+def _write_setup_junit(path: Path, error: errors.MbdCertError) -> None:
+    """Write a JUnit file whose one test case holds an error that stopped the whole run."""
+    from mbd_cert import _paths
+
+    result = RepoResult("verify-repo", "", exit_code=error.exit_code, error={
+        "code": error.code, "message": error.message, "hint": error.hint or ""})
+    try:
+        _paths.atomic_write_bytes(path, junit_for([result]), overwrite=True, shared=True)
+    except (OSError, errors.MbdCertError) as failure:
+        # The error that stopped the run matters more; it is raised after this.
+        logger.warning("could not write the JUnit file %s: %s", path, failure)
+
+
 def _is_sealed(certificate: Path) -> bool:
     """Return whether the certificate records a sealed audit bundle (False if unreadable)."""
     from mbd_cert.certificate import load_certificate
@@ -251,22 +264,28 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         from mbd_cert._terminal import terminal_text
         from mbd_cert.policy import Policy, find_policy, load_policy
 
-        policy_file = policy_path if policy_path is not None else find_policy(root)
-        policy = load_policy(policy_file) if policy_file is not None else Policy()
+        try:
+            policy_file = policy_path if policy_path is not None else find_policy(root)
+            policy = load_policy(policy_file) if policy_file is not None else Policy()
+            certificates = find_certificates(root)
+            if not certificates and not allow_empty:
+                raise errors.InputError(
+                    f"no certificate (cert.json, *.cert.json) found below {root}",
+                    hint="check the repository root, or pass --allow-empty",
+                    code=CODE_NO_CERTIFICATES,
+                )
+            keys = _trusted_keys(root, policy, key_paths)
+            auditor_key = None
+            if auditor_key_path is not None:
+                from mbd_cert import sealing
 
-        certificates = find_certificates(root)
-        if not certificates and not allow_empty:
-            raise errors.InputError(
-                f"no certificate (cert.json, *.cert.json) found below {root}",
-                hint="check the repository root, or pass --allow-empty",
-                code=CODE_NO_CERTIFICATES,
-            )
-        keys = _trusted_keys(root, policy, key_paths)
-        auditor_key = None
-        if auditor_key_path is not None:
-            from mbd_cert import sealing
-
-            auditor_key = sealing.load_auditor_private_key(auditor_key_path)
+                auditor_key = sealing.load_auditor_private_key(auditor_key_path)
+        except errors.MbdCertError as error:
+            # CI uploads the JUnit file whatever the exit code, so a run that stops
+            # before any certificate still writes one, holding this error.
+            if junit_path is not None:
+                _write_setup_junit(junit_path, error)
+            raise
         results = [verify_one(root, path, policy, keys, auditor_key) for path in certificates]
         exit_code = max((r.exit_code for r in results), default=0)
         if junit_path is not None:

@@ -178,6 +178,24 @@ def test_invalid_policy_exit_2(repo):
     assert "max_cumulative_epsilon" in result.stderr
 
 
+@pytest.mark.parametrize(("policy", "code"), [("max_cumulative_epsilon = nan\n",
+                                               "E_POLICY_INVALID"),
+                                              ("", "E_KEY_MISSING")],
+                         ids=["invalid-policy", "no-key"])
+def test_stopped_run_still_writes_junit(repo, tmp_path, policy, code):
+    # CI uploads the JUnit file whatever the exit code.
+    (repo / "mbd-cert-policy.toml").write_text(policy)
+    junit = tmp_path / "junit.xml"
+    result = _run(repo, "--junit", junit)
+    assert result.exit_code == 2
+    root = ElementTree.parse(junit).getroot()
+    assert root.get("errors") == "1"
+    [error] = root.findall("./testsuite/testcase/error")
+    assert error.get("message") == code
+    assert error.text is not None
+    assert "hint:" in error.text
+
+
 def test_explicit_policy_path(repo, tmp_path):
     policy = tmp_path / "strict.toml"
     policy.write_text('trusted_keys = ["keys/issuer.pub"]\nmax_cumulative_epsilon = 0.1\n')
