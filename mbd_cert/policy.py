@@ -84,8 +84,9 @@ class Policy:
 def _invalid(source: str, key: str, message: str, hint: str = "") -> InputError:
     return InputError(
         f"policy {source}: {key} {message}",
-        hint=hint or "fix the value in the policy file; SPEC.md, section 'Policy file', "
-        "lists every key",
+        # Named here, because a CI job that installed mbd-cert has no docs folder.
+        hint=hint or "fix the value in the policy file. Its keys: " + ", ".join(_KNOWN_KEYS)
+        + " (types and ranges: the 'Policy file' section of the user guide)",
         code=CODE_POLICY_INVALID,
     )
 

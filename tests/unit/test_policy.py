@@ -87,6 +87,15 @@ def test_bad_value_rejected_naming_key(tmp_path, text, key):
     assert key in caught.value.message
 
 
+def test_bad_value_hint_lists_the_keys(tmp_path):
+    # The hint cannot point at docs a CI job does not have, so it names the keys.
+    with pytest.raises(InputError) as caught:
+        load_policy(_write(tmp_path, 'required_level = "2"\n'))
+    for key in ("max_cumulative_epsilon", "required_level", "trusted_keys"):
+        assert key in caught.value.hint
+    assert "SPEC.md" not in caught.value.hint
+
+
 def test_invalid_toml_rejected(tmp_path):
     with pytest.raises(InputError) as caught:
         load_policy(_write(tmp_path, "max_cumulative_epsilon = \n"))
