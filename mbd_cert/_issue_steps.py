@@ -160,6 +160,7 @@ def _run(
         start[name] = np.zeros_like(pre_tensors[name])
     model_removed = build_model(architecture, post_config, start)
     retain_weights = torch.ones(probe.size, dtype=torch.float64)
+
     def update_fisher(stopping: threading.Event) -> dict[str, torch.Tensor]:
         def check(done: int) -> None:
             # Called after each chunk of samples, so a cancel waits for one chunk.
