@@ -208,7 +208,7 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any],
 
 
 def _write_setup_junit(path: Path, error: errors.MbdCertError) -> None:
-    """Write a JUnit file whose one test case holds an error that stopped the whole run."""
+    """Write a JUnit file with one test case: the error that stopped the whole run."""
     from mbd_cert import _paths
 
     result = RepoResult("verify-repo", "", exit_code=error.exit_code, error={
@@ -282,7 +282,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                 auditor_key = sealing.load_auditor_private_key(auditor_key_path)
         except errors.MbdCertError as error:
             # CI uploads the JUnit file whatever the exit code, so a run that stops
-            # before any certificate still writes one, holding this error.
+            # before any certificate still writes one, with this error in it.
             if junit_path is not None:
                 _write_setup_junit(junit_path, error)
             raise

@@ -82,6 +82,11 @@ def load_auditor_private_key(path: Path) -> X25519PrivateKey:
             hint="if a CI secret fills this file, check that the secret is set and "
             "available to this job",
         )
+    if b"-----BEGIN PUBLIC KEY-----" in data:
+        raise KeyInvalid(
+            f"{path}: contains a public key, expected the auditor's private key",
+            hint="pass the .key file written by 'mbd-cert keygen --kind x25519', not .pub",
+        )
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:

@@ -77,6 +77,12 @@ class HonestRun:
         return doc
 
 
+def publish_sealed(out: Path, target: Path) -> None:
+    """Copy what an issuer publishes with a sealed bundle: no plain bundle files."""
+    for name in ("cert.json", "model.safetensors", "audit-bundle.sealed"):
+        shutil.copy(out / name, target / name)
+
+
 def invoke(args: Sequence[str]) -> Result:
     """Run ``mbd-cert ARGS`` in-process, keeping stdout and stderr apart."""
     return CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)

@@ -1,7 +1,8 @@
 """Shared fixtures for CLI tests: issuer keys and one honest, tiny certified deletion.
 
 The session fixtures train a very small model on the synthetic corpus (2 epochs, width
-8, 16 + 16 probe samples) and issue one certificate for deleting ``audio``. Tests must
+8, 16 + 16 probe samples) and issue one certificate for deleting ``audio``, and one
+more whose audit bundle is sealed to an auditor key. Tests must
 treat the session outputs as read-only; ``fresh_run`` gives a private copy to tamper
 with.
 """
@@ -54,6 +55,22 @@ def honest_run(
         probe=out / "probe.safetensors", public_key=issuer_keys.public,
         private_key=issuer_keys.private,
     )
+
+
+@pytest.fixture(scope="session")
+def sealed_run(honest_run: HonestRun,
+               tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Return an honest deletion sealed to an auditor: (output directory, auditor key)."""
+    root = tmp_path_factory.mktemp("sealed")
+    _checked(invoke(["keygen", "--kind", "x25519", "--out", root / "auditor"]), "keygen")
+    out = root / "del"
+    _checked(
+        invoke(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
+                "--auditor-key", root / "auditor.pub", "--key", honest_run.private_key,
+                "--out", out]),
+        "issue",
+    )
+    return out, root / "auditor.key"
 
 
 @pytest.fixture

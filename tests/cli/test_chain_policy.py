@@ -17,6 +17,7 @@ from cli_support import (
     assert_check_failed,
     assert_clean,
     flip_signature_s,
+    publish_sealed,
     run_cli,
     safetensors_bytes,
     verify,
@@ -135,26 +136,6 @@ def test_evidence_without_runs_no_crash(honest_run: HonestRun, tmp_path: Path) -
     assert "estimated from 2 reference rerun(s)" in outcome.check_detail("calibration")
 
 
-@pytest.fixture(scope="module")
-def sealed_run(honest_run: HonestRun,
-               tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """An honest deletion sealed to an auditor: (output directory, auditor private key)."""
-    root = tmp_path_factory.mktemp("sealed")
-    assert run_cli(["keygen", "--kind", "x25519", "--out", root / "auditor"]).exit_code == 0
-    out = root / "del"
-    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
-                       "--auditor-key", root / "auditor.pub",
-                       "--key", honest_run.private_key, "--out", out])
-    assert outcome.exit_code == 0, outcome.stderr
-    return out, root / "auditor.key"
-
-
-def _publish_sealed(out: Path, target: Path) -> None:
-    """Copy what an issuer publishes with a sealed bundle: no plain bundle files."""
-    for name in ("cert.json", "model.safetensors", "audit-bundle.sealed"):
-        shutil.copy(out / name, target / name)
-
-
 def test_unsigned_cert_keeps_bundle_sealed(
         sealed_run: tuple[Path, Path], honest_run: HonestRun, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -186,7 +167,7 @@ def test_signed_cert_opens_sealed_bundle(sealed_run: tuple[Path, Path],
                                                     honest_run: HonestRun,
                                                     tmp_path: Path) -> None:
     out, auditor_key = sealed_run
-    _publish_sealed(out, tmp_path)
+    publish_sealed(out, tmp_path)
     outcome = verify(tmp_path / "cert.json", tmp_path / "model.safetensors",
                      honest_run.public_key, "--level", "2", "--allow-inconclusive",
                      "--auditor-private-key", auditor_key)
@@ -200,7 +181,7 @@ def test_missing_bundle_hint_names_sealed(sealed_run: tuple[Path, Path],
                                                      honest_run: HonestRun,
                                                      tmp_path: Path) -> None:
     out, _ = sealed_run
-    _publish_sealed(out, tmp_path)
+    publish_sealed(out, tmp_path)
     outcome = verify(tmp_path / "cert.json", tmp_path / "model.safetensors",
                      honest_run.public_key, "--level", "2", "--bundle", tmp_path)
     assert_clean(outcome)

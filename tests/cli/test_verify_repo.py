@@ -190,6 +190,8 @@ def test_stopped_run_still_writes_junit(repo, tmp_path, policy, code):
     assert result.exit_code == 2
     root = ElementTree.parse(junit).getroot()
     assert root.get("errors") == "1"
+    [suite] = root.findall("./testsuite")
+    assert suite.get("name") == "verify-repo"
     [error] = root.findall("./testsuite/testcase/error")
     assert error.get("message") == code
     assert error.text is not None

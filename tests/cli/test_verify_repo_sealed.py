@@ -5,30 +5,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-from cli_support import HonestRun, IssuerKeys, run_cli
-
-
-@pytest.fixture(scope="module")
-def sealed_run(honest_run: HonestRun, tmp_path_factory: pytest.TempPathFactory):
-    """Delete audio with an auditor key; return the output and the folder of the keys."""
-    base = tmp_path_factory.mktemp("sealed-repo")
-    assert run_cli(["keygen", "--kind", "x25519", "--out", base / "auditor"]).exit_code == 0
-    assert run_cli(["keygen", "--kind", "x25519", "--out", base / "other"]).exit_code == 0
-    out = base / "del"
-    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, "--modality", "audio",
-                       "--epsilon", "1", "--steps", "2", "--key", honest_run.private_key,
-                       "--auditor-key", base / "auditor.pub", "--out", out])
-    assert outcome.exit_code == 0, outcome.stderr
-    return out, base
+from cli_support import HonestRun, IssuerKeys, publish_sealed, run_cli
 
 
 def _repo(tmp_path: Path, sealed_out: Path, plain: HonestRun) -> Path:
-    """A level-2 repository: one sealed certificate, one with its plain bundle."""
+    """Return a level-2 repository: one sealed certificate, one with its plain bundle."""
     root = tmp_path / "repo"
     (root / "sealed").mkdir(parents=True)
-    for name in ("cert.json", "model.safetensors", "audit-bundle.sealed"):
-        shutil.copy(sealed_out / name, root / "sealed" / name)
+    publish_sealed(sealed_out, root / "sealed")
     (root / "plain").mkdir()
     for name in ("cert.json", "model.safetensors", "diff.safetensors", "probe.safetensors"):
         shutil.copy(plain.out_dir / name, root / "plain" / name)
@@ -44,10 +28,10 @@ def _results(outcome) -> dict[str, dict]:
 
 def test_sealed_bundle_verifies_at_level_2(sealed_run, honest_run: HonestRun,
                                            issuer_keys: IssuerKeys, tmp_path: Path):
-    out, base = sealed_run
+    out, auditor_key = sealed_run
     root = _repo(tmp_path, out, honest_run)
     outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json",
-                       "--auditor-private-key", base / "auditor.key"])
+                       "--auditor-private-key", auditor_key])
     assert outcome.exit_code == 0, outcome.stderr
     results = _results(outcome)
     assert results["sealed/cert.json"]["verified"] is True
@@ -72,10 +56,11 @@ def test_sealed_bundle_without_key_is_unusable(sealed_run, honest_run: HonestRun
 def test_sealed_bundle_with_other_key_exit_2(sealed_run, honest_run: HonestRun,
                                              issuer_keys: IssuerKeys, tmp_path: Path):
     # The wrong auditor key is unusable input, as for verify --auditor-private-key.
-    out, base = sealed_run
+    out, _ = sealed_run
     root = _repo(tmp_path, out, honest_run)
+    assert run_cli(["keygen", "--kind", "x25519", "--out", tmp_path / "other"]).exit_code == 0
     outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json",
-                       "--auditor-private-key", base / "other.key"])
+                       "--auditor-private-key", tmp_path / "other.key"])
     assert outcome.exit_code == 2
     results = _results(outcome)
     assert results["sealed/cert.json"]["exit_code"] == 2
@@ -103,7 +88,7 @@ def _detail_column(table: str) -> str:
 
 def test_table_shows_hints_details_and_level(sealed_run, honest_run: HonestRun,
                                              issuer_keys: IssuerKeys, tmp_path: Path):
-    out, base = sealed_run
+    out, auditor_key = sealed_run
     root = _repo(tmp_path, out, honest_run)
     # Forgotten auditor key: the table names the option that fixes it.
     missing = run_cli(["verify-repo", root, "--key", issuer_keys.public])
@@ -112,13 +97,13 @@ def test_table_shows_hints_details_and_level(sealed_run, honest_run: HonestRun,
     assert "(hint: this directory holds the sealed bundle" in detail
     assert "--auditor-private-key" in detail
     assert "at level 2 (exit 2)" in missing.stdout
-    # A check that is only inconclusive says why in the table, not only in --json.
+    # The table gives the reason for an inconclusive check, not only --json.
     (root / "mbd-cert-policy.toml").write_text("required_level = 2\n")
     strict = run_cli(["verify-repo", root, "--key", issuer_keys.public,
-                      "--auditor-private-key", base / "auditor.key"])
+                      "--auditor-private-key", auditor_key])
     assert strict.exit_code == 1
     assert "too few for the normality test" in _detail_column(strict.stdout)
-    # No policy file: the summary says so.
+    # Without a policy file, the summary reports that none was found.
     (root / "mbd-cert-policy.toml").unlink()
     plain = run_cli(["verify-repo", root, "--key", issuer_keys.public])
     assert plain.exit_code == 0, plain.stderr

@@ -353,15 +353,17 @@ def test_forget_objective_definition():
 
 
 def test_objectives_switch_off_dropout_in_submodules():
-    # A root in eval mode can hold submodules in training mode; dropout must still be
-    # off inside the objective, and each module's own mode must come back afterwards.
+    # A root in eval mode can contain submodules in training mode. Dropout must still
+    # be off inside the objective, and each module must get its own mode back.
     model = MBDModel(tiny_config(dropout=0.5, deleted_modalities=["audio"]), seed=3).eval()
     model.fusion.train()
     batch = random_batch(rows=8)
     first = ARCHITECTURE.retain_objective(model, batch, "audio").detach()
     second = ARCHITECTURE.retain_objective(model, batch, "audio").detach()
     assert torch.equal(first, second)
-    assert not model.training and model.fusion.training and model.fusion[2].training
+    assert not model.training
+    assert model.fusion.training
+    assert model.fusion[2].training
     model.fusion.eval()
     torch.testing.assert_close(ARCHITECTURE.retain_objective(model, batch, "audio").detach(),
                                first, rtol=0, atol=0)

@@ -30,7 +30,7 @@ def test_exception_reaches_the_caller():
         background.result()
 
 
-def test_leaving_the_block_by_an_exception_cancels_and_joins():
+def test_exception_cancels_and_joins_task():
     started = threading.Event()
     seen_stop = []
 
@@ -58,7 +58,7 @@ def test_cancel_after_result_changes_nothing():
     assert background.result() == "done"
 
 
-def test_ctrl_c_while_waiting_still_waits_for_the_task():
+def test_ctrl_c_during_result_waits_for_task():
     # A real SIGINT to the main thread while it waits in result(). On Python 3.11 an
     # interrupted Thread.join marks the running thread as stopped, so a later join
     # returned at once and the task went on running after the block.

@@ -33,19 +33,20 @@ def _run(model, batch, masks, weights, fisher=None):
 
 
 def test_precomputed_fisher_gives_the_same_update():
-    # The issuer computes the Fisher on a second thread before the mask exists; the
-    # update must then be bit for bit the one that computes its own.
+    # The issuer computes the Fisher on a second thread before the mask exists, so the
+    # update must then match, bit for bit, the one that computes its own Fisher.
     model, batch, names, masks, weights = _case()
     _, fisher = gradient_moments(model, names, _objective, batch, weights,
                                  independent_samples=True)
     own = _run(model, batch, masks, weights)
-    given = _run(model, batch, masks, weights, fisher)
+    precomputed = _run(model, batch, masks, weights, fisher)
     for name in names:
-        np.testing.assert_array_equal(own.displacement[name], given.displacement[name])
-    assert own.norm_before_clip == given.norm_before_clip
+        np.testing.assert_array_equal(own.displacement[name],
+                                      precomputed.displacement[name])
+    assert own.norm_before_clip == precomputed.norm_before_clip
 
 
-def test_given_fisher_is_the_one_used():
+def test_precomputed_fisher_is_used():
     model, batch, names, masks, weights = _case()
     _, fisher = gradient_moments(model, names, _objective, batch, weights,
                                  independent_samples=True)

@@ -242,3 +242,11 @@ def test_empty_auditor_key_file_named(tmp_path: Path, content: bytes) -> None:
     with pytest.raises(KeyInvalid, match="file is empty") as raised:
         sealing.load_auditor_private_key(path)
     assert "secret" in (raised.value.hint or "")
+
+
+def test_public_key_as_auditor_private_key(tmp_path: Path) -> None:
+    _, public_path = sealing.write_x25519_keypair(tmp_path / "auditor")
+    with pytest.raises(KeyInvalid, match="contains a public key") as raised:
+        sealing.load_auditor_private_key(public_path)
+    assert raised.value.exit_code == 2
+    assert "not .pub" in (raised.value.hint or "")
