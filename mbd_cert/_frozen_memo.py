@@ -1,10 +1,12 @@
-"""Reuse the outputs of frozen modules across the steps of the masked update.
+"""Reuse the outputs of frozen modules across repeated evaluations on one batch.
 
 Each of the K steps of :func:`mbd_cert.update.masked_update` runs the retain objective
 on the same probe batch while only the masked tensors move. A module whose parameters
 all stay fixed, such as an encoder of a kept modality, therefore computes the same
 output from the same input on every step. On the MBD model the encoders take about
-40 % of a step.
+40 % of a step. The proxy-quality check (:mod:`mbd_cert.proxy_quality`) is the other
+user: its vectorised passes vary a few tensors each, and the layers before them
+computed the same outputs on every pass.
 
 Inside :func:`memoise_frozen`, such a module returns its previous output when it is
 called again with the same inputs (the same tensors, or tensors equal to them bit for
@@ -27,6 +29,10 @@ from typing import Any
 
 import torch
 
+# Inputs remembered per module. The forget objective calls each generator twice per
+# evaluation, with the real and with the reconstructed modality, and the proxy check's
+# passes repeat that pair, so one entry would be overwritten before its next use.
+_ENTRIES_PER_MODULE = 4
 _CONTAINERS = (torch.nn.ModuleDict, torch.nn.ModuleList, torch.nn.ParameterDict,
                torch.nn.ParameterList)
 
@@ -82,15 +88,17 @@ def memoise_frozen(model: torch.nn.Module, moving: Set[str]) -> Iterator[MemoCou
 
 def _memoised(module: torch.nn.Module, forward: Callable[..., Any], prefix: str,
               counts: MemoCounts) -> Callable[..., Any]:
-    state: dict[str, Any] = {"entry": None, "off": False}
+    state: dict[str, Any] = {"entries": [], "off": False}
 
     def call(*args: Any, **kwargs: Any) -> Any:
         if state["off"] or kwargs or module.training or not _plain_inputs(args) or any(
                 p.requires_grad for p in module.parameters()):
             return forward(*args, **kwargs)
-        entry: _Entry | None = state["entry"]
-        if entry is not None and _same_inputs(entry, args) and \
-                _versions(_tensors(entry.output)) == entry.output_versions:
+        entries: list[_Entry] = state["entries"]
+        for entry in entries:
+            if not _same_inputs(entry, args) or \
+                    _versions(_tensors(entry.output)) != entry.output_versions:
+                continue
             if entry.verified:
                 counts.hits += 1
                 return entry.output
@@ -99,20 +107,30 @@ def _memoised(module: torch.nn.Module, forward: Callable[..., Any], prefix: str,
                 entry.verified = True
                 return entry.output
             state["off"] = True
+            entries.clear()
             counts.dropped.append(prefix)
             return fresh
         output = forward(*args)
         tensors = _tensors(output)
-        if tensors is None:
+        if tensors is None or any(_functorch_wrapped(t) for t in tensors):
             return output
-        state["entry"] = _Entry(tuple(args), _versions(args), output, _versions(tensors))
+        if len(entries) == _ENTRIES_PER_MODULE:
+            entries.pop(0)
+        entries.append(_Entry(tuple(args), _versions(args), output, _versions(tensors)))
         return output
 
     return call
 
 
 def _plain_inputs(args: tuple[Any, ...]) -> bool:
-    return bool(args) and all(isinstance(a, torch.Tensor) and not a.requires_grad for a in args)
+    return bool(args) and all(isinstance(a, torch.Tensor) and not a.requires_grad and
+                              not _functorch_wrapped(a) for a in args)
+
+
+def _functorch_wrapped(tensor: torch.Tensor) -> bool:
+    # Inside torch.func.vmap a batched tensor belongs to one call of vmap; keeping it
+    # for the next call would hand out a dead wrapper. Only plain tensors are stored.
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(tensor))
 
 
 def _same_inputs(entry: _Entry, args: tuple[Any, ...]) -> bool:

@@ -35,6 +35,10 @@ __all__ = ["Progress", "digest_file"]
 _BATCH_BYTES = 16 * 1024 * 1024
 # Default worker count: parallel hashing stops scaling once storage is the bottleneck.
 _MAX_DEFAULT_WORKERS = 8
+# Files up to this size are hashed in the calling thread by default: at about 1 GB/s
+# that takes a few milliseconds, less than starting and joining a thread pool did
+# for the default model's 0.4 MB file inside `issue` (docs/benchmarks.md).
+_SERIAL_BYTES = 8 * 1024 * 1024
 
 Progress = Callable[[int, int], None]
 
@@ -69,13 +73,16 @@ def _hash_whole(header: SafetensorsHeader) -> str:
         return format_digest(whole)
 
 
-def _check_workers(workers: int | None) -> int:
-    if workers is None:
-        return max(1, min(_MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
-    if type(workers) is not int or workers < 1:
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and (type(workers) is not int or workers < 1):
         raise InputError(f"workers must be an integer >= 1, got {workers!r}",
                          code="E_PARAMETER_INVALID")
-    return workers
+
+
+def _default_workers(file_size: int) -> int:
+    if file_size <= _SERIAL_BYTES:
+        return 1
+    return max(1, min(_MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
 
 
 def digest_file(path: str | os.PathLike[str], *, workers: int | None = None,
@@ -90,7 +97,8 @@ def digest_file(path: str | os.PathLike[str], *, workers: int | None = None,
 
     Args:
         path: The safetensors file.
-        workers: Threads to use; default ``min(8, os.cpu_count())``.
+        workers: Threads to use; default 1 for a file of at most 8 MiB, otherwise
+            ``min(8, os.cpu_count())``.
         progress: Called in the calling thread as ``progress(done, total)`` in bytes
             after each task finishes. With one worker the whole file is one task.
         with_file_digest: Also compute the whole-file digest.
@@ -106,8 +114,9 @@ def digest_file(path: str | os.PathLike[str], *, workers: int | None = None,
         InputError: ``E_FILE_UNREADABLE`` when it cannot be read, and
             ``E_PARAMETER_INVALID`` for a bad ``workers`` value.
     """
-    count = _check_workers(workers)
+    _check_workers(workers)
     header = read_header(path)
+    count = workers if workers is not None else _default_workers(header.file_size)
     data_bytes = header.file_size - header.data_start
     total = data_bytes + (header.file_size if with_file_digest else 0)
     whole_digest: str | None = None

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 
 from mbd_cert._background import Cancelled
+from mbd_cert._frozen_memo import memoise_frozen
+from mbd_cert._zeroed_linear import plan_pass, zeroable_linears, zeroed_pass
 from mbd_cert.errors import InputError
 
 # The band of the paper's "within +-8 %" figure, relative to the true increment.
@@ -96,10 +98,12 @@ class ProxyQuality:
 class ForgetMean:
     """F(model): the weighted mean of the per-sample forget objective on a fixed batch.
 
-    Calling it evaluates F once without gradients. :meth:`variants` evaluates F for
-    many copies of the model that differ in a few tensors, in one vectorised pass
+    Calling it evaluates F once without gradients. :meth:`zeroed` evaluates F for many
+    copies of the model that each have one entry set to zero, in one vectorised pass
     (``torch.func.vmap``). Layers that read no varied tensor run once for all copies,
-    for example the encoders when only fusion entries vary.
+    for example the encoders when only fusion entries vary, and a zeroed entry of a
+    linear layer costs a column update instead of a copy of the weight
+    (:mod:`mbd_cert._zeroed_linear`).
     """
 
     def __init__(
@@ -127,25 +131,39 @@ class ForgetMean:
             per_sample = self.objective(model, self.batch).to(torch.float64)
         return float((per_sample * self.weights).sum()) / self.total
 
-    def variants(self, model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> np.ndarray:
-        """Return F for each of c model copies, float64 [c].
+    def zeroed(self, model: torch.nn.Module, part: Sequence[tuple[str, int]],
+               owners: Mapping[str, tuple[str, str]]) -> np.ndarray:
+        """Return F of the unchanged model and with each entry of ``part`` set to zero.
 
         Args:
-            model: The model; its own parameters fill every tensor not in ``tensors``.
-            tensors: Parameter name -> [c, *shape] values of that tensor per copy.
+            model: The model; it is left unchanged.
+            part: (parameter name, flat index) per zeroed copy.
+            owners: The names that may use the linear-layer route, from
+                :func:`mbd_cert._zeroed_linear.zeroable_linears`.
+
+        Returns:
+            float64 [len(part) + 1]; element 0 is the unchanged model.
         """
-        from torch.func import functional_call, vmap
+        from torch.func import functional_call
 
         bound = _Bound(model, self.objective)
         fixed = {"model." + n: p.detach() for n, p in model.named_parameters()}
 
-        def one(varied: dict[str, torch.Tensor]) -> torch.Tensor:
-            values = {**fixed, **{"model." + n: t for n, t in varied.items()}}
-            per_sample: torch.Tensor = functional_call(bound, values, (self.batch,))
+        def evaluate(values: dict[str, torch.Tensor], specs: Mapping[str, Any]) -> torch.Tensor:
+            swapped = {**fixed, **{"model." + n: t for n, t in values.items()}}
+            per_sample: torch.Tensor = functional_call(bound, swapped, (self.batch,))
             return (per_sample.to(torch.float64) * self.weights).sum() / self.total
 
         with torch.no_grad():
-            result: torch.Tensor = vmap(one)(dict(tensors))
+            plan = plan_pass(model, part, owners)
+            result = zeroed_pass(model, plan, evaluate)
+            if plan.linear and not bool(torch.isfinite(result).all()):
+                # The NaN placeholders reached F: some code reads a zeroed linear tensor
+                # outside its layer, or F is not finite anyway. Copy the tensors instead.
+                logger.debug("proxy check: linear-layer route gave non-finite values; "
+                             "copying the varied tensors for this pass")
+                plan = plan_pass(model, part, owners, use_linear=False)
+                result = zeroed_pass(model, plan, evaluate)
         return result.numpy()
 
 
@@ -287,23 +305,17 @@ def _increments_vectorised(
     """Evaluate F for up to ``_VARIANTS_PER_PASS`` zeroed entries per vectorised pass.
 
     Copy 0 of every pass is the unchanged model, so each increment is the difference
-    of two values computed by the same kernels.
+    of two values computed by the same kernels. The modules that no pass varies keep
+    their outputs from one pass to the next (:mod:`mbd_cert._frozen_memo`).
     """
-    parameters = dict(model.named_parameters())
+    varied = sorted({name for name, _ in entries})
+    owners = zeroable_linears(model, varied)
     increments: list[float] = []
-    for start in range(0, len(entries), _VARIANTS_PER_PASS):
-        _check_stopping(stopping)
-        part = entries[start : start + _VARIANTS_PER_PASS]
-        copies = len(part) + 1
-        tensors = {
-            name: parameters[name].detach().unsqueeze(0).repeat(
-                copies, *([1] * parameters[name].dim()))
-            for name in sorted({name for name, _ in part})
-        }
-        for row, (name, flat_index) in enumerate(part, start=1):
-            tensors[name][row].view(-1)[flat_index] = 0.0
-        values = value.variants(model, tensors)
-        increments.extend(float(v - values[0]) for v in values[1:])
+    with memoise_frozen(model, set(varied)):
+        for start in range(0, len(entries), _VARIANTS_PER_PASS):
+            _check_stopping(stopping)
+            values = value.zeroed(model, entries[start : start + _VARIANTS_PER_PASS], owners)
+            increments.extend(float(v - values[0]) for v in values[1:])
     return increments
 
 

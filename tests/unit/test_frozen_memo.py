@@ -197,3 +197,47 @@ class _SparseInput(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sparse.mm(x, self.weight)
+
+
+def test_alternating_inputs_both_hit():
+    # The forget objective calls each generator with the real and with the
+    # reconstructed modality in turn; both inputs keep their own entry.
+    inner, model = _frozen_inner()
+    real = torch.ones(3, 2, dtype=torch.float64)
+    reconstructed = torch.full((3, 2), 0.5, dtype=torch.float64)
+    with memoise_frozen(model, {"moving.weight"}) as counts:
+        outputs = [(inner(real), inner(reconstructed)) for _ in range(4)]
+    assert counts.hits == 4  # rounds 3 and 4; round 2 verified both entries
+    assert outputs[3][0] is outputs[0][0] and outputs[3][1] is outputs[0][1]
+    assert not torch.equal(outputs[0][0], outputs[0][1])
+
+
+def test_oldest_entry_is_replaced():
+    inner, model = _frozen_inner()
+    inputs = [torch.full((2, 2), float(i), dtype=torch.float64) for i in range(6)]
+    with memoise_frozen(model, {"moving.weight"}) as counts:
+        first = inner(inputs[0])
+        for x in inputs[1:]:
+            inner(x)
+        assert inner(inputs[0]) is not first  # pushed out by the four after it
+        inner(inputs[5])  # still stored: the first repeat compares
+        assert inner(inputs[5].clone()) is not None
+    assert counts.hits == 1
+
+
+def test_batched_tensors_inside_vmap_are_not_stored():
+    from torch.func import vmap
+
+    inner, model = _frozen_inner()
+    x = torch.ones(3, 2, dtype=torch.float64)
+    scales = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    with memoise_frozen(model, {"moving.weight"}) as counts:
+        plain = [inner(x) for _ in range(3)]  # plain input: stored and hit
+        batched = [vmap(lambda s: inner(x * s))(scales) for _ in range(3)]
+        after = vmap(lambda s: inner(x) * s)(scales)  # plain input inside vmap: hit
+    assert counts.hits == 2
+    assert plain[2] is plain[0]
+    for result in batched:
+        assert torch.equal(result[1], torch.nn.functional.linear(
+            2.0 * x, inner.layer.weight, inner.layer.bias))
+    assert torch.equal(after[0], plain[0])

@@ -820,6 +820,24 @@ def test_digest_progress(sample: Path) -> None:
         assert [done for done, _ in calls] == sorted(done for done, _ in calls)
 
 
+def test_default_workers_by_file_size(sample: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A small file is hashed in the calling thread; above the threshold, in a pool.
+    pools: list[int] = []
+    parallel = _safetensors_scan._digest_parallel
+
+    def spy(header: Any, workers: int, *args: Any) -> Any:
+        pools.append(workers)
+        return parallel(header, workers, *args)
+
+    monkeypatch.setattr(_safetensors_scan, "_digest_parallel", spy)
+    monkeypatch.setattr(_safetensors_scan.os, "cpu_count", lambda: 2)
+    small = stio.digest_file(sample)
+    assert pools == []
+    monkeypatch.setattr(_safetensors_scan, "_SERIAL_BYTES", sample.stat().st_size - 1)
+    assert stio.digest_file(sample) == small
+    assert pools == [2]
+
+
 @pytest.mark.parametrize("workers", [0, -1, 1.5, True])
 def test_digest_bad_workers(sample: Path, workers: Any) -> None:
     with expect(InputError, "E_PARAMETER_INVALID", "workers"):
