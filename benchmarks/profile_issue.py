@@ -27,8 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-STAGES = ["gradient_moments", "measure_proxy_quality", "masked_update", "_utility",
-          "build_model", "build_diff", "write_chain_copies"]
+STAGES = ["gradient_moments", "measure_proxy_quality", "masked_update", "_utility_before",
+          "_utility_after", "build_model", "build_diff", "write_chain_copies"]
 
 
 def _timed(totals: dict[str, float], name: str,

@@ -91,3 +91,50 @@ class Background(Generic[T]):
         # and once the event is set the thread only has to return.
         self._done.wait()
         self._thread.join()
+
+
+class FirstComer(Generic[T]):
+    """A computation run by whichever thread asks for it first.
+
+    Two threads that each end with some slack can share a small job this way: the
+    helper thread calls :meth:`run_if_unclaimed` when its own stage is done, and the
+    thread that needs the value calls :meth:`result`, which runs the job itself if no
+    one has started it, or waits for the thread that did.
+    """
+
+    def __init__(self, function: Callable[[], T]) -> None:
+        self._function = function
+        self._lock = threading.Lock()
+        self._claimed = False
+        self._done = threading.Event()
+        self._values: list[T] = []
+        self._error: BaseException | None = None
+
+    def _claim(self) -> bool:
+        with self._lock:
+            if self._claimed:
+                return False
+            self._claimed = True
+            return True
+
+    def _run(self) -> None:
+        try:
+            self._values.append(self._function())
+        except BaseException as exc:  # re-raised by result() in the thread that needs it
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def run_if_unclaimed(self) -> None:
+        """Run the job in this thread unless another thread has started it."""
+        if self._claim():
+            self._run()
+
+    def result(self) -> T:
+        """Return the job's value, running it here if no thread has started it."""
+        if self._claim():
+            self._run()
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._values[0]

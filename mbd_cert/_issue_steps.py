@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from mbd_cert import _safetensors, certificate, mechanism, signing
-from mbd_cert._background import Background, Cancelled
+from mbd_cert._background import Background, Cancelled, FirstComer
 from mbd_cert._groups import eligible_names
 from mbd_cert._issue_document import certificate_document
 from mbd_cert._issue_outputs import create_staging, set_modes, swap_in
@@ -196,14 +196,23 @@ def _run(
             "reports it inconclusive with fewer. Raise --top-k for a small model",
             masked, NORMALITY_MIN_ENTRIES)
 
+    # Step 5, first half: the pre-deletion utility metrics need only the checkpoint.
+    # Whichever thread is free first computes them (docs/benchmarks.md).
+    utility_before = FirstComer(lambda: _utility_before(architecture, config, pre_tensors,
+                                                        evaluation, modality))
+
     def check_proxy(stopping: threading.Event) -> dict[str, Any] | None:
-        if not options.proxy_sample_size:
-            return None
-        value = forget_value(forget, batch, forget_weights, independent_samples=independent)
-        return measure_proxy_quality(
-            model_pre, scores, masks, value, sample_size=options.proxy_sample_size,
-            seed=options.seed, stopping=stopping,
-        ).to_json()
+        quality = None
+        if options.proxy_sample_size:
+            value = forget_value(forget, batch, forget_weights,
+                                 independent_samples=independent)
+            quality = measure_proxy_quality(
+                model_pre, scores, masks, value, sample_size=options.proxy_sample_size,
+                seed=options.seed, stopping=stopping,
+            ).to_json()
+        if not stopping.is_set():
+            utility_before.run_if_unclaimed()
+        return quality
 
     # The proxy check reads only model_pre, which nothing else uses from here on, so it
     # runs on the second thread while this one runs steps 3 to 6 up to the certificate.
@@ -259,10 +268,9 @@ def _run(
         post_tensors[name] = np.where(masks[name], moved, before).astype(pre_tensors[name].dtype)
     changed = sorted(set(removed) | {n for n in names if masks[n].any()})
 
-    # Step 5: utility before and after, on held-out samples.
-    utility = _utility(
-        architecture, config, post_config, pre_tensors, post_tensors, evaluation, modality
-    )
+    # Step 5, second half: the released model's utility, on held-out samples.
+    utility_after = _utility_after(architecture, post_config, post_tensors, evaluation,
+                                   modality)
 
     # Step 6 (SPEC §6.5): write everything into a temporary directory, then swap it in.
     diff_tensors: dict[str, np.ndarray] = build_diff(pre_tensors, post_tensors, changed)
@@ -294,6 +302,7 @@ def _run(
                 certificate_id,
             )
 
+        utility = _utility(evaluation, utility_before.result(), utility_after)
         proxy_quality = proxy_check.result()
         doc = certificate_document(
             certificate_id=certificate_id,
@@ -347,31 +356,47 @@ def _removed_tensors(
     return removed
 
 
-def _utility(
+def _utility_before(
     architecture: Any,
     config: Mapping[str, Any],
-    post_config: Mapping[str, Any],
     pre_tensors: Mapping[str, np.ndarray],
+    evaluation: ProbeSet | None,
+    modality: str,
+) -> dict[str, Any] | None:
+    """Return the pre-deletion metrics, with all modalities and without ``modality``."""
+    if evaluation is None:
+        return None
+    batch = probe_batch(evaluation, dtype=torch.float32)
+    pre = build_model(architecture, config, pre_tensors, dtype=torch.float32)
+    present = batch["present"].clone()
+    present[:, evaluation.modalities.index(modality)] = False
+    label = evaluation.label.astype(np.float64)
+    return {
+        "all": regression_metrics(predict(pre, batch), label),
+        f"missing_{modality}": regression_metrics(predict(pre, {**batch, "present": present}),
+                                                  label),
+    }
+
+
+def _utility_after(
+    architecture: Any,
+    post_config: Mapping[str, Any],
     post_tensors: Mapping[str, np.ndarray],
     evaluation: ProbeSet | None,
     modality: str,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
+    """Return the released model's metrics with ``modality`` deleted."""
     if evaluation is None:
-        return {"split": "none", "note": "no evaluation set was given"}
+        return None
     batch = probe_batch(evaluation, dtype=torch.float32)
-    pre = build_model(architecture, config, pre_tensors, dtype=torch.float32)
     post = build_model(architecture, post_config, post_tensors, dtype=torch.float32)
-    missing = dict(batch)
-    present = batch["present"].clone()
-    present[:, evaluation.modalities.index(modality)] = False
-    missing["present"] = present
     label = evaluation.label.astype(np.float64)
-    return {
-        "split": "eval",
-        "n": evaluation.size,
-        "before": {
-            "all": regression_metrics(predict(pre, batch), label),
-            f"missing_{modality}": regression_metrics(predict(pre, missing), label),
-        },
-        "after": {f"deleted_{modality}": regression_metrics(predict(post, batch), label)},
-    }
+    return {f"deleted_{modality}": regression_metrics(predict(post, batch), label)}
+
+
+def _utility(evaluation: ProbeSet | None, before: dict[str, Any] | None,
+             after: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the certificate's ``metrics.utility`` member."""
+    if evaluation is None or before is None or after is None:
+        return {"split": "none", "note": "no evaluation set was given"}
+    return {"split": "eval", "n": evaluation.size, "before": before, "after": after}

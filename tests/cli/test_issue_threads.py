@@ -102,3 +102,34 @@ def test_saliency_failure_stops_the_fisher(monkeypatch, tmp_path, tiny_checkpoin
         _issue(tiny_checkpoint, tmp_path / "out", issuer_keys)
     assert cancelled == [True]
     assert _stage_threads() == set()
+
+
+@pytest.mark.parametrize("slow", ["proxy check", "update"])
+def test_utility_before_runs_on_the_first_free_thread(slow, monkeypatch, tmp_path,
+                                                      tiny_checkpoint, issuer_keys):
+    import time
+
+    runners = []
+    real_before = _issue_steps._utility_before
+
+    def before(*args, **kwargs):
+        runners.append(threading.current_thread().name)
+        return real_before(*args, **kwargs)
+
+    stage = "measure_proxy_quality" if slow == "proxy check" else "masked_update"
+    real_stage = getattr(_issue_steps, stage)
+
+    def delayed(*args, **kwargs):
+        time.sleep(0.5)  # the other thread gets to the shared job first
+        return real_stage(*args, **kwargs)
+
+    monkeypatch.setattr(_issue_steps, "_utility_before", before)
+    baseline = _issue(tiny_checkpoint, tmp_path / "first", issuer_keys)["metrics"]["utility"]
+    monkeypatch.setattr(_issue_steps, stage, delayed)
+    runners.clear()
+    utility = _issue(tiny_checkpoint, tmp_path / "out", issuer_keys)["metrics"]["utility"]
+    assert runners == ["MainThread" if slow == "proxy check" else "mbd-cert proxy check"]
+    assert utility["before"] == baseline["before"]  # "after" has fresh noise each run
+    assert set(utility["before"]) == {"all", "missing_audio"}
+    assert set(utility["after"]) == {"deleted_audio"}
+    assert _stage_threads() == set()

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from mbd_cert._background import Background, Cancelled
+from mbd_cert._background import Background, Cancelled, FirstComer
 
 
 def test_result_is_the_value_computed_on_another_thread():
@@ -83,3 +83,52 @@ def test_ctrl_c_during_result_waits_for_task():
     timer.join()
     assert finished == [True]
     assert "test task" not in {thread.name for thread in threading.enumerate()}
+
+
+def _counting_job(runners: list[threading.Thread], value: int = 7):
+    def job() -> int:
+        runners.append(threading.current_thread())
+        return value
+
+    return job
+
+
+def test_first_comer_runs_in_the_asking_thread_when_unclaimed():
+    runners: list[threading.Thread] = []
+    shared = FirstComer(_counting_job(runners))
+    assert shared.result() == 7
+    helper = threading.Thread(target=shared.run_if_unclaimed)
+    helper.start()
+    helper.join()
+    assert runners == [threading.main_thread()]  # the helper came too late and skipped
+
+
+def test_first_comer_waits_for_the_helper_that_claimed_it():
+    runners: list[threading.Thread] = []
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> int:
+        started.set()
+        release.wait(5.0)
+        return _counting_job(runners, 9)()
+
+    shared = FirstComer(slow)
+    helper = threading.Thread(target=shared.run_if_unclaimed)
+    helper.start()
+    assert started.wait(5.0)
+    threading.Timer(0.05, release.set).start()
+    assert shared.result() == 9  # blocks until the helper's run ends
+    helper.join()
+    assert runners == [helper]
+
+
+def test_first_comer_error_reaches_the_thread_that_needs_the_value():
+    def failing() -> int:
+        raise ValueError("eval set unreadable")
+
+    shared = FirstComer(failing)
+    helper = threading.Thread(target=shared.run_if_unclaimed)
+    helper.start()
+    helper.join()
+    with pytest.raises(ValueError, match="eval set unreadable"):
+        shared.result()
