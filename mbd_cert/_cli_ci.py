@@ -42,9 +42,13 @@ logger = logging.getLogger(__name__)
 CERTIFICATE_NAME = "cert.json"
 CERTIFICATE_SUFFIX = ".cert.json"
 MODEL_NAME = "model.safetensors"
-# 1.1 adds "warnings" to each result; readers of 1.0 can ignore it.
-REPO_REPORT_VERSION = "1.1"
+# 1.1 adds "warnings" to each result; 1.2 adds "error", set when the run stopped
+# before verifying any certificate. Readers of 1.0 can ignore both.
+REPO_REPORT_VERSION = "1.2"
 CODE_NO_CERTIFICATES = "E_NO_CERTIFICATES"
+# safetensors "format" metadata of the issuer's confidential files: the diff, and the
+# probe and evaluation sets, which contain data samples.
+_CONFIDENTIAL_FORMATS = ("mbd-cert-diff/1", "mbd-cert-probe/1")
 
 
 def find_certificates(root: Path) -> list[Path]:
@@ -123,7 +127,34 @@ def published_confidential_files(root: Path, certificate: Path) -> list[str]:
     evaluation = certificate.parent / "eval.safetensors"
     if evaluation.is_file() and not evaluation.is_symlink():
         found.append(evaluation.relative_to(root).as_posix())
+    for path in _bundle_files_by_content(certificate.parent):
+        relative = path.relative_to(root).as_posix()
+        if relative not in found:
+            found.append(relative)
     return found
+
+
+def _bundle_files_by_content(directory: Path) -> list[Path]:
+    """Return the diffs, probe sets and evaluation sets in ``directory``, whatever their names.
+
+    A renamed copy (``diff-old.safetensors``, ``probe.bak``) is as confidential as
+    the original. Only each file's safetensors header is read, for its ``format``
+    metadata, so the scan costs a few reads per file.
+    """
+    from mbd_cert._safetensors_read import read_header
+
+    found = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                metadata = read_header(entry.path).metadata
+            except (errors.MbdCertError, OSError):
+                continue  # not a safetensors file (certificates, keys, README)
+            if metadata.get("format") in _CONFIDENTIAL_FORMATS:
+                found.append(Path(entry.path))
+    return sorted(found)
 
 
 def _trusted_keys(root: Path, policy: Any, key_paths: Sequence[Path]) -> list[Any]:
@@ -231,6 +262,37 @@ def _is_sealed(certificate: Path) -> bool:
     return isinstance(bundle, dict) and "sealed" in bundle
 
 
+def _repo_report(root: Path, policy_file: Path | None, exit_code: int,
+                 results: Sequence[RepoResult],
+                 error: dict[str, str] | None = None) -> dict[str, Any]:
+    """Return the ``verify-repo --json`` document (SPEC.md, R-REPO-6)."""
+    return {
+        "report_version": REPO_REPORT_VERSION,
+        "root": str(root),
+        "policy": None if policy_file is None else str(policy_file),
+        "exit_code": exit_code,
+        "error": error,
+        "results": [r.to_json() for r in results],
+    }
+
+
+def _error_document(arguments: Any, code: str, message: str, hint: str,
+                    exit_code: int) -> dict[str, Any]:
+    # A run that stopped before any certificate: the same document as a finished run,
+    # so a CI step parses one shape, with no results and the error that stopped it.
+    from mbd_cert.policy import find_policy
+
+    root = Path(arguments.get("root") or ".")
+    policy_file = arguments.get("policy_path")
+    if policy_file is None:
+        try:
+            policy_file = find_policy(root)
+        except errors.MbdCertError:
+            policy_file = None  # the error being reported may be this one
+    return _repo_report(root, policy_file, exit_code, [],
+                        {"code": code, "message": message, "hint": hint})
+
+
 def register(main: click.Group, guarded: GuardFactory) -> None:
     """Add the verify-repo command to the ``main`` group."""
 
@@ -251,7 +313,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                   help="Auditor's X25519 private key (keep it in a CI secret): under a "
                        "level-2 or level-3 policy, open each certificate's sealed "
                        "audit-bundle.sealed instead of reading a plain bundle.")
-    @guarded(json_flag="as_json")
+    @guarded(json_flag="as_json", error_document=_error_document)
     def verify_repo(root: Path, policy_path: Path | None, key_paths: tuple[Path, ...],
                     junit_path: Path | None, as_json: bool, allow_empty: bool,
                     auditor_key_path: Path | None = None) -> None:
@@ -296,13 +358,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                 click.echo(f"warning: {terminal_text(result.certificate)}: "
                            f"{terminal_text(warning)}", err=True)
         if as_json:
-            click.echo(json.dumps({
-                "report_version": REPO_REPORT_VERSION,
-                "root": str(root),
-                "policy": None if policy_file is None else str(policy_file),
-                "exit_code": exit_code,
-                "results": [r.to_json() for r in results],
-            }, indent=2, default=str))
+            click.echo(json.dumps(_repo_report(root, policy_file, exit_code, results),
+                                  indent=2, default=str))
         else:
             render_table(results, exit_code, policy.required_level, policy_file is not None)
         sys.exit(exit_code)

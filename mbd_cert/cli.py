@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -74,24 +74,39 @@ def _configure_logging(verbose: int) -> None:
         package.setLevel(level)
 
 
+# Builds a command's JSON document for an error: (command arguments, error code,
+# message, hint, exit code) -> document.
+ErrorDocument = Callable[[Mapping[str, Any], str, str, str, int], dict[str, Any]]
+
+
 def guarded(json_flag: str | None = None, *,
-            interrupted: str = NOT_FINISHED) -> Callable[[F], F]:
+            interrupted: str = NOT_FINISHED,
+            error_document: ErrorDocument | None = None) -> Callable[[F], F]:
     """Map library errors to exit codes and messages; never let a traceback through.
 
     With ``json_flag`` set and that option given, errors are also written to stdout
-    as a JSON error report, so machines always receive one document. ``interrupted``
-    completes the message ``interrupted; ...`` printed on Ctrl-C. It must be true at
-    any point where the command can be interrupted.
+    as a JSON document, so machines always receive one: the verification error report
+    (:func:`mbd_cert.report.error_report`), or what ``error_document`` builds for a
+    command whose report has another shape. ``interrupted`` completes the message
+    ``interrupted; ...`` printed on Ctrl-C. It must be true at any point where the
+    command can be interrupted.
     """
 
     def decorate(function: F) -> F:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             as_json = bool(json_flag and kwargs.get(json_flag))
+
+            def emit(code: str, message: str, hint: str, exit_code: int) -> None:
+                document = None
+                if as_json and error_document is not None:
+                    document = error_document(kwargs, code, message, hint, exit_code)
+                _emit_error(code, message, hint, as_json, document)
+
             try:
                 return function(*args, **kwargs)
             except errors.MbdCertError as error:
-                _emit_error(error.code, error.message, error.hint, as_json)
+                emit(error.code, error.message, error.hint, error.exit_code)
                 sys.exit(error.exit_code)
             except KeyboardInterrupt:
                 exit_interrupted(interrupted)
@@ -104,12 +119,8 @@ def guarded(json_flag: str | None = None, *,
                 verbose = bool(ctx and ctx.find_root().params.get("verbose"))
                 if verbose:
                     click.echo(terminal_lines(traceback.format_exc().rstrip("\n")), err=True)
-                _emit_error(
-                    "E_INTERNAL",
-                    f"internal error: {type(exc).__name__}: {exc}",
-                    "this is a bug in mbd-cert; rerun with -v and report the traceback",
-                    as_json,
-                )
+                emit("E_INTERNAL", f"internal error: {type(exc).__name__}: {exc}",
+                     "this is a bug in mbd-cert; rerun with -v and report the traceback", 3)
                 sys.exit(3)
 
         return wrapper  # type: ignore[return-value]
@@ -117,11 +128,14 @@ def guarded(json_flag: str | None = None, *,
     return decorate
 
 
-def _emit_error(code: str, message: str, hint: str, as_json: bool) -> None:
+def _emit_error(code: str, message: str, hint: str, as_json: bool,
+                document: dict[str, Any] | None = None) -> None:
     from mbd_cert.report import error_report
 
     if as_json:
-        click.echo(json.dumps(error_report(code, message, hint), indent=2))
+        if document is None:
+            document = error_report(code, message, hint)
+        click.echo(json.dumps(document, indent=2, default=str))
     # Messages quote names and values from the input files (SPEC.md, R-SEC-5).
     text = f"error [{code}]: {terminal_text(message)}"
     if hint:

@@ -116,3 +116,21 @@ def test_verify_repo_warning_keeps_failure_code(honest_run: HonestRun, issuer_ke
     assert outcome.report is not None
     [warning] = outcome.report["results"][0]["warnings"]
     assert "models/diff.safetensors:" in warning
+
+
+def test_verify_repo_warns_on_renamed_bundle_files(honest_run: HonestRun,
+                                                   issuer_keys: IssuerKeys, tmp_path: Path):
+    # Found by their safetensors format, not their names; other files stay quiet.
+    root = _repo_with(honest_run, tmp_path / "repo", ["cert.json", "model.safetensors"])
+    models = root / "models"
+    shutil.copy(honest_run.out_dir / "diff.safetensors", models / "diff-v1.bak")
+    shutil.copy(honest_run.out_dir / "probe.safetensors", models / "samples.safetensors")
+    shutil.copy(honest_run.out_dir / "model.safetensors", models / "previous.safetensors")
+    (models / "README.md").write_text("release notes\n")
+    (models / "truncated.safetensors").write_bytes(b"\x10\x00\x00")
+    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json"])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.report is not None
+    [warning] = outcome.report["results"][0]["warnings"]
+    listed = warning.split(": confidential files")[0]
+    assert listed == "models/diff-v1.bak, models/samples.safetensors"

@@ -198,6 +198,35 @@ def test_stopped_run_still_writes_junit(repo, tmp_path, policy, code):
     assert "hint:" in error.text
 
 
+@pytest.mark.parametrize(("policy", "code"), [("max_cumulative_epsilon = nan\n",
+                                               "E_POLICY_INVALID"),
+                                              ("", "E_KEY_MISSING")],
+                         ids=["invalid-policy", "no-key"])
+def test_stopped_run_json_has_the_report_shape(repo, policy, code):
+    # One shape for CI to parse, whether or not the run got to the certificates.
+    (repo / "mbd-cert-policy.toml").write_text(policy)
+    stopped = _run(repo, "--json")
+    assert stopped.exit_code == 2
+    document = json.loads(stopped.stdout)
+    _policy(repo, "")
+    finished = json.loads(_run(repo, "--json").stdout)
+    assert set(document) == set(finished)
+    assert document["report_version"] == finished["report_version"] == "1.2"
+    assert document["error"]["code"] == code
+    assert document["error"]["hint"]
+    assert document["exit_code"] == 2
+    assert document["results"] == []
+    assert document["policy"] == finished["policy"] == str(repo / "mbd-cert-policy.toml")
+    assert finished["error"] is None
+    assert len(finished["results"]) == 2
+
+
+def test_no_certificates_json(tmp_path):
+    document = json.loads(_run(tmp_path, "--json").stdout)
+    assert document["error"]["code"] == "E_NO_CERTIFICATES"
+    assert (document["policy"], document["results"], document["exit_code"]) == (None, [], 2)
+
+
 def test_explicit_policy_path(repo, tmp_path):
     policy = tmp_path / "strict.toml"
     policy.write_text('trusted_keys = ["keys/issuer.pub"]\nmax_cumulative_epsilon = 0.1\n')
