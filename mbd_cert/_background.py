@@ -94,7 +94,7 @@ class Background(Generic[T]):
 
 
 class FirstComer(Generic[T]):
-    """A computation run by whichever thread asks for it first.
+    """A computation run by whichever thread requests it first.
 
     Two threads that each end with some slack can share a small job this way: the
     helper thread calls :meth:`run_if_unclaimed` when its own stage is done, and the

@@ -310,13 +310,32 @@ def _increments_vectorised(
     """
     varied = sorted({name for name, _ in entries})
     owners = zeroable_linears(model, varied)
-    increments: list[float] = []
+    increments = [0.0] * len(entries)
     with memoise_frozen(model, set(varied)):
-        for start in range(0, len(entries), _VARIANTS_PER_PASS):
+        for positions in _passes(entries):
             _check_stopping(stopping)
-            values = value.zeroed(model, entries[start : start + _VARIANTS_PER_PASS], owners)
-            increments.extend(float(v - values[0]) for v in values[1:])
+            values = value.zeroed(model, [entries[i] for i in positions], owners)
+            for position, varied_value in zip(positions, values[1:], strict=True):
+                increments[position] = float(varied_value - values[0])
     return increments
+
+
+def _passes(entries: Sequence[tuple[str, int]]) -> list[list[int]]:
+    """Split entry positions into passes of at most ``_VARIANTS_PER_PASS``, one module each.
+
+    A pass that varies one module leaves every layer before it unbatched, so it runs
+    them once instead of once per copy. Each module's entries are spread evenly over
+    as few passes as the limit allows.
+    """
+    groups: dict[str, list[int]] = {}
+    for position, (name, _) in enumerate(entries):
+        groups.setdefault(name.rpartition(".")[0], []).append(position)
+    passes: list[list[int]] = []
+    for positions in groups.values():
+        count = -(-len(positions) // _VARIANTS_PER_PASS)
+        size = -(-len(positions) // count)
+        passes.extend(positions[start : start + size] for start in range(0, len(positions), size))
+    return passes
 
 
 def spearman_rho(x: np.ndarray, y: np.ndarray) -> float:

@@ -117,7 +117,7 @@ def _mbd_case(sample_size: int):
 
 
 def test_vectorised_increments_match_loop():
-    # 40 entries: three vectorised passes of at most 16 copies, across several tensors.
+    # 40 entries across several tensors and modules, so several vectorised passes.
     model, scores, masks, value = _mbd_case(40)
     fast = measure_proxy_quality(model, scores, masks, value, sample_size=40, seed=1)
     slow = measure_proxy_quality(model, scores, masks, lambda m: value(m), sample_size=40,
@@ -129,6 +129,19 @@ def test_vectorised_increments_match_loop():
     true_slow = np.array([s.true for s in slow.samples])
     assert np.count_nonzero(true_slow) > 30
     np.testing.assert_allclose(true_fast, true_slow, rtol=1e-9, atol=1e-17)
+
+
+def test_passes_keep_one_module_each():
+    from mbd_cert.proxy_quality import _VARIANTS_PER_PASS, _passes
+
+    entries = ([("fusion.0.weight", i) for i in range(20)] + [("fusion.0.bias", 1)]
+               + [("fusion.3.weight", i) for i in range(5)] + [("head.bias", 0)])
+    passes = _passes(entries)
+    assert sorted(p for positions in passes for p in positions) == list(range(len(entries)))
+    modules = [{entries[p][0].rpartition(".")[0] for p in positions} for positions in passes]
+    assert all(len(found) == 1 for found in modules)
+    assert all(len(positions) <= _VARIANTS_PER_PASS for positions in passes)
+    assert [len(positions) for positions in passes] == [11, 10, 5, 1]  # 21 spread evenly
 
 
 def test_untraceable_objective_loop_fallback(caplog):
