@@ -79,11 +79,16 @@ def memoise_frozen(model: torch.nn.Module, moving: Set[str]) -> Iterator[MemoCou
     try:
         yield counts
     finally:
-        for module, previous in patched:
-            if previous is None:
-                del module.forward
-            else:
-                module.forward = previous
+        restore_forwards(patched)
+
+
+def restore_forwards(patched: list[tuple[torch.nn.Module, Any]]) -> None:
+    """Undo ``forward`` patches given as (module, its previous instance attribute or None)."""
+    for module, previous in patched:
+        if previous is None:
+            del module.forward
+        else:
+            module.forward = previous
 
 
 def _memoised(module: torch.nn.Module, forward: Callable[..., Any], prefix: str,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import shutil
 import threading
 import uuid
@@ -158,17 +159,20 @@ def _run(
     start = dict(pre_tensors)
     for name in removed:
         start[name] = np.zeros_like(pre_tensors[name])
-    model_removed = build_model(architecture, post_config, start)
     retain_weights = torch.ones(probe.size, dtype=torch.float64)
 
-    def update_fisher(stopping: threading.Event) -> dict[str, torch.Tensor]:
+    def update_fisher(
+        stopping: threading.Event,
+    ) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
         def check(done: int) -> None:
             # Called after each chunk of samples, so a cancel waits for one chunk.
             if stopping.is_set():
                 raise Cancelled("the update's Fisher was cancelled")
 
-        return gradient_moments(model_removed, sorted(names), retain, batch, retain_weights,
-                                check, independent_samples=independent)[1]
+        removed_model = build_model(architecture, post_config, start)
+        return removed_model, gradient_moments(
+            removed_model, sorted(names), retain, batch, retain_weights, check,
+            independent_samples=independent)[1]
 
     preconditioner = tasks.enter_context(Background(update_fisher,
                                                     name="mbd-cert update Fisher"))
@@ -212,7 +216,18 @@ def _run(
             ).to_json()
         if not stopping.is_set():
             utility_before.run_if_unclaimed()
+        # Then help with what the main thread offers, until it says it is done.
+        while not stopping.is_set():
+            try:
+                job = offered.get(timeout=0.01)
+            except queue.Empty:
+                continue
+            if job is None:
+                break
+            job.run_if_unclaimed()
         return quality
+
+    offered: queue.Queue[FirstComer[Any] | None] = queue.Queue()
 
     # The proxy check reads only model_pre, which nothing else uses from here on, so it
     # runs on the second thread while this one runs steps 3 to 6 up to the certificate.
@@ -221,6 +236,7 @@ def _run(
     # Step 3 (SPEC §6.3): deterministic masked update on the retain objective, clipped.
     if progress is not None:
         progress("update", 0, options.steps)
+    model_removed, fisher = preconditioner.result()
     update = masked_update(
         model_removed,
         masks,
@@ -232,7 +248,7 @@ def _run(
         damping=options.damping,
         clip_norm=options.clip_norm,
         independent_samples=independent,
-        fisher=preconditioner.result(),
+        fisher=fisher,
     )
     if progress is not None:
         progress("update", options.steps, options.steps)
@@ -269,8 +285,10 @@ def _run(
     changed = sorted(set(removed) | {n for n in names if masks[n].any()})
 
     # Step 5, second half: the released model's utility, on held-out samples.
-    utility_after = _utility_after(architecture, post_config, post_tensors, evaluation,
-                                   modality)
+    # It goes to the second thread if that one is free by now, while this one writes.
+    utility_after = FirstComer(lambda: _utility_after(architecture, post_config,
+                                                      post_tensors, evaluation, modality))
+    offered.put(utility_after)
 
     # Step 6 (SPEC §6.5): write everything into a temporary directory, then swap it in.
     diff_tensors: dict[str, np.ndarray] = build_diff(pre_tensors, post_tensors, changed)
@@ -302,7 +320,8 @@ def _run(
                 certificate_id,
             )
 
-        utility = _utility(evaluation, utility_before.result(), utility_after)
+        utility = _utility(evaluation, utility_before.result(), utility_after.result())
+        offered.put(None)
         proxy_quality = proxy_check.result()
         doc = certificate_document(
             certificate_id=certificate_id,
@@ -366,15 +385,13 @@ def _utility_before(
     """Return the pre-deletion metrics, with all modalities and without ``modality``."""
     if evaluation is None:
         return None
-    batch = probe_batch(evaluation, dtype=torch.float32)
-    pre = build_model(architecture, config, pre_tensors, dtype=torch.float32)
+    pre, batch, label = _evaluation_model(architecture, config, pre_tensors, evaluation)
     present = batch["present"].clone()
     present[:, evaluation.modalities.index(modality)] = False
-    label = evaluation.label.astype(np.float64)
+    missing = {**batch, "present": present}
     return {
         "all": regression_metrics(predict(pre, batch), label),
-        f"missing_{modality}": regression_metrics(predict(pre, {**batch, "present": present}),
-                                                  label),
+        f"missing_{modality}": regression_metrics(predict(pre, missing), label),
     }
 
 
@@ -388,10 +405,18 @@ def _utility_after(
     """Return the released model's metrics with ``modality`` deleted."""
     if evaluation is None:
         return None
-    batch = probe_batch(evaluation, dtype=torch.float32)
-    post = build_model(architecture, post_config, post_tensors, dtype=torch.float32)
-    label = evaluation.label.astype(np.float64)
+    post, batch, label = _evaluation_model(architecture, post_config, post_tensors, evaluation)
     return {f"deleted_{modality}": regression_metrics(predict(post, batch), label)}
+
+
+def _evaluation_model(
+    architecture: Any, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
+    evaluation: ProbeSet,
+) -> tuple[torch.nn.Module, dict[str, Any], np.ndarray]:
+    """Return the float32 model, as it is released, with the evaluation batch and labels."""
+    model = build_model(architecture, config, tensors, dtype=torch.float32)
+    return (model, probe_batch(evaluation, dtype=torch.float32),
+            evaluation.label.astype(np.float64))
 
 
 def _utility(evaluation: ProbeSet | None, before: dict[str, Any] | None,

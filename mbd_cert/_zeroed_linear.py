@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as functional
 
+from mbd_cert._frozen_memo import restore_forwards
 from mbd_cert._linear_per_sample import linear_owners
 
 # Per model copy: output index i, input index j (0 for a bias entry), the entry's value
@@ -125,11 +126,7 @@ def patched_linears(model: torch.nn.Module, plan: PassPlan,
     try:
         yield
     finally:
-        for module, previous in patched:
-            if previous is None:
-                del module.forward
-            else:
-                module.forward = previous
+        restore_forwards(patched)
 
 
 def _zeroing_forward(name: str, weight: torch.Tensor, bias: torch.Tensor | None,

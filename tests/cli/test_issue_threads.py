@@ -133,3 +133,32 @@ def test_utility_before_runs_on_the_first_free_thread(slow, monkeypatch, tmp_pat
     assert set(utility["before"]) == {"all", "missing_audio"}
     assert set(utility["after"]) == {"deleted_audio"}
     assert _stage_threads() == set()
+
+
+@pytest.mark.parametrize("slow", ["proxy check", "writes"])
+def test_utility_after_goes_to_the_free_thread(slow, monkeypatch, tmp_path,
+                                               tiny_checkpoint, issuer_keys):
+    import time
+
+    runners = []
+    real_after = _issue_steps._utility_after
+
+    def after(*args, **kwargs):
+        runners.append(threading.current_thread().name)
+        return real_after(*args, **kwargs)
+
+    stage = "measure_proxy_quality" if slow == "proxy check" else "write_chain_copies"
+    real_stage = getattr(_issue_steps, stage)
+
+    def delayed(*args, **kwargs):
+        time.sleep(0.5)
+        return real_stage(*args, **kwargs)
+
+    monkeypatch.setattr(_issue_steps, "_utility_after", after)
+    monkeypatch.setattr(_issue_steps, stage, delayed)
+    doc = _issue(tiny_checkpoint, tmp_path / "out", issuer_keys)
+    # A slow proxy check leaves the job to the main thread. Slow writes on the main
+    # thread let the second thread, done with its check, take the job.
+    assert runners == ["MainThread" if slow == "proxy check" else "mbd-cert proxy check"]
+    assert set(doc["metrics"]["utility"]["after"]) == {"deleted_audio"}
+    assert _stage_threads() == set()
