@@ -8,7 +8,10 @@ update's Fisher (timed as ``gradient_moments``) on a second thread, alongside ot
 stages, so the stage times can add up to more than the call's wall time.
 
 Usage: python benchmarks/profile_issue.py [--checkpoint DIR] [--calls 4]
-       [--proxy-sample N] [--steps K]
+       [--proxy-sample N] [--steps K] [--timeline]
+
+``--timeline`` also prints, for the last call, each stage's thread, its start and end
+in milliseconds from the call's start, and the CPU time its thread spent in it.
 
 ``--proxy-sample 0 --steps 0`` leaves out the proxy-quality check and the update
 steps, which gives the floor of the fixed work that remains (loading, saliency,
@@ -22,24 +25,33 @@ import functools
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 STAGES = ["gradient_moments", "measure_proxy_quality", "masked_update", "_utility_before",
-          "_utility_after", "build_model", "build_diff", "write_chain_copies"]
+          "_utility_after", "build_model", "build_diff", "write_chain_copies",
+          "certificate_document"]
 
 
-def _timed(totals: dict[str, float], name: str,
+# One row per stage call: (stage, thread name, start s, end s, thread CPU s).
+Span = tuple[str, str, float, float, float]
+
+
+def _timed(totals: dict[str, float], spans: list[Span], name: str,
            function: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(function)
     def call(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             return function(*args, **kwargs)
         finally:
-            totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
+            end = time.perf_counter()
+            totals[name] = totals.get(name, 0.0) + end - start
+            spans.append((name, threading.current_thread().name, start, end,
+                          time.thread_time() - cpu))
 
     return call
 
@@ -52,6 +64,8 @@ def main() -> None:
     parser.add_argument("--proxy-sample", type=int, default=64,
                         help="proxy-quality sample size (0 skips the check)")
     parser.add_argument("--steps", type=int, default=20, help="masked update steps K")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print the stages of the last call in time order")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -60,11 +74,12 @@ def main() -> None:
     imported = time.perf_counter() - started
 
     totals: dict[str, float] = {}
+    spans: list[Span] = []
     for name in STAGES:
-        setattr(_issue_steps, name, _timed(totals, name, getattr(_issue_steps, name)))
+        setattr(_issue_steps, name, _timed(totals, spans, name, getattr(_issue_steps, name)))
     for name in ("digest_file", "write_safetensors"):
         module = _issue_steps._safetensors
-        setattr(module, name, _timed(totals, name, getattr(module, name)))
+        setattr(module, name, _timed(totals, spans, name, getattr(module, name)))
 
     with tempfile.TemporaryDirectory(prefix="mbd-profile-issue-") as tmp:
         work = Path(tmp)
@@ -81,6 +96,7 @@ def main() -> None:
         print(f"imports: {imported:.3f} s")
         for call in range(args.calls):
             totals.clear()
+            spans.clear()
             start = time.perf_counter()
             issue(checkpoint, work / "del", options, key)
             total = time.perf_counter() - start
@@ -88,6 +104,11 @@ def main() -> None:
                                sorted(totals.items(), key=lambda item: -item[1]))
             label = "cold" if call == 0 else "warm"
             print(f"call {call} ({label}): {total:.3f} s; {stages}")
+        if args.timeline:
+            print("stage, thread, start ms, end ms, thread CPU ms (last call)")
+            for name, thread, begin, end, cpu in sorted(spans, key=lambda span: span[2]):
+                print(f"  {name:22s} {thread:24s} {1000 * (begin - start):6.1f} "
+                      f"{1000 * (end - start):6.1f} {1000 * cpu:6.1f}")
 
 
 if __name__ == "__main__":
