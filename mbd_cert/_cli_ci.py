@@ -12,8 +12,9 @@ SPEC.md, section "Verifying a repository":
   are skipped;
 * at level 2 and 3 the audit bundle is read from the certificate's directory, from the
   sealed file when an auditor key is given and the certificate records one;
-* a confidential audit bundle (``diff.safetensors``, ``probe.safetensors``) found
-  beside its certificate adds a warning but leaves the exit code as it is.
+* a confidential audit bundle (``diff.safetensors``, ``probe.safetensors``) or
+  evaluation set found beside its certificate, under its own name or another
+  (:mod:`mbd_cert._confidential_files`), adds a warning but leaves the exit code as it is.
 
 The exit code is the worst of the per-certificate results (0 < 1 < 2 < 3), so one
 unusable certificate makes the job fail with 2 even when the others are valid.
@@ -35,6 +36,7 @@ import click
 
 from mbd_cert import errors
 from mbd_cert._cli_commands import GuardFactory
+from mbd_cert._confidential_files import ScanCache, published_confidential_files
 from mbd_cert._repo_results import RepoResult, junit_for, render_table
 
 logger = logging.getLogger(__name__)
@@ -42,46 +44,64 @@ logger = logging.getLogger(__name__)
 CERTIFICATE_NAME = "cert.json"
 CERTIFICATE_SUFFIX = ".cert.json"
 MODEL_NAME = "model.safetensors"
-# 1.1 adds "warnings" to each result; 1.2 adds "error", set when the run stopped
-# before verifying any certificate. Readers of 1.0 can ignore both.
+# 1.1 adds "warnings" to each result. 1.2 adds "error", set when the run stopped
+# before verifying any certificate or could not write its JUnit file. Readers of 1.0
+# can ignore both.
 REPO_REPORT_VERSION = "1.2"
 CODE_NO_CERTIFICATES = "E_NO_CERTIFICATES"
-# safetensors "format" metadata of the issuer's confidential files: the diff, and the
-# probe and evaluation sets, which contain data samples.
-_CONFIDENTIAL_FORMATS = ("mbd-cert-diff/1", "mbd-cert-probe/1")
 
 
 def find_certificates(root: Path) -> list[Path]:
     """Return every certificate file below ``root``, sorted by relative path.
 
     Raises:
-        FileMissing: ``root`` is not a directory.
+        FileMissing: ``root`` does not exist.
+        InputError: ``root`` is not a directory (``E_FILE_NOT_REGULAR``), or a directory
+            below it cannot be listed (``E_FILE_UNREADABLE``).
     """
-    if not root.is_dir():
+    if not root.exists():
         raise errors.FileMissing(f"repository root not found: {root}",
                                  hint="pass the repository's top directory")
+    if not root.is_dir():
+        raise errors.InputError(f"repository root is not a directory: {root}",
+                                hint="pass the repository's top directory",
+                                code="E_FILE_NOT_REGULAR")
     found = []
     # An explicit stack, not os.walk: on Python 3.11 os.walk recurses once per level,
     # and a directory about 1,000 levels deep ended the whole run with RecursionError.
     pending = [root]
     while pending:
         directory = pending.pop()
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    # Hidden directories (.git) and linked directories are not searched.
-                    if not entry.name.startswith("."):
-                        pending.append(Path(entry.path))
-                    continue
-                if entry.name != CERTIFICATE_NAME and not entry.name.endswith(
-                        CERTIFICATE_SUFFIX):
-                    continue
-                path = Path(entry.path)
-                if path.is_symlink() or not path.is_file():
-                    logger.warning("skipping %s: not a regular file", path)
-                    continue
-                found.append(path)
+        for entry in _listing(directory):
+            if entry.is_dir(follow_symlinks=False):
+                # Hidden directories (.git) and linked directories are not searched.
+                if not entry.name.startswith("."):
+                    pending.append(Path(entry.path))
+                continue
+            if entry.name != CERTIFICATE_NAME and not entry.name.endswith(CERTIFICATE_SUFFIX):
+                continue
+            path = Path(entry.path)
+            if path.is_symlink() or not path.is_file():
+                logger.warning("skipping %s: not a regular file", path)
+                continue
+            found.append(path)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _listing(directory: Path) -> list[os.DirEntry[str]]:
+    """Return the entries of ``directory``; an unreadable one stops the run (exit 2)."""
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except OSError as exc:
+        # A certificate below it could not be verified, so skipping it would let CI
+        # pass without checking it.
+        raise errors.InputError(
+            f"cannot list directory {directory}: {exc.strerror}",
+            hint="make the repository readable to the CI user, or move the directory "
+            "out of the repository",
+            code="E_FILE_UNREADABLE",
+        ) from exc
 
 
 def model_for(certificate: Path) -> Path:
@@ -90,71 +110,6 @@ def model_for(certificate: Path) -> Path:
         return certificate.with_name(MODEL_NAME)
     stem = certificate.name[: -len(CERTIFICATE_SUFFIX)]
     return certificate.with_name(stem + ".safetensors")
-
-
-def published_confidential_files(root: Path, certificate: Path) -> list[str]:
-    """Return the confidential issuer files that lie beside ``certificate``.
-
-    ``issue`` leaves ``diff.safetensors`` and ``probe.safetensors`` in its output
-    directory even when it also seals them, and ``eval.safetensors``, the held-out
-    samples of its utility metrics. The diff rebuilds the pre-deletion model and the
-    probe and evaluation sets contain data samples (SPEC.md section 12.3), so a
-    repository that contains them publishes what the deletion removed.
-
-    Returns:
-        Paths relative to ``root``; empty when the certificate cannot be read, because
-        verification reports that.
-    """
-    from mbd_cert import _paths
-    from mbd_cert.certificate import load_certificate
-
-    try:
-        bundle = load_certificate(certificate)["audit_bundle"]
-    except errors.MbdCertError:
-        return []
-    if bundle.get("confidential") is not True:
-        return []
-    found = []
-    for part in ("diff", "probe"):
-        try:
-            path = _paths.resolve_artefact(certificate.parent, bundle[part]["path"],
-                                           field=f"audit_bundle.{part}.path")
-        except errors.MbdCertError:
-            continue
-        if path.is_file():
-            found.append(path.relative_to(root).as_posix())
-    # The certificate does not name the evaluation set. Issue writes it under this name.
-    evaluation = certificate.parent / "eval.safetensors"
-    if evaluation.is_file() and not evaluation.is_symlink():
-        found.append(evaluation.relative_to(root).as_posix())
-    for path in _bundle_files_by_content(certificate.parent):
-        relative = path.relative_to(root).as_posix()
-        if relative not in found:
-            found.append(relative)
-    return found
-
-
-def _bundle_files_by_content(directory: Path) -> list[Path]:
-    """Return the diffs, probe sets and evaluation sets in ``directory``, whatever their names.
-
-    A renamed copy (``diff-old.safetensors``, ``probe.bak``) is as confidential as
-    the original. Only each file's safetensors header is read, for its ``format``
-    metadata, so the scan costs a few reads per file.
-    """
-    from mbd_cert._safetensors_read import read_header
-
-    found = []
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            try:
-                metadata = read_header(entry.path).metadata
-            except (errors.MbdCertError, OSError):
-                continue  # not a safetensors file (certificates, keys, README)
-            if metadata.get("format") in _CONFIDENTIAL_FORMATS:
-                found.append(Path(entry.path))
-    return sorted(found)
 
 
 def _trusted_keys(root: Path, policy: Any, key_paths: Sequence[Path]) -> list[Any]:
@@ -174,13 +129,14 @@ def _trusted_keys(root: Path, policy: Any, key_paths: Sequence[Path]) -> list[An
 
 
 def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any],
-               auditor_key: Any = None) -> RepoResult:
+               auditor_key: Any = None, scan_cache: ScanCache | None = None) -> RepoResult:
     """Verify one certificate under the policy, recording unusable input and bugs in the result.
 
     With ``auditor_key`` (an X25519 private key) and a policy level of 2 or 3, a
     certificate whose audit bundle was sealed is verified with the sealed file beside
     it. Other certificates read the plain bundle files from their directory.
     """
+    from mbd_cert._terminal import terminal_text
     from mbd_cert.verify import VerifyOptions, verify
 
     model = model_for(certificate)
@@ -228,22 +184,47 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any],
         result.error = {"code": "E_INTERNAL",
                         "message": f"internal error: {type(exc).__name__}: {exc}",
                         "hint": "this is a bug in mbd-cert; rerun with -vv and report it"}
-    published = published_confidential_files(root, certificate)
+    published = published_confidential_files(root, certificate, scan_cache)
     if published:
+        # Escaped here, because JUnit's system-err and the JSON report carry the text
+        # as it is, and a file name with a line break could fake another warning line.
+        names = ", ".join(terminal_text(name) for name in published)
         result.warnings.append(
-            f"{', '.join(published)}: confidential files of the issuer (the audit bundle "
+            f"{names}: confidential files of the issuer (the audit bundle "
             "rebuilds the pre-deletion model, and the probe and evaluation sets contain "
             "data samples); publish them only where auditors alone can read them, or "
             "publish audit-bundle.sealed instead and pass --auditor-private-key")
     return result
 
 
-def _write_setup_junit(path: Path, error: errors.MbdCertError) -> None:
+def _as_record(error: BaseException) -> dict[str, Any]:
+    """Return ``{"code", "message", "hint", "exit_code"}`` for an error that stops the run."""
+    if isinstance(error, errors.MbdCertError):
+        return {"code": error.code, "message": error.message, "hint": error.hint or "",
+                "exit_code": error.exit_code}
+    return {"code": "E_INTERNAL", "message": f"internal error: {type(error).__name__}: {error}",
+            "hint": "this is a bug in mbd-cert; rerun with -v and report the traceback",
+            "exit_code": 3}
+
+
+def _check_junit_destination(path: Path) -> None:
+    """Reject a --junit path that cannot be written before verifying anything."""
+    if path.is_dir():
+        raise errors.InputError(f"--junit names a directory: {path}",
+                                hint="pass a file path, such as junit.xml",
+                                code="E_FILE_NOT_REGULAR")
+    if not path.parent.is_dir():
+        raise errors.FileMissing(f"--junit directory not found: {path.parent}",
+                                 hint="create the directory first, or write the file "
+                                 "into an existing one")
+
+
+def _write_setup_junit(path: Path, record: dict[str, Any]) -> None:
     """Write a JUnit file with one test case: the error that stopped the whole run."""
     from mbd_cert import _paths
 
-    result = RepoResult("verify-repo", "", exit_code=error.exit_code, error={
-        "code": error.code, "message": error.message, "hint": error.hint or ""})
+    result = RepoResult("verify-repo", "", exit_code=record["exit_code"], error={
+        "code": record["code"], "message": record["message"], "hint": record["hint"]})
     try:
         _paths.atomic_write_bytes(path, junit_for([result]), overwrite=True, shared=True)
     except (OSError, errors.MbdCertError) as failure:
@@ -262,16 +243,17 @@ def _is_sealed(certificate: Path) -> bool:
     return isinstance(bundle, dict) and "sealed" in bundle
 
 
-def _repo_report(root: Path, policy_file: Path | None, exit_code: int,
+def _repo_report(root: Path | None, policy_file: Path | None, exit_code: int,
                  results: Sequence[RepoResult],
-                 error: dict[str, str] | None = None) -> dict[str, Any]:
+                 error: dict[str, Any] | None = None) -> dict[str, Any]:
     """Return the ``verify-repo --json`` document (SPEC.md, R-REPO-6)."""
     return {
         "report_version": REPO_REPORT_VERSION,
-        "root": str(root),
+        "root": None if root is None else str(root),
         "policy": None if policy_file is None else str(policy_file),
         "exit_code": exit_code,
-        "error": error,
+        "error": None if error is None else {key: error[key] for key in ("code", "message",
+                                                                          "hint")},
         "results": [r.to_json() for r in results],
     }
 
@@ -280,36 +262,44 @@ def _error_document(arguments: Any, code: str, message: str, hint: str,
                     exit_code: int) -> dict[str, Any]:
     # A run that stopped before any certificate: the same document as a finished run,
     # so a CI step parses one shape, with no results and the error that stopped it.
+    # A usage error comes before the arguments are parsed: root and policy are null.
     from mbd_cert.policy import find_policy
 
-    root = Path(arguments.get("root") or ".")
+    error = {"code": code, "message": message, "hint": hint}
+    if "root" not in arguments:
+        return _repo_report(None, None, exit_code, [], error)
+    root = Path(arguments["root"])
     policy_file = arguments.get("policy_path")
     if policy_file is None:
         try:
             policy_file = find_policy(root)
-        except errors.MbdCertError:
-            policy_file = None  # the error being reported may be this one
-    return _repo_report(root, policy_file, exit_code, [],
-                        {"code": code, "message": message, "hint": hint})
+        except Exception:  # noqa: BLE001 - the error being reported may be this one
+            policy_file = None
+    return _repo_report(root, policy_file, exit_code, [], error)
 
 
 def register(main: click.Group, guarded: GuardFactory) -> None:
     """Add the verify-repo command to the ``main`` group."""
 
+    # readable=False throughout: the library readers report an unreadable file with its
+    # error code, in the report's shape, where click would raise a usage error.
     @main.command("verify-repo")
-    @click.argument("root", type=click.Path(path_type=Path), default=".")
-    @click.option("--policy", "policy_path", type=click.Path(path_type=Path), default=None,
+    @click.argument("root", type=click.Path(path_type=Path, readable=False), default=".")
+    @click.option("--policy", "policy_path", type=click.Path(path_type=Path, readable=False),
+                  default=None,
                   help="Policy file (TOML) [default: ROOT/.mbd-cert.toml or "
                        "ROOT/mbd-cert-policy.toml; none: level 1 without limits].")
-    @click.option("--key", "key_paths", type=click.Path(path_type=Path), multiple=True,
+    @click.option("--key", "key_paths", type=click.Path(path_type=Path, readable=False),
+                  multiple=True,
                   help="Trusted issuer public key, in addition to the policy's; repeatable.")
-    @click.option("--junit", "junit_path", type=click.Path(path_type=Path), default=None,
+    @click.option("--junit", "junit_path", type=click.Path(path_type=Path, readable=False),
+                  default=None,
                   help="Write a JUnit XML file with one test suite per certificate.")
     @click.option("--json", "as_json", is_flag=True, help="Write the JSON report to stdout.")
     @click.option("--allow-empty", is_flag=True,
                   help="Exit 0 when the repository contains no certificate (default: exit 2).")
-    @click.option("--auditor-private-key", "auditor_key_path", type=click.Path(path_type=Path),
-                  default=None,
+    @click.option("--auditor-private-key", "auditor_key_path",
+                  type=click.Path(path_type=Path, readable=False), default=None,
                   help="Auditor's X25519 private key (keep it in a CI secret): under a "
                        "level-2 or level-3 policy, open each certificate's sealed "
                        "audit-bundle.sealed instead of reading a plain bundle.")
@@ -326,6 +316,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         from mbd_cert._terminal import terminal_text
         from mbd_cert.policy import Policy, find_policy, load_policy
 
+        if junit_path is not None:
+            _check_junit_destination(junit_path)  # nowhere to write the error to either
         try:
             policy_file = policy_path if policy_path is not None else find_policy(root)
             policy = load_policy(policy_file) if policy_file is not None else Policy()
@@ -342,24 +334,33 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                 from mbd_cert import sealing
 
                 auditor_key = sealing.load_auditor_private_key(auditor_key_path)
-        except errors.MbdCertError as error:
+        except Exception as error:
             # CI uploads the JUnit file whatever the exit code, so a run that stops
             # before any certificate still writes one, with this error in it.
             if junit_path is not None:
-                _write_setup_junit(junit_path, error)
+                _write_setup_junit(junit_path, _as_record(error))
             raise
-        results = [verify_one(root, path, policy, keys, auditor_key) for path in certificates]
+        cache: ScanCache = {}
+        results = [verify_one(root, path, policy, keys, auditor_key, cache)
+                   for path in certificates]
         exit_code = max((r.exit_code for r in results), default=0)
+        write_error = None
         if junit_path is not None:
-            _paths.atomic_write_bytes(junit_path, junit_for(results), overwrite=True,
-                                      shared=True)
+            try:
+                _paths.atomic_write_bytes(junit_path, junit_for(results), overwrite=True,
+                                          shared=True)
+            except errors.MbdCertError as error:
+                # The results stand; the run still fails, because CI expects the file.
+                write_error = _as_record(error)
+                exit_code = max(exit_code, error.exit_code)
+                click.echo(f"error [{error.code}]: {terminal_text(error.message)}", err=True)
         for result in results:
             for warning in result.warnings:
                 click.echo(f"warning: {terminal_text(result.certificate)}: "
                            f"{terminal_text(warning)}", err=True)
         if as_json:
-            click.echo(json.dumps(_repo_report(root, policy_file, exit_code, results),
-                                  indent=2, default=str))
+            click.echo(json.dumps(_repo_report(root, policy_file, exit_code, results,
+                                               write_error), indent=2, default=str))
         else:
             render_table(results, exit_code, policy.required_level, policy_file is not None)
         sys.exit(exit_code)

@@ -99,8 +99,9 @@ def guarded(json_flag: str | None = None, *,
 
             def emit(code: str, message: str, hint: str, exit_code: int) -> None:
                 document = None
-                if as_json and error_document is not None:
-                    document = error_document(kwargs, code, message, hint, exit_code)
+                if as_json:
+                    document = _error_document(error_document, kwargs, code, message, hint,
+                                               exit_code)
                 _emit_error(code, message, hint, as_json, document)
 
             try:
@@ -123,9 +124,23 @@ def guarded(json_flag: str | None = None, *,
                      "this is a bug in mbd-cert; rerun with -v and report the traceback", 3)
                 sys.exit(3)
 
+        # The command group's usage errors (before the command runs) use it too.
+        wrapper.error_document = error_document  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _error_document(build: ErrorDocument | None, arguments: Mapping[str, Any], code: str,
+                    message: str, hint: str, exit_code: int) -> dict[str, Any] | None:
+    """Return the command's own JSON error document, or None for the default report."""
+    if build is None:
+        return None
+    try:
+        return build(arguments, code, message, hint, exit_code)
+    except Exception:  # noqa: BLE001 - the error being reported matters more
+        logger.debug("building the JSON error document failed", exc_info=True)
+        return None
 
 
 def _emit_error(code: str, message: str, hint: str, as_json: bool,
@@ -188,7 +203,13 @@ class _Group(click.Group):
             if getattr(self, "_json_requested", False):
                 from mbd_cert.report import error_report
 
-                click.echo(json.dumps(error_report("E_USAGE", error.format_message()), indent=2))
+                command = self.commands.get(ctx.invoked_subcommand or "")
+                build = getattr(getattr(command, "callback", None), "error_document", None)
+                document = _error_document(build, {}, "E_USAGE", error.format_message(), "",
+                                           error.exit_code)
+                if document is None:
+                    document = error_report("E_USAGE", error.format_message())
+                click.echo(json.dumps(document, indent=2))
             raise
 
 

@@ -134,3 +134,37 @@ def test_verify_repo_warns_on_renamed_bundle_files(honest_run: HonestRun,
     [warning] = outcome.report["results"][0]["warnings"]
     listed = warning.split(": confidential files")[0]
     assert listed == "models/diff-v1.bak, models/samples.safetensors"
+
+
+def test_renamed_file_warning_is_escaped_and_scanned_once(honest_run: HonestRun,
+                                                          issuer_keys: IssuerKeys,
+                                                          tmp_path: Path, monkeypatch):
+    # Two certificates share a directory, and a copy's name carries a line break that
+    # would otherwise start a forged line in the JUnit system-err.
+    from mbd_cert import _confidential_files
+
+    root = _repo_with(honest_run, tmp_path / "repo", ["cert.json", "model.safetensors"])
+    models = root / "models"
+    shutil.copy(models / "cert.json", models / "v2.cert.json")
+    shutil.copy(models / "model.safetensors", models / "v2.safetensors")
+    shutil.copy(honest_run.out_dir / "diff.safetensors", models / "x\nwarning: all good")
+    scans = []
+    real_scan = _confidential_files.files_by_format
+
+    def counting(directory):
+        scans.append(directory)
+        return real_scan(directory)
+
+    monkeypatch.setattr(_confidential_files, "files_by_format", counting)
+    junit = tmp_path / "junit.xml"
+    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json",
+                       "--junit", junit])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert scans == [models]
+    assert outcome.report is not None
+    for result in outcome.report["results"]:
+        [warning] = result["warnings"]
+        assert warning.startswith("models/x\\nwarning: all good: confidential files")
+    for system_err in ElementTree.parse(junit).getroot().findall("./testsuite/system-err"):
+        assert system_err.text is not None
+        assert "\n" not in system_err.text

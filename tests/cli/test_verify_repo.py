@@ -332,3 +332,94 @@ def test_unreadable_default_policy_fails(repo):
     (repo / "mbd-cert-policy.toml").symlink_to(repo / "missing" / "policy.toml")
     result = _run(repo, "--key", repo / "keys" / "issuer.pub")
     assert result.exit_code == 2
+
+
+def test_usage_error_json_has_the_report_shape():
+    result = CliRunner().invoke(main, ["verify-repo", ".", "--json", "--frobnicate"])
+    assert result.exit_code == 2
+    document = json.loads(result.stdout)
+    assert document["report_version"] == "1.2"
+    assert document["error"]["code"] == "E_USAGE"
+    assert (document["root"], document["policy"], document["results"]) == (None, None, [])
+
+
+def test_root_that_is_a_file(tmp_path):
+    path = tmp_path / "cert.json"
+    path.write_text("{}")
+    result = _run(path, "--json")
+    assert result.exit_code == 2
+    assert json.loads(result.stdout)["error"]["code"] == "E_FILE_NOT_REGULAR"
+
+
+def test_unlistable_directory_stops_the_run(repo, tmp_path, monkeypatch):
+    # Skipping it would let CI pass without its certificates. Root can list any
+    # directory, so the permission error is injected.
+    from mbd_cert import _cli_ci
+
+    locked = repo / "models" / "b"
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if os.fspath(path) == os.fspath(locked):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(_cli_ci.os, "scandir", scandir)
+    junit = tmp_path / "junit.xml"
+    result = _run(repo, "--key", repo / "keys" / "issuer.pub", "--json", "--junit", junit)
+    assert result.exit_code == 2
+    error = json.loads(result.stdout)["error"]
+    assert error["code"] == "E_FILE_UNREADABLE"
+    assert "models/b" in error["message"]
+    [case_error] = ElementTree.parse(junit).getroot().findall("./testsuite/testcase/error")
+    assert case_error.get("message") == "E_FILE_UNREADABLE"
+
+
+def test_internal_error_before_verifying_writes_junit(repo, tmp_path, monkeypatch):
+    from mbd_cert import _cli_ci
+
+    def broken(root):
+        raise RuntimeError("walk failed")
+
+    monkeypatch.setattr(_cli_ci, "find_certificates", broken)
+    junit = tmp_path / "junit.xml"
+    result = _run(repo, "--json", "--junit", junit)
+    assert result.exit_code == 3
+    assert json.loads(result.stdout)["error"]["code"] == "E_INTERNAL"
+    [case_error] = ElementTree.parse(junit).getroot().findall("./testsuite/testcase/error")
+    assert case_error.get("message") == "E_INTERNAL"
+
+
+@pytest.mark.parametrize(("where", "code"), [("missing/junit.xml", "E_FILE_MISSING"),
+                                             (".", "E_FILE_NOT_REGULAR")],
+                         ids=["missing-directory", "directory"])
+def test_bad_junit_destination_rejected_first(repo, tmp_path, monkeypatch, where, code):
+    from mbd_cert import _cli_ci
+
+    verified = []
+    monkeypatch.setattr(_cli_ci, "verify_one", lambda *a, **k: verified.append(a))
+    result = _run(repo, "--key", repo / "keys" / "issuer.pub", "--json",
+                  "--junit", tmp_path / where)
+    assert result.exit_code == 2
+    assert json.loads(result.stdout)["error"]["code"] == code
+    assert verified == []
+
+
+def test_junit_write_failure_keeps_the_results(repo, tmp_path, monkeypatch):
+    from mbd_cert import _paths, errors
+
+    junit = tmp_path / "junit.xml"
+    real_write = _paths.atomic_write_bytes
+
+    def failing(path, *args, **kwargs):
+        if os.fspath(path) == os.fspath(junit):
+            raise errors.InputError("disk full", code="E_FILE_UNWRITABLE")
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(_paths, "atomic_write_bytes", failing)
+    result = _run(repo, "--key", repo / "keys" / "issuer.pub", "--json", "--junit", junit)
+    assert result.exit_code == 2
+    document = json.loads(result.stdout)
+    assert document["error"]["code"] == "E_FILE_UNWRITABLE"
+    assert [r["exit_code"] for r in document["results"]] == [0, 0]
+    assert "error [E_FILE_UNWRITABLE]: disk full" in result.stderr
