@@ -68,11 +68,15 @@ def memoise_frozen(model: torch.nn.Module, moving: Set[str]) -> Iterator[MemoCou
     """
     counts = MemoCounts()
     patched: list[tuple[torch.nn.Module, Any]] = []
+    # By identity as well as by name: a tied weight is the same tensor under two names.
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    moving_ids = {id(parameters[name]) for name in moving if name in parameters}
     for prefix, module in model.named_modules():
         if module is model or isinstance(module, _CONTAINERS):
             continue
-        names = [f"{prefix}.{name}" for name, _ in module.named_parameters()]
-        if not names or any(name in moving for name in names):
+        own = list(module.named_parameters(remove_duplicate=False))
+        if not own or any(f"{prefix}.{name}" in moving or id(p) in moving_ids
+                          for name, p in own):
             continue
         patched.append((module, module.__dict__.get("forward")))
         module.forward = _memoised(module, module.forward, prefix, counts)

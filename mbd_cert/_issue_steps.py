@@ -213,6 +213,7 @@ def _run(
             quality = measure_proxy_quality(
                 model_pre, scores, masks, value, sample_size=options.proxy_sample_size,
                 seed=options.seed, stopping=stopping,
+                local_parameters=architecture.local_parameters,
             ).to_json()
         if not stopping.is_set():
             utility_before.run_if_unclaimed()

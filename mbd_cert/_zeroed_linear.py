@@ -9,11 +9,13 @@ the shared weight and each copy subtracts its own term. The result equals the ze
 layer's output up to rounding (the increments it feeds agree to about 1e-12 relative
 on the MBD model).
 
-A tensor takes this route only when it belongs to a plain ``nn.Linear`` (its class
-does not override ``forward``) and no other module shares it. Code that reads the
-tensor outside the layer's forward would still see the unzeroed values, so during
-the pass the model contains NaN in its place, and any NaN in the results sends the
-caller back to batched weight copies (:func:`zeroed_pass`).
+The proxy check uses this route only for architectures that declare
+``local_parameters``: a model that reads the tensor outside the layer's forward would
+still see the unzeroed values. A tensor takes the route only when it belongs to a
+plain ``nn.Linear`` (see :func:`zeroable_linears`). As a further guard, the model
+contains NaN in its place during the pass. NaN in the results sends the caller back
+to batched weight copies (:func:`zeroed_pass`), though an op such as ``torch.where``
+or ``!=`` can hide it, which is why the contract comes first.
 
 Stability: internal.
 """
@@ -58,14 +60,26 @@ def zeroable_linears(model: torch.nn.Module,
     """Return name -> (module name, "weight" or "bias") for the names that can take this route.
 
     That is each name in ``names`` owned by a plain ``nn.Linear`` (see
-    :func:`mbd_cert._linear_per_sample.linear_owners`) and shared with no other module.
+    :func:`mbd_cert._linear_per_sample.linear_owners`) whose own parameters are just
+    ``weight`` and ``bias``, shared with no other module, and whose ``forward`` is
+    neither replaced on the instance nor preceded by a pre-hook. Otherwise a copy of a
+    tensor the layer reads could miss the patched forward, which computes with the
+    weights captured when it is installed.
     """
     counts: dict[int, int] = {}
     for _, parameter in model.named_parameters(remove_duplicate=False):
         counts[id(parameter)] = counts.get(id(parameter), 0) + 1
-    parameters = dict(model.named_parameters())
-    return {name: owner for name, owner in linear_owners(model, names).items()
-            if counts.get(id(parameters.get(name))) == 1}
+    modules = dict(model.named_modules())
+    result = {}
+    for name, (module_name, role) in linear_owners(model, names).items():
+        module = modules[module_name]
+        own = dict(module.named_parameters(recurse=False))
+        if set(own) - {"weight", "bias"} or any(counts.get(id(p)) != 1 for p in own.values()):
+            continue
+        if "forward" in vars(module) or module._forward_pre_hooks:
+            continue
+        result[name] = (module_name, role)
+    return result
 
 
 def plan_pass(model: torch.nn.Module, part: Sequence[tuple[str, int]],

@@ -20,6 +20,7 @@ Stability: public (:func:`measure_proxy_quality`, :class:`ProxyQuality`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -211,6 +212,7 @@ def measure_proxy_quality(
     sample_size: int,
     seed: int,
     stopping: threading.Event | None = None,
+    local_parameters: bool = False,
 ) -> ProxyQuality:
     """Compare proxy scores with true leave-one-out increments on sampled mask entries.
 
@@ -225,6 +227,10 @@ def measure_proxy_quality(
         seed: Seed of the draw (recorded).
         stopping: Checked before each forward pass; once it is set the measurement
             stops with :class:`mbd_cert._background.Cancelled`.
+        local_parameters: The model keeps the contract of
+            ``Architecture.local_parameters``, so the vectorised passes may reuse the
+            outputs of unvaried modules and zero ``nn.Linear`` entries by a column
+            update. False copies the varied tensors and recomputes every module.
 
     Returns:
         The measured agreement.
@@ -259,7 +265,8 @@ def measure_proxy_quality(
     increments = None
     if isinstance(value, ForgetMean):
         try:
-            increments = _increments_vectorised(model, entries, value, stopping)
+            increments = _increments_vectorised(model, entries, value, stopping,
+                                                local_parameters)
         except RuntimeError as exc:
             logger.warning("the proxy check cannot be vectorised for this objective (%s); "
                            "using one forward pass per entry", str(exc).splitlines()[0][:200])
@@ -300,18 +307,20 @@ def _increments_one_by_one(
 
 def _increments_vectorised(
     model: torch.nn.Module, entries: Sequence[tuple[str, int]], value: ForgetMean,
-    stopping: threading.Event | None = None,
+    stopping: threading.Event | None = None, local_parameters: bool = False,
 ) -> list[float]:
     """Evaluate F for up to ``_VARIANTS_PER_PASS`` zeroed entries per vectorised pass.
 
     Copy 0 of every pass is the unchanged model, so each increment is the difference
-    of two values computed by the same kernels. The modules that no pass varies keep
-    their outputs from one pass to the next (:mod:`mbd_cert._frozen_memo`).
+    of two values computed by the same kernels. With ``local_parameters`` the modules
+    that no pass varies keep their outputs from one pass to the next
+    (:mod:`mbd_cert._frozen_memo`), and linear entries take the column update.
     """
     varied = sorted({name for name, _ in entries})
-    owners = zeroable_linears(model, varied)
+    owners = zeroable_linears(model, varied) if local_parameters else {}
+    memo = memoise_frozen(model, set(varied)) if local_parameters else contextlib.nullcontext()
     increments = [0.0] * len(entries)
-    with memoise_frozen(model, set(varied)):
+    with memo:
         for positions in _passes(entries):
             _check_stopping(stopping)
             values = value.zeroed(model, [entries[i] for i in positions], owners)

@@ -102,8 +102,9 @@ def masked_update(
         for p in frozen:
             p.requires_grad_(False)
         with memoise_frozen(model, set(moving)) as memo:
-            displacement = _descend(model, moving, objective, batch, weights, steps,
-                                    learning_rate, precondition, mask_t)
+            displacement = {} if not moving else _descend(
+                model, moving, objective, batch, weights, steps, learning_rate,
+                precondition, mask_t)
         logger.debug("masked update: %d memoised module calls, memo dropped for %s",
                      memo.hits, memo.dropped)
     finally:

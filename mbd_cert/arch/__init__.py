@@ -80,6 +80,14 @@ class Architecture:
             level 2 then compute the per-sample gradient moments of ``nn.Linear``
             tensors from one batched backward pass, each with its own code. False
             (the default) keeps the exact per-sample path for every tensor.
+        local_parameters: True only if the values of every parameter are read only
+            inside the ``forward`` of the module that registers it (no tied weights,
+            no reads in a parent's forward or in the objectives, no pruning or
+            parametrization) and every module's output depends only on its
+            parameters, buffers and inputs. The issuer's proxy-quality check then
+            reuses the outputs of modules it does not vary and zeroes ``nn.Linear``
+            entries by a column update. False (the default) keeps the slower path,
+            which copies the varied tensors and recomputes every module.
     """
 
     name: str
@@ -91,6 +99,7 @@ class Architecture:
     forget_objective: Callable[[torch.nn.Module, Batch, str], torch.Tensor]
     retain_objective: Callable[[torch.nn.Module, Batch, str], torch.Tensor]
     independent_samples: bool = False
+    local_parameters: bool = False
 
 
 def get_architecture(name: str) -> Architecture:
@@ -315,6 +324,7 @@ def _builtin_mbd() -> Architecture:
         forget_objective=_forget_mbd,
         retain_objective=_retain_mbd,
         independent_samples=True,
+        local_parameters=True,
     )
 
 

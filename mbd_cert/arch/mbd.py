@@ -134,6 +134,8 @@ ARCHITECTURE = Architecture(
     retain_objective=retain_objective,
     # Both objectives run in eval mode and the model has no batch statistics.
     independent_samples=True,
+    # Outside its own layer, the model reads a weight's dtype only, never its values.
+    local_parameters=True,
 )
 
 __all__ = ["ARCHITECTURE", "MBDModel", "Parts", "build", "forget_objective", "retain_objective"]

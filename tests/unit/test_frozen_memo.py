@@ -241,3 +241,35 @@ def test_batched_tensors_inside_vmap_are_not_stored():
         assert torch.equal(result[1], torch.nn.functional.linear(
             2.0 * x, inner.layer.weight, inner.layer.bias))
     assert torch.equal(after[0], plain[0])
+
+
+def test_tied_weight_under_another_name_is_moving():
+    # Only "moving.weight" is named as moving, but inner.layer holds the same tensor.
+    inner, model = _frozen_inner()
+    model.moving = torch.nn.Linear(2, 2).to(torch.float64)
+    inner.layer.weight = model.moving.weight
+    model.moving.weight.requires_grad_(False)
+    model.eval()
+    x = torch.ones(3, 2, dtype=torch.float64)
+    with memoise_frozen(model, {"moving.weight"}) as counts:
+        first = [inner(x) for _ in range(3)]  # stored, verified, then served if memoised
+        with torch.no_grad():
+            model.moving.weight.add_(1.0)
+        latest = inner(x)
+    assert counts.hits == 0
+    assert not torch.equal(latest, first[0])
+
+
+def test_update_without_masked_entries_is_zero():
+    model = _model(["audio"])
+    batch = _batch(9, seed=4)
+    names = _names(model)
+    parameters = dict(model.named_parameters())
+    masks = {n: np.zeros(tuple(parameters[n].shape), dtype=bool) for n in names}
+    result = update.masked_update(
+        model, masks, lambda m, b: retain_objective(m, b, "audio"), batch,
+        torch.ones(9, dtype=torch.float64), steps=3, learning_rate=1e-2, damping=1e-3,
+        clip_norm=1.0, independent_samples=True)
+    assert result.norm_before_clip == 0.0
+    assert all(not d.any() for d in result.displacement.values())
+    assert set(result.displacement) == set(names)

@@ -116,10 +116,12 @@ def _mbd_case(sample_size: int):
     return model, scores, masks, value
 
 
-def test_vectorised_increments_match_loop():
+@pytest.mark.parametrize("local", [False, True], ids=["copies", "local-parameters"])
+def test_vectorised_increments_match_loop(local):
     # 40 entries across several tensors and modules, so several vectorised passes.
     model, scores, masks, value = _mbd_case(40)
-    fast = measure_proxy_quality(model, scores, masks, value, sample_size=40, seed=1)
+    fast = measure_proxy_quality(model, scores, masks, value, sample_size=40, seed=1,
+                                 local_parameters=local)
     slow = measure_proxy_quality(model, scores, masks, lambda m: value(m), sample_size=40,
                                  seed=1)
     assert len({s.tensor for s in fast.samples}) > 1
@@ -216,3 +218,81 @@ def test_stopping_event_cancels_the_check(vectorised):
                                   stopping=threading.Event())
     plain = measure_proxy_quality(model, scores, masks, evaluate, sample_size=40, seed=1)
     assert quiet == plain
+
+
+class _TiedHead(torch.nn.Module):
+    """A weight tied between two layers, each with its own bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.nn.Linear(4, 4)
+        self.second = torch.nn.Linear(4, 4)
+        self.second.weight = self.first.weight
+        self.out = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.first(x)) + torch.sin(self.second(x)))
+
+
+def _pruned() -> torch.nn.Module:
+    import torch.nn.utils.prune as prune
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    prune.l1_unstructured(model[0], "weight", amount=0.25)
+    return model
+
+
+def _instance_forward() -> torch.nn.Module:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    layer = model[0]
+    layer.forward = lambda x: torch.nn.functional.linear(2.0 * x, layer.weight, layer.bias)
+    return model
+
+
+def _plain() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+
+
+def _sum_squares(model: torch.nn.Module, batch) -> torch.Tensor:
+    return model(batch["x"]).sum(-1) ** 2
+
+
+def _with_sparsity(model: torch.nn.Module, batch) -> torch.Tensor:
+    # Reads the first layer's weight outside that layer, through an op that maps NaN
+    # to a finite value: only the slow path is right for such a model.
+    return _sum_squares(model, batch) + 0.01 * (model[0].weight != 0).sum()
+
+
+HOSTILE = {
+    "tied-weight": (_TiedHead, ["first.weight", "first.bias", "second.bias", "out.weight"],
+                    _sum_squares),
+    "pruned": (_pruned, ["0.weight_orig", "0.bias", "2.weight"], _sum_squares),
+    "instance-forward": (_instance_forward, ["0.weight", "0.bias"], _sum_squares),
+    "read-outside": (_plain, ["0.weight", "2.weight"], _with_sparsity),
+}
+
+
+# Without local_parameters every model gets the exact copy path. With it, tied, pruned
+# and patched layers are still detected. A read outside the layer breaks the
+# contract, so only the default path is expected to survive it.
+@pytest.mark.parametrize(("case", "local"), [
+    *[(case, False) for case in sorted(HOSTILE)],
+    ("tied-weight", True), ("pruned", True), ("instance-forward", True),
+])
+def test_fast_paths_match_loop_on_odd_models(case: str, local: bool) -> None:
+    from mbd_cert.proxy_quality import forget_value
+
+    build, names, objective = HOSTILE[case]
+    torch.manual_seed(0)
+    model = build().double().eval()
+    parameters = dict(model.named_parameters())
+    masks = {n: np.ones(tuple(parameters[n].shape), dtype=bool) for n in names}
+    scores = {n: np.ones(tuple(parameters[n].shape)) for n in names}
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    value = forget_value(objective, {"x": x}, torch.ones(8, dtype=torch.float64))
+    fast = measure_proxy_quality(model, scores, masks, value, sample_size=40, seed=0,
+                                 local_parameters=local)
+    slow = measure_proxy_quality(model, scores, masks, lambda m: value(m), sample_size=40,
+                                 seed=0)
+    np.testing.assert_allclose([s.true for s in fast.samples], [s.true for s in slow.samples],
+                               rtol=1e-9, atol=1e-15)

@@ -91,7 +91,7 @@ def test_tensor_read_outside_its_layer_falls_back_to_copies(caplog) -> None:
     np.testing.assert_allclose(result, _loop(model, part, value), rtol=1e-12, atol=0)
 
 
-def test_shared_weight_and_subclass_take_the_copy_route() -> None:
+def test_unusual_layers_take_the_copy_route() -> None:
     class Scaled(torch.nn.Linear):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return 2.0 * super().forward(x)
@@ -101,9 +101,17 @@ def test_shared_weight_and_subclass_take_the_copy_route() -> None:
     model.second = torch.nn.Linear(3, 3)
     model.second.weight = model.first.weight  # tied
     model.scaled = Scaled(3, 2)
-    names = ["first.weight", "first.bias", "scaled.weight", "second.bias"]
-    assert zeroable_linears(model, names) == {"first.bias": ("first", "bias"),
-                                              "second.bias": ("second", "bias")}
+    model.hooked = torch.nn.Linear(3, 3)
+    model.hooked.register_forward_pre_hook(lambda module, args: (2.0 * args[0],))
+    model.replaced = torch.nn.Linear(3, 3)
+    model.replaced.forward = lambda x: x
+    model.plain = torch.nn.Linear(3, 3)
+    names = ["first.weight", "first.bias", "scaled.weight", "second.bias", "hooked.bias",
+             "replaced.weight", "plain.weight", "plain.bias"]
+    # A layer with a tied weight leaves the route for its bias too: the patched
+    # forward would compute with the weight captured at install time.
+    assert zeroable_linears(model, names) == {"plain.weight": ("plain", "weight"),
+                                              "plain.bias": ("plain", "bias")}
 
 
 def test_patch_is_removed_after_the_pass() -> None:
