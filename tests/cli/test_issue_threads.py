@@ -104,28 +104,38 @@ def test_saliency_failure_stops_the_fisher(monkeypatch, tmp_path, tiny_checkpoin
     assert _stage_threads() == set()
 
 
+def _record_threads(monkeypatch, name: str) -> list[str]:
+    """Record the thread that runs ``_issue_steps.<name>`` on each call."""
+    runners: list[str] = []
+    real = getattr(_issue_steps, name)
+
+    def recorded(*args, **kwargs):
+        runners.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_issue_steps, name, recorded)
+    return runners
+
+
+def _delay(monkeypatch, name: str, seconds: float = 0.5) -> None:
+    """Make ``_issue_steps.<name>`` start late, so the other thread gets ahead."""
+    import time
+
+    real = getattr(_issue_steps, name)
+
+    def delayed(*args, **kwargs):
+        time.sleep(seconds)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_issue_steps, name, delayed)
+
+
 @pytest.mark.parametrize("slow", ["proxy check", "update"])
 def test_utility_before_runs_on_the_first_free_thread(slow, monkeypatch, tmp_path,
                                                       tiny_checkpoint, issuer_keys):
-    import time
-
-    runners = []
-    real_before = _issue_steps._utility_before
-
-    def before(*args, **kwargs):
-        runners.append(threading.current_thread().name)
-        return real_before(*args, **kwargs)
-
-    stage = "measure_proxy_quality" if slow == "proxy check" else "masked_update"
-    real_stage = getattr(_issue_steps, stage)
-
-    def delayed(*args, **kwargs):
-        time.sleep(0.5)  # the other thread gets to the shared job first
-        return real_stage(*args, **kwargs)
-
-    monkeypatch.setattr(_issue_steps, "_utility_before", before)
+    runners = _record_threads(monkeypatch, "_utility_before")
     baseline = _issue(tiny_checkpoint, tmp_path / "first", issuer_keys)["metrics"]["utility"]
-    monkeypatch.setattr(_issue_steps, stage, delayed)
+    _delay(monkeypatch, "measure_proxy_quality" if slow == "proxy check" else "masked_update")
     runners.clear()
     utility = _issue(tiny_checkpoint, tmp_path / "out", issuer_keys)["metrics"]["utility"]
     assert runners == ["MainThread" if slow == "proxy check" else "mbd-cert proxy check"]
@@ -138,24 +148,9 @@ def test_utility_before_runs_on_the_first_free_thread(slow, monkeypatch, tmp_pat
 @pytest.mark.parametrize("slow", ["proxy check", "writes"])
 def test_utility_after_goes_to_the_free_thread(slow, monkeypatch, tmp_path,
                                                tiny_checkpoint, issuer_keys):
-    import time
-
-    runners = []
-    real_after = _issue_steps._utility_after
-
-    def after(*args, **kwargs):
-        runners.append(threading.current_thread().name)
-        return real_after(*args, **kwargs)
-
-    stage = "measure_proxy_quality" if slow == "proxy check" else "write_chain_copies"
-    real_stage = getattr(_issue_steps, stage)
-
-    def delayed(*args, **kwargs):
-        time.sleep(0.5)
-        return real_stage(*args, **kwargs)
-
-    monkeypatch.setattr(_issue_steps, "_utility_after", after)
-    monkeypatch.setattr(_issue_steps, stage, delayed)
+    runners = _record_threads(monkeypatch, "_utility_after")
+    _delay(monkeypatch, "measure_proxy_quality" if slow == "proxy check"
+           else "write_chain_copies")
     doc = _issue(tiny_checkpoint, tmp_path / "out", issuer_keys)
     # A slow proxy check leaves the job to the main thread. Slow writes on the main
     # thread let the second thread, done with its check, take the job.
