@@ -355,6 +355,14 @@ def _run(
         (staging / "cert.json").write_bytes(certificate.dump_certificate(signed))
         set_modes(staging)
         swap_in(staging, out_dir, force=options.force)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        # A full disk or a read-only file system is unusable output, not a bug (exit 2).
+        raise InputError(
+            f"cannot write the outputs of issue into {out_dir}: {exc.strerror or exc}",
+            hint="free disk space or pass another --out directory",
+            code="E_FILE_UNWRITABLE",
+        ) from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -157,3 +157,21 @@ def test_utility_after_goes_to_the_free_thread(slow, monkeypatch, tmp_path,
     assert runners == ["MainThread" if slow == "proxy check" else "mbd-cert proxy check"]
     assert set(doc["metrics"]["utility"]["after"]) == {"deleted_audio"}
     assert _stage_threads() == set()
+
+
+def test_full_disk_is_unwritable_output(monkeypatch, tmp_path, tiny_checkpoint, issuer_keys):
+    import errno
+    import shutil
+
+    from mbd_cert.errors import InputError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    with pytest.raises(InputError, match="No space left on device") as caught:
+        _issue(tiny_checkpoint, tmp_path / "out", issuer_keys)
+    assert caught.value.code == "E_FILE_UNWRITABLE"
+    assert caught.value.exit_code == 2
+    assert list(tmp_path.iterdir()) == []  # no output and no staging directory left
+    assert _stage_threads() == set()
