@@ -204,6 +204,8 @@ def _run(
     # Whichever thread is free first computes them (docs/benchmarks.md).
     utility_before = FirstComer(lambda: _utility_before(architecture, config, pre_tensors,
                                                         evaluation, modality))
+    # Jobs the main thread offers the second one once its check is done; None ends them.
+    offered: queue.Queue[FirstComer[Any] | None] = queue.Queue()
 
     def check_proxy(stopping: threading.Event) -> dict[str, Any] | None:
         quality = None
@@ -228,8 +230,6 @@ def _run(
             job.run_if_unclaimed()
         return quality
 
-    offered: queue.Queue[FirstComer[Any] | None] = queue.Queue()
-
     # The proxy check reads only model_pre, which nothing else uses from here on, so it
     # runs on the second thread while this one runs steps 3 to 6 up to the certificate.
     proxy_check = tasks.enter_context(Background(check_proxy, name="mbd-cert proxy check"))
@@ -237,7 +237,7 @@ def _run(
     # Step 3 (SPEC §6.3): deterministic masked update on the retain objective, clipped.
     if progress is not None:
         progress("update", 0, options.steps)
-    model_removed, fisher = preconditioner.result()
+    model_removed, retain_fisher = preconditioner.result()
     update = masked_update(
         model_removed,
         masks,
@@ -249,7 +249,7 @@ def _run(
         damping=options.damping,
         clip_norm=options.clip_norm,
         independent_samples=independent,
-        fisher=fisher,
+        fisher=retain_fisher,
     )
     if progress is not None:
         progress("update", options.steps, options.steps)
