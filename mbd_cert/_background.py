@@ -96,10 +96,10 @@ class Background(Generic[T]):
 class FirstComer(Generic[T]):
     """A computation run by whichever thread requests it first.
 
-    Two threads that each end with some slack can share a small job this way: the
-    helper thread calls :meth:`run_if_unclaimed` when its own stage is done, and the
-    thread that needs the value calls :meth:`result`, which runs the job itself if no
-    one has started it, or waits for the thread that did.
+    Two threads that each end with some slack can share a small job this way. The
+    helper thread calls :meth:`run_if_unclaimed` when its own stage is done. The thread
+    that needs the value calls :meth:`result`, which runs the job itself if no thread
+    has started it, or waits for the thread that did.
     """
 
     def __init__(self, function: Callable[[], T]) -> None:

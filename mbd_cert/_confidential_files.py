@@ -17,18 +17,19 @@ Stability: internal.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import struct
 from pathlib import Path
 
 from mbd_cert import errors
+from mbd_cert._json import load_json_strict
 
 # safetensors "format" metadata of the issuer's confidential files: the diff, and the
 # probe and evaluation sets, which contain data samples.
 CONFIDENTIAL_FORMATS = frozenset({"mbd-cert-diff/1", "mbd-cert-probe/1"})
-# The issuer's headers are a few kilobytes (712 to 2,128 bytes on the bundled models).
+# The issuer's headers are a few kilobytes (544 to 2,136 bytes for the diff, probe
+# and evaluation sets of the synthetic and MOSEI checkpoints).
 # A larger claimed header is skipped unread, so a hostile file costs one 8-byte read.
 _MAX_SCANNED_HEADER = 1024 * 1024
 
@@ -108,8 +109,8 @@ def header_format(path: Path) -> str | None:
     """Return the ``format`` metadata of a safetensors header, or None.
 
     None stands for anything else: not a safetensors file, a header over 1 MiB, JSON
-    that does not parse, no ``__metadata__`` or no string ``format`` in it, or a file
-    that cannot be opened. The data section is not read.
+    that the strict loader rejects (a repeated key included), no ``__metadata__`` or no
+    string ``format`` in it, or a file that cannot be opened. The data section is not read.
     """
     try:
         # Non-blocking and without following links: a file swapped for a FIFO or a
@@ -137,8 +138,12 @@ def header_format(path: Path) -> str | None:
     if len(text) != length:
         return None
     try:
-        header = json.loads(text)
-    except (ValueError, RecursionError):
+        # The strict loader: a plain json.loads keeps the last of two "__metadata__"
+        # keys, so a crafted header could show one format to this scan and another
+        # to a reader that keeps the first.
+        header = load_json_strict(text, what="safetensors header",
+                                  max_bytes=_MAX_SCANNED_HEADER, error_class=errors.InputError)
+    except errors.MbdCertError:
         return None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     value = metadata.get("format") if isinstance(metadata, dict) else None

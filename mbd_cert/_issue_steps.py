@@ -219,7 +219,7 @@ def _run(
             ).to_json()
         if not stopping.is_set():
             utility_before.run_if_unclaimed()
-        # Then help with what the main thread offers, until it says it is done.
+        # Then run the jobs the main thread offers, until it sends None.
         while not stopping.is_set():
             try:
                 job = offered.get(timeout=0.01)
@@ -359,7 +359,7 @@ def _run(
         shutil.rmtree(staging, ignore_errors=True)
         # A full disk or a read-only file system is unusable output, not a bug (exit 2).
         raise InputError(
-            f"cannot write the outputs of issue into {out_dir}: {exc.strerror or exc}",
+            f"failed to write the outputs of issue into {out_dir}: {exc.strerror or exc}",
             hint="free disk space or pass another --out directory",
             code="E_FILE_UNWRITABLE",
         ) from exc

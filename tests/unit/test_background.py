@@ -93,7 +93,7 @@ def _counting_job(runners: list[threading.Thread], value: int = 7):
     return job
 
 
-def test_first_comer_runs_in_the_asking_thread_when_unclaimed():
+def test_first_comer_runs_unclaimed_job_here():
     runners: list[threading.Thread] = []
     shared = FirstComer(_counting_job(runners))
     assert shared.result() == 7
@@ -103,7 +103,7 @@ def test_first_comer_runs_in_the_asking_thread_when_unclaimed():
     assert runners == [threading.main_thread()]  # the helper came too late and skipped
 
 
-def test_first_comer_waits_for_the_helper_that_claimed_it():
+def test_first_comer_waits_for_claiming_thread():
     runners: list[threading.Thread] = []
     started, release = threading.Event(), threading.Event()
 
@@ -122,7 +122,7 @@ def test_first_comer_waits_for_the_helper_that_claimed_it():
     assert runners == [helper]
 
 
-def test_first_comer_error_reaches_the_thread_that_needs_the_value():
+def test_first_comer_error_reaches_caller():
     def failing() -> int:
         raise ValueError("eval set unreadable")
 

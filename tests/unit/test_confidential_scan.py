@@ -35,8 +35,10 @@ def test_format_read_from_header_only(tmp_path: Path) -> None:
     struct.pack("<Q", 2**63) + b"{}", struct.pack("<Q", 50) + b"{}",
     struct.pack("<Q", 2) + b"[]", struct.pack("<Q", 9) + b"{not json",
     struct.pack("<Q", 31) + b'{"__metadata__": {"format": 1}}',
+    struct.pack("<Q", 80) + b'{"__metadata__": {"format": "x"}, "__metadata__": '
+                            b'{"format": "mbd-cert-diff/1"}}',
 ], ids=["empty", "short", "text", "huge-length", "truncated", "list", "bad-json",
-        "format-not-string"])
+        "format-not-string", "repeated-metadata"])
 def test_other_files_have_no_format(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "f"
     path.write_bytes(content)

@@ -208,7 +208,8 @@ def test_alternating_inputs_both_hit():
     with memoise_frozen(model, {"moving.weight"}) as counts:
         outputs = [(inner(real), inner(reconstructed)) for _ in range(4)]
     assert counts.hits == 4  # rounds 3 and 4; round 2 verified both entries
-    assert outputs[3][0] is outputs[0][0] and outputs[3][1] is outputs[0][1]
+    assert outputs[3][0] is outputs[0][0]
+    assert outputs[3][1] is outputs[0][1]
     assert not torch.equal(outputs[0][0], outputs[0][1])
 
 
@@ -244,7 +245,7 @@ def test_batched_tensors_inside_vmap_are_not_stored():
 
 
 def test_tied_weight_under_another_name_is_moving():
-    # Only "moving.weight" is named as moving, but inner.layer holds the same tensor.
+    # Only "moving.weight" is named as moving, but inner.layer has the same tensor.
     inner, model = _frozen_inner()
     model.moving = torch.nn.Linear(2, 2).to(torch.float64)
     inner.layer.weight = model.moving.weight

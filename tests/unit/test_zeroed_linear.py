@@ -80,7 +80,7 @@ def test_linear_route_matches_zeroing_each_entry() -> None:
     assert np.all(fast[1:] != fast[0])  # every entry moved F
 
 
-def test_tensor_read_outside_its_layer_falls_back_to_copies(caplog) -> None:
+def test_outside_read_falls_back_to_copies(caplog) -> None:
     model, value = Net(read_outside=True), _value()
     owners = zeroable_linears(model, ["hidden.weight"])
     assert "hidden.weight" in owners  # nothing static shows the outside read
