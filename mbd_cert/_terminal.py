@@ -39,13 +39,24 @@ _CONTROLS = list(range(0x00, 0x20)) + list(range(0x7F, 0xA0))
 _SHORT_ESCAPES = {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
 
 
+# Lone surrogates. Python decodes a file name that is not valid UTF-8 with the
+# surrogateescape handler: each undecodable byte b becomes U+DC00 + b, and printing it
+# writes the raw byte back. A raw byte 0x9B is CSI on a terminal that reads 8-bit
+# controls, so these are escaped too, as the byte they stand for.
+_SURROGATES = list(range(0xD800, 0xE000))
+
+
 def _escape(code_point: int) -> str:
     if code_point in _SHORT_ESCAPES:
         return _SHORT_ESCAPES[code_point]
+    if 0xDC80 <= code_point <= 0xDCFF:
+        return f"\\x{code_point - 0xDC00:02x}"
     return f"\\x{code_point:02x}" if code_point <= 0xFF else f"\\u{code_point:04x}"
 
 
-_TERMINAL_TABLE = {point: _escape(point) for point in _CONTROLS + _BIDI_AND_SEPARATORS}
+_TERMINAL_TABLE = {
+    point: _escape(point) for point in _CONTROLS + _BIDI_AND_SEPARATORS + _SURROGATES
+}
 
 # XML 1.0 (section 2.2, production Char) allows tab, line feed and carriage return
 # but no other C0 control, not even as a character reference, nor U+FFFE, U+FFFF or a
@@ -53,8 +64,7 @@ _TERMINAL_TABLE = {point: _escape(point) for point in _CONTROLS + _BIDI_AND_SEPA
 # its hint.
 _XML_TABLE = {
     point: _escape(point)
-    for point in _CONTROLS + _BIDI_AND_SEPARATORS + [0xFFFE, 0xFFFF]
-    + list(range(0xD800, 0xE000))
+    for point in _CONTROLS + _BIDI_AND_SEPARATORS + _SURROGATES + [0xFFFE, 0xFFFF]
     if point not in (0x09, 0x0A)
 }
 
@@ -64,8 +74,10 @@ def terminal_text(value: object) -> str:
 
     Every C0 and C1 control character (including ESC, CR, LF, TAB and BEL), DEL, the
     Unicode bidirectional formatting characters and U+2028/U+2029 become visible
-    escapes such as ``\x1b`` or ``\u202e``. Everything else, including non-ASCII
-    letters, is kept. The result is safe to print, but not safe from rich markup:
+    escapes such as ``\x1b`` or ``\u202e``. A lone surrogate becomes ``\uXXXX``, or
+    ``\xNN`` for the byte NN that the surrogateescape error handler stood it for (a
+    file name that is not valid UTF-8). Everything else, including non-ASCII letters,
+    is kept. The result is safe to print, but not safe from rich markup:
     see :func:`rich_text`.
     """
     return str(value).translate(_TERMINAL_TABLE)

@@ -151,6 +151,23 @@ def test_hostile_names_escaped(repo, tmp_path):
     assert names[0] == "models/\\x1b[2J[red]\\x07/cert.json"
 
 
+@pytest.mark.skipif(sys.platform == "darwin", reason="APFS refuses names that are not UTF-8")
+def test_undecodable_directory_name_escaped(repo, tmp_path):
+    # A name that is not UTF-8 reaches Python as lone surrogates; printed as they are,
+    # they write raw bytes, and 0x9B is CSI on a terminal that reads 8-bit controls.
+    _policy(repo, "")
+    raw = os.fsencode(repo / "models") + b"/\x9b2J\xff"
+    os.rename(os.fsencode(repo / "models" / "a"), raw)
+    junit = tmp_path / "junit.xml"
+    result = _run(repo, "--junit", junit)
+    assert result.exit_code == 0, result.output
+    table = result.stdout.replace("\n", "")
+    assert "models/\\x9b2J\\xff/cert.json" in table
+    assert "\udc9b" not in result.stdout + result.stderr
+    names = [s.get("name") for s in ElementTree.parse(junit).getroot().findall("testsuite")]
+    assert "models/\\x9b2J\\xff/cert.json" in names
+
+
 def test_hidden_directories_skipped(repo):
     _policy(repo, "")
     hidden = repo / ".git" / "objects"

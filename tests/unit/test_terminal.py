@@ -22,6 +22,8 @@ ESCAPES = [
     ("\u061c", "\\u061c"), ("\u200e", "\\u200e"), ("\u200f", "\\u200f"),
     ("\u202a", "\\u202a"), ("\u202e", "\\u202e"), ("\u2066", "\\u2066"),
     ("\u2069", "\\u2069"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"),
+    # Lone surrogates; U+DC9B is how surrogateescape decodes the byte 0x9B (8-bit CSI).
+    ("\udc9b", "\\x9b"), ("\udcff", "\\xff"), ("\ud800", "\\ud800"), ("\udc00", "\\udc00"),
 ]
 HOSTILE = "\x1b]0;title\x07\x1b[2J\x1b[32mVERIFIED\x1b[0m [bold]x[/bold] [/x] \u202egnp.exe"
 
@@ -34,6 +36,13 @@ def test_terminal_text_escapes(char: str, escape: str) -> None:
 def test_terminal_text_keeps_printable_text() -> None:
     text = "vision.proj.weight [0] é 日本 \\x1b ✓"
     assert terminal_text(text) == text
+
+
+def test_undecodable_file_name_shows_its_bytes() -> None:
+    name = b"m\x9b2J\xffdel".decode("utf-8", "surrogateescape")
+    shown = terminal_text(name)
+    assert shown == "m\\x9b2J\\xffdel"
+    shown.encode("utf-8")  # prints on any UTF-8 stream, writing no raw byte
 
 
 def test_terminal_text_is_idempotent() -> None:
