@@ -10,11 +10,12 @@ computed the same outputs on every pass.
 
 Inside :func:`memoise_frozen`, such a module returns its previous output when it is
 called again with the same inputs (the same tensors, or tensors equal to them bit for
-bit, while the stored ones are unchanged), in eval mode, with no input or parameter
-that requires gradients. On its first repeat each module recomputes the output and
-compares it bit for bit with the stored one. A module whose output differs there,
-because it reads state other than its parameters, buffers and inputs, loses its memo
-for the rest of the block. SPEC.md section 14 already requires the objectives to be
+bit, while the stored ones are unchanged) and the same parameter and buffer tensors,
+none changed in place since, in eval mode, with no input or parameter that requires
+gradients. On its first repeat each module recomputes the output and compares it bit
+for bit with the stored one. A module whose output differs there, because it reads
+state other than its parameters, buffers and inputs, loses its memo for the rest of
+the block. SPEC.md section 14 already requires the objectives to be
 deterministic for given weights and batch.
 
 Stability: internal.
@@ -49,6 +50,7 @@ class MemoCounts:
 class _Entry:
     inputs: tuple[torch.Tensor, ...]
     versions: tuple[int, ...]
+    module_versions: tuple[tuple[int, int], ...]
     output: Any
     output_versions: tuple[int, ...]
     verified: bool = False
@@ -104,8 +106,9 @@ def _memoised(module: torch.nn.Module, forward: Callable[..., Any], prefix: str,
                 p.requires_grad for p in module.parameters()):
             return forward(*args, **kwargs)
         entries: list[_Entry] = state["entries"]
+        current = _module_versions(module)
         for entry in entries:
-            if not _same_inputs(entry, args) or \
+            if entry.module_versions != current or not _same_inputs(entry, args) or \
                     _versions(_tensors(entry.output)) != entry.output_versions:
                 continue
             if entry.verified:
@@ -125,10 +128,17 @@ def _memoised(module: torch.nn.Module, forward: Callable[..., Any], prefix: str,
             return output
         if len(entries) == _ENTRIES_PER_MODULE:
             entries.pop(0)
-        entries.append(_Entry(tuple(args), _versions(args), output, _versions(tensors)))
+        entries.append(_Entry(tuple(args), _versions(args), current, output, _versions(tensors)))
         return output
 
     return call
+
+
+def _module_versions(module: torch.nn.Module) -> tuple[tuple[int, int], ...]:
+    # Identity and version counter of every parameter and buffer, submodules included:
+    # a tensor replaced by assignment or changed in place invalidates the stored outputs.
+    tensors = [*module.parameters(), *module.buffers()]
+    return tuple((id(t), int(t._version)) for t in tensors)
 
 
 def _plain_inputs(args: tuple[Any, ...]) -> bool:

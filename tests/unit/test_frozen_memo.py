@@ -140,6 +140,62 @@ def test_no_hit_after_stored_input_changed_in_place():
         assert counts.hits == 0
 
 
+def _expected(inner: _Drifting, x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.linear(x, inner.layer.weight, inner.layer.bias)
+
+
+def test_no_hit_after_frozen_weight_changed():
+    # A frozen tensor edited in place after the first repeat was verified: the
+    # memo must recompute, not serve the output of the old weight.
+    inner, model = _frozen_inner()
+    x = torch.ones(3, 2, dtype=torch.float64)
+    with memoise_frozen(model, {"moving.weight"}) as counts:
+        inner(x)
+        inner(x)  # first repeat: recomputed, compared and verified
+        with torch.no_grad():
+            inner.layer.weight.mul_(3.0)
+        assert torch.equal(inner(x), _expected(inner, x))
+        assert counts.hits == 0
+
+
+def test_no_hit_after_weight_replaced():
+    inner, model = _frozen_inner()
+    x = torch.ones(3, 2, dtype=torch.float64)
+    with memoise_frozen(model, {"moving.weight"}) as counts:
+        inner(x)
+        inner(x)
+        inner.layer.weight = torch.nn.Parameter(torch.full((2, 2), 5.0, dtype=torch.float64),
+                                                requires_grad=False)
+        assert torch.equal(inner(x), _expected(inner, x))
+        assert counts.hits == 0
+
+
+def test_no_hit_after_buffer_changed():
+    class Scaled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 2).to(torch.float64)
+            self.register_buffer("scale", torch.ones(1, dtype=torch.float64))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer(x) * self.scale
+
+    inner = Scaled()
+    model = _outer(inner)
+    for p in inner.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    x = torch.ones(3, 2, dtype=torch.float64)
+    with memoise_frozen(model, {"moving.weight"}) as counts:
+        reference = inner(x)
+        inner(x)
+        assert inner(x) is reference
+        assert counts.hits == 1
+        inner.scale.fill_(2.0)
+        assert torch.equal(inner(x), 2.0 * reference)
+        assert counts.dropped == []
+
+
 def test_moving_modules_not_memoised():
     inner = _Drifting()
     model = _outer(inner)
