@@ -6,10 +6,11 @@ without importing :mod:`mbd_cert.saliency` or :mod:`mbd_cert.update`. Per-sample
 gradients come from ``torch.func.vmap(torch.func.grad(...))`` over ``functional_call``
 of a module that wraps the objective, the ranking breaks ties by flat index, k is computed
 from the decimal value of ``top_k_fraction``, and the update steps are functional
-rather than in place. Only the architecture (model and objectives) and the file
-readers are shared with the issuer. For architectures whose samples are independent,
-the moments of ``nn.Linear`` tensors come in closed form from one batched backward pass
-(:mod:`mbd_cert._fisher_linear`, also verifier-only code).
+rather than in place. Only the architecture (model and objectives), the file readers
+and the torch workaround of :mod:`mbd_cert._functional_call` are shared with the
+issuer. For architectures whose samples are independent, the moments of ``nn.Linear``
+tensors come in closed form from one batched backward pass (:mod:`mbd_cert._fisher_linear`,
+also verifier-only code).
 
 Stability: internal.
 """
@@ -24,9 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
 from mbd_cert import _fisher_linear
+from mbd_cert._functional_call import call_with_tensors
 from mbd_cert.errors import MalformedData
 
 Objective = Callable[[torch.nn.Module, Mapping[str, Any]], torch.Tensor]
@@ -99,7 +101,7 @@ def gradient_and_fisher(
         arguments = _select_rows(batch, rows)
 
         def forward(chosen: dict[str, torch.Tensor]) -> torch.Tensor:
-            result: torch.Tensor = functional_call(
+            result: torch.Tensor = call_with_tensors(
                 wrapper, _prefixed({**values, **chosen}), arguments)
             return result
 
@@ -144,7 +146,7 @@ def _vmap_sums(
         # vmap strips the sample dimension; the model expects a batch of one.
         batch_of_one = ({m: x.unsqueeze(0) for m, x in inputs.items()},
                         present.unsqueeze(0), label.unsqueeze(0))
-        value: torch.Tensor = functional_call(
+        value: torch.Tensor = call_with_tensors(
             wrapper, _prefixed({**values, **chosen}), batch_of_one).sum()
         return value
 
@@ -290,7 +292,7 @@ def masked_update(
 
     def mean_objective(moving: dict[str, torch.Tensor]) -> torch.Tensor:
         arguments = (batch["inputs"], batch["present"], batch["label"])
-        value: torch.Tensor = functional_call(
+        value: torch.Tensor = call_with_tensors(
             wrapper, _prefixed({**fixed, **moving}), arguments).mean()
         return value
 

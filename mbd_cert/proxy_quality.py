@@ -33,6 +33,7 @@ import torch
 
 from mbd_cert._background import Cancelled
 from mbd_cert._frozen_memo import memoise_frozen
+from mbd_cert._functional_call import call_with_tensors
 from mbd_cert._zeroed_linear import plan_pass, zeroable_linears, zeroed_pass
 from mbd_cert.errors import InputError
 
@@ -145,14 +146,12 @@ class ForgetMean:
         Returns:
             float64 [len(part) + 1]; element 0 is the unchanged model.
         """
-        from torch.func import functional_call
-
         bound = _Bound(model, self.objective)
         fixed = {"model." + n: p.detach() for n, p in model.named_parameters()}
 
         def evaluate(values: dict[str, torch.Tensor], specs: Mapping[str, Any]) -> torch.Tensor:
             swapped = {**fixed, **{"model." + n: t for n, t in values.items()}}
-            per_sample: torch.Tensor = functional_call(bound, swapped, (self.batch,))
+            per_sample: torch.Tensor = call_with_tensors(bound, swapped, (self.batch,))
             return (per_sample.to(torch.float64) * self.weights).sum() / self.total
 
         with torch.no_grad():

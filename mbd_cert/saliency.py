@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mbd_cert._functional_call import call_with_tensors
 from mbd_cert._linear_per_sample import linear_owners, per_sample_linear_moments
 
 Objective = Callable[[torch.nn.Module, Mapping[str, Any]], torch.Tensor]
@@ -178,7 +179,7 @@ def _moment_sums_vmap(
     progress: Callable[[int], None] | None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Return the same sums as :func:`_moment_sums_loop`, vectorised over samples."""
-    from torch.func import functional_call, grad, vmap
+    from torch.func import grad, vmap
 
     parameters = dict(model.named_parameters())
     targets = {name: parameters[name].detach() for name in names}
@@ -190,7 +191,7 @@ def _moment_sums_vmap(
         # vmap strips the sample dimension; the objective expects a batch of one.
         one = _map_batch(sample, lambda tensor: tensor.unsqueeze(0))
         prefixed = {"model." + name: value for name, value in values.items()}
-        value: torch.Tensor = functional_call(bound, prefixed, (one,)).sum()
+        value: torch.Tensor = call_with_tensors(bound, prefixed, (one,)).sum()
         return value
 
     per_sample = vmap(grad(sample_value), in_dims=(None, 0))

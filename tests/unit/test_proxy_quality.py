@@ -253,6 +253,12 @@ def _plain() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
 
 
+def _shared_module() -> torch.nn.Module:
+    from tests.unit.test_functional_call import SharedEncoder
+
+    return SharedEncoder()
+
+
 def _sum_squares(model: torch.nn.Module, batch) -> torch.Tensor:
     return model(batch["x"]).sum(-1) ** 2
 
@@ -269,6 +275,8 @@ HOSTILE = {
     "pruned": (_pruned, ["0.weight_orig", "0.bias", "2.weight"], _sum_squares),
     "instance-forward": (_instance_forward, ["0.weight", "0.bias"], _sum_squares),
     "read-outside": (_plain, ["0.weight", "2.weight"], _with_sparsity),
+    "shared-module": (_shared_module, ["encoder.weight", "encoder.bias", "out.weight"],
+                      _sum_squares),
 }
 
 
@@ -278,6 +286,7 @@ HOSTILE = {
 @pytest.mark.parametrize(("case", "local"), [
     *[(case, False) for case in sorted(HOSTILE)],
     ("tied-weight", True), ("pruned", True), ("instance-forward", True),
+    ("shared-module", True),
 ])
 def test_fast_paths_match_loop_on_odd_models(case: str, local: bool) -> None:
     from mbd_cert.proxy_quality import forget_value
