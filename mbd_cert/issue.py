@@ -348,13 +348,22 @@ def issue(
         The signed certificate.
 
     Raises:
-        InputError: Bad options or unusable checkpoint files.
+        InputError: Bad options, unusable checkpoint files, or torch is not installed.
         IssuanceError: The deletion cannot be certified (for example the output exists
             and ``force`` is not set, the budget ``max_epsilon`` would be exceeded, or
             the diff cannot be made exact).
         VerificationFailed: The chain of earlier certificates is broken.
     """
-    from mbd_cert import _issue_steps
+    try:
+        from mbd_cert import _issue_steps
+    except ModuleNotFoundError as missing:
+        if missing.name != "torch":
+            raise
+        # A verification-only install (pip install mbd-cert) has no torch.
+        raise errors.InputError(
+            "issuing a certificate needs torch, which is not installed",
+            hint="pip install 'mbd-cert[torch]' (the README explains the GPU build)",
+        ) from None
 
     validate_options(options)
     checkpoint_dir = Path(checkpoint_dir)

@@ -35,6 +35,22 @@ def test_swapped_cert_and_model(honest_run: HonestRun):
     assert "CERT MODEL" in outcome.stderr
 
 
+def test_issue_without_torch(honest_run: HonestRun, tmp_path: Path, monkeypatch):
+    # A verification-only install has no torch: importing the issuer's steps fails as
+    # it would there. The command must name the extra to install, not report a bug.
+    import mbd_cert
+
+    monkeypatch.delitem(sys.modules, "mbd_cert._issue_steps", raising=False)
+    monkeypatch.delattr(mbd_cert, "_issue_steps", raising=False)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
+                       "--key", honest_run.private_key, "--out", tmp_path / "out"])
+    _assert_issue_input_error(outcome, "E_INPUT")
+    assert "needs torch" in outcome.stderr
+    assert "pip install 'mbd-cert[torch]'" in outcome.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_checkpoint_directory(honest_run: HonestRun, tmp_path: Path):
     outcome = run_cli(["issue", "--checkpoint", tmp_path / "checkpont", *TINY_ISSUE_OPTIONS,
                        "--key", honest_run.private_key, "--out", tmp_path / "out"])
