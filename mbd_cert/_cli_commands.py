@@ -133,7 +133,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         "--max-epsilon",
         type=float,
         default=None,
-        help="Policy: fail when the cumulative epsilon exceeds this value.",
+        help="Policy: fail when the cumulative epsilon (accounting.cumulative_epsilon, "
+        "natural log units, at accounting.delta) exceeds this value, e.g. 4.",
     )
     @click.option(
         "--max-delta",

@@ -21,7 +21,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         "--checkpoint",
         type=click.Path(path_type=Path),
         required=True,
-        help="Checkpoint directory written by 'mbd-cert train'.",
+        help="Checkpoint directory written by 'mbd-cert train', or the output "
+        "directory of an earlier 'mbd-cert issue' to continue its chain.",
     )
     @click.option("--modality", required=True, help="Modality to delete, e.g. audio.")
     @click.option(
@@ -99,21 +100,23 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         type=int,
         default=20,
         show_default=True,
-        help="Steps of the masked update (full batch on the probe set).",
+        help="Steps of the masked update (full batch on the probe set), in [0, 1000].",
     )
     @click.option(
         "--learning-rate",
         type=float,
         default=1e-3,
         show_default=True,
-        help="Step size of the masked update.",
+        help="Step size of the masked update, in parameter units per "
+        "preconditioned gradient, > 0.",
     )
     @click.option(
         "--damping",
         type=float,
         default=1e-3,
         show_default=True,
-        help="Added to sqrt(Fisher) in the update's preconditioner.",
+        help="Added to sqrt(Fisher) in the update's preconditioner, so a step is "
+        "at most learning rate / damping per unit of gradient; > 0.",
     )
     @click.option(
         "--clip-norm",
@@ -142,7 +145,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         type=float,
         default=None,
         help="Budget: refuse, writing nothing, if the cumulative epsilon of the "
-        "chain would exceed this.",
+        "chain (natural log units, at --delta) would exceed this.",
     )
     @click.option(
         "--proxy-sample",

@@ -204,8 +204,13 @@ def load_json_strict(
     try:
         value = decoder.decode(text)
     except json.JSONDecodeError as exc:
+        # A copy cut short fails with an unterminated string or at the end of the text.
+        truncated = exc.msg.startswith("Unterminated") or exc.pos >= len(text.rstrip())
         raise error_class(
-            f"{what} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+            f"{what} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+            hint="the file ends early, so it looks truncated: copy it again from its source"
+            if truncated else "restore the file from its source; a signed file must not "
+            "be edited by hand",
             code="E_JSON_SYNTAX",
         ) from exc
 

@@ -72,6 +72,18 @@ class _Rejected:
         self.is_limit = is_limit
 
 
+# mbd-cert writes none of these values, so a file that contains one was edited by hand
+# or made by another tool.
+_REJECTED_HINTS = {
+    "E_JSON_NONFINITE_NUMBER": "JSON has no NaN or Infinity; restore the file from its "
+    "source",
+    "E_JSON_INTEGER_INEXACT": "restore the file from its source; no field of the format "
+    "needs a larger integer",
+    "E_JSON_NUMBER_TOO_LONG": "restore the file from its source; no field of the format "
+    "needs that many digits",
+}
+
+
 class _DuplicateKeyObject(dict[str, Any]):
     """Object in which ``duplicate_key`` appeared more than once."""
 
@@ -175,9 +187,10 @@ def check_values(
     """Raise for the first rejected value, duplicate key or lone surrogate, in document order."""
     if isinstance(value, _Rejected):
         message = f"{what} value at {json_path(path)} {value.problem}"
+        hint = _REJECTED_HINTS.get(value.code, "")
         if value.is_limit:
-            raise LimitExceeded(message, code=value.code)
-        raise error_class(message, code=value.code)
+            raise LimitExceeded(message, hint=hint, code=value.code)
+        raise error_class(message, hint=hint, code=value.code)
 
     if isinstance(value, _DuplicateKeyObject):
         location = json_path([*path, value.duplicate_key])

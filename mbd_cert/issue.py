@@ -97,15 +97,37 @@ class IssueOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# Per option: the command-line flag, and a hint with a typical value and its unit.
+# Messages name both, because library callers know the field and CLI users the flag.
+_OPTION_HELP = {
+    "epsilon": ("--epsilon", "the privacy loss of this deletion, in natural-log units, "
+                "such as 1"),
+    "delta": ("--delta", "a probability well below 1 / (number of samples), such as 1e-5"),
+    "top_k_fraction": ("--top-k", "the share of eligible entries in the mask, such as 0.02"),
+    "learning_rate": ("--learning-rate", "the update's step size per preconditioned "
+                      "gradient, in parameter units, such as 0.001"),
+    "damping": ("--damping", "added to sqrt(Fisher) in the preconditioner, such as 0.001"),
+    "clip_norm": ("--clip-norm", "the L2 bound on the update, in parameter units, "
+                  "such as 0.001"),
+    "sensitivity": ("--sensitivity", "an L2 norm in parameter units, at least 2 x clip_norm "
+                    "for the clip bound"),
+    "max_epsilon": ("--max-epsilon", "the cumulative epsilon budget of the model's chain, "
+                    "in natural-log units, such as 4"),
+}
+
+
 def _require_positive(name: str, value: float, *, upper: float | None = None) -> None:
+    flag, typical = _OPTION_HELP[name]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise errors.InputError(
-            f"{name} must be a number, got {value!r}", code="E_PARAMETER_INVALID"
+            f"{name} ({flag}) must be a number, got {value!r}",
+            hint=f"pass {typical}", code="E_PARAMETER_INVALID",
         )
     if not math.isfinite(value) or value <= 0 or (upper is not None and value > upper):
         bound = f"in (0, {upper}]" if upper is not None else "finite and > 0"
         raise errors.InputError(
-            f"{name} must be {bound}, got {value!r}", code="E_PARAMETER_INVALID"
+            f"{name} ({flag}) must be {bound}, got {value!r}",
+            hint=f"pass {typical}", code="E_PARAMETER_INVALID",
         )
 
 
@@ -119,7 +141,8 @@ def validate_options(options: IssueOptions) -> None:
     _require_positive("delta", options.delta)
     if options.delta >= 1:
         raise errors.InputError(
-            f"delta must be in (0, 1), got {options.delta!r}", code="E_PARAMETER_INVALID"
+            f"delta (--delta) must be in (0, 1), got {options.delta!r}",
+            hint=f"pass {_OPTION_HELP['delta'][1]}", code="E_PARAMETER_INVALID",
         )
     _require_positive("top_k_fraction", options.top_k_fraction, upper=1.0)
     _require_positive("learning_rate", options.learning_rate)
@@ -128,7 +151,8 @@ def validate_options(options: IssueOptions) -> None:
     if isinstance(options.steps, bool) or not isinstance(options.steps, int) or not (
             0 <= options.steps <= MAX_UPDATE_STEPS):
         raise errors.InputError(
-            f"steps must be an integer in [0, {MAX_UPDATE_STEPS}], got {options.steps!r}",
+            f"steps (--steps) must be an integer in [0, {MAX_UPDATE_STEPS}], "
+            f"got {options.steps!r}",
             hint="level 2 replays every step, so verifiers cap them (SPEC.md, section 10)",
             code="E_PARAMETER_INVALID",
         )
@@ -163,13 +187,16 @@ def validate_options(options: IssueOptions) -> None:
     threads = options.threads
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
         raise errors.InputError(
-            f"threads must be an integer in [1, 1024], got {threads!r}",
+            f"threads (--threads) must be an integer in [1, 1024], got {threads!r}",
+            hint="pass 1, or the number of CPU cores for a large model",
             code="E_PARAMETER_INVALID",
         )
     size = options.proxy_sample_size
     if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= 10_000:
         raise errors.InputError(
-            f"proxy sample size must be an integer in [0, 10000], got {size!r}",
+            f"proxy_sample_size (--proxy-sample) must be an integer in [0, 10000], "
+            f"got {size!r}",
+            hint="pass 64, or 0 to skip the proxy-quality check",
             code="E_PARAMETER_INVALID",
         )
 

@@ -101,15 +101,16 @@ def _check_options(options: VerifyOptions) -> None:
         or options.max_epsilon <= 0
     ):
         raise InputError(
-            f"max epsilon must be finite and > 0, got {options.max_epsilon!r}",
-            hint="a limit of 0 would reject every certificate; omit the option for no limit",
+            f"max_epsilon (--max-epsilon) must be finite and > 0, got {options.max_epsilon!r}",
+            hint="pass the largest cumulative epsilon you accept, in natural-log units, "
+            "such as 4, or omit the option for no limit",
             code="E_PARAMETER_INVALID",
         )
     if options.max_delta is not None and (
         isinstance(options.max_delta, bool) or not 0 < options.max_delta < 1
     ):
         raise InputError(
-            f"max delta must be in (0, 1), got {options.max_delta!r}",
+            f"max_delta (--max-delta) must be in (0, 1), got {options.max_delta!r}",
             hint="pass the largest delta you accept, e.g. 1e-5",
             code="E_PARAMETER_INVALID",
         )

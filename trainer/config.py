@@ -124,9 +124,19 @@ class TrainingConfig:
         return asdict(self)
 
 
+# Fields without a command-line option of their own; the others are set by
+# --FIELD-NAME with underscores as hyphens.
+_NO_OPTION = ("min_improvement", "loss_weights", "model")
+
+
 def _invalid(field_name: str, requirement: str, value: object) -> InputError:
+    if field_name in _NO_OPTION:
+        hint = f"set {field_name} in the config passed to trainer.train.train"
+    else:
+        hint = (f"pass --{field_name.replace('_', '-')} (or the config key {field_name}) "
+                "within the range that 'mbd-cert train --help' gives")
     return InputError(f"training config {field_name} {requirement}, got {value!r}",
-                      code="E_PARAMETER_INVALID")
+                      hint=hint, code="E_PARAMETER_INVALID")
 
 
 def _integer(field_name: str, value: object, minimum: int) -> None:

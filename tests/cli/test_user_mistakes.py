@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 from cli_support import (
     TINY_ISSUE_OPTIONS,
     HonestRun,
@@ -252,3 +253,36 @@ def test_attest_says_it_did_not_verify(honest_run: HonestRun, tmp_path: Path):
     outcome = run_cli(["attest", honest_run.cert, "--out", tmp_path / "statement.json"])
     assert outcome.exit_code == 0, outcome.stderr
     assert "not verified" in outcome.stderr
+
+
+@pytest.mark.parametrize(("flag", "value", "field"), [
+    ("--top-k", "0", "top_k_fraction"), ("--epsilon", "-1", "epsilon"),
+    ("--delta", "1", "delta"), ("--clip-norm", "0", "clip_norm"),
+    ("--learning-rate", "nan", "learning_rate"), ("--max-epsilon", "0", "max_epsilon"),
+    ("--steps", "1001", "steps"), ("--proxy-sample", "-1", "proxy_sample_size"),
+])
+def test_issue_range_error_names_flag(honest_run: HonestRun, tmp_path: Path, flag: str,
+                                      value: str, field: str):
+    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
+                       "--key", honest_run.private_key, "--out", tmp_path / "out",
+                       flag, value])
+    _assert_issue_input_error(outcome, "E_PARAMETER_INVALID")
+    assert f"{field} ({flag})" in outcome.stderr
+    assert "hint:" in outcome.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_range_error_names_flag(tmp_path: Path):
+    outcome = run_cli(["train", "--corpus", "synthetic", "--modality-dropout", "1.5",
+                       "--out", tmp_path / "ck"])
+    _assert_issue_input_error(outcome, "E_PARAMETER_INVALID")
+    assert "pass --modality-dropout" in outcome.stderr
+    assert not (tmp_path / "ck").exists()
+
+
+def test_verify_max_epsilon_error_names_flag(honest_run: HonestRun):
+    outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key,
+                     "--max-epsilon", "-1")
+    assert_input_error(outcome, "E_PARAMETER_INVALID")
+    assert "max_epsilon (--max-epsilon)" in outcome.stderr
+    assert "limit of 0" not in outcome.stderr

@@ -189,6 +189,7 @@ def test_non_finite_number_rejected_with_path(data: bytes, path: str) -> None:
     with pytest.raises(MalformedCertificate) as info:
         load(data)
     assert info.value.code == "E_JSON_NONFINITE_NUMBER"
+    assert "restore the file" in info.value.hint
 
 
 def test_underflow_reads_as_zero() -> None:
@@ -298,6 +299,24 @@ def test_unmatched_brackets_are_a_syntax_error() -> None:
     with pytest.raises(MalformedCertificate) as info:
         load(b"[" * 40 + b"}" * 40)
     assert info.value.code == "E_JSON_SYNTAX"
+
+
+@pytest.mark.parametrize("data", [b'{"issuer": {"name": "ab', b'{"a": [1, 2', b'{"a": 1,  '],
+                         ids=["in-string", "in-list", "after-comma"])
+def test_truncated_file_hint(data: bytes) -> None:
+    with pytest.raises(MalformedCertificate) as info:
+        load(data)
+    assert info.value.code == "E_JSON_SYNTAX"
+    assert "truncated" in info.value.hint
+    assert " at at " not in info.value.message
+    assert "(line 1, column" in info.value.message
+
+
+def test_syntax_error_inside_file_hint() -> None:
+    with pytest.raises(MalformedCertificate) as info:
+        load(b'{"a": 1,, "b": 2}')
+    assert "truncated" not in info.value.hint
+    assert "must not be edited" in info.value.hint
 
 
 def test_custom_depth_cap() -> None:
