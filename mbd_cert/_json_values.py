@@ -147,7 +147,7 @@ class ParseHooks:
         self.rejected = self.rejected or isinstance(result, _Rejected)
         return result
 
-    def parse_float(self, literal: str) -> float | _Rejected:
+    def parse_float(self, literal: str) -> int | float | _Rejected:
         digits = len(literal) - sum(literal.count(sign) for sign in "-+.eE")
         if digits > self.max_number_digits:
             self.rejected = True
@@ -156,6 +156,13 @@ class ParseHooks:
         if not math.isfinite(value):
             self.rejected = True
             return _overflow(literal)
+        negative_zero = value == 0 and math.copysign(1.0, value) < 0
+        if value.is_integer() and abs(value) <= SAFE_INTEGER_MAX and not negative_zero:
+            # 20.0 and 20 are one number with the same canonical bytes (RFC 8785), so
+            # they must read alike: a field that needs an integer must accept both,
+            # or an edit that keeps the signature valid would change the verdict.
+            # -0.0 stays a float, which signed content rejects (SPEC.md section 7).
+            return int(value)
         return value
 
 

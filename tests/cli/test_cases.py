@@ -568,6 +568,28 @@ def test_c13_inexact_integer_rejected(honest_run: HonestRun, tmp_path: Path) -> 
     assert "saliency.seed" in outcome.stderr
 
 
+@pytest.mark.parametrize(("old", "new"), [
+    ('"steps": 2,', '"steps": 2.0,'),
+    ('"hidden_dim": 8,', '"hidden_dim": 8.0,'),
+    ('"sequence_number": 1,', '"sequence_number": 1.0,'),
+])
+def test_c13_integral_float_keeps_verdict(honest_run: HonestRun, tmp_path: Path, old: str,
+                                          new: str) -> None:
+    # 2.0 has the canonical bytes of 2, so the signature still holds and the verdict
+    # must not change; an integer field read as a float once ended in exit 3.
+    cert = _write(honest_run.out_dir.parent / "float-int.cert.json",
+                  _edited_text(honest_run, old, new))
+    try:
+        outcomes = [verify(path, honest_run.model, honest_run.public_key, "--level", "2",
+                           "--bundle", honest_run.out_dir) for path in (honest_run.cert, cert)]
+    finally:
+        cert.unlink()
+    assert_clean(outcomes[1])
+    assert outcomes[1].exit_code == outcomes[0].exit_code, outcomes[1].stderr
+    statuses = [[(c["name"], c["status"]) for c in o.report["checks"]] for o in outcomes]
+    assert statuses[1] == statuses[0]
+
+
 def test_c13_negative_zero_rejected(honest_run: HonestRun, tmp_path: Path) -> None:
     # A field without a lower bound in the schema, so only the signing rule rejects it.
     doc = honest_run.load_cert()
