@@ -109,7 +109,21 @@ def _run(
         )
     deleted = list(config.get("deleted_modalities", []))
     if modality in deleted:
-        raise IssuanceError(f"modality {modality!r} is already deleted from this model")
+        raise IssuanceError(
+            f"modality {modality!r} is already deleted from this model",
+            hint="pick a modality the model still uses; 'mbd-cert inspect' on the "
+            "previous certificate lists the deleted ones",
+        )
+    if len(deleted) > len(previous):
+        # Each certified deletion adds one modality, so the chain must have at least as
+        # many links; without them the budget would restart from zero (SPEC.md, R-CHAIN-9).
+        raise IssuanceError(
+            f"the checkpoint's model already has {', '.join(map(repr, deleted))} deleted, "
+            f"but the chain before it has {len(previous)} certificate(s)",
+            hint="pass --previous with the certificate of the last deletion, or issue from "
+            "that deletion's output directory",
+            code="E_CHAIN_BROKEN",
+        )
     if not [m for m in config["modalities"] if m != modality and m not in deleted]:
         raise IssuanceError(
             f"cannot delete {modality!r}: {', '.join(map(repr, deleted))} already deleted, "

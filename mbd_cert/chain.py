@@ -158,7 +158,42 @@ def walk_chain(doc: Mapping[str, Any], chain_dir: Path | None) -> list[ChainLink
     links.reverse()
     _check_unique(links)
     _check_listing(listing, links)
+    _check_deleted_modalities(links)
     return links
+
+
+def _deleted(link: ChainLink) -> list[str]:
+    config = link.doc["subject_model"]["architecture"]["config"]
+    deleted = config.get("deleted_modalities", []) if isinstance(config, Mapping) else []
+    return [m for m in deleted if isinstance(m, str)] if isinstance(deleted, list) else []
+
+
+def _check_deleted_modalities(links: Sequence[ChainLink]) -> None:
+    """Check that no deletion is missing from the chain (SPEC.md, R-CHAIN-9).
+
+    Each certified deletion adds one modality to ``deleted_modalities``. A released
+    model with more deleted modalities than links, or one that no longer lists a
+    modality an earlier link deleted, comes from a deletion the chain leaves out, and
+    the budget would leave out its epsilon.
+    """
+    for position, link in enumerate(links):
+        deleted = _deleted(link)
+        if len(deleted) > link.sequence_number:
+            raise ChainBroken(
+                f"certificate {link.doc['certificate_id']} (sequence number "
+                f"{link.sequence_number}) releases a model with {len(deleted)} deleted "
+                f"modalities ({', '.join(deleted)}): at least one earlier deletion is "
+                "missing from its chain",
+                hint="the chain of a model must start at its first deletion; ask the issuer "
+                "for the certificates of the earlier deletions",
+            )
+        if position and not set(_deleted(links[position - 1])) <= set(deleted):
+            raise ChainBroken(
+                f"certificate {link.sequence_number} releases a model that no longer lists "
+                f"{sorted(set(_deleted(links[position - 1])) - set(deleted))} as deleted, "
+                f"although certificate {links[position - 1].sequence_number} deleted it",
+                hint="a deleted modality stays deleted in every later model of the chain",
+            )
 
 
 def _check_link(previous: ChainLink, current: ChainLink) -> None:

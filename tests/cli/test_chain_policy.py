@@ -188,3 +188,28 @@ def test_missing_bundle_hint_names_sealed(sealed_run: tuple[Path, Path],
     assert outcome.exit_code == 2
     assert outcome.error_code == "E_FILE_MISSING"
     assert "--auditor-private-key" in outcome.stderr
+
+
+def test_released_model_without_its_chain_refused(honest_run: HonestRun, tmp_path: Path) -> None:
+    # The released model copied into a fresh checkpoint without cert.json: a second
+    # deletion would be "deletion 1" and restart the budget (SPEC.md, R-CHAIN-9).
+    from mbd_cert.issue import config_from_certificate
+
+    fresh = tmp_path / "fresh-checkpoint"
+    fresh.mkdir()
+    for name in ("model.safetensors", "probe.safetensors", "eval.safetensors"):
+        shutil.copy(honest_run.out_dir / name, fresh / name)
+    write_json(fresh / "config.json", config_from_certificate(honest_run.load_cert()))
+    outcome = run_cli(["issue", "--checkpoint", fresh, "--modality", "vision", "--epsilon", "1",
+                       "--steps", "2", "--key", honest_run.private_key, "--out", tmp_path / "out"])
+    assert_clean(outcome)
+    assert outcome.exit_code == 1, outcome.stderr
+    assert "[E_CHAIN_BROKEN]" in outcome.stderr
+    assert "'audio' deleted" in outcome.stderr
+    assert "--previous" in outcome.stderr
+    assert not (tmp_path / "out").exists()
+    # With the previous certificate named, the same checkpoint continues the chain.
+    outcome = run_cli(["issue", "--checkpoint", fresh, "--modality", "vision", "--epsilon", "1",
+                       "--steps", "2", "--key", honest_run.private_key, "--out", tmp_path / "out",
+                       "--previous", honest_run.cert])
+    assert outcome.exit_code == 0, outcome.stderr

@@ -328,3 +328,42 @@ def test_low_sigma_earlier_link_fails(key: Ed25519PrivateKey,
     write(tmp_path, first)
     with pytest.raises(CalibrationInvalid, match="earlier certificate 1 .*sigma >= 3.73063"):
         chain.check_chain_accounting(second, tmp_path, [key.public_key()])
+
+
+def _with_deleted(key: Ed25519PrivateKey, doc: dict[str, Any],
+                  deleted: list[str]) -> dict[str, Any]:
+    changed = json.loads(json.dumps(doc))
+    changed["subject_model"]["architecture"]["config"] = {"deleted_modalities": deleted}
+    del changed["signature"]
+    return certificate.sign_certificate(changed, key)
+
+
+def _chain_with_deleted(key: Ed25519PrivateKey,
+                        lists: list[list[str]]) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for number, deleted in enumerate(lists, start=1):
+        doc = chain_doc(key, number, docs[-1] if docs else None, list(docs))
+        docs.append(_with_deleted(key, doc, deleted))
+    return docs
+
+
+def test_deleted_modalities_growing_accepted(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    docs = _chain_with_deleted(key, [["audio"], ["audio", "vision"]])
+    write(tmp_path, docs[:1])
+    assert [link.sequence_number for link in chain.walk_chain(docs[-1], tmp_path)] == [1, 2]
+
+
+def test_first_link_with_two_deleted_fails(key: Ed25519PrivateKey) -> None:
+    # A released model copied into a fresh checkpoint and deleted again: the new
+    # certificate says "deletion 1" and would restart the budget.
+    (doc,) = _chain_with_deleted(key, [["audio", "vision"]])
+    with pytest.raises(chain.ChainBroken, match="earlier deletion is\\s+missing") as caught:
+        chain.walk_chain(doc, None)
+    assert caught.value.code == "E_CHAIN_BROKEN"
+
+
+def test_link_dropping_deleted_modality_fails(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    docs = _chain_with_deleted(key, [["audio"], ["vision"]])
+    write(tmp_path, docs[:1])
+    with pytest.raises(chain.ChainBroken, match="no longer lists \\['audio'\\]"):
+        chain.walk_chain(docs[-1], tmp_path)
