@@ -115,8 +115,8 @@ def _run(
             "previous certificate lists the deleted ones",
         )
     if len(deleted) > len(previous):
-        # Each certified deletion adds one modality, so the chain must have at least as
-        # many links; without them the budget would restart from zero (SPEC.md, R-CHAIN-9).
+        # Each certified deletion adds one modality, so the chain needs at least as many
+        # links. Without them the budget would restart from zero (SPEC.md, R-CHAIN-9).
         raise IssuanceError(
             f"the checkpoint's model already has {', '.join(map(repr, deleted))} deleted, "
             f"but the chain before it has {len(previous)} certificate(s)",

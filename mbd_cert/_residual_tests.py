@@ -25,15 +25,18 @@ CODE_INCONCLUSIVE = "E_INCONCLUSIVE"
 
 def residual_checks(doc: Mapping[str, Any], masks: Mapping[str, np.ndarray],
                     diffs: Mapping[str, np.ndarray], displacement: Mapping[str, np.ndarray],
-                    alpha: float) -> list[CheckResult]:
+                    alpha: float, raw_norm: float | None = None) -> list[CheckResult]:
     """Return the three residual checks of diff - update on the masked entries.
 
     Args:
-        doc: The certificate (``privacy.sigma``).
+        doc: The certificate (``privacy.sigma``, ``update.clip_norm``).
         masks: Boolean mask per tensor.
         diffs: The audit bundle's diff per tensor (absent: zero).
         displacement: The recomputed clipped update per masked tensor.
         alpha: Family-wise significance level of the three tests.
+        raw_norm: L2 norm of the recomputed update before the clip. When given, the
+            projection check states how likely it was to catch an unclipped release
+            (SPEC.md, R-L2-10).
     """
     sigma = float(doc["privacy"]["sigma"])
     names = sorted(masks)
@@ -84,8 +87,25 @@ def residual_checks(doc: Mapping[str, Any], masks: Mapping[str, np.ndarray],
     results.append(_decide(
         "residual-projection", "R-L2-8", projection.p_value, level,
         f"residual along the recomputed update: z = {projection.statistic:.3f} "
-        f"(two-sided p = {projection.p_value:.3g}, {family})", projection.n))
+        f"(two-sided p = {projection.p_value:.3g}, {family})"
+        + _power_note(raw_norm, float(doc["update"]["clip_norm"]), sigma, level),
+        projection.n))
     return results
+
+
+def _power_note(raw_norm: float | None, clip: float, sigma: float, level: float) -> str:
+    """Say how likely the projection test was to catch a release without the clip."""
+    if raw_norm is None:
+        return ""
+    if raw_norm <= clip:
+        return ("; the raw update is within the clip, so a release without the clip "
+                "would be this same release")
+    # Left unclipped, the update adds (raw - clip) along its own direction to the residual.
+    shift = (raw_norm - clip) / sigma
+    power = stats.projection_power(shift, level)
+    return (f"; a release without the clip would shift z by {shift:.2f} ((raw norm "
+            f"{raw_norm:.4g} - clip {clip:g}) / sigma), which this test detects with "
+            f"probability {power:.2f}")
 
 
 def _decide(name: str, requirement: str, p_value: float, level: float, detail: str,

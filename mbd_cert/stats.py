@@ -299,6 +299,16 @@ def normality_test(residual: np.ndarray) -> HypothesisTestResult | None:
     return HypothesisTestResult(float(result.statistic), float(result.pvalue), int(values.size))
 
 
+def projection_power(shift: float, level: float) -> float:
+    """Return the chance that the two-sided projection test at ``level`` rejects a mean shift.
+
+    With z ~ N(shift, 1) and the critical value c = Phi^-1(1 - level / 2), that chance
+    is Phi(shift - c) + Phi(-shift - c). At ``shift`` 0 it equals ``level``.
+    """
+    critical = float(scipy_stats.norm.isf(level / 2.0))
+    return float(scipy_stats.norm.cdf(shift - critical) + scipy_stats.norm.cdf(-shift - critical))
+
+
 def projection_test(
     residual: np.ndarray, direction: np.ndarray, sigma: float
 ) -> HypothesisTestResult:

@@ -27,11 +27,12 @@ import torch
 
 from mbd_cert import _recompute
 from mbd_cert._level2_bundle import Bundle, load_bundle, rebuild_pre
-from mbd_cert._residual_tests import residual_checks
+from mbd_cert._residual_tests import CODE_INCONCLUSIVE, residual_checks
 from mbd_cert._torch_model import build_model, probe_batch
 from mbd_cert._work_limits import check_update_work
 from mbd_cert.report import (
     FAIL,
+    INCONCLUSIVE,
     PASS,
     SKIPPED,
     CheckResult,
@@ -263,6 +264,15 @@ def _check_clip(doc: Mapping[str, Any], result: _recompute.Update) -> CheckResul
     if problems:
         return CheckResult("update-clip", FAIL, "; ".join(problems), code=CODE_UPDATE_MISMATCH,
                            requirement="R-L2-5", value=result.norm, threshold=clip)
+    if recorded is None:
+        # Without the stated raw norm, steps, learning rate and damping are checked
+        # only as far as the residual tests see them, which the noise mostly hides.
+        return CheckResult(
+            "update-clip", INCONCLUSIVE,
+            f"the certificate does not record update.norm_before_clip, so the stated steps, "
+            f"learning rate and damping cannot be checked against the recomputed raw norm "
+            f"{result.raw_norm:.6g} (clipped {result.norm:.6g} at {clip:g})",
+            code=CODE_INCONCLUSIVE, requirement="R-L2-5", value=result.norm, threshold=clip)
     return CheckResult(
         "update-clip", PASS,
         f"recomputed update: norm {result.raw_norm:.6g} before and {result.norm:.6g} after "
@@ -319,7 +329,8 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
     step()
 
     # Step 6 (R-L2-6 to R-L2-8): the residual diff - update is N(0, sigma^2) noise.
-    for result in residual_checks(doc, bundle.masks, bundle.diff, update.displacement, alpha):
+    for result in residual_checks(doc, bundle.masks, bundle.diff, update.displacement, alpha,
+                                  update.raw_norm):
         report.checks.append(result)
     step()
     logger.info("level 2 took %.1f s", time.monotonic() - started)

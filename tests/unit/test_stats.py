@@ -138,3 +138,23 @@ def test_projection_test_detects_shift():
     assert stats.projection_test(noise, direction, 1.0).p_value > 1e-3
     shifted = noise + 8.0 * direction / np.linalg.norm(direction)
     assert stats.projection_test(shifted, direction, 1.0).statistic > 5
+
+
+@pytest.mark.parametrize("level", [0.05, 0.01 / 3])
+def test_projection_power_at_zero_is_level(level):
+    assert stats.projection_power(0.0, level) == pytest.approx(level, rel=1e-12)
+
+
+@pytest.mark.parametrize("shift", [0.5, 2.0, 4.0])
+def test_projection_power_matches_simulation(shift):
+    # The rejection rate of the test itself on residuals shifted along a direction.
+    level = 0.01 / 3
+    rng = np.random.default_rng(7)
+    direction = np.ones(50) / np.sqrt(50)
+    trials = 4000
+    rejected = 0
+    for _ in range(trials):
+        residual = rng.normal(0.0, 1.0, 50) + shift * direction
+        rejected += stats.projection_test(residual, direction, 1.0).p_value < level
+    expected = stats.projection_power(shift, level)
+    assert rejected / trials == pytest.approx(expected, abs=4 * np.sqrt(0.25 / trials))

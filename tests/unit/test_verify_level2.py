@@ -157,3 +157,31 @@ def test_cli_level2_json_and_junit(honest, tmp_path):
     names = [c["name"] for c in json.loads(result.output)["checks"]]
     assert set(LEVEL2_CHECKS) <= set(names)
     assert b'name="residual-variance"' in junit.read_bytes()
+
+
+def test_missing_raw_norm_is_inconclusive(honest, tmp_path):
+    # Without update.norm_before_clip a claim of other steps, learning rate or damping
+    # hides in the noise, so the check cannot pass.
+    _, source, key = honest
+    out = copy_bundle(source, tmp_path / "no-raw-norm")
+    doc = load_doc(out)
+    del doc["update"]["norm_before_clip"]
+    doc["update"]["steps"] = doc["update"]["steps"] // 2
+    resign(out, key, doc)
+    report = run_verify(out, key, 2)
+    check = next(c for c in report.checks if c.name == "update-clip")
+    assert check.status == "inconclusive"
+    assert "norm_before_clip" in check.detail
+    assert not report.verified
+
+
+def test_projection_states_power_against_unclipped(honest, honest_report):
+    doc = load_doc(honest[1])
+    check = next(c for c in honest_report.checks if c.name == "residual-projection")
+    raw, clip = doc["update"]["norm_before_clip"], doc["update"]["clip_norm"]
+    if raw <= clip:
+        assert "within the clip" in check.detail
+    else:
+        shift = (raw - clip) / doc["privacy"]["sigma"]
+        assert f"shift z by {shift:.2f}" in check.detail
+        assert "detects with probability" in check.detail
