@@ -207,18 +207,6 @@ def _as_record(error: BaseException) -> dict[str, Any]:
             "exit_code": 3}
 
 
-def _check_junit_destination(path: Path) -> None:
-    """Reject a --junit path that cannot be written before verifying anything."""
-    if path.is_dir():
-        raise errors.InputError(f"--junit names a directory: {path}",
-                                hint="pass a file path, such as junit.xml",
-                                code="E_FILE_NOT_REGULAR")
-    if not path.parent.is_dir():
-        raise errors.FileMissing(f"--junit directory not found: {path.parent}",
-                                 hint="create the directory first, or write the file "
-                                 "into an existing one")
-
-
 def _write_setup_junit(path: Path, record: dict[str, Any]) -> None:
     """Write a JUnit file with one test case: the error that stopped the whole run."""
     from mbd_cert import _paths
@@ -317,7 +305,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         from mbd_cert.policy import Policy, find_policy, load_policy
 
         if junit_path is not None:
-            _check_junit_destination(junit_path)  # nowhere to write the error to either
+            # Nowhere to write the error to either.
+            _paths.check_output_file(junit_path, "--junit")
         try:
             policy_file = policy_path if policy_path is not None else find_policy(root)
             policy = load_policy(policy_file) if policy_file is not None else Policy()

@@ -223,6 +223,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         from mbd_cert.verify import VerifyOptions
         from mbd_cert.verify import verify as run_verify
 
+        if junit_path is not None:
+            _paths.check_output_file(junit_path, "--junit")
         keys = _load_keys(key_paths, trust_dir)
         opener = None
         if auditor_private_key is not None:

@@ -37,6 +37,7 @@ def key_kind(key: object) -> str:
         ((x25519.X25519PublicKey, x25519.X25519PrivateKey), "X25519"),
         ((x448.X448PublicKey, x448.X448PrivateKey), "X448"),
         ((ed448.Ed448PublicKey, ed448.Ed448PrivateKey), "Ed448"),
+        ((Ed25519PublicKey, Ed25519PrivateKey), "Ed25519"),
     ]
     for classes, name in kinds:
         if isinstance(key, classes):

@@ -132,7 +132,10 @@ def check_bundle(doc: Mapping[str, Any], bundle: Path) -> str:
         entry = doc["audit_bundle"][role]
         path = _paths.resolve_artefact(bundle, entry["path"])
         if not path.exists():
-            hint = "pass the complete bundle"
+            hint = ("levels 2 and 3 need the audit bundle: pass its directory with --bundle "
+                    "(verify), put its files beside the certificate (verify-repo), or give "
+                    "the sealed audit-bundle.sealed and --auditor-private-key; level 1 "
+                    "needs no bundle")
             if (bundle / "audit-bundle.sealed").is_file():
                 hint = ("this directory holds the sealed bundle audit-bundle.sealed: pass "
                         "the auditor's --auditor-private-key (verify or verify-repo) to "

@@ -24,6 +24,23 @@ from typing import BinaryIO
 
 from mbd_cert.errors import FileMissing, InputError, UnsafePath
 
+
+def check_output_file(path: Path, option: str) -> None:
+    """Reject an output path that cannot be written, before any long work starts.
+
+    Raises:
+        InputError: ``path`` is a directory (``E_FILE_NOT_REGULAR``).
+        FileMissing: Its directory does not exist.
+    """
+    if path.is_dir():
+        raise InputError(f"{option} names a directory: {path}",
+                         hint="pass a file path, such as report.xml, inside it",
+                         code="E_FILE_NOT_REGULAR")
+    if not path.parent.is_dir():
+        raise FileMissing(f"{option} directory not found: {path.parent}",
+                          hint="create the directory first, or write the file into an "
+                          "existing one")
+
 __all__ = [
     "MAX_ARTEFACT_PATH_CHARS",
     "AtomicOutput",
@@ -221,6 +238,7 @@ def atomic_output(path: str | os.PathLike[str], *,
                                          suffix=".tmp")
     except OSError as exc:
         raise InputError(f"cannot create a file in {directory}: {exc.strerror}",
+                         hint="choose a directory you can write to, or free disk space",
                          code="E_FILE_UNWRITABLE") from exc
     temp_path = Path(temp_name)
     try:
@@ -233,7 +251,9 @@ def atomic_output(path: str | os.PathLike[str], *,
     except OSError as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_path)
-        raise InputError(f"cannot write {target}: {exc.strerror}",
+        hint = ("the path names a directory: give a file name inside it"
+                if target.is_dir() else "check the permissions and the free disk space")
+        raise InputError(f"cannot write {target}: {exc.strerror}", hint=hint,
                          code="E_FILE_UNWRITABLE") from exc
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from mbd_cert import _json, _paths
+from mbd_cert._ed25519_keys import key_kind
 from mbd_cert.errors import KeyInvalid
 
 # A PEM X25519 key is under 200 bytes; the cap only stops a wrong file early.
@@ -64,7 +65,7 @@ def load_recipient_key(path: Path) -> X25519PublicKey:
     else:
         raise KeyInvalid(f"{path}: is {len(data)} bytes, not a PEM or 32-byte X25519 public key")
     if not isinstance(key, X25519PublicKey):
-        raise _wrong_kind(key, path)
+        raise _wrong_kind(key, path, "--auditor-key", "the auditor's X25519 public key")
     return key
 
 
@@ -95,15 +96,19 @@ def load_auditor_private_key(path: Path) -> X25519PrivateKey:
             hint="pass the .key file written by 'mbd-cert keygen --kind x25519'",
         ) from exc
     if not isinstance(key, X25519PrivateKey):
-        raise _wrong_kind(key, path)
+        raise _wrong_kind(key, path, "--auditor-private-key",
+                          "the auditor's X25519 private key")
     return key
 
 
-def _wrong_kind(key: object, path: Path) -> KeyInvalid:
+def _wrong_kind(key: object, path: Path, option: str, expected: str) -> KeyInvalid:
     hint = "create one with 'mbd-cert keygen --kind x25519'"
     if isinstance(key, (Ed25519PublicKey, Ed25519PrivateKey)):
-        hint = "this is an Ed25519 signing key; audit bundles are sealed to X25519 keys"
+        hint = ("this is an issuer's Ed25519 signing key; audit bundles are sealed to an "
+                "auditor's X25519 key pair from 'mbd-cert keygen --kind x25519'")
+    private = "private" if "Private" in type(key).__name__ else "public"
     return KeyInvalid(
-        f"{path}: contains a key of type {type(key).__name__}, expected an X25519 key",
+        f"{path} ({option}): contains a {private} key of kind {key_kind(key)}, expected "
+        f"{expected}",
         hint=hint,
     )

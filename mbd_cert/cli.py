@@ -65,7 +65,10 @@ def _configure_logging(verbose: int) -> None:
     elif verbose >= 2:
         level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
+    # The module name helps only whoever reads the code, so it appears with -v or -vv.
+    layout = "%(levelname)s %(name)s: %(message)s" if level < logging.WARNING else \
+        "%(levelname)s: %(message)s"
+    handler.setFormatter(_EscapingFormatter(layout))
     # The bundled trainer logs under "trainer" (train and evaluate run it), with paths
     # and file errors that need the same escaping and the same -v control.
     for name in ("mbd_cert", "trainer"):
@@ -200,17 +203,34 @@ class _Group(click.Group):
             # import torch. Click itself would print "Aborted!" and exit 1.
             exit_interrupted()
         except click.UsageError as error:
-            if getattr(self, "_json_requested", False):
+            name = ctx.invoked_subcommand or ""
+            command = self.commands.get(name)
+            # Not where --json takes a file name (evaluate): that caller expects nothing
+            # on stdout. An unknown command gets the default report.
+            report_flag = command is None or any(
+                isinstance(p, click.Option) and p.is_flag and "--json" in p.opts
+                for p in command.params)
+            if getattr(self, "_json_requested", False) and report_flag:
                 from mbd_cert.report import error_report
 
-                command = self.commands.get(ctx.invoked_subcommand or "")
                 build = getattr(getattr(command, "callback", None), "error_document", None)
-                document = _error_document(build, {}, "E_USAGE", error.format_message(), "",
+                hint = _usage_hint(error, name)
+                document = _error_document(build, {}, "E_USAGE", error.format_message(), hint,
                                            error.exit_code)
                 if document is None:
-                    document = error_report("E_USAGE", error.format_message())
+                    document = error_report("E_USAGE", error.format_message(), hint)
                 click.echo(json.dumps(document, indent=2))
             raise
+
+
+def _usage_hint(error: click.UsageError, command: str) -> str:
+    """Return the fix for a usage error, as the plain-text output's last line gives it."""
+    option = getattr(error, "option_name", "") or ""
+    if isinstance(error, click.NoSuchOption) and option in ("-v", "--verbose"):
+        return f"global options go before the command: mbd-cert {option} {command} ..."
+    if not command:
+        return "run 'mbd-cert --help' for the commands"
+    return f"run 'mbd-cert {command} --help' for its arguments and options"
 
 
 @click.group(cls=_Group)

@@ -179,10 +179,13 @@ def _evaluate(checkpoint: Path, split_name: str, eval_set: Path | None, json_out
     CHECKPOINT may also be the output directory of 'mbd-cert issue' (the released
     model); it keeps only the test split, in eval.safetensors.
     """
+    from mbd_cert._paths import check_output_file
     from trainer._checkpoint_io import json_safe, write_json
     from trainer.evaluate import evaluate, load_checkpoint, released_test_split
     from trainer.train import resolve_device
 
+    if json_out is not None:
+        check_output_file(json_out, "--json")
     loaded = load_checkpoint(checkpoint, resolve_device(device))
     if eval_set is not None:
         split_name = eval_set.name

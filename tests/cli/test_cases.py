@@ -1059,6 +1059,14 @@ def test_usage_error_with_json_gives_report(args: list[str]) -> None:
     assert outcome.exit_code == 2
     assert outcome.error_code == "E_USAGE"
     assert outcome.report is not None and outcome.report["verified"] is False
+    assert outcome.report["error"]["hint"] == "run 'mbd-cert verify --help' for its " \
+        "arguments and options"
+
+
+def test_verbose_after_command_hint() -> None:
+    outcome = run_cli(["verify", "c", "m", "--json", "-v"])
+    assert outcome.error_code == "E_USAGE"
+    assert outcome.report["error"]["hint"].startswith("global options go before the command")
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])

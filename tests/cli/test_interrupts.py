@@ -87,7 +87,7 @@ def test_ctrl_c_before_swap_keeps_old_output(fresh_run: HonestRun, monkeypatch):
     assert outcome.exit_code == 130, outcome.stderr
     # The tiny model also draws the issuer's small-mask warning.
     messages = [line for line in outcome.stderr.splitlines()
-                if not line.startswith("WARNING ")]
+                if not line.startswith("WARNING")]
     assert messages == ["interrupted; the output directory was left as it was"]
     assert outcome.stdout == ""
     assert _snapshot(fresh_run.out_dir) == before

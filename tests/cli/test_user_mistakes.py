@@ -286,3 +286,37 @@ def test_verify_max_epsilon_error_names_flag(honest_run: HonestRun):
     assert_input_error(outcome, "E_PARAMETER_INVALID")
     assert "max_epsilon (--max-epsilon)" in outcome.stderr
     assert "limit of 0" not in outcome.stderr
+
+
+def test_verify_junit_directory_rejected_first(honest_run: HonestRun, tmp_path: Path):
+    outcome = run_cli(["verify", honest_run.cert, honest_run.model, "--key",
+                       honest_run.public_key, "--junit", tmp_path])
+    assert_clean(outcome)
+    assert outcome.exit_code == 2
+    assert "[E_FILE_NOT_REGULAR]" in outcome.stderr
+    assert "--junit names a directory" in outcome.stderr
+
+
+def test_evaluate_json_destination_checked_first(honest_run: HonestRun, tmp_path: Path):
+    outcome = run_cli(["evaluate", "--checkpoint", honest_run.checkpoint, "--json",
+                       tmp_path / "missing" / "metrics.json"])
+    assert_clean(outcome)
+    assert outcome.exit_code == 2
+    assert "--json directory not found" in outcome.stderr
+    assert outcome.stdout == ""  # the evaluation table never ran
+
+
+def test_evaluate_usage_error_writes_no_json():
+    # evaluate's --json names a file, so a usage error prints no report on stdout.
+    outcome = run_cli(["evaluate", "--json", "m.json"])
+    assert outcome.exit_code == 2
+    assert outcome.stdout == ""
+
+
+def test_signing_key_as_auditor_key_names_option(honest_run: HonestRun, tmp_path: Path):
+    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
+                       "--key", honest_run.private_key, "--out", tmp_path / "out",
+                       "--auditor-key", honest_run.public_key])
+    _assert_issue_input_error(outcome, "E_KEY_INVALID")
+    assert "(--auditor-key): contains a public key of kind Ed25519" in outcome.stderr
+    assert "Ed25519PublicKey" not in outcome.stderr

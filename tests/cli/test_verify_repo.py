@@ -358,6 +358,7 @@ def test_usage_error_json_has_the_report_shape():
     assert document["report_version"] == "1.2"
     assert document["error"]["code"] == "E_USAGE"
     assert (document["root"], document["policy"], document["results"]) == (None, None, [])
+    assert "mbd-cert verify-repo --help" in document["error"]["hint"]
 
 
 def test_root_that_is_a_file(tmp_path):

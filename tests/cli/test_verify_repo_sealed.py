@@ -76,7 +76,7 @@ def test_signing_key_as_auditor_key_exit_2(sealed_run, honest_run: HonestRun,
                        "--auditor-private-key", issuer_keys.private])
     assert outcome.exit_code == 2
     assert "[E_KEY_INVALID]" in outcome.stderr
-    assert "expected an X25519 key" in outcome.stderr
+    assert "(--auditor-private-key): contains a private key of kind Ed25519" in outcome.stderr
 
 
 def _detail_column(table: str) -> str:

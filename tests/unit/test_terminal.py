@@ -166,3 +166,22 @@ def test_trainer_logs_go_through_the_escaping_handler() -> None:
         handlers = logging.getLogger(name).handlers
         assert len(handlers) == 1
         assert isinstance(handlers[0].formatter, cli._EscapingFormatter)
+
+
+@pytest.mark.parametrize(("verbose", "expected"), [
+    (0, "WARNING: only 7 masked entries"),
+    (1, "WARNING mbd_cert._issue_steps: only 7 masked entries"),
+])
+def test_log_line_names_module_only_when_verbose(verbose: int, expected: str) -> None:
+    loggers = [logging.getLogger(name) for name in ("mbd_cert", "trainer")]
+    saved = [(logger.handlers[:], logger.level) for logger in loggers]
+    try:
+        cli._configure_logging(verbose)
+        handler = loggers[0].handlers[0]
+        record = logging.LogRecord("mbd_cert._issue_steps", logging.WARNING, __file__, 1,
+                                   "only 7 masked entries", None, None)
+        assert handler.format(record) == expected
+    finally:
+        for logger, (handlers, level) in zip(loggers, saved, strict=True):
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
