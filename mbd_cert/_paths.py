@@ -138,8 +138,9 @@ def resolve_artefact(base_dir: str | os.PathLike[str], relpath: str, *,
             raise InputError(f"cannot examine {current} (from {field} {relpath!r}): "
                              f"{exc.strerror}", code="E_FILE_UNREADABLE") from exc
         if stat.S_ISLNK(mode) and not allow_symlinks:
+            # A link could point a signed path at a file outside the directory.
             raise _reject(field, relpath, f"passes through the symbolic link {current}; "
-                          "symbolic links are allowed only when the certificate allows them")
+                          "replace the link with the file itself")
 
     target = base.joinpath(*parts)
     if allow_symlinks:

@@ -192,8 +192,13 @@ def _load_json(raw: bytes, path: Path) -> _JsonObject:
             raise LimitExceeded(f"{path}: {exc}", hint="the header is too large to "
                                 "certify") from exc
         raise _malformed(path, f"invalid header JSON: {exc}") from exc
-    except (ValueError, RecursionError) as exc:
-        # ValueError includes json.JSONDecodeError; RecursionError comes from deep nesting.
+    except RecursionError as exc:
+        # A safetensors header nests three levels; Python's own message says nothing
+        # about the file.
+        raise _malformed(path, "invalid header JSON: nested too deeply to parse (a "
+                         "safetensors header nests at most three levels)") from exc
+    except ValueError as exc:
+        # Includes json.JSONDecodeError.
         raise _malformed(path, f"invalid header JSON: {exc}") from exc
     # str.count runs at memory speed, where rstrip takes a second on 100 MB of padding.
     if text.count(" ", end) != len(text) - end:

@@ -196,7 +196,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>") -> Policy
         )
 
     version = data.get("policy_version", POLICY_VERSION)
-    if isinstance(version, bool) or version != POLICY_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version != POLICY_VERSION:
         raise _invalid(
             source, "policy_version", f"must be {POLICY_VERSION}, got {version!r}",
             hint="this release reads policy version 1; upgrade mbd-cert for later versions",

@@ -293,7 +293,10 @@ class MBDModel(nn.Module):
         expected = [rows, self.config["seq_len"][name], self.config["input_dims"][name]]
         if list(x.shape) != expected:
             raise MalformedData(
-                f"inputs[{name!r}] has shape {list(x.shape)}, expected {expected}"
+                f"inputs[{name!r}] has shape {list(x.shape)}, expected {expected} "
+                f"(samples, config.seq_len, config.input_dims)",
+                hint="the probe or evaluation set does not fit this model: use the one "
+                "written with the model's checkpoint",
             )
         if x.dtype != self.head.weight.dtype:
             raise MalformedData(

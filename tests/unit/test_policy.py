@@ -73,6 +73,7 @@ BAD_VALUES = [
     ("trusted_keys = [1]", "trusted_keys"),
     ('allow_inconclusive = "yes"', "allow_inconclusive"),
     ("policy_version = 2", "policy_version"),
+    ("policy_version = 1.0", "policy_version"),
     ("max_epsilon = 1.0", "max_epsilon"),
     ("[verify]\nlevel = 1", "verify"),
 ]
