@@ -330,8 +330,19 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                 _write_setup_junit(junit_path, _as_record(error))
             raise
         cache: ScanCache = {}
-        results = [verify_one(root, path, policy, keys, auditor_key, cache)
-                   for path in certificates]
+        results = []
+        try:
+            for path in certificates:
+                results.append(verify_one(root, path, policy, keys, auditor_key, cache))
+        except KeyboardInterrupt:
+            # A cancelled CI job still uploads the JUnit file: say what happened in it.
+            if junit_path is not None:
+                _write_setup_junit(junit_path, {
+                    "code": "E_INTERRUPTED", "exit_code": 130,
+                    "message": f"interrupted after {len(results)} of {len(certificates)} "
+                    "certificates; none of them counts as verified",
+                    "hint": "run verify-repo again to completion"})
+            raise
         exit_code = max((r.exit_code for r in results), default=0)
         write_error = None
         if junit_path is not None:

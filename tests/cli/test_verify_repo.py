@@ -441,3 +441,27 @@ def test_junit_write_failure_keeps_the_results(repo, tmp_path, monkeypatch):
     assert document["error"]["code"] == "E_FILE_UNWRITABLE"
     assert [r["exit_code"] for r in document["results"]] == [0, 0]
     assert "error [E_FILE_UNWRITABLE]: disk full" in result.stderr
+
+
+def test_interrupted_run_writes_junit(repo, tmp_path, monkeypatch):
+    # A cancelled CI job uploads the JUnit file anyway; it must say the run was cut short.
+    from mbd_cert import _cli_ci
+
+    _policy(repo, "")
+    real = _cli_ci.verify_one
+    calls = []
+
+    def second_interrupts(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_cli_ci, "verify_one", second_interrupts)
+    junit = tmp_path / "junit.xml"
+    result = _run(repo, "--junit", junit)
+    assert result.exit_code == 130
+    error = ElementTree.parse(junit).getroot().find("testsuite/testcase/error")
+    assert error is not None
+    assert "E_INTERRUPTED" in error.get("message")
+    assert "interrupted after 1 of 2 certificates" in error.text
