@@ -82,6 +82,30 @@ def run(**kwargs: Any) -> dict[str, Any]:
         torch.set_num_threads(previous)
 
 
+def reject_unlisted_deletion(architecture: Any, config: Mapping[str, Any],
+                             pre_tensors: Mapping[str, np.ndarray]) -> None:
+    """Reject a model with an all-zero encoder that its config does not list (R-CHAIN-9).
+
+    An all-zero encoder is what a certified deletion leaves, and no trained encoder is
+    all zero, so such a model comes from a deletion that the chain leaves out.
+
+    Raises:
+        IssuanceError: ``E_CHAIN_BROKEN``, naming the modality.
+    """
+    deleted = set(config.get("deleted_modalities", []))
+    for modality in (m for m in config["modalities"] if m not in deleted):
+        names = eligible_names(list(pre_tensors),
+                               architecture.encoder_prefixes(config, modality))
+        if names and not any(np.any(pre_tensors[name]) for name in names):
+            raise IssuanceError(
+                f"the model's {modality} encoder is all zero, as a certified deletion "
+                f"leaves it, but its config does not list {modality!r} as deleted",
+                hint="the model comes from an earlier deletion: pass --previous with that "
+                "deletion's certificate, or issue from its output directory",
+                code="E_CHAIN_BROKEN",
+            )
+
+
 def _run(
     *,
     tasks: contextlib.ExitStack,
@@ -124,6 +148,7 @@ def _run(
             "that deletion's output directory",
             code="E_CHAIN_BROKEN",
         )
+    reject_unlisted_deletion(architecture, config, pre_tensors)
     if not [m for m in config["modalities"] if m != modality and m not in deleted]:
         raise IssuanceError(
             f"cannot delete {modality!r}: {', '.join(map(repr, deleted))} already deleted, "

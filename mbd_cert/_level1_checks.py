@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 
 from mbd_cert import _groups, _paths, _safetensors, chain
-from mbd_cert.errors import DeletionIncomplete, DigestMismatch, FileMissing, PolicyViolation
+from mbd_cert.errors import (
+    ChainBroken,
+    DeletionIncomplete,
+    DigestMismatch,
+    FileMissing,
+    PolicyViolation,
+)
 from mbd_cert.report import CheckResult
 
 
@@ -61,8 +67,32 @@ def check_deletion(doc: Mapping[str, Any], header: Any, architecture: Any) -> st
                     hint="the released model still holds the deleted encoder",
                 )
         count += len(names)
+    _check_no_unlisted_deletion(config, header, architecture)
     deleted_list = ", ".join(sorted(config.get("deleted_modalities", [])))
     return f"{count} encoder tensors of the deleted modalities ({deleted_list}) are all zero"
+
+
+def _check_no_unlisted_deletion(config: Mapping[str, Any], header: Any,
+                                architecture: Any) -> None:
+    """Fail when a modality not listed as deleted has an all-zero encoder (R-CHAIN-9).
+
+    That is what a certified deletion leaves, and no trained encoder is all zero. A
+    released model copied into a checkpoint with its training config would otherwise
+    start a new chain, and its budget, from zero.
+    """
+    deleted = set(config.get("deleted_modalities", []))
+    for modality in config.get("modalities", []):
+        if modality in deleted:
+            continue
+        names = _groups.eligible_names(list(header.tensors),
+                                       architecture.encoder_prefixes(config, modality))
+        if names and all(not np.any(_safetensors.read_tensor(header, name)) for name in names):
+            raise ChainBroken(
+                f"the {modality} encoder of the released model is all zero, as a certified "
+                f"deletion leaves it, but the config does not list {modality!r} as deleted: "
+                "an earlier deletion is missing from the chain",
+                hint="ask the issuer for the chain that starts at the model's first deletion",
+            )
 
 
 def check_policy(

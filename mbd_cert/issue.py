@@ -413,13 +413,19 @@ def issue(
             code="E_OUTPUT_EXISTS",
         )
     probe_path = checkpoint_dir / "probe.safetensors"
-    if (checkpoint_dir / "config.json").exists() or not previous:
+    if not previous:
         config_doc = read_config(checkpoint_dir / "config.json")
     else:
-        # The output of an earlier issue has no config.json: the released config and
-        # the probe set are those of the previous certificate.
+        # The model is the one the previous certificate released (checked above), so
+        # its config is the certified one. A config.json beside it may be the training
+        # config, which does not list the earlier deletions.
         config_doc = config_from_certificate(previous[-1].doc)
-        probe_path = checkpoint_dir / previous[-1].doc["audit_bundle"]["probe"]["path"]
+        if (checkpoint_dir / "config.json").exists() and \
+                read_config(checkpoint_dir / "config.json") != config_doc:
+            logger.warning("%s differs from the config the previous certificate released; "
+                           "using the certificate's", checkpoint_dir / "config.json")
+        if not probe_path.exists():
+            probe_path = checkpoint_dir / previous[-1].doc["audit_bundle"]["probe"]["path"]
     model_path = checkpoint_dir / "model.safetensors"
     if not model_path.exists():
         raise errors.FileMissing(f"model not found: {model_path}")

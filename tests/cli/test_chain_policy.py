@@ -213,3 +213,61 @@ def test_released_model_without_its_chain_refused(honest_run: HonestRun, tmp_pat
                        "--steps", "2", "--key", honest_run.private_key, "--out", tmp_path / "out",
                        "--previous", honest_run.cert])
     assert outcome.exit_code == 0, outcome.stderr
+
+
+def _released_with_training_config(honest_run: HonestRun, directory: Path) -> Path:
+    """A checkpoint holding the released model beside the training config and data."""
+    directory.mkdir()
+    for name in ("config.json", "probe.safetensors", "eval.safetensors"):
+        shutil.copy(honest_run.checkpoint / name, directory / name)
+    shutil.copy(honest_run.model, directory / "model.safetensors")
+    return directory
+
+
+def test_released_model_with_training_config_refused(honest_run: HonestRun,
+                                                      tmp_path: Path) -> None:
+    # The training config lists no deletion, but the audio encoder is all zero.
+    checkpoint = _released_with_training_config(honest_run, tmp_path / "ck")
+    outcome = run_cli(["issue", "--checkpoint", checkpoint, "--modality", "vision",
+                       "--epsilon", "1", "--steps", "2", "--key", honest_run.private_key,
+                       "--out", tmp_path / "out"])
+    assert_clean(outcome)
+    assert outcome.exit_code == 1, outcome.stderr
+    assert "[E_CHAIN_BROKEN]" in outcome.stderr
+    assert "audio encoder is all zero" in outcome.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_previous_overrides_stale_training_config(honest_run: HonestRun,
+                                                   tmp_path: Path) -> None:
+    # With --previous the certified config counts, not the training config.json.
+    checkpoint = _released_with_training_config(honest_run, tmp_path / "ck")
+    out = tmp_path / "out"
+    outcome = run_cli(["issue", "--checkpoint", checkpoint, "--modality", "vision",
+                       "--epsilon", "1", "--steps", "2", "--key", honest_run.private_key,
+                       "--out", out, "--previous", honest_run.cert])
+    assert outcome.exit_code == 0, outcome.stderr
+    doc = json.loads((out / "cert.json").read_text())
+    assert doc["subject_model"]["architecture"]["config"]["deleted_modalities"] == [
+        "audio", "vision"]
+    outcome = verify(out / "cert.json", out / "model.safetensors", honest_run.public_key)
+    assert outcome.exit_code == 0, outcome.stderr
+
+
+def test_verifier_catches_unlisted_earlier_deletion(honest_run: HonestRun, tmp_path: Path,
+                                                    monkeypatch) -> None:
+    # An issuer without the refusal certifies "deletion 1" of a model whose audio
+    # encoder an earlier deletion zeroed; the verifier must not accept the reset budget.
+    from mbd_cert import _issue_steps
+
+    monkeypatch.setattr(_issue_steps, "reject_unlisted_deletion", lambda *args: None)
+    checkpoint = _released_with_training_config(honest_run, tmp_path / "ck")
+    out = tmp_path / "out"
+    outcome = run_cli(["issue", "--checkpoint", checkpoint, "--modality", "vision",
+                       "--epsilon", "1", "--steps", "2", "--key", honest_run.private_key,
+                       "--out", out])
+    assert outcome.exit_code == 0, outcome.stderr
+    outcome = verify(out / "cert.json", out / "model.safetensors", honest_run.public_key)
+    assert_check_failed(outcome, "deleted-tensors-zero", "E_CHAIN_BROKEN")
+    assert "audio encoder of the released model is all zero" in outcome.stderr + json.dumps(
+        outcome.report)
