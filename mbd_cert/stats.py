@@ -37,6 +37,12 @@ from mbd_cert.errors import InputError
 # scipy's D'Agostino-Pearson test relies on its kurtosis test, which is only valid from
 # 20 samples on (scipy.stats.kurtosistest documentation).
 MIN_NORMALITY_SAMPLES = 20
+# The Monte Carlo p-value of the normality test: samples, seed, the largest residual
+# it is run for (about 9 s at that size on one core), and values per batch (32 MB).
+NORMALITY_RESAMPLES = 9_999
+NORMALITY_SEED = 0
+MAX_SIMULATED_NORMALITY = 20_000
+_SIMULATION_VALUES = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -56,11 +62,14 @@ class HypothesisTestResult:
         p_value: Probability under the null hypothesis of a statistic at least as
             extreme, two-sided unless the function states otherwise.
         n: Number of observations.
+        simulated: Whether ``p_value`` comes from a Monte Carlo simulation of the null
+            distribution rather than an asymptotic formula.
     """
 
     statistic: float
     p_value: float
     n: int
+    simulated: bool = False
 
 
 @dataclass(frozen=True)
@@ -284,8 +293,16 @@ def variance_test(residual: np.ndarray, sigma: float) -> HypothesisTestResult:
     return HypothesisTestResult(statistic=total / n, p_value=min(1.0, 2.0 * min(lower, upper)), n=n)
 
 
-def normality_test(residual: np.ndarray) -> HypothesisTestResult | None:
+def normality_test(residual: np.ndarray, *,
+                   simulate_below: float = 0.0) -> HypothesisTestResult | None:
     """Return D'Agostino and Pearson's K-squared test of normality, or None below 20 samples.
+
+    The chi-square(2) p-value of K^2 is too small in the tail at these sample sizes: of
+    200,000 normal samples of size 397, 0.60 % fell below 0.0033 (0.95 % at size 50,
+    0.38 % at size 2,000). When it is below ``simulate_below`` and there are at most
+    :data:`MAX_SIMULATED_NORMALITY` values, the p-value is replaced by a Monte Carlo
+    one: K^2 is location- and scale-free, so its null distribution is that of standard
+    normal samples of the same size (SPEC.md, R-L2-7).
 
     Raises:
         InputError: A value is not finite.
@@ -296,7 +313,21 @@ def normality_test(residual: np.ndarray) -> HypothesisTestResult | None:
     if values.size < MIN_NORMALITY_SAMPLES:
         return None
     result = scipy_stats.normaltest(values)
-    return HypothesisTestResult(float(result.statistic), float(result.pvalue), int(values.size))
+    statistic, p_value = float(result.statistic), float(result.pvalue)
+    if p_value >= simulate_below or values.size > MAX_SIMULATED_NORMALITY:
+        return HypothesisTestResult(statistic, p_value, int(values.size))
+
+    def k_squared(sample: np.ndarray, axis: int) -> np.ndarray:
+        return np.asarray(scipy_stats.normaltest(sample, axis=axis).statistic)
+
+    # A fixed seed, so the verdict on a given certificate never changes between runs.
+    generator = np.random.default_rng(NORMALITY_SEED)
+    simulated = scipy_stats.monte_carlo_test(
+        values, generator.standard_normal, k_squared, vectorized=True,
+        n_resamples=NORMALITY_RESAMPLES, batch=max(1, _SIMULATION_VALUES // values.size),
+        alternative="greater")
+    return HypothesisTestResult(statistic, float(simulated.pvalue), int(values.size),
+                                simulated=True)
 
 
 def projection_power(shift: float, level: float) -> float:

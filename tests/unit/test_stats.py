@@ -158,3 +158,38 @@ def test_projection_power_matches_simulation(shift):
         rejected += stats.projection_test(residual, direction, 1.0).p_value < level
     expected = stats.projection_power(shift, level)
     assert rejected / trials == pytest.approx(expected, abs=4 * np.sqrt(0.25 / trials))
+
+
+def _sample_with_asymptotic_p(low: float, high: float, n: int = 397) -> np.ndarray:
+    """Return the first seeded normal sample whose asymptotic K^2 p-value is in [low, high)."""
+    for seed in range(100_000):
+        values = np.random.default_rng(seed).standard_normal(n)
+        if low <= scipy_stats.normaltest(values).pvalue < high:
+            return values
+    raise AssertionError("no such sample")
+
+
+def test_normality_simulated_only_below_threshold():
+    values = np.random.default_rng(11).standard_normal(397)
+    result = stats.normality_test(values, simulate_below=1e-3)
+    assert result.simulated is False
+    assert result.p_value == pytest.approx(scipy_stats.normaltest(values).pvalue, rel=1e-12)
+
+
+def test_normality_tail_p_value_simulated():
+    # At n = 397 the chi-square p-value understates the tail; the simulated one is
+    # larger, and the same on every run (fixed seed).
+    values = _sample_with_asymptotic_p(0.001, 0.0033)
+    first = stats.normality_test(values, simulate_below=0.0067)
+    second = stats.normality_test(values, simulate_below=0.0067)
+    assert first.simulated is True
+    assert first.p_value > scipy_stats.normaltest(values).pvalue
+    assert first.p_value == second.p_value
+    assert first.statistic == pytest.approx(scipy_stats.normaltest(values).statistic)
+
+
+def test_normality_clearly_non_normal_still_rejected():
+    uniform = np.random.default_rng(4).uniform(-1, 1, 2000)
+    result = stats.normality_test(uniform, simulate_below=0.0067)
+    assert result.simulated is True
+    assert result.p_value == pytest.approx(1 / (stats.NORMALITY_RESAMPLES + 1))
