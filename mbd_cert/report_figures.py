@@ -304,8 +304,9 @@ def write_png(section: Section, path: Path) -> bool:
 
 
 def _fmt(value: Any) -> str:
+    """Format a metric to four decimals; JSON reads 1.0 back as the int 1, so ints too."""
     if value is None:
         return "-"
-    if isinstance(value, float):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{value:.4f}"
     return str(value)
