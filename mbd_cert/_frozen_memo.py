@@ -51,6 +51,9 @@ class _Entry:
     inputs: tuple[torch.Tensor, ...]
     versions: tuple[int, ...]
     module_versions: tuple[tuple[int, int], ...]
+    # The module's tensors when the output was stored, kept alive so that no new
+    # tensor can take over a freed address and pass for one of them.
+    module_tensors: tuple[torch.Tensor, ...]
     output: Any
     output_versions: tuple[int, ...]
     verified: bool = False
@@ -100,13 +103,26 @@ def restore_forwards(patched: list[tuple[torch.nn.Module, Any]]) -> None:
 def _memoised(module: torch.nn.Module, forward: Callable[..., Any], prefix: str,
               counts: MemoCounts) -> Callable[..., Any]:
     state: dict[str, Any] = {"entries": [], "off": False}
+    # The module and its submodules, listed once: module.parameters() costs more per
+    # call than the rest of the memo's checks (1,000 calls per update).
+    owners = list(module.modules())
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        if state["off"] or kwargs or module.training or not _plain_inputs(args) or any(
-                p.requires_grad for p in module.parameters()):
+        if state["off"] or kwargs or module.training or not _plain_inputs(args):
             return forward(*args, **kwargs)
+        try:
+            tensors_now = _own_tensors(owners)
+        except _Restructured:
+            state["off"] = True
+            entries_now: list[_Entry] = state["entries"]
+            entries_now.clear()
+            counts.dropped.append(prefix)
+            return forward(*args)
+        if any(t.requires_grad or t.layout != torch.strided or _functorch_wrapped(t)
+               for t in tensors_now):
+            return forward(*args)
         entries: list[_Entry] = state["entries"]
-        current = _module_versions(module)
+        current = _module_versions(tensors_now)
         for entry in entries:
             if entry.module_versions != current or not _same_inputs(entry, args) or \
                     _versions(_tensors(entry.output)) != entry.output_versions:
@@ -128,17 +144,38 @@ def _memoised(module: torch.nn.Module, forward: Callable[..., Any], prefix: str,
             return output
         if len(entries) == _ENTRIES_PER_MODULE:
             entries.pop(0)
-        entries.append(_Entry(tuple(args), _versions(args), current, output, _versions(tensors)))
+        entries.append(_Entry(tuple(args), _versions(args), current, tensors_now, output,
+                              _versions(tensors)))
         return output
 
     return call
 
 
-def _module_versions(module: torch.nn.Module) -> tuple[tuple[int, int], ...]:
-    # Identity and version counter of every parameter and buffer, submodules included:
-    # a tensor replaced by assignment or changed in place invalidates the stored outputs.
-    tensors = [*module.parameters(), *module.buffers()]
-    return tuple((id(t), int(t._version)) for t in tensors)
+def _own_tensors(owners: list[torch.nn.Module]) -> tuple[torch.Tensor, ...]:
+    """Return the parameters and buffers of ``owners``, read from their slots now.
+
+    A submodule replaced by assignment since the list was made changes no slot read
+    here, so its parent's check compares the children too.
+    """
+    found: list[torch.Tensor] = []
+    for owner in owners:
+        found.extend(t for t in owner._parameters.values() if t is not None)
+        found.extend(t for t in owner._buffers.values() if t is not None)
+        if any(child not in owners for child in owner._modules.values() if child is not None):
+            raise _Restructured
+    return tuple(found)
+
+
+class _Restructured(Exception):
+    """A submodule was replaced inside the memo's block."""
+
+
+def _module_versions(tensors: tuple[torch.Tensor, ...]) -> tuple[tuple[int, int], ...]:
+    # Memory address and version counter of every parameter and buffer, submodules
+    # included: a tensor replaced by assignment or changed in place invalidates the
+    # stored outputs. Not the Python object: functional_call swaps in a fresh detached
+    # view of the same memory on every pass of the proxy-quality check.
+    return tuple((t.data_ptr(), int(t._version)) for t in tensors)
 
 
 def _plain_inputs(args: tuple[Any, ...]) -> bool:

@@ -170,6 +170,19 @@ def test_no_hit_after_weight_replaced():
         assert counts.hits == 0
 
 
+def test_no_hit_after_submodule_replaced():
+    inner, model = _frozen_inner()
+    x = torch.ones(3, 2, dtype=torch.float64)
+    with memoise_frozen(model, {"moving.weight"}) as counts:
+        inner(x)
+        inner(x)
+        replacement = torch.nn.Linear(2, 2).to(torch.float64).requires_grad_(False)
+        inner.layer = replacement
+        assert torch.equal(inner(x), replacement(x))
+        assert counts.hits == 0
+        assert counts.dropped == ["inner"]
+
+
 def test_no_hit_after_buffer_changed():
     class Scaled(torch.nn.Module):
         def __init__(self) -> None:
