@@ -18,6 +18,10 @@ state other than its parameters, buffers and inputs, loses its memo for the rest
 the block. SPEC.md section 14 already requires the objectives to be
 deterministic for given weights and batch.
 
+NOTE: A write through ``tensor.data`` bumps no version counter, so a frozen tensor
+edited that way after its module's first repeat is served the old output. No built-in
+objective writes a frozen tensor; a plugin objective that does so is not supported.
+
 Stability: internal.
 """
 
@@ -50,7 +54,7 @@ class MemoCounts:
 class _Entry:
     inputs: tuple[torch.Tensor, ...]
     versions: tuple[int, ...]
-    module_versions: tuple[tuple[int, int], ...]
+    module_versions: tuple[Any, ...]
     # The module's tensors when the output was stored, kept alive so that no new
     # tensor can take over a freed address and pass for one of them.
     module_tensors: tuple[torch.Tensor, ...]
@@ -76,11 +80,15 @@ def memoise_frozen(model: torch.nn.Module, moving: Set[str]) -> Iterator[MemoCou
     # By identity as well as by name: a tied weight is the same tensor under two names.
     parameters = dict(model.named_parameters(remove_duplicate=False))
     moving_ids = {id(parameters[name]) for name in moving if name in parameters}
+    # And by memory: a second Parameter made on a moving tensor's storage moves with it.
+    moving_memory = {parameters[name].data_ptr() for name in moving if name in parameters
+                     and parameters[name].layout == torch.strided}
     for prefix, module in model.named_modules():
         if module is model or isinstance(module, _CONTAINERS):
             continue
         own = list(module.named_parameters(remove_duplicate=False))
         if not own or any(f"{prefix}.{name}" in moving or id(p) in moving_ids
+                          or (p.layout == torch.strided and p.data_ptr() in moving_memory)
                           for name, p in own):
             continue
         patched.append((module, module.__dict__.get("forward")))
@@ -106,12 +114,15 @@ def _memoised(module: torch.nn.Module, forward: Callable[..., Any], prefix: str,
     # The module and its submodules, listed once: module.parameters() costs more per
     # call than the rest of the memo's checks (1,000 calls per update).
     owners = list(module.modules())
+    # Each owner's children as listed now: a submodule replaced, or two swapped, later
+    # in the block changes this and turns the memo off.
+    children = [tuple(owner._modules.values()) for owner in owners]
 
     def call(*args: Any, **kwargs: Any) -> Any:
         if state["off"] or kwargs or module.training or not _plain_inputs(args):
             return forward(*args, **kwargs)
         try:
-            tensors_now = _own_tensors(owners)
+            tensors_now = _own_tensors(owners, children)
         except _Restructured:
             state["off"] = True
             entries_now: list[_Entry] = state["entries"]
@@ -151,18 +162,22 @@ def _memoised(module: torch.nn.Module, forward: Callable[..., Any], prefix: str,
     return call
 
 
-def _own_tensors(owners: list[torch.nn.Module]) -> tuple[torch.Tensor, ...]:
+def _own_tensors(owners: list[torch.nn.Module],
+                 children: list[tuple[Any, ...]]) -> tuple[torch.Tensor, ...]:
     """Return the parameters and buffers of ``owners``, read from their slots now.
 
-    A submodule replaced by assignment since the list was made changes no slot read
-    here, so its parent's check compares the children too.
+    Raises:
+        _Restructured: An owner's children are no longer the ones in ``children``
+            (compared by identity, in order).
     """
     found: list[torch.Tensor] = []
-    for owner in owners:
+    for owner, listed in zip(owners, children, strict=True):
+        current = tuple(owner._modules.values())
+        if len(current) != len(listed) or any(
+                a is not b for a, b in zip(current, listed, strict=True)):
+            raise _Restructured
         found.extend(t for t in owner._parameters.values() if t is not None)
         found.extend(t for t in owner._buffers.values() if t is not None)
-        if any(child not in owners for child in owner._modules.values() if child is not None):
-            raise _Restructured
     return tuple(found)
 
 
@@ -170,12 +185,14 @@ class _Restructured(Exception):
     """A submodule was replaced inside the memo's block."""
 
 
-def _module_versions(tensors: tuple[torch.Tensor, ...]) -> tuple[tuple[int, int], ...]:
-    # Memory address and version counter of every parameter and buffer, submodules
-    # included: a tensor replaced by assignment or changed in place invalidates the
-    # stored outputs. Not the Python object: functional_call swaps in a fresh detached
-    # view of the same memory on every pass of the proxy-quality check.
-    return tuple((t.data_ptr(), int(t._version)) for t in tensors)
+def _module_versions(tensors: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:
+    # Memory address, version counter, layout and dtype of every parameter and buffer,
+    # submodules included: a tensor replaced by assignment or changed in place
+    # invalidates the stored outputs. Not the Python object: functional_call swaps in a
+    # fresh detached view of the same memory on every pass of the proxy-quality check.
+    # A transpose or slice shares the address and version, hence the layout.
+    return tuple((t.data_ptr(), int(t._version), tuple(t.shape), t.stride(), t.dtype)
+                 for t in tensors)
 
 
 def _plain_inputs(args: tuple[Any, ...]) -> bool:

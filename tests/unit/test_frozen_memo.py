@@ -183,6 +183,57 @@ def test_no_hit_after_submodule_replaced():
         assert counts.dropped == ["inner"]
 
 
+def test_no_hit_on_transposed_view():
+    # functional_call may swap in another view of the same memory: same address and
+    # version counter, other strides.
+    from torch.func import functional_call
+
+    inner, model = _frozen_inner()
+    x = torch.arange(6, dtype=torch.float64).reshape(3, 2)
+    weight = inner.layer.weight.detach()
+    with memoise_frozen(model, {"moving.weight"}) as counts:
+        for _ in range(2):
+            functional_call(inner.layer, {"weight": weight}, (x,))
+        swapped = functional_call(inner.layer, {"weight": weight.t()}, (x,))
+        assert counts.hits == 0
+    assert torch.equal(swapped, x @ weight + inner.layer.bias)
+
+
+def test_no_hit_after_siblings_swapped():
+    sequence = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh(),
+                                   torch.nn.Linear(2, 2)).to(torch.float64)
+    model = _outer(sequence)
+    sequence.requires_grad_(False)
+    model.eval()
+    x = torch.ones(3, 2, dtype=torch.float64)
+    with memoise_frozen(model, {"moving.weight"}):
+        sequence(x)
+        sequence(x)
+        sequence._modules["0"], sequence._modules["2"] = (sequence._modules["2"],
+                                                          sequence._modules["0"])
+        swapped = sequence(x)
+    assert torch.equal(swapped, sequence(x))
+
+
+def test_storage_twin_of_moving_weight_not_memoised():
+    # A second Parameter on a moving tensor's memory moves with it.
+    moving = torch.nn.Linear(2, 2).to(torch.float64)
+    twin = torch.nn.Linear(2, 2).to(torch.float64)
+    twin.weight = torch.nn.Parameter(moving.weight.data, requires_grad=False)
+    twin.bias.requires_grad_(False)
+    model = torch.nn.Module()
+    model.moving, model.twin = moving, twin
+    model.eval()
+    x = torch.ones(3, 2, dtype=torch.float64)
+    with memoise_frozen(model, {"moving.weight", "moving.bias"}):
+        twin(x)
+        twin(x)
+        with torch.no_grad():
+            moving.weight.add_(1.0)
+        after = twin(x)
+    assert torch.equal(after, twin(x))
+
+
 def test_no_hit_after_buffer_changed():
     class Scaled(torch.nn.Module):
         def __init__(self) -> None:
