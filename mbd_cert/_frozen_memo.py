@@ -182,7 +182,7 @@ def _own_tensors(owners: list[torch.nn.Module],
 
 
 class _Restructured(Exception):
-    """A submodule was replaced inside the memo's block."""
+    """Signal that a submodule was replaced or swapped inside the memo's block."""
 
 
 def _module_versions(tensors: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:
