@@ -1,4 +1,4 @@
-"""What two concurrent stages of ``issue`` cost each other: threads against processes.
+"""Cost of two concurrent stages of ``issue`` to each other, as threads and as processes.
 
 ``issue`` runs the masked update on the main thread while a second thread runs the
 proxy-quality check. This script times ``mbd_cert.update.masked_update`` with the

@@ -335,7 +335,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
             for path in certificates:
                 results.append(verify_one(root, path, policy, keys, auditor_key, cache))
         except KeyboardInterrupt:
-            # A cancelled CI job still uploads the JUnit file: say what happened in it.
+            # A cancelled CI job still uploads the JUnit file, so record the interruption.
             if junit_path is not None:
                 _write_setup_junit(junit_path, {
                     "code": "E_INTERRUPTED", "exit_code": 130,

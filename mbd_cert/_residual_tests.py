@@ -98,7 +98,7 @@ def residual_checks(doc: Mapping[str, Any], masks: Mapping[str, np.ndarray],
 
 
 def _power_note(raw_norm: float | None, clip: float, sigma: float, level: float) -> str:
-    """Say how likely the projection test was to catch a release without the clip."""
+    """Return a note on how likely the projection test was to catch an unclipped release."""
     if raw_norm is None:
         return ""
     if raw_norm <= clip:

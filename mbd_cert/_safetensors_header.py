@@ -193,8 +193,8 @@ def _load_json(raw: bytes, path: Path) -> _JsonObject:
                                 "certify") from exc
         raise _malformed(path, f"invalid header JSON: {exc}") from exc
     except RecursionError as exc:
-        # A safetensors header nests three levels; Python's own message says nothing
-        # about the file.
+        # A safetensors header nests three levels at most. Python's own message does
+        # not name the file.
         raise _malformed(path, "invalid header JSON: nested too deeply to parse (a "
                          "safetensors header nests at most three levels)") from exc
     except ValueError as exc:

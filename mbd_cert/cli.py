@@ -65,7 +65,7 @@ def _configure_logging(verbose: int) -> None:
     elif verbose >= 2:
         level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    # The module name helps only whoever reads the code, so it appears with -v or -vv.
+    # The module name helps only a reader of the code, so it appears with -v or -vv.
     layout = "%(levelname)s %(name)s: %(message)s" if level < logging.WARNING else \
         "%(levelname)s: %(message)s"
     handler.setFormatter(_EscapingFormatter(layout))
@@ -224,7 +224,7 @@ class _Group(click.Group):
 
 
 def _usage_hint(error: click.UsageError, command: str) -> str:
-    """Return the fix for a usage error, as the plain-text output's last line gives it."""
+    """Return the hint for the JSON document of a usage error: how to fix the call."""
     option = getattr(error, "option_name", "") or ""
     if isinstance(error, click.NoSuchOption) and option in ("-v", "--verbose"):
         return f"global options go before the command: mbd-cert {option} {command} ..."

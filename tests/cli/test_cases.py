@@ -575,8 +575,8 @@ def test_c13_inexact_integer_rejected(honest_run: HonestRun, tmp_path: Path) -> 
 ])
 def test_c13_integral_float_keeps_verdict(honest_run: HonestRun, tmp_path: Path, old: str,
                                           new: str) -> None:
-    # 2.0 has the canonical bytes of 2, so the signature still holds and the verdict
-    # must not change; an integer field read as a float once ended in exit 3.
+    # 2.0 has the canonical bytes of 2, so the signature stays valid and the verdict
+    # must not change. An integer field read as a float once ended in exit 3.
     cert = _write(honest_run.out_dir.parent / "float-int.cert.json",
                   _edited_text(honest_run, old, new))
     try:

@@ -190,7 +190,7 @@ def test_missing_bundle_hint_names_sealed(sealed_run: tuple[Path, Path],
     assert "--auditor-private-key" in outcome.stderr
 
 
-def test_released_model_without_its_chain_refused(honest_run: HonestRun, tmp_path: Path) -> None:
+def test_released_model_without_chain_rejected(honest_run: HonestRun, tmp_path: Path) -> None:
     # The released model copied into a fresh checkpoint without cert.json: a second
     # deletion would be "deletion 1" and restart the budget (SPEC.md, R-CHAIN-9).
     from mbd_cert.issue import config_from_certificate
@@ -224,7 +224,7 @@ def _released_with_training_config(honest_run: HonestRun, directory: Path) -> Pa
     return directory
 
 
-def test_released_model_with_training_config_refused(honest_run: HonestRun,
+def test_released_model_training_config_rejected(honest_run: HonestRun,
                                                       tmp_path: Path) -> None:
     # The training config lists no deletion, but the audio encoder is all zero.
     checkpoint = _released_with_training_config(honest_run, tmp_path / "ck")
@@ -256,7 +256,7 @@ def test_previous_overrides_stale_training_config(honest_run: HonestRun,
 
 def test_verifier_catches_unlisted_earlier_deletion(honest_run: HonestRun, tmp_path: Path,
                                                     monkeypatch) -> None:
-    # An issuer without the refusal certifies "deletion 1" of a model whose audio
+    # An issuer without that check certifies "deletion 1" of a model whose audio
     # encoder an earlier deletion zeroed; the verifier must not accept the reset budget.
     from mbd_cert import _issue_steps
 

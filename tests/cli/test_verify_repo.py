@@ -153,8 +153,8 @@ def test_hostile_names_escaped(repo, tmp_path):
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="APFS refuses names that are not UTF-8")
 def test_undecodable_directory_name_escaped(repo, tmp_path):
-    # A name that is not UTF-8 reaches Python as lone surrogates; printed as they are,
-    # they write raw bytes, and 0x9B is CSI on a terminal that reads 8-bit controls.
+    # Python decodes a name that is not UTF-8 into lone surrogates, which print as raw
+    # bytes. The byte 0x9B is CSI on a terminal that reads 8-bit controls.
     _policy(repo, "")
     raw = os.fsencode(repo / "models") + b"/\x9b2J\xff"
     os.rename(os.fsencode(repo / "models" / "a"), raw)
@@ -444,7 +444,8 @@ def test_junit_write_failure_keeps_the_results(repo, tmp_path, monkeypatch):
 
 
 def test_interrupted_run_writes_junit(repo, tmp_path, monkeypatch):
-    # A cancelled CI job uploads the JUnit file anyway; it must say the run was cut short.
+    # A cancelled CI job uploads the JUnit file anyway, so the file must record that
+    # the run was cut short.
     from mbd_cert import _cli_ci
 
     _policy(repo, "")

@@ -355,7 +355,7 @@ def test_deleted_modalities_growing_accepted(key: Ed25519PrivateKey, tmp_path: P
 
 def test_first_link_with_two_deleted_fails(key: Ed25519PrivateKey) -> None:
     # A released model copied into a fresh checkpoint and deleted again: the new
-    # certificate says "deletion 1" and would restart the budget.
+    # certificate claims to be deletion 1 and would restart the budget.
     (doc,) = _chain_with_deleted(key, [["audio", "vision"]])
     with pytest.raises(chain.ChainBroken, match="earlier deletion is\\s+missing") as caught:
         chain.walk_chain(doc, None)

@@ -215,7 +215,7 @@ def test_no_hit_after_siblings_swapped():
     assert torch.equal(swapped, sequence(x))
 
 
-def test_storage_twin_of_moving_weight_not_memoised():
+def test_moving_storage_twin_not_memoised():
     # A second Parameter on a moving tensor's memory moves with it.
     moving = torch.nn.Linear(2, 2).to(torch.float64)
     twin = torch.nn.Linear(2, 2).to(torch.float64)

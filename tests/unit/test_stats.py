@@ -177,8 +177,8 @@ def test_normality_simulated_only_below_threshold():
 
 
 def test_normality_tail_p_value_simulated():
-    # At n = 397 the chi-square p-value understates the tail; the simulated one is
-    # larger, and the same on every run (fixed seed).
+    # At n = 397 the chi-square p-value understates the tail, so the simulated one is
+    # larger. Its samples come from a fixed stream, so it is the same on every run.
     values = _sample_with_asymptotic_p(0.001, 0.0033)
     first = stats.normality_test(values, simulate_below=0.0067)
     second = stats.normality_test(values, simulate_below=0.0067)

@@ -40,9 +40,9 @@ def test_terminal_text_keeps_printable_text() -> None:
 
 def test_undecodable_file_name_shows_its_bytes() -> None:
     name = b"m\x9b2J\xffdel".decode("utf-8", "surrogateescape")
-    shown = terminal_text(name)
-    assert shown == "m\\x9b2J\\xffdel"
-    shown.encode("utf-8")  # prints on any UTF-8 stream, writing no raw byte
+    escaped = terminal_text(name)
+    assert escaped == "m\\x9b2J\\xffdel"
+    escaped.encode("utf-8")  # prints on any UTF-8 stream, writing no raw byte
 
 
 def test_terminal_text_is_idempotent() -> None:

@@ -171,6 +171,29 @@ def main() -> None:
             bundle=run,
         )
 
+        # The same certificate with integers spelled as floats: the canonical bytes, and
+        # so the signature and the verdict, stay the same (R-SIG-4).
+        spelled = certificate.dump_certificate(honest).decode()
+        for field in ('"steps": ', '"hidden_dim": ', '"sequence_number": '):
+            value = spelled.split(field, 1)[1].split(",", 1)[0]
+            spelled = spelled.replace(f"{field}{value},", f"{field}{value}.0,", 1)
+        _write(
+            valid / "integral-number-spelling",
+            honest,
+            model,
+            {
+                "exit_code": 0,
+                "error_code": None,
+                "requirement": "R-SIG-4",
+                "how_made": made + "; steps, hidden_dim and sequence_number then "
+                "rewritten as N.0 without re-signing",
+                "args": ["--level", "2", "--bundle", ".", "--allow-inconclusive"],
+            },
+            key_dir,
+            bundle=run,
+            raw_cert=spelled.encode(),
+        )
+
         def bad(
             name: str,
             doc: dict[str, Any],
