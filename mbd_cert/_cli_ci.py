@@ -24,7 +24,6 @@ Stability: internal; the command line is documented in docs/user-guide.md.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -38,6 +37,7 @@ from mbd_cert import errors
 from mbd_cert._cli_commands import GuardFactory
 from mbd_cert._confidential_files import ScanCache, published_confidential_files
 from mbd_cert._repo_results import RepoResult, junit_for, render_table
+from mbd_cert._terminal import json_output
 
 logger = logging.getLogger(__name__)
 
@@ -359,8 +359,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                 click.echo(f"warning: {terminal_text(result.certificate)}: "
                            f"{terminal_text(warning)}", err=True)
         if as_json:
-            click.echo(json.dumps(_repo_report(root, policy_file, exit_code, results,
-                                               write_error), indent=2, default=str))
+            click.echo(json_output(_repo_report(root, policy_file, exit_code, results,
+                                                 write_error)))
         else:
             render_table(results, exit_code, policy.required_level, policy_file is not None)
         sys.exit(exit_code)

@@ -5,7 +5,6 @@ Stability: internal; the command line itself is documented in README.md and SPEC
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import click
 
 from mbd_cert import errors
+from mbd_cert._terminal import json_output
 
 
 def require_directory(path: Path, what: str, hint: str) -> None:
@@ -257,7 +257,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
             _paths.atomic_write_bytes(junit_path, to_junit(report), overwrite=True,
                                           shared=True)
         if as_json:
-            click.echo(json.dumps(report.to_json(), indent=2, default=str))
+            click.echo(json_output(report.to_json()))
         else:
             _render_table(report)
         if not report.verified:

@@ -5,13 +5,13 @@ Stability: internal; the ``inspect --json`` document is versioned by INSPECT_VER
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
 from mbd_cert._cli_commands import GuardFactory
+from mbd_cert._terminal import json_output
 
 
 def register(main: click.Group, guarded: GuardFactory) -> None:
@@ -27,7 +27,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
 
         summary = _inspect_summary(load_certificate(cert))
         if as_json:
-            click.echo(json.dumps(summary, indent=2))
+            click.echo(json_output(summary))
             return
         _render_inspect(summary)
 

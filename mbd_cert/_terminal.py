@@ -2,8 +2,8 @@ r"""Showing strings from untrusted files on a terminal or in an XML report.
 
 Stability: internal. The CLI's human-readable output (tables, error messages, logs)
 and the JUnit writers pass every value that came from a file through these functions
-(SPEC.md, R-SEC-5). ``--json`` output needs none of this: ``json.dumps`` escapes
-control characters itself.
+(SPEC.md, R-SEC-5). ``--json`` output goes through :func:`json_output`: ``json.dumps``
+escapes control characters itself, but would write a lone surrogate as ``\udcNN``.
 
 A tensor name, an issuer name or a file name may carry ESC sequences that retitle,
 clear or recolour the terminal, carriage returns that overwrite a line, and Unicode
@@ -15,7 +15,8 @@ reading ``[bold]`` or ``[/x]`` as console markup.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
 if TYPE_CHECKING:
@@ -68,6 +69,9 @@ _XML_TABLE = {
     if point not in (0x09, 0x0A)
 }
 
+# JSON escapes control characters itself, so only surrogates are replaced.
+_JSON_TABLE = {point: _escape(point) for point in _SURROGATES}
+
 
 def terminal_text(value: object) -> str:
     r"""Return ``str(value)`` with control and bidirectional characters escaped.
@@ -112,6 +116,31 @@ def xml_text(value: object) -> str:
     ``\x1b``, as in :func:`terminal_text`.
     """
     return str(value).translate(_XML_TABLE)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.translate(_JSON_TABLE)
+    if isinstance(value, dict):
+        return {_json_safe(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return str(value).translate(_JSON_TABLE)
+
+
+def json_output(document: Any) -> str:
+    r"""Return ``document`` as indented JSON text whose strings are all valid Unicode.
+
+    A file name that is not valid UTF-8 reaches Python with lone surrogates
+    (surrogateescape), which ``json.dumps`` writes as ``\udc9b``. Python reads that
+    back, but strict parsers reject it and others replace it with U+FFFD. Each lone
+    surrogate becomes the text ``\xNN`` (the byte it stood for) or ``\uXXXX``, as on
+    the terminal (SPEC.md, R-SEC-5). Values that are not JSON types (paths, for
+    example) are written as ``str(value)``.
+    """
+    return json.dumps(_json_safe(document), indent=2)
 
 
 def clean_xml_tree(root: ElementTree.Element) -> None:

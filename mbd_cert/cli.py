@@ -9,7 +9,6 @@ stdout carries the result only; logs and progress go to stderr.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import signal
@@ -22,7 +21,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from mbd_cert import __version__, errors
-from mbd_cert._terminal import terminal_lines, terminal_text
+from mbd_cert._terminal import json_output, terminal_lines, terminal_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("mbd_cert")
@@ -153,7 +152,7 @@ def _emit_error(code: str, message: str, hint: str, as_json: bool,
     if as_json:
         if document is None:
             document = error_report(code, message, hint)
-        click.echo(json.dumps(document, indent=2, default=str))
+        click.echo(json_output(document))
     # Messages quote names and values from the input files (SPEC.md, R-SEC-5).
     text = f"error [{code}]: {terminal_text(message)}"
     if hint:
@@ -219,7 +218,7 @@ class _Group(click.Group):
                                            error.exit_code)
                 if document is None:
                     document = error_report("E_USAGE", error.format_message(), hint)
-                click.echo(json.dumps(document, indent=2))
+                click.echo(json_output(document))
             raise
 
 

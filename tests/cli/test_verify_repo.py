@@ -168,6 +168,20 @@ def test_undecodable_directory_name_escaped(repo, tmp_path):
     assert "models/\\x9b2J\\xff/cert.json" in names
 
 
+@pytest.mark.skipif(sys.platform == "darwin", reason="APFS refuses names that are not UTF-8")
+def test_undecodable_directory_name_in_json_report(repo):
+    # json.dumps would write the surrogate as \udc9b, which strict parsers reject.
+    _policy(repo, "")
+    os.rename(os.fsencode(repo / "models" / "a"), os.fsencode(repo / "models") + b"/\x9b2J")
+    result = _run(repo, "--json")
+    assert result.exit_code == 0, result.output
+    result.stdout.encode("utf-8")  # strict: raises on a lone surrogate
+    assert "\\udc" not in result.stdout
+    paths = [r["certificate"] for r in json.loads(result.stdout)["results"]]
+    assert any(path.endswith("models/\\x9b2J/cert.json") for path in paths), paths
+    assert not any(0xD800 <= ord(c) <= 0xDFFF for path in paths for c in path)
+
+
 def test_hidden_directories_skipped(repo):
     _policy(repo, "")
     hidden = repo / ".git" / "objects"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mbd_cert import cli
-from mbd_cert._terminal import clean_xml_tree, rich_text, terminal_text, xml_text
+from mbd_cert._terminal import clean_xml_tree, json_output, rich_text, terminal_text, xml_text
 
 # Every character class R-SEC-5 names, with the escape printed in its place.
 ESCAPES = [
@@ -185,3 +186,14 @@ def test_log_line_names_module_only_when_verbose(verbose: int, expected: str) ->
         for logger, (handlers, level) in zip(loggers, saved, strict=True):
             logger.handlers[:] = handlers
             logger.setLevel(level)
+
+
+def test_json_output_replaces_lone_surrogates_only() -> None:
+    name = b"m\x9b2J".decode("utf-8", "surrogateescape")
+    document = {name: [name, Path(name), "\x1b\u202e", 1, 2.5, None, True], "k": "\ud800"}
+    text = json_output(document)
+    text.encode("utf-8")  # strict: a lone surrogate would raise here
+    assert json.loads(text) == {
+        "m\\x9b2J": ["m\\x9b2J", "m\\x9b2J", "\x1b\u202e", 1, 2.5, None, True],
+        "k": "\\ud800",
+    }
