@@ -25,9 +25,17 @@ from mbd_cert.errors import (
 )
 from mbd_cert.report import CheckResult
 
+_OTHER_MODEL_HINT = ("the model file does not match the certificate (see model-digest): "
+                     "pass the model released with this certificate")
 
-def check_deletion(doc: Mapping[str, Any], header: Any, architecture: Any) -> str:
+
+def check_deletion(doc: Mapping[str, Any], header: Any, architecture: Any, *,
+                   model_matches: bool = True) -> str:
     """Check that the deleted encoders are listed and zero in the model (R-DEL-1).
+
+    ``model_matches`` is False when the model-digest check failed. A failure below
+    then most likely comes from another model file, so its hint names the model file
+    instead of the issuer.
 
     Raises:
         DeletionIncomplete: The listing differs from the encoder tensors, or one of them
@@ -48,7 +56,8 @@ def check_deletion(doc: Mapping[str, Any], header: Any, architecture: Any) -> st
         extra = sorted(set(claimed) - set(expected))
         raise DeletionIncomplete(
             f"deletion.removed_tensors differs from the {modality} encoder tensors of the model: "
-            f"not listed {missing[:5]}, listed but not encoder tensors {extra[:5]}"
+            f"not listed {missing[:5]}, listed but not encoder tensors {extra[:5]}",
+            hint="" if model_matches else _OTHER_MODEL_HINT,
         )
     # Every modality deleted so far, not only this one: a later deletion must not bring
     # back an encoder that an earlier certificate removed (SPEC.md, R-DEL-1).
@@ -64,16 +73,17 @@ def check_deletion(doc: Mapping[str, Any], header: Any, architecture: Any) -> st
                 raise DeletionIncomplete(
                     f"tensor '{name}' of the deleted {deleted} encoder has {nonzero} "
                     "non-zero entries",
-                    hint="the released model still holds the deleted encoder",
+                    hint="the released model still holds the deleted encoder"
+                    if model_matches else _OTHER_MODEL_HINT,
                 )
         count += len(names)
-    _check_no_unlisted_deletion(config, header, architecture)
+    _check_no_unlisted_deletion(config, header, architecture, model_matches)
     deleted_list = ", ".join(sorted(config.get("deleted_modalities", [])))
     return f"{count} encoder tensors of the deleted modalities ({deleted_list}) are all zero"
 
 
 def _check_no_unlisted_deletion(config: Mapping[str, Any], header: Any,
-                                architecture: Any) -> None:
+                                architecture: Any, model_matches: bool) -> None:
     """Fail when a modality not listed as deleted has an all-zero encoder (R-CHAIN-9).
 
     That is what a certified deletion leaves, and no trained encoder is all zero. A
@@ -86,13 +96,21 @@ def _check_no_unlisted_deletion(config: Mapping[str, Any], header: Any,
             continue
         names = _groups.eligible_names(list(header.tensors),
                                        architecture.encoder_prefixes(config, modality))
-        if names and all(not np.any(_safetensors.read_tensor(header, name)) for name in names):
+        if not names or any(np.any(_safetensors.read_tensor(header, name)) for name in names):
+            continue
+        if not model_matches:
+            # Usually the model of a later deletion, passed with an earlier certificate.
             raise ChainBroken(
-                f"the {modality} encoder of the released model is all zero, as a certified "
-                f"deletion leaves it, but the config does not list {modality!r} as deleted: "
-                "an earlier deletion is missing from the chain",
-                hint="ask the issuer for the chain that starts at the model's first deletion",
+                f"the {modality} encoder of the model is all zero, but the certificate does "
+                f"not list {modality!r} as deleted: the model may come from a later deletion",
+                hint=_OTHER_MODEL_HINT,
             )
+        raise ChainBroken(
+            f"the {modality} encoder of the released model is all zero, as a certified "
+            f"deletion leaves it, but the config does not list {modality!r} as deleted: "
+            "an earlier deletion is missing from the chain",
+            hint="ask the issuer for the chain that starts at the model's first deletion",
+        )
 
 
 def check_policy(

@@ -209,7 +209,7 @@ def verify(
 
     # Step 3 (SPEC §7.3): digests recomputed from the released model file.
     header = _safetensors.read_header(model_path)
-    report.run(
+    model_matches = report.run(
         "model-digest",
         "R-DIG-3",
         lambda: _commitment.check_commitment(
@@ -223,7 +223,8 @@ def verify(
 
     # Step 4 (SPEC §7.4): the deleted encoder is gone.
     report.run(
-        "deleted-tensors-zero", "R-DEL-1", lambda: check_deletion(doc, header, architecture)
+        "deleted-tensors-zero", "R-DEL-1",
+        lambda: check_deletion(doc, header, architecture, model_matches=model_matches),
     )
 
     # Step 5 (SPEC §7.5): the stated sigma gives the stated (epsilon, delta).

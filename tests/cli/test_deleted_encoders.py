@@ -50,3 +50,28 @@ def test_all_deleted_encoders_zero_passes(honest_run: HonestRun, tmp_path: Path)
     check = next(c for c in report["checks"] if c["name"] == "deleted-tensors-zero")
     assert check["status"] == "pass"
     assert "(audio, vision)" in check["detail"]
+
+
+def test_later_model_with_earlier_certificate(honest_run: HonestRun, tmp_path: Path):
+    # The vision encoder is zero because a later deletion removed it, not because a
+    # link is missing: the failures point at the model file, not at the issuer.
+    later_model = _claim_second_deletion(honest_run, tmp_path, restore_audio=False)
+    outcome = verify(honest_run.cert, later_model, honest_run.public_key, "--json")
+    assert_check_failed(outcome, "model-digest", "E_DIGEST_MISMATCH")
+    assert_check_failed(outcome, "deleted-tensors-zero", "E_CHAIN_BROKEN")
+    check = next(c for c in json.loads(outcome.stdout)["checks"]
+                 if c["name"] == "deleted-tensors-zero")
+    assert "may come from a later deletion" in check["detail"]
+    assert "pass the model released with this certificate" in check["detail"]
+    assert "earlier deletion is missing" not in check["detail"]
+
+
+def test_earlier_model_with_later_certificate(honest_run: HonestRun, tmp_path: Path):
+    _claim_second_deletion(honest_run, tmp_path, restore_audio=False)
+    outcome = verify(tmp_path / "cert.json", honest_run.model, honest_run.public_key, "--json")
+    assert_check_failed(outcome, "model-digest", "E_DIGEST_MISMATCH")
+    assert_check_failed(outcome, "deleted-tensors-zero", "E_DELETION_INCOMPLETE")
+    check = next(c for c in json.loads(outcome.stdout)["checks"]
+                 if c["name"] == "deleted-tensors-zero")
+    assert "pass the model released with this certificate" in check["detail"]
+    assert "still holds the deleted encoder" not in check["detail"]
