@@ -219,13 +219,22 @@ class _Group(click.Group):
                 if document is None:
                     document = error_report("E_USAGE", error.format_message(), hint)
                 click.echo(json_output(document))
+            if _misplaced_verbose(error):
+                # Click's text names the option but not where it belongs.
+                error.message = f"{error.message}\n{_usage_hint(error, name)}"
             raise
+
+
+def _misplaced_verbose(error: click.UsageError) -> bool:
+    """Return whether ``error`` is -v or --verbose given after the command name."""
+    option = getattr(error, "option_name", "") or ""
+    return isinstance(error, click.NoSuchOption) and option in ("-v", "--verbose")
 
 
 def _usage_hint(error: click.UsageError, command: str) -> str:
     """Return the hint for the JSON document of a usage error: how to fix the call."""
-    option = getattr(error, "option_name", "") or ""
-    if isinstance(error, click.NoSuchOption) and option in ("-v", "--verbose"):
+    if _misplaced_verbose(error):
+        option = getattr(error, "option_name", "")
         return f"global options go before the command: mbd-cert {option} {command} ..."
     if not command:
         return "run 'mbd-cert --help' for the commands"

@@ -1069,6 +1069,13 @@ def test_verbose_after_command_hint() -> None:
     assert outcome.report["error"]["hint"].startswith("global options go before the command")
 
 
+def test_verbose_after_command_hint_in_text() -> None:
+    outcome = run_cli(["verify", "c", "m", "-v"])
+    assert outcome.exit_code == 2
+    assert "No such option '-v'" in outcome.stderr
+    assert "global options go before the command: mbd-cert -v verify ..." in outcome.stderr
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
 def test_policy_limit_must_be_positive(honest_run: HonestRun, value: str) -> None:
     outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key,
