@@ -240,8 +240,9 @@ def verify(
     if (options.max_epsilon is None and options.max_delta is None
             and options.required_sensitivity_method is None
             and not options.accepted_sensitivity_methods):
-        report.skip("policy", "R-POL-1", "no policy given (--max-epsilon, --max-delta, "
-                    "--require-sensitivity-method)")
+        report.skip("policy", "R-POL-1", "no limits given (verify: --max-epsilon, "
+                    "--max-delta, --require-sensitivity-method; a verify-repo policy file: "
+                    "max_cumulative_epsilon, max_delta, required_sensitivity_methods)")
     else:
         report.run("policy", "R-POL-1", lambda: check_policy(
             doc, walked, max_epsilon=options.max_epsilon, max_delta=options.max_delta,

@@ -1119,3 +1119,12 @@ def test_signed_config_malformed(honest_run: HonestRun, tmp_path: Path, field: s
     outcome = verify(cert, honest_run.model, honest_run.public_key)
     assert_input_error(outcome, "E_CONFIG_INVALID")
     assert field in outcome.stderr
+
+
+def test_skipped_policy_names_both_sources(honest_run: HonestRun) -> None:
+    # verify-repo runs this check too, where limits come from a policy file.
+    outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key)
+    check = next(c for c in outcome.report["checks"] if c["name"] == "policy")
+    assert check["status"] == "skipped"
+    assert "--max-epsilon" in check["detail"]
+    assert "max_cumulative_epsilon" in check["detail"]
