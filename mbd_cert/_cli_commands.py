@@ -268,6 +268,9 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                 if check.status in ("fail", "inconclusive")
             ]
             click.echo("verification failed: " + (", ".join(failed) or "see the report"), err=True)
+            if not any(check.status == "fail" for check in report.checks):
+                click.echo("  hint: an inconclusive check counts as failed unless "
+                           "--allow-inconclusive is given", err=True)
         sys.exit(0 if report.verified else 1)
 
 def _render_table(report: Any) -> None:

@@ -320,3 +320,21 @@ def test_signing_key_as_auditor_key_names_option(honest_run: HonestRun, tmp_path
     _assert_issue_input_error(outcome, "E_KEY_INVALID")
     assert "(--auditor-key): contains a public key of kind Ed25519" in outcome.stderr
     assert "Ed25519PublicKey" not in outcome.stderr
+
+
+def test_inconclusive_only_names_the_option(honest_run: HonestRun) -> None:
+    # The tiny test model has 8 masked entries, too few for the normality test.
+    outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key,
+                     "--level", "2", "--bundle", honest_run.cert.parent)
+    assert outcome.exit_code == 1
+    statuses = {c["status"] for c in outcome.report["checks"]}
+    assert "inconclusive" in statuses
+    assert "fail" not in statuses
+    assert "--allow-inconclusive" in outcome.stderr
+
+
+def test_failed_check_omits_inconclusive_hint(honest_run: HonestRun) -> None:
+    outcome = verify(honest_run.cert, honest_run.cert.parent / "diff.safetensors",
+                     honest_run.public_key)
+    assert outcome.exit_code == 1
+    assert "--allow-inconclusive" not in outcome.stderr
