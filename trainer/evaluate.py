@@ -249,6 +249,12 @@ def released_test_split(checkpoint: Checkpoint,
                 "evaluate the checkpoint the deletion started from",
             )
     samples = read_probe_set(path, modalities=checkpoint.model.modalities)
+    members = int(np.count_nonzero(samples.member))
+    if members:
+        # A probe.safetensors mixes training members in, which flatters every metric.
+        logger.warning("%d of %d samples in %s are training members: the metrics overstate "
+                       "held-out quality; evaluate on eval.safetensors or your own held-out "
+                       "set", members, len(samples.member), path.name)
     split = Split(features=samples.inputs, present=samples.present, labels=samples.label,
                   attributes=samples.attributes)
     corpus = Corpus(name=path.name, modalities=samples.modalities,

@@ -188,6 +188,15 @@ def test_evaluate_published_model_with_eval_set(honest_run: HonestRun, tmp_path:
     metrics = json.loads(out.read_text())
     assert metrics["split"] == "eval.safetensors"
     assert metrics["deleted_modalities"] == ["audio"]
+    assert "training members" not in outcome.stderr
+
+
+def test_evaluate_on_probe_set_warns(honest_run: HonestRun, tmp_path: Path):
+    # probe.safetensors holds training members, which flatter every metric.
+    outcome = run_cli(["evaluate", "--checkpoint", honest_run.out_dir, "--eval-set",
+                       honest_run.out_dir / "probe.safetensors", "--json", tmp_path / "m.json"])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "samples in probe.safetensors are training members" in outcome.stderr
 
 
 def test_evaluate_issue_output_other_split(honest_run: HonestRun):
