@@ -34,10 +34,10 @@ from typing import Any
 import click
 
 from mbd_cert import errors
-from mbd_cert._cli_commands import GuardFactory
+from mbd_cert._cli_commands import GuardFactory, error_record, write_json_document
 from mbd_cert._confidential_files import ScanCache, published_confidential_files
+from mbd_cert._interrupts import Interrupted
 from mbd_cert._repo_results import RepoResult, junit_for, render_table
-from mbd_cert._terminal import json_output
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ CERTIFICATE_NAME = "cert.json"
 CERTIFICATE_SUFFIX = ".cert.json"
 MODEL_NAME = "model.safetensors"
 # 1.1 adds "warnings" to each result. 1.2 adds "error", set when the run stopped
-# before verifying any certificate or could not write its JUnit file. Readers of 1.0
-# can ignore both.
+# before verifying any certificate, was interrupted by Ctrl-C, or could not write its
+# JUnit file. Readers of 1.0 can ignore both.
 REPO_REPORT_VERSION = "1.2"
 CODE_NO_CERTIFICATES = "E_NO_CERTIFICATES"
 
@@ -197,16 +197,6 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any],
     return result
 
 
-def _as_record(error: BaseException) -> dict[str, Any]:
-    """Return ``{"code", "message", "hint", "exit_code"}`` for an error that stops the run."""
-    if isinstance(error, errors.MbdCertError):
-        return {"code": error.code, "message": error.message, "hint": error.hint or "",
-                "exit_code": error.exit_code}
-    return {"code": "E_INTERNAL", "message": f"internal error: {type(error).__name__}: {error}",
-            "hint": "this is a bug in mbd-cert; rerun with -v and report the traceback",
-            "exit_code": 3}
-
-
 def _write_setup_junit(path: Path, record: dict[str, Any]) -> None:
     """Write a JUnit file with one test case: the error that stopped the whole run."""
     from mbd_cert import _paths
@@ -218,6 +208,18 @@ def _write_setup_junit(path: Path, record: dict[str, Any]) -> None:
     except (OSError, errors.MbdCertError) as failure:
         # The error that stopped the run matters more; it is raised after this.
         logger.warning("could not write the JUnit file %s: %s", path, failure)
+
+
+def _interrupted(junit_path: Path | None, message: str) -> Interrupted:
+    """Return the Ctrl-C error of the run, after writing it to the JUnit file if one is asked for.
+
+    A cancelled CI job still uploads the JUnit file, so the file records the
+    interruption. The CLI writes the same error to the ``--json`` document.
+    """
+    stopped = Interrupted(message, "run verify-repo again to completion")
+    if junit_path is not None:
+        _write_setup_junit(junit_path, error_record(stopped))
+    return stopped
 
 
 def _is_sealed(certificate: Path) -> bool:
@@ -323,26 +325,24 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                 from mbd_cert import sealing
 
                 auditor_key = sealing.load_auditor_private_key(auditor_key_path)
+        except KeyboardInterrupt as interrupt:
+            raise _interrupted(junit_path, "interrupted before any certificate was "
+                               "verified") from interrupt
         except Exception as error:
             # CI uploads the JUnit file whatever the exit code, so a run that stops
             # before any certificate still writes one, with this error in it.
             if junit_path is not None:
-                _write_setup_junit(junit_path, _as_record(error))
+                _write_setup_junit(junit_path, error_record(error))
             raise
         cache: ScanCache = {}
         results = []
         try:
             for path in certificates:
                 results.append(verify_one(root, path, policy, keys, auditor_key, cache))
-        except KeyboardInterrupt:
-            # A cancelled CI job still uploads the JUnit file, so record the interruption.
-            if junit_path is not None:
-                _write_setup_junit(junit_path, {
-                    "code": "E_INTERRUPTED", "exit_code": 130,
-                    "message": f"interrupted after {len(results)} of {len(certificates)} "
-                    "certificates; none of them counts as verified",
-                    "hint": "run verify-repo again to completion"})
-            raise
+        except KeyboardInterrupt as interrupt:
+            raise _interrupted(junit_path, f"interrupted after {len(results)} of "
+                               f"{len(certificates)} certificates; none of them counts as "
+                               "verified") from interrupt
         exit_code = max((r.exit_code for r in results), default=0)
         write_error = None
         if junit_path is not None:
@@ -351,7 +351,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                                           shared=True)
             except errors.MbdCertError as error:
                 # The results stand; the run still fails, because CI expects the file.
-                write_error = _as_record(error)
+                write_error = error_record(error)
                 exit_code = max(exit_code, error.exit_code)
                 click.echo(f"error [{error.code}]: {terminal_text(error.message)}", err=True)
         for result in results:
@@ -359,8 +359,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                 click.echo(f"warning: {terminal_text(result.certificate)}: "
                            f"{terminal_text(warning)}", err=True)
         if as_json:
-            click.echo(json_output(_repo_report(root, policy_file, exit_code, results,
-                                                 write_error)))
+            write_json_document(_repo_report(root, policy_file, exit_code, results,
+                                             write_error))
         else:
             render_table(results, exit_code, policy.required_level, policy_file is not None)
         sys.exit(exit_code)

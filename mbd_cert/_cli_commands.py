@@ -5,6 +5,7 @@ Stability: internal; the command line itself is documented in README.md and SPEC
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,39 @@ from typing import Any
 import click
 
 from mbd_cert import errors
+from mbd_cert._interrupts import CODE_INTERRUPTED, EXIT_INTERRUPTED, interruption
 from mbd_cert._terminal import json_output
+
+logger = logging.getLogger(__name__)
+
+# Key in click's Context.meta, which a command's context shares with its parent's. It
+# is set once the command has written its --json document, so that a Ctrl-C after that
+# point does not make the error handler write a second document.
+DOCUMENT_WRITTEN = "mbd_cert.json_document_written"
+
+
+def write_json_document(document: Any) -> None:
+    """Write the command's ``--json`` document to stdout and record that it was written."""
+    click.echo(json_output(document))
+    click.get_current_context().meta[DOCUMENT_WRITTEN] = True
+
+
+def error_record(error: BaseException) -> dict[str, Any]:
+    """Return ``{"code", "message", "hint", "exit_code"}`` for an error that stopped a command.
+
+    Ctrl-C (KeyboardInterrupt) is ``E_INTERRUPTED`` with exit code 130, and any error
+    that is not an :class:`~mbd_cert.errors.MbdCertError` is a bug, ``E_INTERNAL``.
+    """
+    if isinstance(error, errors.MbdCertError):
+        return {"code": error.code, "message": error.message, "hint": error.hint or "",
+                "exit_code": error.exit_code}
+    if isinstance(error, KeyboardInterrupt):
+        stopped = interruption(error)
+        return {"code": CODE_INTERRUPTED, "message": stopped.message, "hint": stopped.hint,
+                "exit_code": EXIT_INTERRUPTED}
+    return {"code": "E_INTERNAL", "message": f"internal error: {type(error).__name__}: {error}",
+            "hint": "this is a bug in mbd-cert; rerun with -v and report the traceback",
+            "exit_code": 3}
 
 
 def require_directory(path: Path, what: str, hint: str) -> None:
@@ -218,46 +251,63 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         error (a bug), 130 interrupted.
         """
         from mbd_cert import _paths
+        from mbd_cert._interrupts import Interrupted
         from mbd_cert._terminal import terminal_text
         from mbd_cert.report import to_junit
         from mbd_cert.verify import VerifyOptions
         from mbd_cert.verify import verify as run_verify
 
         if junit_path is not None:
+            # Checked first, because with an unusable path the error below has nowhere
+            # to go (SPEC.md, R-REP-4).
             _paths.check_output_file(junit_path, "--junit")
-        keys = _load_keys(key_paths, trust_dir)
-        opener = None
-        if auditor_private_key is not None:
-            from mbd_cert import sealing
-
-            opener = sealing.load_auditor_private_key(auditor_private_key)
-        update, close = progress_bar()
         try:
-            report = run_verify(
-                cert,
-                model,
-                VerifyOptions(
-                    trusted_keys=keys,
-                    level=level,
-                    bundle_dir=bundle_dir,
-                    max_epsilon=max_epsilon,
-                    max_delta=max_delta,
-                    required_sensitivity_method=require_sensitivity_method,
-                    allow_inconclusive=allow_inconclusive,
-                    progress=update,
-                    alpha=alpha,
-                    check_file_digest=check_file_digest,
-                    chain_dir=chain_dir,
-                    auditor_private_key=opener,
-                ),
-            )
-        finally:
-            close()
+            keys = _load_keys(key_paths, trust_dir)
+            opener = None
+            if auditor_private_key is not None:
+                from mbd_cert import sealing
+
+                opener = sealing.load_auditor_private_key(auditor_private_key)
+            update, close = progress_bar()
+            try:
+                report = run_verify(
+                    cert,
+                    model,
+                    VerifyOptions(
+                        trusted_keys=keys,
+                        level=level,
+                        bundle_dir=bundle_dir,
+                        max_epsilon=max_epsilon,
+                        max_delta=max_delta,
+                        required_sensitivity_method=require_sensitivity_method,
+                        allow_inconclusive=allow_inconclusive,
+                        progress=update,
+                        alpha=alpha,
+                        check_file_digest=check_file_digest,
+                        chain_dir=chain_dir,
+                        auditor_private_key=opener,
+                    ),
+                )
+            finally:
+                close()
+        except KeyboardInterrupt as interrupt:
+            stopped = Interrupted(
+                "interrupted by Ctrl-C (SIGINT) before verification finished; the "
+                "certificate is not verified", "run mbd-cert verify again to completion")
+            if junit_path is not None:
+                write_error_junit(junit_path, str(cert), error_record(stopped))
+            raise stopped from interrupt
+        except Exception as error:
+            # CI uploads the JUnit file whatever the exit code, so a run that stops before
+            # the checks still writes one, with this error in it (SPEC.md, R-REP-3).
+            if junit_path is not None:
+                write_error_junit(junit_path, str(cert), error_record(error))
+            raise
         if junit_path is not None:
-            _paths.atomic_write_bytes(junit_path, to_junit(report), overwrite=True,
-                                          shared=True)
+            _paths.atomic_write_bytes(junit_path, to_junit(report, suite=str(cert)),
+                                      overwrite=True, shared=True)
         if as_json:
-            click.echo(json_output(report.to_json()))
+            write_json_document(report.to_json())
         else:
             _render_table(report)
         if not report.verified:
@@ -272,6 +322,23 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                 click.echo("  hint: an inconclusive check counts as failed unless "
                            "--allow-inconclusive is given", err=True)
         sys.exit(0 if report.verified else 1)
+
+
+def write_error_junit(path: Path, suite: str, record: dict[str, Any]) -> None:
+    """Write the JUnit file of a ``verify`` run that stopped before its checks.
+
+    ``record`` is an :func:`error_record`. A failure to write the file is logged,
+    because the caller raises the error that stopped the run after this.
+    """
+    from mbd_cert import _paths
+    from mbd_cert.report import error_junit
+
+    data = error_junit(record["code"], record["message"], record["hint"], suite=suite)
+    try:
+        _paths.atomic_write_bytes(path, data, overwrite=True, shared=True)
+    except (OSError, errors.MbdCertError) as failure:
+        logger.warning("could not write the JUnit file %s: %s", path, failure)
+
 
 def _render_table(report: Any) -> None:
     from rich.console import Console

@@ -10,8 +10,7 @@ from typing import Any
 
 import click
 
-from mbd_cert._cli_commands import GuardFactory
-from mbd_cert._terminal import json_output
+from mbd_cert._cli_commands import GuardFactory, write_json_document
 
 
 def register(main: click.Group, guarded: GuardFactory) -> None:
@@ -27,7 +26,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
 
         summary = _inspect_summary(load_certificate(cert))
         if as_json:
-            click.echo(json_output(summary))
+            write_json_document(summary)
             return
         _render_inspect(summary)
 

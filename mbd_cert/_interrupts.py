@@ -15,6 +15,9 @@ KeyboardInterrupt when the block ends, after the rename.
 Python runs signal handlers in the main thread only, so the hold is installed only
 there; elsewhere these functions change nothing.
 
+:class:`Interrupted` carries the text of the ``E_INTERRUPTED`` error that a command
+writes to its ``--json`` document and ``--junit`` file after Ctrl-C.
+
 Stability: internal.
 """
 
@@ -26,6 +29,36 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 from typing import Any
+
+# 128 + SIGINT, the status shells report for a command ended by Ctrl-C. Exit 1 would
+# read as "a check failed".
+EXIT_INTERRUPTED = 130
+# Error code of a run stopped by Ctrl-C, in the --json document and the --junit file.
+CODE_INTERRUPTED = "E_INTERRUPTED"
+
+
+class Interrupted(KeyboardInterrupt):
+    """KeyboardInterrupt with a message on how far the command got, for its reports.
+
+    A command that writes ``--json`` or ``--junit`` raises it in place of the plain
+    KeyboardInterrupt, and the CLI writes ``message`` and ``hint`` as the
+    ``E_INTERRUPTED`` error of the JSON document.
+
+    Attributes:
+        message: What was left undone, such as ``interrupted after 3 of 12 certificates``.
+        hint: What to do next.
+    """
+
+    def __init__(self, message: str = "interrupted by Ctrl-C (SIGINT) before the command "
+                 "finished", hint: str = "run the command again to completion") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+def interruption(interrupt: KeyboardInterrupt) -> Interrupted:
+    """Return ``interrupt`` as an :class:`Interrupted`, with the default text if it has none."""
+    return interrupt if isinstance(interrupt, Interrupted) else Interrupted()
 
 
 class CommandWindow:
@@ -100,4 +133,12 @@ def publishing() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-__all__ = ["CommandWindow", "command_window", "publishing"]
+__all__ = [
+    "CODE_INTERRUPTED",
+    "EXIT_INTERRUPTED",
+    "CommandWindow",
+    "Interrupted",
+    "command_window",
+    "interruption",
+    "publishing",
+]

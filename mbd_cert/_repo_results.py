@@ -48,24 +48,20 @@ class RepoResult:
 def junit_for(results: Sequence[RepoResult]) -> bytes:
     """Render the results as JUnit XML: one test suite per certificate."""
     from mbd_cert._terminal import clean_xml_tree
-    from mbd_cert.report import to_junit
+    from mbd_cert.report import error_junit, to_junit
 
     root = ElementTree.Element("testsuites", name="mbd-cert.verify-repo")
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     for result in results:
+        # to_junit and error_junit build the suite of one certificate; it is re-parsed
+        # to nest it here.
         if result.report is not None:
-            # to_junit builds the suite of one report; it is re-parsed to nest it here.
             suite = ElementTree.fromstring(to_junit(result.report, suite=result.certificate))
-            suite.set("errors", "0")
         else:
-            suite = ElementTree.Element("testsuite", name=result.certificate, tests="1",
-                                        failures="0", errors="1", skipped="0")
-            case = ElementTree.SubElement(suite, "testcase", classname=result.certificate,
-                                          name="verify")
             assert result.error is not None
-            node = ElementTree.SubElement(case, "error", message=result.error["code"])
-            node.text = result.error["message"] + (
-                f"\nhint: {result.error['hint']}" if result.error["hint"] else "")
+            suite = ElementTree.fromstring(error_junit(
+                result.error["code"], result.error["message"], result.error["hint"] or "",
+                suite=result.certificate))
         suite.set("file", result.certificate)
         if result.warnings:
             # JUnit has no warning status; CI systems show a suite's system-err text.

@@ -21,14 +21,12 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from mbd_cert import __version__, errors
+from mbd_cert._interrupts import CODE_INTERRUPTED, EXIT_INTERRUPTED, interruption
 from mbd_cert._terminal import json_output, terminal_lines, terminal_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("mbd_cert")
 
-# 128 + SIGINT, the status shells report for a command ended by Ctrl-C. Exit 1 would
-# read as "a check failed".
-EXIT_INTERRUPTED = 130
 NOT_FINISHED = "the command did not finish"
 
 
@@ -89,7 +87,10 @@ def guarded(json_flag: str | None = None, *,
     With ``json_flag`` set and that option given, errors are also written to stdout
     as a JSON document, so machines always receive one: the verification error report
     (:func:`mbd_cert.report.error_report`), or what ``error_document`` builds for a
-    command whose report has another shape. ``interrupted`` completes the message
+    command whose report has another shape. Ctrl-C writes that document too, with
+    the error ``E_INTERRUPTED`` and the text of the
+    :class:`~mbd_cert._interrupts.Interrupted` that the command raised, unless the
+    command had already written its own document. ``interrupted`` completes the message
     ``interrupted; ...`` printed on Ctrl-C. It must be true at any point where the
     command can be interrupted.
     """
@@ -99,19 +100,27 @@ def guarded(json_flag: str | None = None, *,
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             as_json = bool(json_flag and kwargs.get(json_flag))
 
+            def write_document(code: str, message: str, hint: str, exit_code: int) -> None:
+                # One document only: a command that already wrote its own keeps it.
+                if as_json and not _document_written():
+                    _write_error_document(code, message, hint, _error_document(
+                        error_document, kwargs, code, message, hint, exit_code))
+
             def emit(code: str, message: str, hint: str, exit_code: int) -> None:
-                document = None
-                if as_json:
-                    document = _error_document(error_document, kwargs, code, message, hint,
-                                               exit_code)
-                _emit_error(code, message, hint, as_json, document)
+                write_document(code, message, hint, exit_code)
+                _emit_error(code, message, hint, as_json=False)
 
             try:
                 return function(*args, **kwargs)
             except errors.MbdCertError as error:
                 emit(error.code, error.message, error.hint, error.exit_code)
                 sys.exit(error.exit_code)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as interrupt:
+                # The document records the interruption, and stderr gets the one
+                # "interrupted; ..." line instead of an error line.
+                stopped = interruption(interrupt)
+                write_document(CODE_INTERRUPTED, stopped.message, stopped.hint,
+                               EXIT_INTERRUPTED)
                 exit_interrupted(interrupted)
             except click.exceptions.Exit:
                 raise
@@ -145,14 +154,28 @@ def _error_document(build: ErrorDocument | None, arguments: Mapping[str, Any], c
         return None
 
 
-def _emit_error(code: str, message: str, hint: str, as_json: bool,
-                document: dict[str, Any] | None = None) -> None:
+def _document_written() -> bool:
+    """Return whether the running command has written its ``--json`` document."""
+    from mbd_cert._cli_commands import DOCUMENT_WRITTEN
+
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.meta.get(DOCUMENT_WRITTEN))
+
+
+def _write_error_document(code: str, message: str, hint: str,
+                          document: dict[str, Any] | None) -> None:
+    """Write ``document``, or by default the verification error report, to stdout."""
     from mbd_cert.report import error_report
 
+    if document is None:
+        document = error_report(code, message, hint)
+    click.echo(json_output(document))
+
+
+def _emit_error(code: str, message: str, hint: str, as_json: bool,
+                document: dict[str, Any] | None = None) -> None:
     if as_json:
-        if document is None:
-            document = error_report(code, message, hint)
-        click.echo(json_output(document))
+        _write_error_document(code, message, hint, document)
     # Messages quote names and values from the input files (SPEC.md, R-SEC-5).
     text = f"error [{code}]: {terminal_text(message)}"
     if hint:

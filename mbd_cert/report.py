@@ -139,7 +139,11 @@ def error_report(code: str, message: str, hint: str = "") -> dict[str, Any]:
 
 
 def to_junit(report: VerificationReport, suite: str = "mbd-cert.verify") -> bytes:
-    """Render the report as JUnit XML (one test case per check)."""
+    """Render the report as JUnit XML: one test suite named ``suite``, one test case per check.
+
+    The suite's ``certificate_id`` property is the report's certificate id, when it is
+    known (SPEC.md, R-REP-2).
+    """
     failures = sum(1 for c in report.checks if c.status == FAIL)
     inconclusive = sum(1 for c in report.checks if c.status == INCONCLUSIVE)
     skipped = sum(1 for c in report.checks if c.status == SKIPPED)
@@ -148,8 +152,15 @@ def to_junit(report: VerificationReport, suite: str = "mbd-cert.verify") -> byte
         name=suite,
         tests=str(len(report.checks)),
         failures=str(failures + (0 if report.allow_inconclusive else inconclusive)),
+        errors="0",
         skipped=str(skipped),
     )
+    if report.certificate_id is not None:
+        # Schemas of the format, such as Maven Surefire's test-report XSD (3.5.5), put
+        # properties first in a test suite.
+        properties = ElementTree.SubElement(root, "properties")
+        ElementTree.SubElement(properties, "property", name="certificate_id",
+                               value=str(report.certificate_id))
     for check in report.checks:
         case = ElementTree.SubElement(root, "testcase", classname=suite, name=check.name)
         if check.status == FAIL or (check.status == INCONCLUSIVE and not report.allow_inconclusive):
@@ -163,6 +174,23 @@ def to_junit(report: VerificationReport, suite: str = "mbd-cert.verify") -> byte
         )
     # Check names and details quote tensor names and other strings from the files, which
     # may hold control characters that XML 1.0 cannot encode, even as references.
+    clean_xml_tree(root)
+    data: bytes = ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
+    return data
+
+
+def error_junit(code: str, message: str, hint: str = "", suite: str = "mbd-cert.verify") -> bytes:
+    """Render a run that stopped before its checks as JUnit XML, like :func:`error_report`.
+
+    The one test suite, named ``suite``, contains one test case ``verify``. Its ``error``
+    element has the code as its message attribute, and the message and hint as its text.
+    """
+    root = ElementTree.Element("testsuite", name=suite, tests="1", failures="0", errors="1",
+                               skipped="0")
+    case = ElementTree.SubElement(root, "testcase", classname=suite, name="verify")
+    node = ElementTree.SubElement(case, "error", message=code)
+    node.text = message + (f"\nhint: {hint}" if hint else "")
+    # The suite name is a path from the command line and the message quotes input files.
     clean_xml_tree(root)
     data: bytes = ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
     return data

@@ -153,6 +153,15 @@ def test_ctrl_c_in_command_exits_130(module: str, name: str, arguments: list[str
     assert "Aborted" not in outcome.stderr
 
 
+
+def test_ctrl_c_in_inspect_json_writes_document(honest_run: HonestRun, monkeypatch):
+    # Every --json command writes one document, so a Ctrl-C gets the error report.
+    monkeypatch.setattr("mbd_cert.certificate.load_certificate", _interrupt)
+    outcome = run_cli(["inspect", honest_run.cert, "--json"])
+    assert outcome.exit_code == 130, outcome.stderr
+    assert outcome.error_code == "E_INTERRUPTED"
+    assert outcome.stderr.strip() == "interrupted; the command did not finish"
+
 def _run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
                           text=True, timeout=300, check=False)

@@ -480,3 +480,68 @@ def test_interrupted_run_writes_junit(repo, tmp_path, monkeypatch):
     assert error is not None
     assert "E_INTERRUPTED" in error.get("message")
     assert "interrupted after 1 of 2 certificates" in error.text
+
+
+def test_interrupted_run_writes_json(repo, tmp_path, monkeypatch):
+    # --json promises one document whether or not the run finished, Ctrl-C included.
+    import signal
+
+    from mbd_cert import _cli_ci
+
+    _policy(repo, "")
+    real = _cli_ci.verify_one
+    calls = []
+
+    def second_interrupts(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_cli_ci, "verify_one", second_interrupts)
+    junit = tmp_path / "junit.xml"
+    result = _run(repo, "--json", "--junit", junit)
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "interrupted; the command did not finish"
+    document = json.loads(result.stdout)
+    assert document["report_version"] == "1.2"
+    assert document["exit_code"] == 130
+    assert document["error"]["code"] == "E_INTERRUPTED"
+    assert "interrupted after 1 of 2 certificates" in document["error"]["message"]
+    assert document["error"]["hint"]
+    assert document["results"] == []
+    assert document["root"] == str(repo)
+    assert document["policy"] == str(repo / "mbd-cert-policy.toml")
+    error = ElementTree.parse(junit).getroot().find("testsuite/testcase/error")
+    assert error is not None
+    assert error.get("message") == "E_INTERRUPTED"
+    assert error.text is not None
+    assert document["error"]["message"] in error.text
+
+
+def test_interrupted_setup_writes_junit(repo, tmp_path, monkeypatch):
+    # Ctrl-C while the repository is searched, before any certificate.
+    from mbd_cert import _cli_ci
+
+    def interrupted(root):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_cli_ci, "find_certificates", interrupted)
+    junit = tmp_path / "junit.xml"
+    result = _run(repo, "--key", repo / "keys" / "issuer.pub", "--json", "--junit", junit)
+    assert result.exit_code == 130
+    document = json.loads(result.stdout)
+    assert document["error"]["code"] == "E_INTERRUPTED"
+    assert document["error"]["message"] == "interrupted before any certificate was verified"
+    [error] = ElementTree.parse(junit).getroot().findall("./testsuite/testcase/error")
+    assert error.get("message") == "E_INTERRUPTED"
+
+
+def test_junit_suites_carry_certificate_id(repo, tmp_path):
+    _policy(repo, "")
+    junit = tmp_path / "junit.xml"
+    assert _run(repo, "--junit", junit).exit_code == 0
+    expected = json.loads((repo / "models" / "a" / "cert.json").read_text())["certificate_id"]
+    for suite in ElementTree.parse(junit).getroot().findall("testsuite"):
+        [prop] = suite.findall("./properties/property")
+        assert (prop.get("name"), prop.get("value")) == ("certificate_id", expected)
