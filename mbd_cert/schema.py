@@ -30,7 +30,7 @@ import referencing.exceptions
 from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry
 
-from mbd_cert import FORMAT_VERSION, SUPPORTED_FORMAT_MAJOR, __version__
+from mbd_cert import FORMAT_VERSION, SUPPORTED_FORMAT_MAJOR, __version__, _tensor_map_schema
 from mbd_cert._json import MAX_JSON_DEPTH, json_path, load_json_strict
 from mbd_cert.errors import (
     InputError,
@@ -265,6 +265,12 @@ def _raise_schema_error(error: jsonschema.exceptions.ValidationError, major: int
         if unexpected:
             path.append(unexpected[0])
             problem = "is not allowed here"
+    elif error.validator in ("maxProperties", "maxItems") and isinstance(
+            error.instance, (dict, list)):
+        # jsonschema's own message starts with the whole value, cut off before its point.
+        kind = "members" if isinstance(error.instance, dict) else "items"
+        problem = (f"is invalid: it has {len(error.instance)} {kind}, more than the "
+                   f"{error.validator_value} allowed")
     if not problem:
         message = error.message
         if len(message) > _MAX_MESSAGE_CHARS:
@@ -276,13 +282,17 @@ def _raise_schema_error(error: jsonschema.exceptions.ValidationError, major: int
     )
 
 
-def validate_certificate(doc: Mapping[str, Any]) -> None:
+def validate_certificate(doc: Mapping[str, Any], *, scan_values: bool = True) -> None:
     """Validate a parsed certificate against the schema of its format major version.
 
     A newer minor version of a known major is validated with that major's schema.
 
     Args:
         doc: The certificate, normally from :func:`mbd_cert._json.load_json_strict`.
+        scan_values: Walk every value for schema keywords used as keys, non-finite
+            numbers and excessive depth. A caller may pass False only for a document
+            that the strict JSON loader read from text containing neither ``"$`` nor
+            ``\\u0024``: such a document has none of the three.
 
     Raises:
         MalformedCertificate: ``doc`` is not an object (``E_CERT_MALFORMED``), has a
@@ -303,15 +313,22 @@ def validate_certificate(doc: Mapping[str, Any]) -> None:
     instance = dict(doc)
 
     # Step 2: no schema keywords and no non-finite numbers, before anything else reads it.
-    _check_instance(instance, [], 0)
+    if scan_values:
+        _check_instance(instance, [], 0)
 
     # Step 3: the schema follows from format_version alone.
     major = _format_major(instance)
     validator = _validator_for_major(major)
 
-    # Step 4: schema validation; the first error in path order is reported.
+    # Step 4: schema validation; the first error in path order is reported. The
+    # per-tensor maps are checked apart, at the cost of a plain loop.
+    fast_paths = _tensor_map_schema.fast_paths(validator.schema)
+    reduced, maps = _tensor_map_schema.split_maps(instance, fast_paths)
     try:
-        errors = sorted(validator.iter_errors(instance), key=_error_sort_key)
+        found = list(validator.iter_errors(reduced))
+        for path, tensors in maps:
+            found.extend(_tensor_map_schema.map_errors(path, tensors, _format_checker()))
+        errors = sorted(found, key=_error_sort_key)
     except referencing.exceptions.Unresolvable as exc:
         _internal_error(f"bundled schema for major version {major} has an unresolvable $ref: {exc}")
     if errors:
