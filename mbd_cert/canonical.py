@@ -11,6 +11,7 @@ share one signature, and its own errors name no path.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, NoReturn
 
@@ -20,6 +21,9 @@ from mbd_cert._json import LONE_SURROGATE, MAX_JSON_DEPTH, SAFE_INTEGER_MAX, jso
 from mbd_cert.errors import LimitExceeded, MalformedCertificate
 
 __all__ = ["canonical_bytes"]
+
+# Scalar types that json.dumps writes exactly as RFC 8785 does (floats are not among them).
+_PLAIN_SCALARS = (type(None), bool)
 
 
 def _describe_type(value: object) -> str:
@@ -52,18 +56,28 @@ def _check_number(value: int | float, path: list[str | int]) -> None:
         _reject(path, "is -0.0, which is not allowed", "E_CANONICAL_NUMBER", hint="use 0.0")
 
 
-def _check_signable(value: Any, path: list[str | int], depth: int) -> None:
-    """Raise for the first value in document order that must not be signed."""
+def _check_signable(value: Any, path: list[str | int], depth: int, plain: set[int]) -> bool:
+    """Raise for the first value in document order that must not be signed.
+
+    Returns whether ``value`` is plain: built only from exact ``dict``, ``list``,
+    ``str``, ``int``, ``bool`` and ``None``, with no float and no key outside the Basic
+    Multilingual Plane. The ids of plain containers are added to ``plain``.
+    """
     # bool is a subclass of int, and JSON true/false need no number checks.
     if value is None or isinstance(value, bool):
-        return
+        return type(value) in _PLAIN_SCALARS
     if isinstance(value, (int, float)):
         _check_number(value, path)
-    elif isinstance(value, str):
+        return type(value) is int
+    if isinstance(value, str):
         if LONE_SURROGATE.search(value):
             _reject(path, "contains an unpaired UTF-16 surrogate", "E_CANONICAL_STRING")
-    elif isinstance(value, (dict, list)):
-        _check_container(value, path, depth)
+        return type(value) is str
+    if isinstance(value, (dict, list)):
+        is_plain = _check_container(value, path, depth, plain) and type(value) in (dict, list)
+        if is_plain:
+            plain.add(id(value))
+        return is_plain
     else:
         # Tuples, sets, bytes, numpy scalars and other types have no single JSON form.
         _reject(
@@ -74,7 +88,8 @@ def _check_signable(value: Any, path: list[str | int], depth: int) -> None:
         )
 
 
-def _check_container(value: dict[Any, Any] | list[Any], path: list[str | int], depth: int) -> None:
+def _check_container(value: dict[Any, Any] | list[Any], path: list[str | int], depth: int,
+                     plain: set[int]) -> bool:
     # depth counts the enclosing containers, so this one opens level depth + 1.
     if depth >= MAX_JSON_DEPTH:
         # Also stops reference cycles, which would otherwise recurse forever.
@@ -82,6 +97,7 @@ def _check_container(value: dict[Any, Any] | list[Any], path: list[str | int], d
             f"signed content nests deeper than {MAX_JSON_DEPTH} levels at {json_path(path)}",
             code="E_JSON_TOO_DEEP",
         )
+    is_plain = True
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
@@ -93,13 +109,16 @@ def _check_container(value: dict[Any, Any] | list[Any], path: list[str | int], d
             path.append(key)
             if LONE_SURROGATE.search(key):
                 _reject(path, "has a key with an unpaired UTF-16 surrogate", "E_CANONICAL_STRING")
-            _check_signable(item, path, depth + 1)
+            if type(key) is not str or (key and max(key) > "\uffff"):
+                is_plain = False
+            is_plain = _check_signable(item, path, depth + 1, plain) and is_plain
             path.pop()
     else:
         for index, item in enumerate(value):
             path.append(index)
-            _check_signable(item, path, depth + 1)
+            is_plain = _check_signable(item, path, depth + 1, plain) and is_plain
             path.pop()
+    return is_plain
 
 
 def canonical_bytes(obj: Any) -> bytes:
@@ -127,12 +146,41 @@ def canonical_bytes(obj: Any) -> bytes:
         LimitExceeded: The value nests deeper than ``MAX_JSON_DEPTH`` levels or
             contains a reference cycle (``E_JSON_TOO_DEEP``).
     """
-    _check_signable(obj, [], 0)
+    plain: set[int] = set()
+    _check_signable(obj, [], 0, plain)
     try:
-        return rfc8785.dumps(obj)
+        return _serialize(obj, plain).encode("utf-8")
     except rfc8785.CanonicalizationError as exc:
         # The walk above rejects everything rfc8785 0.1.4 rejects, so this is a
         # fallback for later versions of the package that reject more.
         raise MalformedCertificate(
             f"signed content cannot be canonicalized: {exc}", code="E_CANONICAL_TYPE"
         ) from exc
+
+
+def _serialize(value: Any, plain: set[int]) -> str:
+    """Return the RFC 8785 text of a value that :func:`_check_signable` accepted.
+
+    A plain container (see :func:`_check_signable`) goes to ``json.dumps`` in one C
+    call, which writes exactly RFC 8785 text for it: sorted keys, no spaces, the same
+    string escapes and integers as plain digits. Key order by code point equals order
+    by UTF-16 code unit when no key contains a character beyond U+FFFF. Everything else,
+    floats above all, is written by ``rfc8785``, and containers around it are
+    assembled here. The per-tensor maps of a certificate hold no float, so their
+    millions of values skip the package's per-value Python code.
+    """
+    if id(value) in plain:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    if isinstance(value, dict):
+        # RFC 8785 section 3.2.3: members sorted by the UTF-16 code units of their names.
+        names = sorted(value, key=lambda name: name.encode("utf-16-be"))
+        members = (f"{_string(name)}:{_serialize(value[name], plain)}" for name in names)
+        return "{" + ",".join(members) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_serialize(item, plain) for item in value) + "]"
+    text: str = rfc8785.dumps(value).decode("utf-8")
+    return text
+
+
+def _string(name: str) -> str:
+    return json.dumps(name, ensure_ascii=False)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -252,3 +253,24 @@ def test_float_text_round_trips(value: float) -> None:
 def test_keys_sorted_by_utf16(value: dict[str, int]) -> None:
     parsed = json.loads(canonical_bytes(value))
     assert list(parsed) == sorted(value, key=lambda key: key.encode("utf-16-be"))
+
+
+_KEY_CHARS = "aZ_0\x00\x1f\"\\\x7f\u00e9\u2028\ue000\uffff\U0001f600\U00010000"
+_TEXT_CHARS = "a\x00\x08\t\n\x0c\r\x1f\"\\/\x7f\u2028\U0001f600"
+_keys = st.text(alphabet=st.sampled_from(_KEY_CHARS), max_size=4)
+_plain = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-SAFE_INTEGER_MAX, max_value=SAFE_INTEGER_MAX)
+    | st.text(alphabet=st.sampled_from(_TEXT_CHARS), max_size=5),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_keys, children, max_size=4),
+    max_leaves=30,
+)
+_mixed = st.dictionaries(_keys, st.one_of(_plain, _finite_floats))
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=st.one_of(_signable, _plain, _mixed))
+def test_same_bytes_as_rfc8785_package(value: Any) -> None:
+    # Float-free containers take json.dumps; the package remains the reference.
+    assert canonical_bytes(value) == rfc8785.dumps(value)
