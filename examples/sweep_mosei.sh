@@ -46,6 +46,6 @@ mbd-cert issue --checkpoint chain1 --modality vision --epsilon 1 --key issuer.ke
 mbd-cert verify chain2/cert.json chain2/model.safetensors --key issuer.pub \
     --auditor-private-key auditor.key --json > chain2/verify.json
 
-mbd-cert report --out report "${certs[@]}" chain2/cert.json \
+mbd-cert report --out report --force "${certs[@]}" chain2/cert.json \
     --verify-report chain2/verify.json --verify-report "${certs[0]%cert.json}verify.json"
 echo "report: $work/report/index.html"

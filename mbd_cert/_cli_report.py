@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
+from typing import Any
 
 import click
 
 from mbd_cert import _paths, errors
 from mbd_cert._cli_commands import GuardFactory
+from mbd_cert._interrupts import command_window
+from mbd_cert._issue_outputs import check_output_dir, create_staging, set_modes, swap_in
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +30,10 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
     @main.command()
     @click.argument("certs", nargs=-1, required=True, type=click.Path(path_type=Path))
     @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
-                  help="Directory for the PNG figures and index.html (created if missing).")
+                  help="Directory for the PNG figures and index.html (created if missing; "
+                  "must be empty unless --force is given).")
+    @click.option("--force", is_flag=True,
+                  help="Replace a non-empty output directory, with every file in it.")
     @click.option("--chain", "chain_dir", type=click.Path(path_type=Path), default=None,
                   help="Directory of the earlier certificates of the chain figure's "
                        "certificate [default: the directory of that certificate].")
@@ -38,14 +45,16 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                   help="A JSON report of 'mbd-cert verify --json' (repeatable).")
     @click.option("--title", default="Modality deletion report", show_default=True,
                   help="Title of the HTML page.")
-    @guarded()
-    def report(certs: tuple[Path, ...], out_dir: Path, chain_dir: Path | None,
+    # True until the report is in place; from then on Ctrl-C is held (mbd_cert._interrupts).
+    @guarded(interrupted="the output directory was left as it was")
+    def report(certs: tuple[Path, ...], out_dir: Path, force: bool, chain_dir: Path | None,
                modality: str | None, verify_reports: tuple[Path, ...], title: str) -> None:
         """Draw figures from CERTS: privacy-utility, chain budget, proxy quality, checks.
 
         The chain figure uses the certificate with the highest sequence number. The
         figures show what the certificates claim; run 'mbd-cert verify' to check them.
         """
+        check_output_dir(out_dir, force=force)
         try:
             from mbd_cert import report_figures
         except ImportError as exc:
@@ -84,17 +93,51 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
             ("proxy_scatter.png", report_figures.proxy_scatter(docs)),
             ("verification.png", report_figures.verification_results(loaded)),
         ]
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written = [name for name, section in sections
-                   if report_figures.write_png(section, out_dir / name)]
         page = report_figures.render_html(title, [section for _, section in sections])
-        _paths.atomic_write_bytes(out_dir / "index.html", page.encode("utf-8"),
-                                  overwrite=True, shared=True)
-        logger.info("wrote %s", ", ".join(written))
-        click.echo(f"wrote {out_dir / 'index.html'} and {len(written)} figures: "
-                   + ", ".join(written))
+        with command_window() as window:
+            written = _write_report(out_dir, sections, page, force=force)
+            logger.info("wrote %s", ", ".join(written))
+            click.echo(f"wrote {out_dir / 'index.html'} and {len(written)} figures: "
+                       + ", ".join(written))
+        if window.interrupted:
+            click.echo(f"Ctrl-C arrived after the report was moved into {out_dir}; "
+                       "the report is complete", err=True)
         summary = {"figures": written, "html": str(out_dir / "index.html")}
         logger.debug("%s", json.dumps(summary))
+
+
+def _write_report(out_dir: Path, sections: list[tuple[str, Any]], page: str, *,
+                  force: bool) -> list[str]:
+    """Write the figures and index.html to ``out_dir``; return the figure file names.
+
+    The files are built in a staging directory that then replaces ``out_dir`` as a
+    whole, so no figure of an earlier run stays behind, and a failed run leaves
+    ``out_dir`` as it was.
+
+    Raises:
+        InputError: A file cannot be written (``E_FILE_UNWRITABLE``), or ``out_dir``
+            became non-empty meanwhile and ``force`` is False (``E_OUTPUT_EXISTS``).
+    """
+    from mbd_cert import report_figures
+
+    staging = create_staging(out_dir)
+    try:
+        written = [name for name, section in sections
+                   if report_figures.write_png(section, staging / name)]
+        _paths.atomic_write_bytes(staging / "index.html", page.encode("utf-8"), shared=True)
+        set_modes(staging)
+        swap_in(staging, out_dir, force=force, command="report")
+    except OSError as exc:
+        raise errors.InputError(
+            f"failed to write the report into {out_dir}: {exc.strerror or exc}",
+            hint="free disk space or pass another --out directory",
+            code="E_FILE_UNWRITABLE",
+        ) from exc
+    finally:
+        # After swap_in the staging path no longer exists, so this removes only the
+        # files of a failed run.
+        shutil.rmtree(staging, ignore_errors=True)
+    return written
 
 
 # Statuses a check of 'mbd-cert verify --json' can have (SPEC.md, R-REP-1).

@@ -2,7 +2,8 @@
 
 :func:`mbd_cert._issue_steps.run` writes every file into the staging directory of
 :func:`create_staging`, then calls :func:`set_modes` and :func:`swap_in`, so that
-``--out`` never contains a partial result (SPEC.md section 6.5).
+``--out`` never contains a partial result (SPEC.md section 6.5). ``mbd-cert report``
+writes its figures the same way.
 
 Stability: internal.
 """
@@ -21,6 +22,22 @@ from mbd_cert.errors import InputError
 # The released model, the certificate and the chain copies are public; the audit
 # bundle reveals pre-deletion weights and training samples (SPEC.md, section 12).
 _PRIVATE_FILES = ("diff.safetensors", "probe.safetensors", "eval.safetensors")
+
+
+def check_output_dir(out_dir: Path, *, force: bool) -> None:
+    """Reject an ``--out`` path that is not a directory, or is not empty without force.
+
+    Raises:
+        InputError: ``out_dir`` exists and is not a directory (``E_PARAMETER_INVALID``),
+            or is a non-empty directory and ``force`` is False (``E_OUTPUT_EXISTS``).
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output path {out_dir} exists and is not a directory",
+                         hint="choose another --out", code="E_PARAMETER_INVALID")
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise InputError(f"output directory {out_dir} exists and is not empty",
+                         hint="choose another --out or pass --force to replace it",
+                         code="E_OUTPUT_EXISTS")
 
 
 def create_staging(out_dir: Path) -> Path:
@@ -44,14 +61,20 @@ def set_modes(staging: Path) -> None:
         path.chmod(0o600 if private else 0o644 & ~umask)
 
 
-def swap_in(staging: Path, out_dir: Path, *, force: bool) -> None:
+def swap_in(staging: Path, out_dir: Path, *, force: bool, command: str = "issue") -> None:
     """Move the finished staging directory to ``out_dir`` (replacing it only with force).
 
     SIGINT is held from the start of the move (see :mod:`mbd_cert._interrupts`).
 
+    Args:
+        staging: The directory from :func:`create_staging`, with every output in it.
+        out_dir: The ``--out`` directory.
+        force: Replace a non-empty ``out_dir``.
+        command: Name of the ``mbd-cert`` command, for the error message.
+
     Raises:
         InputError: ``out_dir`` is not empty and ``force`` is False, because another
-            process wrote there after the issue began (``E_OUTPUT_EXISTS``).
+            process wrote there after the command began (``E_OUTPUT_EXISTS``).
     """
     # From here on a Ctrl-C must neither separate the two renames nor report a
     # failure after out_dir contains the new output.
@@ -59,7 +82,7 @@ def swap_in(staging: Path, out_dir: Path, *, force: bool) -> None:
         if out_dir.exists():
             if not force and any(out_dir.iterdir()):
                 raise InputError(
-                    f"output directory {out_dir} appeared while issuing",
+                    f"output directory {out_dir} appeared while '{command}' was running",
                     hint="another process writes there; choose another --out",
                     code="E_OUTPUT_EXISTS",
                 )
@@ -71,4 +94,4 @@ def swap_in(staging: Path, out_dir: Path, *, force: bool) -> None:
             staging.rename(out_dir)
 
 
-__all__ = ["create_staging", "set_modes", "swap_in"]
+__all__ = ["check_output_dir", "create_staging", "set_modes", "swap_in"]

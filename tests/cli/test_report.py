@@ -256,3 +256,45 @@ def test_report_subnormal_proxy_values(honest_run: HonestRun, tmp_path: Path) ->
     cert = write_json(tmp_path / "cert.json", resign(doc, honest_run.private_key))
     outcome = run_cli(["report", "--out", tmp_path / "report", cert])
     assert outcome.exit_code == 0, outcome.stderr
+
+
+def test_report_refuses_nonempty_out(honest_run: HonestRun, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "privacy_utility.png").write_bytes(b"earlier run")
+    outcome = run_cli(["report", "--out", out, honest_run.cert])
+    assert_clean(outcome)
+    assert outcome.exit_code == 2
+    assert "[E_OUTPUT_EXISTS]" in outcome.stderr
+    assert "--force" in outcome.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["privacy_utility.png"]
+    assert (out / "privacy_utility.png").read_bytes() == b"earlier run"
+
+
+def test_report_force_leaves_no_stale_figure(honest_run: HonestRun, tmp_path: Path) -> None:
+    document = {"verified": True, "checks": [{"name": "signature", "status": "pass"}]}
+    report_json = write_json(tmp_path / "verify.json", document)
+    out = tmp_path / "report"
+    first = run_cli(["report", "--out", out, honest_run.cert, "--verify-report", report_json])
+    assert first.exit_code == 0, first.stderr
+    assert (out / "verification.png").exists()
+    (out / "notes.txt").write_text("not a report file")
+
+    # Without --verify-report there is no verification figure to draw.
+    again = run_cli(["report", "--out", out, "--force", honest_run.cert])
+    assert again.exit_code == 0, again.stderr
+    assert "verification.png" not in again.stdout
+    assert not (out / "verification.png").exists()
+    assert not (out / "notes.txt").exists()
+    assert (out / "index.html").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "verify.json"]
+
+
+def test_report_out_that_is_a_file(honest_run: HonestRun, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    out.write_text("a file")
+    outcome = run_cli(["report", "--out", out, "--force", honest_run.cert])
+    assert_clean(outcome)
+    assert outcome.exit_code == 2
+    assert "[E_PARAMETER_INVALID]" in outcome.stderr
+    assert out.read_text() == "a file"
