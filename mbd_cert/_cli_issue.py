@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from mbd_cert._cli_commands import GuardFactory, progress_bar, require_directory
+from mbd_cert._paths import reject_output_over_inputs
 
 
 def register(main: click.Group, guarded: GuardFactory) -> None:
@@ -211,6 +212,10 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         require_directory(checkpoint, "checkpoint directory",
                            "pass the directory that 'mbd-cert train' or an earlier "
                            "'mbd-cert issue' wrote")
+        reject_output_over_inputs(out_dir, [
+            ("--checkpoint", checkpoint), ("--key", key_path), ("--previous", previous),
+            ("--eval-set", eval_set), ("--auditor-key", auditor_key),
+        ])
         from mbd_cert import sealing, signing
         from mbd_cert._interrupts import command_window
         from mbd_cert.issue import IssueOptions

@@ -54,6 +54,10 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         The chain figure uses the certificate with the highest sequence number. The
         figures show what the certificates claim; run 'mbd-cert verify' to check them.
         """
+        _paths.reject_output_over_inputs(out_dir, [
+            *(("CERT", path) for path in certs), ("--chain", chain_dir),
+            *(("--verify-report", path) for path in verify_reports),
+        ])
         check_output_dir(out_dir, force=force)
         try:
             from mbd_cert import report_figures

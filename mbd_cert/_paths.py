@@ -17,7 +17,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -41,11 +41,47 @@ def check_output_file(path: Path, option: str) -> None:
                           hint="create the directory first, or write the file into an "
                           "existing one")
 
+
+def reject_output_over_inputs(out_dir: Path,
+                              inputs: Iterable[tuple[str, Path | None]]) -> None:
+    """Reject an output directory that is one of the inputs or contains one.
+
+    Commands replace ``--out`` as a whole, so such an input would be deleted. Both
+    sides are compared after resolving symbolic links and relative paths. An output
+    inside an input directory is accepted, because replacing it leaves the input's
+    own files in place.
+
+    Args:
+        out_dir: The ``--out`` directory; it need not exist.
+        inputs: Pairs of (option that named the input, such as ``--checkpoint``, and
+            its path). A None path is skipped.
+
+    Raises:
+        InputError: ``E_OUTPUT_OVERLAPS_INPUT``, naming both options and paths.
+    """
+    out_real = os.path.realpath(out_dir)
+    for option, path in inputs:
+        if path is None:
+            continue
+        input_real = os.path.realpath(path)
+        if os.path.commonpath([out_real, input_real]) != out_real:
+            continue
+        relation = "is" if input_real == out_real else "contains"
+        raise InputError(
+            f"--out {str(out_dir)!r} {relation} the input {option} {str(path)!r}",
+            hint="writing --out replaces the whole directory and would delete that "
+            "input, so --force cannot allow it; choose another --out, such as a new, "
+            "empty directory",
+            code="E_OUTPUT_OVERLAPS_INPUT",
+        )
+
+
 __all__ = [
     "MAX_ARTEFACT_PATH_CHARS",
     "AtomicOutput",
     "atomic_output",
     "atomic_write_bytes",
+    "reject_output_over_inputs",
     "resolve_artefact",
 ]
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mbd_cert import _safetensors, accounting, certificate, chain, errors, mechanism
+from mbd_cert._paths import reject_output_over_inputs
 from mbd_cert._work_limits import MAX_UPDATE_STEPS
 from mbd_cert.checkpoint import read_config, read_probe_set, read_tensors
 
@@ -375,10 +376,11 @@ def issue(
         The signed certificate.
 
     Raises:
-        InputError: Bad options, unusable checkpoint files, or torch is not installed.
-        IssuanceError: The deletion cannot be certified (for example the output exists
-            and ``force`` is not set, the budget ``max_epsilon`` would be exceeded, or
-            the diff cannot be made exact).
+        InputError: Bad options, unusable checkpoint files, torch is not installed,
+            ``out_dir`` is not empty and ``force`` is not set (``E_OUTPUT_EXISTS``), or
+            ``out_dir`` is an input or contains one (``E_OUTPUT_OVERLAPS_INPUT``).
+        IssuanceError: The deletion cannot be certified (for example the budget
+            ``max_epsilon`` would be exceeded, or the diff cannot be made exact).
         VerificationFailed: The chain of earlier certificates is broken.
     """
     try:
@@ -394,6 +396,11 @@ def issue(
 
     validate_options(options)
     checkpoint_dir = Path(checkpoint_dir)
+    # The outputs replace out_dir as a whole, so it must not hold an input (R-ISS-4).
+    reject_output_over_inputs(out_dir, [
+        ("--checkpoint", checkpoint_dir), ("--previous", options.previous),
+        ("--eval-set", eval_set),
+    ])
     previous = previous_chain(checkpoint_dir, options)
     _warn_other_issuers(previous, private_key)
     _warn_weak_settings(options)

@@ -119,6 +119,7 @@ def _train(corpus: str, data_root: Path | None, out_dir: Path, seed: int, corpus
     from trainer.data import load_corpus
     from trainer.train import train
 
+    _reject_output_over_data(out_dir, corpus, data_root)
     settings: dict[str, Any] = {"model": {}, "loss_weights": {}}
     if task_loss is not None:
         settings["task_loss"] = task_loss
@@ -147,6 +148,25 @@ def _train(corpus: str, data_root: Path | None, out_dir: Path, seed: int, corpus
     if window.interrupted:
         click.echo(f"Ctrl-C arrived after the checkpoint was moved into {result.out_dir}; "
                    "training is complete", err=True)
+
+
+def _reject_output_over_data(out_dir: Path, corpus: str, data_root: Path | None) -> None:
+    """Reject an --out that is or contains a folder the corpus is read from.
+
+    An explicit --data-root counts even for the synthetic corpus, which ignores it,
+    because --force would still delete it.
+    """
+    from mbd_cert._paths import reject_output_over_inputs
+    from trainer.data import CORPORA, default_data_root
+
+    inputs: list[tuple[str, Path | None]] = [("--data-root", data_root)]
+    if data_root is None and CORPORA[corpus].reads_files:
+        inputs.append(("data root ($MBD_CERT_DATA or ../shared/data)", default_data_root()))
+    if corpus == "mosi-text":
+        from trainer.data.mosi_text import default_cache_dir
+
+        inputs.append(("embedding cache ($MBD_CERT_CACHE)", default_cache_dir()))
+    reject_output_over_inputs(out_dir, inputs)
 
 
 def _evaluate_options(function: Callable[..., Any]) -> Callable[..., Any]:

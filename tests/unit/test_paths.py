@@ -9,7 +9,12 @@ from typing import Any
 
 import pytest
 
-from mbd_cert._paths import atomic_output, atomic_write_bytes, resolve_artefact
+from mbd_cert._paths import (
+    atomic_output,
+    atomic_write_bytes,
+    reject_output_over_inputs,
+    resolve_artefact,
+)
 from mbd_cert.errors import FileMissing, InputError, UnsafePath
 
 
@@ -259,3 +264,51 @@ def test_atomic_write_shared_mode_follows_umask(tmp_path: Path) -> None:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "private.bin").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == 0o644
+
+
+def _overlap_error(out: Path, inputs: list[tuple[str, Path | None]]) -> InputError:
+    with pytest.raises(InputError) as caught:
+        reject_output_over_inputs(out, inputs)
+    assert caught.value.code == "E_OUTPUT_OVERLAPS_INPUT"
+    return caught.value
+
+
+def test_output_same_as_input_rejected(tmp_path: Path) -> None:
+    error = _overlap_error(tmp_path / "ck", [("--checkpoint", tmp_path / "ck")])
+    assert "is the input --checkpoint" in error.message
+    assert "choose another --out" in error.hint
+
+
+def test_output_containing_input_file_rejected(tmp_path: Path) -> None:
+    error = _overlap_error(tmp_path, [("--key", tmp_path / "keys" / "issuer.key")])
+    assert "contains the input --key" in error.message
+
+
+def test_output_relative_path_resolved(tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "ck").mkdir()
+    monkeypatch.chdir(tmp_path / "ck")
+    _overlap_error(Path(".."), [("--checkpoint", tmp_path / "ck")])
+    _overlap_error(Path("."), [("--checkpoint", Path("../ck"))])
+
+
+def test_output_symlink_to_input_rejected(tmp_path: Path) -> None:
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "out").symlink_to(tmp_path / "ck", target_is_directory=True)
+    _overlap_error(tmp_path / "out", [("--checkpoint", tmp_path / "ck")])
+
+
+def test_input_through_symlink_into_output_rejected(tmp_path: Path) -> None:
+    (tmp_path / "out" / "data").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "out" / "data", target_is_directory=True)
+    _overlap_error(tmp_path / "out", [("--data-root", tmp_path / "link")])
+
+
+def test_output_inside_input_accepted(tmp_path: Path) -> None:
+    reject_output_over_inputs(tmp_path / "ck" / "release", [("--checkpoint", tmp_path / "ck")])
+
+
+def test_output_sharing_name_prefix_accepted(tmp_path: Path) -> None:
+    # 'ck' is a string prefix of 'ck2', but neither directory contains the other.
+    reject_output_over_inputs(tmp_path / "ck", [("--checkpoint", tmp_path / "ck2"),
+                                                ("--previous", None)])
