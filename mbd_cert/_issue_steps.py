@@ -25,6 +25,7 @@ import torch
 from mbd_cert import _safetensors, certificate, mechanism, signing
 from mbd_cert._background import Background, Cancelled, FirstComer
 from mbd_cert._groups import eligible_names
+from mbd_cert._issue_checks import check_probe_coverage, reject_unlisted_deletion
 from mbd_cert._issue_document import certificate_document
 from mbd_cert._issue_outputs import create_staging, set_modes, swap_in
 from mbd_cert._torch_model import build_model, predict, probe_batch
@@ -82,30 +83,6 @@ def run(**kwargs: Any) -> dict[str, Any]:
         torch.set_num_threads(previous)
 
 
-def reject_unlisted_deletion(architecture: Any, config: Mapping[str, Any],
-                             pre_tensors: Mapping[str, np.ndarray]) -> None:
-    """Reject a model with an all-zero encoder that its config does not list (R-CHAIN-9).
-
-    An all-zero encoder is what a certified deletion leaves, and no trained encoder is
-    all zero, so such a model comes from a deletion that the chain leaves out.
-
-    Raises:
-        IssuanceError: ``E_CHAIN_BROKEN``, naming the modality.
-    """
-    deleted = set(config.get("deleted_modalities", []))
-    for modality in (m for m in config["modalities"] if m not in deleted):
-        names = eligible_names(list(pre_tensors),
-                               architecture.encoder_prefixes(config, modality))
-        if names and not any(np.any(pre_tensors[name]) for name in names):
-            raise IssuanceError(
-                f"the model's {modality} encoder is all zero, as a certified deletion "
-                f"leaves it, but its config does not list {modality!r} as deleted",
-                hint="the model comes from an earlier deletion: pass --previous with that "
-                "deletion's certificate, or issue from its output directory",
-                code="E_CHAIN_BROKEN",
-            )
-
-
 def _run(
     *,
     tasks: contextlib.ExitStack,
@@ -161,6 +138,7 @@ def _run(
             f"{config['modalities']}",
             code="E_DATA_MALFORMED",
         )
+    check_probe_coverage(probe, modality, deleted)
     check_update_work(options.steps, probe.size, source="issue options")
     torch.manual_seed(options.seed)
     column = probe.modalities.index(modality)
@@ -173,8 +151,6 @@ def _run(
     if not names:
         raise InputError(f"the eligible groups {groups} match no tensor of the model")
     forget_weights = torch.from_numpy(probe.present[:, column].astype(np.float64))
-    if float(forget_weights.sum()) == 0.0:
-        raise IssuanceError(f"no probe sample has modality {modality!r} observed")
 
     def forget(model: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
         return architecture.forget_objective(model, cast(Batch, sub), modality)

@@ -1,0 +1,83 @@
+"""Checks of the checkpoint and its probe set that issue runs before the deletion steps.
+
+:func:`mbd_cert._issue_steps.run` calls them after reading the checkpoint and before
+any saliency score is computed.
+
+Stability: internal.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from mbd_cert._groups import eligible_names
+from mbd_cert.checkpoint import ProbeSet
+from mbd_cert.errors import IssuanceError
+
+logger = logging.getLogger(__name__)
+
+
+def reject_unlisted_deletion(architecture: Any, config: Mapping[str, Any],
+                             pre_tensors: Mapping[str, np.ndarray]) -> None:
+    """Reject a model with an all-zero encoder that its config does not list (R-CHAIN-9).
+
+    An all-zero encoder is what a certified deletion leaves, and no trained encoder is
+    all zero, so such a model comes from a deletion that the chain leaves out.
+
+    Raises:
+        IssuanceError: ``E_CHAIN_BROKEN``, naming the modality.
+    """
+    deleted = set(config.get("deleted_modalities", []))
+    for modality in (m for m in config["modalities"] if m not in deleted):
+        names = eligible_names(list(pre_tensors),
+                               architecture.encoder_prefixes(config, modality))
+        if names and not any(np.any(pre_tensors[name]) for name in names):
+            raise IssuanceError(
+                f"the model's {modality} encoder is all zero, as a certified deletion "
+                f"leaves it, but its config does not list {modality!r} as deleted",
+                hint="the model comes from an earlier deletion: pass --previous with that "
+                "deletion's certificate, or issue from its output directory",
+                code="E_CHAIN_BROKEN",
+            )
+
+
+def check_probe_coverage(probe: ProbeSet, modality: str, deleted: Sequence[str]) -> None:
+    """Check that the probe set observes ``modality`` and a modality the model keeps.
+
+    The forget objective averages over the probe samples that observe ``modality``, so
+    without one there is nothing to unlearn and the deletion is refused. When no sample
+    observes any modality that the model keeps, the released model receives no input
+    on data like the probe set, which is logged as a warning.
+
+    Args:
+        probe: The probe set; its modalities are the model's, in the same order.
+        modality: The modality to delete.
+        deleted: Modalities that earlier deletions of the chain removed.
+
+    Raises:
+        IssuanceError: No probe sample observes ``modality`` (``E_ISSUANCE``); the hint
+            names the modalities that the probe set does observe.
+    """
+    observed = [name for column, name in enumerate(probe.modalities)
+                if name not in deleted and bool(probe.present[:, column].any())]
+    if modality not in observed:
+        if observed:
+            hint = (f"the probe set observes only {', '.join(map(repr, observed))}: delete "
+                    f"a modality it observes, or issue from a checkpoint whose probe set "
+                    f"has samples with {modality!r}")
+        else:
+            hint = ("the probe set observes none of the modalities the model still uses; "
+                    "use the probe set written with this checkpoint by 'mbd-cert train'")
+        raise IssuanceError(f"no probe sample has modality {modality!r} observed", hint=hint)
+
+    remaining = [name for name in probe.modalities if name != modality and name not in deleted]
+    if not [name for name in observed if name != modality]:
+        logger.warning(
+            "no probe sample observes any remaining modality (%s) once %r is deleted, so "
+            "the released model predicts from no input on such data. Release it only if "
+            "a model without input is what you intend",
+            ", ".join(map(repr, remaining)), modality)

@@ -1,0 +1,68 @@
+"""Checks that `issue` runs on the probe set before the deletion steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mbd_cert._issue_checks import check_probe_coverage
+from mbd_cert.checkpoint import ProbeSet
+from mbd_cert.errors import IssuanceError
+
+MODALITIES = ["text", "audio", "vision"]
+LOGGER = "mbd_cert._issue_checks"
+
+
+def _probe(observed: dict[str, list[bool]]) -> ProbeSet:
+    """Return a probe set whose ``present`` column per modality is ``observed[name]``."""
+    n = len(next(iter(observed.values())))
+    present = np.array([observed.get(name, [False] * n) for name in MODALITIES]).T
+    inputs = {name: np.zeros((n, 1, 1), dtype=np.float32) for name in MODALITIES}
+    return ProbeSet(modalities=list(MODALITIES), inputs=inputs, present=present,
+                    label=np.zeros(n, dtype=np.float32), member=np.ones(n, dtype=bool))
+
+
+def test_text_only_probe_warns_for_text(caplog):
+    with caplog.at_level("WARNING", logger=LOGGER):
+        check_probe_coverage(_probe({"text": [True, True]}), "text", [])
+    assert "no probe sample observes any remaining modality ('audio', 'vision')" \
+        in caplog.text
+    assert "predicts from no input" in caplog.text
+
+
+def test_text_only_probe_rejects_audio():
+    with pytest.raises(IssuanceError) as caught:
+        check_probe_coverage(_probe({"text": [True, True]}), "audio", [])
+    assert caught.value.code == "E_ISSUANCE"
+    assert "no probe sample has modality 'audio' observed" in caught.value.message
+    assert "observes only 'text'" in caught.value.hint
+
+
+def test_hint_leaves_out_deleted_modalities():
+    probe = _probe({"text": [True, False], "vision": [False, True]})
+    with pytest.raises(IssuanceError) as caught:
+        check_probe_coverage(probe, "audio", ["vision"])
+    assert "observes only 'text':" in caught.value.hint
+
+
+def test_hint_when_nothing_observed():
+    probe = _probe({"vision": [True, True]})
+    with pytest.raises(IssuanceError) as caught:
+        check_probe_coverage(probe, "audio", ["vision"])
+    assert "observes none of the modalities" in caught.value.hint
+
+
+def test_other_sample_observes_remaining_modality(caplog):
+    # One sample with audio is enough for the released model to have an input.
+    probe = _probe({"text": [True, True, True], "audio": [False, False, True]})
+    with caplog.at_level("WARNING", logger=LOGGER):
+        check_probe_coverage(probe, "text", [])
+    assert caplog.text == ""
+
+
+def test_only_deleted_modality_remains_observed(caplog):
+    # Audio was deleted earlier, so deleting text leaves vision, which no sample observes.
+    probe = _probe({"text": [True, True], "audio": [True, True]})
+    with caplog.at_level("WARNING", logger=LOGGER):
+        check_probe_coverage(probe, "text", ["audio"])
+    assert "remaining modality ('vision')" in caplog.text
