@@ -325,6 +325,11 @@ def _warn_other_issuers(previous: Sequence[chain.ChainLink], private_key: Any) -
 # well below 1/n for n training samples, so above 1e-3 the guarantee is weak whatever
 # epsilon is.
 WEAK_DELTA = 1e-3
+# Epsilon bounds the natural log of the factor by which the released model's
+# distribution may change with the deleted data. Above 10 the factor exceeds e^10,
+# about 22,000, so an observer's odds on any fact about that data may grow that much
+# and the bound rules out almost no inference.
+WEAK_EPSILON = 10.0
 
 
 def _warn_weak_settings(options: IssueOptions) -> None:
@@ -340,6 +345,11 @@ def _warn_weak_settings(options: IssueOptions) -> None:
         logger.warning(
             "%d reference rerun(s) give a rough estimate of the sensitivity, not a bound. "
             "The clip bound (%g) needs no estimate", options.reference_runs, bound)
+    if options.epsilon > WEAK_EPSILON:
+        logger.warning(
+            "epsilon %g is large: the guarantee lets an observer's odds on the deleted "
+            "data grow by a factor of up to e^%g, so it rules out almost nothing. Use an "
+            "epsilon of at most %g, e.g. 1", options.epsilon, options.epsilon, WEAK_EPSILON)
     if options.delta > WEAK_DELTA:
         logger.warning(
             "delta %g is large: the epsilon guarantee may fail with that probability. "

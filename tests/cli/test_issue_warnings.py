@@ -22,6 +22,15 @@ def test_small_mask_warns_about_level_2(tiny_checkpoint, issuer_keys, tmp_path, 
     assert ("masked entries: level 2 needs at least 20" in outcome.stderr) is warned
 
 
+@pytest.mark.parametrize(("epsilon", "warned"), [("1e6", True), ("10", False)])
+def test_large_epsilon_warns(tiny_checkpoint, issuer_keys, tmp_path, epsilon, warned):
+    outcome = run_cli(["issue", "--checkpoint", tiny_checkpoint, "--modality", "audio",
+                       "--steps", "2", "--epsilon", epsilon, "--key", issuer_keys.private,
+                       "--out", tmp_path / "out"])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert ("WARNING: epsilon 1e+06 is large" in outcome.stderr) is warned
+
+
 @pytest.fixture
 def text_only_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> Path:
     """Return a copy of the tiny checkpoint whose probe set observes only text.

@@ -95,8 +95,10 @@ def test_issue_threads_set_and_restored(monkeypatch, threads):
     ("changes", "expected"),
     [({"sensitivity_method": "declared", "sensitivity": 1e-6}, "below the clip bound"),
      ({"sensitivity_method": "reference-retrain", "reference_runs": 1}, "rough estimate"),
-     ({"delta": 0.5}, "delta 0.5 is large")],
-    ids=["declared-below-clip", "one-rerun", "large-delta"],
+     ({"delta": 0.5}, "delta 0.5 is large"),
+     ({"epsilon": 1e6}, "epsilon 1e+06 is large"),
+     ({"epsilon": 10.5}, "epsilon 10.5 is large")],
+    ids=["declared-below-clip", "one-rerun", "large-delta", "huge-epsilon", "epsilon-above-10"],
 )
 def test_weak_settings_warn(caplog, changes, expected):
     from mbd_cert.issue import _warn_weak_settings
@@ -112,6 +114,7 @@ def test_default_settings_do_not_warn(caplog):
     with caplog.at_level("WARNING", logger="mbd_cert.issue"):
         _warn_weak_settings(_options())
         _warn_weak_settings(_options(sensitivity_method="declared", sensitivity=0.002))
+        _warn_weak_settings(_options(epsilon=10.0))
     assert caplog.text == ""
 
 
