@@ -67,12 +67,12 @@ def check_deletion(doc: Mapping[str, Any], header: Any, architecture: Any, *,
             list(header.tensors), architecture.encoder_prefixes(config, deleted)
         )
         for name in names:
-            values = _safetensors.read_tensor(header, name)
-            nonzero = int(np.count_nonzero(values))
+            nonzero = _nonzero_entries(_safetensors.read_tensor(header, name))
             if nonzero:
                 raise DeletionIncomplete(
                     f"tensor '{name}' of the deleted {deleted} encoder has {nonzero} "
-                    "non-zero entries",
+                    "entries whose bytes are not all zero (a -0.0 counts: its sign bit "
+                    "can copy the sign of the trained weight)",
                     hint="the released model still holds the deleted encoder"
                     if model_matches else _OTHER_MODEL_HINT,
                 )
@@ -80,6 +80,70 @@ def check_deletion(doc: Mapping[str, Any], header: Any, architecture: Any, *,
     _check_no_unlisted_deletion(config, header, architecture, model_matches)
     deleted_list = ", ".join(sorted(config.get("deleted_modalities", [])))
     return f"{count} encoder tensors of the deleted modalities ({deleted_list}) are all zero"
+
+
+def _nonzero_entries(values: np.ndarray) -> int:
+    """Return how many entries of ``values`` have a byte other than zero.
+
+    Comparing bytes instead of values counts -0.0 (and, in formats read as raw
+    integers, any bit pattern) as non-zero, so a deleted encoder cannot keep sign bits.
+    """
+    flat = np.ascontiguousarray(values).reshape(-1)
+    if flat.size == 0:
+        return 0
+    raw = flat.view(np.uint8).reshape(flat.size, flat.dtype.itemsize)
+    return int(np.count_nonzero(raw.any(axis=1)))
+
+
+# The metadata 'mbd-cert issue' writes into a released model, and nothing else: any
+# other entry could carry data of a deleted encoder past every check (R-DEL-2).
+RELEASED_MODEL_FORMAT = "mbd-cert-model/1"
+
+
+def check_model_layout(doc: Mapping[str, Any], header: Any, architecture: Any) -> CheckResult:
+    """Check the released model's metadata, tensor names and shapes (R-DEL-2).
+
+    Raises:
+        DeletionIncomplete: The metadata contains other entries, or the tensors differ
+            from those the architecture builds from the certified config.
+    """
+    config = doc["subject_model"]["architecture"]["config"]
+    expected_metadata = {"format": RELEASED_MODEL_FORMAT,
+                         "architecture": doc["subject_model"]["architecture"]["name"]}
+    if header.metadata != expected_metadata:
+        extra = sorted(set(header.metadata) - set(expected_metadata))
+        raise DeletionIncomplete(
+            f"the model's header metadata is not the one a release has: expected "
+            f"{expected_metadata}, found keys {sorted(header.metadata)[:5]}"
+            + (f" ({len(extra)} unexpected)" if extra else ""),
+            hint="metadata can carry data of a deleted encoder; a released model holds "
+            "only format and architecture",
+        )
+    if architecture.tensor_shapes is None:
+        return CheckResult("model-tensors", "skipped",
+                           f"metadata checked; architecture {architecture.name!r} does not list "
+                           "its tensors without torch, so level 2 compares them when it "
+                           "rebuilds the model", requirement="R-DEL-2")
+    expected = architecture.tensor_shapes(config)
+    found = {name: tuple(info.shape) for name, info in header.tensors.items()}
+    extra = sorted(set(found) - set(expected))
+    missing = sorted(set(expected) - set(found))
+    reshaped = sorted(name for name in set(found) & set(expected)
+                      if found[name] != expected[name])
+    if extra or missing or reshaped:
+        parts = [f"{label} {names[:3]}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                 for label, names in (("not in the architecture:", extra),
+                                      ("missing:", missing), ("other shape:", reshaped))
+                 if names]
+        raise DeletionIncomplete(
+            "the model's tensors differ from those the certified config builds: "
+            + "; ".join(parts),
+            hint="a tensor outside the architecture can hold a deleted encoder; pass the "
+            "model released with this certificate",
+        )
+    return CheckResult("model-tensors", "pass",
+                       f"{len(found)} tensors with the names and shapes the certified config "
+                       "builds; metadata as released", requirement="R-DEL-2")
 
 
 def _check_no_unlisted_deletion(config: Mapping[str, Any], header: Any,
@@ -96,7 +160,8 @@ def _check_no_unlisted_deletion(config: Mapping[str, Any], header: Any,
             continue
         names = _groups.eligible_names(list(header.tensors),
                                        architecture.encoder_prefixes(config, modality))
-        if not names or any(np.any(_safetensors.read_tensor(header, name)) for name in names):
+        if not names or any(_nonzero_entries(_safetensors.read_tensor(header, name))
+                            for name in names):
             continue
         if not model_matches:
             # Usually the model of a later deletion, passed with an earlier certificate.

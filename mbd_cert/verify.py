@@ -32,7 +32,12 @@ from mbd_cert import (
     sealing,
 )
 from mbd_cert._calibration import check_calibration
-from mbd_cert._level1_checks import check_bundle, check_deletion, check_policy
+from mbd_cert._level1_checks import (
+    check_bundle,
+    check_deletion,
+    check_model_layout,
+    check_policy,
+)
 from mbd_cert.arch import get_architecture
 from mbd_cert.errors import (
     FileMissing,
@@ -221,7 +226,9 @@ def verify(
         ),
     )
 
-    # Step 4 (SPEC §7.4): the deleted encoder is gone.
+    # Step 4 (SPEC §7.4): nothing outside the architecture, and the deleted encoder is gone.
+    report.run("model-tensors", "R-DEL-2",
+               lambda: check_model_layout(doc, header, architecture))
     report.run(
         "deleted-tensors-zero", "R-DEL-1",
         lambda: check_deletion(doc, header, architecture, model_matches=model_matches),

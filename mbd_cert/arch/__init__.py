@@ -88,6 +88,10 @@ class Architecture:
             reuses the outputs of modules it does not vary and zeroes ``nn.Linear``
             entries by a column update. False (the default) keeps the slower path,
             which copies the varied tensors and recomputes every module.
+        tensor_shapes: ``config`` -> name and shape of every tensor of the model,
+            computed without torch. Level 1 holds the released model against it, so
+            that no tensor outside the architecture (a copy of a deleted encoder, for
+            example) passes unseen. None (the default) reports that check as skipped.
     """
 
     name: str
@@ -100,6 +104,7 @@ class Architecture:
     retain_objective: Callable[[torch.nn.Module, Batch, str], torch.Tensor]
     independent_samples: bool = False
     local_parameters: bool = False
+    tensor_shapes: Callable[[Mapping[str, Any]], dict[str, tuple[int, ...]]] | None = None
 
 
 def get_architecture(name: str) -> Architecture:
@@ -325,6 +330,7 @@ def _builtin_mbd() -> Architecture:
         retain_objective=_retain_mbd,
         independent_samples=True,
         local_parameters=True,
+        tensor_shapes=_mbd_config.tensor_shapes,
     )
 
 

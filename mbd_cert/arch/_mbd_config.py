@@ -158,31 +158,44 @@ def generator_prefixes(config: Mapping[str, Any], modality: str) -> list[str]:
     return [f"generators.{modality}."]
 
 
-def parameter_count(config: Mapping[str, Any]) -> int:
-    """Return the number of parameters the model of a validated config has.
+def tensor_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Return the name and shape of every tensor the model of a validated config has.
 
-    The formula mirrors the layers built by :class:`mbd_cert.arch.mbd.MBDModel`; a test
-    compares the two.
+    The listing mirrors the layers built by :class:`mbd_cert.arch.mbd.MBDModel`, in its
+    ``state_dict`` order, without importing torch; a test compares the two. Level 1
+    compares a released model with it.
     """
     modalities = list(config["modalities"])
-    count_modalities = len(modalities)
     hidden = int(config["hidden_dim"])
     shared = int(config["shared_dim"])
     private = int(config["private_dim"])
     fusion = int(config["fusion_hidden"])
 
-    total = 0
+    shapes: dict[str, tuple[int, ...]] = {}
     for name in modalities:
         width = int(config["input_dims"][name])
-        # LayerNorm (2d), projection, shared head and private head.
-        total += 2 * width + (width + 1) * hidden + (hidden + 1) * (shared + private)
-    total += NUM_STATES * count_modalities * shared
-    generator_in = (count_modalities - 1) * (shared + 1)
-    total += count_modalities * ((generator_in + 1) * hidden + (hidden + 1) * shared)
-    fusion_in = count_modalities * (shared + private)
-    total += (fusion_in + 1) * fusion + (fusion + 1) * fusion
-    total += fusion + 1
-    return total
+        # LayerNorm, projection, shared head and private head.
+        layers = {"norm.weight": (width,), "norm.bias": (width,),
+                  "proj.weight": (hidden, width), "proj.bias": (hidden,),
+                  "shared.weight": (shared, hidden), "shared.bias": (shared,),
+                  "private.weight": (private, hidden), "private.bias": (private,)}
+        shapes.update({f"encoders.{name}.{layer}": shape for layer, shape in layers.items()})
+    shapes["property_embedding.weight"] = (NUM_STATES * len(modalities), shared)
+    generator_in = (len(modalities) - 1) * (shared + 1)
+    for name in modalities:
+        layers = {"net.0.weight": (hidden, generator_in), "net.0.bias": (hidden,),
+                  "net.2.weight": (shared, hidden), "net.2.bias": (shared,)}
+        shapes.update({f"generators.{name}.{layer}": shape for layer, shape in layers.items()})
+    fusion_in = len(modalities) * (shared + private)
+    shapes.update({"fusion.0.weight": (fusion, fusion_in), "fusion.0.bias": (fusion,),
+                   "fusion.3.weight": (fusion, fusion), "fusion.3.bias": (fusion,),
+                   "head.weight": (1, fusion), "head.bias": (1,)})
+    return shapes
+
+
+def parameter_count(config: Mapping[str, Any]) -> int:
+    """Return the number of parameters the model of a validated config has."""
+    return sum(math.prod(shape) for shape in tensor_shapes(config).values())
 
 
 def _check_modality(config: Mapping[str, Any], modality: str) -> None:

@@ -75,3 +75,71 @@ def test_earlier_model_with_later_certificate(honest_run: HonestRun, tmp_path: P
                  if c["name"] == "deleted-tensors-zero")
     assert "pass the model released with this certificate" in check["detail"]
     assert "still holds the deleted encoder" not in check["detail"]
+
+
+def _release(run: HonestRun, tmp_path: Path, tensors: dict[str, np.ndarray],
+             metadata: dict[str, str], doc: dict | None = None) -> tuple[Path, Path]:
+    """Write ``tensors`` as the released model and re-sign the certificate for it."""
+    model = tmp_path / "model.safetensors"
+    digests = _safetensors.write_safetensors(model, tensors, metadata)
+    doc = doc if doc is not None else json.loads(run.cert.read_text())
+    doc["subject_model"]["post_deletion"] = _commitment.file_commitment(
+        digests, _safetensors.read_header(model))
+    cert = write_json(tmp_path / "cert.json", resign(doc, run.private_key))
+    return cert, model
+
+
+def _honest_tensors(run: HonestRun) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    header = _safetensors.read_header(run.model)
+    tensors = {name: np.array(array) for name, array in _safetensors.iter_tensors(header)}
+    return tensors, dict(header.metadata)
+
+
+def test_extra_tensor_with_encoder_copy_fails(honest_run: HonestRun, tmp_path: Path):
+    tensors, metadata = _honest_tensors(honest_run)
+    pre = _safetensors.read_header(honest_run.checkpoint / "model.safetensors")
+    kept = dict(_safetensors.iter_tensors(pre))["encoders.audio.proj.weight"]
+    tensors["zz_backup.encoders.audio.proj.weight"] = np.array(kept)
+    cert, model = _release(honest_run, tmp_path, tensors, metadata)
+    outcome = verify(cert, model, honest_run.public_key, "--json")
+    assert outcome.exit_code == 1
+    assert_check_failed(outcome, "model-tensors", "E_DELETION_INCOMPLETE")
+    assert "zz_backup.encoders.audio.proj.weight" in outcome.stdout
+
+
+def test_metadata_beyond_release_fails(honest_run: HonestRun, tmp_path: Path):
+    tensors, metadata = _honest_tensors(honest_run)
+    cert, model = _release(honest_run, tmp_path, tensors, {**metadata, "backup": "AAAA"})
+    outcome = verify(cert, model, honest_run.public_key, "--json")
+    assert_check_failed(outcome, "model-tensors", "E_DELETION_INCOMPLETE")
+    assert "metadata" in outcome.stdout
+
+
+def test_modality_dropped_from_config_fails(honest_run: HonestRun, tmp_path: Path):
+    # A config without vision would start a fresh budget for a model that still has it.
+    tensors, metadata = _honest_tensors(honest_run)
+    doc = json.loads(honest_run.cert.read_text())
+    config = doc["subject_model"]["architecture"]["config"]
+    config["modalities"] = [m for m in config["modalities"] if m != "vision"]
+    for field in ("input_dims", "seq_len"):
+        config[field].pop("vision")
+    cert, model = _release(honest_run, tmp_path, tensors, metadata, doc)
+    outcome = verify(cert, model, honest_run.public_key, "--json")
+    assert_check_failed(outcome, "model-tensors", "E_DELETION_INCOMPLETE")
+    assert "encoders.vision" in outcome.stdout
+
+
+def test_negative_zero_in_deleted_encoder_fails(honest_run: HonestRun, tmp_path: Path):
+    # -0.0 == 0.0, but its sign bit can copy the sign of a trained weight.
+    tensors, metadata = _honest_tensors(honest_run)
+    tensors["encoders.audio.proj.weight"].flat[:5] = -0.0
+    cert, model = _release(honest_run, tmp_path, tensors, metadata)
+    outcome = verify(cert, model, honest_run.public_key, "--json")
+    assert_check_failed(outcome, "deleted-tensors-zero", "E_DELETION_INCOMPLETE")
+    assert "5 entries whose bytes are not all zero" in outcome.stdout
+
+
+def test_honest_release_passes_model_tensors(honest_run: HonestRun):
+    outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key, "--json")
+    check = next(c for c in outcome.report["checks"] if c["name"] == "model-tensors")
+    assert check["status"] == "pass"

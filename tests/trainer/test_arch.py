@@ -198,6 +198,17 @@ def test_parameter_count_matches_model(modalities):
         mbd_config.parameter_count(model.config)
 
 
+@pytest.mark.parametrize("modalities", [["text"], ["text", "audio"], MODALITIES])
+def test_tensor_shapes_match_state_dict(modalities):
+    config = tiny_config(modalities=modalities, deleted_modalities=modalities[1:2],
+                         input_dims={m: DIMS[m] for m in modalities},
+                         seq_len={m: STEPS[m] for m in modalities})
+    model = MBDModel(config)
+    listed = mbd_config.tensor_shapes(model.config)
+    assert list(listed.items()) == [(name, tuple(t.shape))
+                                    for name, t in model.state_dict().items()]
+
+
 # --- forward semantics -----------------------------------------------------------------
 
 
