@@ -244,7 +244,8 @@ class _Group(click.Group):
                 click.echo(json_output(document))
             if _misplaced_verbose(error):
                 # Click's text names the option but not where it belongs.
-                error.message = f"{error.message}\n{_usage_hint(error, name)}"
+                raise click.UsageError(f"{error.format_message()}\n{_usage_hint(error, name)}",
+                                       ctx=error.ctx) from None
             raise
 
 

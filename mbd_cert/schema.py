@@ -283,7 +283,7 @@ def _raise_schema_error(error: jsonschema.exceptions.ValidationError, major: int
 
 
 def validate_certificate(doc: Mapping[str, Any], *, scan_values: bool = True) -> None:
-    """Validate a parsed certificate against the schema of its format major version.
+    r"""Validate a parsed certificate against the schema of its format major version.
 
     A newer minor version of a known major is validated with that major's schema.
 
@@ -292,7 +292,7 @@ def validate_certificate(doc: Mapping[str, Any], *, scan_values: bool = True) ->
         scan_values: Walk every value for schema keywords used as keys, non-finite
             numbers and excessive depth. A caller may pass False only for a document
             that the strict JSON loader read from text containing neither ``"$`` nor
-            ``\\u0024``: such a document has none of the three.
+            ``\u0024``: such a document has none of the three.
 
     Raises:
         MalformedCertificate: ``doc`` is not an object (``E_CERT_MALFORMED``), has a
