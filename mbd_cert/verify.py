@@ -277,6 +277,18 @@ def verify(
                         f"not run: {', '.join(unauthenticated)} did not pass, so the model "
                         "and bundle files are not the ones a trusted issuer certified")
         return _finish(report)
+    # R-LVL-4: after a failed level-1 check the verdict is already a failure. The
+    # level-2 readers would reject some false claims as unusable input (exit 2).
+    failed = [c.name for c in report.checks if c.status == "fail"]
+    if options.level >= 2 and failed:
+        reason = (f"not run: level 1 failed ({', '.join(failed)}), so verification has "
+                  "already failed and levels 2 and 3 cannot change the verdict")
+        if failed == ["policy"]:
+            reason += ("; to see their checks, verify again without the policy limits "
+                       "that failed")
+        for level in range(2, options.level + 1):
+            report.skip(f"level-{level}", "R-LVL-4", reason)
+        return _finish(report)
     if options.level >= 2:
         from mbd_cert import verify_recompute
 

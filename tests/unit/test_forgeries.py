@@ -195,9 +195,15 @@ def test_encoder_entry_left_fails_deletion(honest, tmp_path):
     write_tensors(out / "model.safetensors", post)
     write_tensors(out / "diff.safetensors", diff)
     resign(out, key)
-    statuses = status_of(run_verify(out, key, 2))
+    report = run_verify(out, key, 2)
+    statuses = status_of(report)
     assert statuses["deleted-tensors-zero"] == "fail"
-    assert statuses["pre-rebuild"] == "pass"
+    # The entry also left the diff, so post - diff still rebuilds the committed model:
+    # level 1 catches the forgery, and level 2 does not run after it (R-LVL-4).
+    assert statuses["level-2"] == "skipped"
+    assert "pre-rebuild" not in statuses
+    level2 = next(c for c in report.checks if c.name == "level-2")
+    assert "deleted-tensors-zero" in level2.detail
 
 
 def test_diff_of_other_model_fails_rebuild(honest, tmp_path):
