@@ -58,6 +58,7 @@ L2_PENALTY = 1e-2
 FUNCTIONAL_SEED = 0
 
 CODE_FUNCTIONAL_LEAK = "E_FUNCTIONAL_LEAK"
+CODE_OUTPUT_NONFINITE = "E_OUTPUT_NONFINITE"
 CODE_MEMBERSHIP_LEAK = "E_MEMBERSHIP_LEAK"
 CODE_REPRESENTATION_LEAK = "E_REPRESENTATION_LEAK"
 CODE_INCONCLUSIVE = "E_INCONCLUSIVE"
@@ -74,18 +75,32 @@ def _functional_probe(bundle: Bundle) -> CheckResult:
     variants = {
         "zeroed": torch.zeros_like(original),
         "shuffled": original[torch.randperm(original.shape[0], generator=generator)],
-        "noise": torch.randn(original.shape, generator=generator, dtype=original.dtype)
+        "replaced by noise": torch.randn(original.shape, generator=generator, dtype=original.dtype)
         * (original.std() + 1.0),
     }
-    worst = 0.0
-    for inputs in variants.values():
-        changed = {**batch, "inputs": {**batch["inputs"], modality: inputs}}
-        worst = max(worst, float(np.max(np.abs(predict(model, changed) - reference))))
     flipped = batch["present"].clone()
     flipped[:, column] = ~flipped[:, column]
-    worst = max(worst, float(np.max(np.abs(predict(model, {**batch, "present": flipped})
-                                            - reference))))
+    outputs = {"the inputs unchanged": reference}
+    for label, inputs in variants.items():
+        changed = {**batch, "inputs": {**batch["inputs"], modality: inputs}}
+        outputs[f"{modality} {label}"] = predict(model, changed)
+    outputs[f"the {modality} presence flag flipped"] = predict(model, {**batch, "present": flipped})
     n = bundle.probe.size
+    # max() skips a NaN difference, and an infinite output gives inf - inf = NaN, so a
+    # non-finite output fails the probe: no output change can be measured from it.
+    nonfinite = {label: int(np.count_nonzero(~np.isfinite(values)))
+                 for label, values in outputs.items()}
+    if any(nonfinite.values()):
+        counts = ", ".join(f"{count} with {label}" for label, count in nonfinite.items()
+                           if count)
+        return CheckResult(
+            "functional-probe", FAIL,
+            f"the released model's output is NaN or infinite on some of the {n} probe "
+            f"samples ({counts}), so the probe cannot measure whether the output depends "
+            f"on {modality}",
+            code=CODE_OUTPUT_NONFINITE, requirement="R-L3-1",
+            value=sum(nonfinite.values()), threshold=0, n=n)
+    worst = max(float(np.max(np.abs(values - reference))) for values in outputs.values())
     detail = (f"max |output change| {worst:.3g} over {n} probe samples when {modality} is "
               f"zeroed, shuffled, replaced by noise (seed {FUNCTIONAL_SEED}) or its presence "
               "flag flipped")

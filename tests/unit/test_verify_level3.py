@@ -112,3 +112,48 @@ def test_progress_reaches_every_total(honest):
     for stage in last:
         done = [d for s, d, _ in calls if s == stage]
         assert done == sorted(done), stage
+
+
+@pytest.mark.parametrize("bad_value", [np.inf, np.nan])
+def test_functional_probe_fails_nonfinite_output(honest, monkeypatch, bad_value):
+    # A plugin model that reads the deleted input and overflows on one sample: max()
+    # skips the NaN difference, so only the finiteness check catches it.
+    _, out, _ = honest
+    doc = load_doc(out)
+    bundle = load_bundle(doc, out / "model.safetensors", out)
+    real_predict = verify_leakage.predict
+
+    def leaky_predict(model, batch):
+        output = real_predict(model, batch) + batch["inputs"]["audio"].double().mean(
+            dim=tuple(range(1, batch["inputs"]["audio"].dim()))).numpy()
+        output[0] = bad_value
+        return output
+
+    monkeypatch.setattr(verify_leakage, "predict", leaky_predict)
+    check = verify_leakage._functional_probe(bundle)
+    assert check.status == "fail"
+    assert check.code == "E_OUTPUT_NONFINITE"
+    assert "NaN or infinite" in check.detail
+    assert "1 with the inputs unchanged" in check.detail
+    assert check.value == 5
+
+
+def test_functional_probe_fails_nonfinite_variant(honest, monkeypatch):
+    # Finite outputs on the probe set, but NaN once the deleted input is replaced.
+    _, out, _ = honest
+    doc = load_doc(out)
+    bundle = load_bundle(doc, out / "model.safetensors", out)
+    real_predict = verify_leakage.predict
+    original = verify_leakage.probe_batch(bundle.probe)["inputs"]["audio"]
+
+    def predict_nan_when_changed(model, batch):
+        output = real_predict(model, batch)
+        if not bool((batch["inputs"]["audio"] == original).all()):
+            output[:] = np.nan
+        return output
+
+    monkeypatch.setattr(verify_leakage, "predict", predict_nan_when_changed)
+    check = verify_leakage._functional_probe(bundle)
+    assert check.status == "fail"
+    assert check.code == "E_OUTPUT_NONFINITE"
+    assert "with audio zeroed" in check.detail
