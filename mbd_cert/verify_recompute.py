@@ -317,6 +317,7 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
                                              requirement="R-L2-1" if not rebuilt else "R-L2-2"))
         for _ in range(3):
             step()
+        _note_sensitivity_evidence(doc, report)
         return
 
     # Step 4 (R-L2-4): the mask recomputed from the rebuilt model and the probe set.
@@ -333,7 +334,24 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
                                   update.raw_norm):
         report.checks.append(result)
     step()
+    _note_sensitivity_evidence(doc, report)
     logger.info("level 2 took %.1f s", time.monotonic() - started)
+
+
+def _note_sensitivity_evidence(doc: Mapping[str, Any], report: VerificationReport) -> None:
+    # TODO: rerun the recorded leave-one-out updates (R-PRIV-5) and compare the
+    # distances. Until then the report states that level 2 did not check them.
+    privacy = doc["privacy"]
+    if privacy["sensitivity_method"] != "reference-retrain":
+        return
+    distances = privacy.get("sensitivity_evidence", {}).get("distances", [])
+    report.skip(
+        "sensitivity-evidence", "R-PRIV-5",
+        f"not recomputed: level 2 does not rerun the {len(distances)} leave-one-out "
+        f"update(s) of privacy.sensitivity_evidence, so the distances (max "
+        f"{max(distances, default=0.0):.6g}) and the sensitivity {privacy['sensitivity']:.6g} "
+        "that sets sigma are the issuer's statement; --require-sensitivity-method "
+        "clip-bound refuses such a certificate")
 
 
 __all__ = ["Bundle", "load_bundle", "rebuild_pre", "resolve_alpha", "run_level2"]

@@ -2,18 +2,22 @@
 
 A hostile issuer has the key, so each certificate here is edited and signed again.
 Such a claim must fail with exit 1 at every level, never stop verification as unusable
-input (exit 2) or crash it (exit 3).
+input (exit 2) or crash it (exit 3). What no level checks must be named in the report.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from cli_support import (
+    TINY_ISSUE_OPTIONS,
     HonestRun,
     assert_check_failed,
+    assert_clean,
     resign,
+    run_cli,
     verify,
     write_json,
 )
@@ -54,3 +58,36 @@ def test_policy_failure_skips_level2_with_hint(honest_run: HonestRun) -> None:
     detail = outcome.check_detail("level-2")
     assert "level 1 failed (policy)" in detail
     assert "without the policy limits" in detail
+
+
+@pytest.fixture(scope="module")
+def reference_retrain_run(honest_run: HonestRun,
+                          tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An honest deletion whose sensitivity comes from the reference retrain."""
+    out = tmp_path_factory.mktemp("reference-retrain") / "del"
+    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
+                       "--sensitivity-method", "reference-retrain",
+                       "--key", honest_run.private_key, "--out", out])
+    assert outcome.exit_code == 0, outcome.stderr
+    return out
+
+
+def test_level2_names_unrecomputed_distances(reference_retrain_run: Path,
+                                             honest_run: HonestRun) -> None:
+    out = reference_retrain_run
+    outcome = verify(out / "cert.json", out / "model.safetensors", honest_run.public_key,
+                     "--level", "2", "--bundle", out)
+    assert_clean(outcome)
+    assert _statuses(outcome)["sensitivity-evidence"] == "skipped"
+    detail = outcome.check_detail("sensitivity-evidence")
+    assert "not recomputed" in detail
+    assert "4 leave-one-out update(s)" in detail
+    evidence = json.loads((out / "cert.json").read_text())["privacy"]["sensitivity_evidence"]
+    assert f"{max(evidence['distances']):.6g}" in detail
+
+
+def test_clip_bound_has_no_distance_line(honest_run: HonestRun) -> None:
+    outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key,
+                     "--level", "2", "--bundle", honest_run.out_dir, "--allow-inconclusive")
+    assert_clean(outcome)
+    assert "sensitivity-evidence" not in _statuses(outcome)
