@@ -25,17 +25,24 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
     @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
                   help="File to write the in-toto Statement (JSON) to.")
     @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
-                  help="Released model file; its SHA-256 must match the certificate.")
+                  help="Released model file; attest hashes it for the subject digest, which "
+                       "must match the certificate's. Required unless "
+                       "--accept-claimed-digest is given.")
+    @click.option("--accept-claimed-digest", is_flag=True,
+                  help="Without --model: put the certificate's "
+                       "subject_model.post_deletion.file_digest in the subject unchecked "
+                       "(verify checks it only with --check-file-digest).")
     @click.option("--subject-name", default=None,
                   help="Subject name in the Statement [default: the --model file name, "
                        "else model.safetensors].")
     @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
     @guarded()
-    def attest(cert: Path, out_path: Path, model_path: Path | None, subject_name: str | None,
-               force: bool) -> None:
+    def attest(cert: Path, out_path: Path, model_path: Path | None,
+               accept_claimed_digest: bool, subject_name: str | None, force: bool) -> None:
         """Export CERT as an in-toto Statement v1 whose subject is the released model.
 
-        The certificate is not verified: run 'mbd-cert verify' for that.
+        The subject digest is the SHA-256 of the --model file. The certificate is not
+        verified: run 'mbd-cert verify' for that.
         """
         from mbd_cert import _paths, _safetensors
         from mbd_cert.attestation import (
@@ -44,6 +51,15 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
             statement_for_certificate,
         )
         from mbd_cert.certificate import load_certificate
+
+        # R-ATT-1: a signed certificate can name any file digest, and verify checks it
+        # only with --check-file-digest, so the subject must come from a hashed file
+        # unless the caller accepts the claim.
+        if model_path is None and not accept_claimed_digest:
+            raise click.UsageError(
+                "attest needs --model MODEL to compute the subject digest from the released "
+                "model file; pass --accept-claimed-digest to use the certificate's "
+                "subject_model.post_deletion.file_digest unchecked")
 
         # Checked here to name the option. The atomic write below still rejects a file
         # that appears in the meantime.
@@ -70,3 +86,6 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         # The statement repeats the certificate's claims; nothing here checked them.
         click.echo("note: the certificate was not verified; run 'mbd-cert verify' before "
                    "publishing the statement", err=True)
+        if model_path is None:
+            click.echo("note: the subject digest is the certificate's claimed "
+                       "post_deletion.file_digest; no model file was hashed", err=True)

@@ -48,9 +48,12 @@ def statement_for_certificate(
 
     The subject's ``digest.sha256`` is the SHA-256 of the whole released model file
     (``subject_model.post_deletion.file_digest``), which is what ``sha256sum`` and
-    other supply-chain tools compute for the file. The predicate holds the full signed
-    certificate, so a consumer can verify its signature, plus copies of the claims that
-    policies usually test and the certificate's digest.
+    other supply-chain tools compute for the file. This function copies that claim
+    unchecked, and a default verification does not check it either, so the caller
+    compares it with the model file first (``mbd-cert attest --model`` does). The
+    predicate contains the full signed certificate, so a consumer can verify its
+    signature, plus copies of the claims that policies usually test and the
+    certificate's digest.
 
     Args:
         doc: A certificate that passed schema validation

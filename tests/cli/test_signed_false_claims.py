@@ -1,12 +1,14 @@
-"""False claims signed by the trusted issuer at verification levels 2 and 3.
+"""False claims signed by the trusted issuer: levels 2 and 3, and the attest subject.
 
 A hostile issuer has the key, so each certificate here is edited and signed again.
 Such a claim must fail with exit 1 at every level, never stop verification as unusable
-input (exit 2) or crash it (exit 3). What no level checks must be named in the report.
+input (exit 2) or crash it (exit 3), and must not reach an in-toto Statement
+unchecked. What no level checks must be named in the report.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -91,3 +93,43 @@ def test_clip_bound_has_no_distance_line(honest_run: HonestRun) -> None:
                      "--level", "2", "--bundle", honest_run.out_dir, "--allow-inconclusive")
     assert_clean(outcome)
     assert "sensitivity-evidence" not in _statuses(outcome)
+
+
+def _undeleted_digest_cert(honest_run: HonestRun, tmp_path: Path) -> Path:
+    """Sign a certificate whose post_deletion.file_digest names the undeleted model."""
+    undeleted = honest_run.checkpoint / "model.safetensors"
+    doc = honest_run.load_cert()
+    doc["subject_model"]["post_deletion"]["file_digest"] = (
+        "sha256:" + hashlib.sha256(undeleted.read_bytes()).hexdigest())
+    return write_json(tmp_path / "cert.json", resign(doc, honest_run.private_key))
+
+
+def test_attest_without_model_is_usage_error(honest_run: HonestRun, tmp_path: Path) -> None:
+    cert = _undeleted_digest_cert(honest_run, tmp_path)
+    out = tmp_path / "statement.json"
+    outcome = run_cli(["attest", cert, "--out", out])
+    assert_clean(outcome)
+    assert outcome.exit_code == 2, outcome.stderr
+    assert "--model" in outcome.stderr
+    assert "--accept-claimed-digest" in outcome.stderr
+    assert not out.exists()
+
+
+def test_attest_model_rejects_claimed_digest(honest_run: HonestRun, tmp_path: Path) -> None:
+    cert = _undeleted_digest_cert(honest_run, tmp_path)
+    out = tmp_path / "statement.json"
+    outcome = run_cli(["attest", cert, "--model", honest_run.model, "--out", out])
+    assert_clean(outcome)
+    assert outcome.exit_code == 1, outcome.stderr
+    assert "[E_DIGEST_MISMATCH]" in outcome.stderr
+    assert not out.exists()
+
+
+def test_attest_accepting_claim_says_so(honest_run: HonestRun, tmp_path: Path) -> None:
+    out = tmp_path / "statement.json"
+    outcome = run_cli(["attest", honest_run.cert, "--accept-claimed-digest", "--out", out])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "no model file was hashed" in outcome.stderr
+    subject = json.loads(out.read_text())["subject"][0]
+    model_digest = hashlib.sha256(honest_run.model.read_bytes()).hexdigest()
+    assert subject["digest"]["sha256"] == model_digest

@@ -222,16 +222,18 @@ def test_missing_corpus_hint_names_data_root(tmp_path: Path):
 
 def test_attest_existing_output_names_force(honest_run: HonestRun, tmp_path: Path):
     out = tmp_path / "statement.json"
-    assert run_cli(["attest", honest_run.cert, "--out", out]).exit_code == 0
-    outcome = run_cli(["attest", honest_run.cert, "--out", out])
+    attest = ["attest", honest_run.cert, "--model", honest_run.model, "--out", out]
+    assert run_cli(attest).exit_code == 0
+    outcome = run_cli(attest)
     _assert_issue_input_error(outcome, "E_FILE_EXISTS")
     assert "--force" in outcome.stderr
-    assert run_cli(["attest", honest_run.cert, "--out", out, "--force"]).exit_code == 0
+    assert run_cli([*attest, "--force"]).exit_code == 0
 
 
 def test_model_given_as_certificate(honest_run: HonestRun, tmp_path: Path):
     for arguments in (["inspect", honest_run.model],
-                      ["attest", honest_run.model, "--out", tmp_path / "statement.json"]):
+                      ["attest", honest_run.model, "--model", honest_run.model,
+                       "--out", tmp_path / "statement.json"]):
         outcome = run_cli(arguments)
         _assert_issue_input_error(outcome, "E_CERT_MALFORMED")
         assert "takes the certificate (cert.json), not the model" in outcome.stderr
@@ -259,7 +261,8 @@ def test_train_existing_output_code(honest_run: HonestRun):
 
 
 def test_attest_says_it_did_not_verify(honest_run: HonestRun, tmp_path: Path):
-    outcome = run_cli(["attest", honest_run.cert, "--out", tmp_path / "statement.json"])
+    outcome = run_cli(["attest", honest_run.cert, "--model", honest_run.model,
+                       "--out", tmp_path / "statement.json"])
     assert outcome.exit_code == 0, outcome.stderr
     assert "not verified" in outcome.stderr
 

@@ -103,7 +103,8 @@ def test_attest_command_writes_statement(issued, tmp_path, validator):
                                        "--model", str(issued / "model.safetensors")])
     assert result.exit_code == 0, result.output
     assert validator.is_valid(json.loads(out.read_text()))
-    again = CliRunner().invoke(main, ["attest", str(issued / "cert.json"), "--out", str(out)])
+    again = CliRunner().invoke(main, ["attest", str(issued / "cert.json"), "--out", str(out),
+                                      "--model", str(issued / "model.safetensors")])
     assert again.exit_code == 2
     assert "E_FILE_EXISTS" in again.stderr
 
