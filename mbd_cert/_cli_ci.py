@@ -29,7 +29,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -38,6 +38,9 @@ from mbd_cert._cli_commands import GuardFactory, error_record, write_json_docume
 from mbd_cert._confidential_files import ScanCache, published_confidential_files
 from mbd_cert._interrupts import Interrupted
 from mbd_cert._repo_results import RepoResult, junit_for, render_table
+
+if TYPE_CHECKING:
+    from mbd_cert.chain import ChainFileCache
 
 logger = logging.getLogger(__name__)
 
@@ -129,12 +132,15 @@ def _trusted_keys(root: Path, policy: Any, key_paths: Sequence[Path]) -> list[An
 
 
 def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any],
-               auditor_key: Any = None, scan_cache: ScanCache | None = None) -> RepoResult:
+               auditor_key: Any = None, scan_cache: ScanCache | None = None,
+               chain_file_cache: ChainFileCache | None = None) -> RepoResult:
     """Verify one certificate under the policy, recording unusable input and bugs in the result.
 
     With ``auditor_key`` (an X25519 private key) and a policy level of 2 or 3, a
     certificate whose audit bundle was sealed is verified with the sealed file beside
-    it. Other certificates read the plain bundle files from their directory.
+    it. Other certificates read the plain bundle files from their directory. The two
+    caches are shared by the calls of one run, so that a directory holding many
+    certificates is scanned once.
     """
     from mbd_cert._terminal import terminal_text
     from mbd_cert.verify import VerifyOptions, verify
@@ -154,6 +160,7 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any],
         accepted_sensitivity_methods=methods,
         allow_inconclusive=policy.allow_inconclusive,
         auditor_private_key=auditor_key if needs_bundle and _is_sealed(certificate) else None,
+        chain_file_cache=chain_file_cache,
     )
     try:
         if model.is_symlink():
@@ -335,10 +342,14 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                 _write_setup_junit(junit_path, error_record(error))
             raise
         cache: ScanCache = {}
+        from mbd_cert.chain import ChainFileCache
+
+        chain_file_cache = ChainFileCache()
         results = []
         try:
             for path in certificates:
-                results.append(verify_one(root, path, policy, keys, auditor_key, cache))
+                results.append(verify_one(root, path, policy, keys, auditor_key, cache,
+                                          chain_file_cache))
         except KeyboardInterrupt as interrupt:
             raise _interrupted(junit_path, f"interrupted after {len(results)} of "
                                f"{len(certificates)} certificates; none of them counts as "

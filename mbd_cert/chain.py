@@ -15,38 +15,54 @@ section 7.6):
 This module reads JSON only (no numpy, no torch). The cumulative budget is recomputed
 by the caller from the links it returns (:mod:`mbd_cert.accounting`).
 
-Stability: public (:func:`walk_chain`, :class:`ChainLink`, the limits).
+The files are found and read by :mod:`mbd_cert._chain_files`.
+
+Stability: public (:func:`walk_chain`, :class:`ChainLink`, :class:`ChainFileCache`,
+the limits).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mbd_cert import _paths, certificate
+from mbd_cert import certificate
+from mbd_cert._chain_files import (
+    MAX_CHAIN_DIRECTORY_FILES,
+    ChainFileCache,
+    ChainIndex,
+    ChainLink,
+)
 from mbd_cert.errors import (
     ChainBroken,
     ChainLinkMissing,
-    InputError,
     LimitExceeded,
     MalformedCertificate,
     VerificationFailed,
 )
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "CODE_BROKEN",
+    "CODE_LINK_MISSING",
+    "MAX_CHAIN_DIRECTORY_FILES",
+    "MAX_CHAIN_LENGTH",
+    "MU_RELATIVE_TOLERANCE",
+    "ChainBroken",
+    "ChainFileCache",
+    "ChainLink",
+    "ChainLinkMissing",
+    "chain_file_name",
+    "check_chain_accounting",
+    "listed_links",
+    "walk_chain",
+    "write_chain_copies",
+]
 
 # A chain longer than this is rejected before any link is read (SPEC.md, R-LIM-4).
 # Each link costs one certificate parse and one signature check; 1,000 deletions of
 # the same model is far beyond the three modalities of the bundled architecture.
 MAX_CHAIN_LENGTH = 1000
-
-# A chain directory is scanned for at most this many ``*.json`` files when the
-# certificate does not name its links (R-LIM-4).
-MAX_CHAIN_DIRECTORY_FILES = 4096
 
 CODE_LINK_MISSING = "E_CHAIN_LINK_MISSING"
 CODE_BROKEN = "E_CHAIN_BROKEN"
@@ -55,23 +71,6 @@ CODE_BROKEN = "E_CHAIN_BROKEN"
 def chain_file_name(sequence_number: int) -> str:
     """Return the file name the issuer gives the copy of link ``sequence_number``."""
     return f"chain-{sequence_number:05d}.json"
-
-
-@dataclass(frozen=True)
-class ChainLink:
-    """One certificate of a chain.
-
-    Attributes:
-        sequence_number: Position in the chain, 1 for the first deletion.
-        digest: ``certificate_digest`` of the certificate.
-        doc: The parsed, schema-valid certificate.
-        source: Where it was read from (a path, or ``"<current>"`` for the newest).
-    """
-
-    sequence_number: int
-    digest: str
-    doc: dict[str, Any]
-    source: str
 
 
 def listed_links(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -96,7 +95,8 @@ def listed_links(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     return listing
 
 
-def walk_chain(doc: Mapping[str, Any], chain_dir: Path | None) -> list[ChainLink]:
+def walk_chain(doc: Mapping[str, Any], chain_dir: Path | None, *,
+               file_cache: ChainFileCache | None = None) -> list[ChainLink]:
     """Find and check every earlier certificate of ``doc``.
 
     Links are looked up in ``chain_dir``: first under the file names that
@@ -107,6 +107,8 @@ def walk_chain(doc: Mapping[str, Any], chain_dir: Path | None) -> list[ChainLink
         doc: The newest certificate, already parsed and schema-valid.
         chain_dir: The directory holding the earlier certificates; may be None when
             ``doc`` is the first of its chain.
+        file_cache: Digests of the directory's files from earlier walks of the same
+            run; None scans the directory afresh.
 
     Returns:
         The links oldest first; the last one is ``doc`` itself.
@@ -132,7 +134,7 @@ def walk_chain(doc: Mapping[str, Any], chain_dir: Path | None) -> list[ChainLink
             hint="this release verifies chains of at most 1000 deletions",
         )
     listing = listed_links(doc)
-    index = _ChainIndex(chain_dir, listing)
+    index = ChainIndex(chain_dir, listing, file_cache)
     links = [newest]
     current = newest
     while True:
@@ -245,79 +247,6 @@ def _check_listing(listing: Sequence[Mapping[str, Any]], links: Sequence[ChainLi
         )
 
 
-class _ChainIndex:
-    """Lookup of certificates by digest: named files first, then a directory scan."""
-
-    def __init__(self, chain_dir: Path | None, listing: Sequence[Mapping[str, Any]]) -> None:
-        self._dir = chain_dir
-        self._named = {entry["certificate_digest"]: entry["path"] for entry in listing}
-        self._scanned: dict[str, ChainLink] | None = None
-
-    def find(self, digest: str, current: ChainLink) -> ChainLink:
-        if self._dir is not None and self._dir.is_dir():
-            named = self._named.get(digest)
-            if named is not None:
-                path = _paths.resolve_artefact(self._dir, named, field="accounting.chain[].path")
-                if path.is_file():
-                    link = _load_link(path)
-                    if link.digest == digest:
-                        return link
-                    logger.warning("%s does not have the digest %s; scanning", path, digest)
-            found = self._scan().get(digest)
-            if found is not None:
-                return found
-        where = str(self._dir) if self._dir is not None else "no chain directory"
-        raise ChainLinkMissing(
-            f"certificate {current.sequence_number} links to previous certificate {digest}, "
-            f"which is not in {where}",
-            hint="publish the chain-NNNNN.json copies that issue wrote beside the "
-            "certificate, or pass the directory holding them with 'verify --chain DIR'",
-        )
-
-    def _scan(self) -> dict[str, ChainLink]:
-        if self._scanned is not None:
-            return self._scanned
-        assert self._dir is not None
-        names = sorted(name for name in os.listdir(self._dir) if name.endswith(".json"))
-        if len(names) > MAX_CHAIN_DIRECTORY_FILES:
-            raise LimitExceeded(
-                f"chain directory {self._dir} contains {len(names)} JSON files, more than the cap "
-                f"of {MAX_CHAIN_DIRECTORY_FILES}",
-                hint="put only the earlier certificates of this model in the chain directory",
-            )
-        found: dict[str, ChainLink] = {}
-        for name in names:
-            path = self._dir / name
-            if path.is_symlink() or not path.is_file():
-                continue
-            try:
-                link = _load_link(path)
-            except InputError as exc:
-                # A chain directory may hold other JSON (reports, configs); a real link
-                # that is malformed surfaces as a missing link naming its digest.
-                logger.debug("skipping %s in the chain directory: %s", path, exc.code)
-                continue
-            found.setdefault(link.digest, link)
-        self._scanned = found
-        return found
-
-
-def _load_link(path: Path) -> ChainLink:
-    try:
-        doc = certificate.load_certificate(path)
-    except InputError as exc:
-        # The message must name the link, or it reads as a fault of the certificate
-        # being verified.
-        raise type(exc)(f"chain link {str(path)!r}: {exc.message}", hint=exc.hint,
-                        code=exc.code) from exc
-    return ChainLink(
-        sequence_number=int(doc["accounting"]["sequence_number"]),
-        digest=certificate.certificate_digest(doc),
-        doc=doc,
-        source=str(path),
-    )
-
-
 def write_chain_copies(previous: Sequence[ChainLink], out_dir: Path) -> list[dict[str, Any]]:
     """Copy the earlier certificates into ``out_dir`` and return ``accounting.chain``.
 
@@ -345,14 +274,15 @@ MU_RELATIVE_TOLERANCE = 1e-9
 
 
 def check_chain_accounting(
-    doc: Mapping[str, Any], chain_dir: Path | None, trusted_keys: Sequence[Any]
+    doc: Mapping[str, Any], chain_dir: Path | None, trusted_keys: Sequence[Any], *,
+    file_cache: ChainFileCache | None = None,
 ) -> tuple[list[ChainLink], Any]:
     """Walk the chain and recompute every link's accounting (SPEC.md, R-ACC-1, R-ACC-2).
 
     Every earlier link must be signed by a trusted key (R-CHAIN-6) and calibrated
     (R-CHAIN-8, the checks of R-PRIV-2 to R-PRIV-5). For each link k
     the mu-GDP parameter and the cumulative epsilon are recomputed over links 1..k at
-    link k's ``accounting.delta``.
+    link k's ``accounting.delta``. ``file_cache`` is passed to :func:`walk_chain`.
 
     Returns:
         ``(links, account)``: the links oldest first and the
@@ -369,7 +299,7 @@ def check_chain_accounting(
     from mbd_cert._calibration import check_calibration
     from mbd_cert.errors import CalibrationInvalid
 
-    links = walk_chain(doc, chain_dir)
+    links = walk_chain(doc, chain_dir, file_cache=file_cache)
     for link in links[:-1]:
         try:
             certificate.check_signature(link.doc, trusted_keys)

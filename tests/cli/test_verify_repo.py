@@ -545,3 +545,74 @@ def test_junit_suites_carry_certificate_id(repo, tmp_path):
     for suite in ElementTree.parse(junit).getroot().findall("testsuite"):
         [prop] = suite.findall("./properties/property")
         assert (prop.get("name"), prop.get("value")) == ("certificate_id", expected)
+
+
+def _second_links(issued, directory, count, *, signed):
+    """Write ``count`` certificates of sequence number 2 into ``directory``.
+
+    Each names its own missing previous certificate, so each needs the directory scan.
+    Unsigned ones keep the old signature, which no longer matches their content.
+    """
+    from cli_support import resign
+
+    deleted, public_path = issued
+    directory.mkdir(parents=True)
+    doc = json.loads((deleted / "cert.json").read_text())
+    doc["accounting"].pop("chain", None)
+    doc["accounting"]["sequence_number"] = 2
+    for index in range(count):
+        doc["accounting"]["previous_certificate"] = f"sha256:{index + 1:064x}"
+        written = resign(doc, public_path.with_suffix(".key")) if signed else doc
+        (directory / f"c{index}.cert.json").write_text(json.dumps(written))
+        shutil.copy(deleted / "model.safetensors", directory / f"c{index}.safetensors")
+
+
+def _count_certificate_parses(monkeypatch):
+    from collections import Counter
+
+    from mbd_cert import certificate
+
+    parses = Counter()
+    real = certificate.load_certificate
+
+    def counted(path, *args, **kwargs):
+        parses[os.path.basename(path)] += 1
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(certificate, "load_certificate", counted)
+    return parses
+
+
+def test_unsigned_certificates_skip_chain_lookup(issued, tmp_path, monkeypatch):
+    # R-CHAIN-10: before it, each unsigned certificate parsed every *.json file of its
+    # directory, so N of them in one directory cost N * N parses.
+    root = tmp_path / "repo"
+    _second_links(issued, root / "m", 4, signed=False)
+    parses = _count_certificate_parses(monkeypatch)
+    result = _run(root, "--key", issued[1], "--json")
+    assert result.exit_code == 1, result.output
+    for entry in json.loads(result.stdout)["results"]:
+        checks = {check["name"]: check for check in entry["report"]["checks"]}
+        assert checks["signature"]["status"] == "fail"
+        assert checks["accounting"]["status"] == "skipped"
+        assert checks["accounting"]["requirement"] == "R-CHAIN-10"
+        assert "signature did not pass" in checks["accounting"]["detail"]
+    # Once by verify() itself and once by the confidential-file check, none by a scan.
+    assert dict(parses) == {f"c{index}.cert.json": 2 for index in range(4)}
+
+
+def test_signed_certificates_share_one_scan(issued, tmp_path, monkeypatch):
+    # R-REPO-7: the directory scan of each certificate reuses the digests that the
+    # scans of earlier certificates in the run computed.
+    root = tmp_path / "repo"
+    _second_links(issued, root / "m", 4, signed=True)
+    parses = _count_certificate_parses(monkeypatch)
+    result = _run(root, "--key", issued[1], "--json")
+    assert result.exit_code == 1, result.output
+    for entry in json.loads(result.stdout)["results"]:
+        failed = {check["name"]: check["code"] for check in entry["report"]["checks"]
+                  if check["status"] == "fail"}
+        assert failed == {"accounting": "E_CHAIN_LINK_MISSING"}
+    # Once by verify() itself, once by the confidential-file check and once by the
+    # first scan that reads the file.
+    assert dict(parses) == {f"c{index}.cert.json": 3 for index in range(4)}

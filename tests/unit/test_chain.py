@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -367,3 +368,54 @@ def test_link_dropping_deleted_modality_fails(key: Ed25519PrivateKey, tmp_path: 
     write(tmp_path, docs[:1])
     with pytest.raises(chain.ChainBroken, match="no longer lists \\['audio'\\]"):
         chain.walk_chain(docs[-1], tmp_path)
+
+
+def _count_parses(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    parses: Counter[str] = Counter()
+    real = certificate.load_certificate
+
+    def counted(path: Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        parses[Path(path).name] += 1
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(certificate, "load_certificate", counted)
+    return parses
+
+
+def test_file_cache_parses_each_file_once(key: Ed25519PrivateKey, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = build_chain(key, 2)
+    write(tmp_path, docs[:1])
+    (tmp_path / "report.json").write_text('{"checks": []}')
+    (link_name,) = [path.name for path in tmp_path.glob("link-*.json")]
+    parses = _count_parses(monkeypatch)
+    cache = chain.ChainFileCache()
+    for _ in range(3):
+        assert len(chain.walk_chain(docs[-1], tmp_path, file_cache=cache)) == 2
+    # The cache keeps digests, not certificates: the link found is parsed once per
+    # walk, and the other file only by the first scan.
+    assert parses == {"report.json": 1, link_name: 3}
+    assert len(cache) == 2
+
+
+def test_file_cache_without_cache_rescans(key: Ed25519PrivateKey, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = build_chain(key, 2)
+    write(tmp_path, docs[:1])
+    (tmp_path / "report.json").write_text('{"checks": []}')
+    parses = _count_parses(monkeypatch)
+    for _ in range(3):
+        chain.walk_chain(docs[-1], tmp_path)
+    assert parses["report.json"] == 3
+
+
+def test_file_cache_rereads_rewritten_link(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    docs = build_chain(key, 2)
+    write(tmp_path, docs[:1])
+    (link_path,) = tmp_path.glob("link-*.json")
+    cache = chain.ChainFileCache()
+    assert len(chain.walk_chain(docs[-1], tmp_path, file_cache=cache)) == 2
+    # Another first certificate under the same name: the cached digest is stale.
+    link_path.write_bytes(certificate.dump_certificate(build_chain(key, 1)[0]))
+    with pytest.raises(chain.ChainLinkMissing):
+        chain.walk_chain(docs[-1], tmp_path, file_cache=cache)
