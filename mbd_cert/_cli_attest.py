@@ -61,6 +61,9 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                 "model file; pass --accept-claimed-digest to use the certificate's "
                 "subject_model.post_deletion.file_digest unchecked")
 
+        # Even with --force, the Statement must not replace the certificate or model.
+        _paths.check_not_input(out_path, "--out",
+                               [cert] if model_path is None else [cert, model_path])
         # Checked here to name the option. The atomic write below still rejects a file
         # that appears in the meantime.
         if not force and os.path.lexists(out_path):

@@ -204,6 +204,22 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any],
     return result
 
 
+def _repo_inputs(root: Path, certificates: Sequence[Path], policy: Any,
+                 policy_file: Path | None, key_paths: Sequence[Path],
+                 auditor_key_path: Path | None) -> list[Path]:
+    """Return the files a verify-repo run reads by name: certificates, models, policy, keys."""
+    from mbd_cert import _paths
+
+    inputs = [*certificates, *(model_for(certificate) for certificate in certificates),
+              *key_paths]
+    inputs.extend(_paths.resolve_artefact(root, relative, field=f"policy trusted_keys[{index}]")
+                  for index, relative in enumerate(policy.trusted_keys))
+    for path in (policy_file, auditor_key_path):
+        if path is not None:
+            inputs.append(path)
+    return inputs
+
+
 def _write_setup_junit(path: Path, record: dict[str, Any]) -> None:
     """Write a JUnit file with one test case: the error that stopped the whole run."""
     from mbd_cert import _paths
@@ -341,6 +357,13 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
             if junit_path is not None:
                 _write_setup_junit(junit_path, error_record(error))
             raise
+        if junit_path is not None:
+            # After the search, because the inputs are the files it found, and before
+            # any certificate is verified. The JUnit file must not replace one (R-SEC-1).
+            _paths.check_not_input(junit_path, "--junit",
+                                   _repo_inputs(root, certificates, policy, policy_file,
+                                                key_paths, auditor_key_path),
+                                   {certificate.parent for certificate in certificates})
         cache: ScanCache = {}
         from mbd_cert.chain import ChainFileCache
 

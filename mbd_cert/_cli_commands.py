@@ -259,8 +259,13 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
 
         if junit_path is not None:
             # Checked first, because with an unusable path the error below has nowhere
-            # to go (SPEC.md, R-REP-4).
-            _paths.check_output_file(junit_path, "--junit")
+            # to go (SPEC.md, R-REP-4), and the write must not replace an input (R-SEC-1).
+            named = [cert, model, *key_paths]
+            if auditor_private_key is not None:
+                named.append(auditor_private_key)
+            directories = [cert.parent, *(d for d in (chain_dir, bundle_dir, trust_dir) if d)]
+            _paths.check_output_file(junit_path, "--junit", inputs=named,
+                                     input_dirs=directories)
         try:
             keys = _load_keys(key_paths, trust_dir)
             opener = None

@@ -25,11 +25,15 @@ from typing import BinaryIO
 from mbd_cert.errors import FileMissing, InputError, UnsafePath
 
 
-def check_output_file(path: Path, option: str) -> None:
+def check_output_file(path: Path, option: str, inputs: Iterable[Path] = (),
+                      input_dirs: Iterable[Path] = ()) -> None:
     """Reject an output path that cannot be written, before any long work starts.
 
+    ``inputs`` and ``input_dirs`` are passed to :func:`check_not_input`.
+
     Raises:
-        InputError: ``path`` is a directory (``E_FILE_NOT_REGULAR``).
+        InputError: ``path`` is a directory (``E_FILE_NOT_REGULAR``), or an input
+            (``E_OUTPUT_IS_INPUT``).
         FileMissing: Its directory does not exist.
     """
     if path.is_dir():
@@ -40,6 +44,47 @@ def check_output_file(path: Path, option: str) -> None:
         raise FileMissing(f"{option} directory not found: {path.parent}",
                           hint="create the directory first, or write the file into an "
                           "existing one")
+    check_not_input(path, option, inputs, input_dirs)
+
+
+# Suffixes of the files a verifier may read from a directory it is given: certificates
+# and chain links, models and bundle files, sealed bundles, public keys.
+INPUT_SUFFIXES = frozenset({".json", ".safetensors", ".sealed", ".pub"})
+
+
+def check_not_input(path: Path, option: str, inputs: Iterable[Path],
+                    input_dirs: Iterable[Path] = ()) -> None:
+    """Reject an output path that would replace a file the command reads (SPEC.md, R-SEC-1).
+
+    ``path`` is an input when it exists and is the same file as one of ``inputs``
+    (compared by device and inode, after symbolic links), or when it lies in one of
+    ``input_dirs`` and its suffix is in :data:`INPUT_SUFFIXES`.
+
+    Raises:
+        InputError: ``E_OUTPUT_IS_INPUT``, naming the option and the input.
+    """
+    if not os.path.lexists(path):
+        return
+    hint = f"write the {option} file to a new path, such as junit.xml, outside the inputs"
+    for source in inputs:
+        if _same_file(path, source):
+            raise InputError(f"{option} names an input file: {path} is {source}",
+                             hint=hint, code="E_OUTPUT_IS_INPUT")
+    if path.suffix not in INPUT_SUFFIXES:
+        return
+    for directory in input_dirs:
+        if _same_file(path.parent, directory):
+            raise InputError(
+                f"{option} names {path}, a {path.suffix} file in {directory}, which the "
+                "command reads certificates, models, bundle files or keys from",
+                hint=hint, code="E_OUTPUT_IS_INPUT")
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
 
 
 def reject_output_over_inputs(out_dir: Path,

@@ -151,6 +151,41 @@ def test_unusable_junit_path_verifies_nothing(honest_run: HonestRun, tmp_path: P
     assert not junit.parent.exists()
 
 
+@pytest.mark.parametrize("target", ["cert.json", "model.safetensors", "key", "link",
+                                    "diff.safetensors"])
+def test_junit_over_an_input_rejected(fresh_run: HonestRun, tmp_path: Path, target: str,
+                                      monkeypatch):
+    # R-SEC-1: the JUnit file replaced the model or the certificate, and the run
+    # exited 0. "link" is a hard link to the model; diff.safetensors is a bundle file.
+    calls = []
+    monkeypatch.setattr(verify_module, "verify", lambda *args: calls.append(args))
+    key = tmp_path / "issuer.pub"
+    shutil.copy(fresh_run.public_key, key)
+    junit = {"key": key, "link": tmp_path / "model-link.safetensors"}.get(
+        target, fresh_run.out_dir / target)
+    if target == "link":
+        junit.hardlink_to(fresh_run.model)
+    before = junit.read_bytes()
+    outcome = verify(fresh_run.cert, fresh_run.model, key, "--bundle", fresh_run.out_dir,
+                     "--junit", junit)
+    assert outcome.exit_code == 2, outcome.stderr
+    assert outcome.error_code == "E_OUTPUT_IS_INPUT"
+    assert "--junit" in outcome.report["error"]["message"]
+    assert str(junit) in outcome.report["error"]["message"]
+    assert junit.read_bytes() == before
+    assert calls == []
+
+
+def test_junit_beside_the_certificate_allowed(fresh_run: HonestRun):
+    # A JUnit file of an earlier run in the certificate's directory is an output.
+    junit = fresh_run.out_dir / "junit.xml"
+    junit.write_text("<testsuite/>")
+    outcome = verify(fresh_run.cert, fresh_run.model, fresh_run.public_key,
+                     "--junit", junit)
+    assert outcome.exit_code == 0, outcome.stderr
+    assert ElementTree.parse(junit).getroot().get("name") == str(fresh_run.cert)
+
+
 def test_junit_names_the_certificate(honest_run: HonestRun, tmp_path: Path):
     # R-REP-2: the suite name and property tell which certificate the file is about.
     junit = tmp_path / "junit.xml"

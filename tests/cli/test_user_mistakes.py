@@ -230,6 +230,16 @@ def test_attest_existing_output_names_force(honest_run: HonestRun, tmp_path: Pat
     assert run_cli([*attest, "--force"]).exit_code == 0
 
 
+def test_attest_over_an_input_rejected(fresh_run: HonestRun):
+    # --force replaces an existing statement, never the certificate or the model.
+    for out, extra in ((fresh_run.cert, []), (fresh_run.model, ["--model", fresh_run.model])):
+        before = out.read_bytes()
+        outcome = run_cli(["attest", fresh_run.cert, "--out", out, "--force", *extra])
+        _assert_issue_input_error(outcome, "E_OUTPUT_IS_INPUT")
+        assert "--out names an input file" in outcome.stderr
+        assert out.read_bytes() == before
+
+
 def test_model_given_as_certificate(honest_run: HonestRun, tmp_path: Path):
     for arguments in (["inspect", honest_run.model],
                       ["attest", honest_run.model, "--model", honest_run.model,

@@ -616,3 +616,33 @@ def test_signed_certificates_share_one_scan(issued, tmp_path, monkeypatch):
     # Once by verify() itself, once by the confidential-file check and once by the
     # first scan that reads the file.
     assert dict(parses) == {f"c{index}.cert.json": 3 for index in range(4)}
+
+
+def test_junit_over_a_certificate_rejected(repo, tmp_path):
+    # R-SEC-1: the JUnit file replaced the certificate it reported on.
+    target = repo / "models" / "a" / "cert.json"
+    before = target.read_bytes()
+    result = _run(repo, "--key", repo / "keys" / "issuer.pub", "--json", "--junit", target)
+    assert result.exit_code == 2, result.output
+    document = json.loads(result.stdout)
+    assert document["error"]["code"] == "E_OUTPUT_IS_INPUT"
+    assert str(target) in document["error"]["message"]
+    assert document["results"] == []
+    assert target.read_bytes() == before
+
+
+def test_junit_over_a_chain_file_rejected(repo):
+    # Any *.json file beside a certificate may be read as a chain link.
+    target = repo / "models" / "b" / "chain-00001.json"
+    target.write_text("{}")
+    result = _run(repo, "--key", repo / "keys" / "issuer.pub", "--junit", target)
+    assert result.exit_code == 2, result.output
+    assert target.read_text() == "{}"
+
+
+def test_junit_inside_the_root_rewritten(repo):
+    # A CI job reruns with the same --junit path below the root.
+    junit = repo / "junit.xml"
+    for _ in range(2):
+        assert _run(repo, "--key", repo / "keys" / "issuer.pub", "--junit", junit).exit_code == 0
+    assert ElementTree.parse(junit).getroot().tag == "testsuites"
