@@ -102,7 +102,7 @@ def reject_output_over_inputs(out_dir: Path,
             its path). A None path is skipped.
 
     Raises:
-        InputError: ``E_OUTPUT_OVERLAPS_INPUT``, naming both options and paths.
+        InputError: ``E_OUTPUT_IS_INPUT``, naming both options and paths.
     """
     out_real = os.path.realpath(out_dir)
     for option, path in inputs:
@@ -117,7 +117,7 @@ def reject_output_over_inputs(out_dir: Path,
             hint="writing --out replaces the whole directory and would delete that "
             "input, so --force cannot allow it; choose another --out, such as a new, "
             "empty directory",
-            code="E_OUTPUT_OVERLAPS_INPUT",
+            code="E_OUTPUT_IS_INPUT",
         )
 
 

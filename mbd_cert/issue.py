@@ -388,7 +388,7 @@ def issue(
     Raises:
         InputError: Bad options, unusable checkpoint files, torch is not installed,
             ``out_dir`` is not empty and ``force`` is not set (``E_OUTPUT_EXISTS``), or
-            ``out_dir`` is an input or contains one (``E_OUTPUT_OVERLAPS_INPUT``).
+            ``out_dir`` is an input or contains one (``E_OUTPUT_IS_INPUT``).
         IssuanceError: The deletion cannot be certified (for example the budget
             ``max_epsilon`` would be exceeded, or the diff cannot be made exact).
         VerificationFailed: The chain of earlier certificates is broken.

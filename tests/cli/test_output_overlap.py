@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cli_support import TINY_ISSUE_OPTIONS, TINY_TRAIN_OPTIONS, HonestRun, assert_clean, run_cli
 
-CODE = "[E_OUTPUT_OVERLAPS_INPUT]"
+CODE = "[E_OUTPUT_IS_INPUT]"
 
 
 def _tree(directory: Path) -> dict[str, bytes]:
@@ -115,7 +115,7 @@ def test_library_issue_rejects_checkpoint_as_out(checkpoint_copy: Path,
     before = _tree(checkpoint_copy)
     with pytest.raises(InputError) as caught:
         issue(checkpoint_copy, checkpoint_copy, options, key)
-    assert caught.value.code == "E_OUTPUT_OVERLAPS_INPUT"
+    assert caught.value.code == "E_OUTPUT_IS_INPUT"
     assert _tree(checkpoint_copy) == before
 
 

@@ -269,7 +269,7 @@ def test_atomic_write_shared_mode_follows_umask(tmp_path: Path) -> None:
 def _overlap_error(out: Path, inputs: list[tuple[str, Path | None]]) -> InputError:
     with pytest.raises(InputError) as caught:
         reject_output_over_inputs(out, inputs)
-    assert caught.value.code == "E_OUTPUT_OVERLAPS_INPUT"
+    assert caught.value.code == "E_OUTPUT_IS_INPUT"
     return caught.value
 
 
