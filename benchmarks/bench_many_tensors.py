@@ -91,7 +91,9 @@ def main() -> None:
             [*cli, "issue", "--checkpoint", str(work / "ck"), "--modality", "audio",
              "--epsilon", "1", "--key", str(work / "k.key"), "--out", str(work / "del")],
         ):
-            subprocess.run(command, check=True, capture_output=True)
+            # From the temporary directory, so that `python -m` imports the mbd_cert
+            # that PYTHONPATH or the environment names, not the working tree's.
+            subprocess.run(command, check=True, capture_output=True, cwd=work)
         cert = work / "big.json"
         size = _grow(work / "del" / "cert.json", work / "k.key", args.tensors, cert)
         runs: list[dict[str, Any]] = []
@@ -104,7 +106,7 @@ def main() -> None:
         verify = [*cli, "verify", str(cert), str(work / "del" / "model.safetensors"),
                   "--key", str(work / "k.pub")]
         started = time.perf_counter()
-        done = subprocess.run(verify, capture_output=True, text=True)
+        done = subprocess.run(verify, capture_output=True, text=True, cwd=work)
         command_line = {"wall_s": time.perf_counter() - started, "exit_code": done.returncode,
                         "stderr_tail": done.stderr[-300:]}
     stages = {key: spread([r["stages"][key] for r in runs]) for key in runs[0]["stages"]}
