@@ -91,8 +91,16 @@ def _nonzero_entries(values: np.ndarray) -> int:
     flat = np.ascontiguousarray(values).reshape(-1)
     if flat.size == 0:
         return 0
+    # An unsigned view of the same width counts in place, with no copy of a tensor
+    # that may be most of a large model.
+    unsigned = _UNSIGNED_OF_WIDTH.get(flat.dtype.itemsize)
+    if unsigned is not None:
+        return int(np.count_nonzero(flat.view(unsigned)))
     raw = flat.view(np.uint8).reshape(flat.size, flat.dtype.itemsize)
     return int(np.count_nonzero(raw.any(axis=1)))
+
+
+_UNSIGNED_OF_WIDTH = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 # The metadata 'mbd-cert issue' writes into a released model, and nothing else: any
