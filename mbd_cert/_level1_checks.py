@@ -13,8 +13,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mbd_cert import _groups, _paths, _safetensors, chain
 from mbd_cert.errors import (
     ChainBroken,
@@ -67,7 +65,7 @@ def check_deletion(doc: Mapping[str, Any], header: Any, architecture: Any, *,
             list(header.tensors), architecture.encoder_prefixes(config, deleted)
         )
         for name in names:
-            nonzero = _nonzero_entries(_safetensors.read_tensor(header, name))
+            nonzero = _safetensors.count_nonzero_entries(header, name)
             if nonzero:
                 raise DeletionIncomplete(
                     f"tensor '{name}' of the deleted {deleted} encoder has {nonzero} "
@@ -80,27 +78,6 @@ def check_deletion(doc: Mapping[str, Any], header: Any, architecture: Any, *,
     _check_no_unlisted_deletion(config, header, architecture, model_matches)
     deleted_list = ", ".join(sorted(config.get("deleted_modalities", [])))
     return f"{count} encoder tensors of the deleted modalities ({deleted_list}) are all zero"
-
-
-def _nonzero_entries(values: np.ndarray) -> int:
-    """Return how many entries of ``values`` have a byte other than zero.
-
-    Comparing bytes instead of values counts -0.0 (and, in formats read as raw
-    integers, any bit pattern) as non-zero, so a deleted encoder cannot keep sign bits.
-    """
-    flat = np.ascontiguousarray(values).reshape(-1)
-    if flat.size == 0:
-        return 0
-    # An unsigned view of the same width counts in place, with no copy of a tensor
-    # that may be most of a large model.
-    unsigned = _UNSIGNED_OF_WIDTH.get(flat.dtype.itemsize)
-    if unsigned is not None:
-        return int(np.count_nonzero(flat.view(unsigned)))
-    raw = flat.view(np.uint8).reshape(flat.size, flat.dtype.itemsize)
-    return int(np.count_nonzero(raw.any(axis=1)))
-
-
-_UNSIGNED_OF_WIDTH = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 # The metadata 'mbd-cert issue' writes into a released model, and nothing else: any
@@ -168,7 +145,7 @@ def _check_no_unlisted_deletion(config: Mapping[str, Any], header: Any,
             continue
         names = _groups.eligible_names(list(header.tensors),
                                        architecture.encoder_prefixes(config, modality))
-        if not names or any(_nonzero_entries(_safetensors.read_tensor(header, name))
+        if not names or any(_safetensors.count_nonzero_entries(header, name)
                             for name in names):
             continue
         if not model_matches:

@@ -44,6 +44,7 @@ from mbd_cert._safetensors_header import (
 )
 from mbd_cert._safetensors_read import (
     SafetensorsHeader,
+    count_nonzero_entries,
     iter_tensors,
     read_header,
     read_tensor,
@@ -64,6 +65,7 @@ __all__ = [
     "FileDigests",
     "Progress",
     "SafetensorsHeader",
+    "count_nonzero_entries",
     "TensorDigest",
     "TensorInfo",
     "build_manifest",

@@ -362,6 +362,40 @@ def _check_bool_bytes(header: SafetensorsHeader, info: TensorInfo, array: np.nda
         )
 
 
+# Bytes read per step by count_nonzero_entries: a multiple of every entry width.
+_COUNT_CHUNK_BYTES = 4 * 1024 * 1024
+_UNSIGNED_OF_WIDTH = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def count_nonzero_entries(header: SafetensorsHeader, name: str) -> int:
+    """Return how many entries of one tensor have a byte other than zero.
+
+    Bytes, not values, are compared, so -0.0 counts as non-zero. The tensor is read in
+    chunks of 4 MiB, so memory stays bounded whatever its size (a memory-mapped array
+    would add every page it touches to the resident set).
+
+    Raises:
+        MalformedSafetensors, FileMissing, InputError: As :func:`read_tensor`.
+    """
+    info = _tensor_info(header, name)
+    width = np.dtype(DTYPES[info.dtype].numpy_dtype).itemsize
+    unsigned = _UNSIGNED_OF_WIDTH.get(width)
+    count = 0
+    with open_checked(header) as handle:
+        handle.seek(header.data_start + info.begin)
+        left = info.end - info.begin
+        while left:
+            size = min(left, _COUNT_CHUNK_BYTES - _COUNT_CHUNK_BYTES % width)
+            chunk = read_exact(handle, size, header.path)
+            left -= size
+            if unsigned is not None:
+                count += int(np.count_nonzero(np.frombuffer(chunk, dtype=unsigned)))
+            else:
+                raw = np.frombuffer(chunk, dtype=np.uint8).reshape(-1, width)
+                count += int(np.count_nonzero(raw.any(axis=1)))
+    return count
+
+
 def iter_tensors(header: SafetensorsHeader) -> Iterator[tuple[str, np.ndarray]]:
     """Yield ``(name, array)`` for every tensor, in data-section order.
 

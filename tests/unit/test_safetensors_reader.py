@@ -1138,3 +1138,23 @@ def test_random_json_header_never_crashes(tmp_path: Path, header: dict[str, Any]
         stio.digest_file(path, workers=1)
     except (MalformedSafetensors, LimitExceeded):
         return
+
+
+@pytest.mark.parametrize("dtype", ["<f4", "<f8", "<f2", "<i1", "<c8", "<u2"])
+def test_count_nonzero_entries_reads_bytes_in_chunks(tmp_path: Path, dtype: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from mbd_cert import _safetensors_read
+
+    # A 24-byte chunk makes a 97-entry tensor span several reads, with a partial last one.
+    monkeypatch.setattr(_safetensors_read, "_COUNT_CHUNK_BYTES", 24)
+    values = np.zeros(97, dtype=dtype)
+    for index in (0, 5, 50, 96):
+        values[index] = 1
+    if np.dtype(dtype).kind in "fc":
+        values[60] = -0.0  # equal to zero, but its sign bit is set
+    path = tmp_path / "m.safetensors"
+    stio.write_safetensors(path, {"t": values, "z": np.zeros(8, dtype=dtype)})
+    header = stio.read_header(path)
+    expected = 4 + (1 if np.dtype(dtype).kind in "fc" else 0)
+    assert stio.count_nonzero_entries(header, "t") == expected
+    assert stio.count_nonzero_entries(header, "z") == 0
