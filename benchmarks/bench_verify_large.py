@@ -1,17 +1,23 @@
 """Level-1 verification of a large generated model against ``sha256sum`` of the same file.
 
-Generates a safetensors model of 200 float32 tensors (4 GiB by default) in a temporary
-directory, certifies it by re-signing a real certificate from the synthetic corpus
-with the large model's commitment, then alternates ``mbd-cert verify`` (level 1) and
-``sha256sum`` on the file. A third command runs the same level-1 checks through the
-library (``mbd_cert.verify.verify`` in a fresh interpreter), which shows the cost of
-the CLI's start-up apart from the checks. ``openssl dgst -sha256`` is timed too,
-because coreutils ``sha256sum`` may use a slower SHA-256 implementation than the
-OpenSSL one that Python's ``hashlib`` uses, and the speed-up from parallel tensor
-digests should be judged against the faster of the two. Wall time and peak resident memory come from
-a wrapper process around each command. The file stays in the page cache between runs (it is
-smaller than RAM), so both commands hash from memory: the ratio compares hashing
-throughput, not disk speed.
+Generates a model of the built-in architecture (4 GiB by default) in a temporary
+directory: 16 modalities, the architecture's limit, give 199 float64 tensors, and the
+input width is chosen so that the file reaches the requested size. The audio encoder is
+zero, as a deletion leaves it. The script certifies the file by re-signing a real
+certificate from the synthetic corpus with the large model's config and commitment,
+so level 1 runs every check, the tensor layout included, and passes. It then
+alternates ``mbd-cert verify`` (level 1) and ``sha256sum`` on the file. A third command
+runs the same level-1 checks through the library (``mbd_cert.verify.verify`` in a fresh
+interpreter), which shows the cost of the CLI's start-up apart from the checks.
+``openssl dgst -sha256`` is timed too, because coreutils ``sha256sum`` may use a slower
+SHA-256 implementation than the OpenSSL one that Python's ``hashlib`` uses, and the
+speed-up from parallel tensor digests should be judged against the faster of the two.
+Wall time and peak resident memory come from a wrapper process around each command.
+The file stays in the page cache between runs (it is smaller than RAM), so both
+commands hash from memory: the ratio compares hashing throughput, not disk speed.
+
+Float64 keeps a 4 GiB model under the architecture's cap of 10**9 parameters (float32
+would need 1.07 * 10**9).
 
 Usage: python benchmarks/bench_verify_large.py [--quick] [--gib 4] [--repeats 5]
 """
@@ -26,13 +32,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import run_measured, save, show, spread  # noqa: E402
 
-TENSORS = 200
 API_SNIPPET = (
     "import sys\n"
     "from mbd_cert import signing\n"
@@ -41,34 +47,59 @@ API_SNIPPET = (
     "report = verify(sys.argv[1], sys.argv[2], VerifyOptions(trusted_keys=[key]))\n"
     "sys.exit(0 if report.verified else 1)\n"
 )
-ZERO_ENCODER = ["encoders.audio.proj.weight", "encoders.audio.proj.bias"]
+MODALITIES = ["audio"] + [f"m{i:02d}" for i in range(1, 16)]
+DELETED = "audio"
+LAYERS = {"hidden_dim": 2048, "shared_dim": 64, "private_dim": 64, "fusion_hidden": 2048}
+ENTRY_BYTES = 8  # float64
 
 
-def write_model(path: Path, total_bytes: int, seed: int = 0) -> None:
-    """Stream a safetensors file of TENSORS float32 tensors plus a zeroed audio encoder."""
-    per_tensor = (total_bytes // TENSORS) // 4 // 1024 * 1024  # float32 entries, rows of 1024
-    shapes = {f"blocks.{i:03d}.weight": (per_tensor // 1024, 1024) for i in range(TENSORS)}
-    shapes.update({ZERO_ENCODER[0]: (64, 16), ZERO_ENCODER[1]: (64,)})
-    header: dict[str, object] = {"__metadata__": {"format": "mbd-cert-model/1"}}
+def large_config(base: dict[str, Any], total_bytes: int) -> dict[str, Any]:
+    """Return ``base`` widened to 16 modalities with about ``total_bytes`` of float64."""
+    from mbd_cert.arch import _mbd_config
+
+    config = {**base, **LAYERS, "modalities": MODALITIES, "deleted_modalities": [DELETED],
+              "seq_len": dict.fromkeys(MODALITIES, 1)}
+    # The parameter count is linear in the input width w; solve for the target size.
+    at = {w: _mbd_config.parameter_count({**config, "input_dims": dict.fromkeys(MODALITIES, w)})
+          for w in (1, 2)}
+    width = max(1, round((total_bytes / ENTRY_BYTES - at[1]) / (at[2] - at[1])) + 1)
+    config["input_dims"] = dict.fromkeys(MODALITIES, width)
+    return _mbd_config.validate_config(config)
+
+
+def write_model(path: Path, config: dict[str, Any], seed: int = 0) -> list[str]:
+    """Stream the model of ``config`` with random weights; return the zeroed encoder."""
+    from mbd_cert.arch import _mbd_config
+
+    shapes = _mbd_config.tensor_shapes(config)
+    zeroed = [name for name in shapes if name.startswith(f"encoders.{DELETED}.")]
+    header: dict[str, object] = {
+        "__metadata__": {"format": "mbd-cert-model/1", "architecture": "mbd-sentiment"}}
     offset = 0
     for name, shape in shapes.items():
-        size = int(np.prod(shape)) * 4
-        header[name] = {"dtype": "F32", "shape": list(shape),
+        size = int(np.prod(shape)) * ENTRY_BYTES
+        header[name] = {"dtype": "F64", "shape": list(shape),
                         "data_offsets": [offset, offset + size]}
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * ((8 - len(raw) % 8) % 8)
     rng = np.random.default_rng(seed)
+    block = 1 << 22  # entries per write, so the generator's memory stays small
     with path.open("wb") as handle:
         handle.write(struct.pack("<Q", len(raw)) + raw)
         for name, shape in shapes.items():
-            if name in ZERO_ENCODER:
-                handle.write(np.zeros(shape, dtype="<f4").tobytes())
-            else:
-                handle.write(rng.standard_normal(shape, dtype=np.float32).tobytes())
+            left = int(np.prod(shape))
+            while left:
+                count = min(left, block)
+                values = (np.zeros(count) if name in zeroed
+                          else rng.standard_normal(count) * 0.02)
+                handle.write(values.astype("<f8").tobytes())
+                left -= count
+    return zeroed
 
 
-def certify(workdir: Path, model: Path, small_cert: Path, key: Path) -> Path:
+def certify(workdir: Path, model: Path, small_cert: Path, key: Path,
+            config: dict[str, Any], zeroed: list[str]) -> Path:
     """Re-sign a real certificate so that it commits to ``model`` and return its path."""
     from mbd_cert import _safetensors, certificate, signing
     from mbd_cert._commitment import file_commitment
@@ -77,8 +108,9 @@ def certify(workdir: Path, model: Path, small_cert: Path, key: Path) -> Path:
     doc.pop("signature")
     digests = _safetensors.digest_file(model)
     header = _safetensors.read_header(model)
+    doc["subject_model"]["architecture"]["config"] = config
     doc["subject_model"]["post_deletion"] = file_commitment(digests, header)
-    doc["deletion"]["removed_tensors"] = sorted(ZERO_ENCODER)
+    doc["deletion"]["removed_tensors"] = sorted(zeroed)
     signed = certificate.sign_certificate(doc, signing.load_private_key(key))
     path = workdir / "cert.json"
     path.write_bytes(certificate.dump_certificate(signed))
@@ -101,6 +133,12 @@ def small_certificate(workdir: Path) -> tuple[Path, Path, Path]:
     return workdir / "del" / "cert.json", workdir / "issuer.key", workdir / "issuer.pub"
 
 
+def _safetensors_names(model: Path) -> list[str]:
+    from mbd_cert import _safetensors
+
+    return list(_safetensors.read_header(model).tensors)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="0.4 GiB and 2 repeats")
@@ -119,9 +157,11 @@ def main() -> None:
             print(f"NOTE: only {free / 1024**3:.1f} GiB free; model scaled to {scaled:.1f} GiB")
             total, gib = int(scaled * 1024**3), scaled
         cert_small, key, pub = small_certificate(workdir)
+        base = json.loads(cert_small.read_text())["subject_model"]["architecture"]["config"]
+        config = large_config(base, total)
         model = workdir / "model.safetensors"
-        write_model(model, total)
-        cert = certify(workdir, model, cert_small, key)
+        zeroed = write_model(model, config)
+        cert = certify(workdir, model, cert_small, key, config, zeroed)
         verify = [sys.executable, "-m", "mbd_cert.cli", "verify", str(cert), str(model),
                   "--key", str(pub)]
         checksum = ["sha256sum", str(model)]
@@ -142,7 +182,7 @@ def main() -> None:
         api_ratios = [r["verify_api"]["wall_s"] / r["sha256sum"]["wall_s"] for r in runs]
         payload = {
             "model_bytes": model.stat().st_size,
-            "tensors": TENSORS + len(ZERO_ENCODER),
+            "tensors": len(_safetensors_names(model)),
             "repeats": repeats,
             "verify_wall_s": spread([r["verify"]["wall_s"] for r in runs]),
             "sha256sum_wall_s": spread([r["sha256sum"]["wall_s"] for r in runs]),
