@@ -92,7 +92,8 @@ def check_model_layout(doc: Mapping[str, Any], header: Any, architecture: Any) -
         DeletionIncomplete: The metadata contains other entries, or the tensors differ
             from those the architecture builds from the certified config.
     """
-    config = doc["subject_model"]["architecture"]["config"]
+    # With its defaults filled in: a certificate may leave out fields that have one.
+    config = architecture.validate_config(doc["subject_model"]["architecture"]["config"])
     expected_metadata = {"format": RELEASED_MODEL_FORMAT,
                          "architecture": doc["subject_model"]["architecture"]["name"]}
     if header.metadata != expected_metadata:

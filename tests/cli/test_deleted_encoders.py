@@ -143,3 +143,15 @@ def test_honest_release_passes_model_tensors(honest_run: HonestRun):
     outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key, "--json")
     check = next(c for c in outcome.report["checks"] if c["name"] == "model-tensors")
     assert check["status"] == "pass"
+
+
+def test_config_field_left_to_its_default(honest_run: HonestRun, tmp_path: Path):
+    # Without hidden_dim the certified config means the default width (64), which
+    # this tiny model does not have: a failed check, not a crash on the missing key.
+    tensors, metadata = _honest_tensors(honest_run)
+    doc = json.loads(honest_run.cert.read_text())
+    assert doc["subject_model"]["architecture"]["config"].pop("hidden_dim") != 64
+    cert, model = _release(honest_run, tmp_path, tensors, metadata, doc)
+    outcome = verify(cert, model, honest_run.public_key, "--json")
+    assert_check_failed(outcome, "model-tensors", "E_DELETION_INCOMPLETE")
+    assert "other shape" in outcome.stdout
