@@ -68,27 +68,26 @@ def large_config(base: dict[str, Any], total_bytes: int) -> dict[str, Any]:
 
 
 def write_model(path: Path, config: dict[str, Any], seed: int = 0) -> list[str]:
-    """Stream the model of ``config`` with random weights; return the zeroed encoder."""
+    """Stream the model of ``config`` with random weights; return the zeroed encoder.
+
+    The header is the one ``mbd-cert issue`` would write for these tensors, and the
+    data follow in its order, because level 1 accepts no other layout (R-DEL-2).
+    """
+    from mbd_cert import _safetensors
     from mbd_cert.arch import _mbd_config
 
     shapes = _mbd_config.tensor_shapes(config)
     zeroed = [name for name in shapes if name.startswith(f"encoders.{DELETED}.")]
-    header: dict[str, object] = {
-        "__metadata__": {"format": "mbd-cert-model/1", "architecture": "mbd-sentiment"}}
-    offset = 0
-    for name, shape in shapes.items():
-        size = int(np.prod(shape)) * ENTRY_BYTES
-        header[name] = {"dtype": "F64", "shape": list(shape),
-                        "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * ((8 - len(raw) % 8) % 8)
+    metadata = {"format": "mbd-cert-model/1", "architecture": "mbd-sentiment"}
+    raw = _safetensors.canonical_header_bytes(
+        [(name, "F64", shape) for name, shape in shapes.items()], metadata)
+    order = sorted(shapes, key=lambda name: name.encode("utf-8"))  # one dtype: by name
     rng = np.random.default_rng(seed)
     block = 1 << 22  # entries per write, so the generator's memory stays small
     with path.open("wb") as handle:
         handle.write(struct.pack("<Q", len(raw)) + raw)
-        for name, shape in shapes.items():
-            left = int(np.prod(shape))
+        for name in order:
+            left = int(np.prod(shapes[name]))
             while left:
                 count = min(left, block)
                 values = (np.zeros(count) if name in zeroed

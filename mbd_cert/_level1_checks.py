@@ -86,10 +86,11 @@ RELEASED_MODEL_FORMAT = "mbd-cert-model/1"
 
 
 def check_model_layout(doc: Mapping[str, Any], header: Any, architecture: Any) -> CheckResult:
-    """Check the released model's metadata, tensor names and shapes (R-DEL-2).
+    """Check the released model's metadata, header bytes, dtypes, names and shapes (R-DEL-2).
 
     Raises:
-        DeletionIncomplete: The metadata contains other entries, or the tensors differ
+        DeletionIncomplete: The metadata contains other entries, the header is not in
+            the issuer's form, the tensors do not share one float dtype, or they differ
             from those the architecture builds from the certified config.
     """
     # With its defaults filled in: a certificate may leave out fields that have one.
@@ -110,6 +111,15 @@ def check_model_layout(doc: Mapping[str, Any], header: Any, architecture: Any) -
                            f"metadata checked; architecture {architecture.name!r} does not list "
                            "its tensors without torch, so level 2 compares them when it "
                            "rebuilds the model", requirement="R-DEL-2")
+    _check_canonical_header(header)
+    dtypes = sorted({info.dtype for info in header.tensors.values()})
+    if len(dtypes) > 1 or not set(dtypes) <= _WEIGHT_DTYPES:
+        raise DeletionIncomplete(
+            f"the model's tensors have dtypes {dtypes[:5]}; a released model stores every "
+            f"tensor in one of {sorted(_WEIGHT_DTYPES)}",
+            hint="a wider or complex dtype can carry data of a deleted encoder beside the "
+            "weights; pass the model released with this certificate",
+        )
     expected = architecture.tensor_shapes(config)
     found = {name: tuple(info.shape) for name, info in header.tensors.items()}
     extra = sorted(set(found) - set(expected))
@@ -128,8 +138,31 @@ def check_model_layout(doc: Mapping[str, Any], header: Any, architecture: Any) -
             "model released with this certificate",
         )
     return CheckResult("model-tensors", "pass",
-                       f"{len(found)} tensors with the names and shapes the certified config "
-                       "builds; metadata as released", requirement="R-DEL-2")
+                       f"{len(found)} {dtypes[0] if dtypes else ''} tensors with the names and "
+                       "shapes the certified config builds; header and metadata as issue "
+                       "writes them", requirement="R-DEL-2")
+
+
+# Real floating-point dtypes a model's weights are stored in. One dtype for every tensor:
+# a tensor widened on its own (F32 to F64 or C64) has room for other data.
+_WEIGHT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+
+
+def _check_canonical_header(header: Any) -> None:
+    """Fail unless the header bytes are exactly those the issuer's writer produces.
+
+    JSON leaves whitespace, key order, escapes and the order of the data section
+    free, and each is room for hidden data that no digest comparison notices.
+    """
+    entries = [(name, info.dtype, tuple(info.shape)) for name, info in header.tensors.items()]
+    expected = _safetensors.canonical_header_bytes(entries, header.metadata)
+    if _safetensors.read_header_bytes(header) != expected:
+        raise DeletionIncomplete(
+            "the model's header is not in the form 'mbd-cert issue' writes (compact JSON, "
+            "tensors ordered by dtype alignment and name, metadata by key, space padding)",
+            hint="whitespace, key order and data order in a header can carry data of a "
+            "deleted encoder; pass the model released with this certificate",
+        )
 
 
 def _check_no_unlisted_deletion(config: Mapping[str, Any], header: Any,
@@ -146,7 +179,8 @@ def _check_no_unlisted_deletion(config: Mapping[str, Any], header: Any,
             continue
         names = _groups.eligible_names(list(header.tensors),
                                        architecture.encoder_prefixes(config, modality))
-        if not names or any(_safetensors.count_nonzero_entries(header, name)
+        # By value: -0.0 is what a deletion leaves too, as far as this rule goes.
+        if not names or any(_safetensors.count_nonzero_entries(header, name, ignore_sign=True)
                             for name in names):
             continue
         if not model_matches:

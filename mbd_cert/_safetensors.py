@@ -47,10 +47,11 @@ from mbd_cert._safetensors_read import (
     count_nonzero_entries,
     iter_tensors,
     read_header,
+    read_header_bytes,
     read_tensor,
 )
 from mbd_cert._safetensors_scan import Progress, digest_file
-from mbd_cert._safetensors_write import write_safetensors
+from mbd_cert._safetensors_write import canonical_header_bytes, write_safetensors
 
 __all__ = [
     "CHUNK_BYTES",
@@ -76,7 +77,9 @@ __all__ = [
     "manifest",
     "manifest_digest",
     "read_header",
+    "read_header_bytes",
     "read_tensor",
     "tensor_digest",
+    "canonical_header_bytes",
     "write_safetensors",
 ]

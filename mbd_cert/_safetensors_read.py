@@ -362,17 +362,35 @@ def _check_bool_bytes(header: SafetensorsHeader, info: TensorInfo, array: np.nda
         )
 
 
+def read_header_bytes(header: SafetensorsHeader) -> bytes:
+    """Return the file's raw JSON header, padding included (``header_size`` bytes).
+
+    Raises:
+        MalformedSafetensors, FileMissing, InputError: As :func:`read_tensor`.
+    """
+    with open_checked(header) as handle:
+        handle.seek(8)
+        return read_exact(handle, header.header_size, header.path)
+
+
 # Bytes read per step by count_nonzero_entries: a multiple of every entry width.
 _COUNT_CHUNK_BYTES = 4 * 1024 * 1024
 _UNSIGNED_OF_WIDTH = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+# Floating-point dtypes with a negative zero, and the width of the float whose top bit
+# is the sign. The FNUZ formats have none (their 0x80 is NaN), nor has F8_E8M0.
+_SIGN_BIT_WIDTHS = {"F8_E5M2": 1, "F8_E4M3": 1, "F16": 2, "BF16": 2, "F32": 4, "F64": 8,
+                    "C64": 4}
 
 
-def count_nonzero_entries(header: SafetensorsHeader, name: str) -> int:
+def count_nonzero_entries(header: SafetensorsHeader, name: str, *,
+                          ignore_sign: bool = False) -> int:
     """Return how many entries of one tensor have a byte other than zero.
 
-    Bytes, not values, are compared, so -0.0 counts as non-zero. The tensor is read in
-    chunks of 4 MiB, so memory stays bounded whatever its size (a memory-mapped array
-    would add every page it touches to the resident set).
+    Bytes, not values, are compared, so -0.0 counts as non-zero. With ``ignore_sign``
+    the sign bit of floating-point entries is left out, so -0.0 counts as zero, as its
+    value is (a complex entry then counts once per non-zero part). The tensor is read
+    in chunks of 4 MiB, so memory stays bounded whatever its size (a memory-mapped
+    array would add every page it touches to the resident set).
 
     Raises:
         MalformedSafetensors, FileMissing, InputError: As :func:`read_tensor`.
@@ -380,6 +398,13 @@ def count_nonzero_entries(header: SafetensorsHeader, name: str) -> int:
     info = _tensor_info(header, name)
     width = np.dtype(DTYPES[info.dtype].numpy_dtype).itemsize
     unsigned = _UNSIGNED_OF_WIDTH.get(width)
+    if ignore_sign and info.dtype in _SIGN_BIT_WIDTHS:
+        # Complex entries hold two floats: mask each one's sign bit.
+        width = _SIGN_BIT_WIDTHS[info.dtype]
+        unsigned = _UNSIGNED_OF_WIDTH[width]
+        magnitude: np.ndarray | None = np.array((1 << (8 * width - 1)) - 1, dtype=unsigned)
+    else:
+        magnitude = None
     count = 0
     with open_checked(header) as handle:
         handle.seek(header.data_start + info.begin)
@@ -388,7 +413,9 @@ def count_nonzero_entries(header: SafetensorsHeader, name: str) -> int:
             size = min(left, _COUNT_CHUNK_BYTES - _COUNT_CHUNK_BYTES % width)
             chunk = read_exact(handle, size, header.path)
             left -= size
-            if unsigned is not None:
+            if magnitude is not None:
+                count += int(np.count_nonzero(np.frombuffer(chunk, dtype=unsigned) & magnitude))
+            elif unsigned is not None:
                 count += int(np.count_nonzero(np.frombuffer(chunk, dtype=unsigned)))
             else:
                 raw = np.frombuffer(chunk, dtype=np.uint8).reshape(-1, width)

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -113,17 +114,35 @@ def _prepare(name: object, array: object) -> _Prepared:
 
 
 def _header_bytes(prepared: list[_Prepared], metadata: dict[str, str]) -> bytes:
+    return canonical_header_bytes(
+        [(item.name, item.dtype, tuple(item.array.shape)) for item in prepared], metadata)
+
+
+def canonical_header_bytes(entries: Sequence[tuple[str, str, tuple[int, ...]]],
+                           metadata: Mapping[str, str]) -> bytes:
+    """Return the header, padding included, that :func:`write_safetensors` writes.
+
+    The tensors are ordered as the writer orders them (by dtype alignment, then by
+    name as UTF-8 bytes), the metadata by key, and the data offsets follow from that
+    order and the sizes. Level 1 compares a released model's header with these bytes
+    (SPEC.md, R-DEL-2), so whitespace, key order and the order of the data section
+    cannot carry anything.
+
+    Args:
+        entries: (name, safetensors dtype, shape) per tensor, in any order.
+        metadata: The ``__metadata__`` map, empty for none.
+    """
+    ordered = sorted(entries, key=lambda entry: (-DTYPES[entry[1]].rank,
+                                                 entry[0].encode("utf-8")))
     header: dict[str, object] = {}
     if metadata:
-        header["__metadata__"] = metadata
+        header["__metadata__"] = dict(sorted(metadata.items()))
     offset = 0
-    for item in prepared:
-        header[item.name] = {
-            "dtype": item.dtype,
-            "shape": list(item.array.shape),
-            "data_offsets": [offset, offset + item.array.nbytes],
-        }
-        offset += item.array.nbytes
+    for name, dtype, shape in ordered:
+        size = DTYPES[dtype].itemsize * math.prod(shape)
+        header[name] = {"dtype": dtype, "shape": list(shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
     text = json.dumps(header, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     encoded = text.encode("utf-8")
     # Pad with spaces so the data section starts at a multiple of 8 bytes.

@@ -44,6 +44,7 @@ MAP_SCHEMA: dict[str, Any] = {
     "additionalProperties": {
         "type": "object",
         "required": ["dtype", "shape", "digest"],
+        "additionalProperties": False,
         "properties": {
             "dtype": {"type": "string", "pattern": _DTYPE_PATTERN},
             "shape": {
@@ -79,7 +80,7 @@ def entry_is_valid(entry: Any) -> bool:
     """Return whether one tensor entry conforms to ``MAP_SCHEMA["additionalProperties"]``."""
     if not isinstance(entry, dict):
         return False
-    if "dtype" not in entry or "shape" not in entry or "digest" not in entry:
+    if len(entry) != 3 or "dtype" not in entry or "shape" not in entry or "digest" not in entry:
         return False
     dtype, shape, digest = entry["dtype"], entry["shape"], entry["digest"]
     if not isinstance(dtype, str) or _DTYPE.search(dtype) is None:

@@ -155,3 +155,49 @@ def test_config_field_left_to_its_default(honest_run: HonestRun, tmp_path: Path)
     outcome = verify(cert, model, honest_run.public_key, "--json")
     assert_check_failed(outcome, "model-tensors", "E_DELETION_INCOMPLETE")
     assert "other shape" in outcome.stdout
+
+
+def _resign_header(run: HonestRun, tmp_path: Path, model: Path) -> Path:
+    """Re-sign the honest certificate for a model file written by hand."""
+    doc = json.loads(run.cert.read_text())
+    digests = _safetensors.digest_file(model)
+    doc["subject_model"]["post_deletion"] = _commitment.file_commitment(
+        digests, _safetensors.read_header(model))
+    return write_json(tmp_path / "cert.json", resign(doc, run.private_key))
+
+
+def test_header_whitespace_fails(honest_run: HonestRun, tmp_path: Path):
+    # Whitespace between JSON tokens is two bits a character of room for hidden data.
+    raw = honest_run.model.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    header = raw[8:8 + length].rstrip(b" ")
+    padded = b"{\t\n" + header[1:]
+    padded += b" " * (-len(padded) % 8)
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(len(padded).to_bytes(8, "little") + padded + raw[8 + length:])
+    cert = _resign_header(honest_run, tmp_path, model)
+    outcome = verify(cert, model, honest_run.public_key, "--json")
+    assert_check_failed(outcome, "model-tensors", "E_DELETION_INCOMPLETE")
+    assert "header is not in the form" in outcome.stdout
+
+
+def test_widened_dtype_fails(honest_run: HonestRun, tmp_path: Path):
+    # A complex tensor's imaginary half, or F64's spare bits, can hold other data.
+    tensors, metadata = _honest_tensors(honest_run)
+    tensors["fusion.0.weight"] = tensors["fusion.0.weight"].astype(np.complex64)
+    cert, model = _release(honest_run, tmp_path, tensors, metadata)
+    outcome = verify(cert, model, honest_run.public_key, "--json")
+    assert_check_failed(outcome, "model-tensors", "E_DELETION_INCOMPLETE")
+    assert "dtypes ['C64', 'F32']" in outcome.stdout
+
+
+def test_negative_zero_encoder_still_counts_as_deleted(honest_run: HonestRun, tmp_path: Path):
+    # R-CHAIN-9 looks at values: an encoder of -0.0 is deleted, so leaving it out of the
+    # config's deleted modalities must still break the chain.
+    tensors, metadata = _honest_tensors(honest_run)
+    for name in tensors:
+        if name.startswith("encoders.vision."):
+            tensors[name] = np.full_like(tensors[name], -0.0)
+    cert, model = _release(honest_run, tmp_path, tensors, metadata)
+    outcome = verify(cert, model, honest_run.public_key, "--json")
+    assert_check_failed(outcome, "deleted-tensors-zero", "E_CHAIN_BROKEN")

@@ -181,3 +181,15 @@ def test_largest_schema_certificate_under_separator_cap() -> None:
     text = json.dumps(doc).encode()
     separators = text.count(b",") + text.count(b":") + text.count(b"[")
     assert separators < certificate.MAX_CERTIFICATE_SEPARATORS
+
+
+@pytest.mark.parametrize("where", ["entry", "commitment"])
+def test_extra_member_in_commitment_rejected(where: str) -> None:
+    # A signed certificate is published: extra members would be room for hidden data.
+    doc = _doc()
+    commitment = doc["subject_model"]["post_deletion"]
+    target = next(iter(commitment["tensors"].values())) if where == "entry" else commitment
+    target["note"] = "QUJD"
+    with pytest.raises(MalformedCertificate) as info:
+        schema.validate_certificate(doc)
+    assert "note is not allowed here" in str(info.value)

@@ -1158,3 +1158,17 @@ def test_count_nonzero_entries_reads_bytes_in_chunks(tmp_path: Path, dtype: str,
     expected = 4 + (1 if np.dtype(dtype).kind in "fc" else 0)
     assert stio.count_nonzero_entries(header, "t") == expected
     assert stio.count_nonzero_entries(header, "z") == 0
+
+
+def test_count_nonzero_entries_ignoring_sign(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    stio.write_safetensors(path, {
+        "f": np.array([-0.0, 0.0, -0.0], dtype="<f4"),
+        "c": np.array([complex(-0.0, -0.0), 0j], dtype="<c8"),
+        "i": np.array([-128, 0], dtype="<i1"),  # 0x80 is a value, not a sign on zero
+    })
+    header = stio.read_header(path)
+    assert stio.count_nonzero_entries(header, "f") == 2
+    assert stio.count_nonzero_entries(header, "f", ignore_sign=True) == 0
+    assert stio.count_nonzero_entries(header, "c", ignore_sign=True) == 0
+    assert stio.count_nonzero_entries(header, "i", ignore_sign=True) == 1
