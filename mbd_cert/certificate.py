@@ -98,6 +98,27 @@ def check_signature(doc: Mapping[str, Any], trusted_keys: Sequence[Ed25519Public
     return str(signature["key_id"])
 
 
+def _check_size(data: bytes, source: str) -> None:
+    """Apply R-LIM-1's caps: at most 64 MiB, and at most 6,000,000 separators.
+
+    Raises:
+        LimitExceeded: ``E_INPUT_TOO_LARGE``.
+    """
+    if len(data) > MAX_CERTIFICATE_BYTES:
+        raise LimitExceeded(
+            f"{source} is {len(data)} bytes; the maximum is {MAX_CERTIFICATE_BYTES}",
+            code="E_INPUT_TOO_LARGE",
+        )
+    separators = data.count(b",") + data.count(b":") + data.count(b"[")
+    if separators > MAX_CERTIFICATE_SEPARATORS:
+        raise LimitExceeded(
+            f"{source} has {separators} commas, colons and brackets, more than the "
+            f"{MAX_CERTIFICATE_SEPARATORS} a certificate of the largest model has",
+            hint="pass the cert.json written by 'mbd-cert issue'",
+            code="E_INPUT_TOO_LARGE",
+        )
+
+
 def parse_certificate(data: bytes, *, source: str = "certificate") -> dict[str, Any]:
     """Parse and validate certificate bytes: strict JSON, then the bundled schema.
 
@@ -107,14 +128,7 @@ def parse_certificate(data: bytes, *, source: str = "certificate") -> dict[str, 
         UnsupportedVersion: The format major version is unknown to this release.
         LimitExceeded: The document is larger or deeper than the caps.
     """
-    separators = data.count(b",") + data.count(b":") + data.count(b"[")
-    if separators > MAX_CERTIFICATE_SEPARATORS and len(data) <= MAX_CERTIFICATE_BYTES:
-        raise LimitExceeded(
-            f"{source} has {separators} commas, colons and brackets, more than the "
-            f"{MAX_CERTIFICATE_SEPARATORS} a certificate of the largest model has",
-            hint="pass the cert.json written by 'mbd-cert issue'",
-            code="E_INPUT_TOO_LARGE",
-        )
+    _check_size(data, source)
     doc = _json.load_json_strict(data, what=source, max_bytes=MAX_CERTIFICATE_BYTES)
     if not isinstance(doc, dict):
         raise MalformedCertificate(
@@ -164,4 +178,6 @@ def dump_certificate(doc: Mapping[str, Any]) -> bytes:
     """
     canonical.canonical_bytes(dict(doc))  # refuse what could not be signed or verified
     text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
-    return (text + "\n").encode("utf-8")
+    data = (text + "\n").encode("utf-8")
+    _check_size(data, "certificate to write")  # the caps parse_certificate applies
+    return data

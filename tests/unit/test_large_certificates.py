@@ -193,3 +193,14 @@ def test_extra_member_in_commitment_rejected(where: str) -> None:
     with pytest.raises(MalformedCertificate) as info:
         schema.validate_certificate(doc)
     assert "note is not allowed here" in str(info.value)
+
+
+def test_issuer_refuses_what_the_verifier_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    # dump_certificate applies the reader's caps, so issue never writes a certificate
+    # that verify refuses as too large.
+    doc = _doc()
+    monkeypatch.setattr(certificate, "MAX_CERTIFICATE_SEPARATORS", 100)
+    with pytest.raises(LimitExceeded) as info:
+        certificate.dump_certificate(doc)
+    assert info.value.code == "E_INPUT_TOO_LARGE"
+    assert "certificate to write has" in str(info.value)
