@@ -457,22 +457,34 @@ def test_junit_write_failure_keeps_the_results(repo, tmp_path, monkeypatch):
     assert "error [E_FILE_UNWRITABLE]: disk full" in result.stderr
 
 
-def test_interrupted_run_writes_junit(repo, tmp_path, monkeypatch):
-    # A cancelled CI job uploads the JUnit file anyway, so the file must record that
-    # the run was cut short.
+def _interrupt_second_certificate(monkeypatch, *, raise_directly: bool) -> None:
+    """Make verify-repo see Ctrl-C as it starts the second certificate.
+
+    ``raise_directly`` raises KeyboardInterrupt; otherwise a real SIGINT is sent.
+    """
+    import signal
+
     from mbd_cert import _cli_ci
 
-    _policy(repo, "")
     real = _cli_ci.verify_one
     calls = []
 
     def second_interrupts(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
-            raise KeyboardInterrupt
+            if raise_directly:
+                raise KeyboardInterrupt
+            signal.raise_signal(signal.SIGINT)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(_cli_ci, "verify_one", second_interrupts)
+
+
+def test_interrupted_run_writes_junit(repo, tmp_path, monkeypatch):
+    # A cancelled CI job uploads the JUnit file anyway, so the file must record that
+    # the run was cut short.
+    _policy(repo, "")
+    _interrupt_second_certificate(monkeypatch, raise_directly=True)
     junit = tmp_path / "junit.xml"
     result = _run(repo, "--junit", junit)
     assert result.exit_code == 130
@@ -484,21 +496,8 @@ def test_interrupted_run_writes_junit(repo, tmp_path, monkeypatch):
 
 def test_interrupted_run_writes_json(repo, tmp_path, monkeypatch):
     # --json promises one document whether or not the run finished, Ctrl-C included.
-    import signal
-
-    from mbd_cert import _cli_ci
-
     _policy(repo, "")
-    real = _cli_ci.verify_one
-    calls = []
-
-    def second_interrupts(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            signal.raise_signal(signal.SIGINT)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_cli_ci, "verify_one", second_interrupts)
+    _interrupt_second_certificate(monkeypatch, raise_directly=False)
     junit = tmp_path / "junit.xml"
     result = _run(repo, "--json", "--junit", junit)
     assert result.exit_code == 130
