@@ -40,7 +40,9 @@ def check_deletion(doc: Mapping[str, Any], header: Any, architecture: Any, *,
             has non-zero entries.
     """
     modality = doc["deletion"]["modality"]
-    config = doc["subject_model"]["architecture"]["config"]
+    # With defaults filled in, so that a field left out means what the model builder
+    # reads (a certificate without "modalities" still has three, R-CHAIN-9).
+    config = architecture.validate_config(doc["subject_model"]["architecture"]["config"])
     if modality not in config.get("deleted_modalities", []):
         raise DeletionIncomplete(
             f"the certified config does not mark {modality!r} as deleted "
@@ -106,20 +108,14 @@ def check_model_layout(doc: Mapping[str, Any], header: Any, architecture: Any) -
             hint="metadata can carry data of a deleted encoder; a released model holds "
             "only format and architecture",
         )
+    _check_canonical_header(header)
+    _check_dtypes(doc, header, architecture)
     if architecture.tensor_shapes is None:
         return CheckResult("model-tensors", "skipped",
-                           f"metadata checked; architecture {architecture.name!r} does not list "
-                           "its tensors without torch, so level 2 compares them when it "
-                           "rebuilds the model", requirement="R-DEL-2")
-    _check_canonical_header(header)
-    dtypes = sorted({info.dtype for info in header.tensors.values()})
-    if len(dtypes) > 1 or not set(dtypes) <= _WEIGHT_DTYPES:
-        raise DeletionIncomplete(
-            f"the model's tensors have dtypes {dtypes[:5]}; a released model stores every "
-            f"tensor in one of {sorted(_WEIGHT_DTYPES)}",
-            hint="a wider or complex dtype can carry data of a deleted encoder beside the "
-            "weights; pass the model released with this certificate",
-        )
+                           f"header, metadata and dtypes checked; architecture "
+                           f"{architecture.name!r} does not list its tensors without torch, "
+                           "so level 2 compares them when it rebuilds the model",
+                           requirement="R-DEL-2")
     expected = architecture.tensor_shapes(config)
     found = {name: tuple(info.shape) for name, info in header.tensors.items()}
     extra = sorted(set(found) - set(expected))
@@ -138,14 +134,32 @@ def check_model_layout(doc: Mapping[str, Any], header: Any, architecture: Any) -
             "model released with this certificate",
         )
     return CheckResult("model-tensors", "pass",
-                       f"{len(found)} {dtypes[0] if dtypes else ''} tensors with the names and "
-                       "shapes the certified config builds; header and metadata as issue "
-                       "writes them", requirement="R-DEL-2")
+                       f"{len(found)} tensors with the names, shapes and dtypes the certified "
+                       "config builds; header and metadata as issue writes them",
+                       requirement="R-DEL-2")
 
 
-# Real floating-point dtypes a model's weights are stored in. One dtype for every tensor:
-# a tensor widened on its own (F32 to F64 or C64) has room for other data.
-_WEIGHT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+def _check_dtypes(doc: Mapping[str, Any], header: Any, architecture: Any) -> None:
+    """Fail when a tensor's dtype is not the one the release keeps for it.
+
+    A widened tensor (F32 stored as F64 or C64) has room for other data beside the
+    weights. The dtype is the architecture's ``weight_dtype`` when it declares one, and
+    otherwise the dtype that the signed pre-deletion commitment records, which an
+    honest release keeps for every tensor.
+    """
+    committed = doc["subject_model"]["pre_deletion"]["tensors"]
+    differing = []
+    for name, info in header.tensors.items():
+        expected = architecture.weight_dtype or committed.get(name, {}).get("dtype")
+        if info.dtype != expected:
+            differing.append(f"{name} {info.dtype} (expected {expected})")
+    if differing:
+        raise DeletionIncomplete(
+            f"{len(differing)} tensors of the model have another dtype than the release "
+            f"keeps: {differing[:3]}",
+            hint="a wider or complex dtype can carry data of a deleted encoder beside the "
+            "weights; pass the model released with this certificate",
+        )
 
 
 def _check_canonical_header(header: Any) -> None:

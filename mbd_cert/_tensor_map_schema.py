@@ -34,7 +34,7 @@ MAP_PATHS: tuple[tuple[str, ...], ...] = (
 _MAX_TENSORS = 100_000
 _MAX_RANK = 16
 _MAX_COUNT = 9_007_199_254_740_991  # 2**53 - 1, the largest integer a JSON reader keeps exact
-_DTYPE_PATTERN = "^[A-Z0-9_]{2,8}$"
+_DTYPE_PATTERN = "^[A-Z0-9_]{2,16}$"  # F8_E4M3FNUZ has 11 characters
 _DIGEST_PATTERN = "^sha256:[0-9a-f]{64}$"
 
 # The map's subschema with its $refs resolved: what entry_is_valid implements.

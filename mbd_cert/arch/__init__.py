@@ -92,6 +92,10 @@ class Architecture:
             computed without torch. Level 1 holds the released model against it, so
             that no tensor outside the architecture (a copy of a deleted encoder, for
             example) passes unseen. None (the default) reports that check as skipped.
+        weight_dtype: The safetensors dtype of every tensor of the model, such as
+            ``"F32"``, when the architecture fixes it; level 1 then rejects any other.
+            None (the default) holds each tensor to the dtype the signed pre-deletion
+            commitment records for it.
     """
 
     name: str
@@ -105,6 +109,7 @@ class Architecture:
     independent_samples: bool = False
     local_parameters: bool = False
     tensor_shapes: Callable[[Mapping[str, Any]], dict[str, tuple[int, ...]]] | None = None
+    weight_dtype: str | None = None
 
 
 def get_architecture(name: str) -> Architecture:
@@ -331,6 +336,7 @@ def _builtin_mbd() -> Architecture:
         independent_samples=True,
         local_parameters=True,
         tensor_shapes=_mbd_config.tensor_shapes,
+        weight_dtype="F32",
     )
 
 

@@ -188,7 +188,32 @@ def test_widened_dtype_fails(honest_run: HonestRun, tmp_path: Path):
     cert, model = _release(honest_run, tmp_path, tensors, metadata)
     outcome = verify(cert, model, honest_run.public_key, "--json")
     assert_check_failed(outcome, "model-tensors", "E_DELETION_INCOMPLETE")
-    assert "dtypes ['C64', 'F32']" in outcome.stdout
+    assert "fusion.0.weight C64 (expected F32)" in outcome.stdout
+
+
+def test_whole_model_widened_fails(honest_run: HonestRun, tmp_path: Path):
+    # F64 everywhere leaves 29 spare bits in every weight; the built-in model is F32.
+    tensors, metadata = _honest_tensors(honest_run)
+    tensors = {name: array.astype(np.float64) for name, array in tensors.items()}
+    cert, model = _release(honest_run, tmp_path, tensors, metadata)
+    outcome = verify(cert, model, honest_run.public_key, "--json")
+    assert_check_failed(outcome, "model-tensors", "E_DELETION_INCOMPLETE")
+    assert "43 tensors of the model have another dtype" in outcome.stdout
+
+
+def test_modalities_left_to_default_still_checked(honest_run: HonestRun, tmp_path: Path):
+    # Without "modalities" the config means the default three, so R-CHAIN-9 must still
+    # see the unlisted zero vision encoder.
+    tensors, metadata = _honest_tensors(honest_run)
+    for name in tensors:
+        if name.startswith("encoders.vision."):
+            tensors[name] = np.zeros_like(tensors[name])
+    doc = json.loads(honest_run.cert.read_text())
+    config = doc["subject_model"]["architecture"]["config"]
+    assert config.pop("modalities") == ["text", "audio", "vision"]
+    cert, model = _release(honest_run, tmp_path, tensors, metadata, doc)
+    outcome = verify(cert, model, honest_run.public_key, "--json")
+    assert_check_failed(outcome, "deleted-tensors-zero", "E_CHAIN_BROKEN")
 
 
 def test_negative_zero_encoder_still_counts_as_deleted(honest_run: HonestRun, tmp_path: Path):
