@@ -121,6 +121,18 @@ def test_plugin_certificate_verifies(issued):
     statuses = {check["name"]: check["status"] for check in report["checks"]}
     assert statuses["deleted-tensors-zero"] == "pass"
     assert statuses["signature"] == "pass"
+    assert statuses["model-tensors"] == "pass"
+
+
+def test_plugin_tensor_listing_matches_model(plugin_path):
+    # The torch-free listing level 1 uses must name exactly what the model builds.
+    architecture = get_architecture(NAME)
+    config = {"modalities": ["text", "audio", "vision"], "embed_dim": 5,
+              "input_dims": {"text": 7, "audio": 3, "vision": 4}}
+    model = architecture.build(config)
+    listed = architecture.tensor_shapes(config)
+    assert listed == {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    assert {str(t.dtype) for t in model.state_dict().values()} == {"torch.float32"}
 
 
 def test_plugin_tampered_model_fails(issued, tmp_path):

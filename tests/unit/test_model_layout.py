@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mbd_cert import _safetensors
-from mbd_cert._level1_checks import _check_dtypes
+from mbd_cert._level1_checks import _check_dtypes, check_model_layout
 from mbd_cert.errors import DeletionIncomplete
 
 
@@ -45,3 +45,17 @@ def test_architecture_dtype_overrides_commitment(tmp_path: Path) -> None:
     header = _model(tmp_path, {"w": np.zeros(2, "<f8")})
     with pytest.raises(DeletionIncomplete, match=r"w F64 \(expected F32\)"):
         _check_dtypes(_doc({"w": "F64"}), header, SimpleNamespace(weight_dtype="F32"))
+
+
+def test_architecture_without_listing_skips_names(tmp_path: Path) -> None:
+    # Header, metadata and dtypes are still checked; only names and shapes are skipped.
+    path = tmp_path / "model.safetensors"
+    _safetensors.write_safetensors(path, {"w": np.zeros(2, "<f4")},
+                                   {"format": "mbd-cert-model/1", "architecture": "x"})
+    doc = _doc({"w": "F32"})
+    doc["subject_model"]["architecture"] = {"name": "x", "config": {}}
+    architecture = SimpleNamespace(name="x", validate_config=dict, tensor_shapes=None,
+                                   weight_dtype=None)
+    result = check_model_layout(doc, _safetensors.read_header(path), architecture)
+    assert result.status == "skipped"
+    assert "header, metadata and dtypes checked" in result.detail

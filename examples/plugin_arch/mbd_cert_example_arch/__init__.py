@@ -100,6 +100,27 @@ def generator_prefixes(config: Mapping[str, Any], modality: str) -> list[str]:
     return [f"generators.{modality}"]
 
 
+def tensor_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Return the name and shape of every tensor of the model, without torch.
+
+    Level 1 compares a released model with this listing, so a tensor outside the
+    architecture (a copy of a deleted encoder, say) fails verification.
+    """
+    config = validate_config(config)
+    width = config["embed_dim"]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for m in config["modalities"]:
+        shapes[f"encoders.{m}.weight"] = (width, config["input_dims"][m])
+        shapes[f"encoders.{m}.bias"] = (width,)
+        shapes[f"generators.{m}.weight"] = (width, width)
+        shapes[f"generators.{m}.bias"] = (width,)
+        shapes[f"heads.{m}.weight"] = (1, width)
+        shapes[f"heads.{m}.bias"] = (1,)
+    shapes["fusion.weight"] = (1, len(config["modalities"]))
+    shapes["fusion.bias"] = (1,)
+    return shapes
+
+
 def _build(config: Mapping[str, Any]) -> Any:
     from mbd_cert_example_arch import model
 
@@ -127,6 +148,9 @@ ARCHITECTURE = Architecture(
     generator_prefixes=generator_prefixes,
     forget_objective=_forget,
     retain_objective=_retain,
+    tensor_shapes=tensor_shapes,
+    # Every tensor is float32 (nn.Linear's default); level 1 rejects any other dtype.
+    weight_dtype="F32",
 )
 
-__all__ = ["ARCHITECTURE", "NAME", "VERSION", "validate_config"]
+__all__ = ["ARCHITECTURE", "NAME", "VERSION", "tensor_shapes", "validate_config"]
