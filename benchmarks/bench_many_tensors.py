@@ -13,8 +13,8 @@ times, alternately in one process:
 * the alternative: ``json.loads`` of the same bytes, the least any reader pays.
 
 It also runs ``mbd-cert verify`` on the certificate and the released model as a user
-would (the model digest then fails, exit 1, because the added tensors are not in the
-file; every certificate stage runs before that) and records its wall time.
+would, and records its wall time. The model digest then fails (exit 1), because the
+added tensors are not in the file, but every certificate stage runs before that.
 
 Usage: python benchmarks/bench_many_tensors.py [--tensors 90000] [--repeats 3]
 """

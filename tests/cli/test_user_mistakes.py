@@ -192,7 +192,7 @@ def test_evaluate_published_model_with_eval_set(honest_run: HonestRun, tmp_path:
 
 
 def test_evaluate_on_probe_set_warns(honest_run: HonestRun, tmp_path: Path):
-    # probe.safetensors holds training members, which flatter every metric.
+    # probe.safetensors contains training members, which flatter every metric.
     outcome = run_cli(["evaluate", "--checkpoint", honest_run.out_dir, "--eval-set",
                        honest_run.out_dir / "probe.safetensors", "--json", tmp_path / "m.json"])
     assert outcome.exit_code == 0, outcome.stderr
