@@ -35,7 +35,12 @@ import click
 
 from mbd_cert import errors
 from mbd_cert._cli_commands import GuardFactory, error_record, write_json_document
-from mbd_cert._confidential_files import ScanCache, published_confidential_files
+from mbd_cert._confidential_files import (
+    CERTIFICATE_NAME,
+    CERTIFICATE_SUFFIX,
+    ScanCache,
+    published_confidential_files,
+)
 from mbd_cert._interrupts import Interrupted
 from mbd_cert._repo_results import RepoResult, junit_for, render_table
 
@@ -44,8 +49,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CERTIFICATE_NAME = "cert.json"
-CERTIFICATE_SUFFIX = ".cert.json"
 MODEL_NAME = "model.safetensors"
 # 1.1 adds "warnings" to each result. 1.2 adds "error", set when the run stopped
 # before verifying any certificate, was interrupted by Ctrl-C, or could not write its

@@ -6,7 +6,8 @@ of its utility metrics. The diff rebuilds the pre-deletion model, and the probe 
 evaluation sets contain data samples (SPEC.md, section 12.3), so a repository that
 contains them publishes what the deletion removed. ``verify-repo`` warns about them
 (R-REPO-5): under the names the certificate gives, and under any other name in the
-certificate's directory, found by the ``format`` metadata in the safetensors header.
+certificate's directory or a subdirectory without a certificate of its own, found by
+the ``format`` metadata in the safetensors header.
 
 The warning is advisory and never changes an exit code, so the header scan is lenient
 where verification is strict. It reads only the length prefix and the header JSON. It
@@ -32,6 +33,13 @@ CONFIDENTIAL_FORMATS = frozenset({"mbd-cert-diff/1", "mbd-cert-probe/1"})
 # and evaluation sets of the synthetic and MOSEI checkpoints).
 # A larger claimed header is skipped unread, so a hostile file costs one 8-byte read.
 _MAX_SCANNED_HEADER = 1024 * 1024
+
+# Names verify-repo verifies as certificates.
+CERTIFICATE_NAME = "cert.json"
+CERTIFICATE_SUFFIX = ".cert.json"
+# Files whose header one certificate's scan reads at most: the walk below its directory
+# touches each file once, with an 8-byte read for most.
+_MAX_SCANNED_FILES = 10_000
 
 # Directory -> its confidential files, filled once per verify-repo run, because
 # several certificates can share a directory.
@@ -88,21 +96,40 @@ def published_confidential_files(root: Path, certificate: Path,
 
 
 def files_by_format(directory: Path) -> list[Path]:
-    """Return the regular files in ``directory`` whose header names a confidential format.
+    """Return the files below ``directory`` whose header names a confidential format.
 
-    Symbolic links and subdirectories are not followed. A renamed copy
-    (``diff-old.safetensors``, ``probe.bak``) is found as well as the original.
+    The walk covers ``directory`` and its subdirectories (a ``bundle/`` folder beside
+    the certificate, say), except hidden ones and those that contain a certificate of
+    their own, whose scan covers them. Symbolic links are not followed, and at most
+    10,000 files are read. A renamed copy (``diff-old.safetensors``, ``probe.bak``) is
+    found as well as the original.
     """
-    found = []
-    try:
-        with os.scandir(directory) as entries:
-            candidates = [Path(e.path) for e in entries if e.is_file(follow_symlinks=False)]
-    except OSError:
-        return []  # verification reports an unreadable directory
-    for path in candidates:
-        if header_format(path) in CONFIDENTIAL_FORMATS:
-            found.append(path)
+    found: list[Path] = []
+    scanned = 0
+    pending = [directory]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as listing:
+                entries = list(listing)
+        except OSError:
+            continue  # verification reports an unreadable certificate directory
+        files = [e for e in entries if e.is_file(follow_symlinks=False)]
+        if current != directory and any(_is_certificate(e.name) for e in files):
+            continue
+        pending.extend(Path(e.path) for e in entries
+                       if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
+        for entry in files:
+            scanned += 1
+            if scanned > _MAX_SCANNED_FILES:
+                return sorted(found)
+            if header_format(Path(entry.path)) in CONFIDENTIAL_FORMATS:
+                found.append(Path(entry.path))
     return sorted(found)
+
+
+def _is_certificate(name: str) -> bool:
+    return name == CERTIFICATE_NAME or name.endswith(CERTIFICATE_SUFFIX)
 
 
 def header_format(path: Path) -> str | None:

@@ -136,6 +136,33 @@ def test_verify_repo_warns_on_renamed_bundle_files(honest_run: HonestRun,
     assert listed == "models/diff-v1.bak, models/samples.safetensors"
 
 
+def test_verify_repo_warns_on_bundle_in_subdirectory(honest_run: HonestRun,
+                                                     issuer_keys: IssuerKeys, tmp_path: Path):
+    # A bundle/ folder beside the certificate is published too; a subdirectory with its
+    # own certificate is left to that certificate's scan.
+    root = _repo_with(honest_run, tmp_path / "repo", ["cert.json", "model.safetensors"])
+    bundle = root / "models" / "bundle"
+    bundle.mkdir()
+    for name in ("diff.safetensors", "probe.safetensors", "eval.safetensors"):
+        shutil.copy(honest_run.out_dir / name, bundle / name)
+    hidden = root / "models" / ".cache"
+    hidden.mkdir()
+    shutil.copy(honest_run.out_dir / "diff.safetensors", hidden / "diff.safetensors")
+    nested = root / "models" / "next"
+    nested.mkdir()
+    for name in ("cert.json", "model.safetensors", "diff.safetensors"):
+        shutil.copy(honest_run.out_dir / name, nested / name)
+    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json"])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.report is not None
+    first, second = (r["warnings"] for r in outcome.report["results"])
+    assert [w.split(": confidential files")[0] for w in first] == [
+        "models/bundle/diff.safetensors, models/bundle/eval.safetensors, "
+        "models/bundle/probe.safetensors"]
+    assert [w.split(": confidential files")[0] for w in second] == [
+        "models/next/diff.safetensors"]
+
+
 def test_renamed_file_warning_is_escaped_and_scanned_once(honest_run: HonestRun,
                                                           issuer_keys: IssuerKeys,
                                                           tmp_path: Path, monkeypatch):
