@@ -66,11 +66,15 @@ def test_fifo_and_link_are_skipped(tmp_path: Path) -> None:
     assert files_by_format(tmp_path) == [diff]
 
 
-def test_scan_finds_renamed_copies_only(tmp_path: Path) -> None:
+def test_scan_finds_renamed_and_nested_copies(tmp_path: Path) -> None:
     probe = _header_file(tmp_path / "samples.bin", {"format": "mbd-cert-probe/1"})
     diff = _header_file(tmp_path / "old.safetensors", {"format": "mbd-cert-diff/1"})
     _header_file(tmp_path / "model-v0.safetensors", {"format": "mbd-cert-model/1"})
     (tmp_path / "sub").mkdir()
-    _header_file(tmp_path / "sub" / "diff.safetensors", {"format": "mbd-cert-diff/1"})
+    nested = _header_file(tmp_path / "sub" / "diff.safetensors", {"format": "mbd-cert-diff/1"})
+    # A subdirectory with a certificate of its own is that certificate's to report.
+    (tmp_path / "next").mkdir()
+    (tmp_path / "next" / "cert.json").write_text("{}")
+    _header_file(tmp_path / "next" / "diff.safetensors", {"format": "mbd-cert-diff/1"})
     (tmp_path / "README.md").write_text("notes\n")
-    assert files_by_format(tmp_path) == sorted([probe, diff])
+    assert files_by_format(tmp_path) == sorted([probe, diff, nested])
