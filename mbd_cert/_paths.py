@@ -65,7 +65,7 @@ def check_not_input(path: Path, option: str, inputs: Iterable[Path],
     """
     if not os.path.lexists(path):
         return
-    hint = f"write the {option} file to a new path, such as junit.xml, outside the inputs"
+    hint = f"write the {option} file to a new path, outside the files the command reads"
     for source in inputs:
         if _same_file(path, source):
             raise InputError(f"{option} names an input file: {path} is {source}",

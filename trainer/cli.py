@@ -205,7 +205,11 @@ def _evaluate(checkpoint: Path, split_name: str, eval_set: Path | None, json_out
     from trainer.train import resolve_device
 
     if json_out is not None:
-        check_output_file(json_out, "--json")
+        # The files evaluate reads, which --json must not replace (SPEC.md, R-SEC-1).
+        read = [checkpoint / name for name in ("model.safetensors", "config.json",
+                                               "training.json", "cert.json",
+                                               "eval.safetensors", "probe.safetensors")]
+        check_output_file(json_out, "--json", inputs=[*read, *([eval_set] if eval_set else [])])
     loaded = load_checkpoint(checkpoint, resolve_device(device))
     if eval_set is not None:
         split_name = eval_set.name

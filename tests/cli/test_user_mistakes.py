@@ -361,3 +361,12 @@ def test_failed_check_omits_inconclusive_hint(honest_run: HonestRun) -> None:
                      honest_run.public_key)
     assert outcome.exit_code == 1
     assert "--allow-inconclusive" not in outcome.stderr
+
+
+def test_evaluate_json_over_an_input_rejected(honest_run: HonestRun):
+    # --json must not replace a file evaluate reads, such as the checkpoint's config.
+    config = honest_run.checkpoint / "config.json"
+    before = config.read_bytes()
+    outcome = run_cli(["evaluate", "--checkpoint", honest_run.checkpoint, "--json", config])
+    _assert_issue_input_error(outcome, "E_OUTPUT_IS_INPUT")
+    assert config.read_bytes() == before
