@@ -31,6 +31,7 @@ import numpy as np
 from make_chain_vectors import add_chain_and_sealed_vectors
 
 from mbd_cert import _safetensors, certificate, mechanism, signing
+from mbd_cert._commitment import file_commitment
 from mbd_cert.issue import IssueOptions, issue
 
 REPO = Path(__file__).resolve().parents[2]
@@ -435,6 +436,75 @@ def main() -> None:
             f"one entry of {name} set to 0.25, digests recomputed, re-signed",
             model=nonzero,
         )
+
+        def released(path: Path) -> dict[str, Any]:
+            """Return ``honest`` re-signed for the model file at ``path``."""
+            changed = copy.deepcopy(honest)
+            changed["subject_model"]["post_deletion"] = file_commitment(
+                _safetensors.digest_file(path), _safetensors.read_header(path))
+            return _resign(changed, key)
+
+        # An entry stored as -0.0 keeps the sign bit of the trained weight (R-DEL-1).
+        tensors[name] = np.array(
+            dict(_safetensors.iter_tensors(_safetensors.read_header(model)))[name])
+        tensors[name].flat[0] = -0.0
+        signed_zero = scratch / "negative-zero.safetensors"
+        _safetensors.write_safetensors(signed_zero, tensors,
+                                       _safetensors.read_header(model).metadata)
+        bad(
+            "encoder-negative-zero",
+            released(signed_zero),
+            "E_DELETION_INCOMPLETE",
+            1,
+            "R-DEL-1",
+            f"one entry of {name} stored as -0.0, digests recomputed, re-signed",
+            model=signed_zero,
+        )
+
+        # The released model's layout (R-DEL-2): a tensor outside the architecture, and
+        # whitespace inside the header.
+        tensors[name] = np.zeros_like(tensors[name])
+        tensors["backup." + name] = np.ones_like(tensors[name])
+        extra = scratch / "extra-tensor.safetensors"
+        _safetensors.write_safetensors(extra, tensors, _safetensors.read_header(model).metadata)
+        bad(
+            "model-extra-tensor",
+            released(extra),
+            "E_DELETION_INCOMPLETE",
+            1,
+            "R-DEL-2",
+            f"a tensor backup.{name} added to the released model, re-signed",
+            model=extra,
+        )
+        data = model.read_bytes()
+        header_end = 8 + int.from_bytes(data[:8], "little")
+        spaced = b"{\n" + data[9:header_end].rstrip(b" ")
+        spaced += b" " * (-len(spaced) % 8)
+        whitespace = scratch / "header-whitespace.safetensors"
+        whitespace.write_bytes(len(spaced).to_bytes(8, "little") + spaced + data[header_end:])
+        bad(
+            "model-header-whitespace",
+            released(whitespace),
+            "E_DELETION_INCOMPLETE",
+            1,
+            "R-DEL-2",
+            "a line feed after the header's opening brace, digests recomputed, re-signed",
+            model=whitespace,
+        )
+
+        # A member outside the schema in a per-tensor commitment (R-FMT-1).
+        doc = copy.deepcopy(honest)
+        entry = next(iter(doc["subject_model"]["post_deletion"]["tensors"].values()))
+        entry["note"] = "QUJD"
+        bad(
+            "tensor-entry-extra-member",
+            _resign(doc, key),
+            "E_CERT_MALFORMED",
+            2,
+            "R-FMT-1",
+            "a member 'note' added to one post_deletion.tensors entry, re-signed",
+        )
+
         doc = copy.deepcopy(honest)
         doc["deletion"]["removed_tensors"] = doc["deletion"]["removed_tensors"][1:]
         bad(
