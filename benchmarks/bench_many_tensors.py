@@ -75,6 +75,32 @@ def _bare(path: Path) -> float:
     return time.perf_counter() - started
 
 
+def _issue_and_grow(cli: list[str], work: Path, tensors: int) -> tuple[Path, int]:
+    """Train, issue and enlarge a certificate in ``work``; return its path and size."""
+    for command in (
+        [*cli, "keygen", "--out", str(work / "k")],
+        [*cli, "train", "--corpus", "synthetic", "--seed", "0", "--no-progress",
+         "--out", str(work / "ck")],
+        [*cli, "issue", "--checkpoint", str(work / "ck"), "--modality", "audio",
+         "--epsilon", "1", "--key", str(work / "k.key"), "--out", str(work / "del")],
+    ):
+        # From the temporary directory, so that `python -m` imports the mbd_cert
+        # that PYTHONPATH or the environment names, not the working tree's.
+        subprocess.run(command, check=True, capture_output=True, cwd=work)
+    cert = work / "big.json"
+    return cert, _grow(work / "del" / "cert.json", work / "k.key", tensors, cert)
+
+
+def _command_line(cli: list[str], work: Path, cert: Path) -> dict[str, Any]:
+    """Time one ``mbd-cert verify`` of ``cert`` in a fresh process."""
+    verify = [*cli, "verify", str(cert), str(work / "del" / "model.safetensors"),
+              "--key", str(work / "k.pub")]
+    started = time.perf_counter()
+    done = subprocess.run(verify, capture_output=True, text=True, cwd=work)
+    return {"wall_s": time.perf_counter() - started, "exit_code": done.returncode,
+            "stderr_tail": done.stderr[-300:]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tensors", type=int, default=90_000,
@@ -82,20 +108,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     cli = [sys.executable, "-m", "mbd_cert.cli"]
+
     with tempfile.TemporaryDirectory(prefix="mbd-bench-tensors-") as tmp:
         work = Path(tmp)
-        for command in (
-            [*cli, "keygen", "--out", str(work / "k")],
-            [*cli, "train", "--corpus", "synthetic", "--seed", "0", "--no-progress",
-             "--out", str(work / "ck")],
-            [*cli, "issue", "--checkpoint", str(work / "ck"), "--modality", "audio",
-             "--epsilon", "1", "--key", str(work / "k.key"), "--out", str(work / "del")],
-        ):
-            # From the temporary directory, so that `python -m` imports the mbd_cert
-            # that PYTHONPATH or the environment names, not the working tree's.
-            subprocess.run(command, check=True, capture_output=True, cwd=work)
-        cert = work / "big.json"
-        size = _grow(work / "del" / "cert.json", work / "k.key", args.tensors, cert)
+        cert, size = _issue_and_grow(cli, work, args.tensors)
         runs: list[dict[str, Any]] = []
         for repeat in range(args.repeats):
             pair = [("stages", lambda: _stages(cert, work / "k.pub")),
@@ -103,12 +119,8 @@ def main() -> None:
             if repeat % 2:
                 pair.reverse()
             runs.append({label: function() for label, function in pair})
-        verify = [*cli, "verify", str(cert), str(work / "del" / "model.safetensors"),
-                  "--key", str(work / "k.pub")]
-        started = time.perf_counter()
-        done = subprocess.run(verify, capture_output=True, text=True, cwd=work)
-        command_line = {"wall_s": time.perf_counter() - started, "exit_code": done.returncode,
-                        "stderr_tail": done.stderr[-300:]}
+        command_line = _command_line(cli, work, cert)
+
     stages = {key: spread([r["stages"][key] for r in runs]) for key in runs[0]["stages"]}
     result = {
         "tensors_added_per_map": args.tensors, "certificate_bytes": size,
@@ -117,13 +129,12 @@ def main() -> None:
         "verify_command_line": command_line, "runs": runs,
     }
     saved = save("many_tensors", result)
+
     rows = [["what", "median s", "min", "max"]]
     for key, value in stages.items():
         rows.append([key, value["median"], value["min"], value["max"]])
-    rows.append(["json.loads", result["bare_json_loads_s"]["median"],
-                 result["bare_json_loads_s"]["min"], result["bare_json_loads_s"]["max"]])
-    rows.append(["ratio", result["ratio_stages_over_bare"]["median"],
-                 result["ratio_stages_over_bare"]["min"], result["ratio_stages_over_bare"]["max"]])
+    for label, key in (("json.loads", "bare_json_loads_s"), ("ratio", "ratio_stages_over_bare")):
+        rows.append([label, result[key]["median"], result[key]["min"], result[key]["max"]])
     show(rows)
     print(f"mbd-cert verify: {command_line['wall_s']:.2f} s, exit {command_line['exit_code']}")
     print(f"certificate {size / 2**20:.1f} MiB; wrote {saved}")

@@ -77,13 +77,13 @@ class ChainFileCache:
         return len(self._digests)
 
     def lookup(self, key: _FileKey) -> tuple[bool, str | None]:
-        """Return ``(known, digest)``; ``digest`` is None for a file that is no certificate."""
+        """Return ``(known, digest)``; ``digest`` is None for a file that is not a certificate."""
         if key in self._digests:
             return True, self._digests[key]
         return False, None
 
     def store(self, key: _FileKey, digest: str | None) -> None:
-        """Record the digest of a parsed file, or None when it is no usable certificate."""
+        """Record the digest of a parsed file, or None when it is not a usable certificate."""
         self._digests[key] = digest
 
 
@@ -163,7 +163,7 @@ class ChainIndex:
         return found
 
     def _digest_of(self, path: Path) -> str | None:
-        """Return the certificate digest of ``path``, or None when it is no certificate.
+        """Return the certificate digest of ``path``, or None when it is not a certificate.
 
         Symbolic links and anything but a regular file are skipped unread.
         """
@@ -181,7 +181,7 @@ class ChainIndex:
         try:
             link = _load_link(path)
         except InputError as exc:
-            # A chain directory may hold other JSON (reports, configs); a real link
+            # A chain directory may contain other JSON (reports, configs); a real link
             # that is malformed surfaces as a missing link naming its digest.
             logger.debug("skipping %s in the chain directory: %s", path, exc.code)
             self._cache.store(key, None)

@@ -406,7 +406,7 @@ def issue(
 
     validate_options(options)
     checkpoint_dir = Path(checkpoint_dir)
-    # The outputs replace out_dir as a whole, so it must not hold an input (R-ISS-4).
+    # The outputs replace out_dir as a whole, so it must not contain an input (R-ISS-4).
     reject_output_over_inputs(out_dir, [
         ("--checkpoint", checkpoint_dir), ("--previous", options.previous),
         ("--eval-set", eval_set),

@@ -114,13 +114,17 @@ def test_progress_reaches_every_total(honest):
         assert done == sorted(done), stage
 
 
+def _honest_bundle(honest):
+    """Return the level-3 bundle of the honest deletion."""
+    _, out, _ = honest
+    return load_bundle(load_doc(out), out / "model.safetensors", out)
+
+
 @pytest.mark.parametrize("bad_value", [np.inf, np.nan])
 def test_functional_probe_fails_nonfinite_output(honest, monkeypatch, bad_value):
     # A plugin model that reads the deleted input and overflows on one sample: max()
     # skips the NaN difference, so only the finiteness check catches it.
-    _, out, _ = honest
-    doc = load_doc(out)
-    bundle = load_bundle(doc, out / "model.safetensors", out)
+    bundle = _honest_bundle(honest)
     real_predict = verify_leakage.predict
 
     def leaky_predict(model, batch):
@@ -140,9 +144,7 @@ def test_functional_probe_fails_nonfinite_output(honest, monkeypatch, bad_value)
 
 def test_functional_probe_fails_nonfinite_variant(honest, monkeypatch):
     # Finite outputs on the probe set, but NaN once the deleted input is replaced.
-    _, out, _ = honest
-    doc = load_doc(out)
-    bundle = load_bundle(doc, out / "model.safetensors", out)
+    bundle = _honest_bundle(honest)
     real_predict = verify_leakage.predict
     original = verify_leakage.probe_batch(bundle.probe)["inputs"]["audio"]
 
