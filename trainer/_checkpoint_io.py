@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mbd_cert import _paths
+from mbd_cert import _issue_outputs, _paths
 from mbd_cert._interrupts import publishing
 from mbd_cert._safetensors import write_safetensors
 from mbd_cert.arch import BUILTIN_NAME
@@ -50,13 +50,8 @@ def check_output_dir(target: Path, *, force: bool) -> None:
     if target.is_symlink():
         raise InputError(f"output directory {target} is a symbolic link",
                          hint="pass the real directory path", code="E_PARAMETER_INVALID")
-    if target.exists() and not target.is_dir():
-        raise InputError(f"output path {target} exists and is not a directory",
-                         hint="choose another --out path", code="E_PARAMETER_INVALID")
-    if target.is_dir() and any(target.iterdir()) and not force:
-        raise InputError(f"output directory {target} exists and is not empty",
-                         hint="choose another --out path or pass --force to replace it",
-                         code="E_OUTPUT_EXISTS")
+    # The rest is the rule issue and report apply to --out.
+    _issue_outputs.check_output_dir(target, force=force)
 
 
 def write_checkpoint(target: Path, model: MBDModel, corpus: Any, training: Mapping[str, Any],
