@@ -1,7 +1,7 @@
 """Level-1 verification of a large generated model against ``sha256sum`` of the same file.
 
-Generates a model of the built-in architecture (4 GiB by default) in a temporary
-directory: 16 modalities, the architecture's limit, give 199 float64 tensors, and the
+Generates a model of the built-in architecture (4 GB by default) in a temporary
+directory: 16 modalities, the architecture's limit, give 199 float32 tensors, and the
 input width is chosen so that the file reaches the requested size. The audio encoder is
 zero, as a deletion leaves it. The script certifies the file by re-signing a real
 certificate from the synthetic corpus with the large model's config and commitment,
@@ -16,10 +16,10 @@ Wall time and peak resident memory come from a wrapper process around each comma
 The file stays in the page cache between runs (it is smaller than RAM), so both
 commands hash from memory: the ratio compares hashing throughput, not disk speed.
 
-Float64 keeps a 4 GiB model under the architecture's cap of 10**9 parameters (float32
-would need 1.07 * 10**9).
+The weights are float32, the dtype the built-in architecture fixes (R-DEL-2), so 4 GB
+(decimal, 3.73 GiB) is the largest model under its cap of 10**9 parameters.
 
-Usage: python benchmarks/bench_verify_large.py [--quick] [--gib 4] [--repeats 5]
+Usage: python benchmarks/bench_verify_large.py [--quick] [--gb 4] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -50,11 +50,11 @@ API_SNIPPET = (
 MODALITIES = ["audio"] + [f"m{i:02d}" for i in range(1, 16)]
 DELETED = "audio"
 LAYERS = {"hidden_dim": 2048, "shared_dim": 64, "private_dim": 64, "fusion_hidden": 2048}
-ENTRY_BYTES = 8  # float64
+ENTRY_BYTES = 4  # float32, Architecture.weight_dtype of the built-in architecture
 
 
 def large_config(base: dict[str, Any], total_bytes: int) -> dict[str, Any]:
-    """Return ``base`` widened to 16 modalities with about ``total_bytes`` of float64."""
+    """Return ``base`` widened to 16 modalities with at most ``total_bytes`` of float32."""
     from mbd_cert.arch import _mbd_config
 
     config = {**base, **LAYERS, "modalities": MODALITIES, "deleted_modalities": [DELETED],
@@ -62,7 +62,8 @@ def large_config(base: dict[str, Any], total_bytes: int) -> dict[str, Any]:
     # The parameter count is linear in the input width w; solve for the target size.
     at = {w: _mbd_config.parameter_count({**config, "input_dims": dict.fromkeys(MODALITIES, w)})
           for w in (1, 2)}
-    width = max(1, round((total_bytes / ENTRY_BYTES - at[1]) / (at[2] - at[1])) + 1)
+    # Rounded down, so a 4 GB target stays within MAX_PARAMETERS.
+    width = max(1, (total_bytes // ENTRY_BYTES - at[1]) // (at[2] - at[1]) + 1)
     config["input_dims"] = dict.fromkeys(MODALITIES, width)
     return _mbd_config.validate_config(config)
 
@@ -80,7 +81,7 @@ def write_model(path: Path, config: dict[str, Any], seed: int = 0) -> list[str]:
     zeroed = [name for name in shapes if name.startswith(f"encoders.{DELETED}.")]
     metadata = {"format": "mbd-cert-model/1", "architecture": "mbd-sentiment"}
     raw = _safetensors.canonical_header_bytes(
-        [(name, "F64", shape) for name, shape in shapes.items()], metadata)
+        [(name, "F32", shape) for name, shape in shapes.items()], metadata)
     order = sorted(shapes, key=lambda name: name.encode("utf-8"))  # one dtype: by name
     rng = np.random.default_rng(seed)
     block = 1 << 22  # entries per write, so the generator's memory stays small
@@ -92,7 +93,7 @@ def write_model(path: Path, config: dict[str, Any], seed: int = 0) -> list[str]:
                 count = min(left, block)
                 values = (np.zeros(count) if name in zeroed
                           else rng.standard_normal(count) * 0.02)
-                handle.write(values.astype("<f8").tobytes())
+                handle.write(values.astype("<f4").tobytes())
                 left -= count
     return zeroed
 
@@ -140,21 +141,22 @@ def _safetensors_names(model: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="0.4 GiB and 2 repeats")
-    parser.add_argument("--gib", type=float, default=4.0, help="model size in GiB")
+    parser.add_argument("--quick", action="store_true", help="0.4 GB and 2 repeats")
+    parser.add_argument("--gb", type=float, default=4.0,
+                        help="model size in GB (10**9 bytes); at most 4 for float32")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=None, help="parent of the temporary folder")
     args = parser.parse_args()
-    gib, repeats = (0.4, 2) if args.quick else (args.gib, args.repeats)
-    total = int(gib * 1024**3)
+    gb, repeats = (0.4, 2) if args.quick else (args.gb, args.repeats)
+    total = int(gb * 10**9)
 
     workdir = Path(tempfile.mkdtemp(prefix="mbd-bench-verify-", dir=args.dir))
     try:
         free = shutil.disk_usage(workdir).free
         if free < total * 1.2:
-            scaled = free / 1.2 / 1024**3
-            print(f"NOTE: only {free / 1024**3:.1f} GiB free; model scaled to {scaled:.1f} GiB")
-            total, gib = int(scaled * 1024**3), scaled
+            scaled = free / 1.2 / 10**9
+            print(f"NOTE: only {free / 10**9:.1f} GB free; model scaled to {scaled:.1f} GB")
+            total, gb = int(scaled * 10**9), scaled
         cert_small, key, pub = small_certificate(workdir)
         base = json.loads(cert_small.read_text())["subject_model"]["architecture"]["config"]
         config = large_config(base, total)
@@ -210,7 +212,7 @@ def main() -> None:
                           "verify_api_max_rss_mib", "sha256sum_max_rss_mib")
               if key in payload],
         ])
-        print(f"model {payload['model_bytes'] / 1024**3:.2f} GiB, {repeats} repeats; wrote {saved}")
+        print(f"model {payload['model_bytes'] / 10**9:.2f} GB, {repeats} repeats; wrote {saved}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -84,6 +84,7 @@ def check_commitment(
     field: str,
     check_file_digest: bool,
     progress: Callable[[int, int], None] | None = None,
+    nonfinite: dict[str, int] | None = None,
 ) -> str:
     """Recompute a file's digests and compare them with its commitment (SPEC.md, R-DIG-3).
 
@@ -96,6 +97,8 @@ def check_commitment(
             the commitment has no ``header_digest`` (format 1.0), because then nothing
             else binds the header bytes.
         progress: Called as ``progress(done, total)`` in bytes while the file is hashed.
+        nonfinite: When given, filled in the same read, before any comparison, with
+            the count of NaN and infinite entries of each floating-point tensor.
 
     Returns:
         A one-line summary of what matched.
@@ -107,10 +110,13 @@ def check_commitment(
     """
     committed_header = committed.get("header_digest")
     whole = check_file_digest or committed_header is None
-    digests = _safetensors.digest_file(header.path, with_file_digest=whole, progress=progress)
+    digests = _safetensors.digest_file(header.path, with_file_digest=whole, progress=progress,
+                                       count_nonfinite=nonfinite is not None)
     # digest_file reads the header again; this raises if the file changed in between,
     # so both reads saw the same file.
     open_checked(header).close()
+    if nonfinite is not None and digests.nonfinite is not None:
+        nonfinite.update(digests.nonfinite)
 
     expected_tensors: Mapping[str, Any] = committed["tensors"]
     mismatched = sorted(

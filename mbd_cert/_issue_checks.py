@@ -1,7 +1,7 @@
-"""Checks of the checkpoint and its probe set that issue runs before the deletion steps.
+"""Checks of the checkpoint, its probe set and the released model that issue runs.
 
 :func:`mbd_cert._issue_steps.run` calls them after reading the checkpoint and before
-any saliency score is computed.
+any saliency score is computed, and checks the released model before writing it.
 
 Stability: internal.
 """
@@ -43,6 +43,25 @@ def reject_unlisted_deletion(architecture: Any, config: Mapping[str, Any],
                 "deletion's certificate, or issue from its output directory",
                 code="E_CHAIN_BROKEN",
             )
+
+
+def reject_nonfinite(tensors: Mapping[str, np.ndarray], what: str, *, hint: str) -> None:
+    """Refuse NaN or infinite weights, which a verifier rejects at level 1 (R-DEL-3).
+
+    Raises:
+        IssuanceError: ``E_MODEL_NONFINITE``, naming the first such tensor and the count.
+    """
+    counts = {name: int(values.size - np.count_nonzero(np.isfinite(values)))
+              for name, values in tensors.items() if values.dtype.kind in "fc"}
+    bad = sorted(name for name, count in counts.items() if count)
+    if bad:
+        raise IssuanceError(
+            f"{what}: {sum(counts[n] for n in bad)} NaN or infinite entries, "
+            f"{counts[bad[0]]} of them in '{bad[0]}'"
+            + (f" ({len(bad) - 1} more tensors have some)" if len(bad) > 1 else ""),
+            hint=hint,
+            code="E_MODEL_NONFINITE",
+        )
 
 
 def check_probe_coverage(probe: ProbeSet, modality: str, deleted: Sequence[str]) -> None:

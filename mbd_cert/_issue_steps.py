@@ -25,7 +25,11 @@ import torch
 from mbd_cert import _safetensors, certificate, mechanism, signing
 from mbd_cert._background import Background, Cancelled, FirstComer
 from mbd_cert._groups import eligible_names
-from mbd_cert._issue_checks import check_probe_coverage, reject_unlisted_deletion
+from mbd_cert._issue_checks import (
+    check_probe_coverage,
+    reject_nonfinite,
+    reject_unlisted_deletion,
+)
 from mbd_cert._issue_document import certificate_document
 from mbd_cert._issue_outputs import create_staging, set_modes, swap_in
 from mbd_cert._torch_model import build_model, predict, probe_batch
@@ -126,6 +130,8 @@ def _run(
             code="E_CHAIN_BROKEN",
         )
     reject_unlisted_deletion(architecture, config, pre_tensors)
+    reject_nonfinite(pre_tensors, "the checkpoint's model", hint=(
+        "train the model again: a verifier rejects NaN or infinite weights (R-DEL-3)"))
     if not [m for m in config["modalities"] if m != modality and m not in deleted]:
         raise IssuanceError(
             f"cannot delete {modality!r}: {', '.join(map(repr, deleted))} already deleted, "
@@ -297,8 +303,16 @@ def _run(
     for name in names:
         before = pre_tensors[name].astype(np.float64)
         moved = before + update.displacement[name] + np.where(masks[name], noise[name], 0.0)
-        post_tensors[name] = np.where(masks[name], moved, before).astype(pre_tensors[name].dtype)
+        # An overflow to infinity is refused below with a hint, not warned about here.
+        with np.errstate(over="ignore"):
+            post_tensors[name] = np.where(masks[name], moved, before).astype(
+                pre_tensors[name].dtype)
     changed = sorted(set(removed) | {n for n in names if masks[n].any()})
+    # A sigma beyond the dtype's range (a tiny epsilon) would overflow to infinity.
+    reject_nonfinite({n: post_tensors[n] for n in names}, "the noised model", hint=(
+        f"sigma = {sigma:.6g} is too large for the model's dtype; nothing was written: "
+        "raise --epsilon or lower the sensitivity (--clip-norm, or --sensitivity when "
+        "declared)"))
 
     # Step 5, second half: the released model's utility, on held-out samples.
     # It goes to the second thread if that one is free by now, while this one writes.

@@ -1,4 +1,4 @@
-"""Level-1 checks of the deleted encoders, the caller's policy and the bundle digests.
+"""Level-1 checks of the released model, the caller's policy and the bundle digests.
 
 :func:`mbd_cert.verify.verify` runs these as steps 4, 7 and 8 of SPEC.md section 7.
 Each raises a :class:`~mbd_cert.errors.VerificationFailed` subclass for a false claim,
@@ -19,6 +19,7 @@ from mbd_cert.errors import (
     DeletionIncomplete,
     DigestMismatch,
     FileMissing,
+    ModelNonfinite,
     PolicyViolation,
 )
 from mbd_cert.report import CheckResult
@@ -137,6 +138,28 @@ def check_model_layout(doc: Mapping[str, Any], header: Any, architecture: Any) -
                        f"{len(found)} tensors with the names, shapes and dtypes the certified "
                        "config builds; header and metadata as issue writes them",
                        requirement="R-DEL-2")
+
+
+def check_model_finite(nonfinite: Mapping[str, int]) -> str:
+    """Check that no floating-point weight of the released model is NaN or infinite (R-DEL-3).
+
+    Args:
+        nonfinite: Count per floating-point tensor, from the model-digest read.
+
+    Raises:
+        ModelNonfinite: Some tensor has such an entry; names the first and the totals.
+    """
+    bad = sorted(name for name, count in nonfinite.items() if count)
+    if bad:
+        total = sum(nonfinite[name] for name in bad)
+        raise ModelNonfinite(
+            f"the model has {total} NaN or infinite weights in {len(bad)} tensors, "
+            f"{nonfinite[bad[0]]} of them in '{bad[0]}'",
+            hint="a NaN's payload bits can carry data of a deleted encoder, and no trained "
+            "model issue certifies has such weights; pass the model released with this "
+            "certificate",
+        )
+    return f"all entries of {len(nonfinite)} floating-point tensors are finite"
 
 
 def _check_dtypes(doc: Mapping[str, Any], header: Any, architecture: Any) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 import rfc8785
 
+from mbd_cert._nonfinite import NonfiniteCounter, nonfinite_counter
 from mbd_cert._safetensors_read import (
     SafetensorsHeader,
     TensorInfo,
@@ -79,12 +80,15 @@ class FileDigests:
         manifest_digest: SHA-256 of the canonical manifest.
         tensors: Tensor name to :class:`TensorDigest`, in data-section order.
         metadata: The file's ``__metadata__`` map (``{}`` when absent).
+        nonfinite: Tensor name to its count of NaN and infinite entries, for the
+            floating-point tensors, or None when the count was not requested.
     """
 
     file_digest: str | None
     manifest_digest: str
     tensors: dict[str, TensorDigest]
     metadata: dict[str, str]
+    nonfinite: dict[str, int] | None = None
 
 
 def format_digest(hasher: Any) -> str:
@@ -93,11 +97,14 @@ def format_digest(hasher: Any) -> str:
 
 
 def hash_span(handle: io.FileIO, header: SafetensorsHeader, start: int, stop: int,
-               tensors: list[TensorInfo], whole: Any | None) -> dict[str, str]:
+               tensors: list[TensorInfo], whole: Any | None,
+               nonfinite: dict[str, int] | None = None) -> dict[str, str]:
     """Hash file bytes [start, stop) once, feeding each tensor's hasher its bytes.
 
     ``tensors`` must tile the span's part of the data section in offset order, as a
     validated header guarantees. ``whole``, when given, receives every byte.
+    ``nonfinite``, when given, receives the count of NaN and infinite entries of each
+    floating-point tensor in ``tensors`` (R-DEL-3), zero counts included.
     """
     digests: dict[str, str] = {}
     buffer = bytearray(min(CHUNK_BYTES, max(stop - start, 1)))
@@ -105,14 +112,24 @@ def hash_span(handle: io.FileIO, header: SafetensorsHeader, start: int, stop: in
     index = 0
     current = hashlib.sha256()
 
+    def new_counter() -> NonfiniteCounter | None:
+        if nonfinite is None or index >= len(tensors):
+            return None
+        return nonfinite_counter(tensors[index].dtype)
+
+    counter = new_counter()
+
     def finish_tensors(position: int) -> None:
-        nonlocal index, current
+        nonlocal index, current, counter
         # A tensor is complete once the position reaches its end; zero-size ones are
         # complete as soon as the position reaches their offset.
         while index < len(tensors) and header.data_start + tensors[index].end <= position:
             digests[tensors[index].name] = format_digest(current)
+            if nonfinite is not None and counter is not None:
+                nonfinite[tensors[index].name] = counter.count
             current = hashlib.sha256()
             index += 1
+            counter = new_counter()
 
     position = start
     handle.seek(start)
@@ -138,6 +155,8 @@ def hash_span(handle: io.FileIO, header: SafetensorsHeader, start: int, stop: in
             tensor_stop = header.data_start + tensors[index].end
             take = min(got - offset, tensor_stop - (position + offset))
             current.update(chunk[offset:offset + take])
+            if counter is not None:
+                counter.update(chunk[offset:offset + take])
             offset += take
             finish_tensors(position + offset)
         position += got

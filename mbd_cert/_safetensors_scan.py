@@ -59,11 +59,12 @@ def _batches(header: SafetensorsHeader) -> list[list[TensorInfo]]:
     return batches
 
 
-def _hash_batch(header: SafetensorsHeader, batch: list[TensorInfo]) -> dict[str, str]:
+def _hash_batch(header: SafetensorsHeader, batch: list[TensorInfo],
+                nonfinite: dict[str, int] | None) -> dict[str, str]:
     with open_checked(header) as handle:
         start = header.data_start + batch[0].begin
         stop = header.data_start + batch[-1].end
-        return hash_span(handle, header, start, stop, batch, None)
+        return hash_span(handle, header, start, stop, batch, None, nonfinite)
 
 
 def _hash_whole(header: SafetensorsHeader) -> str:
@@ -87,7 +88,8 @@ def _default_workers(file_size: int) -> int:
 
 def digest_file(path: str | os.PathLike[str], *, workers: int | None = None,
                 progress: Progress | None = None,
-                with_file_digest: bool = True) -> FileDigests:
+                with_file_digest: bool = True,
+                count_nonfinite: bool = False) -> FileDigests:
     """Validate a safetensors file and compute all its digests.
 
     With one worker the file is read once, feeding the file digest and the tensor
@@ -102,6 +104,8 @@ def digest_file(path: str | os.PathLike[str], *, workers: int | None = None,
         progress: Called in the calling thread as ``progress(done, total)`` in bytes
             after each task finishes. With one worker the whole file is one task.
         with_file_digest: Also compute the whole-file digest.
+        count_nonfinite: Also count the NaN and infinite entries of each
+            floating-point tensor (``FileDigests.nonfinite``), in the same read.
 
     Returns:
         The :class:`FileDigests`.
@@ -121,19 +125,21 @@ def digest_file(path: str | os.PathLike[str], *, workers: int | None = None,
     total = data_bytes + (header.file_size if with_file_digest else 0)
     whole_digest: str | None = None
     digests: dict[str, str] = {}
+    # Workers write disjoint keys; a dict item assignment is atomic under the GIL.
+    nonfinite: dict[str, int] | None = {} if count_nonfinite else None
 
     if count == 1:
         whole = hashlib.sha256() if with_file_digest else None
         with open_checked(header) as handle:
             start = 0 if whole is not None else header.data_start
             digests = hash_span(handle, header, start, header.file_size,
-                                 list(header.tensors.values()), whole)
+                                 list(header.tensors.values()), whole, nonfinite)
         whole_digest = None if whole is None else format_digest(whole)
         if progress is not None:
             progress(total, total)
     else:
         whole_digest, digests = _digest_parallel(header, count, progress, total,
-                                                 with_file_digest)
+                                                 with_file_digest, nonfinite)
 
     # A file replaced during hashing would mix two versions, so check it once more.
     open_checked(header).close()
@@ -144,11 +150,13 @@ def digest_file(path: str | os.PathLike[str], *, workers: int | None = None,
         manifest_digest=digest_manifest(build_manifest(header.metadata, tensors)),
         tensors=tensors,
         metadata=dict(header.metadata),
+        nonfinite=nonfinite,
     )
 
 
 def _digest_parallel(header: SafetensorsHeader, workers: int, progress: Progress | None,
-                     total: int, with_file_digest: bool) -> tuple[str | None, dict[str, str]]:
+                     total: int, with_file_digest: bool,
+                     nonfinite: dict[str, int] | None) -> tuple[str | None, dict[str, str]]:
     digests: dict[str, str] = {}
     whole_digest: str | None = None
     done = 0
@@ -162,7 +170,8 @@ def _digest_parallel(header: SafetensorsHeader, workers: int, progress: Progress
         if whole_future is not None:
             sizes[whole_future] = header.file_size
         for batch in _batches(header):
-            sizes[executor.submit(_hash_batch, header, batch)] = batch[-1].end - batch[0].begin
+            submitted = executor.submit(_hash_batch, header, batch, nonfinite)
+            sizes[submitted] = batch[-1].end - batch[0].begin
         pending: set[Future[Any]] = set(sizes)
         while pending:
             finished, pending = wait(pending, return_when=FIRST_EXCEPTION)

@@ -143,6 +143,16 @@ class DeletionIncomplete(VerificationFailed):
     code = "E_DELETION_INCOMPLETE"
 
 
+class ModelNonfinite(VerificationFailed):
+    """A model holds NaN or infinite weights.
+
+    Either the released model (R-DEL-3) or the pre-deletion one rebuilt from the diff
+    (R-L2-1).
+    """
+
+    code = "E_MODEL_NONFINITE"
+
+
 class CalibrationInvalid(VerificationFailed):
     """The stated sigma does not give the stated (epsilon, delta) for the sensitivity."""
 

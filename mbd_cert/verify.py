@@ -35,6 +35,7 @@ from mbd_cert._calibration import check_calibration
 from mbd_cert._level1_checks import (
     check_bundle,
     check_deletion,
+    check_model_finite,
     check_model_layout,
     check_policy,
 )
@@ -218,7 +219,9 @@ def verify(
     )
 
     # Step 3 (SPEC §7.3): digests recomputed from the released model file.
+    # The same read counts NaN and infinite weights for step 4 (R-DEL-3).
     header = _safetensors.read_header(model_path)
+    nonfinite: dict[str, int] = {}
     model_matches = report.run(
         "model-digest",
         "R-DIG-3",
@@ -228,12 +231,15 @@ def verify(
             field="subject_model.post_deletion",
             check_file_digest=options.check_file_digest,
             progress=_bytes_progress(options.progress, "hashing model (bytes)"),
+            nonfinite=nonfinite,
         ),
     )
 
-    # Step 4 (SPEC §7.4): nothing outside the architecture, and the deleted encoder is gone.
+    # Step 4 (SPEC §7.4): nothing outside the architecture, no NaN or infinite weight,
+    # and the deleted encoder is gone.
     report.run("model-tensors", "R-DEL-2",
                lambda: check_model_layout(doc, header, architecture))
+    report.run("model-finite", "R-DEL-3", lambda: check_model_finite(nonfinite))
     report.run(
         "deleted-tensors-zero", "R-DEL-1",
         lambda: check_deletion(doc, header, architecture, model_matches=model_matches),

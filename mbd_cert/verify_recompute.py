@@ -53,7 +53,6 @@ CODE_MASK_MISMATCH = "E_MASK_MISMATCH"
 CODE_DIFF_OUTSIDE_MASK = "E_DIFF_OUTSIDE_MASK"
 CODE_UPDATE_MISMATCH = "E_UPDATE_MISMATCH"
 CODE_SCORES_NONFINITE = "E_SCORES_NONFINITE"
-CODE_MODEL_NONFINITE = "E_MODEL_NONFINITE"
 # Largest relative tie band around the cut that level 2 applies (R-SAL-3). The issuer
 # states 1e-6, far above the float64 rounding differences between devices.
 MAX_SCORE_TOLERANCE = 1e-4
@@ -96,13 +95,12 @@ def _check_pre_rebuild(doc: Mapping[str, Any], pre: Mapping[str, np.ndarray]) ->
     for name in names:
         values = pre[name]
         if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
-            from mbd_cert.errors import VerificationFailed
+            from mbd_cert.errors import ModelNonfinite
 
-            raise VerificationFailed(
+            raise ModelNonfinite(
                 f"rebuilt pre-deletion tensor '{name}' (post - diff) has NaN or infinite "
                 "values, so no saliency, update or residual can be computed from it",
                 hint="the diff or the committed pre-deletion model is not a usable model",
-                code=CODE_MODEL_NONFINITE,
             )
     return f"post - diff reproduces all {len(names)} committed pre-deletion tensor digests"
 

@@ -492,6 +492,26 @@ def main() -> None:
             model=whitespace,
         )
 
+        # NaN payload bits can carry data (R-DEL-3). Row 3 of the property embedding,
+        # (audio, observed), is one the released model never reads after the deletion.
+        tensors.pop("backup." + name)
+        embedding = np.array(tensors["property_embedding.weight"])
+        embedding[3, :4] = np.array([0x7FC12345, 0x7FC0FFEE, 0xFF800000, 0x7F800000],
+                                    dtype=np.uint32).view(np.float32)
+        tensors["property_embedding.weight"] = embedding
+        payload = scratch / "nan-payload.safetensors"
+        _safetensors.write_safetensors(payload, tensors, _safetensors.read_header(model).metadata)
+        bad(
+            "model-nan-payload",
+            released(payload),
+            "E_MODEL_NONFINITE",
+            1,
+            "R-DEL-3",
+            "two NaNs with payloads and two infinities in a property-embedding row the "
+            "released model never reads, digests recomputed, re-signed",
+            model=payload,
+        )
+
         # A member outside the schema in a per-tensor commitment (R-FMT-1).
         doc = copy.deepcopy(honest)
         entry = next(iter(doc["subject_model"]["post_deletion"]["tensors"].values()))
