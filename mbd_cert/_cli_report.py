@@ -64,8 +64,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         except ImportError as exc:
             raise errors.InputError(
                 f"'mbd-cert report' needs matplotlib, which is not installed ({exc})",
-                hint="in a checkout of mbd-cert: pip install -e '.[report]'; "
-                "from the package index: pip install 'mbd-cert[report]'",
+                hint="install the report extra: pip install -e '.[report]' in a checkout "
+                "of mbd-cert",
                 code="E_INPUT",
             ) from exc
         from mbd_cert import _json

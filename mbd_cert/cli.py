@@ -307,9 +307,9 @@ def _register_trainer(group: click.Group) -> None:
             @click.command(name, context_settings={"ignore_unknown_options": True})
             @click.argument("args", nargs=-1, type=click.UNPROCESSED)
             def command(args: tuple[str, ...]) -> None:
-                """Needs the torch extra: pip install 'mbd-cert[torch]'."""
+                """Needs the torch extra: pip install -e '.[torch]' in a checkout."""
                 click.echo(f"error [E_INPUT]: the trainer is not available: {missing}", err=True)
-                click.echo("  hint: pip install 'mbd-cert[torch]'", err=True)
+                click.echo(f"  hint: {errors.TORCH_EXTRA_HINT}", err=True)
                 sys.exit(2)
 
             return command

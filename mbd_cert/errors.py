@@ -16,6 +16,11 @@ Codes are listed in SPEC.md ("Error codes") and are never reused for another mea
 
 from __future__ import annotations
 
+# mbd-cert is installed from a checkout or from a wheel built there; it is not on the
+# Python Package Index, so no hint may tell users to install it by name from an index.
+TORCH_EXTRA_HINT = ("install the torch extra: pip install -e '.[torch]' in a checkout of "
+                    "mbd-cert (README.md explains the GPU build)")
+
 
 class MbdCertError(Exception):
     """Base class of every error mbd-cert raises on purpose.

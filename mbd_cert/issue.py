@@ -401,7 +401,7 @@ def issue(
         # A verification-only install (pip install mbd-cert) has no torch.
         raise errors.InputError(
             "issuing a certificate needs torch, which is not installed",
-            hint="pip install 'mbd-cert[torch]' (the README explains the GPU build)",
+            hint=errors.TORCH_EXTRA_HINT,
         ) from None
 
     validate_options(options)

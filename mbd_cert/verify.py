@@ -41,6 +41,7 @@ from mbd_cert._level1_checks import (
 )
 from mbd_cert.arch import get_architecture
 from mbd_cert.errors import (
+    TORCH_EXTRA_HINT,
     FileMissing,
     InputError,
     VerificationFailed,
@@ -150,7 +151,7 @@ def _check_options(options: VerifyOptions) -> None:
         # unavailable rather than silently skipped.
         raise InputError(
             f"verification level {options.level} needs torch, which is not installed",
-            hint="install mbd-cert[torch], or run level 1",
+            hint=f"{TORCH_EXTRA_HINT}, or run level 1",
             code="E_LEVEL_UNAVAILABLE",
         )
     if options.chain_dir is not None and not Path(options.chain_dir).is_dir():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,3 +49,20 @@ def test_real_data_example(corpus, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "VERIFIED" in result.stdout
     assert "| after, deleted_audio |" in result.stdout
+
+
+def test_no_recipe_installs_mbd_cert_by_name() -> None:
+    # mbd-cert is not on the Python Package Index: a recipe or hint that installs it
+    # by name would fetch whatever package someone registers under that name.
+    by_name = re.compile(
+        r"""pip install[^\n"']*["']?mbd-cert(\[[a-z,]+\])?(?!\s*@)(?=[=<>~"'\s]|$)""",
+        re.MULTILINE)
+    texts = {path: path.read_text(encoding="utf-8")
+             for path in [*sorted((REPO / "examples" / "ci").iterdir()),
+                          *sorted((REPO / "mbd_cert").glob("*.py")), REPO / "README.md"]
+             if path.is_file()}
+    offenders = [str(path.relative_to(REPO)) for path, text in texts.items()
+                 if by_name.search(text)]
+    assert offenders == []
+    workflow = texts[REPO / "examples" / "ci" / "github-workflow.yml"]
+    assert 'mbd-cert @ git+${MBD_CERT_GIT}@${MBD_CERT_COMMIT}' in workflow
