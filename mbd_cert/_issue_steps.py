@@ -181,6 +181,8 @@ def _run(
     for name in removed:
         start[name] = np.zeros_like(pre_tensors[name])
     retain_weights = torch.ones(probe.size, dtype=torch.float64)
+    logger.info("structural removal: %d tensors of the %s encoder set to zero",
+                len(removed), modality)
 
     def update_fisher(
         stopping: threading.Event,
@@ -215,6 +217,9 @@ def _run(
         )
     masks, cut = top_k_mask(scores, options.top_k_fraction)
     masked = int(sum(np.count_nonzero(m) for m in masks.values()))
+    logger.info("saliency mask: %d of %d eligible entries in %d tensors (top-k %g)",
+                masked, sum(v.size for v in scores.values()), len(names),
+                options.top_k_fraction)
     if masked < NORMALITY_MIN_ENTRIES:
         logger.warning(
             "only %d masked entries: level 2 needs at least %d for its normality test and "
@@ -274,6 +279,8 @@ def _run(
     )
     if progress is not None:
         progress("update", options.steps, options.steps)
+    logger.info("masked update: %d steps, displacement L2 norm %.6g before the clip, "
+                "scaled by %.6g", options.steps, update.norm_before_clip, update.scale)
 
     # Step 4 (SPEC §6.4): analytic Gaussian noise on every masked entry.
     sensitivity = sensitivity_for(options)
@@ -298,6 +305,9 @@ def _run(
         sensitivity, evidence = estimate.sensitivity, estimate.evidence()
     sigma = mechanism.analytic_gaussian_sigma(options.epsilon, options.delta, sensitivity)
     account = chain_account(list(previous), options, sigma, sensitivity)  # R-CHAIN-5
+    logger.info("noise: sigma %.6g for epsilon %g, delta %g, sensitivity %.6g (%s)",
+                sigma, options.epsilon, options.delta, sensitivity,
+                options.sensitivity_method)
     noise = draw_noise({n: masks[n].shape for n in names}, sigma, options.noise_seed)
     post_tensors = dict(start)
     for name in names:

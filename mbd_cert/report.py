@@ -7,6 +7,7 @@ added. Stability: public.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -14,6 +15,8 @@ from xml.etree import ElementTree
 
 from mbd_cert._terminal import clean_xml_tree
 from mbd_cert.errors import VerificationFailed
+
+logger = logging.getLogger(__name__)
 
 REPORT_VERSION = "1.0"
 
@@ -82,19 +85,24 @@ class VerificationReport:
         try:
             outcome = check()
         except VerificationFailed as failure:
-            self.checks.append(
+            self.record(
                 CheckResult(name, FAIL, str(failure), code=failure.code, requirement=requirement)
             )
             return False
         if isinstance(outcome, CheckResult):
-            self.checks.append(outcome)
+            self.record(outcome)
             return outcome.status == PASS
-        self.checks.append(CheckResult(name, PASS, outcome, requirement=requirement))
+        self.record(CheckResult(name, PASS, outcome, requirement=requirement))
         return True
 
     def skip(self, name: str, requirement: str, reason: str) -> None:
         """Record a check that did not run, with the reason."""
-        self.checks.append(CheckResult(name, SKIPPED, reason, requirement=requirement))
+        self.record(CheckResult(name, SKIPPED, reason, requirement=requirement))
+
+    def record(self, check: CheckResult) -> None:
+        """Append a finished check and log it, so ``-v`` shows progress as checks end."""
+        self.checks.append(check)
+        logger.info("%s: %s (%s)", check.name, check.status, check.requirement or "-")
 
     def to_json(self) -> dict[str, Any]:
         """Return the machine-readable report."""

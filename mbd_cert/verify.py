@@ -202,7 +202,7 @@ def verify(
         level=options.level,
         allow_inconclusive=options.allow_inconclusive,
     )
-    report.checks.append(
+    report.record(
         CheckResult("schema", "pass", f"format {doc['format_version']}", requirement="R-FMT-1")
     )
     if not model_path.exists():
@@ -323,8 +323,8 @@ def verify(
 
 
 def _finish(report: VerificationReport) -> VerificationReport:
-    for check in report.checks:
-        logger.info("%s: %s (%s)", check.name, check.status, check.requirement or "-")
+    logger.info("%d checks: %s", len(report.checks),
+                "verified" if report.verified else "not verified")
     return report
 
 

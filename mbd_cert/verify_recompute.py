@@ -311,8 +311,8 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
                   if not rebuilt else
                   "the mask tensors are not the committed mask (mask-commitment failed)")
         for name in dependent:
-            report.checks.append(CheckResult(name, SKIPPED, reason,
-                                             requirement="R-L2-1" if not rebuilt else "R-L2-2"))
+            report.record(CheckResult(name, SKIPPED, reason,
+                                      requirement="R-L2-1" if not rebuilt else "R-L2-2"))
         for _ in range(3):
             step()
         _note_sensitivity_evidence(doc, report)
@@ -330,7 +330,7 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
     # Step 6 (R-L2-6 to R-L2-8): the residual diff - update is N(0, sigma^2) noise.
     for result in residual_checks(doc, bundle.masks, bundle.diff, update.displacement, alpha,
                                   update.raw_norm):
-        report.checks.append(result)
+        report.record(result)
     step()
     _note_sensitivity_evidence(doc, report)
     logger.info("level 2 took %.1f s", time.monotonic() - started)
