@@ -233,3 +233,26 @@ def test_swapped_probe_fails_saliency(honest, tmp_path):
     statuses = status_of(run_verify(out, key, 2))
     assert statuses["bundle-digest"] == "pass"
     assert statuses["saliency-mask"] == "fail"
+
+
+def test_negative_zero_diff_fails_support(honest, tmp_path):
+    # post - (-0.0) rebuilds post exactly, so pre-rebuild passes, but the sign bits of
+    # such diff entries could carry data outside the mask.
+    _, source, key = honest
+    out = copy_bundle(source, tmp_path / "forged")
+    diff = read(out, "diff.safetensors")
+    name = next(n for n in sorted(diff) if n.startswith("diff.")
+                and "mask." + n[len("diff."):] in diff
+                and not diff["mask." + n[len("diff."):]].all())
+    mask = diff["mask." + name[len("diff."):]]
+    diff[name] = diff[name].copy()
+    outside = np.flatnonzero(~mask.reshape(-1))[:3]
+    diff[name].reshape(-1)[outside] = -0.0
+    write_tensors(out / "diff.safetensors", diff)
+    resign(out, key)
+    report = run_verify(out, key, 2)
+    statuses = status_of(report)
+    assert statuses["pre-rebuild"] == "pass"
+    assert statuses["diff-support"] == "fail"
+    support = next(c for c in report.checks if c.name == "diff-support")
+    assert support.value == len(outside)
