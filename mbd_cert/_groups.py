@@ -5,7 +5,10 @@ Stability: internal; the matching rule is fixed by SPEC.md, R-SAL-1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
 
 
 def eligible_names(names: Sequence[str], groups: Sequence[str]) -> list[str]:
@@ -22,3 +25,21 @@ def eligible_names(names: Sequence[str], groups: Sequence[str]) -> list[str]:
                 selected.append(name)
                 break
     return sorted(selected)
+
+
+def unlisted_zero_encoders(architecture: Any, config: Mapping[str, Any],
+                           tensors: Mapping[str, np.ndarray]) -> list[str]:
+    """Return the modalities not listed as deleted whose encoder is all zero (R-CHAIN-9).
+
+    An all-zero encoder is what a certified deletion leaves, and no trained encoder is
+    all zero. Zero is by value here, so -0.0 counts as zero.
+    """
+    deleted = set(config.get("deleted_modalities", []))
+    zeroed = []
+    for modality in config["modalities"]:
+        if modality in deleted:
+            continue
+        names = eligible_names(list(tensors), architecture.encoder_prefixes(config, modality))
+        if names and not any(np.any(tensors[name]) for name in names):
+            zeroed.append(modality)
+    return zeroed

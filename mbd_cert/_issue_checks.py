@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mbd_cert._groups import eligible_names
+from mbd_cert._groups import unlisted_zero_encoders
 from mbd_cert.checkpoint import ProbeSet
 from mbd_cert.errors import IssuanceError
 
@@ -31,18 +31,15 @@ def reject_unlisted_deletion(architecture: Any, config: Mapping[str, Any],
     Raises:
         IssuanceError: ``E_CHAIN_BROKEN``, naming the modality.
     """
-    deleted = set(config.get("deleted_modalities", []))
-    for modality in (m for m in config["modalities"] if m not in deleted):
-        names = eligible_names(list(pre_tensors),
-                               architecture.encoder_prefixes(config, modality))
-        if names and not any(np.any(pre_tensors[name]) for name in names):
-            raise IssuanceError(
-                f"the model's {modality} encoder is all zero, as a certified deletion "
-                f"leaves it, but its config does not list {modality!r} as deleted",
-                hint="the model comes from an earlier deletion: pass --previous with that "
-                "deletion's certificate, or issue from its output directory",
-                code="E_CHAIN_BROKEN",
-            )
+    zeroed = unlisted_zero_encoders(architecture, config, pre_tensors)
+    if zeroed:
+        raise IssuanceError(
+            f"the model's {zeroed[0]} encoder is all zero, as a certified deletion "
+            f"leaves it, but its config does not list {zeroed[0]!r} as deleted",
+            hint="the model comes from an earlier deletion: pass --previous with that "
+            "deletion's certificate, or issue from its output directory",
+            code="E_CHAIN_BROKEN",
+        )
 
 
 def reject_nonfinite(tensors: Mapping[str, np.ndarray], what: str, *, hint: str) -> None:

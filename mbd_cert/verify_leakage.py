@@ -248,12 +248,13 @@ def _representation_check(bundle: Bundle, name: str, tensors: Mapping[str, np.nd
                        value=value, threshold=result.chance, n=result.n)
 
 
-def _pre_matches(doc: Mapping[str, Any], pre: Mapping[str, np.ndarray]) -> bool:
+def _pre_matches(doc: Mapping[str, Any], pre: Mapping[str, np.ndarray],
+                 bundle: Bundle) -> bool:
     from mbd_cert.errors import VerificationFailed
     from mbd_cert.verify_recompute import _check_pre_rebuild
 
     try:
-        _check_pre_rebuild(doc, pre)
+        _check_pre_rebuild(doc, pre, bundle)
     except VerificationFailed:
         return False
     return True
@@ -270,7 +271,7 @@ def run_level3(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
     step = stage_counter(getattr(options, "progress", None), "level 3 probes", 6)
     bundle = load_bundle(doc, model_path, bundle_dir)
     pre = rebuild_pre(bundle)
-    pre_ok = _pre_matches(doc, pre)
+    pre_ok = _pre_matches(doc, pre, bundle)
     step()
 
     # Step 1 (SPEC §8.2, R-L3-1): the deleted input has no effect on the outputs.

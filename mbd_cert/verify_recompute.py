@@ -26,6 +26,7 @@ import rfc8785
 import torch
 
 from mbd_cert import _recompute
+from mbd_cert._groups import unlisted_zero_encoders
 from mbd_cert._level2_bundle import Bundle, load_bundle, rebuild_pre
 from mbd_cert._residual_tests import CODE_INCONCLUSIVE, residual_checks
 from mbd_cert._torch_model import build_model, probe_batch
@@ -78,7 +79,8 @@ def _digest(array: np.ndarray) -> str:
     return "sha256:" + hashlib.sha256(little_endian.tobytes()).hexdigest()
 
 
-def _check_pre_rebuild(doc: Mapping[str, Any], pre: Mapping[str, np.ndarray]) -> str:
+def _check_pre_rebuild(doc: Mapping[str, Any], pre: Mapping[str, np.ndarray],
+                       bundle: Bundle) -> str:
     committed = doc["subject_model"]["pre_deletion"]["tensors"]
     names = sorted(set(committed) | set(pre))
     for name in names:
@@ -102,6 +104,19 @@ def _check_pre_rebuild(doc: Mapping[str, Any], pre: Mapping[str, np.ndarray]) ->
                 "values, so no saliency, update or residual can be computed from it",
                 hint="the diff or the committed pre-deletion model is not a usable model",
             )
+    # R-CHAIN-9 on the model the deletion started from: a released model copied into a
+    # fresh checkpoint keeps its zeroed encoder, and deleting that modality again as a
+    # first deletion would restart the budget.
+    zeroed = unlisted_zero_encoders(bundle.architecture, bundle.config_pre, pre)
+    if zeroed:
+        from mbd_cert.errors import ChainBroken
+
+        raise ChainBroken(
+            f"the rebuilt pre-deletion model's {zeroed[0]} encoder is all zero, as a "
+            f"certified deletion leaves it, but the pre-deletion config does not list "
+            f"{zeroed[0]!r} as deleted: an earlier deletion is missing from the chain",
+            hint="ask the issuer for the chain that starts at the model's first deletion",
+        )
     return f"post - diff reproduces all {len(names)} committed pre-deletion tensor digests"
 
 
@@ -296,7 +311,7 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
     step()
 
     # Step 1 (SPEC §8.1, R-L2-1): post - diff reproduces the committed pre-deletion model.
-    rebuilt = report.run("pre-rebuild", "R-L2-1", lambda: _check_pre_rebuild(doc, pre))
+    rebuilt = report.run("pre-rebuild", "R-L2-1", lambda: _check_pre_rebuild(doc, pre, bundle))
     step()
 
     # Step 2 (R-L2-2): the mask tensors are the committed mask of the stated size.

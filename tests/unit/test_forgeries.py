@@ -256,3 +256,27 @@ def test_negative_zero_diff_fails_support(honest, tmp_path):
     assert statuses["diff-support"] == "fail"
     support = next(c for c in report.checks if c.name == "diff-support")
     assert support.value == len(outside)
+
+
+def test_zero_encoder_before_deletion_fails_rebuild(honest, tmp_path):
+    # A released model copied into a fresh checkpoint keeps its zeroed audio encoder.
+    # Deleting audio again as a first deletion would drop the earlier epsilon from the
+    # chain; the rebuilt pre-deletion model shows it (R-CHAIN-9).
+    import hashlib
+
+    _, source, key = honest
+    out = copy_bundle(source, tmp_path / "forged")
+    doc = load_doc(out)
+    diff = read(out, "diff.safetensors")
+    committed = doc["subject_model"]["pre_deletion"]["tensors"]
+    for name in doc["deletion"]["removed_tensors"]:
+        diff["diff." + name] = np.zeros_like(diff["diff." + name])
+        zeros = np.zeros(committed[name]["shape"], dtype="<f4")
+        committed[name]["digest"] = "sha256:" + hashlib.sha256(zeros.tobytes()).hexdigest()
+    write_tensors(out / "diff.safetensors", diff)
+    resign(out, key, doc)
+    report = run_verify(out, key, 2)
+    rebuild = next(c for c in report.checks if c.name == "pre-rebuild")
+    assert rebuild.status == "fail"
+    assert rebuild.code == "E_CHAIN_BROKEN"
+    assert "audio encoder is all zero" in rebuild.detail
