@@ -231,7 +231,7 @@ def _check_saliency(doc: Mapping[str, Any], bundle: Bundle,
     # or a wide band would let any mask pass.
     tolerance = min(stated, MAX_SCORE_TOLERANCE)
     differ = committed != ranking.selected
-    band = np.abs(ranking.magnitude - ranking.cut) <= tolerance * ranking.cut
+    band = _recompute.tie_band(ranking.magnitude, ranking.cut, tolerance)
     outside_band = int(np.sum(differ & ~band))
     swaps = int(np.sum(committed & ~ranking.selected))
     n = int(weights.sum())
@@ -240,7 +240,9 @@ def _check_saliency(doc: Mapping[str, Any], bundle: Bundle,
             "saliency-mask", FAIL,
             f"{outside_band} entries differ from the recomputed top-{int(ranking.selected.sum())} "
             f"mask outside the tie band (relative tolerance {tolerance:g} of the cut "
-            f"|score| {ranking.cut:.6g})",
+            f"|score| {ranking.cut:.6g}"
+            + (": empty at a cut of 0, so entries of score 0 follow the flat-index order"
+               if ranking.cut == 0.0 else "") + ")",
             code=CODE_MASK_MISMATCH, requirement="R-L2-4", value=outside_band, threshold=0, n=n)
     return CheckResult(
         "saliency-mask", PASS,

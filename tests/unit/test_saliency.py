@@ -62,3 +62,22 @@ def test_gradient_moments_match_closed_form():
     theta = model.weight.detach().double()
     expected = (-gradient["weight"] * theta + 0.5 * fisher["weight"] * theta**2).numpy()
     assert np.allclose(scores["weight"], expected, rtol=1e-12)
+
+
+def test_tie_band_is_relative_to_cut():
+    from mbd_cert._recompute import tie_band
+
+    magnitude = np.array([1.0, 1.0 + 5e-7, 1.0 - 2e-6, 0.5, 2.0])
+    assert tie_band(magnitude, 1.0, 1e-6).tolist() == [True, True, False, False, False]
+
+
+def test_tie_band_empty_at_zero_cut():
+    # Most scores 0 (a sparse or saturated model): a band of every zero would let the
+    # issuer pick the rest of the mask freely, so zeros follow the flat-index order.
+    from mbd_cert._recompute import rank_top_k, tie_band
+
+    scores = {"w": np.array([0.0, 3.0, 0.0, 0.0, 0.0, 1.0])}
+    ranking = rank_top_k(scores, 0.5)  # k = 3: both non-zero scores and the first zero
+    assert ranking.cut == 0.0
+    assert ranking.selected.tolist() == [True, True, False, False, False, True]
+    assert not tie_band(ranking.magnitude, ranking.cut, 1e-4).any()
