@@ -207,6 +207,52 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any],
     return result
 
 
+def check_forks(root: Path, results: Sequence[RepoResult], policy: Any,
+                chain_file_cache: Any) -> None:
+    """Account jointly for verified certificates whose chains branch (R-REPO-8).
+
+    Each certificate in a branching tree gets a ``chain-fork`` check that fails when
+    the tree's joint epsilon exceeds the policy's ``max_cumulative_epsilon``, and a
+    warning otherwise.
+    """
+    from mbd_cert import certificate, chain
+    from mbd_cert._repo_forks import find_forks
+    from mbd_cert._terminal import terminal_text
+    from mbd_cert.report import CheckResult
+
+    chains = {}
+    for result in results:
+        if result.exit_code != 0:
+            continue  # an unverified chain is not evidence of anything
+        path = root / result.certificate
+        try:
+            doc = certificate.load_certificate(path)
+            chains[result.certificate] = chain.walk_chain(doc, path.parent,
+                                                          file_cache=chain_file_cache)
+        except errors.MbdCertError as error:
+            # Verified a moment ago: only a file changed during the run gets here.
+            result.warnings.append(f"not checked for forked chains: {error.message}")
+    by_path = {result.certificate: result for result in results}
+    limit = policy.max_cumulative_epsilon
+    for fork in find_forks(chains):
+        names = ", ".join(terminal_text(name) for name in fork.certificates)
+        text = (f"forked chain: {names} extend the same model, {fork.deletions} "
+                f"deletions in all; anyone holding all their models faces a joint epsilon "
+                f"of {fork.epsilon:.6g} at delta {fork.delta:g}, more than any one "
+                "certificate states")
+        for name in fork.certificates:
+            result = by_path[name]
+            if limit is not None and fork.epsilon > limit:
+                result.report.record(CheckResult(
+                    "chain-fork", "fail",
+                    f"{text}, above the policy's max_cumulative_epsilon {limit:g}",
+                    code="E_POLICY_VIOLATION", requirement="R-REPO-8",
+                    value=fork.epsilon, threshold=limit))
+                result.exit_code = max(result.exit_code, 1)
+            else:
+                result.warnings.append(text)
+
+
 def _repo_inputs(root: Path, certificates: Sequence[Path], policy: Any,
                  policy_file: Path | None, key_paths: Sequence[Path],
                  auditor_key_path: Path | None) -> list[Path]:
@@ -380,6 +426,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
             raise _interrupted(junit_path, f"interrupted after {len(results)} of "
                                f"{len(certificates)} certificates; none of them counts as "
                                "verified") from interrupt
+        check_forks(root, results, policy, chain_file_cache)
         exit_code = max((r.exit_code for r in results), default=0)
         write_error = None
         if junit_path is not None:

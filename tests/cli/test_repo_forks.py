@@ -1,0 +1,79 @@
+"""verify-repo accounts jointly for certificates that extend the same model (R-REPO-8)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from cli_support import TINY_ISSUE_OPTIONS, HonestRun, run_cli
+
+from mbd_cert import accounting
+
+
+@pytest.fixture(scope="module")
+def vision_run(honest_run: HonestRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second first deletion of the honest checkpoint: vision instead of audio."""
+    out = tmp_path_factory.mktemp("fork") / "vision"
+    options = [*TINY_ISSUE_OPTIONS]
+    options[options.index("audio")] = "vision"
+    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *options,
+                       "--key", honest_run.private_key, "--out", out])
+    assert outcome.exit_code == 0, outcome.stderr
+    return out
+
+
+def _repo(tmp_path: Path, run: HonestRun, sources: dict[str, Path], limit: str) -> Path:
+    root = tmp_path / "repo"
+    for name, source in sources.items():
+        shutil.copytree(source, root / name, ignore=shutil.ignore_patterns(
+            "diff.safetensors", "probe.safetensors", "eval.safetensors"))
+    (root / "keys").mkdir()
+    shutil.copy(run.public_key, root / "keys" / "issuer.pub")
+    (root / "mbd-cert-policy.toml").write_text(
+        f'trusted_keys = ["keys/issuer.pub"]\n{limit}')
+    return root
+
+
+def _joint_epsilon(*outputs: Path) -> float:
+    import json
+
+    docs = [json.loads((out / "cert.json").read_text())["privacy"] for out in outputs]
+    mu = accounting.gdp_mu([d["sigma"] for d in docs], [d["sensitivity"] for d in docs])
+    return accounting.gdp_epsilon(mu, 1e-5)
+
+
+def test_two_first_deletions_warn(honest_run: HonestRun, vision_run: Path,
+                                  tmp_path: Path) -> None:
+    root = _repo(tmp_path, honest_run, {"audio": honest_run.out_dir, "vision": vision_run},
+                 "max_cumulative_epsilon = 2.0\n")
+    outcome = run_cli(["verify-repo", root])
+    assert outcome.exit_code == 0, outcome.stderr
+    joint = _joint_epsilon(honest_run.out_dir, vision_run)
+    assert 1.0 < joint < 2.0
+    warnings = [line for line in outcome.stderr.splitlines() if "forked chain" in line]
+    assert len(warnings) == 2
+    assert "audio/cert.json, vision/cert.json extend the same model" in warnings[0]
+    assert f"joint epsilon of {joint:.6g} at delta 1e-05" in warnings[0]
+
+
+def test_fork_over_policy_limit_fails(honest_run: HonestRun, vision_run: Path,
+                                      tmp_path: Path) -> None:
+    # Each certificate states epsilon 1, within the limit; together they exceed it.
+    root = _repo(tmp_path, honest_run, {"audio": honest_run.out_dir, "vision": vision_run},
+                 "max_cumulative_epsilon = 1.2\n")
+    outcome = run_cli(["verify-repo", root, "--json"])
+    assert outcome.exit_code == 1, outcome.stderr
+    for record in outcome.report["results"]:
+        assert record["exit_code"] == 1
+        fork = next(c for c in record["report"]["checks"] if c["name"] == "chain-fork")
+        assert (fork["status"], fork["code"]) == ("fail", "E_POLICY_VIOLATION")
+        assert "above the policy's max_cumulative_epsilon 1.2" in fork["detail"]
+
+
+def test_one_certificate_twice_is_no_fork(honest_run: HonestRun, tmp_path: Path) -> None:
+    root = _repo(tmp_path, honest_run, {"a": honest_run.out_dir, "b": honest_run.out_dir},
+                 "max_cumulative_epsilon = 1.2\n")
+    outcome = run_cli(["verify-repo", root])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "forked chain" not in outcome.stderr
