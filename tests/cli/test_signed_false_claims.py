@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -74,18 +75,41 @@ def reference_retrain_run(honest_run: HonestRun,
     return out
 
 
-def test_level2_names_unrecomputed_distances(reference_retrain_run: Path,
-                                             honest_run: HonestRun) -> None:
+def test_level2_recomputes_distances(reference_retrain_run: Path,
+                                     honest_run: HonestRun) -> None:
     out = reference_retrain_run
     outcome = verify(out / "cert.json", out / "model.safetensors", honest_run.public_key,
-                     "--level", "2", "--bundle", out)
+                     "--level", "2", "--bundle", out, "--allow-inconclusive")
     assert_clean(outcome)
-    assert _statuses(outcome)["sensitivity-evidence"] == "skipped"
+    assert _statuses(outcome)["sensitivity-evidence"] == "pass"
     detail = outcome.check_detail("sensitivity-evidence")
-    assert "not recomputed" in detail
-    assert "4 leave-one-out update(s)" in detail
+    assert "4 leave-one-out updates recomputed: distances match" in detail
     evidence = json.loads((out / "cert.json").read_text())["privacy"]["sensitivity_evidence"]
     assert f"{max(evidence['distances']):.6g}" in detail
+
+
+@pytest.mark.parametrize("field", ["distances", "left_out"])
+def test_understated_distances_fail_level2(reference_retrain_run: Path, honest_run: HonestRun,
+                                           tmp_path: Path, field: str) -> None:
+    # Halved distances still satisfy level 1's arithmetic (the sensitivity is at least
+    # the factor times the largest), so only the rerun of the updates sees them.
+    out = tmp_path / "del"
+    shutil.copytree(reference_retrain_run, out)
+    doc = json.loads((out / "cert.json").read_text())
+    evidence = doc["privacy"]["sensitivity_evidence"]
+    if field == "distances":
+        evidence["distances"] = [d / 2 for d in evidence["distances"]]
+        evidence["max_distance"] /= 2
+    else:
+        evidence["left_out"] = [(i + 1) % 8 for i in evidence["left_out"]]
+    write_json(out / "cert.json", resign(doc, honest_run.private_key))
+    level1 = verify(out / "cert.json", out / "model.safetensors", honest_run.public_key)
+    assert level1.exit_code == 0, level1.stderr
+    outcome = verify(out / "cert.json", out / "model.safetensors", honest_run.public_key,
+                     "--level", "2", "--bundle", out, "--allow-inconclusive")
+    assert_check_failed(outcome, "sensitivity-evidence", "E_CALIBRATION_INVALID")
+    detail = outcome.check_detail("sensitivity-evidence")
+    assert ("recomputed" if field == "distances" else "draws") in detail
 
 
 def test_clip_bound_has_no_distance_line(honest_run: HonestRun) -> None:
