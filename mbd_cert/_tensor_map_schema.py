@@ -18,12 +18,13 @@ Stability: internal.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jsonschema.exceptions
-from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema import FormatChecker
+
+from mbd_cert._ecma_schema import Validator, ecma_pattern
 
 # Paths of the per-tensor maps in a certificate.
 MAP_PATHS: tuple[tuple[str, ...], ...] = (
@@ -57,9 +58,10 @@ MAP_SCHEMA: dict[str, Any] = {
     },
 }
 
-# jsonschema tests "pattern" with re.search, so "$" also matches before a final "\n".
-_DTYPE = re.compile(_DTYPE_PATTERN)
-_DIGEST = re.compile(_DIGEST_PATTERN)
+# Compiled as mbd_cert.schema applies "pattern": "$" matches only at the very end, so a
+# value followed by "\n" does not conform.
+_DTYPE = ecma_pattern(_DTYPE_PATTERN)
+_DIGEST = ecma_pattern(_DIGEST_PATTERN)
 
 # Keywords of an enclosing object schema that cannot apply a subschema to the value of
 # a member listed under "properties".
@@ -173,9 +175,9 @@ def map_errors(
     The count is checked on the whole map, and the entries on the first failing entry
     in key order, which is the first in path order among the map's entry errors.
     """
-    validator = Draft202012Validator(MAP_SCHEMA, format_checker=format_checker)
+    validator = Validator(MAP_SCHEMA, format_checker=format_checker)
     if len(tensors) > _MAX_TENSORS:
-        count_only = Draft202012Validator({"maxProperties": _MAX_TENSORS})
+        count_only = Validator({"maxProperties": _MAX_TENSORS})
         yield from _prefixed(path, count_only.iter_errors(tensors))
     failing = [name for name, entry in tensors.items() if not entry_is_valid(entry)]
     if failing:

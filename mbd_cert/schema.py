@@ -26,11 +26,18 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import jsonschema.exceptions
+import jsonschema.protocols
 import referencing.exceptions
 from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry
 
-from mbd_cert import FORMAT_VERSION, SUPPORTED_FORMAT_MAJOR, __version__, _tensor_map_schema
+from mbd_cert import (
+    FORMAT_VERSION,
+    SUPPORTED_FORMAT_MAJOR,
+    __version__,
+    _ecma_schema,
+    _tensor_map_schema,
+)
 from mbd_cert._json import MAX_JSON_DEPTH, json_path, load_json_strict
 from mbd_cert.errors import (
     InputError,
@@ -105,7 +112,7 @@ def _checked_format_checker(checker: FormatChecker) -> FormatChecker:
 
 @functools.lru_cache(maxsize=1)
 def _format_checker() -> FormatChecker:
-    return _checked_format_checker(Draft202012Validator.FORMAT_CHECKER)
+    return _checked_format_checker(_ecma_schema.format_checker())
 
 
 def _schema_dirs() -> list[Traversable]:
@@ -134,7 +141,7 @@ def _read_schema(major: int) -> dict[str, Any]:
 
 
 @functools.cache
-def _validator_for_major(major: int) -> Draft202012Validator:
+def _validator_for_major(major: int) -> jsonschema.protocols.Validator:
     schema = _read_schema(major)
     dialect = schema.get("$schema", DRAFT_2020_12_URI)
     if dialect != DRAFT_2020_12_URI:
@@ -145,8 +152,8 @@ def _validator_for_major(major: int) -> Draft202012Validator:
         _internal_error(f"bundled schema for major version {major} is invalid: {exc.message}")
     # An empty Registry has no retrieve function, so a $ref outside the schema raises
     # Unresolvable. Without a registry, jsonschema 4.18+ would fetch remote references
-    # over the network.
-    return Draft202012Validator(schema, registry=Registry(), format_checker=_format_checker())
+    # over the network. _ecma_schema.Validator applies "pattern" with ECMA-262's "$".
+    return _ecma_schema.Validator(schema, registry=Registry(), format_checker=_format_checker())
 
 
 def _check_supported_major(major: int, version_text: str) -> None:

@@ -13,6 +13,7 @@ from cli_support import (
     HonestRun,
     assert_check_failed,
     assert_clean,
+    assert_input_error,
     flip_signature_s,
     resign,
     run_cli,
@@ -95,6 +96,25 @@ def test_certificate_digest_field(fresh_run: HonestRun, tmp_path: Path) -> None:
     detail = outcome.check_detail("model-digest")
     assert name in detail
     assert committed["tensors"][name]["digest"] in detail
+
+
+@pytest.mark.parametrize("path", [
+    ("issued_at",), ("saliency", "objective"), ("subject_model", "post_deletion",
+    "manifest_digest"), ("audit_bundle", "diff", "path"),
+], ids=["issued_at", "objective", "manifest-digest", "bundle-path"])
+def test_field_with_final_line_feed_malformed(honest_run: HonestRun, tmp_path: Path,
+                                              path: tuple[str, ...]) -> None:
+    # JSON Schema's "$" matches only at the very end, so "^...$" rejects a final "\n".
+    # With Python's "$", the first three verified and the digest failed as a mismatch.
+    doc = honest_run.load_cert()
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] += "\n"
+    cert = write_json(tmp_path / "c.json", resign(doc, honest_run.private_key))
+    outcome = verify(cert, honest_run.model, honest_run.public_key)
+    assert_input_error(outcome, "E_CERT_MALFORMED")
+    assert f"field {'.'.join(path)} is invalid" in outcome.stderr
 
 
 @pytest.mark.parametrize("byte", [0, 31, 32, 63])

@@ -10,15 +10,16 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jsonschema import Draft202012Validator
 
-from mbd_cert import _tensor_map_schema, certificate, schema
+from mbd_cert import _ecma_schema, _tensor_map_schema, certificate, schema
 from mbd_cert.errors import LimitExceeded, MalformedCertificate
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = json.loads((REPO / "schema" / "certificate.v1.schema.json").read_text())
 VECTOR = REPO / "schema" / "vectors" / "v1" / "valid" / "honest-audio-eps1" / "cert.json"
-ENTRY_VALIDATOR = Draft202012Validator(_tensor_map_schema.MAP_SCHEMA["additionalProperties"])
+# The validator mbd_cert.schema uses: "pattern" with ECMA-262's "$", which a final "\n"
+# does not satisfy.
+ENTRY_VALIDATOR = _ecma_schema.Validator(_tensor_map_schema.MAP_SCHEMA["additionalProperties"])
 DIGEST = "sha256:" + "ab" * 32
 
 
@@ -91,9 +92,17 @@ def _entry(**changes: Any) -> dict[str, Any]:
     _entry(shape=[2.5]), _entry(shape=[True]), _entry(shape=(2, 3)), _entry(dtype="F8_E4M3"),
     _entry(dtype="F8_E4M3X"), _entry(dtype="F32\n"), _entry(dtype="F"), _entry(digest=DIGEST[:-1]),
     _entry(digest=DIGEST + "\n"), _entry(extra=[1]), {"dtype": "F32", "shape": [1]}, [],
+    _entry(dtype="F32\n\n"), _entry(digest="\n" + DIGEST), _entry(digest=DIGEST + "\r"),
 ], ids=lambda entry: json.dumps(entry, default=str)[:60])
 def test_entry_check_boundaries(entry: Any) -> None:
     assert _tensor_map_schema.entry_is_valid(entry) == ENTRY_VALIDATOR.is_valid(entry)
+
+
+@pytest.mark.parametrize("entry", [_entry(dtype="F32\n"), _entry(digest=DIGEST + "\n")],
+                         ids=["dtype", "digest"])
+def test_entry_with_final_line_feed_invalid(entry: Any) -> None:
+    assert not _tensor_map_schema.entry_is_valid(entry)
+    assert not ENTRY_VALIDATOR.is_valid(entry)
 
 
 def _tensors(doc: dict[str, Any], side: str) -> dict[str, Any]:
@@ -102,7 +111,8 @@ def _tensors(doc: dict[str, Any], side: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("case", ["one-bad-dtype", "two-bad-entries", "entry-not-object",
-                                  "missing-digest", "error-elsewhere-first", "map-not-object"])
+                                  "missing-digest", "error-elsewhere-first", "map-not-object",
+                                  "digest-final-line-feed", "dtype-final-line-feed"])
 def test_same_message_as_jsonschema(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     doc = _doc()
     post = _tensors(doc, "post_deletion")
@@ -117,6 +127,10 @@ def test_same_message_as_jsonschema(case: str, monkeypatch: pytest.MonkeyPatch) 
     elif case == "missing-digest":
         del _tensors(doc, "pre_deletion")[names[0]]["digest"]
         post[names[1]]["dtype"] = 7
+    elif case == "digest-final-line-feed":
+        post[names[4]]["digest"] += "\n"
+    elif case == "dtype-final-line-feed":
+        _tensors(doc, "pre_deletion")[names[2]]["dtype"] += "\n"
     elif case == "error-elsewhere-first":
         post[names[0]]["dtype"] = "f32"
         doc["deletion"]["modality"] = 5

@@ -172,7 +172,9 @@ def test_remote_ref_never_fetched(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         ("issued_at", "yesterday"),
         ("issued_at", "2024-13-01T00:00:00Z"),
         ("issued_at", "2024-05-01"),
+        ("issued_at", "2024-05-01T12:00:00Z\n"),
         ("homepage", "not a uri"),
+        ("homepage", "https://example.org/model\n"),
         ("certificate_id", "not-a-uuid"),
     ],
 )
