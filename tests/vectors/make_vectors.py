@@ -250,6 +250,28 @@ def main() -> None:
             "R-FMT-3",
             "issued_at set to 'yesterday', re-signed",
         )
+        # JSON Schema's "$" matches only at the very end of the string (ECMA-262), so
+        # "^...$" rejects a value followed by a line feed, which Python's re.search accepts.
+        doc = copy.deepcopy(honest)
+        doc["saliency"]["objective"] += "\n"
+        bad(
+            "schema-pattern-final-line-feed",
+            _resign(doc, key),
+            "E_CERT_MALFORMED",
+            2,
+            "R-FMT-1",
+            "a line feed appended to saliency.objective (pattern ^...$), re-signed",
+        )
+        doc = copy.deepcopy(honest)
+        doc["issued_at"] += "\n"
+        bad(
+            "schema-date-time-final-line-feed",
+            _resign(doc, key),
+            "E_CERT_MALFORMED",
+            2,
+            "R-FMT-3",
+            "a line feed appended to issued_at (format date-time, pattern Z$), re-signed",
+        )
         doc = copy.deepcopy(honest)
         doc["format_version"] = "2.0"
         bad(
