@@ -193,6 +193,17 @@ def verify(
     _check_options(options)
     if options.auditor_private_key is not None:
         return _verify_sealed(Path(cert_path), Path(model_path), options)
+    return _verify_checked(cert_path, model_path, options)
+
+
+def _verify_checked(cert_path: str | Path, model_path: str | Path, options: VerifyOptions,
+                    sealed: CheckResult | None = None) -> VerificationReport:
+    """Run the checks of SPEC section 7 on options that :func:`_check_options` accepted.
+
+    ``sealed`` is the result of the sealed-bundle check when the caller opened, or
+    declined to open, a sealed audit bundle. It is reported at step 8, before the
+    bundle's digests. A sealed bundle that did not pass leaves no bundle to read.
+    """
     model_path = Path(model_path)
 
     # Step 1 (SPEC §7.1): parse strictly and validate against the bundled schema.
@@ -276,8 +287,15 @@ def verify(
             required_method=options.required_sensitivity_method,
             accepted_methods=options.accepted_sensitivity_methods))
 
-    # Step 8 (SPEC §7.8): audit bundle digests.
-    if options.bundle_dir is None:
+    # Step 8 (SPEC §7.8): the sealed bundle, when one was given, then the audit bundle
+    # digests.
+    if sealed is not None:
+        report.record(sealed)
+    if sealed is not None and sealed.status != "pass":
+        report.skip("bundle-digest", "R-BUN-2",
+                    f"not run: the sealed bundle was not opened (sealed-bundle: "
+                    f"{sealed.status}), so there is no bundle file to check")
+    elif options.bundle_dir is None:
         report.skip("bundle-digest", "R-BUN-2",
                     "no audit bundle given: level 1 does not read it (verify --bundle DIR, "
                     "or a policy of level 2 or 3 for verify-repo)")
@@ -288,9 +306,14 @@ def verify(
     # R-LVL-3: levels 2 and 3 read only files that a trusted signature commits to.
     # Any other file is unauthenticated input, and its checks cannot change a verdict
     # that has already failed.
-    unauthenticated = [c.name for c in report.checks
-                       if c.name in ("signature", "model-digest", "bundle-digest")
-                       and c.status != "pass"]
+    gates = [c for c in report.checks
+             if c.name in ("signature", "model-digest", "sealed-bundle", "bundle-digest")
+             and c.status != "pass"]
+    # Name the checks that failed. A check that was skipped because one of them failed
+    # (the sealed bundle of an unsigned certificate, the digests of a bundle never
+    # opened) is a consequence, so it is named only when nothing failed.
+    unauthenticated = ([c.name for c in gates if c.status == "fail"]
+                       or [c.name for c in gates])
     if options.level >= 2 and unauthenticated:
         for level in range(2, options.level + 1):
             report.skip(f"level-{level}", "R-LVL-3",
@@ -361,16 +384,18 @@ def _check_accounting(
 def _verify_sealed(cert_path: Path, model_path: Path, options: VerifyOptions) -> VerificationReport:
     """Open the sealed audit bundle into a private temporary directory, then verify with it.
 
-    Step 0 (SPEC §4.5, R-SEAL-2): a sealed file that is not the committed one, or that
-    does not authenticate, is a failed check. The other checks then run at level 1
-    without a bundle. The sealed file is opened only for a certificate whose signature
-    verifies under a trusted key (R-LVL-3): anyone can seal to the auditor's public key.
+    Step 8 (SPEC §7.8, R-SEAL-2): a sealed file that is not the committed one, or that
+    does not authenticate, is a failed ``sealed-bundle`` check; the other checks then
+    run without a bundle, and levels 2 and 3 are skipped naming it. The sealed file is
+    opened only for a certificate whose signature verifies under a trusted key
+    (R-LVL-3): anyone can seal to the auditor's public key.
     """
     doc = certificate.load_certificate(cert_path)
+    without_bundle = replace(options, auditor_private_key=None, bundle_dir=None)
     try:
         certificate.check_signature(doc, options.trusted_keys)
     except VerificationFailed:
-        return _without_bundle(cert_path, model_path, options, CheckResult(
+        return _verify_checked(cert_path, model_path, without_bundle, CheckResult(
             "sealed-bundle", "skipped", "not opened: the certificate's signature did not "
             "verify under a trusted key", requirement="R-LVL-3"))
     search = Path(options.bundle_dir) if options.bundle_dir is not None else cert_path.parent
@@ -380,23 +405,9 @@ def _verify_sealed(cert_path: Path, model_path: Path, options: VerifyOptions) ->
                 doc, search, options.auditor_private_key, Path(temp)
             )
         except VerificationFailed as failure:
-            return _without_bundle(cert_path, model_path, options, CheckResult(
+            return _verify_checked(cert_path, model_path, without_bundle, CheckResult(
                 "sealed-bundle", "fail", str(failure), code=failure.code,
                 requirement="R-SEAL-2"))
         opened = replace(options, auditor_private_key=None, bundle_dir=Path(temp))
-        report = verify(cert_path, model_path, opened)
-    report.checks.insert(1, CheckResult("sealed-bundle", "pass", detail, requirement="R-SEAL-2"))
-    return report
-
-
-def _without_bundle(cert_path: Path, model_path: Path, options: VerifyOptions,
-                    sealed: CheckResult) -> VerificationReport:
-    """Run the level-1 checks without a bundle and record why levels 2 and 3 did not run."""
-    fallback = replace(options, auditor_private_key=None, bundle_dir=None, level=1)
-    report = verify(cert_path, model_path, fallback)
-    report.level = options.level
-    report.checks.insert(1, sealed)
-    for level in range(2, options.level + 1):
-        report.skip(f"level-{level}", "R-LVL-3",
-                    f"not run: sealed-bundle did not pass ({sealed.status})")
-    return report
+        return _verify_checked(cert_path, model_path, opened, CheckResult(
+            "sealed-bundle", "pass", detail, requirement="R-SEAL-2"))

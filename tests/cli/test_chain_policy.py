@@ -163,6 +163,51 @@ def test_unsigned_cert_keeps_bundle_sealed(
     assert statuses["level-2"] == "skipped"
 
 
+def test_unsigned_sealed_report_names_failed_check(
+        sealed_run: tuple[Path, Path], honest_run: HonestRun, tmp_path: Path) -> None:
+    # The report of an edited certificate with a sealed bundle. The sealed check comes at
+    # step 8 (SPEC section 7), the bundle-digest detail gives why no bundle was read, and
+    # the level checks name the check that failed (R-LVL-3), not the skipped sealed check.
+    out, auditor_key = sealed_run
+    publish_sealed(out, tmp_path)
+    doc = json.loads((tmp_path / "cert.json").read_text())
+    doc["privacy"]["epsilon"] = 2.0
+    cert = write_json(tmp_path / "cert.json", doc)
+    outcome = verify(cert, tmp_path / "model.safetensors", honest_run.public_key,
+                     "--level", "3", "--auditor-private-key", auditor_key)
+    assert_check_failed(outcome, "signature", "E_SIGNATURE_INVALID")
+    names = [c["name"] for c in outcome.report["checks"]]
+    assert names.index("signature") < names.index("sealed-bundle")
+    assert names.index("policy") < names.index("sealed-bundle")
+    assert names.index("sealed-bundle") + 1 == names.index("bundle-digest")
+    bundle = outcome.check_detail("bundle-digest")
+    assert "sealed-bundle: skipped" in bundle
+    assert "level 1 does not read it" not in bundle
+    for level in ("level-2", "level-3"):
+        detail = outcome.check_detail(level)
+        assert detail.startswith("not run: signature did not pass"), detail
+        assert "sealed-bundle" not in detail
+
+
+def test_failed_sealed_bundle_skips_levels_naming_it(
+        sealed_run: tuple[Path, Path], honest_run: HonestRun, tmp_path: Path) -> None:
+    out, auditor_key = sealed_run
+    publish_sealed(out, tmp_path)
+    sealed = tmp_path / "audit-bundle.sealed"
+    data = bytearray(sealed.read_bytes())
+    data[-1] ^= 0x01
+    sealed.write_bytes(bytes(data))
+    outcome = verify(tmp_path / "cert.json", tmp_path / "model.safetensors",
+                     honest_run.public_key, "--level", "2", "--auditor-private-key",
+                     auditor_key)
+    assert_check_failed(outcome, "sealed-bundle", "E_DIGEST_MISMATCH")
+    assert outcome.report["level"] == 2
+    names = [c["name"] for c in outcome.report["checks"]]
+    assert names.index("sealed-bundle") + 1 == names.index("bundle-digest")
+    assert "sealed-bundle: fail" in outcome.check_detail("bundle-digest")
+    assert outcome.check_detail("level-2").startswith("not run: sealed-bundle did not pass")
+
+
 def test_signed_cert_opens_sealed_bundle(sealed_run: tuple[Path, Path],
                                                     honest_run: HonestRun,
                                                     tmp_path: Path) -> None:
