@@ -107,12 +107,14 @@ def _run(
     architecture = get_architecture(str(config_doc["architecture"]))
     config = architecture.validate_config(config_doc["config"])
     modality = options.modality
+    deleted = list(config.get("deleted_modalities", []))
     if modality not in config["modalities"]:
+        remaining = [m for m in config["modalities"] if m not in deleted]
         raise InputError(
             f"modality {modality!r} is not in the model's modalities {config['modalities']}",
+            hint=f"pass --modality with one that the model still uses: {', '.join(remaining)}",
             code="E_PARAMETER_INVALID",
         )
-    deleted = list(config.get("deleted_modalities", []))
     if modality in deleted:
         raise IssuanceError(
             f"modality {modality!r} is already deleted from this model",

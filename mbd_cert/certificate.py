@@ -129,7 +129,15 @@ def parse_certificate(data: bytes, *, source: str = "certificate") -> dict[str, 
         LimitExceeded: The document is larger or deeper than the caps.
     """
     _check_size(data, source)
-    doc = _json.load_json_strict(data, what=source, max_bytes=MAX_CERTIFICATE_BYTES)
+    try:
+        doc = _json.load_json_strict(data, what=source, max_bytes=MAX_CERTIFICATE_BYTES)
+    except MalformedCertificate as error:
+        if error.code == "E_JSON_ENCODING":
+            # The generic hint (save the file as UTF-8) invites editing a signed file.
+            error.hint = ("this is not the file the issuer signed, which is UTF-8 JSON "
+                          "without a byte order mark: get the original cert.json from the "
+                          "issuer instead of converting this copy")
+        raise
     if not isinstance(doc, dict):
         raise MalformedCertificate(
             f"{source}: top level is {type(doc).__name__}, expected a JSON object",

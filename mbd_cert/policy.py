@@ -101,10 +101,23 @@ def _parse_epsilon(source: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _invalid(source, key, f"must be a number, got {_type_name(value)} {value!r}")
     number = float(value)
-    if not math.isfinite(number) or number <= 0:
+    if math.isnan(number):
         raise _invalid(
             source, key, f"must be finite and > 0, got {value!r}",
-            hint="0 would reject every certificate; remove the key for no limit",
+            hint="nan (not a number) cannot be a limit: give the largest cumulative "
+            "epsilon you accept, such as 2.0, or remove the key for no limit",
+        )
+    if number == math.inf:
+        raise _invalid(
+            source, key, f"must be finite and > 0, got {value!r}",
+            hint="an infinite limit accepts every certificate: remove the key for no "
+            "limit, or give the largest cumulative epsilon you accept, such as 2.0",
+        )
+    if number <= 0:
+        raise _invalid(
+            source, key, f"must be finite and > 0, got {value!r}",
+            hint="a limit of 0 or less would reject every certificate: give the largest "
+            "cumulative epsilon you accept, such as 2.0, or remove the key for no limit",
         )
     return number
 
@@ -114,6 +127,10 @@ def _parse_delta(source: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _invalid(source, key, f"must be a number, got {_type_name(value)} {value!r}")
     number = float(value)
+    if not math.isfinite(number):
+        raise _invalid(source, key, f"must be in (0, 1), got {value!r}",
+                       hint=f"{value!r} is not a probability: give the largest delta you "
+                       "accept, such as 1e-5, or remove the key for no limit")
     if not 0 < number < 1:
         raise _invalid(source, key, f"must be in (0, 1), got {value!r}",
                        hint="delta is a probability, e.g. 1e-5; remove the key for no limit")

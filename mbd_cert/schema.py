@@ -122,6 +122,21 @@ def _schema_dirs() -> list[Traversable]:
     ]
 
 
+def schema_location(major: int) -> str:
+    """Return where the schema of format major version ``major`` is read from.
+
+    An installed mbd-cert reads ``mbd_cert/_schema/certificate.vN.schema.json`` inside
+    the package; a source checkout reads ``schema/certificate.vN.schema.json``. Without
+    either, the file name alone is returned.
+    """
+    name = SCHEMA_FILE_TEMPLATE.format(major=major)
+    for directory in _schema_dirs():
+        candidate = directory / name
+        if candidate.is_file():
+            return str(candidate)
+    return name
+
+
 def _read_schema(major: int) -> dict[str, Any]:
     name = SCHEMA_FILE_TEMPLATE.format(major=major)
     for directory in _schema_dirs():
@@ -259,7 +274,22 @@ def _unexpected_properties(error: jsonschema.exceptions.ValidationError) -> list
     )
 
 
-def _raise_schema_error(error: jsonschema.exceptions.ValidationError, major: int) -> NoReturn:
+def _schema_error_hint(major: int, version: str) -> str:
+    """Return what a user can do about a certificate that violates its schema."""
+    stated = _FORMAT_VERSION.match(version)
+    known = _FORMAT_VERSION.match(FORMAT_VERSION)
+    if stated and known and int(stated.group(1)) == int(known.group(1)) and \
+            int(stated.group(2)) > int(known.group(2)):
+        action = (f"the certificate states format {version}, later than the {FORMAT_VERSION} "
+                  f"that mbd-cert {__version__} knows: upgrade mbd-cert")
+    else:
+        action = ("editing cannot repair a signed certificate, because any change breaks "
+                  "its signature: ask the issuer for cert.json as issued")
+    return f"{action}. The schema it must match is {schema_location(major)}"
+
+
+def _raise_schema_error(error: jsonschema.exceptions.ValidationError, major: int,
+                        version: str) -> NoReturn:
     path: list[str | int] = list(error.absolute_path)
     problem = ""
     if error.validator == "required" and isinstance(error.instance, dict):
@@ -285,7 +315,7 @@ def _raise_schema_error(error: jsonschema.exceptions.ValidationError, major: int
         problem = f"is invalid: {message}"
     raise MalformedCertificate(
         f"certificate field {json_path(path)} {problem}",
-        hint=f"see {SCHEMA_FILE_TEMPLATE.format(major=major)}",
+        hint=_schema_error_hint(major, version),
     )
 
 
@@ -339,4 +369,4 @@ def validate_certificate(doc: Mapping[str, Any], *, scan_values: bool = True) ->
     except referencing.exceptions.Unresolvable as exc:
         _internal_error(f"bundled schema for major version {major} has an unresolvable $ref: {exc}")
     if errors:
-        _raise_schema_error(errors[0], major)
+        _raise_schema_error(errors[0], major, str(instance["format_version"]))

@@ -370,3 +370,24 @@ def test_evaluate_json_over_an_input_rejected(honest_run: HonestRun):
     outcome = run_cli(["evaluate", "--checkpoint", honest_run.checkpoint, "--json", config])
     _assert_issue_input_error(outcome, "E_OUTPUT_IS_INPUT")
     assert config.read_bytes() == before
+
+
+@pytest.mark.parametrize("prefix", [b"\xef\xbb\xbf", b"\xff"])
+def test_certificate_encoding_hint_asks_for_original(honest_run: HonestRun, tmp_path: Path,
+                                                     prefix: bytes):
+    # Re-saving a signed file is the wrong advice: the user needs the file as issued.
+    cert = tmp_path / "cert.json"
+    cert.write_bytes(prefix + honest_run.cert.read_bytes())
+    outcome = verify(cert, honest_run.model, honest_run.public_key)
+    assert_input_error(outcome, "E_JSON_ENCODING")
+    assert "not the file the issuer signed" in outcome.stderr
+    assert "save the file as UTF-8" not in outcome.stderr
+
+
+def test_unknown_modality_hint_lists_modalities(honest_run: HonestRun, tmp_path: Path):
+    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, "--modality", "foo",
+                       "--epsilon", "1", "--key", honest_run.private_key,
+                       "--out", tmp_path / "out"])
+    _assert_issue_input_error(outcome, "E_PARAMETER_INVALID")
+    assert "hint: pass --modality with one that the model still uses: text, audio, " \
+        "vision" in outcome.stderr

@@ -68,6 +68,8 @@ def test_byte_order_mark_rejected() -> None:
         load(b'\xef\xbb\xbf{"a": 1}')
     assert info.value.code == "E_JSON_ENCODING"
     assert "byte order mark" in str(info.value)
+    # Files that are not signed (a checkpoint config) keep the generic advice.
+    assert "save the file as UTF-8" in info.value.hint
 
 
 @pytest.mark.parametrize(

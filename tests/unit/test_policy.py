@@ -151,3 +151,18 @@ def test_find_policy_rejects_two_files(tmp_path):
     with pytest.raises(InputError) as caught:
         find_policy(tmp_path)
     assert caught.value.code == "E_POLICY_INVALID"
+
+
+@pytest.mark.parametrize(("text", "expected", "absent"), [
+    ("max_cumulative_epsilon = nan", "nan (not a number) cannot be a limit", "reject every"),
+    ("max_cumulative_epsilon = inf", "infinite limit accepts every", "reject every"),
+    ("max_cumulative_epsilon = -inf", "0 or less would reject every", "infinite"),
+    ("max_cumulative_epsilon = 0", "0 or less would reject every", "infinite"),
+    ("max_delta = nan", "nan is not a probability", "e.g."),
+    ("max_delta = inf", "inf is not a probability", "e.g."),
+])
+def test_nonfinite_limit_has_own_hint(tmp_path, text, expected, absent):
+    with pytest.raises(InputError) as caught:
+        load_policy(_write(tmp_path, text + "\n"))
+    assert expected in caught.value.hint
+    assert absent not in caught.value.hint

@@ -317,6 +317,30 @@ def test_unknown_top_level_field_named(schema_dir: Path) -> None:
     assert "field extra is not allowed" in str(error)
 
 
+def test_schema_error_hint_says_what_to_do(schema_dir: Path) -> None:
+    # A signed certificate cannot be fixed by editing; the hint names the schema file
+    # that is actually read, not just its base name.
+    error = malformed(valid_doc(extra=2))
+    assert "ask the issuer for cert.json as issued" in error.hint
+    assert str(schema_dir / "certificate.v1.schema.json") in error.hint
+    assert "upgrade" not in error.hint
+
+
+def test_schema_error_newer_minor_hints_upgrade(schema_dir: Path) -> None:
+    error = malformed(valid_doc(format_version="1.999", extra=2))
+    assert "states format 1.999" in error.hint
+    assert "upgrade mbd-cert" in error.hint
+
+
+def test_schema_location_names_shipped_file() -> None:
+    # An installed mbd-cert ships the schema as package data (mbd_cert/_schema); a
+    # checkout has it in schema/.
+    location = Path(schema.schema_location(1))
+    assert location.is_file()
+    assert location.name == "certificate.v1.schema.json"
+    assert location.parent.name in ("_schema", "schema")
+
+
 def test_first_error_in_path_order(schema_dir: Path) -> None:
     doc = valid_doc(tensors=[1, "ok", 2], issued_at="yesterday")
     doc["privacy"] = {"epsilon": 0, "delta": 2}
