@@ -66,7 +66,9 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         type=int,
         default=4,
         show_default=True,
-        help="Leave-one-out reruns for --sensitivity-method reference-retrain.",
+        # The upper bound is mbd_cert.sensitivity.MAX_RUNS, which imports numpy.
+        help="Leave-one-out reruns for --sensitivity-method reference-retrain, "
+        "an integer in [1, 64].",
     )
     @click.option(
         "--safety-factor",
@@ -79,7 +81,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         "--sensitivity",
         type=float,
         default=None,
-        help="L2 sensitivity in parameter units (only with --sensitivity-method declared).",
+        help="L2 sensitivity in parameter units, > 0 (only with --sensitivity-method "
+        "declared).",
     )
     @click.option(
         "--top-k",
@@ -124,7 +127,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         type=float,
         default=1e-3,
         show_default=True,
-        help="L2 bound on the total update, in parameter units.",
+        help="L2 bound on the total update, in parameter units, > 0.",
     )
     @click.option("--seed", type=int, default=0, show_default=True, help="Recorded seed.")
     @click.option(
@@ -146,7 +149,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         type=float,
         default=None,
         help="Budget: refuse, writing nothing, if the cumulative epsilon of the "
-        "chain (natural log units, at --delta) would exceed this.",
+        "chain (natural log units, at --delta) would exceed this; > 0.",
     )
     @click.option(
         "--proxy-sample",
@@ -155,7 +158,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         default=64,
         show_default=True,
         help="Mask entries whose true leave-one-out increment is measured to rate "
-        "the saliency proxy (0 skips).",
+        "the saliency proxy, an integer in [0, 10000] (0 skips).",
     )
     @click.option(
         "--auditor-key",

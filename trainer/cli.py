@@ -16,50 +16,59 @@ from typing import Any
 
 import click
 
+from mbd_cert.arch._mbd_config import DEFAULTS as ARCHITECTURE_DEFAULTS
 from mbd_cert.errors import InputError, MalformedData
-from trainer.config import TrainingConfig
+from trainer.config import FIELD_BOUNDS, TrainingConfig
 from trainer.losses import TASK_LOSSES, LossWeights
 
 CORPUS_NAMES = ("synthetic", "mosei-subset", "ict-mmmo", "mosi-text")
 _DEFAULTS = TrainingConfig()
 _WEIGHTS = LossWeights()
 
-# (option, TrainingConfig field or "model.<key>" or "loss_weights.<key>", type, help)
-_HYPER_PARAMETERS: tuple[tuple[str, str, type, str], ...] = (
-    ("--epochs", "epochs", int,
-     f"Maximum passes over the training split [default: {_DEFAULTS.epochs}]."),
-    ("--batch-size", "batch_size", int,
-     f"Samples per optimiser step [default: {_DEFAULTS.batch_size}]."),
-    ("--learning-rate", "learning_rate", float,
-     f"AdamW step size [default: {_DEFAULTS.learning_rate}]."),
+# (option, TrainingConfig field or "model.<key>" or "loss_weights.<key>", type,
+# description with unit, default). The help adds the valid range from FIELD_BOUNDS.
+_HYPER_PARAMETERS: tuple[tuple[str, str, type, str, object], ...] = (
+    ("--epochs", "epochs", int, "Maximum passes over the training split (epochs)",
+     _DEFAULTS.epochs),
+    ("--batch-size", "batch_size", int, "Samples per optimiser step", _DEFAULTS.batch_size),
+    ("--learning-rate", "learning_rate", float, "AdamW step size", _DEFAULTS.learning_rate),
     ("--weight-decay", "weight_decay", float,
-     f"AdamW decoupled weight decay coefficient [default: {_DEFAULTS.weight_decay}]."),
+     "AdamW decoupled weight decay coefficient", _DEFAULTS.weight_decay),
     ("--modality-dropout", "modality_dropout", float,
-     "Probability of hiding each observed modality per sample and step, in [0, 1) "
-     f"[default: {_DEFAULTS.modality_dropout}]."),
+     "Probability of hiding each observed modality per sample and step",
+     _DEFAULTS.modality_dropout),
     ("--patience", "patience", int,
-     f"Epochs without a validation MAE gain before stopping [default: {_DEFAULTS.patience}]."),
+     "Epochs without a validation MAE gain before stopping", _DEFAULTS.patience),
     ("--grad-clip", "grad_clip", float,
-     f"Maximum global L2 norm of the gradient per step [default: {_DEFAULTS.grad_clip}]."),
+     "Maximum global L2 norm of the gradient per step", _DEFAULTS.grad_clip),
     ("--probe-members", "probe_members", int,
-     f"Training samples in probe.safetensors [default: {_DEFAULTS.probe_members}]."),
+     "Training samples in probe.safetensors", _DEFAULTS.probe_members),
     ("--probe-nonmembers", "probe_nonmembers", int,
-     f"Held-out test samples in probe.safetensors [default: {_DEFAULTS.probe_nonmembers}]."),
-    ("--hidden-dim", "model.hidden_dim", int, "Encoder and generator width (units) [default: 64]."),
-    ("--shared-dim", "model.shared_dim", int, "Size k of each shared part [default: 32]."),
-    ("--private-dim", "model.private_dim", int, "Size q of each private part [default: 16]."),
-    ("--fusion-hidden", "model.fusion_hidden", int, "Fusion layer width (units) [default: 64]."),
-    ("--dropout", "model.dropout", float, "Dropout probability in encoders and fusion "
-     "[default: 0.1]."),
+     "Held-out test samples in probe.safetensors", _DEFAULTS.probe_nonmembers),
+    ("--hidden-dim", "model.hidden_dim", int, "Encoder and generator width (units)",
+     ARCHITECTURE_DEFAULTS["hidden_dim"]),
+    ("--shared-dim", "model.shared_dim", int, "Size k of each shared part (units)",
+     ARCHITECTURE_DEFAULTS["shared_dim"]),
+    ("--private-dim", "model.private_dim", int, "Size q of each private part (units)",
+     ARCHITECTURE_DEFAULTS["private_dim"]),
+    ("--fusion-hidden", "model.fusion_hidden", int, "Fusion layer width (units)",
+     ARCHITECTURE_DEFAULTS["fusion_hidden"]),
+    ("--dropout", "model.dropout", float,
+     "Dropout probability in encoders and fusion", ARCHITECTURE_DEFAULTS["dropout"]),
     ("--similarity-weight", "loss_weights.similarity", float,
-     f"Weight of the shared-part similarity loss [default: {_WEIGHTS.similarity}]."),
+     "Weight (multiplier) of the shared-part similarity loss", _WEIGHTS.similarity),
     ("--orthogonality-weight", "loss_weights.orthogonality", float,
-     f"Weight of the shared/private orthogonality loss [default: {_WEIGHTS.orthogonality}]."),
+     "Weight (multiplier) of the shared/private orthogonality loss", _WEIGHTS.orthogonality),
     ("--reconstruction-weight", "loss_weights.reconstruction", float,
-     f"Weight of the generator reconstruction loss [default: {_WEIGHTS.reconstruction}]."),
+     "Weight (multiplier) of the generator reconstruction loss", _WEIGHTS.reconstruction),
     ("--preservation-weight", "loss_weights.preservation", float,
-     f"Weight of the task preservation loss [default: {_WEIGHTS.preservation}]."),
+     "Weight (multiplier) of the task preservation loss", _WEIGHTS.preservation),
 )
+
+
+def hyper_parameter_help(field_name: str, description: str, default: object) -> str:
+    """Return the --help text of a hyper-parameter option: what, valid range, default."""
+    return f"{description}; {FIELD_BOUNDS[field_name].text()} [default: {default}]."
 
 
 def register(group: click.Group, guarded: Callable[..., Any] | None = None) -> None:
@@ -82,9 +91,10 @@ def register(group: click.Group, guarded: Callable[..., Any] | None = None) -> N
 
 
 def _train_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    for option, field_name, kind, help_text in reversed(_HYPER_PARAMETERS):
+    for option, field_name, kind, description, default in reversed(_HYPER_PARAMETERS):
         function = click.option(option, field_name.replace(".", "__"), type=kind, default=None,
-                                help=help_text)(function)
+                                help=hyper_parameter_help(field_name, description,
+                                                          default))(function)
     decorators = (
         click.option("--corpus", type=click.Choice(CORPUS_NAMES), default="synthetic",
                      show_default=True, help="Corpus to train on."),

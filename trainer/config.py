@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from mbd_cert.arch._mbd_config import MAX_LAYER_WIDTH
 from mbd_cert.errors import InputError
 from trainer.losses import TASK_LOSSES, LossWeights
 
@@ -22,6 +23,99 @@ from trainer.losses import TASK_LOSSES, LossWeights
 MODEL_KEYS = frozenset(
     {"hidden_dim", "shared_dim", "private_dim", "fusion_hidden", "dropout", "output_scale"}
 )
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Valid values of one numeric hyper-parameter.
+
+    :meth:`TrainingConfig.validated` enforces them, and ``mbd-cert train --help`` and
+    the error hints state them with :meth:`text`, so the three cannot disagree.
+
+    Attributes:
+        integer: Only integers are valid; otherwise any finite number is.
+        minimum: Smallest valid value, or None.
+        exclusive_minimum: Values must be above this, or None.
+        exclusive_maximum: Values must be below this, or None.
+        maximum: Largest valid value, or None.
+        note: Text appended to :meth:`text`, such as a cap applied at run time.
+    """
+
+    integer: bool
+    minimum: float | None = None
+    exclusive_minimum: float | None = None
+    exclusive_maximum: float | None = None
+    maximum: float | None = None
+    note: str = ""
+
+    def text(self) -> str:
+        """Return the range in words, such as ``an integer >= 1`` or ``a number in [0, 1)``."""
+        kind = "an integer" if self.integer else "a number"
+        low = self.minimum if self.minimum is not None else self.exclusive_minimum
+        high = self.maximum if self.maximum is not None else self.exclusive_maximum
+        if low is not None and high is not None:
+            opening = "[" if self.minimum is not None else "("
+            closing = "]" if self.maximum is not None else ")"
+            words = f"{kind} in {opening}{_show(low)}, {_show(high)}{closing}"
+        elif low is not None:
+            words = f"{kind} {'>=' if self.minimum is not None else '>'} {_show(low)}"
+        elif high is not None:
+            words = f"{kind} {'<=' if self.maximum is not None else '<'} {_show(high)}"
+        else:
+            words = kind
+        return f"{words} {self.note}" if self.note else words
+
+    def check(self, field_name: str, value: object) -> None:
+        """Raise ``E_PARAMETER_INVALID`` naming ``field_name`` when ``value`` is out of range."""
+        if self.integer:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _invalid(field_name, "must be an integer", value)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not math.isfinite(value):
+            raise _invalid(field_name, "must be a finite number", value)
+        number = float(value)
+        outside = ((self.minimum is not None and number < self.minimum)
+                   or (self.exclusive_minimum is not None and number <= self.exclusive_minimum)
+                   or (self.exclusive_maximum is not None and number >= self.exclusive_maximum)
+                   or (self.maximum is not None and number > self.maximum))
+        if outside:
+            raise _invalid(field_name, f"must be {self.text()}", value)
+
+
+def _show(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else str(bound)
+
+
+_COUNT = Bounds(integer=True, minimum=1)
+_WIDTH = Bounds(integer=True, minimum=1, maximum=MAX_LAYER_WIDTH)
+_PROBABILITY = Bounds(integer=False, minimum=0.0, exclusive_maximum=1.0)
+_POSITIVE = Bounds(integer=False, exclusive_minimum=0.0)
+_NON_NEGATIVE = Bounds(integer=False, minimum=0.0)
+
+# Valid values of each numeric hyper-parameter, by field ("model.<key>" and
+# "loss_weights.<key>" for the nested ones). The model widths use the cap that the
+# architecture's config check applies.
+FIELD_BOUNDS: dict[str, Bounds] = {
+    "epochs": _COUNT,
+    "batch_size": _COUNT,
+    "patience": _COUNT,
+    "probe_members": Bounds(integer=True, minimum=1,
+                            note="(capped at the train split's size)"),
+    "probe_nonmembers": Bounds(integer=True, minimum=1,
+                               note="(capped at the test split's size)"),
+    "learning_rate": _POSITIVE,
+    "weight_decay": _NON_NEGATIVE,
+    "min_improvement": _NON_NEGATIVE,
+    "grad_clip": _POSITIVE,
+    "modality_dropout": _PROBABILITY,
+    "model.hidden_dim": _WIDTH,
+    "model.shared_dim": _WIDTH,
+    "model.private_dim": _WIDTH,
+    "model.fusion_hidden": _WIDTH,
+    "model.dropout": _PROBABILITY,
+    "model.output_scale": _POSITIVE,
+    **{f"loss_weights.{weight.name}": _NON_NEGATIVE for weight in fields(LossWeights)},
+}
 
 
 @dataclass(frozen=True)
@@ -83,6 +177,10 @@ class TrainingConfig:
         arguments = dict(values)
         weights = arguments.get("loss_weights")
         if isinstance(weights, Mapping):
+            for name, value in weights.items():
+                bounds = FIELD_BOUNDS.get(f"loss_weights.{name}")
+                if bounds is not None:
+                    bounds.check(f"loss_weights.{name}", value)
             arguments["loss_weights"] = LossWeights.from_mapping(weights)
         model = arguments.get("model")
         if isinstance(model, Mapping):
@@ -95,18 +193,9 @@ class TrainingConfig:
         Raises:
             InputError: A value is out of range or of the wrong type (names the field).
         """
-        _integer("epochs", self.epochs, 1)
-        _integer("batch_size", self.batch_size, 1)
-        _integer("patience", self.patience, 1)
-        _integer("probe_members", self.probe_members, 1)
-        _integer("probe_nonmembers", self.probe_nonmembers, 1)
-        _number("learning_rate", self.learning_rate, exclusive_minimum=0.0)
-        _number("weight_decay", self.weight_decay, minimum=0.0)
-        _number("min_improvement", self.min_improvement, minimum=0.0)
-        _number("grad_clip", self.grad_clip, exclusive_minimum=0.0)
-        _number("modality_dropout", self.modality_dropout, minimum=0.0)
-        if self.modality_dropout >= 1.0:
-            raise _invalid("modality_dropout", "must be < 1", self.modality_dropout)
+        for field_name, bounds in FIELD_BOUNDS.items():
+            if "." not in field_name:
+                bounds.check(field_name, getattr(self, field_name))
         if self.task_loss not in TASK_LOSSES:
             raise _invalid("task_loss", f"must be one of {list(TASK_LOSSES)}", self.task_loss)
         if not isinstance(self.loss_weights, LossWeights):
@@ -117,6 +206,10 @@ class TrainingConfig:
         unknown = sorted(set(self.model) - MODEL_KEYS)
         if unknown:
             raise _invalid("model", f"may only set {sorted(MODEL_KEYS)}", unknown)
+        # Checked here as well as when the model is built, so that the hint names the
+        # train option rather than the architecture config.
+        for key, value in self.model.items():
+            FIELD_BOUNDS[f"model.{key}"].check(f"model.{key}", value)
         return replace(self, model=dict(self.model))
 
     def as_dict(self) -> dict[str, Any]:
@@ -124,34 +217,34 @@ class TrainingConfig:
         return asdict(self)
 
 
-# Fields without a command-line option of their own; the others are set by
-# --FIELD-NAME with underscores as hyphens.
-_NO_OPTION = ("min_improvement", "loss_weights", "model")
+# Fields without an option of 'mbd-cert train'. The others are set by the option that
+# option_name() returns.
+_NO_OPTION = frozenset({"min_improvement", "loss_weights", "model", "model.output_scale",
+                        "loss_weights.task"})
+
+
+def option_name(field_name: str) -> str | None:
+    """Return the 'mbd-cert train' option that sets ``field_name``, or None.
+
+    ``field_name`` is a :class:`TrainingConfig` field, ``model.<key>`` or
+    ``loss_weights.<key>``: ``batch_size`` is ``--batch-size``, ``model.hidden_dim``
+    is ``--hidden-dim`` and ``loss_weights.similarity`` is ``--similarity-weight``.
+    """
+    if field_name in _NO_OPTION:
+        return None
+    section, _, key = field_name.partition(".")
+    if section == "loss_weights":
+        return f"--{key}-weight"
+    return "--" + (key or section).replace("_", "-")
 
 
 def _invalid(field_name: str, requirement: str, value: object) -> InputError:
-    if field_name in _NO_OPTION:
-        hint = f"set {field_name} in the config passed to trainer.train.train"
+    bounds = FIELD_BOUNDS.get(field_name)
+    valid = f" as {bounds.text()}" if bounds is not None else ""
+    option = option_name(field_name)
+    if option is None:
+        hint = f"set {field_name}{valid} in the settings passed to trainer.train.train"
     else:
-        hint = (f"pass --{field_name.replace('_', '-')} (or the config key {field_name}) "
-                "within the range that 'mbd-cert train --help' gives")
+        hint = f"pass {option}{valid}"
     return InputError(f"training config {field_name} {requirement}, got {value!r}",
                       hint=hint, code="E_PARAMETER_INVALID")
-
-
-def _integer(field_name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _invalid(field_name, "must be an integer", value)
-    if value < minimum:
-        raise _invalid(field_name, f"must be >= {minimum}", value)
-
-
-def _number(field_name: str, value: object, *, minimum: float | None = None,
-            exclusive_minimum: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not math.isfinite(value):
-        raise _invalid(field_name, "must be a finite number", value)
-    if minimum is not None and value < minimum:
-        raise _invalid(field_name, f"must be >= {minimum}", value)
-    if exclusive_minimum is not None and value <= exclusive_minimum:
-        raise _invalid(field_name, f"must be > {exclusive_minimum}", value)

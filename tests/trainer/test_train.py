@@ -181,6 +181,28 @@ def test_invalid_training_config_rejected(config, field):
         TrainingConfig.from_mapping(config)
 
 
+@pytest.mark.parametrize(("field", "inside", "outside"), [
+    ("epochs", 1, 0), ("batch_size", 1, 0), ("patience", 1, 0), ("probe_members", 1, 0),
+    ("learning_rate", 1e-9, 0.0), ("weight_decay", 0.0, -1e-9), ("grad_clip", 1e-9, 0.0),
+    ("modality_dropout", 0.0, 1.0), ("min_improvement", 0.0, -1e-9),
+    ("model.hidden_dim", 65536, 65537), ("model.shared_dim", 1, 0),
+    ("model.dropout", 0.999, 1.0), ("model.output_scale", 1e-9, 0.0),
+    ("loss_weights.similarity", 0.0, -1e-9),
+])
+def test_stated_bounds_match_checks(field, inside, outside):
+    # The range that --help and the hints state is the one the config check applies.
+    from trainer.config import FIELD_BOUNDS
+
+    def mapping(value):
+        section, _, key = field.partition(".")
+        return {section: {key: value}} if key else {section: value}
+
+    TrainingConfig.from_mapping(mapping(inside))
+    with pytest.raises(InputError) as caught:
+        TrainingConfig.from_mapping(mapping(outside))
+    assert f"must be {FIELD_BOUNDS[field].text()}" in caught.value.message
+
+
 def test_invalid_seed_rejected(tmp_path):
     with pytest.raises(InputError, match="seed"):
         train(build_corpus(), FAST, tmp_path / "x", seed=-1, progress=False)

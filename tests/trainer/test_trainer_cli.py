@@ -50,6 +50,72 @@ def test_train_bad_hyper_parameter_exits_2(tmp_path):
     assert "modality_dropout" in result.stderr
 
 
+def _help_text(command: str) -> str:
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(("option", "text"), [
+    ("--epochs INTEGER", "(epochs); an integer >= 1 [default: 100]"),
+    ("--batch-size INTEGER", "Samples per optimiser step; an integer >= 1"),
+    ("--learning-rate FLOAT", "AdamW step size; a number > 0"),
+    ("--weight-decay FLOAT", "coefficient; a number >= 0"),
+    ("--modality-dropout FLOAT", "per sample and step; a number in [0, 1)"),
+    ("--patience INTEGER", "before stopping; an integer >= 1"),
+    ("--grad-clip FLOAT", "per step; a number > 0"),
+    ("--probe-members INTEGER", "an integer >= 1 (capped at the train split's size)"),
+    ("--probe-nonmembers INTEGER", "an integer >= 1 (capped at the test split's size)"),
+    ("--hidden-dim INTEGER", "(units); an integer in [1, 65536] [default: 64]"),
+    ("--fusion-hidden INTEGER", "(units); an integer in [1, 65536]"),
+    ("--dropout FLOAT", "fusion; a number in [0, 1)"),
+    ("--similarity-weight FLOAT", "similarity loss; a number >= 0"),
+])
+def test_train_help_states_range(option, text):
+    help_text = _help_text("train")
+    start = help_text.index(option)
+    assert text in help_text[start:start + 200]
+
+
+def test_train_help_covers_every_option():
+    # Every hyper-parameter option states a range that the config check enforces.
+    from trainer.config import FIELD_BOUNDS, option_name
+
+    for option, field_name, _, _, _ in trainer_cli._HYPER_PARAMETERS:
+        assert option_name(field_name) == option
+        assert field_name in FIELD_BOUNDS
+
+
+@pytest.mark.parametrize(("arguments", "hint"), [
+    (["--epochs", "0"], "hint: pass --epochs as an integer >= 1"),
+    (["--batch-size", "0"], "hint: pass --batch-size as an integer >= 1"),
+    (["--learning-rate", "0"], "hint: pass --learning-rate as a number > 0"),
+    (["--grad-clip", "nan"], "hint: pass --grad-clip as a number > 0"),
+    (["--hidden-dim", "0"], "hint: pass --hidden-dim as an integer in [1, 65536]"),
+    (["--dropout", "1"], "hint: pass --dropout as a number in [0, 1)"),
+    (["--similarity-weight", "-1"], "hint: pass --similarity-weight as a number >= 0"),
+])
+def test_train_range_hint_states_range(tmp_path, arguments, hint):
+    result = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "x"), "--no-progress",
+                                       *arguments])
+    assert result.exit_code == 2, result.output
+    assert "[E_PARAMETER_INVALID]" in result.stderr
+    assert hint in result.stderr
+    assert "--help" not in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_issue_help_states_ranges():
+    from mbd_cert.sensitivity import MAX_RUNS
+
+    help_text = _help_text("issue")
+    for option, text in [("--reference-runs", f"an integer in [1, {MAX_RUNS}]"),
+                         ("--sensitivity FLOAT", "> 0"), ("--clip-norm", "> 0"),
+                         ("--max-epsilon", "> 0"), ("--proxy-sample", "[0, 10000]")]:
+        start = help_text.index(option)
+        assert text in help_text[start:start + 250], option
+
+
 def test_evaluate_table_and_json(checkpoint, tmp_path):
     out, _ = checkpoint
     report = tmp_path / "metrics.json"
