@@ -129,7 +129,18 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         show_default=True,
         help="L2 bound on the total update, in parameter units, > 0.",
     )
-    @click.option("--seed", type=int, default=0, show_default=True, help="Recorded seed.")
+    @click.option(
+        "--seed",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Seed of the sample draws, an integer in [0, 2**53 - 1], recorded in the "
+        "certificate (saliency.seed): "
+        "which mask entries the proxy-quality check measures (--proxy-sample) and which "
+        "probe sample each reference-retrain run leaves out. It does not set the noise, "
+        "which is drawn from fresh operating-system randomness and never recorded, and "
+        "the mask does not depend on it.",
+    )
     @click.option(
         "--eval-set",
         type=click.Path(path_type=Path),

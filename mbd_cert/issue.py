@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mbd_cert import _safetensors, accounting, certificate, chain, errors, mechanism
+from mbd_cert._json_values import SAFE_INTEGER_MAX
 from mbd_cert._paths import reject_output_over_inputs
 from mbd_cert._work_limits import MAX_UPDATE_STEPS
 from mbd_cert.checkpoint import read_config, read_probe_set, read_tensors
@@ -51,7 +52,10 @@ class IssueOptions:
         learning_rate: Step size of the masked update.
         damping: Added to sqrt(Fisher) in the preconditioner.
         clip_norm: L2 bound C on the total displacement, in parameter units.
-        seed: Recorded seed for any sampling in the saliency step.
+        seed: Seed of the sample draws that a verifier can repeat: the mask entries
+            the proxy-quality check measures, and the probe sample each
+            reference-retrain run leaves out. Recorded as ``saliency.seed``. The mask
+            itself is deterministic, and the noise never uses this seed.
         noise_seed: Only for tests: makes the noise reproducible. Never recorded;
             None draws the noise from the operating system's randomness.
         force: Replace an existing output directory.
@@ -185,6 +189,14 @@ def validate_options(options: IssueOptions) -> None:
         from mbd_cert.sensitivity import check_parameters
 
         check_parameters(options.reference_runs, options.safety_factor)
+    seed = options.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SAFE_INTEGER_MAX:
+        # The certificate records it as a JSON integer, which must be exact as a double.
+        raise errors.InputError(
+            f"seed (--seed) must be an integer in [0, 2**53 - 1], got {seed!r}",
+            hint="pass a non-negative integer such as 0",
+            code="E_PARAMETER_INVALID",
+        )
     threads = options.threads
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
         raise errors.InputError(

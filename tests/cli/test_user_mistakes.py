@@ -391,3 +391,28 @@ def test_unknown_modality_hint_lists_modalities(honest_run: HonestRun, tmp_path:
     _assert_issue_input_error(outcome, "E_PARAMETER_INVALID")
     assert "hint: pass --modality with one that the model still uses: text, audio, " \
         "vision" in outcome.stderr
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**53), str(10**23)])
+def test_issue_seed_out_of_range(honest_run: HonestRun, tmp_path: Path, seed: str):
+    # Out-of-range seeds used to reach numpy or torch and end as an internal error.
+    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
+                       "--key", honest_run.private_key, "--out", tmp_path / "out",
+                       "--seed", seed])
+    _assert_issue_input_error(outcome, "E_PARAMETER_INVALID")
+    assert "seed (--seed) must be an integer in [0, 2**53 - 1]" in outcome.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_issue_seed_help_names_what_it_seeds():
+    outcome = run_cli(["issue", "--help"])
+    assert outcome.exit_code == 0
+    # click wraps lines after a hyphen too, so "proxy-quality" can come out split.
+    text = " ".join(outcome.stdout.split()).replace("- ", "-")
+    start = text.index("--seed INTEGER")
+    seed_help = text[start:text.index("--eval-set")]
+    assert "saliency.seed" in seed_help
+    assert "proxy-quality check" in seed_help
+    assert "reference-retrain run" in seed_help
+    assert "does not set the noise" in seed_help
+    assert "Recorded seed." not in seed_help
