@@ -18,7 +18,7 @@ import click
 
 from mbd_cert.arch._mbd_config import DEFAULTS as ARCHITECTURE_DEFAULTS
 from mbd_cert.errors import InputError, MalformedData
-from trainer.config import FIELD_BOUNDS, TrainingConfig
+from trainer.config import FIELD_BOUNDS, MAX_SEED, TrainingConfig
 from trainer.losses import TASK_LOSSES, LossWeights
 
 CORPUS_NAMES = ("synthetic", "mosei-subset", "ict-mmmo", "mosi-text")
@@ -103,7 +103,8 @@ def _train_options(function: Callable[..., Any]) -> Callable[..., Any]:
                      "synthetic) [default: $MBD_CERT_DATA or ../shared/data]."),
         click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
                      help="Checkpoint directory to create."),
-        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+        click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=0,
+                     show_default=True,
                      help="Seed of initialisation, batch order, modality dropout and probe draw."),
         click.option("--corpus-seed", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Seed of the synthetic corpus or of the mosei-subset split."),

@@ -18,6 +18,10 @@ from mbd_cert.arch._mbd_config import MAX_LAYER_WIDTH
 from mbd_cert.errors import InputError
 from trainer.losses import TASK_LOSSES, LossWeights
 
+# Largest training seed: numpy's legacy global generator, which train() seeds for
+# library code, takes a 32-bit seed.
+MAX_SEED = 2**32 - 1
+
 # Model config keys a training run may set. The corpus fixes modalities, input_dims
 # and seq_len, and only an issued deletion sets deleted_modalities.
 MODEL_KEYS = frozenset(

@@ -35,7 +35,7 @@ import torch
 from mbd_cert.arch.mbd import MBDModel
 from mbd_cert.errors import InputError, MalformedData
 from trainer import _checkpoint_io, _distributed
-from trainer.config import TrainingConfig
+from trainer.config import MAX_SEED, TrainingConfig
 from trainer.evaluate import evaluate, predict
 from trainer.losses import LOSS_NAMES, training_losses
 
@@ -153,8 +153,9 @@ def train(
             NaN or infinite values.
     """
     training_config = _as_training_config(config)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InputError(f"seed must be an integer >= 0, got {seed!r}",
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"seed must be an integer in [0, 2**32 - 1], got {seed!r}",
+                         hint="pass --seed with a value in that range, such as 0",
                          code="E_PARAMETER_INVALID")
     if cpu_threads is not None and (isinstance(cpu_threads, bool)
                                     or not isinstance(cpu_threads, int) or cpu_threads < 1):

@@ -105,13 +105,21 @@ def test_train_range_hint_states_range(tmp_path, arguments, hint):
     assert not (tmp_path / "x").exists()
 
 
+def test_train_seed_above_32_bits_is_usage_error(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "x"),
+                                       "--seed", str(2**32), *FAST])
+    assert result.exit_code == 2, result.output
+    assert "is not in the range 0<=x<=4294967295" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def test_issue_help_states_ranges():
     from mbd_cert.sensitivity import MAX_RUNS
 
     help_text = _help_text("issue")
     for option, text in [("--reference-runs", f"an integer in [1, {MAX_RUNS}]"),
                          ("--sensitivity FLOAT", "> 0"), ("--clip-norm", "> 0"),
-                         ("--max-epsilon", "> 0"), ("--proxy-sample", "[0, 10000]")]:
+                         ("--max-epsilon", "> 0"), ("--proxy-sample INTEGER", "[0, 10000]")]:
         start = help_text.index(option)
         assert text in help_text[start:start + 250], option
 
