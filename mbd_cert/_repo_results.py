@@ -95,12 +95,13 @@ def render_table(results: Sequence[RepoResult], exit_code: int, level: int,
             if result.error.get("hint"):
                 detail += f" (hint: {result.error['hint']})"
         elif result.exit_code == 0:
-            status, detail = "verified", f"{len(result.report.checks)} checks"
+            status, detail = "verified", check_counts(result.report.checks)
         else:
             failed = [c for c in result.report.checks if c.status in ("fail", "inconclusive")]
             status = "NOT VERIFIED"
-            detail = "; ".join(f"{c.name}: {c.code or c.status} ({_shortened(c.detail)})"
-                               for c in failed)
+            detail = "; ".join([check_counts(result.report.checks),
+                                *(f"{c.name}: {c.code or c.status} ({_shortened(c.detail)})"
+                                  for c in failed)])
         if result.warnings:
             status += " (warning)"
             detail = "; ".join([detail, *result.warnings])
@@ -115,6 +116,18 @@ def render_table(results: Sequence[RepoResult], exit_code: int, level: int,
                                     "mbd-cert-policy.toml)")
     console.print(rich_text(f"{verified} of {len(results)} certificates verified at level "
                             f"{level}{policy} (exit {exit_code})"))
+
+
+def check_counts(checks: Sequence[Any]) -> str:
+    """Count the checks by status, as in ``9 checks: 7 passed, 0 failed, 2 skipped``.
+
+    Inconclusive checks are added to the text only when there are any.
+    """
+    statuses = [check.status for check in checks]
+    text = (f"{len(statuses)} checks: {statuses.count('pass')} passed, "
+            f"{statuses.count('fail')} failed, {statuses.count('skipped')} skipped")
+    inconclusive = statuses.count("inconclusive")
+    return text + (f", {inconclusive} inconclusive" if inconclusive else "")
 
 
 def _shortened(text: str, limit: int = 160) -> str:

@@ -130,17 +130,17 @@ def _json_safe(value: Any) -> Any:
     return str(value).translate(_JSON_TABLE)
 
 
-def json_output(document: Any) -> str:
-    r"""Return ``document`` as indented JSON text whose strings are all valid Unicode.
+def json_output(document: Any, indent: int | None = 2) -> str:
+    r"""Return ``document`` as JSON text whose strings are all valid Unicode.
 
     A file name that is not valid UTF-8 reaches Python with lone surrogates
     (surrogateescape), which ``json.dumps`` writes as ``\udc9b``. Python reads that
     back, but strict parsers reject it and others replace it with U+FFFD. Each lone
     surrogate becomes the text ``\xNN`` (the byte it stood for) or ``\uXXXX``, as on
     the terminal (SPEC.md, R-SEC-5). Values that are not JSON types (paths, for
-    example) are written as ``str(value)``.
+    example) are written as ``str(value)``. ``indent`` None writes one line.
     """
-    return json.dumps(_json_safe(document), indent=2)
+    return json.dumps(_json_safe(document), indent=indent)
 
 
 def clean_xml_tree(root: ElementTree.Element) -> None:

@@ -6,14 +6,13 @@ added. Stability: public.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from xml.etree import ElementTree
 
-from mbd_cert._terminal import clean_xml_tree
+from mbd_cert._terminal import clean_xml_tree, json_output
 from mbd_cert.errors import VerificationFailed
 
 logger = logging.getLogger(__name__)
@@ -176,9 +175,12 @@ def to_junit(report: VerificationReport, suite: str = "mbd-cert.verify") -> byte
             node.text = check.detail
         elif check.status == SKIPPED:
             ElementTree.SubElement(case, "skipped", message=check.detail)
+        # Every case carries the detail text, so a passing check shows what it compared.
         system_out = ElementTree.SubElement(case, "system-out")
-        system_out.text = json.dumps(
-            {"value": check.value, "threshold": check.threshold, "n": check.n}, default=str
+        system_out.text = json_output(
+            {"value": check.value, "threshold": check.threshold, "n": check.n,
+             "detail": check.detail},
+            indent=None,
         )
     # Check names and details quote tensor names and other strings from the files, which
     # may hold control characters that XML 1.0 cannot encode, even as references.

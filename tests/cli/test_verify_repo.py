@@ -71,6 +71,44 @@ def test_all_valid_exit_0_with_junit(repo, tmp_path):
     assert suites.get("errors") == "0"
 
 
+def test_table_counts_checks_by_status(repo):
+    # A verified row gave the total alone, which read as if every check had run.
+    _policy(repo, "")
+    checks = json.loads(_run(repo, "--json").stdout)["results"][0]["report"]["checks"]
+    statuses = [check["status"] for check in checks]
+    assert statuses.count("skipped") >= 1
+    result = _run(repo)
+    assert result.exit_code == 0, result.output
+    expected = (f"{len(checks)} checks: {statuses.count('pass')} passed, 0 failed, "
+                f"{statuses.count('skipped')} skipped")
+    assert expected in result.stdout
+
+
+def test_table_counts_failed_checks(repo):
+    _policy(repo, "max_cumulative_epsilon = 0.5\n")
+    result = _run(repo)
+    assert result.exit_code == 1
+    assert "1 failed" in result.stdout
+    assert "policy: E_POLICY_VIOLATION" in result.stdout
+
+
+def test_junit_passing_cases_carry_detail(repo, tmp_path):
+    _policy(repo, "max_cumulative_epsilon = 2.0\n")
+    junit = tmp_path / "junit.xml"
+    result = _run(repo, "--json", "--junit", junit)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["results"][0]["report"]
+    details = {check["name"]: check["detail"] for check in report["checks"]}
+    suite = ElementTree.parse(junit).getroot().find("testsuite")
+    cases = {case.get("name"): case for case in suite.findall("testcase")}
+    for name in ("signature", "accounting", "policy"):
+        assert cases[name].find("failure") is None
+        output = json.loads(cases[name].find("system-out").text)
+        assert output["detail"] == details[name]
+        assert "value" in output
+        assert "threshold" in output
+
+
 def test_epsilon_over_policy_exit_1(repo, tmp_path):
     _policy(repo, "max_cumulative_epsilon = 0.5\n")
     junit = tmp_path / "junit.xml"
