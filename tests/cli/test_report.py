@@ -298,3 +298,23 @@ def test_report_out_that_is_a_file(honest_run: HonestRun, tmp_path: Path) -> Non
     assert outcome.exit_code == 2
     assert "[E_PARAMETER_INVALID]" in outcome.stderr
     assert out.read_text() == "a file"
+
+
+def test_level_3_on_chain_probes_own_modality(second: Path, honest_run: HonestRun) -> None:
+    # docs/verification-levels.md ("Chains of deletions") and SPEC.md section 8.2 state
+    # this split: the probes of the second certificate alter vision only, and the
+    # earlier audio deletion is covered by level 1's zero-encoder check.
+    outcome = verify(second / "cert.json", second / "model.safetensors", honest_run.public_key,
+                     "--level", "3", "--bundle", second, "--allow-inconclusive")
+    assert outcome.report is not None, outcome.stderr
+    probe = outcome.check_detail("functional-probe")
+    assert "when vision is zeroed" in probe
+    assert "audio" not in probe
+    assert "(audio, vision) are all zero" in outcome.check_detail("deleted-tensors-zero")
+    root = Path(__file__).resolve().parents[2]
+    guide = root.joinpath("docs", "verification-levels.md").read_text()
+    section = guide[guide.index("### Chains of deletions"):]
+    assert "deleted-tensors-zero" in section.split("\n## ")[0]
+    spec = root.joinpath("SPEC.md").read_text()
+    level3 = spec[spec.index("### 8.2 Level 3"):spec.index("## 9.")]
+    assert "covered at level 1 by R-DEL-1" in level3
