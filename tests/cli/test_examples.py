@@ -66,3 +66,10 @@ def test_no_recipe_installs_mbd_cert_by_name() -> None:
     assert offenders == []
     workflow = texts[REPO / "examples" / "ci" / "github-workflow.yml"]
     assert 'mbd-cert @ git+${MBD_CERT_GIT}@${MBD_CERT_COMMIT}' in workflow
+    yaml = pytest.importorskip("yaml")
+    config = yaml.safe_load(texts[REPO / "examples" / "ci" / ".pre-commit-config.example.yaml"])
+    for repo in config["repos"]:
+        for hook in repo["hooks"]:
+            for requirement in hook.get("additional_dependencies", []):
+                assert re.fullmatch(r"mbd-cert @ git\+\S+@[0-9a-f]{40}", requirement) or \
+                    not requirement.startswith("mbd-cert"), requirement
