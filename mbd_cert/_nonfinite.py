@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = ["NonfiniteCounter", "nonfinite_counter"]
 
-# Dtypes numpy knows as floating point: np.isfinite tests them directly (C64 tests
+# Dtypes with a numpy floating-point type: np.isfinite tests them directly (C64 tests
 # both halves).
 _NATIVE = {"F16": "<f2", "F32": "<f4", "F64": "<f8", "C64": "<c8"}
 # The others, as (unsigned view, mask, pattern): an entry is NaN or infinite when
