@@ -33,7 +33,7 @@ from mbd_cert._issue_checks import (
 from mbd_cert._issue_document import certificate_document
 from mbd_cert._issue_outputs import create_staging, set_modes, swap_in
 from mbd_cert._torch_model import build_model, predict, probe_batch
-from mbd_cert._work_limits import check_update_work
+from mbd_cert._work_limits import check_evidence_work, check_update_work
 from mbd_cert.arch import Batch, get_architecture
 from mbd_cert.chain import write_chain_copies
 from mbd_cert.checkpoint import ProbeSet
@@ -148,6 +148,9 @@ def _run(
         )
     check_probe_coverage(probe, modality, deleted)
     check_update_work(options.steps, probe.size, source="issue options")
+    if options.sensitivity_method == "reference-retrain":
+        check_evidence_work(options.reference_runs, options.steps, probe.size,
+                            source="issue options")
     torch.manual_seed(options.seed)
     column = probe.modalities.index(modality)
 

@@ -30,7 +30,7 @@ from mbd_cert._groups import unlisted_zero_encoders
 from mbd_cert._level2_bundle import Bundle, load_bundle, rebuild_pre
 from mbd_cert._residual_tests import CODE_INCONCLUSIVE, residual_checks
 from mbd_cert._torch_model import build_model, probe_batch
-from mbd_cert._work_limits import MAX_UPDATE_SAMPLE_STEPS, check_update_work
+from mbd_cert._work_limits import check_evidence_work, check_update_work
 from mbd_cert.report import (
     FAIL,
     INCONCLUSIVE,
@@ -55,10 +55,6 @@ CODE_DIFF_OUTSIDE_MASK = "E_DIFF_OUTSIDE_MASK"
 CODE_UPDATE_MISMATCH = "E_UPDATE_MISMATCH"
 CODE_SCORES_NONFINITE = "E_SCORES_NONFINITE"
 CODE_CALIBRATION_INVALID = "E_CALIBRATION_INVALID"
-# Sample-steps of the leave-one-out reruns that level 2 replays for a reference-retrain
-# sensitivity: four times the cap on the update itself (MAX_UPDATE_SAMPLE_STEPS), so
-# the default 4 runs of any certificate the issuer can write are always rerun.
-MAX_EVIDENCE_SAMPLE_STEPS = 4 * MAX_UPDATE_SAMPLE_STEPS
 # Largest relative tie band around the cut that level 2 applies (R-SAL-3). The issuer
 # states 1e-6, far above the float64 rounding differences between devices.
 MAX_SCORE_TOLERANCE = 1e-4
@@ -316,6 +312,11 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
     alpha = resolve_alpha(doc, getattr(options, "alpha", None))
     bundle = load_bundle(doc, model_path, bundle_dir)
     check_update_work(int(doc["update"]["steps"]), bundle.probe.size, source="certificate")
+    if reruns:
+        # Before any check: a certificate asking for more replay than the cap is
+        # unusable input (exit 2), never a skipped check that would let it pass.
+        check_evidence_work(reruns, int(doc["update"]["steps"]), bundle.probe.size,
+                            source="certificate")
     pre = rebuild_pre(bundle)
     step()
 
@@ -396,14 +397,6 @@ def _check_sensitivity_evidence(doc: Mapping[str, Any], bundle: Bundle,
     recorded = [float(d) for d in evidence["distances"]]
     n = bundle.probe.size
     steps = int(doc["update"]["steps"])
-    work = len(recorded) * steps * n
-    if work > MAX_EVIDENCE_SAMPLE_STEPS:
-        return CheckResult(
-            "sensitivity-evidence", SKIPPED,
-            f"not recomputed: {len(recorded)} leave-one-out updates of {steps} steps over "
-            f"{n} probe samples is {work} sample-steps, more than the cap of "
-            f"{MAX_EVIDENCE_SAMPLE_STEPS}, so the distances are the issuer's statement",
-            requirement="R-PRIV-5")
     if n < 2:
         return CheckResult("sensitivity-evidence", FAIL,
                            "a leave-one-out update needs at least 2 probe samples",

@@ -157,3 +157,24 @@ def test_attest_accepting_claim_says_so(honest_run: HonestRun, tmp_path: Path) -
     subject = json.loads(out.read_text())["subject"][0]
     model_digest = hashlib.sha256(honest_run.model.read_bytes()).hexdigest()
     assert subject["digest"]["sha256"] == model_digest
+
+
+def test_evidence_over_work_cap_is_unusable(reference_retrain_run: Path, honest_run: HonestRun,
+                                            tmp_path: Path, monkeypatch) -> None:
+    # A certificate that states more reruns than level 2 replays must not pass with the
+    # check skipped: stating 64 runs would then switch the rerun off (exit 2 instead).
+    from mbd_cert import _work_limits
+
+    monkeypatch.setattr(_work_limits, "MAX_EVIDENCE_SAMPLE_STEPS", 10)
+    out = reference_retrain_run
+    outcome = verify(out / "cert.json", out / "model.safetensors", honest_run.public_key,
+                     "--level", "2", "--bundle", out, "--allow-inconclusive")
+    assert_clean(outcome)
+    assert outcome.exit_code == 2, outcome.stderr
+    assert outcome.error_code == "E_LIMIT_EXCEEDED"
+    issued = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
+                      "--sensitivity-method", "reference-retrain",
+                      "--key", honest_run.private_key, "--out", tmp_path / "again"])
+    assert issued.exit_code == 2, issued.stderr
+    assert "reference-retrain runs" in issued.stderr
+    assert not (tmp_path / "again").exists()
