@@ -59,3 +59,25 @@ def test_architecture_without_listing_skips_names(tmp_path: Path) -> None:
     result = check_model_layout(doc, _safetensors.read_header(path), architecture)
     assert result.status == "skipped"
     assert "header, metadata and dtypes checked" in result.detail
+
+
+def test_complex_commitment_cannot_legalise_c64(tmp_path: Path) -> None:
+    # The issuer signs the commitment too, so a C64 one would let the imaginary halves
+    # carry a deleted encoder past level 1.
+    header = _model(tmp_path, {"w": np.zeros(2, "<c8")})
+    with pytest.raises(DeletionIncomplete, match=r"w C64 \(complex, and the architecture "
+                                                 r"fixes no dtype\)"):
+        _check_dtypes(_doc({"w": "C64"}), header, PLUGIN)
+
+
+def test_listing_without_dtype_says_widening_undetected(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    _safetensors.write_safetensors(path, {"w": np.zeros(2, "<f4")},
+                                   {"format": "mbd-cert-model/1", "architecture": "x"})
+    doc = _doc({"w": "F32"})
+    doc["subject_model"]["architecture"] = {"name": "x", "config": {}}
+    architecture = SimpleNamespace(name="x", validate_config=dict,
+                                   tensor_shapes=lambda config: {"w": (2,)}, weight_dtype=None)
+    result = check_model_layout(doc, _safetensors.read_header(path), architecture)
+    assert result.status == "pass"
+    assert "a real dtype wider than the weights need is not detected" in result.detail
