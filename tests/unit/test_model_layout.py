@@ -35,8 +35,8 @@ def test_integer_buffer_kept_from_commitment_passes(tmp_path: Path) -> None:
 
 
 def test_widened_against_commitment_fails(tmp_path: Path) -> None:
-    header = _model(tmp_path, {"w": np.zeros(2, "<c8")})
-    with pytest.raises(DeletionIncomplete, match=r"w C64 \(expected F32\)"):
+    header = _model(tmp_path, {"w": np.zeros(2, "<f8")})
+    with pytest.raises(DeletionIncomplete, match=r"w F64 \(expected F32\)"):
         _check_dtypes(_doc({"w": "F32"}), header, PLUGIN)
 
 
