@@ -61,6 +61,42 @@ def reject_nonfinite(tensors: Mapping[str, np.ndarray], what: str, *, hint: str)
         )
 
 
+def reject_negative_zero(pre_tensors: Mapping[str, np.ndarray],
+                         changed: Mapping[str, np.ndarray | None]) -> None:
+    """Reject -0.0 where the deletion changes a weight, which the diff cannot rebuild.
+
+    ``post - diff`` gives +0.0 wherever the released value is +0.0 or a noised value,
+    so a -0.0 there fails the exact rebuild (R-DIFF-2). Pruning by multiplying with a
+    zero mask leaves -0.0 for every negative weight it prunes.
+
+    Args:
+        pre_tensors: The checkpoint's tensors.
+        changed: Tensor name -> boolean mask of the entries the deletion changes, or
+            None for every entry (a removed encoder tensor).
+
+    Raises:
+        IssuanceError: ``E_DIFF_NOT_EXACT``, with the count and the first tensor.
+    """
+    counts = {}
+    for name, where in changed.items():
+        values = pre_tensors[name]
+        if values.dtype.kind != "f":
+            continue
+        signed_zero = np.signbit(values) & (values == 0)
+        count = int(np.count_nonzero(signed_zero if where is None else signed_zero & where))
+        if count:
+            counts[name] = count
+    if counts:
+        first = sorted(counts)[0]
+        raise IssuanceError(
+            f"{sum(counts.values())} weights the deletion changes are stored as -0.0 "
+            f"({counts[first]} in '{first}'), and the diff cannot rebuild -0.0 exactly",
+            hint="store them as +0.0 in the checkpoint (in torch: w[w == 0] = 0, which "
+            "leaves the model's outputs unchanged) and issue again",
+            code="E_DIFF_NOT_EXACT",
+        )
+
+
 def check_probe_coverage(probe: ProbeSet, modality: str, deleted: Sequence[str]) -> None:
     """Check that the probe set observes ``modality`` and a modality the model keeps.
 

@@ -58,7 +58,10 @@ def build_diff(
         if not np.array_equal(_bits(rebuilt), _bits(before)):
             raise IssuanceError(
                 f"tensor '{name}': the pre-deletion values cannot be rebuilt exactly from the diff",
-                hint="this needs weights whose magnitudes differ by more than 2**29; report it",
+                hint="a released value more than 2**29 times the pre-deletion one, or the "
+                "reverse, leaves float64 no room for the exact difference: noise far "
+                "larger than the weights does this, so lower the sensitivity or raise "
+                "epsilon; otherwise report it",
                 code="E_DIFF_NOT_EXACT",
             )
         tensors[DIFF_PREFIX + name] = difference

@@ -111,3 +111,29 @@ def test_issue_refuses_noise_that_overflows(honest_run: HonestRun, tmp_path: Pat
     assert "too large for the model's dtype; nothing was written" in outcome.stderr
     assert "RuntimeWarning" not in outcome.stderr
     assert not out.exists()
+
+
+def test_issue_names_negative_zero_in_deleted_encoder(honest_run: HonestRun,
+                                                      tmp_path: Path) -> None:
+    # Pruning by w * mask leaves -0.0, which post - diff cannot rebuild: issue must say
+    # how to fix the checkpoint instead of asking for a bug report.
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(honest_run.checkpoint, checkpoint)
+    path = checkpoint / "model.safetensors"
+    header = _safetensors.read_header(path)
+    tensors = {n: np.array(a) for n, a in _safetensors.iter_tensors(header)}
+    name = sorted(n for n in tensors if n.startswith("encoders.audio."))[0]
+    tensors[name].reshape(-1)[:3] = -0.0
+    path.unlink()
+    _safetensors.write_safetensors(path, tensors, header.metadata)
+    out = tmp_path / "del"
+    outcome = run_cli(["issue", "--checkpoint", checkpoint, *TINY_ISSUE_OPTIONS,
+                       "--key", honest_run.private_key, "--out", out])
+    assert_clean(outcome)
+    assert outcome.exit_code == 1, outcome.stderr
+    assert "E_DIFF_NOT_EXACT" in outcome.stderr
+    assert f"3 weights the deletion changes are stored as -0.0 (3 in '{name}')" \
+        in outcome.stderr
+    assert "store them as +0.0" in outcome.stderr
+    assert "report it" not in outcome.stderr
+    assert not out.exists()

@@ -66,3 +66,17 @@ def test_only_deleted_modality_remains_observed(caplog):
     with caplog.at_level("WARNING", logger=LOGGER):
         check_probe_coverage(probe, "text", ["audio"])
     assert "remaining modality ('vision')" in caplog.text
+
+
+def test_negative_zero_counts_only_changed_entries():
+    from mbd_cert._issue_checks import reject_negative_zero
+
+    weights = np.array([-0.0, 0.0, -0.0, 1.0], dtype=np.float32)
+    outside = np.array([False, True, False, True])
+    reject_negative_zero({"w": weights}, {"w": outside})  # -0.0 entries stay unchanged
+    with pytest.raises(IssuanceError) as caught:
+        reject_negative_zero({"w": weights}, {"w": ~outside})
+    assert caught.value.code == "E_DIFF_NOT_EXACT"
+    assert caught.value.message.startswith("2 weights the deletion changes")
+    with pytest.raises(IssuanceError):
+        reject_negative_zero({"w": weights}, {"w": None})
