@@ -97,6 +97,36 @@ def reject_negative_zero(pre_tensors: Mapping[str, np.ndarray],
         )
 
 
+def reject_noise_below_resolution(post: Mapping[str, np.ndarray],
+                                  masks: Mapping[str, np.ndarray], sigma: float) -> None:
+    """Reject a sigma that rounding to the model's dtype would distort (R-L2-6).
+
+    The released entries are rounded to their dtype, which adds an error of about
+    spacing**2 / 12 in variance to each one. Level 2 tests that the residual's variance
+    is sigma**2, with a power of about sqrt(2 / n) relative for n entries, so the
+    issuer refuses when the expected excess reaches half of that: level 2 would then
+    reject an honest release too often.
+
+    Raises:
+        IssuanceError: ``E_NOISE_BELOW_RESOLUTION``, with sigma and the spacing.
+    """
+    spacing_squared = [np.square(np.spacing(np.abs(post[name][mask])).astype(np.float64))
+                       for name, mask in masks.items() if mask.any()]
+    if not spacing_squared:
+        return
+    squares = np.concatenate(spacing_squared)
+    excess = float(squares.mean()) / 12.0 / (sigma * sigma)
+    if excess * np.sqrt(squares.size / 2.0) > 0.5:
+        raise IssuanceError(
+            f"sigma = {sigma:.6g} is too small for the model's dtype: rounding the noised "
+            f"weights (spacing up to {float(np.sqrt(squares.max())):.3g}) would add "
+            f"{100 * excess:.3g} % to the noise variance, which level 2 tests",
+            hint="raise the sensitivity (--clip-norm) or lower --epsilon; nothing was "
+            "written",
+            code="E_NOISE_BELOW_RESOLUTION",
+        )
+
+
 def check_probe_coverage(probe: ProbeSet, modality: str, deleted: Sequence[str]) -> None:
     """Check that the probe set observes ``modality`` and a modality the model keeps.
 

@@ -28,6 +28,7 @@ from mbd_cert._groups import eligible_names
 from mbd_cert._issue_checks import (
     check_probe_coverage,
     reject_negative_zero,
+    reject_noise_below_resolution,
     reject_nonfinite,
     reject_unlisted_deletion,
 )
@@ -325,6 +326,7 @@ def _run(
                 pre_tensors[name].dtype)
     changed = sorted(set(removed) | {n for n in names if masks[n].any()})
     reject_negative_zero(pre_tensors, {n: None if n in removed else masks[n] for n in changed})
+    reject_noise_below_resolution(post_tensors, {n: masks[n] for n in names}, sigma)
     # A sigma beyond the dtype's range (a tiny epsilon) would overflow to infinity.
     reject_nonfinite({n: post_tensors[n] for n in names}, "the noised model", hint=(
         f"sigma = {sigma:.6g} is too large for the model's dtype; nothing was written: "

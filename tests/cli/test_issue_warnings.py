@@ -78,3 +78,16 @@ def test_default_checkpoint_has_no_coverage_warning(tiny_checkpoint, issuer_keys
                        "--key", issuer_keys.private, "--out", tmp_path / "out"])
     assert outcome.exit_code == 0, outcome.stderr
     assert "no probe sample" not in outcome.stderr
+
+
+@pytest.mark.parametrize(("clip_norm", "refused"), [("1e-10", True), ("1e-6", False)])
+def test_noise_below_float_resolution_refused(tiny_checkpoint, issuer_keys, tmp_path,
+                                              clip_norm, refused):
+    # sigma = 7.46 x clip norm here; at 7.5e-10 float32 rounding of weights near 0.1
+    # (spacing 7.5e-9) would swamp the noise, and level 2's variance test would fail.
+    out = tmp_path / "out"
+    outcome = run_cli(["issue", "--checkpoint", tiny_checkpoint, *TINY_ISSUE_OPTIONS,
+                       "--clip-norm", clip_norm, "--key", issuer_keys.private, "--out", out])
+    assert outcome.exit_code == (1 if refused else 0), outcome.stderr
+    assert ("E_NOISE_BELOW_RESOLUTION" in outcome.stderr) is refused
+    assert out.exists() is not refused
