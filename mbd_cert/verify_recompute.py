@@ -105,6 +105,28 @@ def _check_pre_rebuild(doc: Mapping[str, Any], pre: Mapping[str, np.ndarray],
                 "values, so no saliency, update or residual can be computed from it",
                 hint="the diff or the committed pre-deletion model is not a usable model",
             )
+    # R-DIFF-1: the diff is exactly float64(post) - float64(pre). Other values can
+    # rebuild the same pre-deletion model (low bits lost in the cast, -0.0 for +0.0),
+    # and those bits would carry data in the bundle.
+    inexact = {}
+    for name, difference in bundle.diff.items():
+        expected = bundle.post[name].astype(np.float64) - pre[name].astype(np.float64)
+        count = int(np.count_nonzero(expected.view(np.uint64) != np.ascontiguousarray(
+            difference, dtype=np.float64).view(np.uint64)))
+        if count:
+            inexact[name] = count
+    if inexact:
+        from mbd_cert.errors import DigestMismatch
+
+        first = sorted(inexact)[0]
+        raise DigestMismatch(
+            f"{sum(inexact.values())} diff entries are not float64(post) - float64(pre) "
+            f"bit for bit ({inexact[first]} in 'diff.{first}'), although post - diff "
+            "rebuilds the committed model (R-DIFF-1)",
+            hint="the spare bits of such a diff can carry other data; ask the issuer for "
+            "the bundle issue wrote",
+            code="E_DIFF_NOT_EXACT",
+        )
     # R-CHAIN-9 on the model the deletion started from: a released model copied into a
     # fresh checkpoint keeps its zeroed encoder, and deleting that modality again as a
     # first deletion would restart the budget.

@@ -236,8 +236,9 @@ def test_swapped_probe_fails_saliency(honest, tmp_path):
 
 
 def test_negative_zero_diff_fails_support(honest, tmp_path):
-    # post - (-0.0) rebuilds post exactly, so pre-rebuild passes, but the sign bits of
-    # such diff entries could carry data outside the mask.
+    # post - (-0.0) rebuilds post exactly, but the sign bits of such diff entries could
+    # carry data outside the mask: both the exactness rule (R-DIFF-1) and the support
+    # check (R-L2-3) see it.
     _, source, key = honest
     out = copy_bundle(source, tmp_path / "forged")
     diff = read(out, "diff.safetensors")
@@ -252,7 +253,8 @@ def test_negative_zero_diff_fails_support(honest, tmp_path):
     resign(out, key)
     report = run_verify(out, key, 2)
     statuses = status_of(report)
-    assert statuses["pre-rebuild"] == "pass"
+    rebuild = next(c for c in report.checks if c.name == "pre-rebuild")
+    assert (rebuild.status, rebuild.code) == ("fail", "E_DIFF_NOT_EXACT")
     assert statuses["diff-support"] == "fail"
     support = next(c for c in report.checks if c.name == "diff-support")
     assert support.value == len(outside)
@@ -280,3 +282,23 @@ def test_zero_encoder_before_deletion_fails_rebuild(honest, tmp_path):
     assert rebuild.status == "fail"
     assert rebuild.code == "E_CHAIN_BROKEN"
     assert "audio encoder is all zero" in rebuild.detail
+
+
+def test_low_bits_of_diff_fail_rebuild(honest, tmp_path):
+    # Flipping the lowest bit of a masked diff entry still rebuilds the same float32
+    # pre-deletion value after the cast, so only R-DIFF-1's exactness sees it.
+    _, source, key = honest
+    out = copy_bundle(source, tmp_path / "forged")
+    diff = read(out, "diff.safetensors")
+    name = next(n for n in sorted(diff) if n.startswith("diff.")
+                and "mask." + n[len("diff."):] in diff)
+    mask = diff["mask." + name[len("diff."):]]
+    values = diff[name].copy()
+    flat = values.reshape(-1).view(np.uint64)
+    flat[np.flatnonzero(mask.reshape(-1))[:5]] ^= np.uint64(1)
+    diff[name] = values
+    write_tensors(out / "diff.safetensors", diff)
+    resign(out, key)
+    rebuild = next(c for c in run_verify(out, key, 2).checks if c.name == "pre-rebuild")
+    assert (rebuild.status, rebuild.code) == ("fail", "E_DIFF_NOT_EXACT")
+    assert "5 diff entries are not float64(post) - float64(pre)" in rebuild.detail
