@@ -30,7 +30,11 @@ from mbd_cert._groups import unlisted_zero_encoders
 from mbd_cert._level2_bundle import Bundle, load_bundle, rebuild_pre
 from mbd_cert._residual_tests import CODE_INCONCLUSIVE, residual_checks
 from mbd_cert._torch_model import build_model, probe_batch
-from mbd_cert._work_limits import check_evidence_work, check_update_work
+from mbd_cert._work_limits import (
+    EVIDENCE_SPOT_CHECKS,
+    check_evidence_work,
+    check_update_work,
+)
 from mbd_cert.report import (
     FAIL,
     INCONCLUSIVE,
@@ -330,6 +334,8 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
     started = time.monotonic()
     reruns = (len(doc["privacy"]["sensitivity_evidence"]["distances"])
               if doc["privacy"]["sensitivity_method"] == "reference-retrain" else 0)
+    if reruns:
+        reruns += EVIDENCE_SPOT_CHECKS
     step = stage_counter(getattr(options, "progress", None), "level 2 recompute", 6 + reruns)
     alpha = resolve_alpha(doc, getattr(options, "alpha", None))
     bundle = load_bundle(doc, model_path, bundle_dir)
@@ -337,8 +343,8 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
     if reruns:
         # Before any check: a certificate asking for more replay than the cap is
         # unusable input (exit 2), never a skipped check that would let it pass.
-        check_evidence_work(reruns, int(doc["update"]["steps"]), bundle.probe.size,
-                            source="certificate")
+        check_evidence_work(reruns - EVIDENCE_SPOT_CHECKS, int(doc["update"]["steps"]),
+                            bundle.probe.size, source="certificate")
     pre = rebuild_pre(bundle)
     step()
 
@@ -435,6 +441,18 @@ def _check_sensitivity_evidence(doc: Mapping[str, Any], bundle: Bundle,
     update = doc["update"]
     seed = int(doc["saliency"]["seed"])
     stated_left_out = evidence.get("left_out")
+
+    def distance_without(index: int) -> float:
+        neighbour = _recompute.masked_update(
+            model, bundle.masks, retain, _without_sample(batch, index),
+            steps=steps, learning_rate=update["learning_rate"], damping=update["damping"],
+            clip_norm=update["clip_norm"],
+            closed_form=bundle.architecture.independent_samples)
+        step()
+        return math.sqrt(math.fsum(
+            float(np.square(full.displacement[name] - neighbour.displacement[name]).sum())
+            for name in bundle.masks))
+
     problems: list[str] = []
     distances: list[float] = []
     for run, stated in enumerate(recorded, start=1):
@@ -443,16 +461,8 @@ def _check_sensitivity_evidence(doc: Mapping[str, Any], bundle: Bundle,
                 and stated_left_out[run - 1] != index:
             problems.append(f"run {run} left out sample {stated_left_out[run - 1]!r}, but "
                             f"default_rng([{seed}, {run}]) draws {index}")
-        neighbour = _recompute.masked_update(
-            model, bundle.masks, retain, _without_sample(batch, index),
-            steps=steps, learning_rate=update["learning_rate"], damping=update["damping"],
-            clip_norm=update["clip_norm"],
-            closed_form=bundle.architecture.independent_samples)
-        distance = math.sqrt(math.fsum(
-            float(np.square(full.displacement[name] - neighbour.displacement[name]).sum())
-            for name in bundle.masks))
+        distance = distance_without(index)
         distances.append(distance)
-        step()
         # Smaller than recomputed calibrates sigma too low; larger is only conservative,
         # but is still not what the issuer measured.
         if not math.isclose(distance, stated, rel_tol=NORM_TOLERANCE,
@@ -467,12 +477,35 @@ def _check_sensitivity_evidence(doc: Mapping[str, Any], bundle: Bundle,
             + "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else ""),
             code=CODE_CALIBRATION_INVALID, requirement="R-PRIV-5", value=largest,
             threshold=max(recorded))
+    # The issuer chose the seed, and so its neighbours. Neighbours drawn here with fresh
+    # randomness cannot be chosen; one farther than the stated sensitivity disproves it.
+    sensitivity = float(doc["privacy"]["sensitivity"])
+    drawn = [int(i) for i in _spot_rng().choice(n, min(EVIDENCE_SPOT_CHECKS, n),
+                                                replace=False)]
+    spot = {index: distance_without(index) for index in drawn}
+    beyond = {index: d for index, d in spot.items() if d > sensitivity}
+    if beyond:
+        index = max(beyond, key=beyond.__getitem__)
+        return CheckResult(
+            "sensitivity-evidence", FAIL,
+            f"leaving out sample {index}, drawn by the verifier, moves the update by "
+            f"{beyond[index]:.6g}, more than the stated sensitivity {sensitivity:.6g}: sigma "
+            f"is calibrated for too small a sensitivity ({len(beyond)} of {len(spot)} "
+            "drawn neighbours beyond it; the stated runs matched)",
+            code=CODE_CALIBRATION_INVALID, requirement="R-PRIV-5",
+            value=max(beyond.values()), threshold=sensitivity)
     return CheckResult(
         "sensitivity-evidence", PASS,
         f"{len(recorded)} leave-one-out updates recomputed: distances match (max "
-        f"{largest:.6g}), so the stated sensitivity {doc['privacy']['sensitivity']:.6g} "
-        "rests on measured distances (level 1 checked the arithmetic)",
-        requirement="R-PRIV-5", value=largest, threshold=max(recorded))
+        f"{largest:.6g}); {len(spot)} neighbours drawn here (samples "
+        f"{', '.join(map(str, drawn))}) lie within the stated sensitivity "
+        f"{sensitivity:.6g} (max {max(spot.values()):.6g})",
+        requirement="R-PRIV-5", value=max(largest, *spot.values()), threshold=sensitivity)
+
+
+def _spot_rng() -> np.random.Generator:
+    """Return a generator seeded from the operating system, which no issuer can predict."""
+    return np.random.default_rng()
 
 
 __all__ = ["Bundle", "load_bundle", "rebuild_pre", "resolve_alpha", "run_level2"]

@@ -84,6 +84,7 @@ def test_level2_recomputes_distances(reference_retrain_run: Path,
     assert _statuses(outcome)["sensitivity-evidence"] == "pass"
     detail = outcome.check_detail("sensitivity-evidence")
     assert "4 leave-one-out updates recomputed: distances match" in detail
+    assert "neighbours drawn here" in detail
     evidence = json.loads((out / "cert.json").read_text())["privacy"]["sensitivity_evidence"]
     assert f"{max(evidence['distances']):.6g}" in detail
 
@@ -178,3 +179,23 @@ def test_evidence_over_work_cap_is_unusable(reference_retrain_run: Path, honest_
     assert issued.exit_code == 2, issued.stderr
     assert "reference-retrain runs" in issued.stderr
     assert not (tmp_path / "again").exists()
+
+
+def test_verifier_neighbours_catch_chosen_seed(honest_run: HonestRun, tmp_path: Path,
+                                               monkeypatch) -> None:
+    # One run and safety factor 1 state the distance of a single neighbour that the
+    # issuer's seed picked. The verifier's own neighbours (here all samples, so the test
+    # does not depend on chance) include farther ones, which disprove the sensitivity.
+    from mbd_cert import verify_recompute
+
+    out = tmp_path / "del"
+    issued = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
+                      "--sensitivity-method", "reference-retrain", "--reference-runs", "1",
+                      "--safety-factor", "1", "--key", honest_run.private_key, "--out", out])
+    assert issued.exit_code == 0, issued.stderr
+    monkeypatch.setattr(verify_recompute, "EVIDENCE_SPOT_CHECKS", 10**6)
+    outcome = verify(out / "cert.json", out / "model.safetensors", honest_run.public_key,
+                     "--level", "2", "--bundle", out, "--allow-inconclusive")
+    assert_check_failed(outcome, "sensitivity-evidence", "E_CALIBRATION_INVALID")
+    assert "drawn by the verifier" in outcome.check_detail("sensitivity-evidence")
+    assert "the stated runs matched" in outcome.check_detail("sensitivity-evidence")
