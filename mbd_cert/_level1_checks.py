@@ -183,9 +183,9 @@ def _check_dtypes(doc: Mapping[str, Any], header: Any, architecture: Any) -> Non
         expected = architecture.weight_dtype or committed.get(name, {}).get("dtype")
         # The commitment is the issuer's own statement, so it cannot vouch for a
         # complex dtype: the imaginary half of a real model's weight is never read.
-        if info.dtype in _COMPLEX_DTYPES and architecture.weight_dtype != info.dtype:
+        if architecture.weight_dtype is None and info.dtype in _COMPLEX_DTYPES:
             differing.append(f"{name} {info.dtype} (complex, and the architecture fixes "
-                             f"{architecture.weight_dtype or 'no dtype'})")
+                             "no dtype)")
         elif info.dtype != expected:
             differing.append(f"{name} {info.dtype} (expected {expected})")
     if differing:
