@@ -11,15 +11,18 @@ Stability: internal.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mbd_cert.accounting import gdp_epsilon
+from mbd_cert.canonical import canonical_bytes
 from mbd_cert.chain import ChainLink
 
-__all__ = ["Fork", "find_forks"]
+__all__ = ["Fork", "find_forks", "tensors_digest"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,8 @@ class Fork:
     Attributes:
         certificates: Repository paths of the certificates whose chains lie in the tree.
         branch_points: Where the tree branches: a shared previous certificate's digest,
-            or ``model <manifest digest>`` for first deletions of the same model.
+            or ``model <tensors digest>`` for first deletions of the same model (see
+            :func:`tensors_digest`).
         deletions: Distinct certificates (mechanisms) in the tree.
         epsilon: Joint epsilon of all of them at ``delta`` (mu-GDP composition).
         delta: The largest delta any certificate of the tree declares.
@@ -49,11 +53,30 @@ class _Node:
     delta: float
 
 
+def tensors_digest(tensors: Mapping[str, Mapping[str, Any]]) -> str:
+    """Return the digest that identifies a model by its tensors alone (R-REPO-8).
+
+    The manifest digest also covers the file's metadata, so the same weights saved with
+    other metadata would count as another model. This digest covers only the
+    ``(name, dtype, shape, digest)`` entry of each tensor, sorted by name.
+
+    Args:
+        tensors: A commitment's ``tensors`` map: name to ``dtype``, ``shape``, ``digest``.
+
+    Returns:
+        ``"sha256:<hex>"`` of the RFC 8785 canonical bytes of the sorted entries.
+    """
+    entries = [{"name": name, "dtype": tensors[name]["dtype"],
+                "shape": list(tensors[name]["shape"]), "digest": tensors[name]["digest"]}
+               for name in sorted(tensors, key=lambda n: n.encode("utf-8"))]
+    return "sha256:" + hashlib.sha256(canonical_bytes(entries)).hexdigest()
+
+
 def _parent(links: Sequence[ChainLink], index: int) -> str:
     if index:
         return links[index - 1].digest
-    pre = links[0].doc["subject_model"]["pre_deletion"]["manifest_digest"]
-    return f"model {pre}"
+    pre = links[0].doc["subject_model"]["pre_deletion"]["tensors"]
+    return f"model {tensors_digest(pre)}"
 
 
 def find_forks(chains: Mapping[str, Sequence[ChainLink]]) -> list[Fork]:

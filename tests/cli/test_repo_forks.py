@@ -23,6 +23,30 @@ def vision_run(honest_run: HonestRun, tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
+@pytest.fixture(scope="module")
+def resaved_vision_run(honest_run: HonestRun,
+                       tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A vision deletion from the honest checkpoint's weights re-saved with other metadata."""
+    from mbd_cert import _safetensors
+    from mbd_cert._safetensors_write import write_safetensors
+    from mbd_cert.checkpoint import read_tensors
+
+    root = tmp_path_factory.mktemp("resaved")
+    checkpoint = root / "checkpoint"
+    shutil.copytree(honest_run.checkpoint, checkpoint)
+    model = checkpoint / "model.safetensors"
+    metadata = dict(_safetensors.read_header(model).metadata)
+    metadata["note"] = "re-saved copy"
+    write_safetensors(model, read_tensors(model), metadata, overwrite=True)
+    out = root / "vision"
+    options = [*TINY_ISSUE_OPTIONS]
+    options[options.index("audio")] = "vision"
+    outcome = run_cli(["issue", "--checkpoint", checkpoint, *options,
+                       "--key", honest_run.private_key, "--out", out])
+    assert outcome.exit_code == 0, outcome.stderr
+    return out
+
+
 def _repo(tmp_path: Path, run: HonestRun, sources: dict[str, Path], limit: str) -> Path:
     root = tmp_path / "repo"
     for name, source in sources.items():
@@ -67,7 +91,8 @@ def test_fork_over_policy_limit_fails(honest_run: HonestRun, vision_run: Path,
     for record in outcome.report["results"]:
         assert record["exit_code"] == 1
         fork = next(c for c in record["report"]["checks"] if c["name"] == "chain-fork")
-        assert (fork["status"], fork["code"]) == ("fail", "E_POLICY_VIOLATION")
+        assert fork["status"] == "fail"
+        assert fork["code"] == "E_POLICY_VIOLATION"
         assert "above the policy's max_cumulative_epsilon 1.2" in fork["detail"]
 
 
@@ -77,3 +102,22 @@ def test_one_certificate_twice_is_no_fork(honest_run: HonestRun, tmp_path: Path)
     outcome = run_cli(["verify-repo", root])
     assert outcome.exit_code == 0, outcome.stderr
     assert "forked chain" not in outcome.stderr
+
+
+def test_resaved_weights_still_fork(honest_run: HonestRun, resaved_vision_run: Path,
+                                    tmp_path: Path) -> None:
+    import json
+
+    pre = [json.loads((out / "cert.json").read_text())["subject_model"]["pre_deletion"]
+           for out in (honest_run.out_dir, resaved_vision_run)]
+    assert pre[0]["manifest_digest"] != pre[1]["manifest_digest"]
+    assert pre[0]["tensors"] == pre[1]["tensors"]
+    root = _repo(tmp_path, honest_run, {"audio": honest_run.out_dir,
+                                        "vision": resaved_vision_run},
+                 "max_cumulative_epsilon = 1.2\n")
+    outcome = run_cli(["verify-repo", root, "--json"])
+    assert outcome.exit_code == 1, outcome.stderr
+    for record in outcome.report["results"]:
+        fork = next(c for c in record["report"]["checks"] if c["name"] == "chain-fork")
+        assert fork["status"] == "fail"
+        assert fork["code"] == "E_POLICY_VIOLATION"
