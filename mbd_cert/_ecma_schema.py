@@ -6,7 +6,8 @@ multiline flag) matches only at the very end of the string. jsonschema applies
 line feed, so ``"^sha256:[0-9a-f]{64}$"`` would accept a digest followed by ``"\n"``.
 :data:`Validator` is the Draft 2020-12 validator with ``pattern`` applied through
 :func:`ecma_pattern`, and :func:`format_checker` rejects a line feed in the formats
-mbd-cert checks. The schema files themselves stay plain JSON Schema.
+mbd-cert checks and accepts only the hex form of a ``uuid``. The schema files
+themselves stay plain JSON Schema.
 
 Stability: internal.
 """
@@ -23,9 +24,13 @@ from jsonschema.exceptions import ValidationError
 
 __all__ = ["Validator", "ecma_pattern", "format_checker"]
 
+# The RFC 4122 string form of a UUID: 8-4-4-4-12 ASCII hex digits, either case.
+_UUID = re.compile("[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+
 # Formats whose values never contain a line feed. The date-time and uri checkers
 # (rfc3339-validator, rfc3987) match "^...$" with re.match, which accepts a final "\n".
-NO_LINE_FEED_FORMATS = ("date-time", "uri", "uuid")
+# The uuid check (_is_uuid) rejects a line feed by itself.
+NO_LINE_FEED_FORMATS = ("date-time", "uri")
 
 
 @functools.lru_cache(maxsize=256)
@@ -90,11 +95,21 @@ def _without_line_feed(check: Callable[[object], bool]) -> Callable[[object], bo
     return checked
 
 
-def format_checker() -> FormatChecker:
-    """Return a copy of the Draft 2020-12 format checker, with no line feed in some formats.
+def _is_uuid(instance: object) -> bool:
+    # jsonschema's own checker calls uuid.UUID(), which strips braces, drops every
+    # hyphen and parses the rest with int(), so it accepts surrounding whitespace,
+    # "_" and non-ASCII digits.
+    if not isinstance(instance, str):
+        return True
+    return _UUID.fullmatch(instance) is not None
 
-    Values of the :data:`NO_LINE_FEED_FORMATS` that contain a line feed do not conform.
-    A format whose checker is not installed stays missing, so that the probes in
+
+def format_checker() -> FormatChecker:
+    """Return a copy of the Draft 2020-12 format checker, with stricter checks of some formats.
+
+    Values of the :data:`NO_LINE_FEED_FORMATS` that contain a line feed do not conform,
+    and a ``uuid`` must be exactly the 8-4-4-4-12 form of ASCII hex digits. Another
+    format whose checker is not installed stays missing, so that the probes in
     :mod:`mbd_cert.schema` still report it.
     """
     checker = FormatChecker(formats=())
@@ -103,4 +118,5 @@ def format_checker() -> FormatChecker:
         if name in checker.checkers:
             check, raises = checker.checkers[name]
             checker.checkers[name] = (_without_line_feed(check), raises)
+    checker.checkers["uuid"] = (_is_uuid, ())
     return checker

@@ -117,6 +117,45 @@ def test_field_with_final_line_feed_malformed(honest_run: HonestRun, tmp_path: P
     assert f"field {'.'.join(path)} is invalid" in outcome.stderr
 
 
+# Each edit of a valid certificate_id that Python's uuid.UUID() still parses.
+NOT_UUIDS = {
+    "trailing-cr": lambda cid: cid[:-1] + "\r",
+    "trailing-line-separator": lambda cid: cid[:-1] + "\u2028",
+    "trailing-paragraph-separator": lambda cid: cid[:-1] + "\u2029",
+    "trailing-next-line": lambda cid: cid[:-1] + "\x85",
+    "trailing-tab": lambda cid: cid[:-1] + "\t",
+    "trailing-line-feed": lambda cid: cid[:-1] + "\n",
+    "trailing-brace": lambda cid: cid + "}",
+    "braces": lambda cid: "{" + cid + "}",
+    "extra-hyphens": lambda cid: cid + "----",
+    "underscore": lambda cid: cid[:28] + "_" + cid[29:],
+    "no-hyphens": lambda cid: cid.replace("-", ""),
+    "arabic-indic-digit": lambda cid: cid[:-1] + "\u0663",
+    "fullwidth-digit": lambda cid: cid[:-1] + "\uff13",
+}
+
+
+@pytest.mark.parametrize("edit", list(NOT_UUIDS))
+def test_certificate_id_not_uuid_malformed(honest_run: HonestRun, tmp_path: Path,
+                                           edit: str) -> None:
+    doc = honest_run.load_cert()
+    doc["certificate_id"] = NOT_UUIDS[edit](doc["certificate_id"])
+    cert = write_json(tmp_path / "c.json", resign(doc, honest_run.private_key))
+    outcome = verify(cert, honest_run.model, honest_run.public_key)
+    assert_input_error(outcome, "E_CERT_MALFORMED")
+    assert "field certificate_id is invalid" in outcome.stderr
+
+
+def test_certificate_id_upper_case_verifies(honest_run: HonestRun, tmp_path: Path) -> None:
+    doc = honest_run.load_cert()
+    doc["certificate_id"] = doc["certificate_id"].upper()
+    cert = write_json(tmp_path / "c.json", resign(doc, honest_run.private_key))
+    outcome = verify(cert, honest_run.model, honest_run.public_key)
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.report is not None
+    assert outcome.report["verified"] is True
+
+
 @pytest.mark.parametrize("byte", [0, 31, 32, 63])
 def test_signature_byte(fresh_run: HonestRun, byte: int) -> None:
     doc = fresh_run.load_cert()

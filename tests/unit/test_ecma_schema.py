@@ -126,6 +126,34 @@ def test_format_rejects_line_feed(name: str, value: str) -> None:
     assert not checker.conforms(value[:4] + "\n" + value[4:], name)
 
 
+@pytest.mark.parametrize("value", [
+    "6f1c1f1e-3b5e-4c1a-9a51-0b9c3f6d2e7a",
+    "6F1C1F1E-3B5E-4C1A-9A51-0B9C3F6D2E7A",
+    "00000000-0000-0000-0000-000000000000",
+])
+def test_uuid_format_accepts_hex_form(value: str) -> None:
+    assert _ecma_schema.format_checker().conforms(value, "uuid")
+
+
+@pytest.mark.parametrize("value", [
+    "6f1c1f1e-3b5e-4c1a-9a51-0b9c3f6d2e7\r",
+    "6f1c1f1e-3b5e-4c1a-9a51-0b9c3f6d2e7\u2028",
+    "6f1c1f1e-3b5e-4c1a-9a51-0b9c3f6d2e7\t",
+    " 6f1c1f1e-3b5e-4c1a-9a51-0b9c3f6d2e7a",
+    "{6f1c1f1e-3b5e-4c1a-9a51-0b9c3f6d2e7a}",
+    "6f1c1f1e-3b5e-4c1a-9a51-0b9c3f6d2e7a----",
+    "6f1c1f1e3b5e4c1a9a510b9c3f6d2e7a",
+    "6f1c1f1e-3b5e-4c1a-9a51_0b9c3f6d2e7a",
+    "urn:uuid:6f1c1f1e-3b5e-4c1a-9a51-0b9c3f6d2e7a",
+    "6f1c1f1e-3b5e-4c1a-9a51-0b9c3f6d2e7\u0663",
+    "6f1c1f1e-3b5e-4c1a-9a51-0b9c3f6d2e7\uff13",
+    "6f1c1f1e-3b5e-4c1a-9a51-0b9c3f6d2e7g",
+    "",
+])
+def test_uuid_format_rejects_other_forms(value: str) -> None:
+    assert not _ecma_schema.format_checker().conforms(value, "uuid")
+
+
 def test_format_checker_is_a_copy() -> None:
     before = dict(schema.Draft202012Validator.FORMAT_CHECKER.checkers)
     _ecma_schema.format_checker()
