@@ -41,7 +41,8 @@ def check_calibration(doc: Mapping[str, Any]) -> CheckResult:
             )
     if privacy["sensitivity_method"] == "reference-retrain":
         try:
-            sensitivity_check = check_evidence(privacy, doc["update"]["clip_norm"])
+            sensitivity_check = check_evidence(privacy, doc["update"]["clip_norm"],
+                                               seed=doc["saliency"]["seed"])
         except ValueError as exc:
             raise CalibrationInvalid(str(exc), hint="R-PRIV-5") from exc
         logger.debug("%s", sensitivity_check)

@@ -221,8 +221,13 @@ def check_parameters(runs: int, safety_factor: float) -> None:
         )
 
 
-def check_evidence(privacy: Mapping[str, Any], clip_norm: float) -> str:
+def check_evidence(privacy: Mapping[str, Any], clip_norm: float, *, seed: int) -> str:
     """Check the arithmetic of a ``reference-retrain`` certificate (verifier, level 1).
+
+    Args:
+        privacy: The certificate's ``privacy`` member.
+        clip_norm: ``update.clip_norm``.
+        seed: ``saliency.seed``, the first half of each run's seed pair.
 
     Returns:
         A one-line summary for the report.
@@ -252,7 +257,69 @@ def check_evidence(privacy: Mapping[str, Any], clip_norm: float) -> str:
             f"privacy.sensitivity is {privacy['sensitivity']!r}, below the stated evidence "
             f"min(safety_factor * max distance, 2 * clip_norm) = {required!r}"
         )
+    _check_optional_evidence(evidence, distances, float(factor), clip_norm, seed)
     return (
         f"reference retrain: {len(distances)} runs, max distance {max(distances):.6g}, "
         f"factor {factor}, sensitivity {privacy['sensitivity']:.6g} >= {required:.6g}"
     )
+
+
+def _is_count(value: Any) -> bool:
+    # The certificate parser reads 20.0 as 20, so a JSON integer arrives as an int here.
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _same(stated: Any, expected: Any) -> bool:
+    """Return whether a stated JSON value equals the expected one, telling bools from numbers."""
+    if isinstance(expected, list):
+        return (isinstance(stated, list) and len(stated) == len(expected)
+                and all(_same(a, b) for a, b in zip(stated, expected, strict=True)))
+    # bool is a subclass of int in Python, so true would otherwise equal 1.
+    if isinstance(stated, bool) != isinstance(expected, bool):
+        return False
+    return bool(stated == expected)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_optional_evidence(evidence: Mapping[str, Any], distances: list[Any], factor: float,
+                             clip_norm: float, seed: int) -> None:
+    """Check that the evidence members R-PRIV-5 makes optional agree with the rest.
+
+    Each member is checked only when present, against the value the issuer writes
+    (:meth:`SensitivityEstimate.evidence`).
+
+    Raises:
+        ValueError: A present member differs from its expected value. The message
+            names the member and the expected value.
+    """
+    field = "privacy.sensitivity_evidence"
+    runs = len(distances)
+    max_distance = max(distances)
+    clip_bound = 2.0 * clip_norm
+    estimate = factor * max_distance
+    capped = estimate > clip_bound
+    # Member -> (expected value, how the message describes it).
+    expected: dict[str, tuple[Any, str]] = {
+        "neighbour_relation": (NEIGHBOUR_RELATION, repr(NEIGHBOUR_RELATION)),
+        "runs": (runs, f"{runs}, the number of distances"),
+        "max_distance": (max_distance, f"{max_distance!r}, the largest distance"),
+        "clip_bound": (clip_bound, f"{clip_bound!r}, 2 * update.clip_norm"),
+        "capped_at_clip_bound": (capped, f"{capped}, since safety_factor * max distance = "
+                                         f"{estimate!r} and clip_bound = {clip_bound!r}"),
+        "seeds": ([[seed, run] for run in range(1, runs + 1)],
+                  f"[[{seed}, 1], ..., [{seed}, {runs}]], saliency.seed and each run number"),
+    }
+    for name, (value, description) in expected.items():
+        if name in evidence and not _same(evidence[name], value):
+            raise ValueError(f"{field}.{name} is {_short(evidence[name])}; expected {description}")
+    if "left_out" in evidence:
+        left_out = evidence["left_out"]
+        if (not isinstance(left_out, list) or len(left_out) != runs
+                or not all(_is_count(index) for index in left_out)):
+            raise ValueError(f"{field}.left_out is {_short(left_out)}; expected a list of "
+                             f"{runs} non-negative integers, the probe sample left out in "
+                             "each run")

@@ -113,6 +113,48 @@ def test_understated_distances_fail_level2(reference_retrain_run: Path, honest_r
     assert ("recomputed" if field == "distances" else "draws") in detail
 
 
+def test_honest_evidence_verifies_level1(reference_retrain_run: Path,
+                                         honest_run: HonestRun) -> None:
+    out = reference_retrain_run
+    evidence = json.loads((out / "cert.json").read_text())["privacy"]["sensitivity_evidence"]
+    assert {"runs", "seeds", "left_out", "max_distance", "clip_bound",
+            "capped_at_clip_bound", "neighbour_relation"} <= set(evidence)
+    outcome = verify(out / "cert.json", out / "model.safetensors", honest_run.public_key)
+    assert outcome.exit_code == 0, outcome.stderr
+    assert _statuses(outcome)["calibration"] == "pass"
+
+
+# Evidence members that contradict the rest of the certificate: member -> edit.
+EVIDENCE_EDITS = {
+    "left_out-string": ("left_out", lambda e: ",".join(str(i) for i in e["left_out"])),
+    "left_out-object": ("left_out", lambda e: {"1": 999}),
+    "left_out-short": ("left_out", lambda e: e["left_out"][:1]),
+    "left_out-long": ("left_out", lambda e: e["left_out"] + [7] * 1000),
+    "seeds": ("seeds", lambda e: [[99, r] for r in range(1, e["runs"] + 1)]),
+    "runs": ("runs", lambda e: 17),
+    "max_distance": ("max_distance", lambda e: 1e-12),
+    "clip_bound": ("clip_bound", lambda e: 5.0),
+    "capped_at_clip_bound": ("capped_at_clip_bound", lambda e: True),
+    "neighbour_relation": ("neighbour_relation", lambda e: "replace-one-sample"),
+}
+
+
+@pytest.mark.parametrize("edit", list(EVIDENCE_EDITS))
+def test_inconsistent_evidence_fails_level1(reference_retrain_run: Path, honest_run: HonestRun,
+                                            tmp_path: Path, edit: str) -> None:
+    member, change = EVIDENCE_EDITS[edit]
+    out = reference_retrain_run
+    doc = json.loads((out / "cert.json").read_text())
+    evidence = doc["privacy"]["sensitivity_evidence"]
+    evidence[member] = change(evidence)
+    cert = write_json(tmp_path / "cert.json", resign(doc, honest_run.private_key))
+    outcome = verify(cert, out / "model.safetensors", honest_run.public_key)
+    assert_check_failed(outcome, "calibration", "E_CALIBRATION_INVALID")
+    detail = outcome.check_detail("calibration")
+    assert f"privacy.sensitivity_evidence.{member} is" in detail
+    assert "expected" in detail
+
+
 def test_clip_bound_has_no_distance_line(honest_run: HonestRun) -> None:
     outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key,
                      "--level", "2", "--bundle", honest_run.out_dir, "--allow-inconclusive")

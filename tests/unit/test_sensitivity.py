@@ -101,9 +101,9 @@ def evidence(distances: list[float], factor: float, sensitivity: float) -> dict[
 
 
 def test_evidence_check_accepts_consistent_claim() -> None:
-    assert "3 runs" in check_evidence(evidence([0.1, 0.3, 0.2], 2.0, 0.6), clip_norm=1.0)
+    assert "3 runs" in check_evidence(evidence([0.1, 0.3, 0.2], 2.0, 0.6), clip_norm=1.0, seed=0)
     # Capped at the clip bound 2 * clip_norm = 0.2.
-    assert check_evidence(evidence([0.1, 0.3, 0.2], 2.0, 0.2), clip_norm=0.1)
+    assert check_evidence(evidence([0.1, 0.3, 0.2], 2.0, 0.2), clip_norm=0.1, seed=0)
 
 
 @pytest.mark.parametrize(("claim", "match"), [
@@ -114,4 +114,51 @@ def test_evidence_check_accepts_consistent_claim() -> None:
 ])
 def test_evidence_check_rejects(claim: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        check_evidence(claim, clip_norm=1.0)
+        check_evidence(claim, clip_norm=1.0, seed=0)
+
+
+def full_evidence(**changes: Any) -> dict[str, Any]:
+    """Return evidence with every member the issuer writes (seed 7, clip_norm 1), edited."""
+    claim = evidence([0.1, 0.3, 0.2], 2.0, 0.6)
+    claim["sensitivity_evidence"].update({
+        "neighbour_relation": "remove-one-probe-sample", "runs": 3,
+        "seeds": [[7, 1], [7, 2], [7, 3]], "left_out": [4, 0, 9], "max_distance": 0.3,
+        "clip_bound": 2.0, "capped_at_clip_bound": False})
+    claim["sensitivity_evidence"].update(changes)
+    return claim
+
+
+def test_full_evidence_accepted() -> None:
+    assert "3 runs" in check_evidence(full_evidence(), clip_norm=1.0, seed=7)
+    # 2 * 0.3 is above the clip bound 2 * 0.25, so the sensitivity is capped at 0.5.
+    capped = full_evidence(clip_bound=0.5, capped_at_clip_bound=True)
+    capped["sensitivity"] = 0.5
+    assert check_evidence(capped, clip_norm=0.25, seed=7)
+
+
+@pytest.mark.parametrize(("changes", "match"), [
+    ({"runs": 17}, r"runs is 17; expected 3, the number of distances"),
+    ({"runs": True}, r"runs is True; expected 3"),
+    ({"max_distance": 1e-12}, r"max_distance is 1e-12; expected 0\.3, the largest distance"),
+    ({"clip_bound": 5.0}, r"clip_bound is 5\.0; expected 2\.0, 2 \* update\.clip_norm"),
+    ({"capped_at_clip_bound": True}, r"capped_at_clip_bound is True; expected False"),
+    ({"capped_at_clip_bound": 0}, r"capped_at_clip_bound is 0; expected False"),
+    ({"neighbour_relation": "replace-one-sample"},
+     r"neighbour_relation is 'replace-one-sample'; expected 'remove-one-probe-sample'"),
+    ({"seeds": [[99, 1], [99, 2], [99, 3]]},
+     r"seeds is .*; expected \[\[7, 1\], \.\.\., \[7, 3\]\]"),
+    ({"seeds": [[7, 1], [7, 2]]}, r"seeds is"),
+    ({"seeds": [[7, True], [7, 2], [7, 3]]}, r"seeds is"),
+    ({"left_out": "4,0,9"}, r"left_out is '4,0,9'; expected a list of 3 non-negative integers"),
+    ({"left_out": {"1": 999}}, r"left_out is \{'1': 999\}; expected a list of 3"),
+    ({"left_out": [4]}, r"left_out is \[4\]; expected a list of 3"),
+    ({"left_out": [4, 0, 9] + [7] * 100_000}, r"left_out is \[4, 0, 9, 7, .*\.\.\.; expected"),
+    ({"left_out": [4, -1, 9]}, r"left_out is"),
+    ({"left_out": [4, True, 9]}, r"left_out is"),
+    ({"left_out": [4, 0.5, 9]}, r"left_out is"),
+    ({"left_out": [4, "0", 9]}, r"left_out is"),
+])
+def test_inconsistent_evidence_member_rejected(changes: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match) as caught:
+        check_evidence(full_evidence(**changes), clip_norm=1.0, seed=7)
+    assert str(caught.value).startswith("privacy.sensitivity_evidence.")
