@@ -65,8 +65,10 @@ class SafetensorsHeader:
         file_size: Size of the file in bytes when the header was read.
         metadata: The ``__metadata__`` string map, or ``{}`` when absent.
         tensors: Tensor name to :class:`TensorInfo`, in data-section order.
-        stat_key: (device, inode, size, mtime in ns) when the header was read, so
-            later reads can detect that the file was replaced or changed.
+        stat_key: (device, inode, size, mtime in ns, ctime in ns) when the header was
+            read, so later reads can detect that the file was replaced or changed. The
+            change time is there because a writer can restore the mtime with
+            ``os.utime``, but not the ctime.
     """
 
     path: Path
@@ -75,11 +77,11 @@ class SafetensorsHeader:
     file_size: int
     metadata: dict[str, str]
     tensors: dict[str, TensorInfo]
-    stat_key: tuple[int, int, int, int] = field(default=(0, 0, 0, 0), compare=False)
+    stat_key: tuple[int, int, int, int, int] = field(default=(0, 0, 0, 0, 0), compare=False)
 
 
-def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def open_regular_file(path: str | os.PathLike[str]) -> tuple[io.FileIO, os.stat_result]:
@@ -141,7 +143,7 @@ def open_checked(header: SafetensorsHeader) -> io.FileIO:
         FileMissing: The file no longer exists.
         InputError: ``E_FILE_UNREADABLE`` when it cannot be opened.
         MalformedSafetensors: ``E_SAFETENSORS_CHANGED`` when the file's device,
-            inode, size or modification time differ from those at
+            inode, size, modification time or change time differ from those at
             :func:`read_header` time.
     """
     handle, st = open_regular_file(header.path)

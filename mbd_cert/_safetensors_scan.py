@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from mbd_cert._safetensors_digest import (
@@ -174,7 +174,10 @@ def _digest_parallel(header: SafetensorsHeader, workers: int, progress: Progress
             sizes[submitted] = batch[-1].end - batch[0].begin
         pending: set[Future[Any]] = set(sizes)
         while pending:
-            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            # FIRST_COMPLETED, so that progress is reported as each task ends. With
+            # FIRST_EXCEPTION, wait() returns only when every task has ended unless one
+            # fails. A failed task re-raises below, which ends the loop.
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for task in finished:
                 result = task.result()  # re-raises a worker's exception
                 if task is whole_future:

@@ -8,6 +8,8 @@ import json
 import os
 import pickle
 import struct
+import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -735,6 +737,25 @@ def test_file_replaced_after_header(sample: Path, tmp_path: Path) -> None:
         stio.read_tensor(header, "w")
 
 
+def test_file_edited_with_mtime_restored(sample: Path) -> None:
+    # An edit in place that keeps the size and restores the mtime still changes the ctime.
+    before = os.stat(sample)
+    header = stio.read_header(sample)
+    time.sleep(0.05)  # so that a coarse file system clock has ticked since the file was written
+    with open(sample, "r+b") as handle:
+        handle.seek(header.data_start)
+        handle.write(b"\xff")
+    os.utime(sample, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(sample)
+    assert after.st_size == before.st_size
+    assert after.st_mtime_ns == before.st_mtime_ns
+    assert after.st_ctime_ns != before.st_ctime_ns
+    with expect(MalformedSafetensors, "E_SAFETENSORS_CHANGED", "changed"):
+        stio.read_tensor(header, "w")
+    with expect(MalformedSafetensors, "E_SAFETENSORS_CHANGED", "changed"):
+        stio.tensor_digest(header, "w")
+
+
 NUMPY_DTYPES = [np.bool_, np.uint8, np.int8, np.int16, np.uint16, np.float16, np.int32,
                 np.uint32, np.float32, np.complex64, np.float64, np.int64, np.uint64]
 
@@ -818,6 +839,38 @@ def test_digest_progress(sample: Path) -> None:
         total = calls[-1][1]
         assert calls[-1] == (total, total)
         assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
+def test_parallel_progress_before_last_task(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # The last batch waits until progress has been reported for another task. If
+    # progress came only when all tasks had ended, it would wait out its timeout first.
+    path = tmp_path / "f"
+    save_file({f"t{i}": np.full(64, i, np.uint8) for i in range(6)}, str(path))
+    monkeypatch.setattr(_safetensors_scan, "_BATCH_BYTES", 64)
+    reported = threading.Event()
+    last_done = threading.Event()
+    hash_batch = _safetensors_scan._hash_batch
+
+    def slow_last(header: Any, batch: list[Any], nonfinite: Any) -> dict[str, str]:
+        if batch[-1].name == "t5":
+            reported.wait(timeout=5)
+            result = hash_batch(header, batch, nonfinite)
+            last_done.set()
+            return result
+        return hash_batch(header, batch, nonfinite)
+
+    monkeypatch.setattr(_safetensors_scan, "_hash_batch", slow_last)
+    last_done_at_call: list[bool] = []
+
+    def record(done: int, total: int) -> None:
+        last_done_at_call.append(last_done.is_set())
+        reported.set()
+
+    digests = stio.digest_file(path, workers=2, progress=record, with_file_digest=False)
+    assert len(digests.tensors) == 6
+    assert len(last_done_at_call) == 6
+    assert last_done_at_call[0] is False
 
 
 def test_default_workers_by_file_size(sample: Path, monkeypatch: pytest.MonkeyPatch) -> None:
