@@ -279,8 +279,9 @@ def _check_saliency(doc: Mapping[str, Any], bundle: Bundle,
         requirement="R-L2-4", value=swaps, threshold=tolerance, n=n)
 
 
-def _recompute_update(doc: Mapping[str, Any], bundle: Bundle,
-                      pre: Mapping[str, np.ndarray]) -> _recompute.Update:
+def _removed_model(bundle: Bundle, pre: Mapping[str, np.ndarray],
+                   ) -> tuple[torch.nn.Module, Callable[..., torch.Tensor]]:
+    """Return the model the update starts from (encoder removed) and its retain objective."""
     start = {n: (np.zeros_like(v) if n in bundle.removed else v) for n, v in pre.items()}
     model = build_model(bundle.architecture, bundle.config_post, start)
     model.requires_grad_(False)
@@ -289,6 +290,12 @@ def _recompute_update(doc: Mapping[str, Any], bundle: Bundle,
     def retain(m: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
         return bundle.architecture.retain_objective(m, sub, modality)  # type: ignore[arg-type]
 
+    return model, retain
+
+
+def _recompute_update(doc: Mapping[str, Any], bundle: Bundle,
+                      pre: Mapping[str, np.ndarray]) -> _recompute.Update:
+    model, retain = _removed_model(bundle, pre)
     update = doc["update"]
     return _recompute.masked_update(
         model, bundle.masks, retain, probe_batch(bundle.probe), steps=update["steps"],
@@ -429,14 +436,7 @@ def _check_sensitivity_evidence(doc: Mapping[str, Any], bundle: Bundle,
         return CheckResult("sensitivity-evidence", FAIL,
                            "a leave-one-out update needs at least 2 probe samples",
                            code=CODE_CALIBRATION_INVALID, requirement="R-PRIV-5")
-    start = {name: (np.zeros_like(v) if name in bundle.removed else v) for name, v in pre.items()}
-    model = build_model(bundle.architecture, bundle.config_post, start)
-    model.requires_grad_(False)
-    modality = bundle.modality
-
-    def retain(m: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
-        return bundle.architecture.retain_objective(m, sub, modality)  # type: ignore[arg-type]
-
+    model, retain = _removed_model(bundle, pre)
     batch = probe_batch(bundle.probe)
     update = doc["update"]
     seed = int(doc["saliency"]["seed"])
