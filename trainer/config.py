@@ -107,7 +107,9 @@ FIELD_BOUNDS: dict[str, Bounds] = {
                             note="(capped at the train split's size)"),
     "probe_nonmembers": Bounds(integer=True, minimum=1,
                                note="(capped at the test split's size)"),
-    "learning_rate": _POSITIVE,
+    # AdamW keeps its state in float32, and above about 1e37 the step overflowed into
+    # a RuntimeError; no useful rate comes near the cap.
+    "learning_rate": Bounds(integer=False, exclusive_minimum=0.0, maximum=1e3),
     "weight_decay": _NON_NEGATIVE,
     "min_improvement": _NON_NEGATIVE,
     "grad_clip": _POSITIVE,

@@ -59,7 +59,7 @@ def _help_text(command: str) -> str:
 @pytest.mark.parametrize(("option", "text"), [
     ("--epochs INTEGER", "(epochs); an integer >= 1 [default: 100]"),
     ("--batch-size INTEGER", "Samples per optimiser step; an integer >= 1"),
-    ("--learning-rate FLOAT", "AdamW step size; a number > 0"),
+    ("--learning-rate FLOAT", "AdamW step size; a number in (0, 1000]"),
     ("--weight-decay FLOAT", "coefficient; a number >= 0"),
     ("--modality-dropout FLOAT", "per sample and step; a number in [0, 1)"),
     ("--patience INTEGER", "before stopping; an integer >= 1"),
@@ -89,7 +89,9 @@ def test_train_help_covers_every_option():
 @pytest.mark.parametrize(("arguments", "hint"), [
     (["--epochs", "0"], "hint: pass --epochs as an integer >= 1"),
     (["--batch-size", "0"], "hint: pass --batch-size as an integer >= 1"),
-    (["--learning-rate", "0"], "hint: pass --learning-rate as a number > 0"),
+    (["--learning-rate", "0"], "hint: pass --learning-rate as a number in (0, 1000]"),
+    # Above about 1e37 AdamW's float32 step overflowed into an internal error.
+    (["--learning-rate", "1e38"], "hint: pass --learning-rate as a number in (0, 1000]"),
     (["--grad-clip", "nan"], "hint: pass --grad-clip as a number > 0"),
     (["--hidden-dim", "0"], "hint: pass --hidden-dim as an integer in [1, 65536]"),
     (["--dropout", "1"], "hint: pass --dropout as a number in [0, 1)"),
