@@ -98,7 +98,8 @@ def reject_negative_zero(pre_tensors: Mapping[str, np.ndarray],
 
 
 def reject_noise_below_resolution(post: Mapping[str, np.ndarray],
-                                  masks: Mapping[str, np.ndarray], sigma: float) -> None:
+                                  masks: Mapping[str, np.ndarray], sigma: float,
+                                  method: str = "clip-bound") -> None:
     """Reject a sigma that rounding to the model's dtype would distort (R-L2-6).
 
     The released entries are rounded to their dtype, which adds an error of about
@@ -121,8 +122,10 @@ def reject_noise_below_resolution(post: Mapping[str, np.ndarray],
             f"sigma = {sigma:.6g} is too small for the model's dtype: rounding the noised "
             f"weights (spacing up to {float(np.sqrt(squares.max())):.3g}) would add "
             f"{100 * excess:.3g} % to the noise variance, which level 2 tests",
-            hint="raise the sensitivity (--clip-norm) or lower --epsilon; nothing was "
-            "written",
+            hint="raise the sensitivity ("
+            + {"declared": "--sensitivity", "reference-retrain": "--safety-factor or "
+               "--clip-norm"}.get(method, "--clip-norm")
+            + ") or lower --epsilon; nothing was written",
             code="E_NOISE_BELOW_RESOLUTION",
         )
 

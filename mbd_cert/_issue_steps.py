@@ -162,7 +162,15 @@ def _run(
     removed = _removed_tensors(architecture, config, modality, pre_tensors)
     names = [n for n in eligible_names(list(pre_tensors), groups) if n not in removed]
     if not names:
-        raise InputError(f"the eligible groups {groups} match no tensor of the model")
+        only_removed = bool(eligible_names(list(pre_tensors), groups))
+        raise InputError(
+            f"the eligible groups {groups} match no tensor of the model"
+            + (f" outside the {modality} encoder, which the deletion removes" if only_removed
+               else ""),
+            hint="the mask selects from tensors the released model keeps: pass --eligible "
+            "with other prefixes (the default is fusion and the modality's generator); "
+            "'mbd-cert inspect' on the checkpoint's model lists the tensor names",
+            code="E_PARAMETER_INVALID")
     forget_weights = torch.from_numpy(probe.present[:, column].astype(np.float64))
 
     def forget(model: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
@@ -230,7 +238,7 @@ def _run(
     if masked < NORMALITY_MIN_ENTRIES:
         logger.warning(
             "only %d masked entries: level 2 needs at least %d for its normality test and "
-            "reports it inconclusive with fewer. Raise --top-k for a small model",
+            "reports it inconclusive with fewer. Raise --top-k, or widen --eligible",
             masked, NORMALITY_MIN_ENTRIES)
 
     # Step 5, first half: the pre-deletion utility metrics need only the checkpoint.
@@ -326,7 +334,8 @@ def _run(
                 pre_tensors[name].dtype)
     changed = sorted(set(removed) | {n for n in names if masks[n].any()})
     reject_negative_zero(pre_tensors, {n: None if n in removed else masks[n] for n in changed})
-    reject_noise_below_resolution(post_tensors, {n: masks[n] for n in names}, sigma)
+    reject_noise_below_resolution(post_tensors, {n: masks[n] for n in names}, sigma,
+                                  options.sensitivity_method)
     # A sigma beyond the dtype's range (a tiny epsilon) would overflow to infinity.
     reject_nonfinite({n: post_tensors[n] for n in names}, "the noised model", hint=(
         f"sigma = {sigma:.6g} is too large for the model's dtype; nothing was written: "

@@ -357,6 +357,16 @@ def _warn_weak_settings(options: IssueOptions) -> None:
         logger.warning(
             "%d reference rerun(s) give a rough estimate of the sensitivity, not a bound. "
             "The clip bound (%g) needs no estimate", options.reference_runs, bound)
+    if options.sensitivity_method == "reference-retrain" and options.safety_factor < 2:
+        # With factor 1 the estimate is the largest of R distances, and each of level
+        # 2's own 4 neighbours is another draw: one of them is the largest of all R + 4
+        # with probability about 4 / (R + 4).
+        logger.warning(
+            "a safety factor of %g leaves little margin: level 2 also leaves out 4 samples "
+            "of its own choosing and fails when one moves the update beyond the stated "
+            "sensitivity, which at a factor of 1 with %d run(s) happens in about %d %% of "
+            "verifications. Use a factor of 2 or more", options.safety_factor,
+            options.reference_runs, round(400 / (options.reference_runs + 4)))
     if options.epsilon > WEAK_EPSILON:
         logger.warning(
             "epsilon %g is large: the guarantee lets an observer's odds on the deleted "

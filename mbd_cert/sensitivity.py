@@ -176,7 +176,9 @@ def reference_retrain(
     if max_distance <= 0.0:
         raise IssuanceError(
             f"the reference retrain measured distance 0 in all {runs} runs",
-            hint="use --sensitivity-method clip-bound, or more --reference-runs",
+            hint=("with --steps 0 the update is zero for every probe set, so use "
+                  "--sensitivity-method clip-bound or more --steps" if steps == 0 else
+                  "use --sensitivity-method clip-bound, or more --reference-runs"),
             code="E_SENSITIVITY_ZERO",
         )
     estimate = safety_factor * max_distance

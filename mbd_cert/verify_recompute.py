@@ -491,7 +491,8 @@ def _check_sensitivity_evidence(doc: Mapping[str, Any], bundle: Bundle,
             f"leaving out sample {index}, drawn by the verifier, moves the update by "
             f"{beyond[index]:.6g}, more than the stated sensitivity {sensitivity:.6g}: sigma "
             f"is calibrated for too small a sensitivity ({len(beyond)} of {len(spot)} "
-            "drawn neighbours beyond it; the stated runs matched)",
+            "drawn neighbours beyond it; the stated runs matched). The issuer can raise "
+            "--safety-factor (2 or more) or use --sensitivity-method clip-bound",
             code=CODE_CALIBRATION_INVALID, requirement="R-PRIV-5",
             value=max(beyond.values()), threshold=sensitivity)
     return CheckResult(

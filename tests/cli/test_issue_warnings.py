@@ -91,3 +91,33 @@ def test_noise_below_float_resolution_refused(tiny_checkpoint, issuer_keys, tmp_
     assert outcome.exit_code == (1 if refused else 0), outcome.stderr
     assert ("E_NOISE_BELOW_RESOLUTION" in outcome.stderr) is refused
     assert out.exists() is not refused
+
+
+@pytest.mark.parametrize(("factor", "warned"), [("1", True), ("2", False)])
+def test_small_safety_factor_warns(tiny_checkpoint, issuer_keys, tmp_path, factor, warned):
+    outcome = run_cli(["issue", "--checkpoint", tiny_checkpoint, *TINY_ISSUE_OPTIONS,
+                       "--sensitivity-method", "reference-retrain", "--safety-factor", factor,
+                       "--key", issuer_keys.private, "--out", tmp_path / "out"])
+    assert outcome.exit_code == 0, outcome.stderr
+    # 4 runs: the verifier's 4 neighbours hold the largest of 8 distances half the time.
+    assert ("happens in about 50 % of verifications" in outcome.stderr) is warned
+
+
+def test_zero_steps_reference_retrain_hint_names_steps(tiny_checkpoint, issuer_keys,
+                                                       tmp_path):
+    outcome = run_cli(["issue", "--checkpoint", tiny_checkpoint, "--modality", "audio",
+                       "--epsilon", "1", "--steps", "0", "--sensitivity-method",
+                       "reference-retrain", "--key", issuer_keys.private,
+                       "--out", tmp_path / "out"])
+    assert outcome.exit_code == 1, outcome.stderr
+    assert "E_SENSITIVITY_ZERO" in outcome.stderr
+    assert "with --steps 0 the update is zero" in outcome.stderr
+
+
+def test_eligible_deleted_encoder_hint(tiny_checkpoint, issuer_keys, tmp_path):
+    outcome = run_cli(["issue", "--checkpoint", tiny_checkpoint, *TINY_ISSUE_OPTIONS,
+                       "--eligible", "encoders.audio", "--key", issuer_keys.private,
+                       "--out", tmp_path / "out"])
+    assert outcome.exit_code == 2, outcome.stderr
+    assert "outside the audio encoder, which the deletion removes" in outcome.stderr
+    assert "hint: the mask selects from tensors the released model keeps" in outcome.stderr

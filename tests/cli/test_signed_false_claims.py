@@ -240,4 +240,5 @@ def test_verifier_neighbours_catch_chosen_seed(honest_run: HonestRun, tmp_path: 
                      "--level", "2", "--bundle", out, "--allow-inconclusive")
     assert_check_failed(outcome, "sensitivity-evidence", "E_CALIBRATION_INVALID")
     assert "drawn by the verifier" in outcome.check_detail("sensitivity-evidence")
+    assert "raise --safety-factor (2 or more)" in outcome.check_detail("sensitivity-evidence")
     assert "the stated runs matched" in outcome.check_detail("sensitivity-evidence")
