@@ -247,8 +247,9 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
 
         Exit codes: 0 verified, 1 a check failed (tampering or a false claim; the
         level-2 residual tests also reject an honest certificate with probability at
-        most alpha), 2 bad input (a missing or malformed file or option), 3 internal
-        error (a bug), 130 interrupted.
+        most alpha, and a reference-retrain sensitivity fails when one of the 4
+        neighbours level 2 draws afresh exceeds it), 2 bad input (a missing or malformed
+        file or option), 3 internal error (a bug), 130 interrupted.
         """
         from mbd_cert import _paths
         from mbd_cert._interrupts import Interrupted
