@@ -42,8 +42,13 @@ def reject_unlisted_deletion(architecture: Any, config: Mapping[str, Any],
         )
 
 
-def reject_nonfinite(tensors: Mapping[str, np.ndarray], what: str, *, hint: str) -> None:
-    """Refuse NaN or infinite weights, which a verifier rejects at level 1 (R-DEL-3).
+def reject_nonfinite(tensors: Mapping[str, np.ndarray], model: str, *, hint: str) -> None:
+    """Reject NaN or infinite weights, which a verifier rejects at level 1 (R-DEL-3).
+
+    Args:
+        tensors: The weights to check.
+        model: Which model they belong to, for the message ("the checkpoint's model").
+        hint: What the user can do about it.
 
     Raises:
         IssuanceError: ``E_MODEL_NONFINITE``, naming the first such tensor and the count.
@@ -53,7 +58,7 @@ def reject_nonfinite(tensors: Mapping[str, np.ndarray], what: str, *, hint: str)
     bad = sorted(name for name, count in counts.items() if count)
     if bad:
         raise IssuanceError(
-            f"{what}: {sum(counts[n] for n in bad)} NaN or infinite entries, "
+            f"{model}: {sum(counts[n] for n in bad)} NaN or infinite entries, "
             f"{counts[bad[0]]} of them in '{bad[0]}'"
             + (f" ({len(bad) - 1} more tensors have some)" if len(bad) > 1 else ""),
             hint=hint,
@@ -102,11 +107,11 @@ def reject_noise_below_resolution(post: Mapping[str, np.ndarray],
                                   method: str = "clip-bound") -> None:
     """Reject a sigma that rounding to the model's dtype would distort (R-L2-6).
 
-    The released entries are rounded to their dtype, which adds an error of about
-    spacing**2 / 12 in variance to each one. Level 2 tests that the residual's variance
-    is sigma**2, with a power of about sqrt(2 / n) relative for n entries, so the
-    issuer refuses when the expected excess reaches half of that: level 2 would then
-    reject an honest release too often.
+    The released entries are rounded to their dtype, which adds about spacing**2 / 12
+    to the variance of each one. Level 2 tests that the residual's variance is sigma**2,
+    and its statistic varies by about sqrt(2 / n) relative for n entries. When the
+    expected excess reaches half of that, level 2 would reject an honest release too
+    often, so issue rejects the sigma.
 
     Raises:
         IssuanceError: ``E_NOISE_BELOW_RESOLUTION``, with sigma and the spacing.

@@ -334,13 +334,14 @@ def _run(
                 pre_tensors[name].dtype)
     changed = sorted(set(removed) | {n for n in names if masks[n].any()})
     reject_negative_zero(pre_tensors, {n: None if n in removed else masks[n] for n in changed})
-    reject_noise_below_resolution(post_tensors, {n: masks[n] for n in names}, sigma,
-                                  options.sensitivity_method)
-    # A sigma beyond the dtype's range (a tiny epsilon) would overflow to infinity.
+    # Noise far beyond the dtype's range (a huge sensitivity) overflows to infinity.
+    # This runs first, because the spacing of an infinite value is NaN.
     reject_nonfinite({n: post_tensors[n] for n in names}, "the noised model", hint=(
         f"sigma = {sigma:.6g} is too large for the model's dtype; nothing was written: "
         "raise --epsilon or lower the sensitivity (--clip-norm, or --sensitivity when "
         "declared)"))
+    reject_noise_below_resolution(post_tensors, {n: masks[n] for n in names}, sigma,
+                                  options.sensitivity_method)
 
     # Step 5, second half: the released model's utility, on held-out samples.
     # It goes to the second thread if that one is free by now, while this one writes.

@@ -239,11 +239,11 @@ def rank_top_k(scores: Mapping[str, np.ndarray], top_k_fraction: float) -> Ranki
 def tie_band(magnitude: np.ndarray, cut: float, tolerance: float) -> np.ndarray:
     """Return the entries a recomputed mask may swap with the committed one (R-SAL-3).
 
-    The band holds the |scores| within ``tolerance`` (relative) of the k-th |score|
+    The band contains the |scores| within ``tolerance`` (relative) of the k-th |score|
     ``cut``, which absorbs float differences between devices. With a cut of 0 it is
-    empty: a score of exactly 0 (a parameter that is 0, or one the forget objective
+    empty. A score of exactly 0 (a parameter that is 0, or one the forget objective
     does not depend on) is 0 on every device, and a band of all zero scores would let
-    the issuer place the rest of the mask anywhere among them, so those entries
+    the issuer place the rest of the mask anywhere among them. So those entries
     follow the R-SAL-2 order exactly.
     """
     if cut == 0.0:

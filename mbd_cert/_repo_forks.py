@@ -2,9 +2,9 @@
 
 Each certificate accounts for its own chain. Two certificates that extend the same
 link, or two first deletions of the same model, release two models whose noisy
-updates were all computed from one pre-deletion model and probe set: anyone holding
-both sees every mechanism of the tree, and mu-GDP composition over all of them gives
-the privacy loss they jointly allow, which either chain alone understates.
+updates were all computed from one pre-deletion model and probe set. Anyone holding
+both observes every mechanism of the tree, and mu-GDP composition over all of them
+gives the privacy loss they jointly allow, which either chain alone understates.
 
 Stability: internal.
 """

@@ -16,7 +16,7 @@ Codes are listed in SPEC.md ("Error codes") and are never reused for another mea
 
 from __future__ import annotations
 
-# mbd-cert is installed from a checkout or from a wheel built there; it is not on the
+# mbd-cert is installed from a checkout or from a wheel built there. It is not on the
 # Python Package Index, so no hint may tell users to install it by name from an index.
 TORCH_EXTRA_HINT = ("install the torch extra: pip install -e '.[torch]' in a checkout of "
                     "mbd-cert (README.md explains the GPU build)")
@@ -149,7 +149,7 @@ class DeletionIncomplete(VerificationFailed):
 
 
 class ModelNonfinite(VerificationFailed):
-    """A model holds NaN or infinite weights.
+    """A model contains NaN or infinite weights.
 
     Either the released model (R-DEL-3) or the pre-deletion one rebuilt from the diff
     (R-L2-1).

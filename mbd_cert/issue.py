@@ -358,8 +358,8 @@ def _warn_weak_settings(options: IssueOptions) -> None:
             "%d reference rerun(s) give a rough estimate of the sensitivity, not a bound. "
             "The clip bound (%g) needs no estimate", options.reference_runs, bound)
     if options.sensitivity_method == "reference-retrain" and options.safety_factor < 2:
-        # With factor 1 the estimate is the largest of R distances, and each of level
-        # 2's own 4 neighbours is another draw: one of them is the largest of all R + 4
+        # With factor 1 the estimate is the largest of R distances. Each of level 2's
+        # own 4 neighbours is another draw, so one of them is the largest of all R + 4
         # with probability about 4 / (R + 4).
         logger.warning(
             "a safety factor of %g leaves little margin: level 2 also leaves out 4 samples "

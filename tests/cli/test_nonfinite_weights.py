@@ -69,21 +69,27 @@ def test_honest_release_passes_model_finite(honest_run: HonestRun) -> None:
     assert detail == f"all entries of {count} floating-point tensors are finite"
 
 
-def _checkpoint_with_nan(run: HonestRun, tmp_path: Path) -> Path:
+def _edited_checkpoint(run: HonestRun, tmp_path: Path, prefix: str,
+                       values: np.ndarray) -> tuple[Path, str]:
+    """Return a copy of the checkpoint with ``values`` written into a tensor, and its name.
+
+    The tensor is the first one under ``prefix``, and ``values`` go to its first entries.
+    """
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(run.checkpoint, checkpoint)
     path = checkpoint / "model.safetensors"
     header = _safetensors.read_header(path)
     tensors = {n: np.array(a) for n, a in _safetensors.iter_tensors(header)}
-    name = sorted(n for n in tensors if n.startswith("head."))[0]
-    tensors[name].reshape(-1)[0] = np.nan
+    name = sorted(n for n in tensors if n.startswith(prefix))[0]
+    tensors[name].reshape(-1)[:values.size] = values
     path.unlink()
     _safetensors.write_safetensors(path, tensors, header.metadata)
-    return checkpoint
+    return checkpoint, name
 
 
 def test_issue_refuses_checkpoint_with_nan(honest_run: HonestRun, tmp_path: Path) -> None:
-    checkpoint = _checkpoint_with_nan(honest_run, tmp_path)
+    checkpoint, _ = _edited_checkpoint(honest_run, tmp_path, "head.",
+                                       np.array([np.nan], dtype=np.float32))
     out = tmp_path / "del"
     outcome = run_cli(["issue", "--checkpoint", checkpoint, *TINY_ISSUE_OPTIONS,
                        "--key", honest_run.private_key, "--out", out])
@@ -115,17 +121,10 @@ def test_issue_refuses_noise_that_overflows(honest_run: HonestRun, tmp_path: Pat
 
 def test_issue_names_negative_zero_in_deleted_encoder(honest_run: HonestRun,
                                                       tmp_path: Path) -> None:
-    # Pruning by w * mask leaves -0.0, which post - diff cannot rebuild: issue must say
-    # how to fix the checkpoint instead of asking for a bug report.
-    checkpoint = tmp_path / "checkpoint"
-    shutil.copytree(honest_run.checkpoint, checkpoint)
-    path = checkpoint / "model.safetensors"
-    header = _safetensors.read_header(path)
-    tensors = {n: np.array(a) for n, a in _safetensors.iter_tensors(header)}
-    name = sorted(n for n in tensors if n.startswith("encoders.audio."))[0]
-    tensors[name].reshape(-1)[:3] = -0.0
-    path.unlink()
-    _safetensors.write_safetensors(path, tensors, header.metadata)
+    # Pruning by w * mask leaves -0.0, which post - diff cannot rebuild. issue must name
+    # the fix for the checkpoint instead of asking for a bug report.
+    checkpoint, name = _edited_checkpoint(honest_run, tmp_path, "encoders.audio.",
+                                          np.full(3, -0.0, dtype=np.float32))
     out = tmp_path / "del"
     outcome = run_cli(["issue", "--checkpoint", checkpoint, *TINY_ISSUE_OPTIONS,
                        "--key", honest_run.private_key, "--out", out])

@@ -1,7 +1,7 @@
 """Counting NaN and infinite weights while hashing (SPEC.md, R-DEL-3).
 
 torch is the oracle: it decodes every floating-point dtype safetensors stores, so its
-``isfinite`` says which bit patterns are NaN or infinite, independently of the masks in
+``isfinite`` decides which bit patterns are NaN or infinite, independently of the masks in
 ``mbd_cert._nonfinite``.
 """
 
@@ -47,7 +47,7 @@ def _count(dtype: str, pieces: list[bytes]) -> int:
     return counter.count
 
 
-def test_every_float_dtype_has_a_counter_and_no_other() -> None:
+def test_counter_only_for_float_dtypes() -> None:
     floating = {name for name in DTYPES if name.startswith(("F", "BF", "C"))}
     assert floating == set(_TORCH)
     for name in DTYPES:
@@ -65,7 +65,8 @@ def test_every_one_byte_pattern_matches_torch(dtype: str) -> None:
 def test_every_two_byte_pattern_matches_torch(dtype: str) -> None:
     raw = np.arange(2**16, dtype="<u2").tobytes()
     assert _count(dtype, [raw]) == _oracle(dtype, raw)
-    # Both formats reserve the top exponent: 2 signs x 2**10 (F16) or 2**7 (BF16).
+    # An all-ones exponent is NaN or infinity. F16 has a 10-bit fraction and BF16 a
+    # 7-bit one, so 2 signs x 2**10 and 2 x 2**7 patterns.
     assert _count(dtype, [raw]) == (2 * 2**10 if dtype == "F16" else 2 * 2**7)
 
 
