@@ -102,9 +102,12 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
     @click.option(
         "--steps",
         type=int,
-        default=20,
+        default=3,
         show_default=True,
-        help="Steps of the masked update (full batch on the probe set), in [0, 1000].",
+        help="Steps of the masked update (full batch on the probe set), in [0, 1000]. "
+        "The clip (--clip-norm) scales the update down to its bound; at the default "
+        "learning rate and clip it does so from the second step on, and more steps "
+        "then cost time without changing the released update's direction.",
     )
     @click.option(
         "--learning-rate",

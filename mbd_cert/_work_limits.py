@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from mbd_cert.errors import LimitExceeded
 
-# Descent steps of the masked update. The default is 20.
+# Descent steps of the masked update. The default is 3.
 MAX_UPDATE_STEPS = 1_000
-# Steps times probe samples. The defaults (20 steps, 400 samples) use 8,000.
+# Steps times probe samples. The defaults (3 steps, 400 samples) use 1,200.
 MAX_UPDATE_SAMPLE_STEPS = 2_000_000
 # Leave-one-out updates on neighbours that level 2 draws itself, with fresh randomness,
 # for a reference-retrain sensitivity (R-PRIV-5): the issuer cannot choose them.

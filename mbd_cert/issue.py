@@ -84,7 +84,7 @@ class IssueOptions:
     sensitivity: float | None = None
     top_k_fraction: float = 0.02
     eligible_groups: list[str] | None = None
-    steps: int = 20
+    steps: int = 3
     learning_rate: float = 1e-3
     damping: float = 1e-3
     clip_norm: float = 1e-3

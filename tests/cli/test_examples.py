@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -37,6 +38,17 @@ def test_quickstart_trains_issues_and_verifies(tmp_path):
     assert "Traceback" not in result.stderr
     for name in ("cert.json", "model.safetensors", "diff.safetensors", "probe.safetensors"):
         assert (tmp_path / "run" / "deleted" / name).is_file()
+    _assert_clip_binds(tmp_path / "run" / "deleted" / "cert.json")
+
+
+def _assert_clip_binds(certificate: Path) -> None:
+    """At the default settings the clip scales the update down (see ``issue --steps``).
+
+    The default of few update steps rests on this: once the clip binds, more steps
+    only lengthen a displacement that the clip then shortens again.
+    """
+    update = json.loads(certificate.read_text())["update"]
+    assert update["norm_before_clip"] > update["clip_norm"], update
 
 
 @pytest.mark.slow
@@ -49,6 +61,7 @@ def test_real_data_example(corpus, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "VERIFIED" in result.stdout
     assert "| after, deleted_audio |" in result.stdout
+    _assert_clip_binds(tmp_path / corpus / "deleted" / "cert.json")
 
 
 def test_no_recipe_installs_mbd_cert_by_name() -> None:

@@ -1,0 +1,36 @@
+"""The ``issue`` command's defaults are the library's: one deletion, two entry points."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mbd_cert.cli import main
+from mbd_cert.issue import IssueOptions
+
+# Parameters that name files or take a different type in the library.
+NOT_OPTIONS = {"checkpoint", "key_path", "out_dir", "eval_set", "auditor_key", "previous",
+               "eligible_groups"}
+
+
+def test_cli_defaults_match_issue_options():
+    library = {f.name: f.default for f in dataclasses.fields(IssueOptions)
+               if f.default is not dataclasses.MISSING}
+    command = main.commands["issue"]
+    compared = []
+    for parameter in command.params:
+        name = parameter.name
+        if (name in NOT_OPTIONS or name not in library or parameter.required
+                or getattr(parameter, "is_flag", False)):
+            continue
+        default = parameter.default
+        if library[name] is None and default is None:
+            compared.append(name)
+            continue
+        assert default == library[name], (
+            f"--{name.replace('_', '-')} defaults to {default!r} on the command line "
+            f"but IssueOptions.{name} to {library[name]!r}")
+        compared.append(name)
+    # The deletion's numeric settings are all among the compared ones.
+    assert {"steps", "learning_rate", "damping", "clip_norm", "top_k_fraction",
+            "reference_runs", "safety_factor", "proxy_sample_size", "seed",
+            "sensitivity_method", "threads"} <= set(compared)
