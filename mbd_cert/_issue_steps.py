@@ -36,14 +36,14 @@ from mbd_cert._issue_document import certificate_document
 from mbd_cert._issue_outputs import create_staging, set_modes, swap_in
 from mbd_cert._torch_model import build_model, predict, probe_batch
 from mbd_cert._work_limits import check_evidence_work, check_update_work
-from mbd_cert.arch import Batch, get_architecture
+from mbd_cert.arch import Architecture, Batch, get_architecture
 from mbd_cert.chain import write_chain_copies
 from mbd_cert.checkpoint import ProbeSet
 from mbd_cert.diff import MASK_PREFIX, build_diff
 from mbd_cert.errors import InputError, IssuanceError
 from mbd_cert.issue import IssueOptions, chain_account, draw_noise, sensitivity_for
 from mbd_cert.metrics import regression_metrics
-from mbd_cert.proxy_quality import forget_value, measure_proxy_quality
+from mbd_cert.proxy_quality import ClosedForm, forget_value, measure_proxy_quality
 from mbd_cert.saliency import gradient_moments, saliency_scores, top_k_mask
 from mbd_cert.sealing import seal_bundle
 from mbd_cert.sensitivity import reference_retrain
@@ -252,7 +252,8 @@ def _run(
         quality = None
         if options.proxy_sample_size:
             value = forget_value(forget, batch, forget_weights,
-                                 independent_samples=independent)
+                                 independent_samples=independent,
+                                 closed_form=_closed_form(architecture, modality))
             quality = measure_proxy_quality(
                 model_pre, scores, masks, value, sample_size=options.proxy_sample_size,
                 seed=options.seed, stopping=stopping,
@@ -426,6 +427,20 @@ def _run(
         raise
     logger.info("wrote certificate %s to %s", signed["certificate_id"], out_dir)
     return signed
+
+
+def _closed_form(architecture: Architecture, modality: str) -> ClosedForm | None:
+    """Return the architecture's zeroed forget values for ``modality``, if it has them."""
+    zeroed = architecture.zeroed_forget
+    if zeroed is None:
+        return None
+
+    def closed_form(model: torch.nn.Module, rows: Mapping[str, Any],
+                    entries: Sequence[tuple[str, int]]) -> torch.Tensor | None:
+        values: torch.Tensor | None = zeroed(model, cast(Batch, rows), modality, entries)
+        return values
+
+    return closed_form
 
 
 def _removed_tensors(

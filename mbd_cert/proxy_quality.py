@@ -49,6 +49,10 @@ _VARIANTS_PER_PASS = 16
 logger = logging.getLogger(__name__)
 
 ForgetValue = Callable[[torch.nn.Module], float]
+# (model, batch, entries) -> per-sample forget values [len(entries) + 1, n] with each
+# entry zeroed in turn (row 0 unchanged), or None; see Architecture.zeroed_forget.
+ClosedForm = Callable[[torch.nn.Module, Mapping[str, Any], Sequence[tuple[str, int]]],
+                      torch.Tensor | None]
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,8 @@ class ForgetMean:
     """F(model): the weighted mean of the per-sample forget objective on a fixed batch.
 
     Calling it evaluates F once without gradients. :meth:`zeroed` evaluates F for many
-    copies of the model that each have one entry set to zero, in one vectorised pass
+    copies of the model that each have one entry set to zero: by the architecture's
+    closed form where it has one (``closed_form``), otherwise in one vectorised pass
     (``torch.func.vmap``). Layers that read no varied tensor run once for all copies,
     for example the encoders when only fusion entries vary, and a zeroed entry of a
     linear layer costs a column update instead of a copy of the weight
@@ -115,8 +120,10 @@ class ForgetMean:
         weights: torch.Tensor,
         *,
         independent_samples: bool = False,
+        closed_form: ClosedForm | None = None,
     ) -> None:
         self.objective = objective
+        self.closed_form = closed_form
         self.batch = batch
         self.weights = weights.to(torch.float64)
         self.total = float(weights.sum())
@@ -132,6 +139,24 @@ class ForgetMean:
         with torch.no_grad():
             per_sample = self.objective(model, self.batch).to(torch.float64)
         return float((per_sample * self.weights).sum()) / self.total
+
+    def closed_form_values(self, model: torch.nn.Module,
+                           entries: Sequence[tuple[str, int]]) -> np.ndarray | None:
+        """Return F unchanged and per zeroed entry from ``closed_form``, or None.
+
+        Returns:
+            float64 [len(entries) + 1], element 0 the unchanged model; NaN for the
+            entries the closed form does not cover. None without a closed form.
+        """
+        if self.closed_form is None:
+            return None
+        with torch.no_grad():
+            per_sample = self.closed_form(model, self.batch, entries)
+        if per_sample is None:
+            return None
+        values: np.ndarray = ((per_sample.to(torch.float64) * self.weights).sum(dim=1)
+                              / self.total).numpy()
+        return values
 
     def zeroed(self, model: torch.nn.Module, part: Sequence[tuple[str, int]],
                owners: Mapping[str, tuple[str, str]]) -> np.ndarray:
@@ -193,13 +218,16 @@ def forget_value(
     weights: torch.Tensor,
     *,
     independent_samples: bool = False,
+    closed_form: ClosedForm | None = None,
 ) -> ForgetMean:
     """Return F(model): the weighted mean of the per-sample forget objective, no gradients.
 
     With ``independent_samples`` (see ``Architecture.independent_samples``) the rows
-    of weight zero are dropped before any evaluation.
+    of weight zero are dropped before any evaluation. ``closed_form``, when given,
+    evaluates the zeroed copies of the entries it covers in place of a vectorised pass.
     """
-    return ForgetMean(objective, batch, weights, independent_samples=independent_samples)
+    return ForgetMean(objective, batch, weights, independent_samples=independent_samples,
+                      closed_form=closed_form)
 
 
 def measure_proxy_quality(
@@ -310,17 +338,32 @@ def _increments_vectorised(
 ) -> list[float]:
     """Evaluate F for up to ``_VARIANTS_PER_PASS`` zeroed entries per vectorised pass.
 
-    Copy 0 of every pass is the unchanged model, so each increment is the difference
-    of two values computed by the same kernels. With ``local_parameters`` the modules
-    that no pass varies keep their outputs from one pass to the next
-    (:mod:`mbd_cert._frozen_memo`), and linear entries take the column update.
+    Entries that the value's closed form covers (``ForgetMean.closed_form``) take it
+    instead, all in one call. Copy 0 of every pass, and of the closed form, is the
+    unchanged model, so each increment is the difference of two values computed by the
+    same kernels. With ``local_parameters`` the modules that no pass varies keep their
+    outputs from one pass to the next (:mod:`mbd_cert._frozen_memo`), and linear
+    entries take the column update.
     """
-    varied = sorted({name for name, _ in entries})
-    owners = zeroable_linears(model, varied) if local_parameters else {}
-    memo = memoise_frozen(model, set(varied)) if local_parameters else contextlib.nullcontext()
     increments = [0.0] * len(entries)
+    remaining = list(range(len(entries)))
+    varied = sorted({name for name, _ in entries})
+    memo = memoise_frozen(model, set(varied)) if local_parameters else contextlib.nullcontext()
     with memo:
-        for positions in _passes(entries):
+        # The closed form runs inside the memo too, so the passes below can reuse the
+        # outputs it computed for modules that no sampled entry varies.
+        _check_stopping(stopping)
+        closed = value.closed_form_values(model, entries)
+        if closed is not None and math.isfinite(closed[0]):
+            for position in range(len(entries)):
+                if math.isfinite(closed[position + 1]):
+                    increments[position] = float(closed[position + 1] - closed[0])
+            remaining = [p for p in remaining if not math.isfinite(closed[p + 1])]
+        rest = [entries[p] for p in remaining]
+        owners = (zeroable_linears(model, sorted({name for name, _ in rest}))
+                  if local_parameters else {})
+        for group in _passes(rest):
+            positions = [remaining[i] for i in group]
             _check_stopping(stopping)
             values = value.zeroed(model, [entries[i] for i in positions], owners)
             for position, varied_value in zip(positions, values[1:], strict=True):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -92,6 +92,13 @@ class Architecture:
             computed without torch. Level 1 holds the released model against it, so
             that no tensor outside the architecture (a copy of a deleted encoder, for
             example) passes unseen. None (the default) reports that check as skipped.
+        zeroed_forget: ``(model, batch, modality, entries)`` -> per-sample forget
+            values [len(entries) + 1, n] of the model with each (parameter name, flat
+            index) entry set to zero in turn, row 0 unchanged and NaN rows for entries
+            it does not cover; or None for a model it does not know. The issuer's
+            proxy-quality check uses it, when given, and runs its generic passes for
+            the rest. It must equal the forget objective of the zeroed model up to
+            rounding. None (the default) keeps the generic passes for every entry.
         weight_dtype: The safetensors dtype of every tensor of the model, such as
             ``"F32"``, when the architecture fixes it; level 1 then rejects any other.
             None (the default) holds each tensor to the dtype the signed pre-deletion
@@ -110,6 +117,8 @@ class Architecture:
     local_parameters: bool = False
     tensor_shapes: Callable[[Mapping[str, Any]], dict[str, tuple[int, ...]]] | None = None
     weight_dtype: str | None = None
+    zeroed_forget: Callable[[torch.nn.Module, Batch, str, Sequence[tuple[str, int]]],
+                            torch.Tensor | None] | None = None
 
 
 def get_architecture(name: str) -> Architecture:
@@ -337,10 +346,11 @@ def _builtin_mbd() -> Architecture:
         local_parameters=True,
         tensor_shapes=_mbd_config.tensor_shapes,
         weight_dtype="F32",
+        zeroed_forget=_zeroed_forget_mbd,
     )
 
 
-# The three wrappers import the torch module on first call, so that looking up the
+# The four wrappers import the torch module on first call, so that looking up the
 # built-in architecture stays torch-free.
 
 
@@ -360,6 +370,13 @@ def _retain_mbd(model: torch.nn.Module, batch: Batch, modality: str) -> torch.Te
     from mbd_cert.arch import mbd
 
     return mbd.ARCHITECTURE.retain_objective(model, batch, modality)
+
+
+def _zeroed_forget_mbd(model: torch.nn.Module, batch: Batch, modality: str,
+                       entries: Sequence[tuple[str, int]]) -> torch.Tensor | None:
+    from mbd_cert.arch import mbd
+
+    return mbd.zeroed_forget(model, batch, modality, entries)
 
 
 __all__ = [

@@ -201,6 +201,27 @@ class MBDModel(nn.Module):
         Returns:
             ``(prediction [n], reconstructed {m: [n, k]})``.
         """
+        pieces, reconstructed = self.fusion_input(shared, private, state)
+        return self.predict_from_fusion_input(pieces), reconstructed
+
+    def predict_from_fusion_input(self, pieces: torch.Tensor) -> torch.Tensor:
+        """Run fusion and head on the fusion input [n, M (k + q)]; return predictions [n]."""
+        raw = self.head(self.fusion(pieces)).squeeze(-1)
+        return self.output_scale * torch.tanh(raw)
+
+    def fusion_input(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        state: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Run the generators and return the fusion input with the reconstructions.
+
+        Arguments as for :meth:`predict_from_parts`.
+
+        Returns:
+            ``(fusion input [n, M (k + q)], reconstructed {m: [n, k]})``.
+        """
         dtype = self.head.weight.dtype
         rows = state.shape[0]
         shared_dim = self.property_embedding.embedding_dim
@@ -237,8 +258,7 @@ class MBDModel(nn.Module):
             else:
                 private_dim = int(self.config["private_dim"])
                 pieces.append(torch.zeros(rows, private_dim, dtype=dtype, device=state.device))
-        raw = self.head(self.fusion(torch.cat(pieces, dim=1))).squeeze(-1)
-        return self.output_scale * torch.tanh(raw), reconstructed
+        return torch.cat(pieces, dim=1), reconstructed
 
     def state_with_reconstruction(self, state: torch.Tensor, modality: str) -> torch.Tensor:
         """Return a copy of ``state`` with ``modality`` switched from observed to reconstructed."""

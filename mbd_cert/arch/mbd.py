@@ -14,13 +14,13 @@ recomputes them. The entry point and the names in ``__all__`` are public.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from mbd_cert.arch import Architecture, Batch
+from mbd_cert.arch import Architecture, Batch, _mbd_zeroed_forget
 from mbd_cert.arch._mbd_config import (
     NAME,
     VERSION,
@@ -71,6 +71,21 @@ def forget_objective(model: nn.Module, batch: Batch, modality: str) -> torch.Ten
         forced, _ = mbd.predict_from_parts(parts["shared"], parts["private"], forced_state)
     squared = (parts["prediction"] - forced) ** 2
     return torch.where(batch["present"][:, index], squared, torch.zeros_like(squared))
+
+
+def zeroed_forget(model: nn.Module, batch: Batch, modality: str,
+                  entries: Sequence[tuple[str, int]]) -> torch.Tensor | None:
+    """Return the forget objective with each entry zeroed in turn, for fusion and head.
+
+    Per-sample values [len(entries) + 1, n], row 0 the unchanged model, computed in
+    closed form per copy (:mod:`mbd_cert.arch._mbd_zeroed_forget`); rows of entries
+    outside ``fusion.0``, ``fusion.3`` and ``head`` are NaN. None when ``model`` is
+    not exactly an :class:`MBDModel`.
+    """
+    if type(model) is not MBDModel:
+        return None
+    with _eval_mode(model):
+        return _mbd_zeroed_forget.zeroed_values(model, batch, modality, entries)
 
 
 def retain_objective(model: nn.Module, batch: Batch, modality: str) -> torch.Tensor:
@@ -136,6 +151,8 @@ ARCHITECTURE = Architecture(
     independent_samples=True,
     # Outside its own layer, the model reads a weight's dtype only, never its values.
     local_parameters=True,
+    zeroed_forget=zeroed_forget,
 )
 
-__all__ = ["ARCHITECTURE", "MBDModel", "Parts", "build", "forget_objective", "retain_objective"]
+__all__ = ["ARCHITECTURE", "MBDModel", "Parts", "build", "forget_objective", "retain_objective",
+           "zeroed_forget"]

@@ -1,0 +1,137 @@
+"""Forget objective of the MBD model with one fusion or head entry zeroed, per copy.
+
+The proxy-quality check (:mod:`mbd_cert.proxy_quality`) evaluates the forget objective
+once per sampled mask entry, with that entry set to zero. For an entry of the fusion
+network or the head, everything before the fusion input is unchanged, and zeroing one
+entry changes one pre-activation column only:
+
+* ``fusion.0`` entry (i, j): column i of the first pre-activation moves by
+  -W0[i, j] x[:, j] (the bias entry: by -b0[i]). After GELU only column i of its
+  output differs, so the second linear layer's output moves by that change times
+  column i of W3: an outer product instead of a matrix product.
+* ``fusion.3`` entry (i, j): column i of the second pre-activation moves, so only one
+  input column of the head changes: the raw output moves by w_head[i] times the change
+  of GELU in that column.
+* ``head`` entry j: the raw output moves by -w_head[j] v[:, j] (the bias: by -b_head).
+
+Each copy then costs a few vectors of length n (samples) instead of a pass through
+the fusion network, except the one GELU over [copies, n, F] that a ``fusion.0`` entry
+needs. The values equal a full forward pass up to rounding (the column is moved by
+the entry's term instead of being summed without it); the tests hold them to the
+generic route of the proxy check.
+
+Stability: internal; :func:`mbd_cert.arch.mbd.zeroed_forget` calls it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from mbd_cert.arch import Batch
+from mbd_cert.arch._mbd_model import MBDModel
+
+# The modules whose entries this route covers, by their name in the model.
+COVERED = ("fusion.0", "fusion.3", "head")
+# Copies per chunk of fusion.0 entries: each copy needs its own [n, F] activation.
+_COPIES_PER_CHUNK = 16
+
+
+def zeroed_values(model: MBDModel, batch: Batch, modality: str,
+                  entries: Sequence[tuple[str, int]]) -> torch.Tensor:
+    """Return per-sample forget values with each entry zeroed in turn.
+
+    The caller puts the model in eval mode, as the forget objective does.
+
+    Args:
+        model: The pre-deletion model; it is not changed.
+        batch: The probe batch, as the forget objective takes it.
+        modality: The modality whose forget objective is evaluated.
+        entries: (parameter name, flat index) per copy.
+
+    Returns:
+        [len(entries) + 1, n] in the model's dtype: row 0 the unchanged model, row
+        c + 1 the model with ``entries[c]`` zeroed, or NaN where that entry lies
+        outside :data:`COVERED`.
+    """
+    with torch.no_grad():
+        # One encoder pass, two states, as in the forget objective.
+        parts = model.forward_parts(batch["inputs"], batch["present"])
+        forced_state = model.state_with_reconstruction(parts["state"], modality)
+        inputs = [model.fusion_input(parts["shared"], parts["private"], state)[0]
+                  for state in (parts["state"], forced_state)]
+        base = [_Activations(model, x) for x in inputs]
+        rows = torch.zeros((len(entries) + 1, inputs[0].shape[0]), dtype=inputs[0].dtype)
+        rows[0] = _forget(model, base[0].raw, base[1].raw)
+        uncovered = [position + 1 for position, (name, _) in enumerate(entries)
+                     if name.rpartition(".")[0] not in COVERED]
+        groups: dict[str, list[int]] = {}
+        for position, (name, _) in enumerate(entries):
+            groups.setdefault(name.rpartition(".")[0], []).append(position)
+        for module, positions in groups.items():
+            if module not in COVERED:
+                continue
+            for start in range(0, len(positions), _COPIES_PER_CHUNK):
+                chunk = positions[start:start + _COPIES_PER_CHUNK]
+                part = [entries[p] for p in chunk]
+                changed = [_changed_raw(model, a, module, part) for a in base]
+                rows[[p + 1 for p in chunk]] = _forget(model, changed[0], changed[1])
+    present = batch["present"][:, model.modality_index(modality)]
+    values = torch.where(present.unsqueeze(0), rows, torch.zeros_like(rows))
+    values[uncovered] = math.nan
+    return values
+
+
+def _forget(model: MBDModel, raw: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
+    """Return (f(x) - f(x with the modality reconstructed))**2 from the raw head outputs."""
+    return (model.output_scale * torch.tanh(raw) - model.output_scale * torch.tanh(forced)) ** 2
+
+
+class _Activations:
+    """The fusion network's activations for one fusion input x [n, d]."""
+
+    def __init__(self, model: MBDModel, x: torch.Tensor) -> None:
+        first, second = model.fusion[0], model.fusion[3]
+        if not (isinstance(first, nn.Linear) and isinstance(second, nn.Linear)):
+            raise TypeError("the MBD fusion network changed; update _mbd_zeroed_forget")
+        self.x = x
+        self.h = functional.linear(x, first.weight, first.bias)  # [n, F]
+        self.g = functional.gelu(self.h)
+        self.u = functional.linear(self.g, second.weight, second.bias)
+        self.v = functional.gelu(self.u)
+        self.raw = functional.linear(self.v, model.head.weight, model.head.bias).squeeze(-1)
+
+
+def _changed_raw(model: MBDModel, base: _Activations, module: str,
+                 entries: Sequence[tuple[str, int]]) -> torch.Tensor:
+    """Return the raw head output [c, n] with each entry of ``module`` zeroed in turn."""
+    first, second = model.fusion[0], model.fusion[3]
+    if not (isinstance(first, nn.Linear) and isinstance(second, nn.Linear)):
+        raise TypeError("the MBD fusion network changed; update _mbd_zeroed_forget")
+    head_weight = model.head.weight[0]  # [F]
+    index = torch.tensor([flat for _, flat in entries], dtype=torch.long)
+    is_bias = torch.tensor([name.endswith(".bias") for name, _ in entries]).unsqueeze(1)
+    if module == "head":
+        # A weight entry j removes w_head[j] v[:, j] from the raw output, the bias b_head.
+        column = torch.where(is_bias.squeeze(1), 0, index)
+        removed = torch.where(is_bias, model.head.bias[0],
+                              head_weight[column].unsqueeze(1) * base.v[:, column].T)
+        return base.raw - removed
+    layer, before, after, output = ((first, base.x, base.h, base.g) if module == "fusion.0"
+                                    else (second, base.g, base.u, base.v))
+    # Row i of the layer (its output column) and, for a weight entry, column j.
+    rows = torch.where(is_bias.squeeze(1), index, index // layer.in_features)
+    columns = torch.where(is_bias.squeeze(1), 0, index % layer.in_features)
+    shift = -torch.where(is_bias, layer.bias[rows].unsqueeze(1),
+                         layer.weight[rows, columns].unsqueeze(1) * before[:, columns].T)
+    step = functional.gelu(after[:, rows].T + shift) - output[:, rows].T  # [c, n]
+    if module == "fusion.3":
+        return base.raw + head_weight[rows].unsqueeze(1) * step
+    # u' = u + step (outer) W3[:, i], then the full second GELU and the head.
+    moved = base.u.unsqueeze(0) + step.unsqueeze(2) * second.weight[:, rows].T.unsqueeze(1)
+    return functional.linear(functional.gelu(moved), model.head.weight,
+                             model.head.bias).squeeze(-1)
