@@ -224,26 +224,10 @@ class MBDModel(nn.Module):
         """
         dtype = self.head.weight.dtype
         rows = state.shape[0]
-        shared_dim = self.property_embedding.embedding_dim
-        zeros = torch.zeros(rows, shared_dim, dtype=dtype, device=state.device)
-        observed = [
-            (state[:, i] == STATE_OBSERVED) & (m in shared)
-            for i, m in enumerate(self.modalities)
-        ]
-        # torch.where, not multiplication by the mask, so that nothing from an
-        # unobserved row (not even a NaN) reaches the generators or the fusion.
-        real = [
-            torch.where(observed[i].unsqueeze(1), shared[m], zeros) if m in shared else zeros
-            for i, m in enumerate(self.modalities)
-        ]
-        availability = torch.stack(observed, dim=1).to(dtype)  # [n, M]
-
+        observed, real, availability = self._real_slots(shared, state)
         reconstructed: dict[str, torch.Tensor] = {}
         for i, name in enumerate(self.modalities):
-            others = [j for j in range(len(self.modalities)) if j != i]
-            generator_input = torch.cat(
-                [real[j] for j in others] + [availability[:, others]], dim=1
-            )
+            generator_input = self._generator_input(i, real, availability)
             reconstructed[name] = self._generator(name)(generator_input)
 
         pieces: list[torch.Tensor] = []
@@ -259,6 +243,41 @@ class MBDModel(nn.Module):
                 private_dim = int(self.config["private_dim"])
                 pieces.append(torch.zeros(rows, private_dim, dtype=dtype, device=state.device))
         return torch.cat(pieces, dim=1), reconstructed
+
+    def generator_input(self, modality: str, shared: Mapping[str, torch.Tensor],
+                        state: torch.Tensor) -> torch.Tensor:
+        """Return the input [n, (M - 1)(k + 1)] of ``modality``'s generator.
+
+        Arguments as for :meth:`predict_from_parts`; the value is the one
+        :meth:`fusion_input` passes to that generator.
+        """
+        _, real, availability = self._real_slots(shared, state)
+        return self._generator_input(self.modality_index(modality), real, availability)
+
+    def _real_slots(
+        self, shared: Mapping[str, torch.Tensor], state: torch.Tensor,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Return per modality the observed rows and the real slot, and availability."""
+        dtype = self.head.weight.dtype
+        shared_dim = self.property_embedding.embedding_dim
+        zeros = torch.zeros(state.shape[0], shared_dim, dtype=dtype, device=state.device)
+        observed = [
+            (state[:, i] == STATE_OBSERVED) & (m in shared)
+            for i, m in enumerate(self.modalities)
+        ]
+        # torch.where, not multiplication by the mask, so that nothing from an
+        # unobserved row (not even a NaN) reaches the generators or the fusion.
+        real = [
+            torch.where(observed[i].unsqueeze(1), shared[m], zeros) if m in shared else zeros
+            for i, m in enumerate(self.modalities)
+        ]
+        availability = torch.stack(observed, dim=1).to(dtype)  # [n, M]
+        return observed, real, availability
+
+    def _generator_input(self, index: int, real: list[torch.Tensor],
+                         availability: torch.Tensor) -> torch.Tensor:
+        others = [j for j in range(len(self.modalities)) if j != index]
+        return torch.cat([real[j] for j in others] + [availability[:, others]], dim=1)
 
     def state_with_reconstruction(self, state: torch.Tensor, modality: str) -> torch.Tensor:
         """Return a copy of ``state`` with ``modality`` switched from observed to reconstructed."""

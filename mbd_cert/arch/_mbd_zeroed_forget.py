@@ -1,9 +1,9 @@
-"""Forget objective of the MBD model with one fusion or head entry zeroed, per copy.
+"""Forget objective of the MBD model with one late-layer entry zeroed, per copy.
 
 The proxy-quality check (:mod:`mbd_cert.proxy_quality`) evaluates the forget objective
 once per sampled mask entry, with that entry set to zero. For an entry of the fusion
-network or the head, everything before the fusion input is unchanged, and zeroing one
-entry changes one pre-activation column only:
+network, the head or the last layer of the generator, the encoders' outputs are
+unchanged, and zeroing one entry changes one column only:
 
 * ``fusion.0`` entry (i, j): column i of the first pre-activation moves by
   -W0[i, j] x[:, j] (the bias entry: by -b0[i]). After GELU only column i of its
@@ -13,12 +13,16 @@ entry changes one pre-activation column only:
   input column of the head changes: the raw output moves by w_head[i] times the change
   of GELU in that column.
 * ``head`` entry j: the raw output moves by -w_head[j] v[:, j] (the bias: by -b_head).
+* ``generators.<m>.net.2`` entry (i, j), m the modality whose forget objective this is:
+  output column i of m's generator moves. Where m is observed the fusion input holds
+  the real part, so only the prediction with m reconstructed changes, and there the
+  first fusion pre-activation moves by that column's change times one column of W0.
 
 Each copy then costs a few vectors of length n (samples) instead of a pass through
-the fusion network, except the one GELU over [copies, n, F] that a ``fusion.0`` entry
-needs. The values equal a full forward pass up to rounding (the column is moved by
-the entry's term instead of being summed without it); the tests hold them to the
-generic route of the proxy check.
+the whole model; entries of ``fusion.0`` and of the generator still run the layers
+after the changed column over [copies, n, F]. The values equal a full forward pass up
+to rounding (the column is moved by the entry's term instead of being summed without
+it); the tests hold them to the objective of a zeroed copy.
 
 Stability: internal; :func:`mbd_cert.arch.mbd.zeroed_forget` calls it.
 """
@@ -67,18 +71,29 @@ def zeroed_values(model: MBDModel, batch: Batch, modality: str,
         base = [_Activations(model, x) for x in inputs]
         rows = torch.zeros((len(entries) + 1, inputs[0].shape[0]), dtype=inputs[0].dtype)
         rows[0] = _forget(model, base[0].raw, base[1].raw)
+        generator = f"generators.{modality}.net.2"
+        covered = (*COVERED, generator)
         uncovered = [position + 1 for position, (name, _) in enumerate(entries)
-                     if name.rpartition(".")[0] not in COVERED]
+                     if name.rpartition(".")[0] not in covered]
         groups: dict[str, list[int]] = {}
         for position, (name, _) in enumerate(entries):
             groups.setdefault(name.rpartition(".")[0], []).append(position)
+        if generator in groups:
+            hidden = _generator_hidden(model, modality, parts["shared"], parts["state"])
         for module, positions in groups.items():
-            if module not in COVERED:
+            if module not in covered:
                 continue
             for start in range(0, len(positions), _COPIES_PER_CHUNK):
                 chunk = positions[start:start + _COPIES_PER_CHUNK]
                 part = [entries[p] for p in chunk]
-                changed = [_changed_raw(model, a, module, part) for a in base]
+                if module == generator:
+                    # With the modality observed its slot holds the real part, so only
+                    # the reconstructed prediction moves; rows without it count zero.
+                    real = base[0].raw.expand(len(part), -1)
+                    changed = [real, _changed_by_generator(model, base[1], hidden, modality,
+                                                           part)]
+                else:
+                    changed = [_changed_raw(model, a, module, part) for a in base]
                 rows[[p + 1 for p in chunk]] = _forget(model, changed[0], changed[1])
     present = batch["present"][:, model.modality_index(modality)]
     values = torch.where(present.unsqueeze(0), rows, torch.zeros_like(rows))
@@ -104,6 +119,47 @@ class _Activations:
         self.u = functional.linear(self.g, second.weight, second.bias)
         self.v = functional.gelu(self.u)
         self.raw = functional.linear(self.v, model.head.weight, model.head.bias).squeeze(-1)
+
+
+def _generator_hidden(model: MBDModel, modality: str, shared: dict[str, torch.Tensor],
+                      state: torch.Tensor) -> torch.Tensor:
+    """Return the hidden activations [n, H] of ``modality``'s generator.
+
+    The generator reads the other modalities only, so the value is the same with the
+    modality observed and with it reconstructed.
+    """
+    first = model._generator(modality).net[0]
+    if not isinstance(first, nn.Linear):
+        raise TypeError("the MBD generator changed; update _mbd_zeroed_forget")
+    inputs = model.generator_input(modality, shared, state)
+    return functional.gelu(functional.linear(inputs, first.weight, first.bias))
+
+
+def _changed_by_generator(model: MBDModel, base: _Activations, hidden: torch.Tensor,
+                          modality: str, entries: Sequence[tuple[str, int]]) -> torch.Tensor:
+    """Return the raw head output [c, n] with each generator output entry zeroed in turn.
+
+    ``base`` holds the activations with the modality reconstructed. Output column i of
+    the generator is column ``slot + i`` of the fusion input, so the first fusion
+    pre-activation moves by that column's change times column ``slot + i`` of W0.
+    """
+    layer = model._generator(modality).net[2]
+    first, second = model.fusion[0], model.fusion[3]
+    if not (isinstance(layer, nn.Linear) and isinstance(first, nn.Linear)
+            and isinstance(second, nn.Linear)):
+        raise TypeError("the MBD generator or fusion changed; update _mbd_zeroed_forget")
+    index = torch.tensor([flat for _, flat in entries], dtype=torch.long)
+    is_bias = torch.tensor([name.endswith(".bias") for name, _ in entries]).unsqueeze(1)
+    rows = torch.where(is_bias.squeeze(1), index, index // layer.in_features)
+    columns = torch.where(is_bias.squeeze(1), 0, index % layer.in_features)
+    change = -torch.where(is_bias, layer.bias[rows].unsqueeze(1),
+                          layer.weight[rows, columns].unsqueeze(1) * hidden[:, columns].T)
+    width = model.property_embedding.embedding_dim + int(model.config["private_dim"])
+    slot = model.modality_index(modality) * width + rows  # fusion input columns [c]
+    moved = base.h.unsqueeze(0) + change.unsqueeze(2) * first.weight[:, slot].T.unsqueeze(1)
+    activated = functional.gelu(functional.linear(functional.gelu(moved), second.weight,
+                                                  second.bias))
+    return functional.linear(activated, model.head.weight, model.head.bias).squeeze(-1)
 
 
 def _changed_raw(model: MBDModel, base: _Activations, module: str,

@@ -75,12 +75,13 @@ def forget_objective(model: nn.Module, batch: Batch, modality: str) -> torch.Ten
 
 def zeroed_forget(model: nn.Module, batch: Batch, modality: str,
                   entries: Sequence[tuple[str, int]]) -> torch.Tensor | None:
-    """Return the forget objective with each entry zeroed in turn, for fusion and head.
+    """Return the forget objective with each entry zeroed in turn, for the late layers.
 
     Per-sample values [len(entries) + 1, n], row 0 the unchanged model, computed in
     closed form per copy (:mod:`mbd_cert.arch._mbd_zeroed_forget`); rows of entries
-    outside ``fusion.0``, ``fusion.3`` and ``head`` are NaN. None when ``model`` is
-    not exactly an :class:`MBDModel`.
+    outside ``fusion.0``, ``fusion.3``, ``head`` and the output layer of
+    ``modality``'s generator are NaN. None when ``model`` is not exactly an
+    :class:`MBDModel`.
     """
     if type(model) is not MBDModel:
         return None
