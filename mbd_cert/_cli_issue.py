@@ -105,9 +105,10 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         default=3,
         show_default=True,
         help="Steps of the masked update (full batch on the probe set), in [0, 1000]. "
-        "The clip (--clip-norm) scales the update down to its bound; at the default "
-        "learning rate and clip it does so from the second step on, and more steps "
-        "then cost time without changing the released update's direction.",
+        "The clip (--clip-norm) scales the update down to its bound. On the bundled "
+        "models, at the default learning rate and clip, it does so from the second "
+        "step on, and more steps then cost time without changing the direction of the "
+        "released update. '-v' logs the norm before the clip and the scale.",
     )
     @click.option(
         "--learning-rate",
