@@ -11,8 +11,9 @@ import torch
 
 from mbd_cert.arch import get_architecture
 from mbd_cert.arch.mbd import forget_objective, zeroed_forget
-from mbd_cert.proxy_quality import forget_value, measure_proxy_quality
-from tests.unit.test_gradient_moments import _batch, _model, _names
+from mbd_cert.proxy_quality import measure_proxy_quality
+from tests.unit.test_gradient_moments import _batch, _model
+from tests.unit.test_proxy_quality import _mbd_case
 
 
 def _zeroed_copy_value(model, batch, name: str, flat_index: int) -> torch.Tensor:
@@ -121,24 +122,11 @@ def test_builtin_architecture_declares_it():
 
 @pytest.mark.parametrize("local", [False, True], ids=["copies", "local-parameters"])
 def test_proxy_check_same_with_closed_form(local):
-    model = _model([])
-    batch = _batch(21, seed=9)
-    weights = batch["present"][:, 1].to(torch.float64)
-    names = _names(model)
-    parameters = dict(model.named_parameters())
-    scores = {n: np.linspace(0.0, 1.0, parameters[n].numel()).reshape(parameters[n].shape)
-              for n in names}
-    masks = {n: np.ones(tuple(parameters[n].shape), dtype=bool) for n in names}
-
-    def objective(m, b):
-        return forget_objective(m, b, "audio")
-
     def closed_form(m, b, entries):
         return zeroed_forget(m, b, "audio", entries)
 
-    plain = forget_value(objective, batch, weights, independent_samples=True)
-    closed = forget_value(objective, batch, weights, independent_samples=True,
-                          closed_form=closed_form)
+    model, scores, masks, plain = _mbd_case(60, independent_samples=True)
+    _, _, _, closed = _mbd_case(60, independent_samples=True, closed_form=closed_form)
     fast = measure_proxy_quality(model, scores, masks, closed, sample_size=60, seed=2,
                                  local_parameters=local)
     slow = measure_proxy_quality(model, scores, masks, plain, sample_size=60, seed=2,

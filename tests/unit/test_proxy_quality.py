@@ -99,7 +99,8 @@ def test_bad_sample_size_rejected(size: int) -> None:
                               sample_size=size, seed=0)
 
 
-def _mbd_case(sample_size: int):
+def _mbd_case(sample_size: int, **value_options):
+    """Return a small MBD model, linear scores, full masks and F (``forget_value``)."""
     from mbd_cert.arch.mbd import forget_objective
     from mbd_cert.proxy_quality import forget_value
     from tests.unit.test_gradient_moments import _batch, _model, _names
@@ -112,7 +113,8 @@ def _mbd_case(sample_size: int):
     scores = {n: np.linspace(0.0, 1.0, parameters[n].numel()).reshape(parameters[n].shape)
               for n in names}
     masks = {n: np.ones(tuple(parameters[n].shape), dtype=bool) for n in names}
-    value = forget_value(lambda m, b: forget_objective(m, b, "audio"), batch, weights)
+    value = forget_value(lambda m, b: forget_objective(m, b, "audio"), batch, weights,
+                         **value_options)
     return model, scores, masks, value
 
 
