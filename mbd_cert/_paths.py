@@ -58,18 +58,19 @@ def check_not_input(path: Path, option: str, inputs: Iterable[Path],
 
     ``path`` is an input when it exists and is the same file as one of ``inputs``
     (compared by device and inode, after symbolic links), or when it lies in one of
-    ``input_dirs`` and its suffix is in :data:`INPUT_SUFFIXES`.
+    ``input_dirs`` and its suffix is in :data:`INPUT_SUFFIXES`. The second rule holds
+    whether the file exists or not: otherwise the first run would write the file and
+    the same command would fail from the second run on.
 
     Raises:
         InputError: ``E_OUTPUT_IS_INPUT``, naming the option and the input.
     """
-    if not os.path.lexists(path):
-        return
     hint = f"write the {option} file to a new path, outside the files the command reads"
-    for source in inputs:
-        if _same_file(path, source):
-            raise InputError(f"{option} names an input file: {path} is {source}",
-                             hint=hint, code="E_OUTPUT_IS_INPUT")
+    if os.path.lexists(path):
+        for source in inputs:
+            if _same_file(path, source):
+                raise InputError(f"{option} names an input file: {path} is {source}",
+                                 hint=hint, code="E_OUTPUT_IS_INPUT")
     if path.suffix not in INPUT_SUFFIXES:
         return
     for directory in input_dirs:

@@ -176,6 +176,18 @@ def test_junit_over_an_input_rejected(fresh_run: HonestRun, tmp_path: Path, targ
     assert calls == []
 
 
+def test_new_json_junit_beside_certificate_rejected(fresh_run: HonestRun):
+    # A .json file there is read as a chain link or a certificate once it exists, so
+    # the same command must not pass once and then fail on every later run.
+    junit = fresh_run.out_dir / "report.json"
+    assert not junit.exists()
+    outcome = verify(fresh_run.cert, fresh_run.model, fresh_run.public_key,
+                     "--junit", junit)
+    assert outcome.exit_code == 2, outcome.stderr
+    assert outcome.error_code == "E_OUTPUT_IS_INPUT"
+    assert not junit.exists()
+
+
 def test_junit_beside_the_certificate_allowed(fresh_run: HonestRun):
     # A JUnit file of an earlier run in the certificate's directory is an output.
     junit = fresh_run.out_dir / "junit.xml"
