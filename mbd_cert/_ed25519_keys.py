@@ -162,7 +162,9 @@ def parse_private_key(data: bytes, source: str) -> Ed25519PrivateKey:
             hint="pass the unencrypted PKCS#8 PEM file written by mbd-cert keygen",
         )
     if label == b"PUBLIC KEY":
-        _bad_key(source, "this is a public key; pass the private key")
+        _bad_key(source, "this is a public key; pass the private key",
+                 hint="mbd-cert keygen --out PREFIX writes the private key to PREFIX.key "
+                 "and the public key to PREFIX.pub; sign with the .key file")
     if label == b"ENCRYPTED PRIVATE KEY":
         _bad_key(
             source,

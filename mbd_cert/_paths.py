@@ -205,7 +205,9 @@ def resolve_artefact(base_dir: str | os.PathLike[str], relpath: str, *,
     parts = _check_syntax(relpath, field)
     base = Path(os.fspath(base_dir))
     if not base.is_dir():
-        raise FileMissing(f"bundle directory not found: {base}",
+        problem = ("bundle path is a file, not a directory" if base.exists()
+                   else "bundle directory not found")
+        raise FileMissing(f"{problem}: {base}",
                           hint="pass the directory that holds the audit bundle")
 
     current = base

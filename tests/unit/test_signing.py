@@ -351,7 +351,9 @@ def test_load_private_key_pem(tmp_path: Path, issuer_key: Ed25519PrivateKey) -> 
 
 def test_public_key_rejected_as_private_key(tmp_path: Path, issuer_key: Ed25519PrivateKey) -> None:
     path = write(tmp_path / "k.pub", issuer_key.public_key().public_bytes(_PEM, _SPKI))
-    assert "this is a public key; pass the private key" in str(key_error(load_private_key, path))
+    error = key_error(load_private_key, path)
+    assert "this is a public key; pass the private key" in str(error)
+    assert ".key" in error.hint
 
 
 def test_encrypted_private_key_rejected(tmp_path: Path, issuer_key: Ed25519PrivateKey) -> None:
