@@ -236,10 +236,11 @@ def check_forks(root: Path, results: Sequence[RepoResult], policy: Any,
     limit = policy.max_cumulative_epsilon
     for fork in find_forks(chains):
         names = ", ".join(terminal_text(name) for name in fork.certificates)
-        text = (f"forked chain: {names} extend the same model, {fork.deletions} "
-                f"deletions in all; anyone holding all their models faces a joint epsilon "
-                f"of {fork.epsilon:.6g} at delta {fork.delta:g}, more than any one "
-                "certificate states")
+        # The joint epsilon first: the table shortens long warnings (render_table).
+        text = (f"forked chain: joint epsilon {fork.epsilon:.6g} at delta {fork.delta:g} "
+                f"for anyone holding all the models of {fork.deletions} deletions that "
+                f"extend the same model, more than any one certificate states; the "
+                f"certificates: {names}")
         for name in fork.certificates:
             result = by_path[name]
             if limit is not None and fork.epsilon > limit:

@@ -77,6 +77,11 @@ def junit_for(results: Sequence[RepoResult]) -> bytes:
     return bytes(ElementTree.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
+# Characters of each warning that the table shows. A forked chain names every
+# certificate of the tree, and the same text would repeat in each of their rows.
+WARNING_WIDTH = 160
+
+
 def render_table(results: Sequence[RepoResult], exit_code: int, level: int,
             has_policy: bool) -> None:
     from rich.console import Console
@@ -89,6 +94,7 @@ def render_table(results: Sequence[RepoResult], exit_code: int, level: int,
     table.add_column("certificate", overflow="fold")
     table.add_column("result")
     table.add_column("detail", overflow="fold")
+    shortened = False
     for result in results:
         if result.error is not None:
             status, detail = f"error {result.error['code']}", result.error["message"]
@@ -104,11 +110,16 @@ def render_table(results: Sequence[RepoResult], exit_code: int, level: int,
                                   for c in failed)])
         if result.warnings:
             status += " (warning)"
-            detail = "; ".join([detail, *result.warnings])
+            shown = [_shortened(warning, WARNING_WIDTH) for warning in result.warnings]
+            shortened = shortened or shown != result.warnings
+            detail = "; ".join([detail, *shown])
         # Paths, messages and check names come from the repository under test: escaped,
         # and never read as rich markup (SPEC.md, R-SEC-5).
         table.add_row(rich_text(result.certificate), rich_text(status), rich_text(detail))
     console.print(table)
+    if shortened:
+        console.print("Long warnings are shortened in the table; stderr and --json give "
+                      "them in full.")
     verified = sum(1 for r in results if r.exit_code == 0)
     # Without a policy file the run is level 1 without limits; a misnamed file would
     # otherwise lower the checks without a word.
@@ -131,4 +142,9 @@ def check_counts(checks: Sequence[Any]) -> str:
 
 
 def _shortened(text: str, limit: int = 160) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """Return ``text`` cut to at most ``limit`` characters, at a space where there is one."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut) + "..."

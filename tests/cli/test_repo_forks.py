@@ -77,8 +77,22 @@ def test_two_first_deletions_warn(honest_run: HonestRun, vision_run: Path,
     assert 1.0 < joint < 2.0
     warnings = [line for line in outcome.stderr.splitlines() if "forked chain" in line]
     assert len(warnings) == 2
-    assert "audio/cert.json, vision/cert.json extend the same model" in warnings[0]
-    assert f"joint epsilon of {joint:.6g} at delta 1e-05" in warnings[0]
+    assert "2 deletions that extend the same model" in warnings[0]
+    assert warnings[0].endswith("the certificates: audio/cert.json, vision/cert.json")
+    assert f"joint epsilon {joint:.6g} at delta 1e-05" in warnings[0]
+
+
+def test_table_shortens_the_fork_warning(honest_run: HonestRun, vision_run: Path,
+                                         tmp_path: Path) -> None:
+    root = _repo(tmp_path, honest_run, {"audio": honest_run.out_dir, "vision": vision_run},
+                 "max_cumulative_epsilon = 2.0\n")
+    outcome = run_cli(["verify-repo", root])
+    assert outcome.exit_code == 0, outcome.stderr
+    table = "".join(outcome.stdout.split())  # rich folds the detail cell over lines
+    assert "forkedchain:jointepsilon" in table
+    assert "thecertificates:audio/cert.json" not in table
+    assert "Long warnings are shortened in the table" in outcome.stdout
+    assert "the certificates: audio/cert.json, vision/cert.json" in outcome.stderr
 
 
 def test_fork_over_policy_limit_fails(honest_run: HonestRun, vision_run: Path,
