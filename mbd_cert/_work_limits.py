@@ -40,7 +40,7 @@ def check_update_work(steps: int, samples: int, *, source: str) -> None:
     if steps > MAX_UPDATE_STEPS:
         raise LimitExceeded(
             f"{source}: update.steps is {steps}, more than the cap of {MAX_UPDATE_STEPS}",
-            hint="use fewer descent steps (the default is 20)",
+            hint="use fewer descent steps (the default is 3)",
             code="E_LIMIT_EXCEEDED",
         )
     if steps * samples > MAX_UPDATE_SAMPLE_STEPS:

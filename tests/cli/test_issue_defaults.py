@@ -34,3 +34,16 @@ def test_cli_defaults_match_issue_options():
     assert {"steps", "learning_rate", "damping", "clip_norm", "top_k_fraction",
             "reference_runs", "safety_factor", "proxy_sample_size", "seed",
             "sensitivity_method", "threads"} <= set(compared)
+
+
+def test_step_cap_hint_names_the_default():
+    # A step count over the cap raises an error whose hint names the issuer's default.
+    import pytest
+
+    from mbd_cert._work_limits import MAX_UPDATE_STEPS, check_update_work
+    from mbd_cert.errors import LimitExceeded
+
+    with pytest.raises(LimitExceeded) as caught:
+        check_update_work(MAX_UPDATE_STEPS + 1, 1, source="test")
+    default = {f.name: f.default for f in dataclasses.fields(IssueOptions)}["steps"]
+    assert f"the default is {default})" in caught.value.hint
