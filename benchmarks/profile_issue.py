@@ -21,6 +21,7 @@ utility metrics, writing and signing).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import subprocess
 import sys
@@ -63,7 +64,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=4, help="issue calls, the first cold")
     parser.add_argument("--proxy-sample", type=int, default=64,
                         help="proxy-quality sample size (0 skips the check)")
-    parser.add_argument("--steps", type=int, default=20, help="masked update steps K")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="masked update steps K [default: the issuer's default]")
     parser.add_argument("--timeline", action="store_true",
                         help="print the stages of the last call in time order")
     args = parser.parse_args()
@@ -92,7 +94,9 @@ def main() -> None:
         signing.write_keypair(work / "issuer")
         key = signing.load_private_key(work / "issuer.key")
         options = IssueOptions(modality="audio", epsilon=1.0, delta=1e-5, force=True,
-                               proxy_sample_size=args.proxy_sample, steps=args.steps)
+                               proxy_sample_size=args.proxy_sample)
+        if args.steps is not None:
+            options = dataclasses.replace(options, steps=args.steps)
         print(f"imports: {imported:.3f} s")
         for call in range(args.calls):
             totals.clear()

@@ -81,9 +81,11 @@ def zeroed_forget(model: nn.Module, batch: Batch, modality: str,
     closed form per copy (:mod:`mbd_cert.arch._mbd_zeroed_forget`); rows of entries
     outside ``fusion.0``, ``fusion.3``, ``head`` and the output layer of
     ``modality``'s generator are NaN. None when ``model`` is not exactly an
-    :class:`MBDModel`.
+    :class:`MBDModel` or ``modality`` is already deleted in it.
     """
-    if type(model) is not MBDModel:
+    # An already deleted modality has no forget objective: the caller's generic route
+    # raises the same error as forget_objective.
+    if type(model) is not MBDModel or modality in model.deleted:
         return None
     with _eval_mode(model):
         return _mbd_zeroed_forget.zeroed_values(model, batch, modality, entries)

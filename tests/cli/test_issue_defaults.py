@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
+from mbd_cert._work_limits import MAX_UPDATE_STEPS, check_update_work
 from mbd_cert.cli import main
+from mbd_cert.errors import LimitExceeded
 from mbd_cert.issue import IssueOptions
 
 # Parameters that name files or take a different type in the library.
@@ -38,11 +42,6 @@ def test_cli_defaults_match_issue_options():
 
 def test_step_cap_hint_names_the_default():
     # A step count over the cap raises an error whose hint names the issuer's default.
-    import pytest
-
-    from mbd_cert._work_limits import MAX_UPDATE_STEPS, check_update_work
-    from mbd_cert.errors import LimitExceeded
-
     with pytest.raises(LimitExceeded) as caught:
         check_update_work(MAX_UPDATE_STEPS + 1, 1, source="test")
     default = {f.name: f.default for f in dataclasses.fields(IssueOptions)}["steps"]

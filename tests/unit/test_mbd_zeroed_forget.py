@@ -108,6 +108,8 @@ def test_other_models_are_declined():
     other = Subclass(model.config, seed=3).to(torch.float64)
     assert zeroed_forget(other, _batch(5, seed=1), "audio", _entries(model)) is None
     assert zeroed_forget(torch.nn.Linear(2, 1), {}, "audio", [("weight", 0)]) is None
+    deleted = _model(["audio"])
+    assert zeroed_forget(deleted, _batch(5, seed=1), "audio", _entries(model)) is None
 
 
 def test_builtin_architecture_declares_it():
