@@ -78,10 +78,10 @@ def zeroed_forget(model: nn.Module, batch: Batch, modality: str,
     """Return the forget objective with each entry zeroed in turn, for the late layers.
 
     Per-sample values [len(entries) + 1, n], row 0 the unchanged model, computed in
-    closed form per copy (:mod:`mbd_cert.arch._mbd_zeroed_forget`); rows of entries
-    outside ``fusion.0``, ``fusion.3``, ``head`` and the output layer of
-    ``modality``'s generator are NaN. None when ``model`` is not exactly an
-    :class:`MBDModel` or ``modality`` is already deleted in it.
+    closed form per copy (:mod:`mbd_cert.arch._mbd_zeroed_forget`). The rows of entries
+    outside ``fusion.0``, ``fusion.3``, ``head`` and the output layer of ``modality``'s
+    generator are NaN. Returns None when ``model`` is not exactly an :class:`MBDModel`
+    or ``modality`` is already deleted in it.
     """
     # An already deleted modality has no forget objective: the caller's generic route
     # raises the same error as forget_objective.
