@@ -196,6 +196,14 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         "(0, 1) [default: 0.01, or the certificate's update.residual_alpha if larger].",
     )
     @click.option(
+        "--threads",
+        type=click.IntRange(min=1, max=1024),
+        default=1,
+        show_default=True,
+        help="Torch CPU threads while levels 2 and 3 run. One suits the bundled model "
+        "and a CI machine shared with other jobs; raise it for a model with large layers.",
+    )
+    @click.option(
         "--check-file-digest",
         is_flag=True,
         help="Also check the model's whole-file SHA-256, one sequential pass over "
@@ -237,6 +245,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         require_sensitivity_method: str | None,
         allow_inconclusive: bool,
         alpha: float | None,
+        threads: int,
         check_file_digest: bool,
         as_json: bool,
         junit_path: Path | None,
@@ -292,6 +301,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                         check_file_digest=check_file_digest,
                         chain_dir=chain_dir,
                         auditor_private_key=opener,
+                        threads=threads,
                     ),
                 )
             finally:

@@ -34,7 +34,7 @@ from mbd_cert._issue_checks import (
 )
 from mbd_cert._issue_document import certificate_document
 from mbd_cert._issue_outputs import create_staging, set_modes, swap_in
-from mbd_cert._torch_model import build_model, predict, probe_batch
+from mbd_cert._torch_model import build_model, predict, probe_batch, torch_threads
 from mbd_cert._work_limits import check_evidence_work, check_update_work
 from mbd_cert.arch import Architecture, Batch, get_architecture
 from mbd_cert.chain import write_chain_copies
@@ -78,15 +78,10 @@ def run(**kwargs: Any) -> dict[str, Any]:
 
     Torch runs with ``options.threads`` intra-op threads meanwhile, restored afterwards.
     """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(kwargs["options"].threads)
-    try:
-        # Stages started on a second thread are cancelled and joined when _run leaves,
-        # by an exception or after taking their results.
-        with contextlib.ExitStack() as tasks:
-            return _run(tasks=tasks, **kwargs)
-    finally:
-        torch.set_num_threads(previous)
+    # Stages started on a second thread are cancelled and joined when _run leaves, by
+    # an exception or after taking their results.
+    with torch_threads(kwargs["options"].threads), contextlib.ExitStack() as tasks:
+        return _run(tasks=tasks, **kwargs)
 
 
 def _run(

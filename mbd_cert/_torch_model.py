@@ -5,7 +5,8 @@ Stability: internal.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,22 @@ import torch
 
 from mbd_cert.arch import Architecture, load_state_dict_strict
 from mbd_cert.checkpoint import ProbeSet
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads, then restore the count.
+
+    The issuer and the verifier default to one. On a 2-core machine kept busy by two
+    other processes, two intra-op threads made level 2 take 0.6 to 9.6 s against 0.4 s
+    with one, while on the idle machine they saved 0.1 s (docs/benchmarks.md).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def build_model(

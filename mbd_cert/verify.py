@@ -84,6 +84,10 @@ class VerifyOptions:
             verifications of the same run have parsed. Pass one cache to every call
             when many certificates share a directory (``verify-repo`` does); None
             parses the directory afresh.
+        threads: Torch intra-op CPU threads while levels 2 and 3 run (restored
+            afterwards). One suits the bundled model and a shared machine; a model with
+            large layers may gain from more. The verdict does not depend on it beyond
+            floating-point reduction order, which level 2 tolerates (R-SAL-3).
     """
 
     trusted_keys: Sequence[Ed25519PublicKey]
@@ -100,12 +104,20 @@ class VerifyOptions:
     chain_dir: Path | None = None
     auditor_private_key: Any = None
     chain_file_cache: chain.ChainFileCache | None = None
+    threads: int = 1
 
 
 def _check_options(options: VerifyOptions) -> None:
     if options.level not in (1, 2, 3):
         raise InputError(
             f"level must be 1, 2 or 3, got {options.level!r}", code="E_PARAMETER_INVALID"
+        )
+    threads = options.threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
+        raise InputError(
+            f"threads (--threads) must be an integer in [1, 1024], got {threads!r}",
+            hint="pass 1 for the bundled model, or the number of cores for a large one",
+            code="E_PARAMETER_INVALID",
         )
     if options.max_epsilon is not None and (
         isinstance(options.max_epsilon, bool)
@@ -333,15 +345,19 @@ def _verify_checked(cert_path: str | Path, model_path: str | Path, options: Veri
             report.skip(f"level-{level}", "R-LVL-4", reason)
         return _finish(report)
     if options.level >= 2:
+        # Imported here: level 1 runs without torch.
         from mbd_cert import verify_recompute
+        from mbd_cert._torch_model import torch_threads
 
-        verify_recompute.run_level2(
-            doc, model_path, Path(options.bundle_dir or "."), report, options
-        )
-    if options.level >= 3:
-        from mbd_cert import verify_leakage
+        with torch_threads(options.threads):
+            verify_recompute.run_level2(
+                doc, model_path, Path(options.bundle_dir or "."), report, options
+            )
+            if options.level >= 3:
+                from mbd_cert import verify_leakage
 
-        verify_leakage.run_level3(doc, model_path, Path(options.bundle_dir or "."), report, options)
+                verify_leakage.run_level3(doc, model_path, Path(options.bundle_dir or "."),
+                                          report, options)
     return _finish(report)
 
 
