@@ -270,6 +270,64 @@ def _repo_inputs(root: Path, certificates: Sequence[Path], policy: Any,
     return inputs
 
 
+def _reject_certificate_name(root: Path, junit_path: Path) -> None:
+    """Reject a --junit path below ``root`` that the certificate search would find.
+
+    Written once, such a file is read as a certificate from the next run on, and that
+    run ends with a parse error.
+
+    Raises:
+        InputError: ``E_OUTPUT_IS_INPUT``.
+    """
+    name = junit_path.name
+    if name != CERTIFICATE_NAME and not name.endswith(CERTIFICATE_SUFFIX):
+        return
+    parent = os.path.realpath(junit_path.parent)
+    top = os.path.realpath(root)
+    if parent == top or parent.startswith(top.rstrip(os.sep) + os.sep):
+        raise errors.InputError(
+            f"--junit names {junit_path}, a certificate file name below {root}, which "
+            "verify-repo reads as a certificate on its next run",
+            hint="write the --junit file to a new path, outside the files the command "
+            "reads", code="E_OUTPUT_IS_INPUT")
+
+
+def _setup_junit_target(junit_path: Path | None, root: Path, policy_path: Path | None,
+                        key_paths: Sequence[Path], auditor_key_path: Path | None,
+                        certificates: list[Path] | None) -> Path | None:
+    """Return ``junit_path`` if the run may write its setup error there, else None.
+
+    The run stopped before the usual input check, so this one uses what can still be
+    known: the certificates found below ``root`` (None when the search did not end),
+    their models and directories, the policy files and the keys on the command line.
+    """
+    from mbd_cert import _paths
+    from mbd_cert.policy import DEFAULT_FILE_NAMES
+
+    if junit_path is None:
+        return None
+    if certificates is None:
+        # The search itself stopped: any file below the root with an input suffix may
+        # be an input (a certificate, a model, a chain link or a key).
+        top = os.path.realpath(root).rstrip(os.sep) + os.sep
+        if (os.path.lexists(junit_path) and junit_path.suffix in _paths.INPUT_SUFFIXES
+                and os.path.realpath(junit_path).startswith(top)):
+            logger.warning("not writing the JUnit file: %s may be an input", junit_path)
+            return None
+        certificates = []
+    policies = [policy_path] if policy_path is not None else [
+        root / name for name in DEFAULT_FILE_NAMES]
+    inputs = [*certificates, *(model_for(path) for path in certificates), *key_paths,
+              *policies, *([auditor_key_path] if auditor_key_path is not None else [])]
+    try:
+        _paths.check_not_input(junit_path, "--junit", inputs,
+                               {path.parent for path in certificates})
+    except errors.InputError as refused:
+        logger.warning("not writing the JUnit file: %s", refused.message)
+        return None
+    return junit_path
+
+
 def _write_setup_junit(path: Path, record: dict[str, Any]) -> None:
     """Write a JUnit file with one test case: the error that stopped the whole run."""
     from mbd_cert import _paths
@@ -382,6 +440,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         if junit_path is not None:
             # Nowhere to write the error to either.
             _paths.check_output_file(junit_path, "--junit")
+            _reject_certificate_name(root, junit_path)
+        certificates: list[Path] | None = None
         try:
             policy_file = policy_path if policy_path is not None else find_policy(root)
             policy = load_policy(policy_file) if policy_file is not None else Policy()
@@ -399,13 +459,18 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
 
                 auditor_key = sealing.load_auditor_private_key(auditor_key_path)
         except KeyboardInterrupt as interrupt:
-            raise _interrupted(junit_path, "interrupted before any certificate was "
-                               "verified") from interrupt
+            raise _interrupted(
+                _setup_junit_target(junit_path, root, policy_path, key_paths,
+                                    auditor_key_path, certificates),
+                "interrupted before any certificate was verified") from interrupt
         except Exception as error:
             # CI uploads the JUnit file whatever the exit code, so a run that stops
-            # before any certificate still writes one, with this error in it.
-            if junit_path is not None:
-                _write_setup_junit(junit_path, error_record(error))
+            # before any certificate still writes one, with this error in it, unless
+            # the path names an input (R-SEC-1).
+            target = _setup_junit_target(junit_path, root, policy_path, key_paths,
+                                         auditor_key_path, certificates)
+            if target is not None:
+                _write_setup_junit(target, error_record(error))
             raise
         if junit_path is not None:
             # After the search, because the inputs are the files it found, and before

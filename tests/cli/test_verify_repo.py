@@ -683,3 +683,45 @@ def test_junit_inside_the_root_rewritten(repo):
     for _ in range(2):
         assert _run(repo, "--key", repo / "keys" / "issuer.pub", "--junit", junit).exit_code == 0
     assert ElementTree.parse(junit).getroot().tag == "testsuites"
+
+
+@pytest.mark.parametrize("name", ["cert.json", "report.cert.json"])
+def test_junit_certificate_name_rejected(repo, name):
+    # Written by the first run, the file was read as a certificate by the second.
+    junit = repo / name
+    result = _run(repo, "--key", repo / "keys" / "issuer.pub", "--junit", junit)
+    assert result.exit_code == 2, result.output
+    assert "E_OUTPUT_IS_INPUT" in result.output
+    assert not junit.exists()
+
+
+@pytest.mark.parametrize("target", ["models/a/cert.json", "models/b/v2.safetensors",
+                                    "mbd-cert-policy.toml"])
+def test_setup_error_keeps_junit_input(repo, target):
+    # A setup error (here a policy key that does not exist) wrote its JUnit file over
+    # the input before the input check ran.
+    (repo / "mbd-cert-policy.toml").write_text('trusted_keys = ["keys/missing.pub"]\n')
+    path = repo / target
+    before = path.read_bytes()
+    result = _run(repo, "--junit", path)
+    assert result.exit_code == 2, result.output
+    assert path.read_bytes() == before
+
+
+def test_setup_error_writes_junit_elsewhere(repo, tmp_path):
+    (repo / "mbd-cert-policy.toml").write_text('trusted_keys = ["keys/missing.pub"]\n')
+    junit = tmp_path / "junit.xml"
+    result = _run(repo, "--junit", junit)
+    assert result.exit_code == 2, result.output
+    assert ElementTree.parse(junit).getroot().tag == "testsuites"
+
+
+def test_invalid_policy_keeps_junit_model(repo):
+    # The policy is read before the search, so the certificates are not known yet.
+    (repo / "mbd-cert-policy.toml").write_text("trusted_keys = [\n")
+    path = repo / "models" / "b" / "v2.safetensors"
+    before = path.read_bytes()
+    result = _run(repo, "--junit", path)
+    assert result.exit_code == 2, result.output
+    assert "E_POLICY_INVALID" in result.output
+    assert path.read_bytes() == before
