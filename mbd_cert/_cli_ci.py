@@ -236,9 +236,10 @@ def check_forks(root: Path, results: Sequence[RepoResult], policy: Any,
     limit = policy.max_cumulative_epsilon
     for fork in find_forks(chains):
         names = ", ".join(terminal_text(name) for name in fork.certificates)
-        # The joint epsilon first: the table shortens long warnings (render_table).
-        text = (f"forked chain: joint epsilon {fork.epsilon:.6g} at delta {fork.delta:g} "
-                f"for anyone holding all the models of {fork.deletions} deletions that "
+        # The joint epsilon and the verdict first: the table shortens failed checks'
+        # details (render_table).
+        head = f"forked chain: joint epsilon {fork.epsilon:.6g} at delta {fork.delta:g}"
+        tail = (f"for anyone holding all the models of {fork.deletions} deletions that "
                 f"extend the same model, more than any one certificate states; the "
                 f"certificates: {names}")
         for name in fork.certificates:
@@ -246,12 +247,12 @@ def check_forks(root: Path, results: Sequence[RepoResult], policy: Any,
             if limit is not None and fork.epsilon > limit:
                 result.report.record(CheckResult(
                     "chain-fork", "fail",
-                    f"{text}, above the policy's max_cumulative_epsilon {limit:g}",
+                    f"{head}, above the policy's max_cumulative_epsilon {limit:g}, {tail}",
                     code="E_POLICY_VIOLATION", requirement="R-REPO-8",
                     value=fork.epsilon, threshold=limit))
                 result.exit_code = max(result.exit_code, 1)
             else:
-                result.warnings.append(text)
+                result.warnings.append(f"{head} {tail}")
 
 
 def _repo_inputs(root: Path, certificates: Sequence[Path], policy: Any,

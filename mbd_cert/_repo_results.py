@@ -77,9 +77,9 @@ def junit_for(results: Sequence[RepoResult]) -> bytes:
     return bytes(ElementTree.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
-# Characters of each warning that the table shows. A forked chain names every
-# certificate of the tree, and the same text would repeat in each of their rows.
-WARNING_WIDTH = 160
+# Characters of a failed check's detail that the table shows; --json and --junit
+# carry the whole text.
+DETAIL_WIDTH = 160
 
 
 def render_table(results: Sequence[RepoResult], exit_code: int, level: int,
@@ -95,6 +95,9 @@ def render_table(results: Sequence[RepoResult], exit_code: int, level: int,
     table.add_column("result")
     table.add_column("detail", overflow="fold")
     shortened = False
+    # Distinct warning texts, printed once under the table: a forked chain names every
+    # certificate of its tree, and the same text would fill each of their rows.
+    notes: list[str] = []
     for result in results:
         if result.error is not None:
             status, detail = f"error {result.error['code']}", result.error["message"]
@@ -105,21 +108,27 @@ def render_table(results: Sequence[RepoResult], exit_code: int, level: int,
         else:
             failed = [c for c in result.report.checks if c.status in ("fail", "inconclusive")]
             status = "NOT VERIFIED"
+            shortened = shortened or any(_shortened(c.detail) != c.detail for c in failed)
             detail = "; ".join([check_counts(result.report.checks),
                                 *(f"{c.name}: {c.code or c.status} ({_shortened(c.detail)})"
                                   for c in failed)])
         if result.warnings:
             status += " (warning)"
-            shown = [_shortened(warning, WARNING_WIDTH) for warning in result.warnings]
-            shortened = shortened or shown != result.warnings
-            detail = "; ".join([detail, *shown])
+            numbers = []
+            for warning in result.warnings:
+                if warning not in notes:
+                    notes.append(warning)
+                numbers.append(f"[{notes.index(warning) + 1}]")
+            detail = "; ".join([detail, f"warning {', '.join(numbers)} below"])
         # Paths, messages and check names come from the repository under test: escaped,
         # and never read as rich markup (SPEC.md, R-SEC-5).
         table.add_row(rich_text(result.certificate), rich_text(status), rich_text(detail))
     console.print(table)
+    for number, note in enumerate(notes, start=1):
+        console.print(rich_text(f"[{number}] warning: {note}"))
     if shortened:
-        console.print("Long warnings are shortened in the table; stderr and --json give "
-                      "them in full.")
+        console.print("Long details of failed checks are shortened in the table; --json "
+                      "and --junit give them in full.")
     verified = sum(1 for r in results if r.exit_code == 0)
     # Without a policy file the run is level 1 without limits; a misnamed file would
     # otherwise lower the checks without a word.
@@ -141,7 +150,7 @@ def check_counts(checks: Sequence[Any]) -> str:
     return text + (f", {inconclusive} inconclusive" if inconclusive else "")
 
 
-def _shortened(text: str, limit: int = 160) -> str:
+def _shortened(text: str, limit: int = DETAIL_WIDTH) -> str:
     """Return ``text`` cut to at most ``limit`` characters, at a space where there is one."""
     if len(text) <= limit:
         return text

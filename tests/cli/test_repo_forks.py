@@ -82,17 +82,16 @@ def test_two_first_deletions_warn(honest_run: HonestRun, vision_run: Path,
     assert f"joint epsilon {joint:.6g} at delta 1e-05" in warnings[0]
 
 
-def test_table_shortens_the_fork_warning(honest_run: HonestRun, vision_run: Path,
-                                         tmp_path: Path) -> None:
+def test_table_prints_the_fork_warning_once(honest_run: HonestRun, vision_run: Path,
+                                            tmp_path: Path) -> None:
     root = _repo(tmp_path, honest_run, {"audio": honest_run.out_dir, "vision": vision_run},
                  "max_cumulative_epsilon = 2.0\n")
     outcome = run_cli(["verify-repo", root])
     assert outcome.exit_code == 0, outcome.stderr
-    table = "".join(outcome.stdout.split())  # rich folds the detail cell over lines
-    assert "forkedchain:jointepsilon" in table
-    assert "thecertificates:audio/cert.json" not in table
-    assert "Long warnings are shortened in the table" in outcome.stdout
-    assert "the certificates: audio/cert.json, vision/cert.json" in outcome.stderr
+    assert outcome.stdout.count("forked chain: joint epsilon") == 1
+    assert "[1] warning: forked chain: joint epsilon" in outcome.stdout
+    assert outcome.stdout.count("warning [1] below") == 2
+    assert "the certificates: audio/cert.json, vision/cert.json" in outcome.stdout
 
 
 def test_fork_over_policy_limit_fails(honest_run: HonestRun, vision_run: Path,
@@ -108,6 +107,18 @@ def test_fork_over_policy_limit_fails(honest_run: HonestRun, vision_run: Path,
         assert fork["status"] == "fail"
         assert fork["code"] == "E_POLICY_VIOLATION"
         assert "above the policy's max_cumulative_epsilon 1.2" in fork["detail"]
+
+
+def test_table_keeps_why_the_fork_failed(honest_run: HonestRun, vision_run: Path,
+                                         tmp_path: Path) -> None:
+    root = _repo(tmp_path, honest_run, {"audio": honest_run.out_dir, "vision": vision_run},
+                 "max_cumulative_epsilon = 1.2\n")
+    outcome = run_cli(["verify-repo", root])
+    assert outcome.exit_code == 1, outcome.stderr
+    # The cell wraps over lines between border characters; join its pieces.
+    table = "".join(outcome.stdout.replace("│", " ").split())
+    assert "abovethepolicy'smax_cumulative_epsilon1.2" in table
+    assert "Long details of failed checks are shortened in the table" in outcome.stdout
 
 
 def test_one_certificate_twice_is_no_fork(honest_run: HonestRun, tmp_path: Path) -> None:
