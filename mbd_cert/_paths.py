@@ -199,16 +199,18 @@ def resolve_artefact(base_dir: str | os.PathLike[str], relpath: str, *,
             ``..`` or empty components, a backslash, a control character or NUL,
             or passes through a symbolic link that is not allowed or leads outside
             ``base_dir``.
-        FileMissing: ``base_dir`` does not exist or is not a directory.
-        InputError: ``E_FILE_UNREADABLE`` when a component cannot be examined.
+        FileMissing: ``base_dir`` does not exist.
+        InputError: ``E_FILE_NOT_REGULAR`` when ``base_dir`` is not a directory,
+            ``E_FILE_UNREADABLE`` when a component cannot be examined.
     """
     parts = _check_syntax(relpath, field)
     base = Path(os.fspath(base_dir))
+    hint = "pass the directory that holds the audit bundle"
+    if base.exists() and not base.is_dir():
+        raise InputError(f"bundle path is a file, not a directory: {base}", hint=hint,
+                         code="E_FILE_NOT_REGULAR")
     if not base.is_dir():
-        problem = ("bundle path is a file, not a directory" if base.exists()
-                   else "bundle directory not found")
-        raise FileMissing(f"{problem}: {base}",
-                          hint="pass the directory that holds the audit bundle")
+        raise FileMissing(f"bundle directory not found: {base}", hint=hint)
 
     current = base
     for part in parts:

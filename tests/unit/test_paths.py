@@ -95,8 +95,9 @@ def test_missing_bundle_directory(tmp_path: Path) -> None:
 
 
 def test_bundle_path_that_is_a_file(bundle: Path) -> None:
-    with pytest.raises(FileMissing, match="bundle path is a file, not a directory") as info:
+    with pytest.raises(InputError, match="bundle path is a file, not a directory") as info:
         resolve_artefact(bundle / "diff.safetensors", "probe.safetensors")
+    assert info.value.code == "E_FILE_NOT_REGULAR"
     assert "directory that holds the audit bundle" in info.value.hint
 
 
