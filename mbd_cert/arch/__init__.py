@@ -94,11 +94,12 @@ class Architecture:
             example) passes unseen. None (the default) reports that check as skipped.
         zeroed_forget: ``(model, batch, modality, entries)`` -> per-sample forget
             values [len(entries) + 1, n] of the model with each (parameter name, flat
-            index) entry set to zero in turn, row 0 unchanged and NaN rows for entries
-            it does not cover; or None for a model it does not know. The issuer's
-            proxy-quality check uses it, when given, and runs its generic passes for
-            the rest. It must equal the forget objective of the zeroed model up to
-            rounding. None (the default) keeps the generic passes for every entry.
+            index) entry set to zero in turn. Row 0 is the unchanged model, and the
+            rows of entries it does not cover are NaN. It returns None for a model it
+            does not know. The values must equal the forget objective of the zeroed
+            model up to rounding. The issuer's proxy-quality check uses it when given
+            and runs its generic passes for the other entries; None (the default)
+            keeps the generic passes for every entry.
         weight_dtype: The safetensors dtype of every tensor of the model, such as
             ``"F32"``, when the architecture fixes it; level 1 then rejects any other.
             None (the default) holds each tensor to the dtype the signed pre-deletion

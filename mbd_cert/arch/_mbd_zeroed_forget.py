@@ -14,9 +14,9 @@ unchanged, and zeroing one entry changes one column only:
   of GELU in that column.
 * ``head`` entry j: the raw output moves by -w_head[j] v[:, j] (the bias: by -b_head).
 * ``generators.<m>.net.2`` entry (i, j), m the modality whose forget objective this is:
-  output column i of m's generator moves. Where m is observed the fusion input holds
-  the real part, so only the prediction with m reconstructed changes, and there the
-  first fusion pre-activation moves by that column's change times one column of W0.
+  output column i of m's generator moves. Where m is observed, the fusion input
+  contains the real part, so only the prediction with m reconstructed changes. There
+  the first fusion pre-activation moves by that column's change times one column of W0.
 
 Each copy then costs a few vectors of length n (samples) instead of a pass through
 the whole model; entries of ``fusion.0`` and of the generator still run the layers
@@ -87,8 +87,9 @@ def zeroed_values(model: MBDModel, batch: Batch, modality: str,
                 chunk = positions[start:start + _COPIES_PER_CHUNK]
                 part = [entries[p] for p in chunk]
                 if module == generator:
-                    # With the modality observed its slot holds the real part, so only
-                    # the reconstructed prediction moves; rows without it count zero.
+                    # Where the modality is observed its slot contains the real part,
+                    # so only the reconstructed prediction moves. Rows without the
+                    # modality count zero in the objective.
                     real = base[0].raw.expand(len(part), -1)
                     changed = [real, _changed_by_generator(model, base[1], hidden, modality,
                                                            part)]
@@ -106,13 +107,24 @@ def _forget(model: MBDModel, raw: torch.Tensor, forced: torch.Tensor) -> torch.T
     return (model.output_scale * torch.tanh(raw) - model.output_scale * torch.tanh(forced)) ** 2
 
 
+def _linear(module: nn.Module) -> nn.Linear:
+    """Return ``module``, checked to be the ``nn.Linear`` the closed form assumes."""
+    if not isinstance(module, nn.Linear):
+        raise TypeError(f"expected nn.Linear in the MBD model, found {type(module).__name__}; "
+                        "update _mbd_zeroed_forget to the new layout")
+    return module
+
+
+def _fusion_linears(model: MBDModel) -> tuple[nn.Linear, nn.Linear]:
+    """Return the two linear layers of the fusion network (indices 0 and 3)."""
+    return _linear(model.fusion[0]), _linear(model.fusion[3])
+
+
 class _Activations:
     """The fusion network's activations for one fusion input x [n, d]."""
 
     def __init__(self, model: MBDModel, x: torch.Tensor) -> None:
-        first, second = model.fusion[0], model.fusion[3]
-        if not (isinstance(first, nn.Linear) and isinstance(second, nn.Linear)):
-            raise TypeError("the MBD fusion network changed; update _mbd_zeroed_forget")
+        first, second = _fusion_linears(model)
         self.x = x
         self.h = functional.linear(x, first.weight, first.bias)  # [n, F]
         self.g = functional.gelu(self.h)
@@ -128,9 +140,7 @@ def _generator_hidden(model: MBDModel, modality: str, shared: dict[str, torch.Te
     The generator reads the other modalities only, so the value is the same with the
     modality observed and with it reconstructed.
     """
-    first = model._generator(modality).net[0]
-    if not isinstance(first, nn.Linear):
-        raise TypeError("the MBD generator changed; update _mbd_zeroed_forget")
+    first = _linear(model._generator(modality).net[0])
     inputs = model.generator_input(modality, shared, state)
     return functional.gelu(functional.linear(inputs, first.weight, first.bias))
 
@@ -139,15 +149,12 @@ def _changed_by_generator(model: MBDModel, base: _Activations, hidden: torch.Ten
                           modality: str, entries: Sequence[tuple[str, int]]) -> torch.Tensor:
     """Return the raw head output [c, n] with each generator output entry zeroed in turn.
 
-    ``base`` holds the activations with the modality reconstructed. Output column i of
+    ``base`` contains the activations with the modality reconstructed. Output column i of
     the generator is column ``slot + i`` of the fusion input, so the first fusion
     pre-activation moves by that column's change times column ``slot + i`` of W0.
     """
-    layer = model._generator(modality).net[2]
-    first, second = model.fusion[0], model.fusion[3]
-    if not (isinstance(layer, nn.Linear) and isinstance(first, nn.Linear)
-            and isinstance(second, nn.Linear)):
-        raise TypeError("the MBD generator or fusion changed; update _mbd_zeroed_forget")
+    layer = _linear(model._generator(modality).net[2])
+    first, second = _fusion_linears(model)
     index = torch.tensor([flat for _, flat in entries], dtype=torch.long)
     is_bias = torch.tensor([name.endswith(".bias") for name, _ in entries]).unsqueeze(1)
     rows = torch.where(is_bias.squeeze(1), index, index // layer.in_features)
@@ -165,9 +172,7 @@ def _changed_by_generator(model: MBDModel, base: _Activations, hidden: torch.Ten
 def _changed_raw(model: MBDModel, base: _Activations, module: str,
                  entries: Sequence[tuple[str, int]]) -> torch.Tensor:
     """Return the raw head output [c, n] with each entry of ``module`` zeroed in turn."""
-    first, second = model.fusion[0], model.fusion[3]
-    if not (isinstance(first, nn.Linear) and isinstance(second, nn.Linear)):
-        raise TypeError("the MBD fusion network changed; update _mbd_zeroed_forget")
+    first, second = _fusion_linears(model)
     head_weight = model.head.weight[0]  # [F]
     index = torch.tensor([flat for _, flat in entries], dtype=torch.long)
     is_bias = torch.tensor([name.endswith(".bias") for name, _ in entries]).unsqueeze(1)
