@@ -31,6 +31,12 @@ _CANCELLATION_RATIO = 1e-3
 # at t = 0.
 _TAIL_LOG_CUTOFF = 60.0
 
+# Margin, in log delta, by which the bound Phi(a) must clear the target before
+# log_delta_at_most trusts it: absolute plus relative to the target. Both values are
+# computed to about 1e-13 relative, so either part is far above their error.
+_BOUND_CLEARANCE = 1e-6
+_BOUND_CLEARANCE_RELATIVE = 1e-9
+
 _SIGNIFICAND_STEPS = 2**52
 _MIN_NORMAL_EXPONENT = -1022
 _MAX_EXPONENT = 1023
@@ -68,6 +74,24 @@ def log_delta(mu: float, epsilon: float) -> float:
     if difference > _CANCELLATION_RATIO * larger:
         return _LOG_HALF - 0.5 * a * a + math.log(difference)
     return _log_delta_by_integral(mu, a)
+
+
+def log_delta_at_most(mu: float, epsilon: float, log_bound: float) -> bool:
+    """Return whether ``log_delta(mu, epsilon) <= log_bound``, the predicate of the searches.
+
+    delta = Phi(a) - exp(epsilon) Phi(b) is at most Phi(a), so when log Phi(a) is already
+    below the bound the result is True without evaluating delta. That decides the
+    search steps far from the root, where a is very negative and delta would need the
+    integral (and scipy.integrate, about 0.15 s of start-up). The bound must clear
+    ``log_bound`` by far more than the evaluation error of either value, so the result
+    equals that of the full evaluation.
+    """
+    if 0.0 < mu < math.inf:
+        a = mu / 2.0 - epsilon / mu
+        clearance = _BOUND_CLEARANCE + _BOUND_CLEARANCE_RELATIVE * abs(log_bound)
+        if float(special.log_ndtr(a)) <= log_bound - clearance:
+            return True
+    return log_delta(mu, epsilon) <= log_bound
 
 
 def _log_delta_by_integral(mu: float, a: float) -> float:

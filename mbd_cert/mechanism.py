@@ -20,6 +20,7 @@ import numbers
 from dataclasses import dataclass
 
 from mbd_cert._gaussian_delta import log_delta as _log_delta
+from mbd_cert._gaussian_delta import log_delta_at_most as _log_delta_at_most
 from mbd_cert._gaussian_delta import log_target as _log_target
 from mbd_cert._gaussian_delta import smallest_satisfying as _smallest_satisfying
 from mbd_cert.errors import InputError
@@ -133,7 +134,7 @@ def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float) ->
     sensitivity = _require_positive("sensitivity", sensitivity)
     log_target = _log_target(delta, DELTA_SAFETY_MARGIN)
     return _smallest_satisfying(
-        lambda sigma: _log_delta(sensitivity / sigma, epsilon) <= log_target
+        lambda sigma: _log_delta_at_most(sensitivity / sigma, epsilon, log_target)
     )
 
 
@@ -284,4 +285,4 @@ def _epsilon_for_mu(mu: float, delta: float) -> float:
     log_target = _log_target(delta, DELTA_SAFETY_MARGIN)
     if _log_delta(mu, 0.0) <= log_target:
         return 0.0
-    return _smallest_satisfying(lambda epsilon: _log_delta(mu, epsilon) <= log_target)
+    return _smallest_satisfying(lambda epsilon: _log_delta_at_most(mu, epsilon, log_target))

@@ -295,3 +295,52 @@ def test_check_calibration_rejects_bad_sigma(value: object) -> None:
 
 def test_safety_margin_is_above_verify_margin() -> None:
     assert DELTA_SAFETY_MARGIN > mechanism.VERIFY_DELTA_MARGIN > 0.0
+
+
+def _exact_sigma(epsilon: float, delta: float, sensitivity: float) -> float:
+    """Run the sigma search with the full delta evaluation at every step."""
+    from mbd_cert._gaussian_delta import log_delta, log_target, smallest_satisfying
+
+    target = log_target(delta, DELTA_SAFETY_MARGIN)
+    return smallest_satisfying(lambda sigma: log_delta(sensitivity / sigma, epsilon) <= target)
+
+
+@pytest.mark.parametrize("epsilon", [1e-3, 0.1, 1.0, 4.0, 50.0, 1000.0])
+@pytest.mark.parametrize("delta", [1e-300, 1e-12, 1e-5, 0.3])
+@pytest.mark.parametrize("sensitivity", [1e-9, 0.002, 1.0, 1e6])
+def test_sigma_search_bound_changes_no_result(epsilon: float, delta: float,
+                                              sensitivity: float) -> None:
+    # The bound Phi(a) skips only evaluations whose outcome it already decides.
+    assert analytic_gaussian_sigma(epsilon, delta, sensitivity) == _exact_sigma(
+        epsilon, delta, sensitivity)
+
+
+def test_delta_bound_predicate_matches_full_evaluation() -> None:
+    from mbd_cert._gaussian_delta import log_delta, log_delta_at_most
+
+    rng = random.Random(5)
+    for _ in range(3000):
+        mu = 10.0 ** rng.uniform(-8, 3)
+        epsilon = rng.choice([0.0, 10.0 ** rng.uniform(-4, 3)])
+        value = log_delta(mu, epsilon)
+        # Bounds far from and right at the value, where only the full evaluation decides.
+        for bound in (value, math.nextafter(value, -math.inf), value + 1.0, value - 1.0,
+                      rng.uniform(-745.0, 0.0)):
+            if math.isfinite(bound):
+                assert log_delta_at_most(mu, epsilon, bound) == (value <= bound)
+
+
+def test_default_calibration_does_not_import_scipy_integrate() -> None:
+    import subprocess
+    import sys
+
+    # The issuer's default calibration and a chain's epsilon stay clear of the integral
+    # form, whose import adds about 0.15 s to every command that calibrates noise.
+    code = ("import sys\n"
+            "from mbd_cert import mechanism\n"
+            "sigma = mechanism.analytic_gaussian_sigma(1.0, 1e-5, 0.002)\n"
+            "mechanism.analytic_gaussian_epsilon(1e-5, sigma, 0.002)\n"
+            "print('scipy.integrate' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "False"
