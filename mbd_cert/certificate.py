@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from mbd_cert import _json, canonical, schema, signing
+from mbd_cert import _json, canonical, signing
 from mbd_cert.errors import LimitExceeded, MalformedCertificate
 
 # A certificate of a model with 100,000 tensors stays below this; anything larger is
@@ -143,6 +143,10 @@ def parse_certificate(data: bytes, *, source: str = "certificate") -> dict[str, 
             f"{source}: top level is {type(doc).__name__}, expected a JSON object",
             hint="pass the cert.json written by 'mbd-cert issue'",
         )
+    # Imported here because jsonschema and its format checkers take about 75 ms to
+    # load, and a first deletion (mbd-cert issue without a chain) parses no certificate.
+    from mbd_cert import schema
+
     # Every schema keyword starts with "$", which a key can only spell as "$ or \u0024,
     # and the strict loader already refused non-finite numbers and deep nesting. So
     # the walk over every value is needed only when one of the two spellings occurs.
