@@ -85,6 +85,17 @@ def spread(values: Sequence[float]) -> dict[str, float]:
             "n": len(values)}
 
 
+def checkpoint_or_train(checkpoint: Path | None, work: Path) -> Path:
+    """Return ``checkpoint``, or train one on the synthetic corpus (seed 0) under ``work``."""
+    if checkpoint is not None:
+        return checkpoint
+    trained = work / "ck"
+    subprocess.run([sys.executable, "-m", "mbd_cert.cli", "train", "--corpus", "synthetic",
+                    "--seed", "0", "--no-progress", "--out", str(trained)],
+                   check=True, capture_output=True)
+    return trained
+
+
 def save(name: str, payload: dict[str, Any]) -> Path:
     """Write ``benchmarks/results/NAME.json`` with the machine description added."""
     RESULTS.mkdir(exist_ok=True)

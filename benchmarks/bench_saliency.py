@@ -19,7 +19,6 @@ Usage: python benchmarks/bench_saliency.py [--quick] [--checkpoint DIR] [--repea
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import save, show, spread, timed  # noqa: E402
+from _common import checkpoint_or_train, save, show, spread, timed  # noqa: E402
 
 MODALITY = "audio"
 
@@ -55,12 +54,7 @@ def main() -> None:
     repeats = 2 if args.quick else args.repeats
 
     with tempfile.TemporaryDirectory(prefix="mbd-bench-saliency-") as tmp:
-        ck = args.checkpoint
-        if ck is None:
-            ck = Path(tmp) / "ck"
-            subprocess.run([sys.executable, "-m", "mbd_cert.cli", "train", "--corpus",
-                            "synthetic", "--seed", "0", "--no-progress", "--out", str(ck)],
-                           check=True, capture_output=True)
+        ck = checkpoint_or_train(args.checkpoint, Path(tmp))
         config_doc = checkpoint.read_config(ck / "config.json")
         architecture = get_architecture(config_doc["architecture"])
         config = architecture.validate_config(config_doc["config"])

@@ -21,7 +21,6 @@ Run on demand: a draw takes about 0.2 s on the MOSEI subset (issue and level 2).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import save, show  # noqa: E402
+from _common import checkpoint_or_train, save, show  # noqa: E402
 
 RESIDUAL = ("residual-variance", "residual-normality", "residual-projection")
 CUTS = (0.05, 0.01, 0.0033)
@@ -54,12 +53,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="mbd-level2-draws-") as tmp:
         work = Path(tmp)
-        checkpoint = args.checkpoint
-        if checkpoint is None:
-            checkpoint = work / "ck"
-            subprocess.run([sys.executable, "-m", "mbd_cert.cli", "train", "--corpus",
-                            "synthetic", "--seed", "0", "--no-progress", "--out",
-                            str(checkpoint)], check=True, capture_output=True)
+        checkpoint = checkpoint_or_train(args.checkpoint, work)
         signing.write_keypair(work / "issuer")
         key = signing.load_private_key(work / "issuer.key")
         options = IssueOptions(modality=args.modality, epsilon=args.epsilon, delta=1e-5,

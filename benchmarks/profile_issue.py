@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,6 +30,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import checkpoint_or_train  # noqa: E402
 
 STAGES = ["gradient_moments", "measure_proxy_quality", "masked_update", "_utility_before",
           "_utility_after", "build_model", "build_diff", "write_chain_copies",
@@ -85,12 +87,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="mbd-profile-issue-") as tmp:
         work = Path(tmp)
-        checkpoint = args.checkpoint
-        if checkpoint is None:
-            checkpoint = work / "ck"
-            subprocess.run([sys.executable, "-m", "mbd_cert.cli", "train", "--corpus",
-                            "synthetic", "--seed", "0", "--no-progress", "--out",
-                            str(checkpoint)], check=True, capture_output=True)
+        checkpoint = checkpoint_or_train(args.checkpoint, work)
         signing.write_keypair(work / "issuer")
         key = signing.load_private_key(work / "issuer.key")
         options = IssueOptions(modality="audio", epsilon=1.0, delta=1e-5, force=True,
