@@ -323,22 +323,13 @@ def test_no_certificates(tmp_path):
     assert "E_FILE_MISSING" in result.stderr
 
 
-def test_runs_without_torch(repo):
+@pytest.mark.parametrize("blocked", ["torch", "scipy.integrate"])
+def test_runs_without_module(repo, blocked):
+    # verify-repo needs no torch. The noise calibration and the chain epsilon decide
+    # their searches without the integral form of delta, whose import (scipy.integrate)
+    # costs every CI run about 0.15 s.
     _policy(repo, "max_cumulative_epsilon = 2.0\n")
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from mbd_cert.cli import main\n"
-            "main(['verify-repo', sys.argv[1], '--json'])\n")
-    result = subprocess.run([sys.executable, "-c", code, str(repo)], capture_output=True,
-                            text=True, timeout=120, env=dict(os.environ))
-    assert result.returncode == 0, result.stderr
-    assert all(r["verified"] for r in json.loads(result.stdout)["results"])
-
-
-def test_runs_without_scipy_integrate(repo):
-    # The noise calibration and the chain epsilon decide their searches without the
-    # integral form of delta, whose import costs every CI run about 0.15 s.
-    _policy(repo, "max_cumulative_epsilon = 2.0\n")
-    code = ("import sys; sys.modules['scipy.integrate'] = None\n"
+    code = (f"import sys; sys.modules[{blocked!r}] = None\n"
             "from mbd_cert.cli import main\n"
             "main(['verify-repo', sys.argv[1], '--json'])\n")
     result = subprocess.run([sys.executable, "-c", code, str(repo)], capture_output=True,
