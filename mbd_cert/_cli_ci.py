@@ -134,6 +134,24 @@ def _trusted_keys(root: Path, policy: Any, key_paths: Sequence[Path]) -> list[An
     return keys
 
 
+def _echo_failure(result: RepoResult) -> None:
+    """Print one stderr line for a certificate that did not verify, naming the reason."""
+    from mbd_cert._terminal import terminal_text
+
+    if result.exit_code == 0:
+        return
+    name = terminal_text(result.certificate)
+    if result.error is not None:
+        click.echo(f"error [{result.error['code']}]: {name}: "
+                   f"{terminal_text(result.error['message'])}", err=True)
+        return
+    checks = result.report.checks if result.report is not None else []
+    failed = [terminal_text(f"{check.name} [{check.code or check.status}]")
+              for check in checks if check.status in ("fail", "inconclusive")]
+    click.echo(f"verification failed: {name}: " + (", ".join(failed) or "see the report"),
+               err=True)
+
+
 def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any],
                auditor_key: Any = None, scan_cache: ScanCache | None = None,
                chain_file_cache: ChainFileCache | None = None) -> RepoResult:
@@ -512,6 +530,10 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         if as_json:
             write_json_document(_repo_report(root, policy_file, exit_code, results,
                                              write_error))
+            # stdout is the JSON document, so the reason for each failure goes to
+            # stderr as well, as verify --json does: a CI log then shows it.
+            for result in results:
+                _echo_failure(result)
         else:
             render_table(results, exit_code, policy.required_level, policy_file is not None)
         sys.exit(exit_code)

@@ -64,10 +64,12 @@ def test_verify_repo_rejects_schema_violation(fresh_run: HonestRun, tmp_path: Pa
     (root / "model").mkdir(parents=True)
     _break_schema(fresh_run, root / "model" / "cert.json")
     (root / "model" / "model.safetensors").write_bytes(fresh_run.model.read_bytes())
-    # With --json the certificate's error is in the document on stdout, not on stderr.
+    # With --json the certificate's error is in the document on stdout and on stderr.
     outcome = run_cli(["verify-repo", root, "--key", fresh_run.public_key, "--json"])
-    assert "Traceback" not in outcome.stdout + outcome.stderr
+    assert_clean(outcome)
     assert outcome.exit_code == 2, outcome.stdout
+    assert "error [E_CERT_MALFORMED]: model/cert.json: " in outcome.stderr
+    assert f"certificate field {FIELD} is invalid" in outcome.stderr
     assert outcome.report is not None
     (result,) = outcome.report["results"]
     assert result["error"]["code"] == "E_CERT_MALFORMED"

@@ -149,6 +149,10 @@ def test_worst_result_wins(repo, tmp_path):
     assert result.exit_code == 1
     codes = [r["exit_code"] for r in json.loads(result.stdout)["results"]]
     assert codes == [1, 0]
+    # stdout is the document, so each failure's reason is on stderr too.
+    assert ("verification failed: models/a/cert.json: model-digest [E_DIGEST_MISMATCH]"
+            in result.stderr)
+    assert "models/b/v2.cert.json" not in result.stderr
     (repo / "models" / "b" / "v2.safetensors").unlink()
     junit = tmp_path / "junit.xml"
     result = _run(repo, "--json", "--junit", junit)
@@ -157,6 +161,7 @@ def test_worst_result_wins(repo, tmp_path):
     assert second["error"]["code"] == "E_FILE_MISSING"
     assert "v2.safetensors" in second["error"]["message"]
     assert ElementTree.parse(junit).getroot().get("errors") == "1"
+    assert "error [E_FILE_MISSING]: models/b/v2.cert.json: " in result.stderr
 
 
 def test_hostile_names_escaped(repo, tmp_path):
