@@ -144,6 +144,8 @@ def _echo_failure(result: RepoResult) -> None:
     if result.error is not None:
         click.echo(f"error [{result.error['code']}]: {name}: "
                    f"{terminal_text(result.error['message'])}", err=True)
+        if result.error.get("hint"):
+            click.echo(f"  hint: {terminal_text(result.error['hint'])}", err=True)
         return
     checks = result.report.checks if result.report is not None else []
     failed = [terminal_text(f"{check.name} [{check.code or check.status}]")
@@ -275,18 +277,27 @@ def check_forks(root: Path, results: Sequence[RepoResult], policy: Any,
 
 def _repo_inputs(root: Path, certificates: Sequence[Path], policy: Any,
                  policy_file: Path | None, key_paths: Sequence[Path],
-                 auditor_key_path: Path | None) -> list[Path]:
-    """Return the files a verify-repo run reads by name: certificates, models, policy, keys."""
+                 auditor_key_path: Path | None) -> tuple[list[Path], set[Path]]:
+    """Return the files a verify-repo run reads by name, and the directories it reads.
+
+    The files are the certificates, models, policy and keys. The directories are those
+    of the certificates and of the keys, where a new ``.json`` or ``.pub`` file would be
+    taken for an input (SPEC.md, R-SEC-1).
+    """
     from mbd_cert import _paths
 
+    keys = [*key_paths]
+    keys.extend(_paths.resolve_artefact(root, relative, field=f"policy trusted_keys[{index}]")
+                for index, relative in enumerate(policy.trusted_keys))
+    if auditor_key_path is not None:
+        keys.append(auditor_key_path)
     inputs = [*certificates, *(model_for(certificate) for certificate in certificates),
-              *key_paths]
-    inputs.extend(_paths.resolve_artefact(root, relative, field=f"policy trusted_keys[{index}]")
-                  for index, relative in enumerate(policy.trusted_keys))
-    for path in (policy_file, auditor_key_path):
-        if path is not None:
-            inputs.append(path)
-    return inputs
+              *keys]
+    if policy_file is not None:
+        inputs.append(policy_file)
+    directories = {certificate.parent for certificate in certificates}
+    directories.update(key.parent for key in keys)
+    return inputs, directories
 
 
 def _reject_certificate_name(root: Path, junit_path: Path) -> None:
@@ -336,11 +347,11 @@ def _setup_junit_target(junit_path: Path | None, root: Path, policy_path: Path |
         certificates = []
     policies = [policy_path] if policy_path is not None else [
         root / name for name in DEFAULT_FILE_NAMES]
-    inputs = [*certificates, *(model_for(path) for path in certificates), *key_paths,
-              *policies, *([auditor_key_path] if auditor_key_path is not None else [])]
+    keys = [*key_paths, *([auditor_key_path] if auditor_key_path is not None else [])]
+    inputs = [*certificates, *(model_for(path) for path in certificates), *keys, *policies]
     try:
         _paths.check_not_input(junit_path, "--junit", inputs,
-                               {path.parent for path in certificates})
+                               {path.parent for path in [*certificates, *keys]})
     except errors.InputError as refused:
         logger.warning("not writing the JUnit file: %s", refused.message)
         return None
@@ -494,10 +505,9 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         if junit_path is not None:
             # After the search, because the inputs are the files it found, and before
             # any certificate is verified. The JUnit file must not replace one (R-SEC-1).
-            _paths.check_not_input(junit_path, "--junit",
-                                   _repo_inputs(root, certificates, policy, policy_file,
-                                                key_paths, auditor_key_path),
-                                   {certificate.parent for certificate in certificates})
+            inputs, read_dirs = _repo_inputs(root, certificates, policy, policy_file,
+                                             key_paths, auditor_key_path)
+            _paths.check_not_input(junit_path, "--junit", inputs, read_dirs)
         cache: ScanCache = {}
         from mbd_cert.chain import ChainFileCache
 
@@ -530,10 +540,10 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         if as_json:
             write_json_document(_repo_report(root, policy_file, exit_code, results,
                                              write_error))
-            # stdout is the JSON document, so the reason for each failure goes to
-            # stderr as well, as verify --json does: a CI log then shows it.
-            for result in results:
-                _echo_failure(result)
         else:
             render_table(results, exit_code, policy.required_level, policy_file is not None)
+        # As verify does, each failure's reason and hint also go to stderr, in full: the
+        # table shortens long details, and with --json stdout is the document.
+        for result in results:
+            _echo_failure(result)
         sys.exit(exit_code)

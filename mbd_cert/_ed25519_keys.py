@@ -114,6 +114,7 @@ def parse_public_key(data: bytes, source: str) -> Ed25519PublicKey:
             source,
             f"is {len(data)} bytes, which is not a PEM, {2 * PUBLIC_KEY_BYTES}-hex-digit or "
             f"{PUBLIC_KEY_BYTES}-byte raw Ed25519 public key",
+            hint="replace it with the issuer's .pub file as 'mbd-cert keygen' wrote it",
         )
     try:
         return Ed25519PublicKey.from_public_bytes(raw)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mbd_cert import _git_lfs
 from mbd_cert._safetensors_header import (
     DTYPES,
     MAX_HEADER_BYTES,
@@ -216,6 +217,12 @@ def _check_prefix(path: Path, prefix: bytes, file_size: int) -> int:
         and 8 + header_size <= file_size
         and prefix[8:9] == b"{"
     )
+    if not plausible and _git_lfs.is_pointer(prefix):
+        raise MalformedSafetensors(
+            f"{path}: is a Git LFS pointer file, not the file it points to",
+            code="E_SAFETENSORS_NOT_SAFETENSORS",
+            hint=_git_lfs.FETCH_HINT,
+        )
     foreign = None if plausible else _foreign_format(prefix)
     if foreign is not None:
         raise MalformedSafetensors(
@@ -282,7 +289,8 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     file_path = Path(os.fspath(path))
     handle, st = open_regular_file(file_path)
     with handle:
-        prefix = read_exact(handle, min(9, st.st_size), file_path)
+        # 9 bytes decide the layout, and 32 recognise a Git LFS pointer.
+        prefix = read_exact(handle, min(32, st.st_size), file_path)
         header_size = _check_prefix(file_path, prefix, st.st_size)
         handle.seek(8)
         raw = read_exact(handle, header_size, file_path)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from mbd_cert import _json, canonical, signing
+from mbd_cert import _git_lfs, _json, canonical, signing
 from mbd_cert.errors import LimitExceeded, MalformedCertificate
 
 # A certificate of a model with 100,000 tensors stays below this; anything larger is
@@ -164,6 +164,12 @@ def load_certificate(path: str | Path) -> dict[str, Any]:
             :func:`parse_certificate`.
     """
     data = _json.read_bytes_capped(path, what="certificate", max_bytes=MAX_CERTIFICATE_BYTES)
+    if _git_lfs.is_pointer(data):
+        raise MalformedCertificate(
+            f"certificate file {str(path)!r} is a Git LFS pointer file, not the "
+            "certificate it points to",
+            hint=_git_lfs.FETCH_HINT,
+        )
     if _looks_like_safetensors(data):
         raise MalformedCertificate(
             f"certificate file {str(path)!r} is a safetensors file, not a certificate",

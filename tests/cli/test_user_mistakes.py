@@ -36,6 +36,20 @@ def test_swapped_cert_and_model(honest_run: HonestRun):
     assert "CERT MODEL" in outcome.stderr
 
 
+@pytest.mark.parametrize("which", ["cert", "model"])
+def test_git_lfs_pointer_named(honest_run: HonestRun, tmp_path: Path, which: str):
+    # A checkout without Git LFS leaves text pointers in place of the files.
+    pointer = tmp_path / f"{which}.pointer"
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:"
+                       + "0" * 64 + "\nsize 402688\n")
+    cert, model = (pointer, honest_run.model) if which == "cert" else (honest_run.cert, pointer)
+    outcome = verify(cert, model, honest_run.public_key)
+    assert_input_error(outcome, "E_CERT_MALFORMED" if which == "cert"
+                       else "E_SAFETENSORS_NOT_SAFETENSORS")
+    assert "is a Git LFS pointer file" in outcome.stderr
+    assert "git lfs pull" in outcome.stderr
+
+
 def test_issue_without_torch(honest_run: HonestRun, tmp_path: Path, monkeypatch):
     # A verification-only install has no torch: importing the issuer's steps fails as
     # it would there. The command must name the extra to install, not report a bug.

@@ -162,6 +162,27 @@ def test_worst_result_wins(repo, tmp_path):
     assert "v2.safetensors" in second["error"]["message"]
     assert ElementTree.parse(junit).getroot().get("errors") == "1"
     assert "error [E_FILE_MISSING]: models/b/v2.cert.json: " in result.stderr
+    assert "  hint: put the released model beside the certificate" in result.stderr
+    # The table view names each failure on stderr as well, with its full text.
+    table = _run(repo)
+    assert table.exit_code == 2
+    assert ("verification failed: models/a/cert.json: model-digest [E_DIGEST_MISMATCH]"
+            in table.stderr)
+    assert "error [E_FILE_MISSING]: models/b/v2.cert.json: " in table.stderr
+
+
+def test_git_lfs_pointer_named(repo):
+    # A CI checkout without LFS leaves a text pointer where the model should be.
+    _policy(repo, "")
+    (repo / "models" / "a" / "model.safetensors").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 9\n")
+    result = _run(repo, "--json")
+    assert result.exit_code == 2, result.output
+    error = json.loads(result.stdout)["results"][0]["error"]
+    assert error["code"] == "E_SAFETENSORS_NOT_SAFETENSORS"
+    assert "Git LFS pointer" in error["message"]
+    assert "git lfs pull" in error["hint"]
+    assert "git lfs pull" in result.stderr
 
 
 def test_hostile_names_escaped(repo, tmp_path):
@@ -684,6 +705,21 @@ def test_junit_over_a_chain_file_rejected(repo):
     result = _run(repo, "--key", repo / "keys" / "issuer.pub", "--junit", target)
     assert result.exit_code == 2, result.output
     assert target.read_text() == "{}"
+
+
+@pytest.mark.parametrize("name", ["new.pub", "new.json"])
+@pytest.mark.parametrize("key_from", ["policy", "option"])
+def test_junit_in_the_key_directory_rejected(repo, name, key_from):
+    # A new *.pub or *.json file beside the trusted keys may be read as one (R-SEC-1).
+    junit = repo / "keys" / name
+    if key_from == "policy":
+        _policy(repo, "")
+        result = _run(repo, "--junit", junit)
+    else:
+        result = _run(repo, "--key", repo / "keys" / "issuer.pub", "--junit", junit)
+    assert result.exit_code == 2, result.output
+    assert "E_OUTPUT_IS_INPUT" in result.stderr
+    assert not junit.exists()
 
 
 def test_junit_inside_the_root_rewritten(repo):

@@ -236,6 +236,11 @@ def test_garbage_public_key_rejected(tmp_path: Path, content: bytes, fragment: s
     assert fragment in str(key_error(load_public_key, write(tmp_path / "k.pub", content)))
 
 
+def test_garbage_public_key_has_a_hint(tmp_path: Path) -> None:
+    error = key_error(load_public_key, write(tmp_path / "k.pub", b"garbage\n"))
+    assert "mbd-cert keygen" in error.hint
+
+
 def test_two_pem_blocks_rejected(tmp_path: Path, issuer_key: Ed25519PrivateKey) -> None:
     pem = issuer_key.public_key().public_bytes(_PEM, _SPKI)
     path = write(tmp_path / "two.pub", pem + pem)
