@@ -123,8 +123,17 @@ def _trusted_keys(root: Path, policy: Any, key_paths: Sequence[Path]) -> list[An
 
     keys = [signing.load_public_key(path) for path in key_paths]
     for index, relative in enumerate(policy.trusted_keys):
-        path = _paths.resolve_artefact(root, relative, field=f"policy trusted_keys[{index}]")
-        keys.append(signing.load_public_key(path))
+        field = f"policy trusted_keys[{index}]"
+        path = _paths.resolve_artefact(root, relative, field=field)
+        try:
+            keys.append(signing.load_public_key(path))
+        except errors.FileMissing as missing:
+            # The path is the policy's, relative to the repository root, not the cwd.
+            missing.message = (f"{missing.message} ({field} = {relative!r}, resolved "
+                               f"against the repository root {str(root)!r})")
+            missing.hint = ("correct the path in the policy file, relative to the repository "
+                            "root, or commit the key file there")
+            raise
     if not keys:
         raise errors.InputError(
             "no trusted issuer key was given",

@@ -80,7 +80,9 @@ def parse_public_key(data: bytes, source: str) -> Ed25519PublicKey:
             _bad_key(
                 source,
                 "this is a private key; pass the public key",
-                hint="the public key is the .pub file written next to the private key",
+                hint="the public key is the .pub file written next to the private key. If "
+                "this file was committed or shared, treat the private key as leaked: make a "
+                "new key pair with 'mbd-cert keygen' and reissue with it",
             )
         if label != b"PUBLIC KEY":
             _bad_key(source, f"contains a PEM block of type {label.decode()}; expected PUBLIC KEY")

@@ -69,7 +69,9 @@ def check_not_input(path: Path, option: str, inputs: Iterable[Path],
     if os.path.lexists(path):
         for source in inputs:
             if _same_file(path, source):
-                raise InputError(f"{option} names an input file: {path} is {source}",
+                # Another name of the same file is worth showing, the same name is not.
+                alias = "" if os.fspath(path) == os.fspath(source) else f" is {source}"
+                raise InputError(f"{option} names an input file: {path}{alias}",
                                  hint=hint, code="E_OUTPUT_IS_INPUT")
     if path.suffix not in INPUT_SUFFIXES:
         return

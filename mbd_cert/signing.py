@@ -379,7 +379,8 @@ def verify_signature(
         raise UntrustedKey(
             f"certificate names issuer key {key_id}, which is not among the "
             f"{len(public_keys)} trusted public keys",
-            hint="pass the issuer's public key with --key after checking it out of band",
+            hint="check the issuer's public key out of band, then pass it with --key (verify) "
+            "or list it in the policy's trusted_keys (verify-repo)",
         )
 
     signature = _decode_signature(signature_b64)

@@ -722,6 +722,24 @@ def test_junit_in_the_key_directory_rejected(repo, name, key_from):
     assert not junit.exists()
 
 
+def test_missing_policy_key_named(repo):
+    # The path in the policy is relative to the repository root, not the cwd.
+    (repo / "mbd-cert-policy.toml").write_text('trusted_keys = ["keys/absent.pub"]\n')
+    result = _run(repo)
+    assert result.exit_code == 2, result.output
+    assert "E_FILE_MISSING" in result.stderr
+    assert "policy trusted_keys[0] = 'keys/absent.pub'" in result.stderr
+    assert "relative to the repository root" in result.stderr
+
+
+def test_junit_over_the_policy_names_it_once(repo):
+    _policy(repo, "")
+    policy = repo / "mbd-cert-policy.toml"
+    result = _run(repo, "--junit", policy)
+    assert result.exit_code == 2, result.output
+    assert f"--junit names an input file: {policy}\n" in result.stderr
+
+
 def test_junit_inside_the_root_rewritten(repo):
     # A CI job reruns with the same --junit path below the root.
     junit = repo / "junit.xml"

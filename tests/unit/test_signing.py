@@ -212,6 +212,8 @@ def test_private_key_rejected_as_public_key(tmp_path: Path, issuer_key: Ed25519P
     path = write(tmp_path / "issuer.key", issuer_key.private_bytes(_PEM, _PKCS8, _PLAIN))
     error = key_error(load_public_key, path)
     assert "this is a private key; pass the public key" in str(error)
+    # A private key where a public one belongs may have been published with it.
+    assert "treat the private key as leaked" in error.hint
 
 
 def test_rsa_and_ec_public_keys_rejected(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
@@ -544,6 +546,9 @@ def test_key_not_supplied_is_untrusted(
         verify_signature([issuer_key.public_key()], key_id(other_key.public_key()), MESSAGE, forged)
     assert info.value.code == "E_KEY_UNTRUSTED"
     assert key_id(other_key.public_key()) in str(info.value)
+    # The fix differs between verify and verify-repo, so the hint names both.
+    assert "--key" in info.value.hint
+    assert "trusted_keys" in info.value.hint
 
 
 def test_no_trusted_keys_is_untrusted(issuer_key: Ed25519PrivateKey) -> None:
