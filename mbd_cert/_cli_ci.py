@@ -232,7 +232,8 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any],
             f"{names}: confidential files of the issuer (the audit bundle "
             "rebuilds the pre-deletion model, and the probe and evaluation sets contain "
             "data samples); publish them only where auditors alone can read them, or "
-            "publish audit-bundle.sealed instead and pass --auditor-private-key")
+            "publish audit-bundle.sealed instead and pass --auditor-private-key. Once "
+            "committed, they stay in the version history after you delete them")
     return result
 
 

@@ -68,6 +68,8 @@ def test_verify_repo_warns_on_plain_bundle(honest_run: HonestRun, issuer_keys: I
     [warning] = result["warnings"]
     assert "models/diff.safetensors, models/probe.safetensors" in warning
     assert "confidential files of the issuer" in warning
+    # Deleting the files does not unpublish them from a repository's history.
+    assert "stay in the version history" in warning
     assert f"warning: models/cert.json: {warning}" in outcome.stderr
 
     junit = root.parent / "junit.xml"
