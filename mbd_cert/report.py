@@ -171,7 +171,10 @@ def to_junit(report: VerificationReport, suite: str = "mbd-cert.verify") -> byte
     for check in report.checks:
         case = ElementTree.SubElement(root, "testcase", classname=suite, name=check.name)
         if check.status == FAIL or (check.status == INCONCLUSIVE and not report.allow_inconclusive):
-            node = ElementTree.SubElement(case, "failure", message=check.code or check.status)
+            # The JUnit schemas (Jenkins junit-4.xsd) give failure and error elements
+            # optional type and message attributes; the code fills both.
+            kind = check.code or check.status
+            node = ElementTree.SubElement(case, "failure", message=kind, type=kind)
             node.text = check.detail
         elif check.status == SKIPPED:
             ElementTree.SubElement(case, "skipped", message=check.detail)
@@ -193,12 +196,13 @@ def error_junit(code: str, message: str, hint: str = "", suite: str = "mbd-cert.
     """Render a run that stopped before its checks as JUnit XML, like :func:`error_report`.
 
     The one test suite, named ``suite``, contains one test case ``verify``. Its ``error``
-    element has the code as its message attribute, and the message and hint as its text.
+    element has the code as its message and type attributes, and the message and hint
+    as its text.
     """
     root = ElementTree.Element("testsuite", name=suite, tests="1", failures="0", errors="1",
                                skipped="0")
     case = ElementTree.SubElement(root, "testcase", classname=suite, name="verify")
-    node = ElementTree.SubElement(case, "error", message=code)
+    node = ElementTree.SubElement(case, "error", message=code, type=code)
     node.text = message + (f"\nhint: {hint}" if hint else "")
     # The suite name is a path from the command line and the message quotes input files.
     clean_xml_tree(root)

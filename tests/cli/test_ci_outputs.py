@@ -119,6 +119,7 @@ def test_stopped_run_writes_junit(fresh_run: HonestRun, tmp_path: Path, setup: s
     assert outcome.exit_code == 2, outcome.stderr
     assert outcome.error_code == code
     assert _only_error(junit).get("message") == code
+    assert _only_error(junit).get("type") == code
 
 
 def test_internal_error_writes_junit(honest_run: HonestRun, tmp_path: Path, monkeypatch):

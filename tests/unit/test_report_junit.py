@@ -44,3 +44,16 @@ def test_hostile_detail_stays_well_formed() -> None:
         # Markup and control characters survive as JSON escapes; the unpaired
         # surrogate, which strict JSON parsers reject, is written as the text \ud800.
         assert detail == HOSTILE.replace("\ud800", "\\ud800")
+
+
+def test_failure_type_is_the_code() -> None:
+    # CI report viewers show the type attribute as the kind of failure.
+    report = VerificationReport("id", 1, [
+        CheckResult("model-digest", "fail", "digest differs", code="E_DIGEST_MISMATCH"),
+        CheckResult("residual-normality", "inconclusive", "too few entries"),
+    ])
+    cases = _cases(report)
+    failure = cases["model-digest"].find("failure")
+    assert failure.get("type") == "E_DIGEST_MISMATCH"
+    assert failure.get("message") == "E_DIGEST_MISMATCH"
+    assert cases["residual-normality"].find("failure").get("type") == "inconclusive"
