@@ -34,7 +34,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mbd_cert import errors
-from mbd_cert._cli_commands import GuardFactory, error_record, write_json_document
+from mbd_cert._cli_commands import (
+    GuardFactory,
+    error_record,
+    failed_checks,
+    write_json_document,
+)
 from mbd_cert._confidential_files import (
     CERTIFICATE_NAME,
     CERTIFICATE_SUFFIX,
@@ -157,10 +162,7 @@ def _echo_failure(result: RepoResult) -> None:
             click.echo(f"  hint: {terminal_text(result.error['hint'])}", err=True)
         return
     checks = result.report.checks if result.report is not None else []
-    failed = [terminal_text(f"{check.name} [{check.code or check.status}]")
-              for check in checks if check.status in ("fail", "inconclusive")]
-    click.echo(f"verification failed: {name}: " + (", ".join(failed) or "see the report"),
-               err=True)
+    click.echo(f"verification failed: {name}: {failed_checks(checks)}", err=True)
 
 
 def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any],

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,15 @@ logger = logging.getLogger(__name__)
 # is set once the command has written its --json document, so that a Ctrl-C after that
 # point does not make the error handler write a second document.
 DOCUMENT_WRITTEN = "mbd_cert.json_document_written"
+
+
+def failed_checks(checks: Sequence[Any]) -> str:
+    """Return the checks that did not pass as ``name [CODE], ...`` for a stderr line."""
+    from mbd_cert._terminal import terminal_text
+
+    failed = [terminal_text(f"{check.name} [{check.code or check.status}]")
+              for check in checks if check.status in ("fail", "inconclusive")]
+    return ", ".join(failed) or "see the report"
 
 
 def write_json_document(document: Any) -> None:
@@ -262,7 +271,6 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         """
         from mbd_cert import _paths
         from mbd_cert._interrupts import Interrupted
-        from mbd_cert._terminal import terminal_text
         from mbd_cert.report import to_junit
         from mbd_cert.verify import VerifyOptions
         from mbd_cert.verify import verify as run_verify
@@ -328,12 +336,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
             _render_table(report)
         if not report.verified:
             # stdout may be a JSON document, so the reason for exit code 1 goes to stderr.
-            failed = [
-                terminal_text(f"{check.name} [{check.code or check.status}]")
-                for check in report.checks
-                if check.status in ("fail", "inconclusive")
-            ]
-            click.echo("verification failed: " + (", ".join(failed) or "see the report"), err=True)
+            click.echo("verification failed: " + failed_checks(report.checks), err=True)
             if not any(check.status == "fail" for check in report.checks):
                 click.echo("  hint: an inconclusive check counts as failed unless "
                            "--allow-inconclusive is given", err=True)

@@ -32,8 +32,8 @@ _CANCELLATION_RATIO = 1e-3
 _TAIL_LOG_CUTOFF = 60.0
 
 # Margin, in log delta, by which the bound Phi(a) must clear the target before
-# log_delta_at_most trusts it: absolute plus relative to the target. Both values are
-# computed to about 1e-13 relative, so either part is far above their error.
+# log_delta_at_most trusts it: absolute plus relative to the target. The integral form
+# has a relative tolerance of 1e-13, so either part is far above the evaluation error.
 _BOUND_CLEARANCE = 1e-6
 _BOUND_CLEARANCE_RELATIVE = 1e-9
 

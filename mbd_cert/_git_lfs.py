@@ -10,8 +10,8 @@ Stability: internal.
 
 from __future__ import annotations
 
-# The first line of every pointer (Git LFS pointer specification, version 1) starts
-# with these bytes.
+# The Git LFS specification (docs/spec.md in the git-lfs repository) makes "version"
+# the first key of every pointer, and its v1 URL starts with https://git-lfs.
 POINTER_PREFIX = b"version https://git-lfs"
 
 FETCH_HINT = ("fetch the real file first: run 'git lfs pull', or in GitHub Actions give "

@@ -20,10 +20,10 @@ from mbd_cert.errors import IssuanceError
 
 logger = logging.getLogger(__name__)
 
-# The most that rounding to the weights' dtype may shift level 2's variance statistic,
-# in standard deviations of that statistic. At a shift of 0.5 the variance test
-# rejected 0.78 % of honest releases instead of its 0.33 %, at 0.1 it kept its level
-# (benchmarks/noise_resolution.py, 20,000 draws of 397 entries per shift).
+# The largest shift of level 2's variance statistic that rounding to the weights' dtype
+# may cause, in standard deviations of that statistic. At a shift of 0.5 the variance
+# test rejected 0.78 % of honest releases instead of its 0.33 %. At 0.1 it stayed at
+# its level (benchmarks/noise_resolution.py, 20,000 draws of 397 entries per shift).
 RESOLUTION_SHIFT = 0.1
 
 

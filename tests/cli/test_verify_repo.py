@@ -732,7 +732,7 @@ def test_missing_policy_key_named(repo):
     assert "relative to the repository root" in result.stderr
 
 
-def test_junit_over_the_policy_names_it_once(repo):
+def test_junit_policy_named_once(repo):
     _policy(repo, "")
     policy = repo / "mbd-cert-policy.toml"
     result = _run(repo, "--junit", policy)

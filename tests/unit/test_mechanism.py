@@ -330,7 +330,7 @@ def test_delta_bound_predicate_matches_full_evaluation() -> None:
                 assert log_delta_at_most(mu, epsilon, bound) == (value <= bound)
 
 
-def test_default_calibration_does_not_import_scipy_integrate() -> None:
+def test_calibration_skips_scipy_integrate() -> None:
     import subprocess
     import sys
 

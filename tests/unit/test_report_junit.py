@@ -47,7 +47,7 @@ def test_hostile_detail_stays_well_formed() -> None:
 
 
 def test_failure_type_is_the_code() -> None:
-    # CI report viewers show the type attribute as the kind of failure.
+    # The JUnit schemas define type next to message on failure and error elements.
     report = VerificationReport("id", 1, [
         CheckResult("model-digest", "fail", "digest differs", code="E_DIGEST_MISMATCH"),
         CheckResult("residual-normality", "inconclusive", "too few entries"),
