@@ -48,7 +48,7 @@ def test_retain_moments_mixed_names():
 def test_chunks_and_progress(monkeypatch):
     from mbd_cert import saliency
 
-    monkeypatch.setattr(saliency, "_MAX_CHUNK", 5)
+    monkeypatch.setattr(saliency, "_LINEAR_CHUNK", 5)
     model = _model(["audio"])
     batch = _batch(12, seed=13)
     done: list[int] = []
@@ -59,6 +59,19 @@ def test_chunks_and_progress(monkeypatch):
                             independent_samples=True)
     _assert_close(fast[1], loop[1])
     assert done == [5, 10, 12]
+
+
+def test_linear_route_one_chunk_above_256():
+    # The route holds activations, not per-sample gradients, so a probe set larger
+    # than the vmap chunk (256 samples) still goes through in one forward pass.
+    model = _model(["audio"])
+    batch = _batch(300, seed=14)
+    done: list[int] = []
+    weights = torch.ones(300, dtype=torch.float64)
+    objective = lambda m, b: retain_objective(m, b, "audio")  # noqa: E731
+    gradient_moments(model, _names(model), objective, batch, weights, done.append,
+                     independent_samples=True)
+    assert done == [300]
 
 
 class _Tied(torch.nn.Module):

@@ -141,3 +141,18 @@ def test_proxy_check_same_with_closed_form(local):
                                rtol=1e-9, atol=1e-17)
     assert fast.spearman_rho is not None
     assert math.isclose(fast.spearman_rho, slow.spearman_rho or math.nan, rel_tol=1e-12)
+
+
+def test_moved_row_major_and_exact():
+    # The factors come in as transposed views; a permuted result made the next linear
+    # layer copy all copies first. The layout must not change a single bit.
+    from mbd_cert.arch._mbd_zeroed_forget import _moved
+
+    generator = torch.Generator().manual_seed(3)
+    activation = torch.randn(7, 5, dtype=torch.float64, generator=generator)
+    change = torch.randn(7, 4, dtype=torch.float64, generator=generator).T  # [c=4, n=7]
+    columns = torch.randn(5, 4, dtype=torch.float64, generator=generator).T  # [c=4, F=5]
+    moved = _moved(activation, change, columns)
+    assert moved.is_contiguous()
+    expected = activation.unsqueeze(0) + change.unsqueeze(2) * columns.unsqueeze(1)
+    assert torch.equal(moved.view(torch.int64), expected.view(torch.int64))
