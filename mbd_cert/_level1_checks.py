@@ -261,14 +261,16 @@ def check_policy(
     Raises:
         PolicyViolation: A limit is exceeded or a link uses a method the policy refuses.
     """
+    # All violations are reported together, so one CI run lists everything to change.
+    violations: list[str] = []
     cumulative = doc["accounting"]["cumulative_epsilon"]
     if max_epsilon is not None and cumulative > max_epsilon:
-        raise PolicyViolation(
+        violations.append(
             f"cumulative epsilon {cumulative:.6g} exceeds the policy limit {max_epsilon:g}"
         )
     delta = doc["accounting"]["delta"]
     if max_delta is not None and delta > max_delta:
-        raise PolicyViolation(
+        violations.append(
             f"accounting.delta {delta:g} exceeds the policy limit {max_delta:g}: "
             "the cumulative epsilon holds only with that failure probability"
         )
@@ -281,15 +283,21 @@ def check_policy(
     accepted = list(accepted_methods)
     for number, source, link_doc in docs:
         method = link_doc["privacy"]["sensitivity_method"]
-        where = "" if source == "<current>" else \
-            f"earlier certificate {number} of the chain ({source}): "
-        required = required_method
-        if required is not None and method != required:
-            raise PolicyViolation(f"{where}sensitivity method is {method!r}, "
-                                  f"the policy requires {required!r}")
-        if accepted and method not in accepted:
-            raise PolicyViolation(f"{where}sensitivity method is {method!r}, "
-                                  f"the policy accepts {accepted}")
+        if source != "<current>":
+            where = f"earlier certificate {number} of the chain ({source}): "
+        else:
+            # In a chain the newest link is named too. Alone, it needs no name.
+            where = f"this certificate (number {number} of the chain): " if len(docs) > 1 else ""
+        if required_method is not None and method != required_method:
+            violations.append(f"{where}sensitivity method is {method!r}, "
+                              f"the policy requires {required_method!r}")
+        elif accepted and method not in accepted:
+            violations.append(f"{where}sensitivity method is {method!r}, "
+                              f"the policy accepts {accepted}")
+    if len(violations) == 1:
+        raise PolicyViolation(violations[0])
+    if violations:
+        raise PolicyViolation(f"{len(violations)} policy violations: " + "; ".join(violations))
     scope = (f"{len(links)} certificate(s) of the chain" if links else
              "the newest certificate only (the chain could not be walked)")
     return CheckResult(

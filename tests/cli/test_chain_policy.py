@@ -51,6 +51,22 @@ def test_required_method_applies_to_earlier_links(declared_then_clip: Path,
     assert "'declared'" in detail
 
 
+def test_policy_names_every_violation(declared_then_clip: Path,
+                                      honest_run: HonestRun) -> None:
+    # Neither link uses the required method, and the budget is exceeded too: one run
+    # names all three, so a CI user does not fix them one run at a time.
+    outcome = verify(declared_then_clip / "cert.json", declared_then_clip / "model.safetensors",
+                     honest_run.public_key, "--require-sensitivity-method", "reference-retrain",
+                     "--max-epsilon", "0.5")
+    assert_check_failed(outcome, "policy", "E_POLICY_VIOLATION")
+    detail = outcome.check_detail("policy")
+    assert "3 policy violations" in detail
+    assert "exceeds the policy limit 0.5" in detail
+    assert "earlier certificate 1 of the chain" in detail
+    assert "'declared'" in detail
+    assert "this certificate (number 2 of the chain): sensitivity method is 'clip-bound'" in detail
+
+
 def test_required_method_passes_single_link(declared_then_clip: Path,
                                                         honest_run: HonestRun) -> None:
     outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key,
