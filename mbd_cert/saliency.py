@@ -40,11 +40,15 @@ logger = logging.getLogger(__name__)
 # chunk: larger chunks stop paying off once the per-op overhead is amortised.
 _CHUNK_BYTES = 256 * 1024 * 1024
 _MAX_CHUNK = 256
-# Samples per chunk on the batched Linear route, which holds the activations of one
-# forward pass over the chunk, not a gradient per sample. Two chunks instead of one
-# cost the CMU-MOSEI probe set (339 samples) about 3 ms per call in per-op overhead; the
-# verifier's closed form (mbd_cert._fisher_linear) takes the whole probe set at once.
+# Most samples per chunk on the batched Linear route, which keeps activations, not a
+# gradient per sample. Two chunks instead of one cost the CMU-MOSEI probe set (339
+# samples) about 3 ms per call in per-op overhead. The verifier's closed form
+# (mbd_cert._fisher_linear) takes the whole probe set at once.
 _LINEAR_CHUNK = 4096
+# Bytes per sample and per input or output feature of a covered Linear layer on that
+# route: float64 values, for two calls of the layer, each kept with its gradient, its
+# square and a product with the other call (an estimate, 8 x 2 x 3).
+_LINEAR_BYTES_PER_FEATURE = 48
 
 
 def slice_batch(batch: Mapping[str, Any], index: int) -> dict[str, Any]:
@@ -241,7 +245,7 @@ def _moment_sums_linear(
     rejected: set[str] = set()
 
     nonzero = torch.nonzero(weights != 0).flatten()
-    chunk = _LINEAR_CHUNK
+    chunk = _linear_chunk_size(model, owners)
     n = int(weights.shape[0])
     for start in range(0, int(nonzero.numel()), chunk):
         index = nonzero[start : start + chunk]
@@ -274,6 +278,17 @@ def _moment_sums_linear(
     if progress is not None and nonzero.numel() == 0:
         progress(n)
     return gradient, fisher
+
+
+def _linear_chunk_size(model: torch.nn.Module, owners: Mapping[str, tuple[str, str]]) -> int:
+    """Return how many samples the batched Linear route takes at once (about 256 MiB)."""
+    modules = dict(model.named_modules())
+    features = 0
+    for module_name in {module_name for module_name, _ in owners.values()}:
+        layer = modules[module_name]
+        features += int(getattr(layer, "in_features", 0)) + int(getattr(layer, "out_features", 0))
+    per_sample = _LINEAR_BYTES_PER_FEATURE * max(1, features)
+    return max(1, min(_LINEAR_CHUNK, _CHUNK_BYTES // per_sample))
 
 
 def _select_rows(tensor: torch.Tensor, *, index: torch.Tensor) -> torch.Tensor:

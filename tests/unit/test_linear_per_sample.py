@@ -74,6 +74,20 @@ def test_linear_route_one_chunk_above_256():
     assert done == [300]
 
 
+def test_linear_chunk_shrinks_for_wide_layers():
+    from mbd_cert import saliency
+    from mbd_cert._linear_per_sample import linear_owners
+
+    model = _model(["audio"])
+    narrow = saliency._linear_chunk_size(model, linear_owners(model, _names(model)))
+    assert narrow == saliency._LINEAR_CHUNK
+    with torch.device("meta"):  # shapes only: the real layers would take 512 MiB
+        wide = torch.nn.Sequential(torch.nn.Linear(8192, 8192), torch.nn.Linear(8192, 8192))
+    owners = linear_owners(wide, ["0.weight", "1.weight"])
+    # 4 x 8192 features x 48 bytes per sample: about 1.5 MiB, so 170 samples per chunk.
+    assert saliency._linear_chunk_size(wide, owners) == 170
+
+
 class _Tied(torch.nn.Module):
     """Uses its layer's weight a second time outside the layer's forward."""
 
