@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 # chunk: larger chunks stop paying off once the per-op overhead is amortised.
 _CHUNK_BYTES = 256 * 1024 * 1024
 _MAX_CHUNK = 256
-# Most samples per chunk on the batched Linear route, which keeps activations, not a
+# Maximum samples per chunk on the batched Linear route, which keeps activations, not a
 # gradient per sample. Two chunks instead of one cost the CMU-MOSEI probe set (339
 # samples) about 3 ms per call in per-op overhead. The verifier's closed form
 # (mbd_cert._fisher_linear) takes the whole probe set at once.
@@ -49,6 +49,11 @@ _LINEAR_CHUNK = 4096
 # route: float64 values, for two calls of the layer, each kept with its gradient, its
 # square and a product with the other call (an estimate, 8 x 2 x 3).
 _LINEAR_BYTES_PER_FEATURE = 48
+# Bytes the forward pass keeps per byte of a sample's inputs, outside the covered layers:
+# an encoder over a sequence, for example. With sequences of 1 to 50 steps and hidden
+# widths of 64 to 512, the built-in model's peak memory grew by 1 to 10 times the input
+# bytes beyond the estimate above (an estimate).
+_LINEAR_BYTES_PER_INPUT_BYTE = 8
 
 
 def slice_batch(batch: Mapping[str, Any], index: int) -> dict[str, Any]:
@@ -239,13 +244,16 @@ def _moment_sums_linear(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Return the sums of :func:`_moment_sums_loop`: Linear layers batched, the rest by vmap."""
     owners = linear_owners(model, names)
+    if not owners:
+        # No name is a Linear parameter, so the batched passes would compute nothing.
+        return _moment_sums_vmap(model, names, objective, batch, weights, progress)
     parameters = dict(model.named_parameters())
     gradient = _zeros64(list(owners), [parameters[name] for name in owners])
     fisher = _zeros64(list(owners), [parameters[name] for name in owners])
     rejected: set[str] = set()
 
     nonzero = torch.nonzero(weights != 0).flatten()
-    chunk = _linear_chunk_size(model, owners)
+    chunk = _linear_chunk_size(model, owners, batch)
     n = int(weights.shape[0])
     for start in range(0, int(nonzero.numel()), chunk):
         index = nonzero[start : start + chunk]
@@ -280,15 +288,34 @@ def _moment_sums_linear(
     return gradient, fisher
 
 
-def _linear_chunk_size(model: torch.nn.Module, owners: Mapping[str, tuple[str, str]]) -> int:
-    """Return how many samples the batched Linear route takes at once (about 256 MiB)."""
+def _linear_chunk_size(model: torch.nn.Module, owners: Mapping[str, tuple[str, str]],
+                       batch: Mapping[str, Any]) -> int:
+    """Return how many samples the batched Linear route takes at once (about 256 MiB).
+
+    The estimate counts the covered layers' widths and, for what the rest of the forward
+    pass keeps (an encoder's activations over a sequence, for example), a multiple of
+    each sample's input bytes.
+    """
     modules = dict(model.named_modules())
     features = 0
     for module_name in {module_name for module_name, _ in owners.values()}:
         layer = modules[module_name]
         features += int(getattr(layer, "in_features", 0)) + int(getattr(layer, "out_features", 0))
-    per_sample = _LINEAR_BYTES_PER_FEATURE * max(1, features)
+    per_sample = (_LINEAR_BYTES_PER_FEATURE * max(1, features)
+                  + _LINEAR_BYTES_PER_INPUT_BYTE * _bytes_per_sample(batch))
     return max(1, min(_LINEAR_CHUNK, _CHUNK_BYTES // per_sample))
+
+
+def _bytes_per_sample(batch: Mapping[str, Any]) -> int:
+    """Return the bytes of one sample of ``batch``: its tensors' sizes over their rows."""
+    tensors = []
+    for value in batch.values():
+        tensors += list(value.values()) if isinstance(value, Mapping) else [value]
+    total = 0
+    for tensor in tensors:
+        if isinstance(tensor, torch.Tensor) and tensor.dim() > 0 and tensor.shape[0] > 0:
+            total += tensor.numel() * tensor.element_size() // int(tensor.shape[0])
+    return total
 
 
 def _select_rows(tensor: torch.Tensor, *, index: torch.Tensor) -> torch.Tensor:

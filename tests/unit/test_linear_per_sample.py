@@ -62,7 +62,7 @@ def test_chunks_and_progress(monkeypatch):
 
 
 def test_linear_route_one_chunk_above_256():
-    # The route holds activations, not per-sample gradients, so a probe set larger
+    # The route keeps activations, not per-sample gradients, so a probe set larger
     # than the vmap chunk (256 samples) still goes through in one forward pass.
     model = _model(["audio"])
     batch = _batch(300, seed=14)
@@ -79,13 +79,55 @@ def test_linear_chunk_shrinks_for_wide_layers():
     from mbd_cert._linear_per_sample import linear_owners
 
     model = _model(["audio"])
-    narrow = saliency._linear_chunk_size(model, linear_owners(model, _names(model)))
+    batch = _batch(3, seed=15)
+    narrow = saliency._linear_chunk_size(model, linear_owners(model, _names(model)), batch)
     assert narrow == saliency._LINEAR_CHUNK
     with torch.device("meta"):  # shapes only: the real layers would take 512 MiB
         wide = torch.nn.Sequential(torch.nn.Linear(8192, 8192), torch.nn.Linear(8192, 8192))
     owners = linear_owners(wide, ["0.weight", "1.weight"])
     # 4 x 8192 features x 48 bytes per sample: about 1.5 MiB, so 170 samples per chunk.
-    assert saliency._linear_chunk_size(wide, owners) == 170
+    assert saliency._linear_chunk_size(wide, owners, {}) == 170
+
+
+def test_linear_chunk_shrinks_for_long_inputs():
+    # The forward pass keeps activations of layers outside the covered ones, such as the
+    # encoders over a sequence. Their size grows with each sample's inputs.
+    from mbd_cert import saliency
+    from mbd_cert._linear_per_sample import linear_owners
+
+    model = _model(["audio"])
+    owners = linear_owners(model, _names(model))
+    with torch.device("meta"):  # shapes only: 1 MiB of float64 inputs per sample
+        batch = {"inputs": {"text": torch.empty(4, 1024, 128, dtype=torch.float64)},
+                 "present": torch.empty(4, 3, dtype=torch.bool)}
+    chunk = saliency._linear_chunk_size(model, owners, batch)
+    assert chunk < 32
+    assert chunk * saliency._LINEAR_BYTES_PER_INPUT_BYTE * 2**20 <= saliency._CHUNK_BYTES
+
+
+def test_no_linear_names_skip_batched_pass():
+    # Without a Linear parameter among the names, every name goes through vmap, one
+    # sample per call. A pass over the whole chunk would compute nothing.
+    model = _model(["audio"])
+    batch = _batch(12, seed=16)
+    names = ["property_embedding.weight", "encoders.text.norm.weight"]
+    rows: list[int] = []
+
+    def objective(m, b):
+        rows.append(int(b["present"].shape[0]))
+        return retain_objective(m, b, "audio")
+
+    weights = torch.ones(12, dtype=torch.float64)
+    loop = gradient_moments(model, names, objective, batch, weights, vectorize=False)
+    rows.clear()
+    done: list[int] = []
+    fast = gradient_moments(model, names, objective, batch, weights, done.append,
+                            independent_samples=True)
+    _assert_close(fast[0], loop[0])
+    _assert_close(fast[1], loop[1])
+    assert rows
+    assert set(rows) == {1}
+    assert done[-1] == 12
 
 
 class _Tied(torch.nn.Module):
