@@ -202,11 +202,12 @@ def _moved(activation: torch.Tensor, change: torch.Tensor,
            columns: torch.Tensor) -> torch.Tensor:
     """Return ``activation`` [n, F] moved by ``change`` [c, n] times ``columns`` [c, F].
 
-    Copy k of the result [c, n, F] is activation + outer(change[k], columns[k]). Both
-    factors arrive as transposed views. Given those, the broadcast product took their
-    permuted memory layout, so the next linear layer copied the whole [c, n, F] result
-    first: about 4 of the 22 ms that the CMU-MOSEI proxy check took. Row-major factors give a
-    row-major result, and the values are the same bit for bit.
+    Copy k of the result [c, n, F] is activation + outer(change[k], columns[k]). The
+    callers pass both factors as transposed views. A broadcast product of those takes
+    their permuted memory layout, so the next linear layer would copy the whole result
+    first (about 4 of the 22 ms of the CMU-MOSEI proxy check). Row-major factors give a
+    row-major result with the same values bit for bit. The GELU after it runs another
+    torch code path for that layout, so the objective can differ in the last bit.
     """
     return activation.unsqueeze(0) + change.contiguous().unsqueeze(2) * \
         columns.contiguous().unsqueeze(1)

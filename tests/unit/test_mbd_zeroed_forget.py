@@ -144,8 +144,8 @@ def test_proxy_check_same_with_closed_form(local):
 
 
 def test_moved_row_major_and_exact():
-    # The factors come in as transposed views; a permuted result made the next linear
-    # layer copy all copies first. The layout must not change a single bit.
+    # The callers pass transposed views, and a result in their permuted layout made the
+    # next linear layer copy it first. The row-major result must keep every bit.
     from mbd_cert.arch._mbd_zeroed_forget import _moved
 
     generator = torch.Generator().manual_seed(3)
