@@ -13,7 +13,7 @@ variant issues from a copy of the checkpoint, all in one process:
 * ``half probe set``: a probe set of half the members and half the non-members;
 * and two combinations of these.
 
-Every variant makes a certificate that says less than the default one. None of them
+Every variant makes a certificate that reports less than the default one. None of them
 is a recommendation; they show how far each cut moves the time.
 
 The variants are timed in rounds, alternating, and the report gives per variant the
@@ -116,7 +116,8 @@ def main() -> None:
     rows += [[name, r["median"], r["min"], r["max"]] for name, r in results.items()]
     show(rows)
     path = save("issue_content_cost", {"rounds": args.rounds, "calls": args.calls,
-                                       "checkpoint": str(args.checkpoint),
+                                       "checkpoint": (str(args.checkpoint)
+                                                      if args.checkpoint else None),
                                        "round_medians_s": medians, "results": results})
     print(f"wrote {path}")
 
