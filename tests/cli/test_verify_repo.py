@@ -139,6 +139,26 @@ def test_max_delta_policy(repo):
     assert _run(repo, "--json").exit_code == 0
 
 
+def test_policy_violations_listed_once(repo, tmp_path):
+    # Epsilon, delta and the method list all fail: the JSON report and the JUnit file
+    # name each violation once, in one policy check per certificate.
+    _policy(repo, "max_cumulative_epsilon = 0.5\nmax_delta = 1e-6\n"
+                  'required_sensitivity_methods = ["declared"]\n')
+    junit = tmp_path / "junit.xml"
+    result = _run(repo, "--json", "--junit", junit)
+    assert result.exit_code == 1
+    parts = ["exceeds the policy limit 0.5", "exceeds the policy limit 1e-06",
+             "the policy accepts ['declared']"]
+    for entry in json.loads(result.stdout)["results"]:
+        failed = [c for c in entry["report"]["checks"] if c["status"] == "fail"]
+        assert [c["name"] for c in failed] == ["policy"]
+        assert failed[0]["detail"].startswith("3 policy violations: ")
+        assert [failed[0]["detail"].count(part) for part in parts] == [1, 1, 1]
+    failures = ElementTree.parse(junit).getroot().findall(".//failure")
+    assert len(failures) == 2
+    assert all([(f.text or "").count(part) for part in parts] == [1, 1, 1] for f in failures)
+
+
 def test_worst_result_wins(repo, tmp_path):
     _policy(repo, "")
     model = repo / "models" / "a" / "model.safetensors"
