@@ -64,6 +64,15 @@ def _env_int(name: str, default: int) -> int:
                          code="E_PARAMETER_INVALID") from exc
 
 
+def requested_world_size() -> int:
+    """Return the number of processes ``torchrun`` started (``WORLD_SIZE``; 1 when unset).
+
+    Raises:
+        InputError: ``WORLD_SIZE`` is not an integer.
+    """
+    return _env_int("WORLD_SIZE", 1)
+
+
 def init_from_env(device: torch.device) -> Distributed:
     """Join the process group that ``torchrun`` describes in the environment.
 
@@ -73,7 +82,7 @@ def init_from_env(device: torch.device) -> Distributed:
     Raises:
         InputError: The environment variables are malformed.
     """
-    world_size = _env_int("WORLD_SIZE", 1)
+    world_size = requested_world_size()
     if world_size <= 1:
         return Distributed()
     rank = _env_int("RANK", 0)

@@ -146,7 +146,8 @@ def train(
         The trained model, the training record and the test metrics.
 
     Raises:
-        InputError: A hyper-parameter or the seed is invalid, the device is
+        InputError: A hyper-parameter or the seed is invalid, the batch size is
+            smaller than the number of data-parallel processes, the device is
             unavailable, ``out_dir`` exists and is not empty without ``force``, or the
             validation MAE becomes NaN or infinite (``E_TRAINING_DIVERGED``).
         MalformedData: The corpus lacks a split, a split is empty, or features hold
@@ -161,6 +162,16 @@ def train(
                                     or not isinstance(cpu_threads, int) or cpu_threads < 1):
         raise InputError(f"cpu_threads must be an integer >= 1 or None, got {cpu_threads!r}",
                          code="E_PARAMETER_INVALID")
+    world_size = _distributed.requested_world_size()
+    if training_config.batch_size < world_size:
+        # _fit skips a batch with fewer rows than ranks, so it would take no step at all.
+        raise InputError(
+            f"batch size {training_config.batch_size} is smaller than the {world_size} "
+            "data-parallel processes; each process needs at least one sample per batch",
+            hint=f"pass --batch-size {world_size} or more, or start fewer processes "
+            "(torchrun --nproc_per_node)",
+            code="E_PARAMETER_INVALID",
+        )
     target = Path(out_dir)
     _checkpoint_io.check_output_dir(target, force=force)
     torch_device = resolve_device(device)

@@ -79,3 +79,46 @@ def test_shard_splits_batch_by_rank():
     assert first.tolist() == [0, 2, 4, 6]
     assert second.tolist() == [1, 3, 5]
     assert shard(index, Distributed()).tolist() == list(range(7))
+
+
+def test_batch_below_world_size_rejected(tmp_path, monkeypatch):
+    # Two ranks skip every one-sample batch, so training would take no step and write
+    # the untrained model with exit 0.
+    import torch.distributed as dist
+    from mbd_factories import build_corpus
+
+    from mbd_cert.errors import InputError
+    from trainer import train as train_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("the process group must not be joined")
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(train_module._distributed, "init_from_env", never)
+    out = tmp_path / "ck"
+    with pytest.raises(InputError) as info:
+        train_module.train(build_corpus(), {"epochs": 1, "batch_size": 1}, out, seed=0,
+                           progress=False)
+    assert info.value.code == "E_PARAMETER_INVALID"
+    assert "batch size 1" in str(info.value)
+    assert "--batch-size 2" in info.value.hint
+    assert not out.exists()
+    assert not dist.is_initialized()
+
+
+def test_batch_equal_world_size_accepted(tmp_path, monkeypatch):
+    from mbd_factories import build_corpus
+
+    from trainer import train as train_module
+
+    class GroupJoined(Exception):
+        pass
+
+    def join_group(*args, **kwargs):
+        raise GroupJoined
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(train_module._distributed, "init_from_env", join_group)
+    with pytest.raises(GroupJoined):
+        train_module.train(build_corpus(), {"epochs": 1, "batch_size": 2}, tmp_path / "ck",
+                           seed=0, progress=False)
