@@ -80,13 +80,31 @@ def init_from_env(device: torch.device) -> Distributed:
     unset or 1. An already initialised default group is used as it is.
 
     Raises:
-        InputError: The environment variables are malformed.
+        InputError: The environment variables are malformed, RANK is outside
+            [0, WORLD_SIZE), or RANK, MASTER_ADDR or MASTER_PORT is missing while no
+            process group is initialised.
     """
     world_size = requested_world_size()
     if world_size <= 1:
         return Distributed()
+    if not dist.is_initialized():
+        # init_process_group reads these from the environment (env:// rendezvous).
+        missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT")
+                   if not os.environ.get(name)]
+        if missing:
+            raise InputError(
+                f"WORLD_SIZE={world_size} requests data-parallel training, but "
+                f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set",
+                hint="launch with torchrun --nproc_per_node N -m mbd_cert.cli train ..., "
+                "or unset WORLD_SIZE to train in one process",
+                code="E_PARAMETER_INVALID",
+            )
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
+    if not 0 <= rank < world_size:
+        raise InputError(f"RANK={rank} is outside [0, WORLD_SIZE={world_size})",
+                         hint="launch with torchrun, which sets both",
+                         code="E_PARAMETER_INVALID")
     owns_group = False
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"

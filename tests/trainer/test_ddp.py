@@ -122,3 +122,62 @@ def test_batch_equal_world_size_accepted(tmp_path, monkeypatch):
     with pytest.raises(GroupJoined):
         train_module.train(build_corpus(), {"epochs": 1, "batch_size": 2}, tmp_path / "ck",
                            seed=0, progress=False)
+
+
+@pytest.mark.parametrize("name", ["RANK", "MASTER_ADDR", "MASTER_PORT"])
+def test_missing_torchrun_variable_rejected(monkeypatch, name):
+    # Without the check torch.distributed raises ValueError, which the CLI reports as an
+    # internal error: exit 3 and "this is a bug in mbd-cert".
+    import torch
+    import torch.distributed as dist
+
+    from mbd_cert.errors import InputError
+    from trainer._distributed import init_from_env
+
+    for variable, value in {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                            "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.delenv(name)
+    with pytest.raises(InputError) as info:
+        init_from_env(torch.device("cpu"))
+    assert info.value.code == "E_PARAMETER_INVALID"
+    assert f"{name} is not set" in str(info.value)
+    assert "torchrun" in info.value.hint
+    assert not dist.is_initialized()
+
+
+def test_rank_outside_world_size_rejected(monkeypatch):
+    # Without the check init_process_group blocks until its timeout, waiting for a
+    # rendezvous that no process serves.
+    import torch
+    import torch.distributed as dist
+
+    from mbd_cert.errors import InputError
+    from trainer._distributed import init_from_env
+
+    def never(*args, **kwargs):
+        raise AssertionError("the process group must not be joined")
+
+    monkeypatch.setattr(dist, "init_process_group", never)
+
+    for variable, value in {"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "127.0.0.1",
+                            "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(InputError, match="RANK=2 is outside"):
+        init_from_env(torch.device("cpu"))
+
+
+def test_cli_world_size_alone_exits_2(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from mbd_cert.cli import main
+
+    for variable in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(variable, raising=False)
+    out = tmp_path / "ck"
+    result = CliRunner().invoke(main, ["train", *TINY, "--out", str(out)],
+                                env={"WORLD_SIZE": "2"})
+    assert result.exit_code == 2, result.output
+    assert "E_PARAMETER_INVALID" in result.stderr
+    assert "RANK, MASTER_ADDR, MASTER_PORT are not set" in result.stderr
+    assert not out.exists()
