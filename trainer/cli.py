@@ -149,6 +149,9 @@ def _train(corpus: str, data_root: Path | None, out_dir: Path, seed: int, corpus
         result = train(loaded, settings, out_dir, seed=seed, device=device,
                        progress=not no_progress, force=force, corpus_source=source,
                        cpu_threads=threads)
+        if not result.wrote:
+            # Under torchrun every rank runs this command, and rank 0 alone reports.
+            return
         test = result.metrics["views"]["all"]
         click.echo(
             f"trained {result.training['epochs_run']} epochs "

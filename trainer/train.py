@@ -51,12 +51,15 @@ class TrainResult:
         model: The model with the best validation weights, in eval mode.
         training: Contents of ``training.json``.
         metrics: Contents of ``metrics.json`` (test split).
+        wrote: Whether this process wrote ``out_dir``; under ``torchrun`` only rank 0
+            does.
     """
 
     out_dir: Path
     model: MBDModel
     training: dict[str, Any]
     metrics: dict[str, Any]
+    wrote: bool = True
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -221,7 +224,8 @@ def train(
     _distributed.shutdown(context)
     logger.info("trained %d epochs in %.1f s, best epoch %d, checkpoint %s",
                 len(history), seconds, best_epoch, target)
-    return TrainResult(out_dir=target, model=model, training=training, metrics=metrics)
+    return TrainResult(out_dir=target, model=model, training=training, metrics=metrics,
+                       wrote=context.is_main)
 
 
 def _fit(model: MBDModel, corpus: Any, config: TrainingConfig, seed: int,

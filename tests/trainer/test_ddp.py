@@ -53,6 +53,10 @@ def test_two_process_gloo_training(tmp_path):
     assert any(name.startswith("encoders.audio.") for name in header.tensors)
     # Only rank 0 wrote: no second or partial directory next to the checkpoint.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+    # Only rank 0 reports, so stdout has the one result line of a single process.
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout
+    assert lines[0].startswith("trained 2 epochs")
 
 
 def test_precision_rejects_half_on_cpu():
