@@ -4,8 +4,10 @@ Launch: ``torchrun --nproc_per_node N -m mbd_cert.cli train ...``. torchrun sets
 ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; :func:`init_from_env` reads them and joins
 the process group (NCCL on CUDA, gloo on CPU). Every rank draws the same batch order
 and modality dropout from the same seeded generator and trains on its own strided
-share of each batch. DistributedDataParallel averages the gradients, so all ranks hold
-the same weights after each step. Only rank 0 writes the checkpoint.
+share of each batch. The masks of the model's dropout layers come from the global
+torch generator, which :func:`seed_rank` seeds per rank. DistributedDataParallel
+averages the gradients, so all ranks hold the same weights after each step. Only
+rank 0 writes the checkpoint.
 
 Mixed precision: on CUDA the forward pass runs under ``torch.autocast`` in bfloat16
 where the GPU supports it, else float16 with a ``GradScaler``. Parameters and the
@@ -22,6 +24,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -114,6 +117,19 @@ def init_from_env(device: torch.device) -> Distributed:
                 dist.get_backend())
     return Distributed(rank=rank, world_size=world_size, local_rank=local_rank,
                        owns_group=owns_group)
+
+
+def seed_rank(seed: int, context: Distributed) -> None:
+    """Seed the global torch generator from ``seed`` and the rank (no-op in one process).
+
+    nn.Dropout draws its masks from the global generator. With one seed on every rank,
+    the i-th rows of all shares would get the same mask, so the rows of a batch would
+    not be dropped independently as they are in one process.
+    """
+    if not context.enabled:
+        return
+    state = np.random.SeedSequence([seed, context.rank]).generate_state(1, dtype=np.uint64)
+    torch.manual_seed(int(state[0]))
 
 
 def device_for(device: torch.device, context: Distributed) -> torch.device:

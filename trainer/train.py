@@ -192,6 +192,7 @@ def train(
             **training_config.model,
         }
         model = MBDModel(model_config, seed=seed).to(torch_device)
+        _distributed.seed_rank(seed, context)
         history, best_epoch = _fit(model, corpus, training_config, seed, torch_device,
                                    progress and context.is_main, context, precision)
         model.eval()

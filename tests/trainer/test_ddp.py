@@ -185,3 +185,48 @@ def test_cli_world_size_alone_exits_2(tmp_path, monkeypatch):
     assert "E_PARAMETER_INVALID" in result.stderr
     assert "RANK, MASTER_ADDR, MASTER_PORT are not set" in result.stderr
     assert not out.exists()
+
+
+def _first_dropout_mask(tmp_path, monkeypatch, rank):
+    """Train one epoch as ``rank`` of two ranks, without a process group.
+
+    Returns the first dropout mask that this rank draws.
+    """
+    import torch
+    from mbd_factories import build_corpus
+
+    from trainer import _distributed
+    from trainer import train as train_module
+
+    context = _distributed.Distributed(rank=rank, world_size=2)
+    monkeypatch.setattr(_distributed, "init_from_env", lambda device: context)
+    monkeypatch.setattr(_distributed, "wrap",
+                        lambda model, loss, context, device: _distributed.LossModule(model,
+                                                                                     loss))
+    monkeypatch.setattr(_distributed, "broadcast_float", lambda value, context, device: value)
+    monkeypatch.setattr(_distributed, "barrier", lambda context: None)
+    masks = []
+
+    def record(module, inputs, output):
+        if isinstance(module, torch.nn.Dropout) and module.training and not masks:
+            masks.append((output == 0) & (inputs[0] != 0))
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        train_module.train(build_corpus(), {"epochs": 1, "batch_size": 64},
+                           tmp_path / f"rank{rank}", seed=0, progress=False)
+    finally:
+        hook.remove()
+    return masks[0]
+
+
+def test_ranks_draw_own_dropout_masks(tmp_path, monkeypatch):
+    import torch
+
+    first = _first_dropout_mask(tmp_path, monkeypatch, 0)
+    second = _first_dropout_mask(tmp_path, monkeypatch, 1)
+    assert first.shape == second.shape
+    assert first.any()
+    assert not torch.equal(first, second)
+    # Each rank's stream stays a function of the seed and the rank.
+    assert torch.equal(first, _first_dropout_mask(tmp_path / "again", monkeypatch, 0))
