@@ -153,6 +153,20 @@ def shard(index: torch.Tensor, context: Distributed) -> torch.Tensor:
     return index[context.rank::context.world_size]
 
 
+def share_weight(share_rows: int, batch_rows: int, context: Distributed) -> float:
+    """Return the factor for this rank's mean loss so that averaging over ranks weighs rows equally.
+
+    DistributedDataParallel averages the ranks' gradients. With a batch of 63 rows on
+    two ranks the shares have 32 and 31 rows, and each rank's mean would weigh its rows
+    by 1/64 or 1/62. Scaling each mean by share_rows * world_size / batch_rows gives
+    every row 1/63, as in one process. The factor is exactly 1.0 in one process and for
+    equal shares.
+    """
+    if not context.enabled:
+        return 1.0
+    return share_rows * context.world_size / batch_rows
+
+
 def broadcast_float(value: float, context: Distributed, device: torch.device) -> float:
     """Return rank 0's ``value`` on every rank, so all ranks take the same decisions."""
     if not context.enabled:

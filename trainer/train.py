@@ -283,7 +283,9 @@ def _fit(model: MBDModel, corpus: Any, config: TrainingConfig, seed: int,
                         config.task_loss,
                     )
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
+                weight = _distributed.share_weight(int(index.shape[0]),
+                                                   int(batch_index.shape[0]), context)
+                scaler.scale(total * weight if weight != 1.0 else total).backward()
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 scaler.step(optimizer)

@@ -85,6 +85,19 @@ def test_shard_splits_batch_by_rank():
     assert shard(index, Distributed()).tolist() == list(range(7))
 
 
+def test_share_weight_equalises_rows():
+    from trainer._distributed import Distributed, share_weight
+
+    two = [Distributed(rank=rank, world_size=2) for rank in (0, 1)]
+    # 7 rows as 4 + 3: after DDP's average each row weighs 1/7, as in one process.
+    first = share_weight(4, 7, two[0])
+    second = share_weight(3, 7, two[1])
+    assert first / 4 / 2 == pytest.approx(1 / 7)
+    assert second / 3 / 2 == pytest.approx(1 / 7)
+    assert share_weight(4, 8, two[0]) == 1.0
+    assert share_weight(7, 7, Distributed()) == 1.0
+
+
 def test_batch_below_world_size_rejected(tmp_path, monkeypatch):
     # Two ranks skip every one-sample batch, so training would take no step and write
     # the untrained model with exit 0.
