@@ -10,6 +10,7 @@ Stability: internal; the options are documented in ``--help``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,21 @@ def hyper_parameter_help(field_name: str, description: str, default: object) -> 
     return f"{description}; {FIELD_BOUNDS[field_name].text()} [default: {default}]."
 
 
+def interrupted_text() -> str:
+    """Return what ``train`` prints after ``interrupted; `` on Ctrl-C.
+
+    In one process, or on rank 0 under torchrun, the output directory is as it was
+    until the checkpoint is in place, and from then on Ctrl-C is held
+    (mbd_cert._interrupts). Another rank writes nothing, and rank 0 may already have
+    moved the checkpoint into place when the interrupt reaches it, so it leaves the
+    account to rank 0.
+    """
+    if os.environ.get("RANK", "0") in ("", "0"):
+        return "the output directory was left as it was"
+    return (f"rank {os.environ['RANK']} writes no output; rank 0's message says whether "
+            "the checkpoint was written")
+
+
 def register(group: click.Group, guarded: Callable[..., Any] | None = None) -> None:
     """Add the ``train`` and ``evaluate`` commands to ``group``.
 
@@ -83,9 +99,7 @@ def register(group: click.Group, guarded: Callable[..., Any] | None = None) -> N
         group.add_command(click.command("train")(_train_options(_train)))
         group.add_command(click.command("evaluate")(_evaluate_options(_evaluate)))
         return
-    # True until the checkpoint is in place; from then on Ctrl-C is held
-    # (mbd_cert._interrupts).
-    wrap_train = guarded(interrupted="the output directory was left as it was")
+    wrap_train = guarded(interrupted=interrupted_text())
     group.add_command(click.command("train")(_train_options(wrap_train(_train))))
     group.add_command(click.command("evaluate")(_evaluate_options(guarded()(_evaluate))))
 

@@ -243,3 +243,20 @@ def test_ranks_draw_own_dropout_masks(tmp_path, monkeypatch):
     assert not torch.equal(first, second)
     # Each rank's stream stays a function of the seed and the rank.
     assert torch.equal(first, _first_dropout_mask(tmp_path / "again", monkeypatch, 0))
+
+
+@pytest.mark.parametrize(("rank", "expected"), [
+    (None, "the output directory was left as it was"),
+    ("0", "the output directory was left as it was"),
+    ("1", "rank 1 writes no output; rank 0's message says whether the checkpoint was written"),
+])
+def test_interrupt_text_per_rank(monkeypatch, rank, expected):
+    # Rank 0 may have published the checkpoint when Ctrl-C reaches the other ranks,
+    # so only rank 0 can say that the output directory was left as it was.
+    from trainer.cli import interrupted_text
+
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    assert interrupted_text() == expected
