@@ -294,12 +294,15 @@ def check_policy(
         elif accepted and method not in accepted:
             violations.append(f"{where}sensitivity method is {method!r}, "
                               f"the policy accepts {accepted}")
-    if len(violations) == 1:
-        raise PolicyViolation(violations[0])
-    if violations:
-        raise PolicyViolation(f"{len(violations)} policy violations: " + "; ".join(violations))
     scope = (f"{len(links)} certificate(s) of the chain" if links else
              "the newest certificate only (the chain could not be walked)")
+    # Without a walked chain the earlier links are unchecked, which the reader must know.
+    unchecked = "" if links else f"; checked on {scope}"
+    if len(violations) == 1:
+        raise PolicyViolation(violations[0] + unchecked)
+    if violations:
+        raise PolicyViolation(f"{len(violations)} policy violations: "
+                              + "; ".join(violations) + unchecked)
     return CheckResult(
         "policy",
         "pass",
