@@ -39,10 +39,13 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                        "certificate [default: the directory of that certificate].")
     @click.option("--modality", default=None,
                   help="Modality of the privacy-utility sweep [default: the modality most "
-                       "of the first-deletion certificates delete].")
+                       "of the first-deletion certificates delete; on a tie, the one of "
+                       "the earliest of them in CERTS].")
     @click.option("--verify-report", "verify_reports", multiple=True,
                   type=click.Path(path_type=Path),
-                  help="A JSON report of 'mbd-cert verify --json' (repeatable).")
+                  help="A JSON report of 'mbd-cert verify --json' (repeatable). The page "
+                       "names it by its directory, or by its path when two reports share "
+                       "a directory.")
     @click.option("--title", default="Modality deletion report", show_default=True,
                   help="Title of the HTML page.")
     # True until the report is in place; from then on Ctrl-C is held (mbd_cert._interrupts).
@@ -72,6 +75,16 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         from mbd_cert.certificate import load_certificate
         from mbd_cert.chain import walk_chain
 
+        if chain_dir is not None and not chain_dir.is_dir():
+            # A mistyped --chain is unusable input (exit 2), as it is for verify, not a
+            # missing link of the chain (exit 1).
+            problem = "not found" if not chain_dir.exists() else "not a directory"
+            raise errors.InputError(
+                f"chain directory {str(chain_dir)!r}: {problem}",
+                hint="pass the directory that holds the chain-NNNNN.json copies (the issue "
+                "output directory)",
+                code="E_FILE_MISSING" if problem == "not found" else "E_PARAMETER_INVALID",
+            )
         docs = [load_certificate(path) for path in certs]
         newest_index = max(range(len(docs)),
                            key=lambda i: docs[i]["accounting"]["sequence_number"])
@@ -80,7 +93,9 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         if modality is None:
             firsts = [d["deletion"]["modality"] for d in docs
                       if d["accounting"]["sequence_number"] == 1]
-            modality = max(set(firsts), key=firsts.count) if firsts else newest["deletion"][
+            # max() over the list, not a set: on a tie the modality of the earliest
+            # CERT wins, whatever the string hash seed of this run.
+            modality = max(firsts, key=firsts.count) if firsts else newest["deletion"][
                 "modality"]
         loaded = []
         for path in verify_reports:
@@ -89,13 +104,15 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                                         max_bytes=MAX_VERIFY_REPORT_BYTES),
                 what=str(path), max_bytes=MAX_VERIFY_REPORT_BYTES)
             _check_verify_report(document, path)
-            loaded.append((path.parent.name or path.name, document))
+            loaded.append((path, document))
+        labelled = list(zip(_report_labels([path for path, _ in loaded]),
+                            [document for _, document in loaded], strict=True))
 
         sections = [
             ("privacy_utility.png", report_figures.privacy_utility(docs, modality)),
-            ("chain_budget.png", report_figures.chain_budget(links)),
+            ("chain_budget.png", report_figures.chain_budget(links, certs[newest_index])),
             ("proxy_scatter.png", report_figures.proxy_scatter(docs)),
-            ("verification.png", report_figures.verification_results(loaded)),
+            ("verification.png", report_figures.verification_results(labelled)),
         ]
         page = report_figures.render_html(title, [section for _, section in sections])
         with command_window() as window:
@@ -148,6 +165,18 @@ def _write_report(out_dir: Path, sections: list[tuple[str, Any]], page: str, *,
 _STATUSES = ("pass", "fail", "inconclusive", "skipped")
 # A check name is an identifier of the verifier; a longer one is not a real report.
 _MAX_CHECK_NAME = 200
+
+
+def _report_labels(paths: list[Path]) -> list[str]:
+    """Name each verification report by its directory, or by its path where that repeats.
+
+    The documented layout keeps each report as ``RELEASE/verify.json``, so the directory
+    names the release. Two reports in one directory would get the same name, and the
+    reader could not tell their columns apart.
+    """
+    short = [path.parent.name or path.name for path in paths]
+    return [name if short.count(name) == 1 else str(path)
+            for name, path in zip(short, paths, strict=True)]
 
 
 def _check_verify_report(document: object, path: Path) -> None:

@@ -127,9 +127,19 @@ def privacy_utility(docs: Sequence[Mapping[str, Any]], modality: str) -> Section
     return section
 
 
-def chain_budget(links: Sequence[ChainLink]) -> Section:
-    """Plot the cumulative epsilon after each deletion of a chain (tight, RDP, naive)."""
+def chain_budget(links: Sequence[ChainLink], source: Path | str | None = None) -> Section:
+    """Plot the cumulative epsilon after each deletion of a chain (tight, RDP, naive).
+
+    ``source`` is the file of the newest certificate, named in the notes together with
+    its id, so that a reader who passed certificates of several chains sees which
+    chain is drawn.
+    """
     section = Section("Cumulative privacy budget over the chain")
+    newest = links[-1].doc
+    where = f" ({source})" if source is not None else ""
+    section.notes.append(
+        f"The chain of certificate {newest.get('certificate_id')}{where}, deletion "
+        f"{links[-1].sequence_number} of its model.")
     delta = links[-1].doc["accounting"]["delta"]
     entries: list[accounting.ChainEntry] = []
     tight, rdp, naive = [], [], []
