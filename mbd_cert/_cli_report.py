@@ -76,7 +76,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         from mbd_cert.chain import walk_chain
 
         if chain_dir is not None and not chain_dir.is_dir():
-            # A mistyped --chain is unusable input (exit 2), as it is for verify, not a
+            # A mistyped --chain is unusable input (exit 2), as in verify, and not a
             # missing link of the chain (exit 1).
             problem = "not found" if not chain_dir.exists() else "not a directory"
             raise errors.InputError(
@@ -93,8 +93,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         if modality is None:
             firsts = [d["deletion"]["modality"] for d in docs
                       if d["accounting"]["sequence_number"] == 1]
-            # max() over the list, not a set: on a tie the modality of the earliest
-            # CERT wins, whatever the string hash seed of this run.
+            # max() over the list and not a set, so that on a tie the earliest CERT
+            # decides and the string hash seed of the run does not.
             modality = max(firsts, key=firsts.count) if firsts else newest["deletion"][
                 "modality"]
         loaded = []
@@ -168,11 +168,9 @@ _MAX_CHECK_NAME = 200
 
 
 def _report_labels(paths: list[Path]) -> list[str]:
-    """Name each verification report by its directory, or by its path where that repeats.
+    """Return a label per report: its directory name, or its path where that name repeats.
 
-    The documented layout keeps each report as ``RELEASE/verify.json``, so the directory
-    names the release. Two reports in one directory would get the same name, and the
-    reader could not tell their columns apart.
+    The documented layout is ``RELEASE/verify.json``, so the directory names the release.
     """
     short = [path.parent.name or path.name for path in paths]
     return [name if short.count(name) == 1 else str(path)

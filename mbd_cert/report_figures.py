@@ -130,9 +130,8 @@ def privacy_utility(docs: Sequence[Mapping[str, Any]], modality: str) -> Section
 def chain_budget(links: Sequence[ChainLink], source: Path | str | None = None) -> Section:
     """Plot the cumulative epsilon after each deletion of a chain (tight, RDP, naive).
 
-    ``source`` is the file of the newest certificate, named in the notes together with
-    its id, so that a reader who passed certificates of several chains sees which
-    chain is drawn.
+    ``source`` is the file of the newest certificate. The notes name it and its id,
+    because certificates of several chains can be passed and only one chain is drawn.
     """
     section = Section("Cumulative privacy budget over the chain")
     newest = links[-1].doc

@@ -320,27 +320,27 @@ def test_level_3_on_chain_probes_own_modality(second: Path, honest_run: HonestRu
     assert "covered at level 1 by R-DEL-1" in level3
 
 
-def test_report_labels_reports_of_one_directory_apart(second: Path, honest_run: HonestRun,
-                                                      tmp_path: Path) -> None:
-    # Two reports in one directory used to share that directory's name as their label,
-    # so the table and the figure showed two columns with the same name.
+def test_report_labels_same_directory_reports(second: Path, honest_run: HonestRun,
+                                              tmp_path: Path) -> None:
+    # Both reports used to get the directory's name as their label, so the table and
+    # the figure showed two columns with the same name.
     reports = tmp_path / "reports"
     reports.mkdir()
     first = verify(honest_run.cert, honest_run.model, honest_run.public_key)
     later = verify(second / "cert.json", second / "model.safetensors", honest_run.public_key)
-    one = write_json(reports / "first.json", first.report)
-    two = write_json(reports / "second.json", later.report)
+    first_json = write_json(reports / "first.json", first.report)
+    second_json = write_json(reports / "second.json", later.report)
     out = tmp_path / "report"
     outcome = run_cli(["report", "--out", out, second / "cert.json",
-                       "--verify-report", one, "--verify-report", two])
+                       "--verify-report", first_json, "--verify-report", second_json])
     assert outcome.exit_code == 0, outcome.stderr
     labels = re.findall(r"<tr><td>([^<]*)</td><td>[0-9a-f-]{36}</td>",
                         (out / "index.html").read_text())
-    assert labels == [str(one), str(two)]
+    assert labels == [str(first_json), str(second_json)]
 
 
-def test_report_labels_reports_by_their_directory(second: Path, honest_run: HonestRun,
-                                                  tmp_path: Path) -> None:
+def test_report_labels_by_directory(second: Path, honest_run: HonestRun,
+                                    tmp_path: Path) -> None:
     # The documented layout, RELEASE/verify.json, keeps the release name as the label.
     verified = verify(second / "cert.json", second / "model.safetensors", honest_run.public_key)
     (tmp_path / "chain2").mkdir()
@@ -353,9 +353,8 @@ def test_report_labels_reports_by_their_directory(second: Path, honest_run: Hone
 
 
 @pytest.mark.parametrize("kind", ["missing", "file"])
-def test_report_chain_directory_that_is_not_one(second: Path, tmp_path: Path,
-                                                kind: str) -> None:
-    # verify exits 2 for a --chain that does not exist; report exited 1 with
+def test_report_chain_not_a_directory(second: Path, tmp_path: Path, kind: str) -> None:
+    # verify exits 2 for a --chain that does not exist. report exited 1 with
     # E_CHAIN_LINK_MISSING, as if the certificate's chain were incomplete.
     chain = tmp_path / "no-such-dir"
     if kind == "file":
@@ -370,10 +369,9 @@ def test_report_chain_directory_that_is_not_one(second: Path, tmp_path: Path,
     assert not (tmp_path / "report").exists()
 
 
-def test_report_default_modality_follows_argument_order(honest_run: HonestRun,
-                                                        tmp_path: Path) -> None:
-    # With as many first deletions of audio as of vision, the default modality was the
-    # first of a set, which the string hash seed of each run decides.
+def test_report_modality_tie_follows_order(honest_run: HonestRun, tmp_path: Path) -> None:
+    # On a tie between first deletions, the default modality was the first of a set,
+    # which the string hash seed of each run decides.
     vision = tmp_path / "vision"
     issued = run_cli(["issue", "--checkpoint", honest_run.checkpoint, "--modality", "vision",
                       "--epsilon", "1", "--steps", "2", "--key", honest_run.private_key,
@@ -388,8 +386,7 @@ def test_report_default_modality_follows_argument_order(honest_run: HonestRun,
         assert f"Privacy-utility trade-off: deleting {expected}</h2>" in page
 
 
-def test_report_names_the_chain_it_draws(second: Path, honest_run: HonestRun,
-                                         tmp_path: Path) -> None:
+def test_report_names_drawn_chain(second: Path, honest_run: HonestRun, tmp_path: Path) -> None:
     out = tmp_path / "report"
     outcome = run_cli(["report", "--out", out, honest_run.cert, second / "cert.json"])
     assert outcome.exit_code == 0, outcome.stderr
