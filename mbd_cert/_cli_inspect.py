@@ -55,6 +55,7 @@ def _inspect_summary(doc: dict[str, Any]) -> dict[str, Any]:
             "version": subject["architecture"]["version"],
         },
         "modality": doc["deletion"]["modality"],
+        "deleted_modalities": _deleted_modalities(subject["architecture"]),
         "removed_tensors": len(doc["deletion"]["removed_tensors"]),
         "epsilon": privacy["epsilon"],
         "delta": privacy["delta"],
@@ -88,6 +89,18 @@ def _inspect_summary(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _deleted_modalities(architecture: dict[str, Any]) -> list[str] | None:
+    """Return every modality the released model has lost, from the certified config.
+
+    The built-in architecture lists them in ``config.deleted_modalities``; a plugin's
+    config may have no such key, and then this is None.
+    """
+    listed = architecture.get("config", {}).get("deleted_modalities")
+    if isinstance(listed, list) and all(isinstance(name, str) for name in listed):
+        return list(listed)
+    return None
+
+
 def _render_inspect(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -110,6 +123,11 @@ def _render_inspect(summary: dict[str, Any]) -> None:
         (
             "deleted modality",
             f"{summary['modality']} ({summary['removed_tensors']} encoder tensors removed)",
+        ),
+        (
+            "modalities the model has lost",
+            ", ".join(summary["deleted_modalities"]) if summary["deleted_modalities"]
+            else "(the architecture's config does not list them)",
         ),
         ("budget", f"epsilon {summary['epsilon']}, delta {summary['delta']}"),
         (

@@ -332,3 +332,17 @@ def test_verifier_catches_unlisted_earlier_deletion(honest_run: HonestRun, tmp_p
     assert_check_failed(outcome, "deleted-tensors-zero", "E_CHAIN_BROKEN")
     assert "audio encoder of the released model is all zero" in outcome.stderr + json.dumps(
         outcome.report)
+
+
+def test_inspect_lists_every_lost_modality(declared_then_clip: Path,
+                                          honest_run: HonestRun) -> None:
+    # The second deletion's certificate names vision; an auditor must also see that
+    # the released model lost audio in the first.
+    outcome = run_cli(["inspect", declared_then_clip / "cert.json", "--json"])
+    assert outcome.exit_code == 0, outcome.stderr
+    summary = json.loads(outcome.stdout)
+    assert summary["modality"] == "vision"
+    assert summary["deleted_modalities"] == ["audio", "vision"]
+    text = run_cli(["inspect", declared_then_clip / "cert.json"])
+    assert "modalities the model has lost" in text.stdout
+    assert "audio, vision" in text.stdout
