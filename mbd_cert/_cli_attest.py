@@ -75,6 +75,9 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
             expected = doc["subject_model"]["post_deletion"]["file_digest"]
             actual = _safetensors.file_digest(model_path)
             if actual != expected:
+                # A file that is no safetensors file at all (a certificate passed as the
+                # model, say) is unusable input, exit 2, not a false claim.
+                _safetensors.read_header(model_path)
                 raise errors.DigestMismatch(
                     f"subject_model.post_deletion.file_digest: expected {expected}, "
                     f"got {actual} for {model_path}",

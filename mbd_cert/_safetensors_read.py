@@ -188,14 +188,26 @@ def read_exact(handle: io.FileIO, size: int, path: Path) -> bytes:
     return data
 
 
-def _foreign_format(prefix: bytes) -> str | None:
-    """Name the non-safetensors format whose magic bytes start ``prefix``, if any."""
+_CONVERT_HINT = ("convert it with safetensors in a trusted environment; mbd-cert never "
+                 "unpickles files")
+
+
+def _foreign_format(prefix: bytes) -> tuple[str, str] | None:
+    """Name the non-safetensors format that starts ``prefix``, with a hint, if any."""
     if prefix.startswith(_ZIP_MAGIC):
-        return "a PyTorch zip checkpoint"
+        return "a PyTorch zip checkpoint", _CONVERT_HINT
     if len(prefix) >= 2 and prefix[0] == _PICKLE_PROTO and prefix[1] in _PICKLE_PROTOCOLS:
-        return "a pickle or legacy PyTorch checkpoint"
+        return "a pickle or legacy PyTorch checkpoint", _CONVERT_HINT
     if prefix.startswith(_NPY_MAGIC):
-        return "a NumPy .npy array"
+        return "a NumPy .npy array", _CONVERT_HINT
+    # A certificate or config passed in place of a tensor file: its length field reads
+    # as a huge number, and the error would then report only "header too large".
+    # A length field below 2**56 has a zero byte, which no JSON text has.
+    text = prefix.removeprefix(b"\xef\xbb\xbf")
+    if text.lstrip(b" \t\r\n")[:1] in (b"{", b"[") and all(
+            32 <= byte < 127 or byte in (9, 10, 13) for byte in text[:8]):
+        return ("a JSON document, such as a certificate or a config",
+                "pass the .safetensors file this option takes, not a .json file")
     return None
 
 
@@ -226,10 +238,9 @@ def _check_prefix(path: Path, prefix: bytes, file_size: int) -> int:
     foreign = None if plausible else _foreign_format(prefix)
     if foreign is not None:
         raise MalformedSafetensors(
-            f"{path}: not a safetensors file (looks like {foreign})",
+            f"{path}: not a safetensors file (looks like {foreign[0]})",
             code="E_SAFETENSORS_NOT_SAFETENSORS",
-            hint="convert it with safetensors in a trusted environment; "
-            "mbd-cert never unpickles files",
+            hint=foreign[1],
         )
     if file_size < 8:
         raise MalformedSafetensors(

@@ -264,6 +264,18 @@ def test_model_given_as_certificate(honest_run: HonestRun, tmp_path: Path):
         assert "takes the certificate (cert.json), not the model" in outcome.stderr
 
 
+def test_certificate_given_as_model_file(honest_run: HonestRun, tmp_path: Path):
+    # A certificate where a tensor file belongs is unusable input (exit 2) that says
+    # so, not a digest mismatch (exit 1) or a huge header length.
+    for arguments in (["attest", honest_run.cert, "--model", honest_run.cert,
+                       "--out", tmp_path / "statement.json"],
+                      ["evaluate", "--checkpoint", honest_run.checkpoint,
+                       "--eval-set", honest_run.cert]):
+        outcome = run_cli(arguments)
+        _assert_issue_input_error(outcome, "E_SAFETENSORS_NOT_SAFETENSORS")
+        assert "looks like a JSON document" in outcome.stderr
+
+
 def test_report_install_hint_matches_readme(honest_run: HonestRun, tmp_path: Path,
                                             monkeypatch):
     import mbd_cert

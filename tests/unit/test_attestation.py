@@ -110,10 +110,24 @@ def test_attest_command_writes_statement(issued, tmp_path, validator):
 
 
 def test_attest_wrong_model_exits_1(issued, tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
     other = tmp_path / "other.safetensors"
-    other.write_bytes(b"not the model")
+    save_file({"w": np.zeros(3, dtype=np.float32)}, str(other))
     result = CliRunner().invoke(main, ["attest", str(issued / "cert.json"), "--out",
                                        str(tmp_path / "s.json"), "--model", str(other)])
     assert result.exit_code == 1
     assert "E_DIGEST_MISMATCH" in result.stderr
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_attest_garbage_model_exits_2(issued, tmp_path):
+    # Not a safetensors file at all: unusable input, not a false claim.
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"not the model")
+    result = CliRunner().invoke(main, ["attest", str(issued / "cert.json"), "--out",
+                                       str(tmp_path / "s.json"), "--model", str(other)])
+    assert result.exit_code == 2
+    assert "E_SAFETENSORS_" in result.stderr
     assert not (tmp_path / "s.json").exists()

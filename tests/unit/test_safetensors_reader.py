@@ -412,6 +412,25 @@ def test_npy_rejected(tmp_path: Path) -> None:
         stio.read_header(path)
 
 
+@pytest.mark.parametrize("text", [b'{\n  "format_version": "1.0"\n}\n', b"\xef\xbb\xbf[1, 2, 3]",
+                                  b'  {"a": 1}'])
+def test_json_document_rejected(tmp_path: Path, text: bytes) -> None:
+    # A certificate passed where a tensor file belongs read as a huge length field.
+    path = tmp_path / "cert.json"
+    path.write_bytes(text)
+    with expect(MalformedSafetensors, "E_SAFETENSORS_NOT_SAFETENSORS",
+                "looks like a JSON document", "not a .json file"):
+        stio.read_header(path)
+
+
+def test_length_123_truncated_not_taken_for_json(tmp_path: Path) -> None:
+    # N = 123 is stored as 7B 00 .. 00: a '{' first, but zero bytes no JSON text has.
+    path = tmp_path / "f"
+    path.write_bytes((123).to_bytes(8, "little") + b"{}")
+    with expect(MalformedSafetensors, "E_SAFETENSORS_TRUNCATED"):
+        stio.read_header(path)
+
+
 def test_length_640_not_taken_for_pickle(tmp_path: Path) -> None:
     # N = 640 is stored as 80 02 00 .. 00, the same first bytes as a protocol-2 pickle.
     header = json.dumps({"a": entry("U8", [2], 0, 2)}).encode()
