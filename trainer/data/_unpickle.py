@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,25 @@ import numpy as np
 from mbd_cert.errors import MalformedData
 
 _HINT = "load only pickles of numpy arrays and plain containers; convert other files first"
+
+# Bounds on the structure a pickle may build, checked on its opcodes before loading.
+# Hashing a tuple recurses in C without a depth check (CPython 3.11), so a dict key
+# nested 200,000 levels deep crashes the interpreter. A tuple that refers to a smaller
+# tuple twice, repeated, takes time exponential in the file size to hash. A numpy array
+# pickle nests about four levels and contains a few dozen items.
+MAX_DEPTH = 64
+MAX_ITEMS = 1_000_000
+
+
+class _NdarrayType:
+    """Placeholder for ``numpy.ndarray`` in a pickle, valid only as ``_reconstruct``'s subtype.
+
+    Calling ``numpy.ndarray`` itself would let a pickle pass a buffer with zero strides
+    and get an array of any declared size backed by a few bytes.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _NdarrayType:
+        raise MalformedData("refusing to call numpy.ndarray from a pickle", hint=_HINT)
 
 
 def _dtype(*args: Any) -> np.dtype[Any]:
@@ -40,9 +60,17 @@ def _reconstruct(subtype: type, shape: Any, dtype: Any) -> np.ndarray:
 
     The array's contents come afterwards from ``ndarray.__setstate__``.
     """
-    if subtype is not np.ndarray:
+    if subtype is not _NdarrayType:
         raise MalformedData(
             f"refusing to rebuild an array of type {subtype!r} from a pickle",
+            hint=_HINT,
+        )
+    # numpy writes shape (0,): the data and the real shape come from __setstate__, so
+    # they are bounded by the file. Any other shape would allocate without data.
+    if not isinstance(shape, tuple) or 0 not in shape:
+        raise MalformedData(
+            f"refusing to rebuild an array of declared shape {_short(shape)} from a pickle; "
+            "numpy writes an empty shape here",
             hint=_HINT,
         )
     return np.ndarray.__new__(np.ndarray, shape, _dtype(dtype))
@@ -91,6 +119,12 @@ def _latin1_bytes(text: str, encoding: str = "utf-8") -> bytes:
     return text.encode("latin-1")
 
 
+def _short(value: object) -> str:
+    if isinstance(value, tuple) and all(isinstance(v, int) for v in value[:8]):
+        return str(list(value[:8]))[:80]
+    return type(value).__name__
+
+
 def _size(data: object) -> str:
     return str(len(data)) if isinstance(data, bytes) else f"no ({type(data).__name__})"
 
@@ -99,7 +133,7 @@ def _size(data: object) -> str:
 # written under either name load. ``numpy.ndarray`` serves only as the subtype argument
 # of ``_reconstruct``.
 _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NdarrayType,
     ("numpy", "dtype"): _dtype,
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
@@ -152,6 +186,7 @@ def loads_restricted(data: bytes, *, source: str = "pickle") -> Any:
             or otherwise invalid.
     """
     try:
+        _check_structure(data)
         loaded = RestrictedUnpickler(io.BytesIO(data)).load()
     except MalformedData as exc:
         raise MalformedData(f"{source}: {exc.message}", hint=exc.hint) from exc
@@ -165,6 +200,7 @@ def loads_restricted(data: bytes, *, source: str = "pickle") -> Any:
         AttributeError,
         MemoryError,
         OverflowError,
+        RecursionError,
     ) as exc:
         # Invalid opcodes, truncated streams and bad __setstate__ arguments surface as
         # any of these, depending on where pickle or numpy notices the problem.
@@ -174,6 +210,76 @@ def loads_restricted(data: bytes, *, source: str = "pickle") -> Any:
         ) from exc
     _reject_object_arrays(loaded, source)
     return loaded
+
+
+def _check_structure(data: bytes) -> None:
+    """Bound the nesting depth and the unfolded size of what the pickle builds.
+
+    Simulates the unpickler's stack on the opcodes alone, without building anything.
+    Each stack entry carries the depth and the item count of the object it represents,
+    counting every reference again as hashing and printing do. Memo entries share the
+    entry, so a list that grows after it was memoized is seen at its new size.
+
+    Raises:
+        MalformedData: A built object nests deeper than ``MAX_DEPTH`` or unfolds to
+            more than ``MAX_ITEMS`` items.
+    """
+    stack: list[Any] = []
+    marks: list[int] = []
+    memo: dict[Any, list[int]] = {}
+    mark = pickletools.markobject
+    for opcode, arg, _ in pickletools.genops(data):
+        name = opcode.name
+        if name == "MARK":
+            marks.append(len(stack))
+            continue
+        if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            if stack:
+                memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
+            continue
+        if name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(memo.get(arg, [0, 1]))
+            continue
+        if name in ("STOP", "FRAME", "PROTO"):
+            continue
+        if name == "DUP":
+            if stack:
+                stack.append(stack[-1])
+            continue
+        popped: list[list[int]] = []
+        before = opcode.stack_before
+        if mark in before:
+            start = marks.pop() if marks else 0
+            popped = stack[start:]
+            del stack[start:]
+            before = before[: before.index(mark)]
+        for _ in before:
+            if stack:
+                popped.append(stack.pop())
+        if not opcode.stack_after:
+            continue
+        if name in _MUTATING and popped:
+            # APPEND, SETITEM, BUILD and the like add to the object below their
+            # arguments, which is popped last.
+            target = popped[-1]
+            others = [p for p in popped if p is not target]
+            entry = target
+        else:
+            others, entry = popped, [0, 1]
+        if others:
+            entry[0] = max(entry[0], 1 + max(p[0] for p in others))
+            entry[1] = min(entry[1] + sum(p[1] for p in others), MAX_ITEMS + 1)
+        if entry[0] > MAX_DEPTH or entry[1] > MAX_ITEMS:
+            raise MalformedData(
+                f"refusing a pickle that nests deeper than {MAX_DEPTH} levels or contains more "
+                f"than {MAX_ITEMS} items, counting repeated references (at opcode {name})",
+                hint=_HINT,
+            )
+        stack.append(entry)
+
+
+# Opcodes that change the object below their arguments instead of building a new one.
+_MUTATING = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
 
 
 def _reject_object_arrays(value: Any, source: str) -> None:

@@ -64,6 +64,11 @@ SPLITS = ("train", "valid", "test")
 
 # Rating scale of ICT-MMMO: 1 (very negative) to 5 (very positive), 3 neutral.
 NEUTRAL_RATING = 3.0
+
+# Largest dataset read, in float64 bytes: this or 64 times the file's size, whichever
+# is larger. The published files hold at most 2.6 MB each.
+MAX_DATASET_BYTES = 256 << 20
+DATASET_BYTES_PER_FILE_BYTE = 64
 RATING_RANGE = (1.0, 5.0)
 
 
@@ -176,19 +181,48 @@ def _read_dataset(h5py: object, path: Path) -> np.ndarray:
     """Read dataset ``d1`` as float64 and check that it is finite."""
     try:
         with h5py.File(path, "r") as handle:  # type: ignore[attr-defined]
-            if "d1" not in handle:
+            link = handle.get("d1", getlink=True)
+            if link is None:
                 raise MalformedData(
-                    f"{path}: dataset 'd1' not found; found {sorted(handle)}",
+                    f"{path}: dataset 'd1' not found; found {sorted(handle)[:20]}",
                     hint="pass the ICT-MMMO feature files",
                 )
+            # A soft or external link, or a dataset stored in other files (external
+            # raw storage, virtual datasets), would read data from outside the file.
+            if not isinstance(link, h5py.HardLink):  # type: ignore[attr-defined]
+                raise MalformedData(
+                    f"{path}: 'd1' is a link ({type(link).__name__}), not a dataset "
+                    "stored in the file",
+                    hint="pass the ICT-MMMO feature files; copy linked data into the file",
+                )
             dataset = handle["d1"]
+            if not isinstance(dataset, h5py.Dataset):  # type: ignore[attr-defined]
+                raise MalformedData(
+                    f"{path}: 'd1' must be a dataset, got a {type(dataset).__name__}",
+                    hint="pass the ICT-MMMO feature files",
+                )
+            if dataset.external or dataset.is_virtual:
+                raise MalformedData(
+                    f"{path}: dataset 'd1' keeps its data in other files",
+                    hint="pass the ICT-MMMO feature files; copy the data into the file",
+                )
             if dataset.dtype.kind not in "fiu":
                 raise MalformedData(
                     f"{path}: dataset 'd1' must be numeric, got {dataset.dtype}",
                     hint="pass the ICT-MMMO feature files",
                 )
+            # Compressed or unwritten chunks let a small file declare a huge dataset.
+            limit = max(MAX_DATASET_BYTES, DATASET_BYTES_PER_FILE_BYTE * path.stat().st_size)
+            if dataset.size * 8 > limit:
+                raise MalformedData(
+                    f"{path}: dataset 'd1' declares shape {list(dataset.shape)}, "
+                    f"{dataset.size * 8} bytes as float64, more than the {limit} allowed "
+                    "for a file of this size",
+                    hint="pass the ICT-MMMO feature files",
+                )
             values = np.asarray(dataset[()], dtype=np.float64)
-    except OSError as exc:
+    except (OSError, RuntimeError, KeyError) as exc:
+        # h5py raises RuntimeError or KeyError for some broken links and objects.
         raise MalformedData(
             f"{path}: not a readable HDF5 file ({exc})", hint="copy the file again"
         ) from exc
@@ -208,6 +242,11 @@ def _read_ratings(h5py: object, path: Path) -> np.ndarray:
     if ratings.ndim != 1:
         raise MalformedData(
             f"{path}: dataset 'd1' must be [n] ratings, got {list(ratings.shape)}",
+            hint="pass the ICT-MMMO rating files",
+        )
+    if ratings.size == 0:
+        raise MalformedData(
+            f"{path}: dataset 'd1' holds no ratings, so that split would be empty",
             hint="pass the ICT-MMMO rating files",
         )
     low, high = RATING_RANGE

@@ -103,7 +103,17 @@ def load(root: Path | None, seed: int, *, verify_digests: bool = True) -> Corpus
     merged = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     index_of = {sample_id: i for i, sample_id in enumerate(ids)}
     assignment = split_ids(ids, seed)
-    rows = {name: np.array([index_of[i] for i in members]) for name, members in assignment.items()}
+    rows = {
+        name: np.array([index_of[i] for i in members], dtype=np.intp)
+        for name, members in assignment.items()
+    }
+    empty = [name for name, r in rows.items() if r.size == 0]
+    if empty:
+        raise MalformedData(
+            f"{folder}: field 'labels' has {len(ids)} rows in the two files, which leaves "
+            f"split(s) {empty} empty after the 70/15/15 split",
+            hint="pass the complete CMU-MOSEI subset; each split needs at least one row",
+        )
 
     # Step 3: replace non-finite acoustic values by the train split's finite mean.
     acoustic = merged["acoustic"].astype(np.float64)
@@ -214,7 +224,7 @@ def _read_part(path: Path) -> dict[str, np.ndarray]:
     missing = [k for k in expected_keys if k not in loaded]
     if missing:
         raise MalformedData(
-            f"{path}: missing key(s) {missing}; found {sorted(map(str, loaded))}",
+            f"{path}: missing key(s) {missing}; found {_key_names(loaded)}",
             hint="pass an MMSA-style pickle with language, acoustic, visual and labels",
         )
 
@@ -253,9 +263,9 @@ def _read_part(path: Path) -> dict[str, np.ndarray]:
 
     # Features: [n, d], finite except for the acoustic ones.
     for key in _KEYS.values():
-        if part[key].ndim != 2 or part[key].shape[0] != n:
+        if part[key].ndim != 2 or part[key].shape[0] != n or part[key].shape[1] < 1:
             raise MalformedData(
-                f"{path}: field {key!r} must be [{n}, d], got {list(part[key].shape)}",
+                f"{path}: field {key!r} must be [{n}, d] with d >= 1, got {list(part[key].shape)}",
                 hint="pass time-averaged features",
             )
     for key in ("language", "visual"):
@@ -269,3 +279,13 @@ def _read_part(path: Path) -> dict[str, np.ndarray]:
         # way, but logged, because they suggest a different copy of the data.
         logger.warning("%s: acoustic features contain NaN or +inf; replacing them", path)
     return part
+
+
+def _key_names(loaded: dict[Any, Any]) -> list[str]:
+    """Name a pickled dict's keys for a message: strings as such, other keys by type.
+
+    ``str()`` of an arbitrary key can fail (an int of more than 4,300 digits) or be
+    huge, so only string keys are shown, each cut to 40 characters, at most 20.
+    """
+    names = sorted(k[:40] if isinstance(k, str) else f"<{type(k).__name__}>" for k in loaded)
+    return names[:20] + ([f"... {len(names) - 20} more"] if len(names) > 20 else [])
