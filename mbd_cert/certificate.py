@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from mbd_cert import _git_lfs, _json, canonical, signing
-from mbd_cert.errors import LimitExceeded, MalformedCertificate
+from mbd_cert.errors import LimitExceeded, MalformedCertificate, UnsupportedVersion
 
 # A certificate of a model with 100,000 tensors stays below this; anything larger is
 # refused before parsing (SPEC.md, R-LIM-1).
@@ -176,7 +176,14 @@ def load_certificate(path: str | Path) -> dict[str, Any]:
             hint="this argument takes the certificate (cert.json), not the model; "
             "'mbd-cert verify' takes both, in the order CERT MODEL",
         )
-    return parse_certificate(data, source=str(path))
+    try:
+        return parse_certificate(data, source=str(path))
+    except (MalformedCertificate, UnsupportedVersion) as error:
+        # The schema's messages name the field but not the file, and a command that
+        # reads several certificates (a chain, verify-repo) must say which one failed.
+        if str(path) not in error.message:
+            error.message = f"{path}: {error.message}"
+        raise
 
 
 def _looks_like_safetensors(data: bytes) -> bool:

@@ -276,6 +276,13 @@ def test_certificate_given_as_model_file(honest_run: HonestRun, tmp_path: Path):
         assert "looks like a JSON document" in outcome.stderr
 
 
+def test_config_given_as_certificate_names_file(honest_run: HonestRun):
+    config = Path(honest_run.checkpoint) / "config.json"
+    outcome = run_cli(["inspect", config])
+    _assert_issue_input_error(outcome, "E_FORMAT_VERSION_INVALID")
+    assert f"{config}: certificate has no format_version field" in outcome.stderr
+
+
 def test_report_install_hint_matches_readme(honest_run: HonestRun, tmp_path: Path,
                                             monkeypatch):
     import mbd_cert
