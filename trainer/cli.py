@@ -263,22 +263,52 @@ def _evaluate(checkpoint: Path, split_name: str, eval_set: Path | None, json_out
 
 def _corpus_split(loaded: Any, checkpoint: Path, split_name: str,
                   data_root: Path | None) -> tuple[Any, Any]:
-    """Reload the corpus that training.json records and return one split of it."""
+    """Reload the corpus that training.json records and return one split of it.
+
+    training.json comes with the checkpoint, so it is untrusted input. Its options may
+    only describe the corpus: they may not turn off the data digest check or name a
+    cache or device of this machine. The synthetic loader bounds the corpus size.
+    """
     from trainer.data import load_corpus
 
+    path = checkpoint / "training.json"
     record = loaded.training.get("corpus", {})
     source = record.get("source", {}) if isinstance(record, dict) else {}
     if not isinstance(source, dict) or not isinstance(source.get("name"), str):
-        raise MalformedData(f"{checkpoint}/training.json does not record the training corpus",
+        raise MalformedData(f"{path} does not record the training corpus",
                             hint="retrain with 'mbd-cert train' to get a complete record")
     seed = source.get("seed", 0)
     options = source.get("options", {})
     if isinstance(seed, bool) or not isinstance(seed, int) or not isinstance(options, dict):
-        raise MalformedData(f"{checkpoint}/training.json records an invalid corpus seed or "
+        raise MalformedData(f"{path} records an invalid corpus seed or "
                             "options", hint="retrain with 'mbd-cert train'")
-    root = data_root if data_root is not None else source.get("data_root")
-    corpus = load_corpus(source["name"], root, seed, **options)
-    recorded_ids = record.get("split_ids", {}).get(split_name)
+    recorded_root = source.get("data_root")
+    if recorded_root is not None and not isinstance(recorded_root, str):
+        raise MalformedData(
+            f"{path}: corpus.source.data_root must be a string or null, got "
+            f"{type(recorded_root).__name__}",
+            hint="pass --data-root with the folder that holds the corpus",
+        )
+    split_ids = record.get("split_ids", {})
+    recorded_ids = split_ids.get(split_name) if isinstance(split_ids, dict) else None
+    if not isinstance(split_ids, dict) or not (
+            recorded_ids is None or (isinstance(recorded_ids, list)
+                                     and all(isinstance(i, str) for i in recorded_ids))):
+        raise MalformedData(
+            f"{path}: corpus.split_ids must map each split name to a list of sample ids",
+            hint="restore training.json from the training run, or retrain",
+        )
+    _check_recorded_options(path, source["name"], options)
+    root = data_root if data_root is not None else recorded_root
+    try:
+        corpus = load_corpus(source["name"], root, seed, **options)
+    except InputError as error:
+        if error.code != "E_PARAMETER_INVALID":
+            raise
+        raise MalformedData(
+            f"{path}: corpus.source records a corpus that cannot be loaded: {error.message}",
+            hint="restore training.json from the training run, or retrain",
+        ) from error
     actual_ids = [str(i) for i in corpus.splits[split_name].ids]
     if recorded_ids is not None and recorded_ids != actual_ids:
         raise MalformedData(
@@ -287,6 +317,40 @@ def _corpus_split(loaded: Any, checkpoint: Path, split_name: str,
             hint="point --data-root at the data the checkpoint was trained on",
         )
     return corpus.splits[split_name], corpus
+
+
+def _check_recorded_options(path: Path, name: str, options: dict[str, Any]) -> None:
+    """Reject corpus options in training.json that are not the corpus's own description.
+
+    The synthetic corpus is defined by its options, which its loader checks and bounds.
+    A corpus read from files is defined by the published files, so the only option it
+    may record is ``verify_digests: true``. With ``false``, a crafted training.json
+    would load unverified files. ``cache_dir``, ``device`` and ``batch_size`` are
+    settings of the evaluating machine, not of the checkpoint.
+    """
+    from trainer.data import CORPORA
+
+    entry = CORPORA.get(name)
+    if entry is None or not entry.reads_files:
+        return
+    for key, value in options.items():
+        field = f"corpus.source.options.{key}"
+        if key == "verify_digests" and value is True:
+            continue
+        if key == "verify_digests":
+            raise MalformedData(
+                f"{path}: {field} is {value!r}; evaluate always checks the digests of "
+                f"the {name} files against the published ones",
+                hint="remove the option from training.json; to evaluate on another copy of "
+                "the corpus, load it in Python with load_corpus(..., verify_digests=False) "
+                "and call trainer.evaluate.evaluate",
+            )
+        raise MalformedData(
+            f"{path}: {field} is not an option evaluate takes from training.json; "
+            f"for corpus {name!r} only verify_digests (true) is",
+            hint="remove the option; set $MBD_CERT_CACHE for the embedding cache and pass "
+            "--device for the device",
+        )
 
 
 def _print_table(result: dict[str, Any]) -> None:

@@ -186,6 +186,34 @@ def test_synthetic_invalid_option(option, value):
     assert option in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("n_train", 10**9),
+        ("n_speakers", 10**9),
+        ("seq_len", 10**7),
+        ("input_dims", {"text": 10**6, "audio": 16, "vision": 16}),
+        ("input_dims", 5),
+        ("label_scale", "abc"),
+        ("label_scale", True),
+        ("noise_ar", "x"),
+        ("missing_rate", None),
+        ("sentiment_gain", {"text": None, "audio": 0.5, "vision": 0.5}),
+    ],
+)
+def test_synthetic_huge_or_mistyped_option(option, value):
+    # Calls validated() alone, so that a missing bound fails here without allocating.
+    with pytest.raises(InputError) as caught:
+        SyntheticConfig(**{option: value}).validated()
+    assert caught.value.code == "E_PARAMETER_INVALID"
+    assert option in str(caught.value)
+
+
+def test_synthetic_bound_allows_benchmark_scale():
+    # bench_issue_vs_retrain --scale 10 multiplies n_train by 10.
+    SyntheticConfig(n_train=12_000).validated()
+
+
 def test_load_corpus_unknown_name():
     with pytest.raises(InputError) as caught:
         load_corpus("mosei")

@@ -160,6 +160,80 @@ def test_evaluate_other_corpus_split_rejected(checkpoint, tmp_path):
     assert "other samples" in result.stderr
 
 
+def _copy_with_source(out, folder, edit):
+    folder.mkdir()
+    for path in out.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    record = json.loads((folder / "training.json").read_text())
+    edit(record)
+    (folder / "training.json").write_text(json.dumps(record))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("source", "field"),
+    [
+        # A crafted training.json must not turn off the digest check of real data, nor
+        # name a cache folder that evaluate would write the embeddings to.
+        ({"name": "mosi-text", "options": {"verify_digests": False}}, "verify_digests"),
+        ({"name": "mosi-text", "options": {"cache_dir": "elsewhere"}}, "cache_dir"),
+        ({"name": "mosei-subset", "options": {"verify_digests": "no"}}, "verify_digests"),
+        ({"name": "synthetic", "options": {"label_scale": "abc"}}, "label_scale"),
+        ({"name": "synthetic", "options": {"noise_ar": "x"}}, "noise_ar"),
+        ({"name": "synthetic", "data_root": 123}, "data_root"),
+    ],
+)
+def test_evaluate_unsafe_recorded_corpus(checkpoint, tmp_path, source, field):
+    out, _ = checkpoint
+    data = tmp_path / "data" / "cmu-mosi-text"
+    data.mkdir(parents=True)
+    (data / "label.csv").write_text("id,text,label,mode\na_1,hello,1.0,train\n")
+
+    def edit(record):
+        record["corpus"]["source"].update({"data_root": str(data.parent), **source})
+
+    copy = _copy_with_source(out, tmp_path / "copy", edit)
+    result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(copy)])
+    assert result.exit_code == 2, result.output
+    assert field in result.stderr
+    assert "training.json" in result.stderr
+    assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize("options", [{"n_train": 10**9}, {"seq_len": 10**7},
+                                     {"n_speakers": 10**9},
+                                     {"input_dims": {"text": 10**6, "audio": 16, "vision": 16}}])
+def test_evaluate_huge_recorded_corpus(checkpoint, tmp_path, monkeypatch, options):
+    from trainer.data import synthetic
+
+    def must_not_generate(*args, **kwargs):
+        raise AssertionError("the oversized corpus reached the generator")
+
+    monkeypatch.setattr(synthetic, "generate", must_not_generate)
+    out, _ = checkpoint
+
+    def edit(record):
+        record["corpus"]["source"]["options"] = options
+
+    copy = _copy_with_source(out, tmp_path / "copy", edit)
+    result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(copy)])
+    assert result.exit_code == 2, result.output
+    assert "training.json" in result.stderr
+    assert next(iter(options)) in result.stderr
+
+
+def test_evaluate_malformed_split_ids(checkpoint, tmp_path):
+    out, _ = checkpoint
+
+    def edit(record):
+        record["corpus"]["split_ids"] = ["test"]
+
+    copy = _copy_with_source(out, tmp_path / "copy", edit)
+    result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(copy)])
+    assert result.exit_code == 2, result.output
+    assert "split_ids" in result.stderr
+
+
 def test_register_on_plain_group():
     group = click.Group("tool")
     trainer_cli.register(group)

@@ -56,6 +56,7 @@ every result measured on the default corpus, so do it only with a new ``version`
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,13 @@ GENERATOR_VERSION = "1"
 
 # Number of latent factors: sentiment z plus three label-free content factors.
 _LATENT_DIM = 4
+
+# Max number of feature values (all splits and modalities together), and of speaker
+# offset values. 2**25 float64 values take 256 MiB, and generation keeps a few arrays of
+# that size at once. The default corpus has 921,600 feature values, so ``n_train`` may
+# grow about 35-fold. ``mbd-cert evaluate`` takes these options from ``training.json``,
+# where a crafted ``n_train`` of 10**9 would otherwise request about 30 GiB from numpy.
+MAX_VALUES = 2**25
 
 
 @dataclass(frozen=True)
@@ -101,21 +109,31 @@ class SyntheticConfig:
         """Return self after checking every field.
 
         Raises:
-            InputError: A size is not a positive integer, a rate or scale is out of range,
-                or a per-modality table does not name exactly text, audio and vision.
+            InputError: A size is not a positive integer, the corpus would have more
+                than :data:`MAX_VALUES` feature values or speaker offset values, a rate or scale
+                is not a number in range, or a per-modality table is not a dict naming
+                exactly text, audio and vision.
         """
-        check_count("n_train", self.n_train, 1)
-        check_count("n_valid", self.n_valid, 1)
-        check_count("n_test", self.n_test, 1)
-        check_count("seq_len", self.seq_len, 1)
-        check_count("n_speakers", self.n_speakers, 1)
+        sizes = {name: check_count(name, getattr(self, name), 1, MAX_VALUES)
+                 for name in ("n_train", "n_valid", "n_test", "seq_len", "n_speakers")}
         for table_name in ("input_dims", "sentiment_gain", "noise_scale"):
             table = getattr(self, table_name)
-            if sorted(table) != sorted(DEFAULT_MODALITIES):
-                raise _invalid(table_name, f"keys {sorted(DEFAULT_MODALITIES)}", sorted(table))
+            if not isinstance(table, dict) or sorted(table) != sorted(DEFAULT_MODALITIES):
+                raise _invalid(table_name, f"an object with keys {sorted(DEFAULT_MODALITIES)}",
+                               sorted(table) if isinstance(table, dict) else table)
+        width = 0
         for modality, dim in self.input_dims.items():
             # The attribute direction must be orthogonal to the latent map's columns.
-            check_count(f"input_dims[{modality!r}]", dim, _LATENT_DIM + 1)
+            width += check_count(f"input_dims[{modality!r}]", dim, _LATENT_DIM + 1, MAX_VALUES)
+        samples = sizes["n_train"] + sizes["n_valid"] + sizes["n_test"]
+        totals = {
+            "(n_train + n_valid + n_test) * seq_len * sum(input_dims)":
+                samples * sizes["seq_len"] * width,
+            "n_speakers * sum(input_dims)": sizes["n_speakers"] * width,
+        }
+        for formula, total in totals.items():
+            if total > MAX_VALUES:
+                raise _invalid(formula, f"at most {MAX_VALUES}", total)
         scales = {
             "label_scale": self.label_scale,
             "speaker_scale": self.speaker_scale,
@@ -125,13 +143,23 @@ class SyntheticConfig:
             **{f"noise_scale[{m!r}]": v for m, v in self.noise_scale.items()},
         }
         for name, value in scales.items():
-            if not np.isfinite(value) or value < 0:
+            if not _is_finite_number(value) or value < 0:
                 raise _invalid(name, "a finite number >= 0", value)
-        if not 0.0 <= self.noise_ar < 1.0:
-            raise _invalid("noise_ar", "a number in [0, 1)", self.noise_ar)
-        if not 0.0 <= self.missing_rate < 1.0:
-            raise _invalid("missing_rate", "a number in [0, 1)", self.missing_rate)
+        for name in ("noise_ar", "missing_rate"):
+            value = getattr(self, name)
+            if not _is_finite_number(value) or not 0.0 <= value < 1.0:
+                raise _invalid(name, "a number in [0, 1)", value)
         return self
+
+
+def _is_finite_number(value: object) -> bool:
+    """Return whether ``value`` is a real number, not a bool, with a finite float value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _invalid(name: str, expected: str, value: object) -> InputError:
