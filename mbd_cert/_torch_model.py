@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mbd_cert.arch import Architecture, load_state_dict_strict
+from mbd_cert.arch import Architecture, check_tensor_shapes, load_state_dict_strict
 from mbd_cert.checkpoint import ProbeSet
 
 
@@ -40,6 +40,7 @@ def build_model(
     dtype: torch.dtype = torch.float64,
 ) -> torch.nn.Module:
     """Build the architecture from ``config``, load ``tensors`` strictly, cast, eval mode."""
+    check_tensor_shapes(architecture, config, tensors)
     model = architecture.build(config)
     load_state_dict_strict(model, tensors)
     model = model.to(dtype)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mbd_cert import _json, _safetensors
-from mbd_cert.arch import get_architecture, load_state_dict_strict
+from mbd_cert.arch import check_tensor_shapes, get_architecture, load_state_dict_strict
 from mbd_cert.arch.mbd import MBDModel
 from mbd_cert.errors import FileMissing, InputError, MalformedData
 from mbd_cert.metrics import regression_metrics
@@ -209,6 +209,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
             f"architecture {metadata.get('architecture')!r}, expected {MODEL_FORMAT!r} "
             f"and {architecture.name!r}"
         )
+    check_tensor_shapes(architecture, document["config"], tensors)
     model = architecture.build(document["config"])
     if not isinstance(model, MBDModel):
         raise MalformedData(f"architecture {architecture.name!r} is not an MBD model; "

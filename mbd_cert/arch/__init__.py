@@ -243,6 +243,54 @@ def batch_from_arrays(
     }
 
 
+def check_tensor_shapes(architecture: Architecture, config: Mapping[str, Any],
+                        tensors: Mapping[str, np.ndarray]) -> None:
+    """Compare tensor names and shapes with the architecture's listing before a build.
+
+    Building the model allocates and initialises every parameter, so a config that
+    describes a model near ``MAX_PARAMETERS`` takes gigabytes even when the weights
+    file contains a small model. This check rejects that mismatch from the config alone.
+    An architecture without ``tensor_shapes`` is left to :func:`load_state_dict_strict`.
+
+    Raises:
+        InputError: A tensor is missing, unexpected or of another shape (code
+            ``E_MODEL_TENSORS_MISMATCH``), or the config is invalid.
+    """
+    if architecture.tensor_shapes is None:
+        return
+    expected = architecture.tensor_shapes(architecture.validate_config(config))
+    _check_names(set(expected), set(tensors))
+    for name, shape in expected.items():
+        actual = tuple(np.shape(tensors[name]))
+        if actual != tuple(shape):
+            raise InputError(
+                f"tensor {name!r} has shape {list(actual)}, the architecture expects "
+                f"{list(shape)}",
+                hint="the weights file does not match the architecture config",
+                code=CODE_MODEL_TENSORS_MISMATCH,
+            )
+
+
+def _check_names(expected: set[str], actual: set[str]) -> None:
+    """Raise ``E_MODEL_TENSORS_MISMATCH`` unless both sets of tensor names are equal."""
+    missing = sorted(expected - actual)
+    unexpected = sorted(actual - expected)
+    if missing:
+        raise InputError(
+            f"model tensors are missing {len(missing)} tensor(s) of the architecture, "
+            f"first {missing[:5]}",
+            hint="the weights file does not match the architecture config",
+            code=CODE_MODEL_TENSORS_MISMATCH,
+        )
+    if unexpected:
+        raise InputError(
+            f"model tensors have {len(unexpected)} tensor(s) the architecture does not "
+            f"define, first {unexpected[:5]}",
+            hint="the weights file does not match the architecture config",
+            code=CODE_MODEL_TENSORS_MISMATCH,
+        )
+
+
 def load_state_dict_strict(model: torch.nn.Module, tensors: Mapping[str, np.ndarray]) -> None:
     """Copy ``tensors`` into ``model``'s parameters and buffers, refusing any mismatch.
 
@@ -261,22 +309,7 @@ def load_state_dict_strict(model: torch.nn.Module, tensors: Mapping[str, np.ndar
     import torch
 
     state = model.state_dict()
-    missing = sorted(set(state) - set(tensors))
-    unexpected = sorted(set(tensors) - set(state))
-    if missing:
-        raise InputError(
-            f"model tensors are missing {len(missing)} tensor(s) of the architecture, "
-            f"first {missing[:5]}",
-            hint="the weights file does not match the architecture config",
-            code=CODE_MODEL_TENSORS_MISMATCH,
-        )
-    if unexpected:
-        raise InputError(
-            f"model tensors have {len(unexpected)} tensor(s) the architecture does not "
-            f"define, first {unexpected[:5]}",
-            hint="the weights file does not match the architecture config",
-            code=CODE_MODEL_TENSORS_MISMATCH,
-        )
+    _check_names(set(state), set(tensors))
 
     converted: dict[str, torch.Tensor] = {}
     for name, target in state.items():
@@ -388,5 +421,6 @@ __all__ = [
     "available_architectures",
     "batch_from_arrays",
     "get_architecture",
+    "check_tensor_shapes",
     "load_state_dict_strict",
 ]

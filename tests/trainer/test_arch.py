@@ -209,6 +209,38 @@ def test_tensor_shapes_match_state_dict(modalities):
                                     for name, t in model.state_dict().items()]
 
 
+def _must_not_build(config):
+    raise AssertionError("the model was built before its weights were checked")
+
+
+@pytest.mark.parametrize("change", [
+    {"hidden_dim": 60_000},
+    {"input_dims": {**DIMS, "text": DIMS["text"] + 1}},
+])
+def test_build_model_checks_shapes_first(change):
+    import dataclasses
+
+    from mbd_cert._torch_model import build_model
+
+    tensors = {name: t.numpy() for name, t in MBDModel(tiny_config()).state_dict().items()}
+    guarded = dataclasses.replace(get_architecture("mbd-sentiment"), build=_must_not_build)
+    with pytest.raises(InputError) as caught:
+        build_model(guarded, tiny_config(**change), tensors)
+    assert caught.value.code == "E_MODEL_TENSORS_MISMATCH"
+
+
+def test_build_model_extra_tensor_rejected():
+    import dataclasses
+
+    from mbd_cert._torch_model import build_model
+
+    tensors = {name: t.numpy() for name, t in MBDModel(tiny_config()).state_dict().items()}
+    tensors["encoders.copy.proj.weight"] = np.zeros((2, 2), dtype=np.float32)
+    guarded = dataclasses.replace(get_architecture("mbd-sentiment"), build=_must_not_build)
+    with pytest.raises(InputError, match="the architecture does not define"):
+        build_model(guarded, tiny_config(), tensors)
+
+
 # --- forward semantics -----------------------------------------------------------------
 
 

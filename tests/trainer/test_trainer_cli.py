@@ -234,6 +234,32 @@ def test_evaluate_malformed_split_ids(checkpoint, tmp_path):
     assert "split_ids" in result.stderr
 
 
+def test_evaluate_checks_shapes_before_build(checkpoint, tmp_path, monkeypatch):
+    # Building allocates every parameter, gigabytes for a config near the parameter
+    # cap, so evaluate must compare the config with the weights file first.
+    import dataclasses
+
+    from mbd_cert.arch import get_architecture
+    from trainer import evaluate
+
+    def must_not_build(config):
+        raise AssertionError("the model was built before its weights were checked")
+
+    guarded = dataclasses.replace(get_architecture("mbd-sentiment"), build=must_not_build)
+    monkeypatch.setattr(evaluate, "get_architecture", lambda name: guarded)
+    out, _ = checkpoint
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in out.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    document = json.loads((copy / "config.json").read_text())
+    document["config"]["hidden_dim"] = 60_000
+    (copy / "config.json").write_text(json.dumps(document))
+    result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(copy)])
+    assert result.exit_code == 2, result.output
+    assert "E_MODEL_TENSORS_MISMATCH" in result.stderr
+
+
 def test_register_on_plain_group():
     group = click.Group("tool")
     trainer_cli.register(group)
