@@ -40,7 +40,7 @@ from mbd_cert.arch import Architecture, Batch, get_architecture
 from mbd_cert.chain import write_chain_copies
 from mbd_cert.checkpoint import ProbeSet
 from mbd_cert.diff import MASK_PREFIX, build_diff
-from mbd_cert.errors import InputError, IssuanceError
+from mbd_cert.errors import InputError, IssuanceError, MalformedData
 from mbd_cert.issue import IssueOptions, chain_account, draw_noise, sensitivity_for
 from mbd_cert.metrics import regression_metrics
 from mbd_cert.proxy_quality import ClosedForm, forget_value, measure_proxy_quality
@@ -102,6 +102,16 @@ def _run(
 ) -> dict[str, Any]:
     """Run the deletion and write the outputs; see :func:`mbd_cert.issue.issue`."""
     architecture = get_architecture(str(config_doc["architecture"]))
+    version = config_doc.get("architecture_version")
+    if version != architecture.version:
+        # The same check as evaluate's: another version of the code may build other
+        # tensors from the same config, and the certificate records this release's.
+        raise MalformedData(
+            f"checkpoint config: architecture_version is {version!r}, this release has "
+            f"{architecture.version!r} of {architecture.name!r}",
+            hint="issue with the release the checkpoint was trained with, or train it "
+            "again with this one",
+        )
     config = architecture.validate_config(config_doc["config"])
     modality = options.modality
     deleted = list(config.get("deleted_modalities", []))

@@ -283,6 +283,25 @@ def test_config_given_as_certificate_names_file(honest_run: HonestRun):
     assert f"{config}: certificate has no format_version field" in outcome.stderr
 
 
+@pytest.mark.parametrize("version", [1, "2", None], ids=["integer", "other", "absent"])
+def test_issue_checks_architecture_version(honest_run: HonestRun, tmp_path: Path, version):
+    # evaluate already compared it strictly; issue took any value, or none.
+    checkpoint = tmp_path / "ck"
+    shutil.copytree(honest_run.checkpoint, checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    if version is None:
+        del config["architecture_version"]
+    else:
+        config["architecture_version"] = version
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    outcome = run_cli(["issue", "--checkpoint", checkpoint, "--modality", "audio",
+                       "--epsilon", "1", "--key", honest_run.private_key,
+                       "--out", tmp_path / "out"])
+    _assert_issue_input_error(outcome, "E_DATA_MALFORMED")
+    assert f"architecture_version is {version!r}" in outcome.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_report_install_hint_matches_readme(honest_run: HonestRun, tmp_path: Path,
                                             monkeypatch):
     import mbd_cert
