@@ -55,6 +55,10 @@ class ProbeSet:
         return int(self.label.shape[0])
 
 
+# The members of a checkpoint's config.json (see the module docstring).
+_CONFIG_MEMBERS = frozenset({"architecture", "architecture_version", "config"})
+
+
 def read_config(path: Path) -> dict[str, Any]:
     """Read a checkpoint's ``config.json`` strictly.
 
@@ -70,6 +74,16 @@ def read_config(path: Path) -> dict[str, Any]:
         )
     if not isinstance(data.get("architecture"), str):
         raise MalformedData(f"{path}: 'architecture' must be a string naming the architecture")
+    unknown = sorted(set(data) - _CONFIG_MEMBERS)
+    if unknown:
+        # A key this release does not read could be meant for another one; certifying
+        # the model without it would misstate what was certified.
+        raise MalformedData(
+            f"{path}: unknown member(s) {unknown[:5]}; a checkpoint config has only "
+            f"{sorted(_CONFIG_MEMBERS)}",
+            hint="pass a checkpoint directory written by 'mbd-cert train', or remove the "
+            "members",
+        )
     return data
 
 

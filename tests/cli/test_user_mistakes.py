@@ -302,6 +302,19 @@ def test_issue_checks_architecture_version(honest_run: HonestRun, tmp_path: Path
     assert not (tmp_path / "out").exists()
 
 
+def test_issue_rejects_unknown_config_member(honest_run: HonestRun, tmp_path: Path):
+    checkpoint = tmp_path / "ck"
+    shutil.copytree(honest_run.checkpoint, checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["precision"] = "fp8"
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    outcome = run_cli(["issue", "--checkpoint", checkpoint, "--modality", "audio",
+                       "--epsilon", "1", "--key", honest_run.private_key,
+                       "--out", tmp_path / "out"])
+    _assert_issue_input_error(outcome, "E_DATA_MALFORMED")
+    assert "unknown member(s) ['precision']" in outcome.stderr
+
+
 def test_report_install_hint_matches_readme(honest_run: HonestRun, tmp_path: Path,
                                             monkeypatch):
     import mbd_cert
