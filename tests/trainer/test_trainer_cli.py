@@ -24,6 +24,14 @@ def checkpoint(tmp_path_factory):
     return out, result
 
 
+
+def _copy_checkpoint(source, target):
+    """Copy a checkpoint directory's files to ``target``, to edit one of them."""
+    target.mkdir()
+    for path in source.iterdir():
+        (target / path.name).write_bytes(path.read_bytes())
+    return target
+
 def test_train_prints_one_result_line(checkpoint):
     out, result = checkpoint
     lines = result.stdout.strip().splitlines()
@@ -148,10 +156,7 @@ def test_evaluate_missing_checkpoint_exits_2(tmp_path):
 
 def test_evaluate_other_corpus_split_rejected(checkpoint, tmp_path):
     out, _ = checkpoint
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    for path in out.iterdir():
-        (copy / path.name).write_bytes(path.read_bytes())
+    copy = _copy_checkpoint(out, tmp_path / "copy")
     record = json.loads((copy / "training.json").read_text())
     record["corpus"]["split_ids"]["test"][0] = "someone-else"
     (copy / "training.json").write_text(json.dumps(record))
@@ -248,10 +253,7 @@ def test_evaluate_checks_shapes_before_build(checkpoint, tmp_path, monkeypatch):
     guarded = dataclasses.replace(get_architecture("mbd-sentiment"), build=must_not_build)
     monkeypatch.setattr(evaluate, "get_architecture", lambda name: guarded)
     out, _ = checkpoint
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    for path in out.iterdir():
-        (copy / path.name).write_bytes(path.read_bytes())
+    copy = _copy_checkpoint(out, tmp_path / "copy")
     document = json.loads((copy / "config.json").read_text())
     document["config"]["hidden_dim"] = 60_000
     (copy / "config.json").write_text(json.dumps(document))
