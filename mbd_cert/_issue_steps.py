@@ -55,6 +55,9 @@ MODEL_FORMAT = "mbd-cert-model/1"
 # stats.MIN_NORMALITY_SAMPLES, repeated because mbd_cert.stats imports scipy.stats
 # (0.4 s); a unit test keeps the two equal.
 NORMALITY_MIN_ENTRIES = 20
+# verify_leakage.MIN_GROUP, repeated because mbd_cert.verify_leakage imports
+# scipy.optimize; a unit test keeps the two equal.
+MEMBERSHIP_MIN_GROUP = 10
 
 
 def default_eligible_groups(modality: str) -> list[str]:
@@ -154,6 +157,13 @@ def _run(
             code="E_DATA_MALFORMED",
         )
     check_probe_coverage(probe, modality, deleted)
+    members = int(np.count_nonzero(probe.member))
+    if min(members, probe.size - members) < MEMBERSHIP_MIN_GROUP:
+        logger.warning(
+            "the probe set has %d members and %d non-members: level 3's membership probe "
+            "needs %d of each and will report inconclusive. Pass a probe set with both "
+            "(mbd-cert train writes one)", members, probe.size - members,
+            MEMBERSHIP_MIN_GROUP)
     check_update_work(options.steps, probe.size, source="issue options")
     if options.sensitivity_method == "reference-retrain":
         check_evidence_work(options.reference_runs, options.steps, probe.size,

@@ -315,6 +315,25 @@ def test_issue_rejects_unknown_config_member(honest_run: HonestRun, tmp_path: Pa
     assert "unknown member(s) ['precision']" in outcome.stderr
 
 
+def test_issue_warns_probe_without_nonmembers(honest_run: HonestRun, tmp_path: Path):
+    # Level 3 would report the membership probe inconclusive; say so at issue time.
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    checkpoint = tmp_path / "ck"
+    shutil.copytree(honest_run.checkpoint, checkpoint)
+    probe = checkpoint / "probe.safetensors"
+    with safe_open(str(probe), "np") as handle:
+        metadata = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    tensors["member"] = tensors["member"] * 0 + 1
+    save_file(tensors, str(probe), metadata=metadata)
+    outcome = run_cli(["issue", "--checkpoint", checkpoint, *TINY_ISSUE_OPTIONS,
+                       "--key", honest_run.private_key, "--out", tmp_path / "out"])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "0 non-members: level 3's membership probe needs 10 of each" in outcome.stderr
+
+
 def test_report_install_hint_matches_readme(honest_run: HonestRun, tmp_path: Path,
                                             monkeypatch):
     import mbd_cert

@@ -122,3 +122,9 @@ def test_small_mask_warning_matches_level_2():
     from mbd_cert import _issue_steps, stats
 
     assert _issue_steps.NORMALITY_MIN_ENTRIES == stats.MIN_NORMALITY_SAMPLES
+
+
+def test_membership_warning_matches_level_3():
+    from mbd_cert import _issue_steps, verify_leakage
+
+    assert _issue_steps.MEMBERSHIP_MIN_GROUP == verify_leakage.MIN_GROUP
