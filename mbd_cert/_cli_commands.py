@@ -114,7 +114,9 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         "out_prefix",
         type=click.Path(path_type=Path),
         required=True,
-        help="Path prefix: writes PREFIX.key (private, mode 600) and PREFIX.pub.",
+        help="Path prefix: writes PREFIX.key (private, mode 600) and PREFIX.pub. An "
+        "existing directory gets issuer.key and issuer.pub (auditor.key and auditor.pub "
+        "with --kind x25519).",
     )
     @click.option("--force", is_flag=True, help="Overwrite existing key files.")
     @click.option(

@@ -19,25 +19,40 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from mbd_cert import _json, _paths
 from mbd_cert._ed25519_keys import key_kind
-from mbd_cert.errors import KeyInvalid
+from mbd_cert.errors import InputError, KeyInvalid
 
 # A PEM X25519 key is under 200 bytes; the cap only stops a wrong file early.
 MAX_KEY_FILE_BYTES = 64 * 1024
+# File name stem of a key pair written into an existing directory.
+DEFAULT_AUDITOR_KEY_NAME = "auditor"
 
 
 def write_x25519_keypair(prefix: Path, *, force: bool = False) -> tuple[Path, Path]:
     """Write a new X25519 key pair: ``PREFIX.key`` (PKCS#8 PEM, mode 0o600) and ``PREFIX.pub``.
 
+    An existing directory as ``prefix`` gets ``auditor.key`` and ``auditor.pub``, as
+    ``keygen`` writes ``issuer.key`` and ``issuer.pub`` into one for a signing key.
+
     Raises:
         InputError: A file exists and ``force`` is false, or writing failed.
     """
+    if prefix.is_dir():
+        prefix = prefix / DEFAULT_AUDITOR_KEY_NAME
+    private_path = prefix.with_name(prefix.name + ".key")
+    public_path = prefix.with_name(prefix.name + ".pub")
+    # Both paths are checked before either file is written, so an existing public key
+    # never leaves a new private key without its pair.
+    if not force:
+        for path in (private_path, public_path):
+            if os.path.lexists(path):
+                raise InputError(f"key file {str(path)!r} already exists",
+                                 hint="choose another path, or pass --force to overwrite it",
+                                 code="E_FILE_EXISTS")
     key = X25519PrivateKey.generate()
     private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
-    private_path = prefix.with_name(prefix.name + ".key")
-    public_path = prefix.with_name(prefix.name + ".pub")
     for path, data, mode in ((private_path, private_pem, 0o600), (public_path, public_pem, 0o644)):
         with _paths.atomic_output(path, overwrite=force) as output:
             os.chmod(output.temp_path, mode)  # before any key byte is written

@@ -162,6 +162,22 @@ def test_key_files_round_trip(tmp_path: Path) -> None:
         sealing.recipient_key_id(public)
 
 
+def test_key_pair_into_directory(tmp_path: Path) -> None:
+    # Like the signing key, a directory gets a named pair inside it, not DIR.key beside.
+    private_path, public_path = sealing.write_x25519_keypair(tmp_path)
+    assert private_path == tmp_path / "auditor.key"
+    assert public_path == tmp_path / "auditor.pub"
+
+
+def test_existing_public_key_leaves_no_half_pair(tmp_path: Path) -> None:
+    (tmp_path / "auditor.pub").write_text("kept")
+    with pytest.raises(InputError) as caught:
+        sealing.write_x25519_keypair(tmp_path / "auditor")
+    assert caught.value.code == "E_FILE_EXISTS"
+    assert not (tmp_path / "auditor.key").exists()
+    assert (tmp_path / "auditor.pub").read_text() == "kept"
+
+
 def test_signing_key_rejected_as_auditor_key(tmp_path: Path) -> None:
     signing_key = Ed25519PrivateKey.generate()
     pub = tmp_path / "issuer.pub"
