@@ -66,6 +66,11 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                                [cert] if model_path is None else [cert, model_path])
         # Checked here to name the option. The atomic write below still rejects a file
         # that appears in the meantime.
+        if out_path.is_dir():
+            raise errors.InputError(
+                f"--out names a directory: {out_path}",
+                hint=f"pass a file path for the Statement, such as {out_path / 'statement.json'}",
+                code="E_PARAMETER_INVALID")
         if not force and os.path.lexists(out_path):
             raise errors.InputError(f"output file exists: {out_path}",
                                     hint="choose another --out, or pass --force to replace it",

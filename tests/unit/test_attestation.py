@@ -109,6 +109,17 @@ def test_attest_command_writes_statement(issued, tmp_path, validator):
     assert "E_FILE_EXISTS" in again.stderr
 
 
+def test_attest_out_directory_exits_2(issued, tmp_path):
+    # A directory is no file to write, with or without --force.
+    for extra in ([], ["--force"]):
+        result = CliRunner().invoke(main, ["attest", str(issued / "cert.json"), "--out",
+                                           str(tmp_path), "--model",
+                                           str(issued / "model.safetensors"), *extra])
+        assert result.exit_code == 2
+        assert "--out names a directory" in result.stderr
+        assert "statement.json" in result.stderr
+
+
 def test_attest_wrong_model_exits_1(issued, tmp_path):
     import numpy as np
     from safetensors.numpy import save_file
