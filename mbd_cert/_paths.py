@@ -373,3 +373,30 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | m
             os.umask(umask)
             os.chmod(output.temp_path, 0o666 & ~umask)
         output.file.write(data)
+
+
+def key_pair_paths(dir_or_prefix: str | os.PathLike[str], default_name: str, *,
+                   force: bool) -> tuple[Path, Path]:
+    """Return the ``.key`` and ``.pub`` paths of a new key pair, both checked free.
+
+    An existing directory gets ``default_name.key`` and ``default_name.pub`` inside it;
+    any other path is a prefix. Both paths are checked before either file is written,
+    so an existing file never leaves half a pair behind.
+
+    Raises:
+        InputError: A path exists and ``force`` is false (``E_FILE_EXISTS``).
+    """
+    base = Path(dir_or_prefix)
+    if base.is_dir():
+        base = base / default_name
+    private_path = base.with_name(base.name + ".key")
+    public_path = base.with_name(base.name + ".pub")
+    if not force:
+        for path in (private_path, public_path):
+            if os.path.lexists(path):
+                raise InputError(
+                    f"key file {str(path)!r} already exists",
+                    hint="choose another path, or pass --force to overwrite it",
+                    code="E_FILE_EXISTS",
+                )
+    return private_path, public_path

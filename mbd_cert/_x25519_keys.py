@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from mbd_cert import _json, _paths
 from mbd_cert._ed25519_keys import key_kind
-from mbd_cert.errors import InputError, KeyInvalid
+from mbd_cert.errors import KeyInvalid
 
 # A PEM X25519 key is under 200 bytes; the cap only stops a wrong file early.
 MAX_KEY_FILE_BYTES = 64 * 1024
@@ -36,18 +36,8 @@ def write_x25519_keypair(prefix: Path, *, force: bool = False) -> tuple[Path, Pa
     Raises:
         InputError: A file exists and ``force`` is false, or writing failed.
     """
-    if prefix.is_dir():
-        prefix = prefix / DEFAULT_AUDITOR_KEY_NAME
-    private_path = prefix.with_name(prefix.name + ".key")
-    public_path = prefix.with_name(prefix.name + ".pub")
-    # Both paths are checked before either file is written, so an existing public key
-    # never leaves a new private key without its pair.
-    if not force:
-        for path in (private_path, public_path):
-            if os.path.lexists(path):
-                raise InputError(f"key file {str(path)!r} already exists",
-                                 hint="choose another path, or pass --force to overwrite it",
-                                 code="E_FILE_EXISTS")
+    private_path, public_path = _paths.key_pair_paths(prefix, DEFAULT_AUDITOR_KEY_NAME,
+                                                      force=force)
     key = X25519PrivateKey.generate()
     private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())

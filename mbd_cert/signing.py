@@ -40,11 +40,10 @@ from mbd_cert._ed25519_keys import (
     parse_private_key,
     parse_public_key,
 )
-from mbd_cert._paths import atomic_output
+from mbd_cert._paths import atomic_output, key_pair_paths
 from mbd_cert._read_capped import read_bytes_capped
 from mbd_cert.errors import (
     FileMissing,
-    InputError,
     KeyInvalid,
     MalformedCertificate,
     SignatureInvalid,
@@ -148,23 +147,7 @@ def write_keypair(
         private_key = parse_private_key(private_pem, "private_pem argument")
         public_pem = _public_pem(private_key.public_key())
 
-    base = Path(dir_or_prefix)
-    if base.is_dir():
-        base = base / DEFAULT_KEY_NAME
-    private_path = base.with_name(base.name + ".key")
-    public_path = base.with_name(base.name + ".pub")
-
-    # Both paths are checked before either file is written, so an existing file never
-    # leaves half a pair behind.
-    if not force:
-        for path in (private_path, public_path):
-            if os.path.lexists(path):
-                raise InputError(
-                    f"key file {str(path)!r} already exists",
-                    hint="choose another path, or pass --force to overwrite it",
-                    code="E_FILE_EXISTS",
-                )
-
+    private_path, public_path = key_pair_paths(dir_or_prefix, DEFAULT_KEY_NAME, force=force)
     _write_key_file(private_path, private_pem, PRIVATE_KEY_FILE_MODE, force=force)
     _write_key_file(public_path, public_pem, PUBLIC_KEY_FILE_MODE, force=force)
     return private_path, public_path
