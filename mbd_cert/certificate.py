@@ -179,8 +179,8 @@ def load_certificate(path: str | Path) -> dict[str, Any]:
     try:
         return parse_certificate(data, source=str(path))
     except (MalformedCertificate, UnsupportedVersion) as error:
-        # The schema's messages name the field but not the file, and a command that
-        # reads several certificates (a chain, verify-repo) must say which one failed.
+        # The schema's messages name the field but not the file. A command that reads
+        # several certificates (a chain, verify-repo) must name the one that failed.
         if str(path) not in error.message:
             error.message = f"{path}: {error.message}"
         raise

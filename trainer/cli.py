@@ -83,8 +83,8 @@ def interrupted_text() -> str:
     """
     if os.environ.get("RANK", "0") in ("", "0"):
         return "the output directory was left as it was"
-    return (f"rank {os.environ['RANK']} writes no output; rank 0's message says whether "
-            "the checkpoint was written")
+    return (f"rank {os.environ['RANK']} writes no output; rank 0's message reports "
+            "whether the checkpoint was written")
 
 
 def register(group: click.Group, guarded: Callable[..., Any] | None = None) -> None:

@@ -265,8 +265,8 @@ def test_model_given_as_certificate(honest_run: HonestRun, tmp_path: Path):
 
 
 def test_certificate_given_as_model_file(honest_run: HonestRun, tmp_path: Path):
-    # A certificate where a tensor file belongs is unusable input (exit 2) that says
-    # so, not a digest mismatch (exit 1) or a huge header length.
+    # A certificate where a tensor file belongs is unusable input (exit 2), reported
+    # as a JSON document, not as a digest mismatch (exit 1) or a huge header length.
     for arguments in (["attest", honest_run.cert, "--model", honest_run.cert,
                        "--out", tmp_path / "statement.json"],
                       ["evaluate", "--checkpoint", honest_run.checkpoint,
@@ -276,47 +276,49 @@ def test_certificate_given_as_model_file(honest_run: HonestRun, tmp_path: Path):
         assert "looks like a JSON document" in outcome.stderr
 
 
-def test_config_given_as_certificate_names_file(honest_run: HonestRun):
+def test_config_as_certificate_names_file(honest_run: HonestRun):
     config = Path(honest_run.checkpoint) / "config.json"
     outcome = run_cli(["inspect", config])
     _assert_issue_input_error(outcome, "E_FORMAT_VERSION_INVALID")
     assert f"{config}: certificate has no format_version field" in outcome.stderr
 
 
-@pytest.mark.parametrize("version", [1, "2", None], ids=["integer", "other", "absent"])
-def test_issue_checks_architecture_version(honest_run: HonestRun, tmp_path: Path, version):
-    # evaluate already compared it strictly; issue took any value, or none.
+def _issue_with_config(honest_run: HonestRun, tmp_path: Path, edit):
+    """Run issue on a copy of the checkpoint whose config.json ``edit`` changed in place."""
     checkpoint = tmp_path / "ck"
     shutil.copytree(honest_run.checkpoint, checkpoint)
     config = json.loads((checkpoint / "config.json").read_text())
-    if version is None:
-        del config["architecture_version"]
-    else:
-        config["architecture_version"] = version
+    edit(config)
     (checkpoint / "config.json").write_text(json.dumps(config))
-    outcome = run_cli(["issue", "--checkpoint", checkpoint, "--modality", "audio",
-                       "--epsilon", "1", "--key", honest_run.private_key,
-                       "--out", tmp_path / "out"])
+    return run_cli(["issue", "--checkpoint", checkpoint, "--modality", "audio",
+                    "--epsilon", "1", "--key", honest_run.private_key,
+                    "--out", tmp_path / "out"])
+
+
+@pytest.mark.parametrize("version", [1, "2", None], ids=["integer", "other", "absent"])
+def test_issue_checks_architecture_version(honest_run: HonestRun, tmp_path: Path, version):
+    # evaluate already compared it strictly; issue took any value, or none.
+    def edit(config: dict) -> None:
+        if version is None:
+            del config["architecture_version"]
+        else:
+            config["architecture_version"] = version
+
+    outcome = _issue_with_config(honest_run, tmp_path, edit)
     _assert_issue_input_error(outcome, "E_DATA_MALFORMED")
     assert f"architecture_version is {version!r}" in outcome.stderr
     assert not (tmp_path / "out").exists()
 
 
 def test_issue_rejects_unknown_config_member(honest_run: HonestRun, tmp_path: Path):
-    checkpoint = tmp_path / "ck"
-    shutil.copytree(honest_run.checkpoint, checkpoint)
-    config = json.loads((checkpoint / "config.json").read_text())
-    config["precision"] = "fp8"
-    (checkpoint / "config.json").write_text(json.dumps(config))
-    outcome = run_cli(["issue", "--checkpoint", checkpoint, "--modality", "audio",
-                       "--epsilon", "1", "--key", honest_run.private_key,
-                       "--out", tmp_path / "out"])
+    outcome = _issue_with_config(honest_run, tmp_path,
+                                 lambda config: config.update(precision="fp8"))
     _assert_issue_input_error(outcome, "E_DATA_MALFORMED")
     assert "unknown member(s) ['precision']" in outcome.stderr
 
 
 def test_issue_warns_probe_without_nonmembers(honest_run: HonestRun, tmp_path: Path):
-    # Level 3 would report the membership probe inconclusive; say so at issue time.
+    # Level 3 would report the membership probe inconclusive, so issue warns first.
     from safetensors import safe_open
     from safetensors.numpy import save_file
 

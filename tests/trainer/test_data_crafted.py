@@ -228,5 +228,5 @@ def test_ict_crafted_audio_refused(tmp_path, tweak, message):
 
 def test_ict_empty_split_refused(tmp_path):
     tweak = {name: _empty for name in ("audio_test", "video_test", "text_test_emb", "y_test")}
-    with pytest.raises(MalformedData, match="holds no ratings"):
+    with pytest.raises(MalformedData, match="contains no ratings"):
         load_ict(write_ict(tmp_path, tweak))

@@ -248,11 +248,11 @@ def test_ranks_draw_own_dropout_masks(tmp_path, monkeypatch):
 @pytest.mark.parametrize(("rank", "expected"), [
     (None, "the output directory was left as it was"),
     ("0", "the output directory was left as it was"),
-    ("1", "rank 1 writes no output; rank 0's message says whether the checkpoint was written"),
+    ("1", "rank 1 writes no output; rank 0's message reports whether the checkpoint was written"),
 ])
 def test_interrupt_text_per_rank(monkeypatch, rank, expected):
     # Rank 0 may have published the checkpoint when Ctrl-C reaches the other ranks,
-    # so only rank 0 can say that the output directory was left as it was.
+    # so only rank 0 can report that the output directory was left as it was.
     from trainer.cli import interrupted_text
 
     if rank is None:

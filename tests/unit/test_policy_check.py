@@ -33,7 +33,7 @@ def test_unwalked_chain_lists_every_violation():
     assert message.endswith("(the chain could not be walked)")
 
 
-def test_pass_on_unwalked_chain_names_scope():
+def test_unwalked_pass_names_scope():
     result = check_policy(_doc("clip-bound", 0.5), [], max_epsilon=1.0, max_delta=None,
                           required_method="clip-bound", accepted_methods=())
     assert result.status == "pass"

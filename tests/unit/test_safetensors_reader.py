@@ -423,7 +423,7 @@ def test_json_document_rejected(tmp_path: Path, text: bytes) -> None:
         stio.read_header(path)
 
 
-def test_length_123_truncated_not_taken_for_json(tmp_path: Path) -> None:
+def test_length_123_not_json(tmp_path: Path) -> None:
     # N = 123 is stored as 7B 00 .. 00: a '{' first, but zero bytes no JSON text has.
     path = tmp_path / "f"
     path.write_bytes((123).to_bytes(8, "little") + b"{}")

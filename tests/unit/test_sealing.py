@@ -169,7 +169,7 @@ def test_key_pair_into_directory(tmp_path: Path) -> None:
     assert public_path == tmp_path / "auditor.pub"
 
 
-def test_existing_public_key_leaves_no_half_pair(tmp_path: Path) -> None:
+def test_existing_pub_no_half_pair(tmp_path: Path) -> None:
     (tmp_path / "auditor.pub").write_text("kept")
     with pytest.raises(InputError) as caught:
         sealing.write_x25519_keypair(tmp_path / "auditor")

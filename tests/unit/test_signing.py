@@ -382,14 +382,14 @@ def test_wrong_kind_private_keys_rejected(tmp_path: Path, rsa_key: rsa.RSAPrivat
     assert "X25519" in str(key_error(load_private_key, write(tmp_path / "x.key", x_key)))
 
 
-def test_key_kind_names_dsa_without_warning(rsa_key: rsa.RSAPrivateKey) -> None:
+def test_key_kind_dsa_without_warning(rsa_key: rsa.RSAPrivateKey) -> None:
     # cryptography 51 warns on every lookup of its DSA classes, so key_kind names a
     # DSA key by its class name and must not touch them for other keys either.
     import warnings
 
     from mbd_cert._ed25519_keys import key_kind
 
-    class DSAPublicKey:  # stands in for cryptography's class of that name
+    class DSAPublicKey:  # a fake with the name of cryptography's DSA key class
         pass
 
     with warnings.catch_warnings():

@@ -246,7 +246,7 @@ def _read_ratings(h5py: object, path: Path) -> np.ndarray:
         )
     if ratings.size == 0:
         raise MalformedData(
-            f"{path}: dataset 'd1' holds no ratings, so that split would be empty",
+            f"{path}: dataset 'd1' contains no ratings, so that split would be empty",
             hint="pass the ICT-MMMO rating files",
         )
     low, high = RATING_RANGE
