@@ -27,10 +27,10 @@ __all__ = ["Validator", "ecma_pattern", "format_checker"]
 # The RFC 4122 string form of a UUID: 8-4-4-4-12 ASCII hex digits, either case.
 _UUID = re.compile("[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
 
-# Formats whose values never contain a line feed. The date-time and uri checkers
-# (rfc3339-validator, rfc3987) match "^...$" with re.match, which accepts a final "\n".
-# The uuid check (_is_uuid) rejects a line feed by itself.
-NO_LINE_FEED_FORMATS = ("date-time", "uri")
+# Formats whose values never contain a line feed. The date-time checker
+# (rfc3339-validator) matches "^...$" with re.match, which accepts a final "\n". The
+# uuid check (_is_uuid) rejects a line feed by itself.
+NO_LINE_FEED_FORMATS = ("date-time",)
 
 
 @functools.lru_cache(maxsize=256)

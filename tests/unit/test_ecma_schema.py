@@ -116,7 +116,6 @@ def test_pattern_error_message_unchanged() -> None:
 
 @pytest.mark.parametrize(("name", "value"), [
     ("date-time", "2024-05-01T12:00:00Z"),
-    ("uri", "https://example.org/model"),
     ("uuid", "6f1c1f1e-3b5e-4c1a-9a51-0b9c3f6d2e7a"),
 ])
 def test_format_rejects_line_feed(name: str, value: str) -> None:
@@ -162,7 +161,7 @@ def test_format_checker_is_a_copy() -> None:
 
 def test_missing_format_checker_still_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     class WithoutDateTime:
-        FORMAT_CHECKER = FormatChecker(formats=("uri", "uuid"))
+        FORMAT_CHECKER = FormatChecker(formats=("uuid",))
 
     monkeypatch.setattr(_ecma_schema, "Draft202012Validator", WithoutDateTime)
     with pytest.raises(MbdCertError) as info:
