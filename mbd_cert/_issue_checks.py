@@ -1,7 +1,9 @@
 """Checks of the checkpoint, its probe set and the released model that issue runs.
 
-:func:`mbd_cert._issue_steps.run` calls them after reading the checkpoint and before
-any saliency score is computed, and checks the released model before writing it.
+:func:`mbd_cert.issue.issue` checks the probe set and the evaluation set as it reads
+them. :func:`mbd_cert._issue_steps.run` calls the other checks after reading the
+checkpoint and before any saliency score is computed, and checks the released model
+before writing it.
 
 Stability: internal.
 """
@@ -10,13 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mbd_cert._groups import unlisted_zero_encoders
-from mbd_cert.checkpoint import ProbeSet
-from mbd_cert.errors import IssuanceError
+from mbd_cert.checkpoint import LABEL_BOUND, MIN_ISSUE_PROBE_SAMPLES, ProbeSet
+from mbd_cert.errors import IssuanceError, MalformedData
 
 logger = logging.getLogger(__name__)
 
@@ -178,3 +181,81 @@ def check_probe_coverage(probe: ProbeSet, modality: str, deleted: Sequence[str])
             "the released model predicts from no input on such data. Release it only if "
             "a model without input is what you intend",
             ", ".join(map(repr, remaining)), modality)
+
+
+def check_labels(samples: ProbeSet, path: Path) -> None:
+    """Reject labels outside the sentiment scale [-3, 3] (SPEC.md, R-PRB-3).
+
+    Args:
+        samples: A probe set or an evaluation set.
+        path: The file it was read from, for the message.
+
+    Raises:
+        MalformedData: A label lies outside [-3, 3]; the message gives the count and
+            the first such row.
+    """
+    outside = np.flatnonzero(np.abs(samples.label) > LABEL_BOUND)
+    if outside.size:
+        row = int(outside[0])
+        raise MalformedData(
+            f"{path}: tensor 'label' has {outside.size} value(s) outside [-{LABEL_BOUND:g}, "
+            f"{LABEL_BOUND:g}], the first {float(samples.label[row]):.6g} in row {row}",
+            hint="labels are sentiment scores on the CMU scale [-3, 3], the scale of the "
+            "corpus loaders, the utility metrics and the built-in model's default output: "
+            "rescale them, or use the files 'mbd-cert train' writes",
+        )
+
+
+def check_probe_size(probe: ProbeSet, path: Path) -> None:
+    """Reject a probe set too small for level 3 to reach a verdict (SPEC.md, R-PRB-4).
+
+    Level 3's membership probe needs 10 members and 10 non-members, and its
+    representation probe two classes of 10 samples, so with fewer than 20 samples
+    every statistical probe of level 3 is inconclusive, whatever the split.
+
+    Raises:
+        MalformedData: The probe set has fewer than ``MIN_ISSUE_PROBE_SAMPLES`` samples.
+    """
+    if probe.size < MIN_ISSUE_PROBE_SAMPLES:
+        members = int(np.count_nonzero(probe.member))
+        raise MalformedData(
+            f"{path}: the probe set has {probe.size} sample(s) (rows of tensor 'label': "
+            f"{members} members, {probe.size - members} non-members); issue needs at least "
+            f"{MIN_ISSUE_PROBE_SAMPLES}, because level 3's membership probe needs "
+            f"{MIN_ISSUE_PROBE_SAMPLES // 2} members and {MIN_ISSUE_PROBE_SAMPLES // 2} "
+            "non-members (SPEC.md, R-PRB-4)",
+            hint=f"train again with --probe-members and --probe-nonmembers of "
+            f"{MIN_ISSUE_PROBE_SAMPLES // 2} or more (the default is 200 each), or add "
+            "samples to the probe set",
+        )
+
+
+def check_evaluation_set(evaluation: ProbeSet, path: Path, modality: str) -> None:
+    """Check that the evaluation set gives held-out utility for ``modality`` (R-PRB-5).
+
+    The certificate records the metrics as held-out utility, so a training member in
+    the set is rejected. A set in which no sample observes ``modality`` is logged as a
+    warning: its metrics still describe the released model, but they cannot show what
+    losing ``modality`` costs.
+
+    Raises:
+        MalformedData: A label lies outside [-3, 3], or a sample is a member.
+    """
+    check_labels(evaluation, path)
+    members = int(np.count_nonzero(evaluation.member))
+    if members:
+        raise MalformedData(
+            f"{path}: tensor 'member' marks {members} of {evaluation.size} samples as "
+            "training members, but the certificate records the metrics on this set as "
+            "held-out utility",
+            hint="pass held-out samples (member 0) with --eval-set, such as the "
+            "eval.safetensors that 'mbd-cert train' writes, not the probe set",
+        )
+    if modality in evaluation.modalities:
+        column = evaluation.modalities.index(modality)
+        if not evaluation.present[:, column].any():
+            logger.warning(
+                "no sample of the evaluation set %s observes %r, so its metrics with and "
+                "without %r are equal and cannot show what the deletion costs. Pass an "
+                "evaluation set with samples that have it, such as the eval.safetensors "
+                "that 'mbd-cert train' writes", path, modality, modality)

@@ -24,6 +24,13 @@ PROBE_FORMAT = "mbd-cert-probe/1"
 MAX_CONFIG_BYTES = 1024 * 1024
 # Caps the per-sample gradient loops of issue and level-2 verification (SPEC.md, R-LIM-3).
 MAX_PROBE_SAMPLES = 100_000
+# Labels are sentiment scores on the CMU scale [-3, 3] (SPEC.md, R-PRB-3). The corpus
+# loaders of trainer/ and the metrics of mbd_cert.metrics use the same scale.
+LABEL_BOUND = 3.0
+# The smallest probe set that issue accepts (SPEC.md, R-PRB-4). Level 3's membership
+# probe needs 10 members and 10 non-members (verify_leakage.MIN_GROUP). A unit test
+# keeps the two equal, because verify_leakage imports torch.
+MIN_ISSUE_PROBE_SAMPLES = 20
 # The 'modalities' metadata value is a short JSON list of names, and 64 KiB leaves
 # room for hundreds of long names.
 MAX_MODALITIES_BYTES = 64 * 1024

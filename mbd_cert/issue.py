@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mbd_cert import _safetensors, accounting, certificate, chain, errors, mechanism
+from mbd_cert._issue_checks import check_evaluation_set, check_labels, check_probe_size
 from mbd_cert._json_values import SAFE_INTEGER_MAX
 from mbd_cert._paths import reject_output_over_inputs
 from mbd_cert._work_limits import MAX_UPDATE_STEPS
@@ -408,7 +409,9 @@ def issue(
         The signed certificate.
 
     Raises:
-        InputError: Bad options, unusable checkpoint files, torch is not installed,
+        InputError: Bad options, unusable checkpoint files (including a probe set of
+            fewer than 20 samples, a label outside [-3, 3], or an evaluation set with
+            training members: ``E_DATA_MALFORMED``), torch is not installed,
             ``out_dir`` is not empty and ``force`` is not set (``E_OUTPUT_EXISTS``), or
             ``out_dir`` is an input or contains one (``E_OUTPUT_IS_INPUT``).
         IssuanceError: The deletion cannot be certified (for example the budget
@@ -470,9 +473,15 @@ def issue(
         raise errors.FileMissing(f"model not found: {model_path}")
     pre_tensors = read_tensors(model_path)
     probe = read_probe_set(probe_path)
+    # Rules that only the issuer applies (SPEC.md, R-PRB-3 to R-PRB-5).
+    check_labels(probe, probe_path)
+    check_probe_size(probe, probe_path)
     if eval_set is None and (checkpoint_dir / "eval.safetensors").exists():
         eval_set = checkpoint_dir / "eval.safetensors"
-    evaluation = read_probe_set(eval_set, modalities=probe.modalities) if eval_set else None
+    evaluation = None
+    if eval_set is not None:
+        evaluation = read_probe_set(eval_set, modalities=probe.modalities)
+        check_evaluation_set(evaluation, eval_set, options.modality)
 
     return _issue_steps.run(
         config_doc=config_doc,

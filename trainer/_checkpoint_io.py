@@ -27,6 +27,7 @@ from mbd_cert._interrupts import publishing
 from mbd_cert._safetensors import write_safetensors
 from mbd_cert.arch import BUILTIN_NAME
 from mbd_cert.arch.mbd import ARCHITECTURE, MBDModel
+from mbd_cert.checkpoint import MIN_ISSUE_PROBE_SAMPLES
 from mbd_cert.errors import InputError
 from trainer.evaluate import (
     CONFIG_FILE,
@@ -98,6 +99,37 @@ def write_checkpoint(target: Path, model: MBDModel, corpus: Any, training: Mappi
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def probe_counts(corpus: Any, *, members: int, nonmembers: int) -> tuple[int, int]:
+    """Return the members and non-members drawn, capped at the train and test splits."""
+    return (min(members, len(corpus.splits["train"].labels)),
+            min(nonmembers, len(corpus.splits["test"].labels)))
+
+
+def check_probe_counts(corpus: Any, *, members: int, nonmembers: int) -> None:
+    """Reject, before training, probe counts that give a probe set issue rejects.
+
+    Raises:
+        InputError: The probe set would hold fewer than ``MIN_ISSUE_PROBE_SAMPLES``
+            samples (SPEC.md, R-PRB-4; ``E_PARAMETER_INVALID``).
+    """
+    drawn_members, drawn_nonmembers = probe_counts(corpus, members=members,
+                                                   nonmembers=nonmembers)
+    total = drawn_members + drawn_nonmembers
+    if total >= MIN_ISSUE_PROBE_SAMPLES:
+        return
+    hint = (f"pass --probe-members and --probe-nonmembers of {MIN_ISSUE_PROBE_SAMPLES // 2} "
+            "or more (the default is 200 each)")
+    if (drawn_members, drawn_nonmembers) != (members, nonmembers):
+        hint += (f"; the corpus has only {len(corpus.splits['train'].labels)} train and "
+                 f"{len(corpus.splits['test'].labels)} test samples to draw from")
+    raise InputError(
+        f"the probe set would hold {total} samples ({drawn_members} members, "
+        f"{drawn_nonmembers} non-members), and 'mbd-cert issue' rejects a probe set of "
+        f"fewer than {MIN_ISSUE_PROBE_SAMPLES} (SPEC.md, R-PRB-4)",
+        hint=hint, code="E_PARAMETER_INVALID",
+    )
+
+
 def probe_file_contents(corpus: Any, *, members: int, nonmembers: int,
                         seed: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Return the tensors and metadata of ``probe.safetensors`` for ``corpus``.
@@ -106,11 +138,9 @@ def probe_file_contents(corpus: Any, *, members: int, nonmembers: int,
     """
     from trainer.data import probe
 
+    n_members, n_nonmembers = probe_counts(corpus, members=members, nonmembers=nonmembers)
     tensors, metadata = probe.probe_tensors_and_metadata(
-        corpus,
-        n_members=min(members, len(corpus.splits["train"].labels)),
-        n_nonmembers=min(nonmembers, len(corpus.splits["test"].labels)),
-        seed=seed,
+        corpus, n_members=n_members, n_nonmembers=n_nonmembers, seed=seed,
     )
     return dict(tensors), dict(metadata)
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from mbd_cert.arch._mbd_config import MAX_LAYER_WIDTH
+from mbd_cert.checkpoint import MIN_ISSUE_PROBE_SAMPLES
 from mbd_cert.errors import InputError
 from trainer.losses import TASK_LOSSES, LossWeights
 
@@ -103,10 +104,13 @@ FIELD_BOUNDS: dict[str, Bounds] = {
     "epochs": _COUNT,
     "batch_size": _COUNT,
     "patience": _COUNT,
+    # train checks the sum once the split sizes have capped the two counts.
     "probe_members": Bounds(integer=True, minimum=1,
-                            note="(capped at the train split's size)"),
+                            note="(capped at the train split's size); with the "
+                            f"non-members at least {MIN_ISSUE_PROBE_SAMPLES}, which issue needs"),
     "probe_nonmembers": Bounds(integer=True, minimum=1,
-                               note="(capped at the test split's size)"),
+                               note="(capped at the test split's size); with the "
+                               f"members at least {MIN_ISSUE_PROBE_SAMPLES}, which issue needs"),
     # AdamW keeps its state in float32, and above about 1e37 the step overflowed into
     # a RuntimeError; no useful rate comes near the cap.
     "learning_rate": Bounds(integer=False, exclusive_minimum=0.0, maximum=1e3),

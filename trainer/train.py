@@ -150,7 +150,8 @@ def train(
 
     Raises:
         InputError: A hyper-parameter or the seed is invalid, the batch size is
-            smaller than the number of data-parallel processes, the device is
+            smaller than the number of data-parallel processes, the probe set would
+            hold fewer samples than ``mbd-cert issue`` accepts, the device is
             unavailable, ``out_dir`` exists and is not empty without ``force``, or the
             validation MAE becomes NaN or infinite (``E_TRAINING_DIVERGED``).
         MalformedData: The corpus lacks a split, a split is empty, or features hold
@@ -179,6 +180,8 @@ def train(
     _checkpoint_io.check_output_dir(target, force=force)
     torch_device = resolve_device(device)
     _check_corpus(corpus)
+    _checkpoint_io.check_probe_counts(corpus, members=training_config.probe_members,
+                                      nonmembers=training_config.probe_nonmembers)
     context = _distributed.init_from_env(torch_device)
     torch_device = _distributed.device_for(torch_device, context)
     precision = _distributed.resolve_precision(mixed_precision, torch_device)

@@ -16,8 +16,8 @@ from mbd_cert import signing
 from mbd_cert.cli import main
 
 FAST = ["--epochs", "1", "--batch-size", "256", "--hidden-dim", "8", "--shared-dim", "4",
-        "--private-dim", "2", "--fusion-hidden", "8", "--probe-members", "8",
-        "--probe-nonmembers", "8", "--no-progress"]
+        "--private-dim", "2", "--fusion-hidden", "8", "--probe-members", "10",
+        "--probe-nonmembers", "10", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

@@ -270,3 +270,16 @@ def test_diverged_training_rejected(tmp_path, monkeypatch):
         train(build_corpus(), {**FAST, "epochs": 2}, tmp_path / "nan", seed=0, progress=False)
     assert info.value.code == "E_TRAINING_DIVERGED"
     assert not (tmp_path / "nan").exists()
+
+
+def test_small_corpus_probe_set_rejected(tmp_path):
+    # R-PRB-4: the split sizes cap the probe counts, so a small corpus gave a probe set
+    # that issue rejects. Train rejects it before training.
+    corpus = build_corpus(seed=0, sizes=(8, 4, 6))
+    with pytest.raises(InputError) as caught:
+        train(corpus, FAST, tmp_path / "model", seed=0, progress=False)
+    assert caught.value.code == "E_PARAMETER_INVALID"
+    assert caught.value.message.startswith(
+        "the probe set would hold 14 samples (8 members, 6 non-members)")
+    assert "the corpus has only 8 train and 6 test samples" in caught.value.hint
+    assert not (tmp_path / "model").exists()

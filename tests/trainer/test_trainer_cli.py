@@ -115,6 +115,22 @@ def test_train_range_hint_states_range(tmp_path, arguments, hint):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize(("members", "nonmembers"), [("1", "1"), ("10", "9"), ("18", "1")])
+def test_train_rejects_small_probe_set(tmp_path, members, nonmembers):
+    # R-PRB-4: train wrote probe sets of 2 samples, which issue certified.
+    arguments = FAST[:FAST.index("--probe-members")]
+    result = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "x"), *arguments,
+                                       "--no-progress", "--probe-members", members,
+                                       "--probe-nonmembers", nonmembers])
+    assert result.exit_code == 2, result.output
+    total = int(members) + int(nonmembers)
+    assert (f"[E_PARAMETER_INVALID]: the probe set would hold {total} samples ({members} "
+            f"members, {nonmembers} non-members), and 'mbd-cert issue' rejects a probe set of "
+            "fewer than 20") in result.stderr
+    assert "hint: pass --probe-members and --probe-nonmembers of 10 or more" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def test_train_seed_above_32_bits_is_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "x"),
                                        "--seed", str(2**32), *FAST])

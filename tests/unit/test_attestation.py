@@ -19,8 +19,8 @@ from mbd_cert.errors import InputError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "data" / "in-toto-statement-v1.schema.json"
 FAST = ["--epochs", "1", "--batch-size", "256", "--hidden-dim", "8", "--shared-dim", "4",
-        "--private-dim", "2", "--fusion-hidden", "8", "--probe-members", "8",
-        "--probe-nonmembers", "8", "--no-progress"]
+        "--private-dim", "2", "--fusion-hidden", "8", "--probe-members", "10",
+        "--probe-nonmembers", "10", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

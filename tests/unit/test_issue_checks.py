@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from mbd_cert._issue_checks import check_probe_coverage
 from mbd_cert.checkpoint import ProbeSet
-from mbd_cert.errors import IssuanceError
+from mbd_cert.errors import IssuanceError, MalformedData
 
 MODALITIES = ["text", "audio", "vision"]
 LOGGER = "mbd_cert._issue_checks"
@@ -98,3 +100,87 @@ def test_noise_resolution_scales_with_mask_size():
         with pytest.raises(IssuanceError) as caught:
             reject_noise_below_resolution(weights, mask, bound * 0.99)
         assert caught.value.code == "E_NOISE_BELOW_RESOLUTION"
+
+
+def _sized(n: int, *, label: float = 0.0, members: int = 0) -> ProbeSet:
+    """Return a probe set of ``n`` samples, all observing every modality."""
+    probe = _probe({name: [True] * n for name in MODALITIES})
+    probe.label[:] = label
+    probe.member[:] = np.arange(n) < members
+    return probe
+
+
+@pytest.mark.parametrize("label", [3.0, -3.0, 0.0])
+def test_labels_on_scale_pass(label):
+    from mbd_cert._issue_checks import check_labels
+
+    check_labels(_sized(3, label=label), Path("probe.safetensors"))
+
+
+@pytest.mark.parametrize("label", [1e30, -1e30, 3.5, float(np.nextafter(np.float32(3.0),
+                                                                          np.float32(4.0)))])
+def test_label_off_scale_rejected(label):
+    # R-PRB-3: a probe set label of 1e30 was accepted, and its metrics were meaningless.
+    from mbd_cert._issue_checks import check_labels
+
+    probe = _sized(4)
+    probe.label[2] = label
+    with pytest.raises(MalformedData) as caught:
+        check_labels(probe, Path("probe.safetensors"))
+    assert caught.value.code == "E_DATA_MALFORMED"
+    assert caught.value.message.startswith(
+        "probe.safetensors: tensor 'label' has 1 value(s) outside [-3, 3]")
+    assert "in row 2" in caught.value.message
+    assert "[-3, 3]" in caught.value.hint
+
+
+@pytest.mark.parametrize("n", [1, 2, 19])
+def test_probe_below_minimum_rejected(n):
+    # R-PRB-4: probe sets of 1 or 2 samples were accepted.
+    from mbd_cert._issue_checks import check_probe_size
+
+    with pytest.raises(MalformedData) as caught:
+        check_probe_size(_sized(n, members=1), Path("probe.safetensors"))
+    assert caught.value.code == "E_DATA_MALFORMED"
+    assert caught.value.message.startswith(
+        f"probe.safetensors: the probe set has {n} sample(s) (rows of tensor 'label': "
+        f"1 members, {n - 1} non-members); issue needs at least 20")
+    assert "--probe-members and --probe-nonmembers of 10 or more" in caught.value.hint
+
+
+def test_probe_of_minimum_size_passes():
+    from mbd_cert._issue_checks import check_probe_size
+
+    check_probe_size(_sized(20), Path("probe.safetensors"))
+
+
+def test_eval_set_members_rejected():
+    # R-PRB-5: the certificate records the metrics as held-out utility.
+    from mbd_cert._issue_checks import check_evaluation_set
+
+    for members in (1, 5):
+        with pytest.raises(MalformedData) as caught:
+            check_evaluation_set(_sized(5, members=members), Path("eval.safetensors"), "audio")
+        assert caught.value.message.startswith(
+            f"eval.safetensors: tensor 'member' marks {members} of 5 samples as training "
+            "members")
+
+
+def test_eval_set_labels_checked():
+    from mbd_cert._issue_checks import check_evaluation_set
+
+    with pytest.raises(MalformedData, match="tensor 'label' has 5 value"):
+        check_evaluation_set(_sized(5, label=-4.0), Path("eval.safetensors"), "audio")
+
+
+def test_eval_set_without_modality_warns(caplog):
+    from mbd_cert._issue_checks import check_evaluation_set
+
+    evaluation = _probe({"text": [True, True], "vision": [False, True]})
+    evaluation.member[:] = False
+    with caplog.at_level("WARNING", logger=LOGGER):
+        check_evaluation_set(evaluation, Path("eval.safetensors"), "vision")
+    assert caplog.text == ""
+    with caplog.at_level("WARNING", logger=LOGGER):
+        check_evaluation_set(evaluation, Path("eval.safetensors"), "audio")
+    assert "no sample of the evaluation set eval.safetensors observes 'audio'" in caplog.text

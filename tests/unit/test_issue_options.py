@@ -128,3 +128,10 @@ def test_membership_warning_matches_level_3():
     from mbd_cert import _issue_steps, verify_leakage
 
     assert _issue_steps.MEMBERSHIP_MIN_GROUP == verify_leakage.MIN_GROUP
+
+
+def test_probe_minimum_matches_level_3():
+    # R-PRB-4: below 10 members and 10 non-members level 3 cannot reach a verdict.
+    from mbd_cert import checkpoint, verify_leakage
+
+    assert checkpoint.MIN_ISSUE_PROBE_SAMPLES == 2 * verify_leakage.MIN_GROUP

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mbd_cert.checkpoint import LABEL_BOUND as LABEL_BOUND
 from mbd_cert.errors import FileMissing, InputError, MalformedData
 
 if TYPE_CHECKING:
@@ -25,9 +26,6 @@ if TYPE_CHECKING:
 DEFAULT_MODALITIES = ("text", "audio", "vision")
 
 DATA_ROOT_ENV = "MBD_CERT_DATA"
-
-# Labels are sentiment scores on the CMU scale, and the model's head is 3 * tanh(raw).
-LABEL_BOUND = 3.0
 
 # A feature whose train-split standard deviation is below this is constant: it is
 # centred but not scaled, so that it stays zero instead of being blown up to noise.
