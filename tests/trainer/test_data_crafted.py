@@ -1,4 +1,4 @@
-"""Crafted corpus files: each must be refused with MalformedData, never crash or blow up.
+"""Crafted corpus files: each must be rejected with an InputError, never crash or blow up.
 
 The files are small fakes in the layout of the real corpora, loaded with
 ``verify_digests=False`` as a user's own copy would be.
@@ -6,6 +6,7 @@ The files are small fakes in the layout of the real corpora, loaded with
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -14,8 +15,8 @@ import h5py
 import numpy as np
 import pytest
 
-from mbd_cert.errors import MalformedData
-from trainer.data import load_corpus
+from mbd_cert.errors import InputError, LimitExceeded, MalformedData
+from trainer.data import load_corpus, mosi_text
 from trainer.data._unpickle import loads_restricted
 
 ICT_FILES = [
@@ -230,3 +231,132 @@ def test_ict_empty_split_refused(tmp_path):
     tweak = {name: _empty for name in ("audio_test", "video_test", "text_test_emb", "y_test")}
     with pytest.raises(MalformedData, match="contains no ratings"):
         load_ict(write_ict(tmp_path, tweak))
+
+
+# CMU-MOSI transcripts: label.csv, loaded with fake embeddings so that no model runs.
+
+MOSI_HEADER = b"id,text,label,mode\n"
+MOSI_ROWS = (b"v1_1,good film,2.6,train\nv1_2,bad,-2.0,train\nv2_1,meh,-1.0,dev\n"
+             b"v3_1,fine,0.4,test\n")
+
+
+@pytest.fixture
+def fake_embeddings(monkeypatch):
+    def embed(texts, **kwargs):
+        rows = np.arange(len(texts), dtype=np.float32)[:, None]
+        return np.tile(np.linspace(-1.0, 1.0, 384, dtype=np.float32), (len(texts), 1)) + rows
+
+    monkeypatch.setattr(mosi_text, "embed_transcripts", embed)
+
+
+def write_mosi(root, data):
+    folder = root / "cmu-mosi-text"
+    folder.mkdir(parents=True)
+    (folder / "label.csv").write_bytes(data)
+    return folder / "label.csv"
+
+
+def load_mosi(root):
+    return load_corpus("mosi-text", root, verify_digests=False, cache_dir=root / "cache")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        # csv.Error escaped as a traceback for the next two.
+        (MOSI_HEADER + MOSI_ROWS + b"v9_1," + b"a" * 200_000 + b",1.0,train\n",
+         r"line 6: field larger than field limit \(131072\)"),
+        (MOSI_HEADER + MOSI_ROWS + b'v9_1,"open quote,1.0,train\n',
+         "line 6: unexpected end of data"),
+        (MOSI_HEADER + MOSI_ROWS + b"v9_1,te\0xt,1.0,train\n", "NUL byte at offset"),
+        ((MOSI_HEADER + MOSI_ROWS).decode().encode("utf-16-le"), "NUL byte at offset 1,"),
+        # The surplus field was dropped without a word.
+        (MOSI_HEADER + MOSI_ROWS + b"v9_1,text,1.0,train,surplus\n",
+         "line 6: 5 fields, but the header has 4"),
+        (b"id,text,label,mode,label\n" + MOSI_ROWS,
+         r"column\(s\) \['label'\] repeated in the header"),
+        # float() took these as 1.0, 2.5 and infinity.
+        (MOSI_HEADER + MOSI_ROWS + b"v9_1,text,0_1,train\n", "field 'label' must be a number"),
+        (MOSI_HEADER + MOSI_ROWS + "v9_1,text,２.5,train\n".encode(),
+         "field 'label' must be a number"),
+        (MOSI_HEADER + MOSI_ROWS + b"v9_1,text,inf,train\n", "field 'label' must be a number"),
+        (MOSI_HEADER + MOSI_ROWS + b"v9_1,text,1e308,train\n", "got '1e308'"),
+        (MOSI_HEADER + MOSI_ROWS + b"v9_1,text,NaN,train\n", "got 'NaN'"),
+        (MOSI_HEADER + MOSI_ROWS + b"v9_1,text," + b"1" * 100_000 + b",train\n",
+         r"got '1{40}'\.\.\. \(fix"),
+        (MOSI_HEADER + MOSI_ROWS + b",text,1.0,train\n", "line 6: field 'id' is empty"),
+        # An empty split left NaN features from the standardiser.
+        (MOSI_HEADER + b"v1_1,good,2.6,train\nv3_1,fine,0.4,test\n", "no rows with mode 'dev'"),
+        (MOSI_HEADER + b"v2_1,meh,-1.0,dev\nv3_1,fine,0.4,test\n", "no rows with mode 'train'"),
+    ],
+    ids=["huge-field", "open-quote", "nul", "utf-16", "extra-field", "repeated-column",
+         "underscore", "fullwidth-digit", "infinity", "1e308", "nan", "long-label", "empty-id",
+         "no-dev", "no-train"],
+)
+def test_mosi_crafted_csv_rejected(tmp_path, fake_embeddings, data, message):
+    write_mosi(tmp_path, data)
+    with pytest.raises(MalformedData, match=message):
+        load_mosi(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xef\xbb\xbf" + MOSI_HEADER + MOSI_ROWS,
+        (MOSI_HEADER + MOSI_ROWS).replace(b"\n", b"\r\n"),
+        (MOSI_HEADER + MOSI_ROWS).replace(b"\n", b"\r"),
+        MOSI_HEADER + MOSI_ROWS + b'v9_1,"a ""quoted"", two-line\ntext",+.5,train\n\n',
+        b"mode,label,text,id,speaker\ntrain,2.6,good,v1_1,a\ntrain,2e0,bad,v1_2,b\n"
+        b"dev, 0.1 ,meh,v2_1,c\ntest,-1,fine,v3_1,d\n",
+    ],
+    ids=["bom", "crlf", "cr", "quoting", "column-order"],
+)
+def test_mosi_csv_variants_load(tmp_path, fake_embeddings, data):
+    write_mosi(tmp_path, data)
+    corpus = load_mosi(tmp_path)
+    assert [len(corpus.splits[name]) for name in ("valid", "test")] == [1, 1]
+    assert corpus.splits["train"].ids[:2] == ["v1_1", "v1_2"]
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_mosi_csv_not_regular_file(tmp_path, kind):
+    # Reported as "data file not found" before, although the path exists.
+    folder = tmp_path / "cmu-mosi-text"
+    folder.mkdir()
+    if kind == "directory":
+        (folder / "label.csv").mkdir()
+    else:
+        if not hasattr(os, "mkfifo"):
+            pytest.skip("no FIFOs on this platform")
+        os.mkfifo(folder / "label.csv")
+    with pytest.raises(InputError) as caught:
+        load_mosi(tmp_path)
+    assert type(caught.value) is InputError
+    assert caught.value.code == "E_FILE_NOT_REGULAR"
+    assert str(folder / "label.csv") in caught.value.message
+
+
+def test_mosi_csv_size_capped(tmp_path):
+    # A sparse file costs no disk, and the size is checked before a byte is read.
+    path = write_mosi(tmp_path, b"")
+    with open(path, "r+b") as handle:
+        handle.truncate(mosi_text.MAX_CSV_BYTES + 1)
+    with pytest.raises(LimitExceeded) as caught:
+        load_mosi(tmp_path)
+    assert caught.value.code == "E_INPUT_TOO_LARGE"
+    assert "the published label.csv has 0.2 MB" in caught.value.hint
+
+
+def test_mosi_csv_rows_capped(tmp_path, fake_embeddings, monkeypatch):
+    monkeypatch.setattr(mosi_text, "MAX_ROWS", 4)
+    write_mosi(tmp_path, MOSI_HEADER + MOSI_ROWS)
+    load_mosi(tmp_path)
+    write_mosi(tmp_path / "more", MOSI_HEADER + MOSI_ROWS + b"v9_1,text,1.0,train\n")
+    with pytest.raises(LimitExceeded) as caught:
+        load_mosi(tmp_path / "more")
+    assert caught.value.code == "E_LIMIT_EXCEEDED"
+    assert "more than 4 rows" in caught.value.message
+
+
+def test_mosi_rows_cap_bounds_embeddings():
+    assert mosi_text.MAX_ROWS * mosi_text.EMBEDDING_DIM <= 2**25

@@ -67,6 +67,8 @@ def resolve_corpus_dir(root: Path | None, folder_name: str, required: Iterable[s
 
     Raises:
         FileMissing: Neither candidate folder exists, or a required file is absent.
+        InputError: A required file is a directory, a FIFO or a device
+            (``E_FILE_NOT_REGULAR``).
     """
     base = default_data_root() if root is None else Path(root)
     required = list(required)
@@ -80,9 +82,19 @@ def resolve_corpus_dir(root: Path | None, folder_name: str, required: Iterable[s
             f"{folder_name}/",
         )
     for name in required:
-        if not (candidate / name).is_file():
+        path = candidate / name
+        if path.exists() and not path.is_file():
+            # Something exists at the path, so "not found" would mislead. Hashing a FIFO
+            # would also block until another process writes to it.
+            kind = "a directory" if path.is_dir() else "not a regular file"
+            raise InputError(
+                f"data file {path} is {kind}",
+                hint="copy the corpus file itself into the corpus folder",
+                code="E_FILE_NOT_REGULAR",
+            )
+        if not path.is_file():
             raise FileMissing(
-                f"data file not found: {candidate / name}",
+                f"data file not found: {path}",
                 hint="copy the complete corpus folder",
             )
     return candidate
@@ -112,18 +124,34 @@ def check_digests(folder: Path, expected: Mapping[str, str], verify: bool) -> di
     Raises:
         MalformedData: A digest differs from the expected one.
     """
-    digests = {}
-    for name, expected_hex in expected.items():
-        actual_hex = file_sha256(folder / name)
-        if verify and actual_hex != expected_hex:
-            raise MalformedData(
-                f"digest mismatch for data file {folder / name}: expected sha256:"
-                f"{expected_hex}, got sha256:{actual_hex}",
-                hint="copy the file again, or pass verify_digests=False to load a "
-                "different release in the same layout",
-            )
-        digests[name] = f"sha256:{actual_hex}"
-    return digests
+    return {name: compare_digest(folder / name, file_sha256(folder / name), expected_hex,
+                                 verify)
+            for name, expected_hex in expected.items()}
+
+
+def compare_digest(path: Path, actual_hex: str, expected_hex: str, verify: bool) -> str:
+    """Compare a data file's SHA-256 with the published one.
+
+    Args:
+        path: The data file, for the message.
+        actual_hex: Its SHA-256 as 64 lowercase hex digits.
+        expected_hex: The published SHA-256.
+        verify: Compare; when False the digest is only returned.
+
+    Returns:
+        ``"sha256:<actual_hex>"``.
+
+    Raises:
+        MalformedData: ``verify`` is set and the digests differ.
+    """
+    if verify and actual_hex != expected_hex:
+        raise MalformedData(
+            f"digest mismatch for data file {path}: expected sha256:{expected_hex}, got "
+            f"sha256:{actual_hex}",
+            hint="copy the file again, or pass verify_digests=False to load a "
+            "different release in the same layout",
+        )
+    return f"sha256:{actual_hex}"
 
 
 def fit_standardiser(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

