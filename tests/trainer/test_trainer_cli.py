@@ -131,6 +131,24 @@ def test_train_rejects_small_probe_set(tmp_path, members, nonmembers):
     assert not (tmp_path / "x").exists()
 
 
+def test_train_digest_mismatch_hint(tmp_path):
+    # The hint named verify_digests=False, an argument no command-line option sets.
+    folder = tmp_path / "data" / "cmu-mosi-text"
+    folder.mkdir(parents=True)
+    (folder / "label.csv").write_text("id,text,label,mode\nv1_1,good,1.0,train\n")
+    result = CliRunner().invoke(main, ["train", "--corpus", "mosi-text", "--data-root",
+                                       str(tmp_path / "data"), "--out", str(tmp_path / "x"),
+                                       "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "[E_DATA_MALFORMED]: digest mismatch for data file" in result.stderr
+    assert "hint: copy the file again from the published release" in result.stderr
+    assert "'mbd-cert train' and 'mbd-cert evaluate' accept only the published files" \
+        in result.stderr
+    assert "load it in Python with trainer.data.load_corpus(name, root, " \
+        "verify_digests=False)" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def test_train_seed_above_32_bits_is_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "x"),
                                        "--seed", str(2**32), *FAST])

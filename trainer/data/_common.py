@@ -145,11 +145,15 @@ def compare_digest(path: Path, actual_hex: str, expected_hex: str, verify: bool)
         MalformedData: ``verify`` is set and the digests differ.
     """
     if verify and actual_hex != expected_hex:
+        # The command line has no option to skip the check, so the hint names the
+        # Python call for a user's own copy of the corpus.
         raise MalformedData(
             f"digest mismatch for data file {path}: expected sha256:{expected_hex}, got "
             f"sha256:{actual_hex}",
-            hint="copy the file again, or pass verify_digests=False to load a "
-            "different release in the same layout",
+            hint="copy the file again from the published release. 'mbd-cert train' and "
+            "'mbd-cert evaluate' accept only the published files. To train on your own "
+            "copy in this layout, load it in Python with trainer.data.load_corpus(name, "
+            "root, verify_digests=False) and pass the corpus to trainer.train.train",
         )
     return f"sha256:{actual_hex}"
 
