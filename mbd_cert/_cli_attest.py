@@ -9,6 +9,7 @@ Stability: internal; the command line is documented in docs/user-guide.md.
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import click
@@ -56,10 +57,18 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         # only with --check-file-digest, so the subject must come from a hashed file
         # unless the caller accepts the claim.
         if model_path is None and not accept_claimed_digest:
-            raise click.UsageError(
-                "attest needs --model MODEL to compute the subject digest from the released "
-                "model file; pass --accept-claimed-digest to use the certificate's "
-                "subject_model.post_deletion.file_digest unchecked")
+            raise errors.InputError(
+                "missing option --model: attest hashes the released model file to write "
+                "the Statement's subject digest, and checks that digest against the "
+                "certificate's subject_model.post_deletion.file_digest",
+                hint=f"pass the model the certificate was issued for, as in 'mbd-cert attest "
+                f"{shlex.quote(str(cert))} --model "
+                f"{shlex.quote(str(cert.parent / 'model.safetensors'))} --out "
+                f"{shlex.quote(str(out_path))}'; or "
+                "pass --accept-claimed-digest to copy the certificate's digest into the "
+                "subject unchecked",
+                code="E_USAGE",
+            )
 
         # Even with --force, the Statement must not replace the certificate or model.
         _paths.check_not_input(out_path, "--out",

@@ -177,7 +177,13 @@ def test_attest_without_model_is_usage_error(honest_run: HonestRun, tmp_path: Pa
     outcome = run_cli(["attest", cert, "--out", out])
     assert_clean(outcome)
     assert outcome.exit_code == 2, outcome.stderr
-    assert "--model" in outcome.stderr
+    # An mbd-cert error with a hint, not click's bare usage text.
+    assert "Usage:" not in outcome.stderr
+    assert outcome.stderr.startswith("error [E_USAGE]: missing option --model: attest hashes "
+                                     "the released model file")
+    # The hint shows the whole command, with the model file beside the certificate.
+    assert (f"hint: pass the model the certificate was issued for, as in 'mbd-cert attest "
+            f"{cert} --model {tmp_path / 'model.safetensors'} --out {out}'") in outcome.stderr
     assert "--accept-claimed-digest" in outcome.stderr
     assert not out.exists()
 
