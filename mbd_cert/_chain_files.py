@@ -97,6 +97,8 @@ class ChainIndex:
         self._cache = file_cache if file_cache is not None else ChainFileCache()
         # Digest -> path of every certificate in the directory, filled by the first scan.
         self._scanned: dict[str, Path] | None = None
+        # Number of *.json files that scan read, for the warning about a wrong named file.
+        self._scanned_count = 0
         # Links parsed by this index's own scan, so that a link found there is not
         # parsed a second time.
         self._parsed: dict[str, ChainLink] = {}
@@ -104,14 +106,17 @@ class ChainIndex:
     def find(self, digest: str, current: ChainLink) -> ChainLink:
         if self._dir is not None and self._dir.is_dir():
             named = self._named.get(digest)
+            wrong: ChainLink | None = None
             if named is not None:
                 path = _paths.resolve_artefact(self._dir, named, field="accounting.chain[].path")
                 if path.is_file():
                     link = _load_link(path)
                     if link.digest == digest:
                         return link
-                    logger.warning("%s does not have the digest %s; scanning", path, digest)
+                    wrong = link
             found = self._find_scanned(digest)
+            if wrong is not None:
+                self._warn_wrong_named_file(wrong, digest, current, found)
             if found is not None:
                 return found
         where = str(self._dir) if self._dir is not None else "no chain directory"
@@ -121,6 +126,27 @@ class ChainIndex:
             hint="publish the chain-NNNNN.json copies that issue wrote beside the "
             "certificate, or pass the directory holding them with 'verify --chain DIR'",
         )
+
+    def _warn_wrong_named_file(self, wrong: ChainLink, digest: str, current: ChainLink,
+                               found: ChainLink | None) -> None:
+        """Warn that the file ``accounting.chain`` names contains another certificate.
+
+        The warning names the file and both digests, what the search of the directory
+        found, and which file to replace.
+        """
+        number = current.sequence_number - 1
+        named = (f"accounting.chain names {wrong.source} as earlier certificate {number} "
+                 f"({digest}), but that file contains another certificate ({wrong.digest}, "
+                 f"sequence number {wrong.sequence_number}).")
+        searched = f"A search of the {self._scanned_count} *.json files in {self._dir}"
+        if found is not None:
+            logger.warning("%s %s found certificate %d in %s, which is used. To skip the "
+                           "search, replace %s with a copy of %s.", named, searched, number,
+                           found.source, wrong.source, found.source)
+        else:
+            logger.warning("%s %s did not find certificate %d either. Replace %s with the "
+                           "copy of certificate %d that 'mbd-cert issue' wrote under that "
+                           "name.", named, searched, number, wrong.source, number)
 
     def _find_scanned(self, digest: str) -> ChainLink | None:
         path = self._scan().get(digest)
@@ -153,6 +179,7 @@ class ChainIndex:
                 f"of {MAX_CHAIN_DIRECTORY_FILES}",
                 hint="put only the earlier certificates of this model in the chain directory",
             )
+        self._scanned_count = len(names)
         found: dict[str, Path] = {}
         for name in names:
             path = self._dir / name

@@ -419,3 +419,45 @@ def test_file_cache_rereads_rewritten_link(key: Ed25519PrivateKey, tmp_path: Pat
     link_path.write_bytes(certificate.dump_certificate(build_chain(key, 1)[0]))
     with pytest.raises(chain.ChainLinkMissing):
         chain.walk_chain(docs[-1], tmp_path, file_cache=cache)
+
+
+def _misnamed_link(key: Ed25519PrivateKey, directory: Path) -> tuple[dict[str, Any], Path]:
+    """Return a second certificate whose listed chain-00001.json contains another one."""
+    docs = build_chain(key, 2)
+    listing = chain.write_chain_copies(chain.walk_chain(docs[0], None), directory)
+    named = chain_doc(key, 2, docs[0], docs[:1], chain=listing)
+    wrong = directory / listing[0]["path"]
+    (directory / "first-release.json").write_bytes(wrong.read_bytes())
+    wrong.write_bytes(certificate.dump_certificate(named))
+    return named, wrong
+
+
+def test_misnamed_link_warns_file_used(key: Ed25519PrivateKey, tmp_path: Path,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    # The warning names the listed file and both digests, the scan and what it found,
+    # and the fix; "FILE does not have the digest D; scanning" gave none of these.
+    named, wrong = _misnamed_link(key, tmp_path)
+    with caplog.at_level("WARNING", logger="mbd_cert"):
+        links = chain.walk_chain(named, tmp_path)
+    assert links[0].source == str(tmp_path / "first-release.json")
+    (message,) = [record.getMessage() for record in caplog.records]
+    expected = certificate.certificate_digest(links[0].doc)
+    assert message.startswith(f"accounting.chain names {wrong} as earlier certificate 1 "
+                              f"({expected}), but that file contains another certificate "
+                              f"({certificate.certificate_digest(named)}, sequence number 2).")
+    assert (f"A search of the 2 *.json files in {tmp_path} found certificate 1 in "
+            f"{tmp_path / 'first-release.json'}, which is used.") in message
+    assert (f"To skip the search, replace {wrong} with a copy of "
+            f"{tmp_path / 'first-release.json'}.") in message
+
+
+def test_misnamed_link_warns_none_found(key: Ed25519PrivateKey, tmp_path: Path,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    named, wrong = _misnamed_link(key, tmp_path)
+    (tmp_path / "first-release.json").unlink()
+    with caplog.at_level("WARNING", logger="mbd_cert"), pytest.raises(chain.ChainLinkMissing):
+        chain.walk_chain(named, tmp_path)
+    (message,) = [record.getMessage() for record in caplog.records]
+    assert (f"A search of the 1 *.json files in {tmp_path} did not find certificate 1 "
+            f"either. Replace {wrong} with the copy of certificate 1 that 'mbd-cert issue' "
+            "wrote under that name.") in message
