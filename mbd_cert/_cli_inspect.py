@@ -5,6 +5,7 @@ Stability: internal; the ``inspect --json`` document is versioned by INSPECT_VER
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
     @main.command()
     @click.argument("cert", type=click.Path(path_type=Path))
     @click.option("--json", "as_json", is_flag=True, help="Write the summary as JSON.")
-    @guarded(json_flag="as_json")
+    @guarded(json_flag="as_json", error_document=_error_document)
     def inspect(cert: Path, as_json: bool) -> None:
         """Show what a certificate claims, without verifying it."""
         from mbd_cert.certificate import load_certificate
@@ -33,6 +34,22 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
 
 # Version of the `inspect --json` document; keys are only ever added.
 INSPECT_VERSION = "1.0"
+
+
+def _error_document(arguments: Mapping[str, Any], code: str, message: str, hint: str,
+                    exit_code: int) -> dict[str, Any]:
+    """Return the ``inspect --json`` document of a run that wrote no summary.
+
+    A missing or malformed certificate, a usage error or Ctrl-C get it. It has the
+    summary's ``inspect_version``, ``certificate_id`` (null) and ``verified`` (false),
+    and ``error`` in place of the claims, so a reader tells the two apart by ``error``.
+    """
+    return {
+        "inspect_version": INSPECT_VERSION,
+        "certificate_id": None,
+        "verified": False,
+        "error": {"code": code, "message": message, "hint": hint},
+    }
 
 
 def _inspect_summary(doc: dict[str, Any]) -> dict[str, Any]:
