@@ -19,7 +19,7 @@ def main() -> None:
     rows += [(f"after, {view}", values) for view, values in utility["after"].items()]
     print(
         f"n = {utility.get('n')}, modality = {doc['deletion']['modality']}, "
-        f"epsilon = {doc['privacy']['epsilon']}, sigma = {doc['privacy']['sigma']:.6g}"
+        f"epsilon = {doc['privacy']['epsilon']}, sigma = {doc['privacy']['sigma']!r}"
     )
     print("| model | " + " | ".join(COLUMNS) + " |")
     print("| --- " * (len(COLUMNS) + 1) + "|")

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mbd_cert import mechanism
+from mbd_cert._numbers import exact_number
 from mbd_cert.errors import CalibrationInvalid
 from mbd_cert.report import CheckResult
 from mbd_cert.sensitivity import check_evidence
@@ -55,16 +56,18 @@ def check_calibration(doc: Mapping[str, Any]) -> CheckResult:
     result = mechanism.check_calibration(epsilon, delta, sensitivity, sigma)
     if not result.ok:
         raise CalibrationInvalid(
-            f"privacy.sigma = {sigma!r} gives delta {result.actual_delta:.6g} at epsilon "
-            f"{epsilon!r}, more than the stated {delta!r}; the analytic Gaussian mechanism needs "
-            f"sigma >= {result.required_sigma:.7g}",
+            f"privacy.sigma = {exact_number(sigma)} gives delta "
+            f"{exact_number(result.actual_delta)} at epsilon {exact_number(epsilon)}, more "
+            f"than the stated {exact_number(delta)}; the analytic Gaussian mechanism needs "
+            f"sigma >= {exact_number(result.required_sigma)}",
             hint="the certificate overstates its privacy",
         )
     return CheckResult(
         "calibration",
         "pass",
-        f"sigma {sigma:.7g} >= required {result.required_sigma:.7g} for "
-        f"epsilon {epsilon}, delta {delta}, sensitivity {sensitivity:.6g}"
+        f"sigma {exact_number(sigma)} >= required {exact_number(result.required_sigma)} "
+        f"for epsilon {exact_number(epsilon)}, delta {exact_number(delta)}, sensitivity "
+        f"{exact_number(sensitivity)}"
         f"{_sensitivity_note(doc)}",
         requirement="R-PRIV-3",
         value=sigma,

@@ -47,6 +47,7 @@ from mbd_cert._confidential_files import (
     published_confidential_files,
 )
 from mbd_cert._interrupts import Interrupted
+from mbd_cert._numbers import exact_number
 from mbd_cert._repo_results import RepoResult, junit_for, render_table
 
 if TYPE_CHECKING:
@@ -270,7 +271,8 @@ def check_forks(root: Path, results: Sequence[RepoResult], policy: Any,
         names = ", ".join(terminal_text(name) for name in fork.certificates)
         # The joint epsilon and the verdict first: the table shortens failed checks'
         # details (render_table).
-        head = f"forked chain: joint epsilon {fork.epsilon:.6g} at delta {fork.delta:g}"
+        head = (f"forked chain: joint epsilon {exact_number(fork.epsilon)} at delta "
+                f"{exact_number(fork.delta)}")
         tail = (f"for anyone holding all the models of {fork.deletions} deletions that "
                 f"extend the same model, more than any one certificate states; the "
                 f"certificates: {names}")
@@ -279,7 +281,8 @@ def check_forks(root: Path, results: Sequence[RepoResult], policy: Any,
             if limit is not None and fork.epsilon > limit:
                 result.report.record(CheckResult(
                     "chain-fork", "fail",
-                    f"{head}, above the policy's max_cumulative_epsilon {limit:g}, {tail}",
+                    f"{head}, above the policy's max_cumulative_epsilon "
+                    f"{exact_number(limit)}, {tail}",
                     code="E_POLICY_VIOLATION", requirement="R-REPO-8",
                     value=fork.epsilon, threshold=limit))
                 result.exit_code = max(result.exit_code, 1)

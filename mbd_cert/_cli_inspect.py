@@ -122,6 +122,7 @@ def _render_inspect(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from mbd_cert._numbers import exact_number
     from mbd_cert._terminal import rich_text
 
     chain = summary["chain"]
@@ -146,17 +147,22 @@ def _render_inspect(summary: dict[str, Any]) -> None:
             ", ".join(summary["deleted_modalities"]) if summary["deleted_modalities"]
             else "(the architecture's config does not list them)",
         ),
-        ("budget", f"epsilon {summary['epsilon']}, delta {summary['delta']}"),
+        (
+            "budget",
+            f"epsilon {exact_number(summary['epsilon'])}, "
+            f"delta {exact_number(summary['delta'])}",
+        ),
         (
             "noise",
-            f"sigma {summary['sigma']:.7g} on {summary['noise_dimension']} entries, "
-            f"sensitivity {summary['sensitivity']:.6g} ({summary['sensitivity_method']})",
+            f"sigma {exact_number(summary['sigma'])} on {summary['noise_dimension']} "
+            f"entries, sensitivity {exact_number(summary['sensitivity'])} "
+            f"({summary['sensitivity_method']})",
         ),
         ("chain", f"deletion {chain['sequence_number']} of this model, previous: {previous}"),
         (
             "cumulative epsilon",
-            f"{chain['cumulative_epsilon']:.6g} at delta {chain['delta']} "
-            f"({chain['method']}, mu {chain['mu']:.6g})",
+            f"{exact_number(chain['cumulative_epsilon'])} at delta "
+            f"{exact_number(chain['delta'])} ({chain['method']}, mu {exact_number(chain['mu'])})",
         ),
         ("model file digest", summary["model_file_digest"]),
         ("model manifest digest", summary["model_manifest_digest"]),

@@ -282,18 +282,22 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
 
 
 def _print_summary(doc: dict[str, Any], modality: str, out_dir: Path) -> None:
+    from mbd_cert._numbers import exact_number
+
     privacy = doc["privacy"]
     click.echo(
         f"deleted {modality}: certificate {doc['certificate_id']} in {out_dir}/cert.json "
-        f"(epsilon {privacy['epsilon']}, delta {privacy['delta']}, "
-        f"sigma {privacy['sigma']:.6g}, "
+        f"(epsilon {exact_number(privacy['epsilon'])}, delta {exact_number(privacy['delta'])}, "
+        f"sigma {exact_number(privacy['sigma'])}, "
         f"{privacy['noise_dimension']} masked entries)"
     )
     account = doc["accounting"]
+    # The naive sum holds only at the sum of the deltas of the chain, not at this delta.
     click.echo(
         f"deletion {account['sequence_number']} of this model: cumulative epsilon "
-        f"{account['cumulative_epsilon']:.6g} at delta {account['delta']:g} "
-        f"(RDP {account['rdp_epsilon']:.6g}, naive {account['naive_epsilon']:.6g})"
+        f"{exact_number(account['cumulative_epsilon'])} at delta "
+        f"{exact_number(account['delta'])} (RDP {exact_number(account['rdp_epsilon'])}; "
+        f"naive sum {exact_number(account['naive_epsilon'])}, at the sum of the deltas)"
     )
     # The plain audit bundle rebuilds the pre-deletion model and contains training
     # samples (SPEC.md section 12.3). Verifying the chain needs the earlier certificates.

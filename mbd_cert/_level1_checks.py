@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mbd_cert import _groups, _paths, _safetensors, chain
+from mbd_cert._numbers import exact_number
 from mbd_cert.errors import (
     ChainBroken,
     DeletionIncomplete,
@@ -266,12 +267,14 @@ def check_policy(
     cumulative = doc["accounting"]["cumulative_epsilon"]
     if max_epsilon is not None and cumulative > max_epsilon:
         violations.append(
-            f"cumulative epsilon {cumulative:.6g} exceeds the policy limit {max_epsilon:g}"
+            f"cumulative epsilon {exact_number(cumulative)} exceeds the policy limit "
+            f"{exact_number(max_epsilon)}"
         )
     delta = doc["accounting"]["delta"]
     if max_delta is not None and delta > max_delta:
         violations.append(
-            f"accounting.delta {delta:g} exceeds the policy limit {max_delta:g}: "
+            f"accounting.delta {exact_number(delta)} exceeds the policy limit "
+            f"{exact_number(max_delta)}: "
             "the cumulative epsilon holds only with that failure probability"
         )
     # R-POL-1: the method applies to every link, because an earlier link's noise is

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from mbd_cert import stats
+from mbd_cert._numbers import exact_number
 from mbd_cert.report import FAIL, PASS, CheckResult
 
 # The residual tests form one family; Bonferroni splits alpha over them.
@@ -53,8 +54,8 @@ def residual_checks(doc: Mapping[str, Any], masks: Mapping[str, np.ndarray],
     if not np.all(np.isfinite(scaled)) or not np.all(np.isfinite(scaled * scaled)):
         # Values this large cannot be Gaussian noise of this sigma, and the tests below
         # would overflow instead of returning a p-value.
-        detail = (f"the residual diff - update, in units of sigma {sigma:g}, has values too "
-                  "large to test (NaN, infinite, or overflowing when squared)")
+        detail = (f"the residual diff - update, in units of sigma {exact_number(sigma)}, has "
+                  "values too large to test (NaN, infinite, or overflowing when squared)")
         return [CheckResult(name, FAIL, detail, code=CODE_RESIDUAL_REJECTED,
                             requirement=requirement, n=int(residual.size))
                 for name, requirement in (("residual-variance", "R-L2-6"),

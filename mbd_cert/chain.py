@@ -34,6 +34,7 @@ from mbd_cert._chain_files import (
     ChainIndex,
     ChainLink,
 )
+from mbd_cert._numbers import exact_number
 from mbd_cert.errors import (
     ChainBroken,
     ChainLinkMissing,
@@ -339,9 +340,10 @@ def check_chain_accounting(
             )
         if stated["cumulative_epsilon"] < account.epsilon:
             raise CalibrationInvalid(
-                f"{where}: accounting.cumulative_epsilon is {stated['cumulative_epsilon']!r}, "
-                f"less than the recomputed {account.epsilon:.7g} over {len(entries)} deletions "
-                f"(mu-GDP, mu = {account.mu:.7g}, delta = {stated['delta']!r})",
+                f"{where}: accounting.cumulative_epsilon is "
+                f"{exact_number(stated['cumulative_epsilon'])}, less than the recomputed "
+                f"{exact_number(account.epsilon)} over {len(entries)} deletions (mu-GDP, "
+                f"mu = {exact_number(account.mu)}, delta = {exact_number(stated['delta'])})",
                 hint="the certificate understates the privacy loss of its chain",
             )
     assert account is not None

@@ -23,6 +23,7 @@ import numpy as np
 from mbd_cert import _safetensors, accounting, certificate, chain, errors, mechanism
 from mbd_cert._issue_checks import check_evaluation_set, check_labels, check_probe_size
 from mbd_cert._json_values import SAFE_INTEGER_MAX
+from mbd_cert._numbers import exact_number
 from mbd_cert._paths import reject_output_over_inputs
 from mbd_cert._work_limits import MAX_UPDATE_STEPS
 from mbd_cert.checkpoint import read_config, read_probe_set, read_tensors
@@ -250,8 +251,9 @@ def chain_account(
     if options.max_epsilon is not None and account.epsilon > options.max_epsilon:
         raise errors.IssuanceError(
             f"deletion {account.count} would raise the cumulative epsilon to "
-            f"{account.epsilon:.6g} at delta {options.delta:g}, above the budget "
-            f"--max-epsilon {options.max_epsilon:g} (earlier deletions: {len(previous)})",
+            f"{exact_number(account.epsilon)} at delta {exact_number(options.delta)}, above "
+            f"the budget --max-epsilon {exact_number(options.max_epsilon)} (earlier "
+            f"deletions: {len(previous)})",
             hint="issue with a smaller --epsilon, or raise the budget; nothing was written",
             code="E_BUDGET_EXCEEDED",
         )

@@ -39,6 +39,7 @@ from mbd_cert._level1_checks import (
     check_model_layout,
     check_policy,
 )
+from mbd_cert._numbers import exact_number
 from mbd_cert.arch import get_architecture
 from mbd_cert.errors import (
     TORCH_EXTRA_HINT,
@@ -387,9 +388,11 @@ def _check_accounting(
     return CheckResult(
         "accounting",
         "pass",
-        f"cumulative epsilon {recomputed.epsilon:.6g} at delta {account['delta']} over "
-        f"{len(links)} deletion(s) (mu-GDP; RDP {recomputed.rdp_epsilon:.6g}, naive "
-        f"{recomputed.naive_epsilon:.6g})",
+        f"cumulative epsilon {exact_number(recomputed.epsilon)} at delta "
+        f"{exact_number(account['delta'])} over {len(links)} deletion(s) (mu-GDP; RDP "
+        f"{exact_number(recomputed.rdp_epsilon)}; naive sum "
+        f"{exact_number(recomputed.naive_epsilon)} at delta "
+        f"{exact_number(recomputed.naive_delta)})",
         requirement="R-ACC-2",
         value=recomputed.epsilon,
         threshold=account["cumulative_epsilon"],

@@ -29,6 +29,7 @@ import torch
 from scipy import optimize
 
 from mbd_cert import stats
+from mbd_cert._numbers import exact_number
 from mbd_cert._torch_model import build_model, predict, probe_batch
 from mbd_cert.report import (
     FAIL,
@@ -160,7 +161,7 @@ def _membership_check(doc: Mapping[str, Any], bundle: Bundle, name: str,
                            n=int(member.size))
     failed = numbers["epsilon_lower_bound"] > epsilon
     return CheckResult(name, FAIL if failed else PASS,
-                       detail + f"; certified epsilon {epsilon:g}",
+                       detail + f"; certified epsilon {exact_number(epsilon)}",
                        code=CODE_MEMBERSHIP_LEAK if failed else None, requirement="R-L3-2",
                        value=numbers, threshold=epsilon, n=int(member.size))
 

@@ -28,6 +28,7 @@ import torch
 from mbd_cert import _recompute
 from mbd_cert._groups import unlisted_zero_encoders
 from mbd_cert._level2_bundle import Bundle, load_bundle, rebuild_pre
+from mbd_cert._numbers import exact_number
 from mbd_cert._residual_tests import CODE_INCONCLUSIVE, residual_checks
 from mbd_cert._torch_model import build_model, probe_batch
 from mbd_cert._work_limits import (
@@ -489,7 +490,8 @@ def _check_sensitivity_evidence(doc: Mapping[str, Any], bundle: Bundle,
         return CheckResult(
             "sensitivity-evidence", FAIL,
             f"leaving out sample {index}, drawn by the verifier, moves the update by "
-            f"{beyond[index]:.6g}, more than the stated sensitivity {sensitivity:.6g}: sigma "
+            f"{beyond[index]:.6g}, more than the stated sensitivity "
+            f"{exact_number(sensitivity)}: sigma "
             f"is calibrated for too small a sensitivity ({len(beyond)} of {len(spot)} "
             "drawn neighbours beyond it; the stated runs matched). The issuer can raise "
             "--safety-factor (2 or more) or use --sensitivity-method clip-bound",
