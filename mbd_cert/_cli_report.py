@@ -1,6 +1,7 @@
 """Command ``mbd-cert report``: PNG figures and a self-contained HTML page.
 
-Stability: internal; the command line is documented in docs/privacy-utility.md.
+Stability: internal; the command line is documented in docs/user-guide.md and
+docs/privacy-utility.md.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                   help="Directory of the earlier certificates of the chain figure's "
                        "certificate [default: the directory of that certificate].")
     @click.option("--modality", default=None,
-                  help="Modality of the privacy-utility sweep [default: the modality most "
-                       "of the first-deletion certificates delete; on a tie, the one of "
-                       "the earliest of them in CERTS].")
+                  help="Modality of the privacy-utility sweep, one that the models of "
+                       "CERTS have [default: the modality most of the first-deletion "
+                       "certificates delete; on a tie, the one of the earliest of them in "
+                       "CERTS].")
     @click.option("--verify-report", "verify_reports", multiple=True,
                   type=click.Path(path_type=Path),
                   help="A JSON report of 'mbd-cert verify --json' (repeatable). The page "
@@ -90,7 +92,9 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                            key=lambda i: docs[i]["accounting"]["sequence_number"])
         newest = docs[newest_index]
         links = walk_chain(newest, chain_dir or certs[newest_index].parent)
-        if modality is None:
+        if modality is not None:
+            _check_modality(modality, docs)
+        else:
             firsts = [d["deletion"]["modality"] for d in docs
                       if d["accounting"]["sequence_number"] == 1]
             # max() over the list and not a set, so that on a tie the earliest CERT
@@ -159,6 +163,35 @@ def _write_report(out_dir: Path, sections: list[tuple[str, Any]], page: str, *,
         # files of a failed run.
         shutil.rmtree(staging, ignore_errors=True)
     return written
+
+
+def _check_modality(modality: str, docs: list[dict[str, Any]]) -> None:
+    """Check that ``--modality`` names a modality of the certificates' models.
+
+    A model's modalities are its architecture config's ``modalities`` list, where the
+    config has one, and the modality each certificate deletes.
+
+    Raises:
+        InputError: ``E_PARAMETER_INVALID``, naming the modalities the models have.
+    """
+    known: list[str] = []
+    deleted: list[str] = []
+    for doc in docs:
+        config = doc["subject_model"]["architecture"].get("config")
+        listed = config.get("modalities") if isinstance(config, dict) else None
+        for name in [*(listed if isinstance(listed, list) else []), doc["deletion"]["modality"]]:
+            if isinstance(name, str) and name not in known:
+                known.append(name)
+        if doc["deletion"]["modality"] not in deleted:
+            deleted.append(doc["deletion"]["modality"])
+    if modality not in known:
+        raise errors.InputError(
+            f"--modality {modality!r} is not a modality of the certificates' models, which "
+            f"have {', '.join(known)}",
+            hint=f"pass one that the certificates delete ({', '.join(deleted)}), or leave "
+            "--modality out to draw the one most first deletions delete",
+            code="E_PARAMETER_INVALID",
+        )
 
 
 # Statuses a check of 'mbd-cert verify --json' can have (SPEC.md, R-REP-1).

@@ -180,7 +180,8 @@ def test_report_writes_figures_and_html(second: Path, honest_run: HonestRun,
     assert len(images) == 4
     assert all(base64.b64decode(image).startswith(PNG_MAGIC) for image in images)
     assert "src=\"http" not in page and "<script" not in page
-    assert "1.465170" in page  # the tight cumulative epsilon after two deletions
+    # The tight cumulative epsilon after two deletions, with every digit.
+    assert "<td>1.4651699603" in page
 
 
 def test_report_on_malformed_verify_report(honest_run: HonestRun, tmp_path: Path) -> None:
@@ -394,3 +395,56 @@ def test_report_names_drawn_chain(second: Path, honest_run: HonestRun, tmp_path:
     newest = json.loads((second / "cert.json").read_text())["certificate_id"]
     page = (out / "index.html").read_text()
     assert f"The chain of certificate {newest} ({second / 'cert.json'})" in page
+
+
+def test_report_rejects_unknown_modality(honest_run: HonestRun, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    outcome = run_cli(["report", "--out", out, honest_run.cert, "--modality", "audi"])
+    assert_clean(outcome)
+    assert outcome.exit_code == 2, outcome.stderr
+    assert ("error [E_PARAMETER_INVALID]: --modality 'audi' is not a modality of the "
+            "certificates' models, which have text, audio, vision") in outcome.stderr
+    assert "pass one that the certificates delete (audio)" in outcome.stderr
+    assert not out.exists()
+    # A modality of the model that no certificate deletes draws an empty sweep.
+    text_only = run_cli(["report", "--out", out, honest_run.cert, "--modality", "text"])
+    assert text_only.exit_code == 0, text_only.stderr
+    assert "no first-deletion certificate of text" in (out / "index.html").read_text()
+
+
+def test_chain_figure_labels_naive_delta(second: Path, honest_run: HonestRun, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # The naive sum was labelled "at delta = 1e-05" with the other two lines, but it
+    # holds only at the summed delta, 2e-05 after two deletions.
+    from mbd_cert import report_figures
+
+    labels: dict[str, list[str]] = {}
+    real_png = report_figures._png
+
+    def record(figure):
+        for ax in figure.axes:
+            legend = ax.get_legend()
+            texts = [text.get_text() for text in legend.get_texts()] if legend else []
+            labels[ax.get_ylabel()] = texts
+        return real_png(figure)
+
+    monkeypatch.setattr(report_figures, "_png", record)
+    out = tmp_path / "report"
+    outcome = run_cli(["report", "--out", out, honest_run.cert, second / "cert.json"])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert labels["cumulative epsilon"] == [
+        "naive sum (basic composition), at delta = k x 1e-05",
+        "RDP, at delta = 1e-05", "mu-GDP (tight, certified), at delta = 1e-05"]
+    page = (out / "index.html").read_text()
+    assert "<th>naive sum</th><th>delta of the naive sum</th></tr>" in page
+    assert "<td>2</td><td>2e-05</td></tr>" in page
+
+
+def test_report_names_acc2_convention(honest_run: HonestRun, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    outcome = run_cli(["report", "--out", out, honest_run.cert])
+    assert outcome.exit_code == 0, outcome.stderr
+    page = (out / "index.html").read_text()
+    assert "<th>Acc2 (negative vs non-negative)</th>" in page
+    assert "Acc2 (negative vs non-negative) is acc2_non_negative of the certificates" in page
+    assert "also carry acc2_positive" in page

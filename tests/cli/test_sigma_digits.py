@@ -6,6 +6,8 @@ digits, so one certificate showed three different sigmas.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from cli_support import HonestRun, run_cli
 
@@ -44,3 +46,9 @@ def test_issue_summary_shows_sigma(honest_run: HonestRun, sigma: str,
     cumulative = repr(float(doc["accounting"]["cumulative_epsilon"])).removesuffix(".0")
     assert f"cumulative epsilon {cumulative} at delta 1e-05" in summary
 
+
+def test_report_table_shows_sigma(honest_run: HonestRun, sigma: str, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    outcome = run_cli(["report", "--out", out, honest_run.cert])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert f"<td>{sigma}</td>" in (out / "index.html").read_text()
