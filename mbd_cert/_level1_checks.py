@@ -304,8 +304,10 @@ def check_policy(
     if len(violations) == 1:
         raise PolicyViolation(violations[0] + unchecked)
     if violations:
-        raise PolicyViolation(f"{len(violations)} policy violations: "
-                              + "; ".join(violations) + unchecked)
+        # Numbered, so that a reader (and verify-repo's table) can tell them apart.
+        numbered = "; ".join(f"({number}) {violation}"
+                             for number, violation in enumerate(violations, start=1))
+        raise PolicyViolation(f"{len(violations)} policy violations: {numbered}{unchecked}")
     return CheckResult(
         "policy",
         "pass",

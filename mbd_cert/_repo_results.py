@@ -5,7 +5,9 @@ Stability: internal; the JSON and JUnit layouts are documented in docs/user-guid
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import textwrap
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from xml.etree import ElementTree
@@ -77,9 +79,13 @@ def junit_for(results: Sequence[RepoResult]) -> bytes:
     return bytes(ElementTree.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
-# Characters of a failed check's detail that the table shows; --json and --junit
-# carry the whole text.
+# Characters of a failed check's detail that the table shows. A longer detail is
+# printed in full under the table; --json and --junit carry it too.
 DETAIL_WIDTH = 160
+
+# Start of the policy check's detail when it lists several violations, as
+# "3 policy violations: (1) ...; (2) ...; (3) ...".
+_VIOLATION_LIST = re.compile(r"(\d+) policy violations: (?=\(1\) )")
 
 
 def render_table(results: Sequence[RepoResult], exit_code: int, level: int,
@@ -94,10 +100,16 @@ def render_table(results: Sequence[RepoResult], exit_code: int, level: int,
     table.add_column("certificate", overflow="fold")
     table.add_column("result")
     table.add_column("detail", overflow="fold")
-    shortened = False
-    # Distinct warning texts, printed once under the table: a forked chain names every
-    # certificate of its tree, and the same text would fill each of their rows.
-    notes: list[str] = []
+    # Numbered notes under the table, as lines: each distinct shortened detail and each
+    # distinct warning, once. A forked chain names every certificate of its tree, and
+    # the same text would fill each of their rows.
+    notes: list[list[str]] = []
+
+    def note(lines: list[str]) -> str:
+        if lines not in notes:
+            notes.append(lines)
+        return f"[{notes.index(lines) + 1}]"
+
     for result in results:
         if result.error is not None:
             status, detail = f"error {result.error['code']}", result.error["message"]
@@ -106,29 +118,16 @@ def render_table(results: Sequence[RepoResult], exit_code: int, level: int,
         elif result.exit_code == 0:
             status, detail = "verified", check_counts(result.report.checks)
         else:
-            failed = [c for c in result.report.checks if c.status in ("fail", "inconclusive")]
-            status = "NOT VERIFIED"
-            shortened = shortened or any(_shortened(c.detail) != c.detail for c in failed)
-            detail = "; ".join([check_counts(result.report.checks),
-                                *(f"{c.name}: {c.code or c.status} ({_shortened(c.detail)})"
-                                  for c in failed)])
+            status, detail = "NOT VERIFIED", _failure_detail(result, note)
         if result.warnings:
             status += " (warning)"
-            numbers = []
-            for warning in result.warnings:
-                if warning not in notes:
-                    notes.append(warning)
-                numbers.append(f"[{notes.index(warning) + 1}]")
+            numbers = [note([f"warning: {warning}"]) for warning in result.warnings]
             detail = "; ".join([detail, f"warning {', '.join(numbers)} below"])
         # Paths, messages and check names come from the repository under test: escaped,
         # and never read as rich markup (SPEC.md, R-SEC-5).
         table.add_row(rich_text(result.certificate), rich_text(status), rich_text(detail))
     console.print(table)
-    for number, note in enumerate(notes, start=1):
-        console.print(rich_text(f"[{number}] warning: {note}"))
-    if shortened:
-        console.print("Long details of failed checks are shortened in the table; --json "
-                      "and --junit give them in full.")
+    _print_notes(console, notes)
     verified = sum(1 for r in results if r.exit_code == 0)
     # Without a policy file the run is level 1 without limits; a misnamed file would
     # otherwise lower the checks without a word.
@@ -136,6 +135,42 @@ def render_table(results: Sequence[RepoResult], exit_code: int, level: int,
                                     "mbd-cert-policy.toml)")
     console.print(rich_text(f"{verified} of {len(results)} certificates verified at level "
                             f"{level}{policy} (exit {exit_code})"))
+
+
+def _failure_detail(result: RepoResult, note: Callable[[list[str]], str]) -> str:
+    """Return the table's detail of a certificate that is not verified.
+
+    Each check that did not pass gets its code and its detail, shortened to
+    :data:`DETAIL_WIDTH` characters. ``note`` takes the full text of a shortened
+    detail, as lines, and returns the number under which it is printed below the table.
+    Certificates with the same detail (the certificates of a forked chain) share it.
+    """
+    parts = [check_counts(result.report.checks)]
+    for check in result.report.checks:
+        if check.status not in ("fail", "inconclusive"):
+            continue
+        outcome = check.code or check.status
+        part = f"{check.name}: {outcome} ({_shortened(check.detail)})"
+        if _shortened(check.detail) != check.detail:
+            lines = _detail_lines(check.detail)
+            lines[0] = f"{check.name} [{outcome}]: {lines[0]}"
+            part += f", in full as {note(lines)} below"
+        parts.append(part)
+    return "; ".join(parts)
+
+
+def _print_notes(console: Any, notes: Sequence[list[str]]) -> None:
+    """Print the numbered notes under the table, later lines of a note indented."""
+    from mbd_cert._terminal import rich_text, terminal_text
+
+    for number, lines in enumerate(notes, start=1):
+        console.print(rich_text(f"[{number}] {lines[0]}"))
+        for line in lines[1:]:
+            # Wrapped here, so that continuation lines keep the indent.
+            for piece in textwrap.wrap(terminal_text(line), width=console.width,
+                                       initial_indent="    ", subsequent_indent="        ",
+                                       break_on_hyphens=False):
+                console.print(rich_text(piece))
 
 
 def check_counts(checks: Sequence[Any]) -> str:
@@ -148,6 +183,26 @@ def check_counts(checks: Sequence[Any]) -> str:
             f"{statuses.count('fail')} failed, {statuses.count('skipped')} skipped")
     inconclusive = statuses.count("inconclusive")
     return text + (f", {inconclusive} inconclusive" if inconclusive else "")
+
+
+def _detail_lines(detail: str) -> list[str]:
+    """Split a detail into lines for the notes under the table: one per policy violation.
+
+    Any other detail stays one line, and so does a list whose numbering breaks off.
+    """
+    match = _VIOLATION_LIST.match(detail)
+    if match is None:
+        return [detail]
+    lines = [match.group(0).rstrip()]
+    rest = detail[match.end():]
+    for number in range(2, int(match.group(1)) + 1):
+        cut = rest.find(f"; ({number}) ")
+        if cut < 0:
+            break
+        lines.append(rest[:cut])
+        rest = rest[cut + 2:]
+    lines.append(rest)
+    return lines
 
 
 def _shortened(text: str, limit: int = DETAIL_WIDTH) -> str:

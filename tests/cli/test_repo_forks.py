@@ -121,7 +121,11 @@ def test_table_keeps_why_the_fork_failed(honest_run: HonestRun, vision_run: Path
     # The cell wraps over lines between border characters; join its pieces.
     table = "".join(outcome.stdout.replace("│", " ").split())
     assert "abovethepolicy'smax_cumulative_epsilon1.2" in table
-    assert "Long details of failed checks are shortened in the table" in outcome.stdout
+    # The shortened cells point to the full detail under the table.
+    assert table.count("infullas[1]below") == 2
+    notes = outcome.stdout.split("└")[-1]
+    assert "[1] chain-fork [E_POLICY_VIOLATION]: forked chain" in notes
+    assert "the certificates: audio/cert.json, vision/cert.json" in " ".join(notes.split())
 
 
 def test_one_certificate_twice_is_no_fork(honest_run: HonestRun, tmp_path: Path) -> None:

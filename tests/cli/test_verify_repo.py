@@ -159,6 +159,37 @@ def test_policy_violations_listed_once(repo, tmp_path):
     assert all([(f.text or "").count(part) for part in parts] == [1, 1, 1] for f in failures)
 
 
+def test_table_shows_every_violation(repo):
+    # The table cut the policy detail at 160 characters, so only the first
+    # violation and part of the second were readable.
+    _policy(repo, "max_cumulative_epsilon = 0.5\nmax_delta = 1e-6\n"
+                  'required_sensitivity_methods = ["declared"]\n')
+    result = _run(repo)
+    assert result.exit_code == 1
+    # As in cert.json, less a whole number's ".0".
+    cumulative = repr(json.loads((repo / "models" / "a" / "cert.json").read_text())[
+        "accounting"]["cumulative_epsilon"]).removesuffix(".0")
+    table, _, below = result.stdout.partition("└")
+    # The table keeps its layout: every row of the box is as wide as its top border.
+    rows = [line for line in table.splitlines() if line[:1] in "┏┃┡│"]
+    assert len({len(line) for line in rows}) == 1
+    flat = "".join(table.replace("│", " ").split())
+    assert flat.count("policy:E_POLICY_VIOLATION(3policyviolations:(1)cumulativeepsilon") == 2
+    assert "infullas[1]below" in flat
+    # Both certificates have the same violations, listed once, one line each.
+    lines = below.splitlines()[1:]
+    assert lines[:4] == [
+        "[1] policy [E_POLICY_VIOLATION]: 3 policy violations:",
+        f"    (1) cumulative epsilon {cumulative} exceeds the policy limit 0.5",
+        "    (2) accounting.delta 1e-05 exceeds the policy limit 1e-06: the cumulative "
+        "epsilon holds only with that failure",
+        "        probability",
+    ]
+    assert lines[4] == ("    (3) sensitivity method is 'clip-bound', the policy accepts "
+                        "['declared']")
+    assert lines[5] == "0 of 2 certificates verified at level 1 (exit 1)"
+
+
 def test_worst_result_wins(repo, tmp_path):
     _policy(repo, "")
     model = repo / "models" / "a" / "model.safetensors"
