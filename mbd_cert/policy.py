@@ -95,12 +95,44 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
+# Longest quoted value in a message; a longer one is cut.
+_MAX_SHOWN_CHARS = 80
+
+
+def _shown(value: object) -> str:
+    """Return ``repr(value)`` for a message, shortened; a huge integer by its size.
+
+    TOML integers have 64 bits, but tomllib reads longer ones: a hex integer as long as
+    the 64 KiB policy cap allows has about 260,000 bits. ``str()`` raises for an integer
+    of more than 4,300 decimal digits, and a message should not quote so many anyway.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except ValueError:  # a list that contains a huge integer
+        return "(too long to show: it contains an integer of over 4,300 digits)"
+    return text if len(text) <= _MAX_SHOWN_CHARS else text[:_MAX_SHOWN_CHARS - 3] + "..."
+
+
+def _as_float(source: str, key: str, value: int | float, expected: str, hint: str) -> float:
+    try:
+        return float(value)
+    except OverflowError as exc:  # an integer beyond the largest double
+        raise _invalid(source, key, f"{expected}, got {_shown(value)}", hint=hint) from exc
+
+
+_EPSILON_TOO_LARGE = ("give the largest cumulative epsilon you accept, such as 2.0, or remove "
+                      "the key for no limit")
+
+
 def _parse_epsilon(source: str, value: object) -> float:
     key = "max_cumulative_epsilon"
     # TOML booleans are Python bools, which are ints, so `true` would pass as 1.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _invalid(source, key, f"must be a number, got {_type_name(value)} {value!r}")
-    number = float(value)
+        raise _invalid(source, key,
+                       f"must be a number, got {_type_name(value)} {_shown(value)}")
+    number = _as_float(source, key, value, "must be finite and > 0", _EPSILON_TOO_LARGE)
     if math.isnan(number):
         raise _invalid(
             source, key, f"must be finite and > 0, got {value!r}",
@@ -115,7 +147,7 @@ def _parse_epsilon(source: str, value: object) -> float:
         )
     if number <= 0:
         raise _invalid(
-            source, key, f"must be finite and > 0, got {value!r}",
+            source, key, f"must be finite and > 0, got {_shown(value)}",
             hint="a limit of 0 or less would reject every certificate: give the largest "
             "cumulative epsilon you accept, such as 2.0, or remove the key for no limit",
         )
@@ -125,14 +157,16 @@ def _parse_epsilon(source: str, value: object) -> float:
 def _parse_delta(source: str, value: object) -> float:
     key = "max_delta"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _invalid(source, key, f"must be a number, got {_type_name(value)} {value!r}")
-    number = float(value)
+        raise _invalid(source, key,
+                       f"must be a number, got {_type_name(value)} {_shown(value)}")
+    number = _as_float(source, key, value, "must be in (0, 1)",
+                       "delta is a probability, e.g. 1e-5; remove the key for no limit")
     if not math.isfinite(number):
         raise _invalid(source, key, f"must be in (0, 1), got {value!r}",
                        hint=f"{value!r} is not a probability: give the largest delta you "
                        "accept, such as 1e-5, or remove the key for no limit")
     if not 0 < number < 1:
-        raise _invalid(source, key, f"must be in (0, 1), got {value!r}",
+        raise _invalid(source, key, f"must be in (0, 1), got {_shown(value)}",
                        hint="delta is a probability, e.g. 1e-5; remove the key for no limit")
     return number
 
@@ -140,9 +174,10 @@ def _parse_delta(source: str, value: object) -> float:
 def _parse_level(source: str, value: object) -> int:
     key = "required_level"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _invalid(source, key, f"must be an integer, got {_type_name(value)} {value!r}")
+        raise _invalid(source, key,
+                       f"must be an integer, got {_type_name(value)} {_shown(value)}")
     if value not in (1, 2, 3):
-        raise _invalid(source, key, f"must be 1, 2 or 3, got {value}",
+        raise _invalid(source, key, f"must be 1, 2 or 3, got {_shown(value)}",
                        hint="1 integrity, 2 recompute, 3 leakage")
     return value
 
@@ -152,7 +187,7 @@ def _parse_string_list(source: str, key: str, value: object) -> list[str]:
         raise _invalid(source, key, f"must be a list of strings, got {_type_name(value)}")
     for index, item in enumerate(value):
         if not isinstance(item, str) or not item:
-            raise _invalid(source, key, f"[{index}] must be a non-empty string, got {item!r}")
+            raise _invalid(source, key, f"[{index}] must be a non-empty string, got {_shown(item)}")
     duplicates = sorted({item for item in value if value.count(item) > 1})
     if duplicates:
         raise _invalid(source, key, f"lists {duplicates} more than once")
@@ -206,8 +241,8 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>") -> Policy
     unknown = sorted(str(key) for key in data if key not in _KNOWN_KEYS)
     if unknown:
         raise _invalid(
-            source, f"key {unknown[0]!r}",
-            f"is unknown ({len(unknown)} unknown key(s): {unknown}); expected keys: "
+            source, f"key {_shown(unknown[0])}",
+            f"is unknown ({len(unknown)} unknown key(s): {_shown(unknown)}); expected keys: "
             f"{list(_KNOWN_KEYS)}",
             hint="check the spelling; an ignored key would silently loosen the policy",
         )
@@ -215,7 +250,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>") -> Policy
     version = data.get("policy_version", POLICY_VERSION)
     if isinstance(version, bool) or not isinstance(version, int) or version != POLICY_VERSION:
         raise _invalid(
-            source, "policy_version", f"must be {POLICY_VERSION}, got {version!r}",
+            source, "policy_version", f"must be {POLICY_VERSION}, got {_shown(version)}",
             hint="this release reads policy version 1; upgrade mbd-cert for later versions",
         )
 
@@ -225,7 +260,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>") -> Policy
     if not isinstance(allow_inconclusive, bool):
         raise _invalid(source, "allow_inconclusive",
                        f"must be true or false, got {_type_name(allow_inconclusive)} "
-                       f"{allow_inconclusive!r}")
+                       f"{_shown(allow_inconclusive)}")
     return Policy(
         max_cumulative_epsilon=None if epsilon is None else _parse_epsilon(source, epsilon),
         max_delta=None if delta is None else _parse_delta(source, delta),
@@ -271,6 +306,12 @@ def load_policy(path: str | Path) -> Policy:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _invalid(source, "file", f"is not valid TOML: {exc}") from exc
+    except ValueError as exc:
+        # tomllib raises a plain ValueError, not TOMLDecodeError, for a decimal integer of
+        # more than 4,300 digits (sys.get_int_max_str_digits). No key takes such a value.
+        raise _invalid(source, "file", "contains an integer with too many digits to read",
+                       hint="a policy's numbers are small: a level of 1 to 3 and limits "
+                       "such as 2.0 or 1e-5") from exc
     except RecursionError as exc:
         # tomllib recurses once per nested array or table; the 64 KiB cap still admits
         # thousands of levels. No policy key takes a nested value.

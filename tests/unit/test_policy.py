@@ -166,3 +166,43 @@ def test_nonfinite_limit_has_own_hint(tmp_path, text, expected, absent):
         load_policy(_write(tmp_path, text + "\n"))
     assert expected in caught.value.hint
     assert absent not in caught.value.hint
+
+
+HUGE_DECIMAL = "9" * 400  # beyond the largest double
+HUGE_HEX = "0x" + "f" * 5000  # str() raises for its 6,021 decimal digits
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    (f"max_cumulative_epsilon = {HUGE_DECIMAL}", "max_cumulative_epsilon"),
+    (f"max_delta = {HUGE_DECIMAL}", "max_delta"),
+    (f"max_delta = -{HUGE_DECIMAL}", "max_delta"),
+    (f"max_delta = {HUGE_HEX}", "max_delta"),
+    (f"required_level = {HUGE_HEX}", "required_level"),
+    (f"policy_version = {HUGE_HEX}", "policy_version"),
+    (f"trusted_keys = [{HUGE_HEX}]", "trusted_keys"),
+    (f"allow_inconclusive = [{HUGE_HEX}]", "allow_inconclusive"),
+], ids=["epsilon", "delta", "negative-delta", "hex-delta", "level", "version", "key-path",
+        "list"])
+def test_huge_integer_is_invalid(tmp_path, text, key):
+    # tomllib reads integers of any size, and float() and str() raise for such a value.
+    with pytest.raises(InputError) as caught:
+        load_policy(_write(tmp_path, text + "\n"))
+    assert caught.value.code == "E_POLICY_INVALID"
+    assert key in caught.value.message
+    assert len(caught.value.message) < 300
+
+
+def test_5000_digit_integer_invalid(tmp_path):
+    # tomllib's int() raises a ValueError for it that is not a TOMLDecodeError.
+    with pytest.raises(InputError) as caught:
+        load_policy(_write(tmp_path, "required_level = " + "9" * 5000 + "\n"))
+    assert caught.value.code == "E_POLICY_INVALID"
+    assert "too many digits" in caught.value.message
+
+
+def test_many_unknown_keys_message_shortened(tmp_path):
+    text = "".join(f"key{i} = 1\n" for i in range(3000))
+    with pytest.raises(InputError) as caught:
+        load_policy(_write(tmp_path, text))
+    assert "3000 unknown key(s)" in caught.value.message
+    assert len(caught.value.message) < 400
