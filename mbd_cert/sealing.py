@@ -294,8 +294,8 @@ def open_for_verification(
         InputError: The certificate has no sealed bundle (``E_BUNDLE_NOT_SEALED``), the
             file is missing or malformed, or the key is not the recipient's.
         DigestMismatch: The sealed file is not the one the certificate commits to.
-        SealedBundleInvalid: The file does not authenticate, or it is sealed for another
-            recipient than the certificate states.
+        SealedBundleInvalid: The file does not authenticate, it is sealed for another
+            recipient than the certificate states, or it lacks a committed bundle file.
     """
     entry = doc["audit_bundle"].get("sealed")
     if not isinstance(entry, Mapping):
@@ -338,4 +338,15 @@ def open_for_verification(
             code=CODE_KEY_MISMATCH,
         )
     opened = open_sealed(path, into, private_key, str(doc["certificate_id"]))
+    # The bundle check reads the committed files from ``into``, where a file missing from
+    # the signed sealed bundle would look like a missing input of the user (exit 2).
+    names = {p.name for p in opened}
+    for role in ("diff", "probe"):
+        committed = doc["audit_bundle"].get(role)
+        if isinstance(committed, Mapping) and committed.get("path") not in names:
+            raise SealedBundleInvalid(
+                f"the committed sealed bundle {entry['path']} does not contain "
+                f"{committed.get('path')!r}, which audit_bundle.{role}.path names; it "
+                f"contains {sorted(names)}",
+                hint="ask the issuer for the sealed bundle that issue wrote")
     return f"opened {entry['path']} for recipient {own_id}: " + ", ".join(p.name for p in opened)

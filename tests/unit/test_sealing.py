@@ -232,6 +232,35 @@ def test_repeated_listed_name_invalid(tmp_path: Path) -> None:
     assert "not a new plain file name" in info.value.message
 
 
+def test_sealed_without_committed_diff_fails(tmp_path: Path) -> None:
+    # The bundle opens but lacks the committed diff: a failed check (exit 1), not a
+    # missing input in a temporary directory (exit 2).
+    import hashlib
+
+    from tests.vectors.make_chain_vectors import _seal_listing
+
+    key = X25519PrivateKey.generate()
+    sealed = _seal_listing(tmp_path / "audit-bundle.sealed",
+                           [{"path": "other.bin", "size": 3},
+                            {"path": "probe.safetensors", "size": 0}],
+                           b"abc", key.public_key(), CERT_ID)
+    doc = {"certificate_id": CERT_ID, "audit_bundle": {
+        "diff": {"path": "diff.safetensors"},
+        "probe": {"path": "probe.safetensors"},
+        "sealed": {
+            "path": sealed.name,
+            "file_digest": "sha256:" + hashlib.sha256(sealed.read_bytes()).hexdigest(),
+            "recipient_key_id": sealing.recipient_key_id(key.public_key()),
+        }}}
+    into = tmp_path / "into"
+    into.mkdir()
+    with pytest.raises(SealedBundleInvalid) as info:
+        sealing.open_for_verification(doc, tmp_path, key, into)
+    assert info.value.exit_code == 1
+    assert "'diff.safetensors'" in info.value.message
+    assert "audit_bundle.diff.path" in info.value.message
+
+
 def test_sealed_for_other_recipient_fails(
         bundle: list[Path], tmp_path: Path) -> None:
     import hashlib
