@@ -2,7 +2,9 @@
 
 :func:`mbd_cert.verify.verify` runs these as steps 4, 7 and 8 of SPEC.md section 7.
 Each raises a :class:`~mbd_cert.errors.VerificationFailed` subclass for a false claim,
-and the report records it as a failed check.
+and the report records it as a failed check. :func:`require_architecture_version`
+belongs to step 1 and raises an ``InputError`` instead, because it finds unusable
+input.
 
 Stability: internal.
 """
@@ -15,11 +17,13 @@ from typing import Any
 
 from mbd_cert import _groups, _paths, _safetensors, chain
 from mbd_cert._numbers import exact_number
+from mbd_cert.arch import CODE_ARCHITECTURE_UNKNOWN
 from mbd_cert.errors import (
     ChainBroken,
     DeletionIncomplete,
     DigestMismatch,
     FileMissing,
+    InputError,
     ModelNonfinite,
     PolicyViolation,
 )
@@ -27,6 +31,27 @@ from mbd_cert.report import CheckResult
 
 _OTHER_MODEL_HINT = ("the model file does not match the certificate (see model-digest): "
                      "pass the model released with this certificate")
+
+
+def require_architecture_version(doc: Mapping[str, Any], architecture: Any) -> None:
+    """Check that the installed architecture has the version the certificate records.
+
+    Another version of an architecture's code may build other tensors from the same
+    config, or compute other objectives, so its checks would test another claim. The
+    issuer rejects a checkpoint of another version in the same way.
+
+    Raises:
+        InputError: ``E_ARCHITECTURE_UNKNOWN`` (exit 2) when the versions differ.
+    """
+    recorded = doc["subject_model"]["architecture"]["version"]
+    if recorded != architecture.version:
+        raise InputError(
+            f"subject_model.architecture.version is {recorded!r}, but the installed "
+            f"architecture {architecture.name!r} has version {architecture.version!r}",
+            hint=f"install the release that provides architecture {architecture.name!r} "
+            f"at version {recorded!r}",
+            code=CODE_ARCHITECTURE_UNKNOWN,
+        )
 
 
 def check_deletion(doc: Mapping[str, Any], header: Any, architecture: Any, *,

@@ -38,6 +38,7 @@ from mbd_cert._level1_checks import (
     check_model_finite,
     check_model_layout,
     check_policy,
+    require_architecture_version,
 )
 from mbd_cert._numbers import exact_number
 from mbd_cert.arch import get_architecture
@@ -232,6 +233,7 @@ def _verify_checked(cert_path: str | Path, model_path: str | Path, options: Veri
     if not model_path.exists():
         raise FileMissing(f"model not found: {model_path}", hint="pass the released model file")
     architecture = get_architecture(doc["subject_model"]["architecture"]["name"])
+    require_architecture_version(doc, architecture)
     # The schema leaves the config's members to the architecture; a config it rejects
     # is unusable input (exit 2), never a crash in the checks below.
     architecture.validate_config(doc["subject_model"]["architecture"]["config"])

@@ -19,6 +19,7 @@ from cli_support import (
     HonestRun,
     assert_check_failed,
     assert_clean,
+    assert_input_error,
     resign,
     run_cli,
     verify,
@@ -248,3 +249,18 @@ def test_verifier_neighbours_catch_chosen_seed(honest_run: HonestRun, tmp_path: 
     assert "drawn by the verifier" in outcome.check_detail("sensitivity-evidence")
     assert "raise --safety-factor (2 or more)" in outcome.check_detail("sensitivity-evidence")
     assert "the stated runs matched" in outcome.check_detail("sensitivity-evidence")
+
+
+@pytest.mark.parametrize("level", ["1", "2"])
+def test_other_architecture_version_unusable(honest_run: HonestRun, tmp_path: Path,
+                                             level: str) -> None:
+    # R-ARCH-8: another version of the code may build other tensors from the same
+    # config, so this verifier cannot decide the claim: exit 2, never a pass.
+    doc = honest_run.load_cert()
+    doc["subject_model"]["architecture"]["version"] = "2"
+    cert = write_json(tmp_path / "cert.json", resign(doc, honest_run.private_key))
+    outcome = verify(cert, honest_run.model, honest_run.public_key, "--level", level,
+                     "--bundle", honest_run.out_dir)
+    assert_input_error(outcome, "E_ARCHITECTURE_UNKNOWN")
+    assert "version is '2'" in outcome.stderr
+
