@@ -19,7 +19,14 @@ import numpy as np
 from mbd_cert import _paths
 from mbd_cert.arch import Architecture, get_architecture
 from mbd_cert.checkpoint import ProbeSet, read_probe_set, read_tensors
-from mbd_cert.errors import MalformedData, MalformedSafetensors
+from mbd_cert.errors import InputError, MalformedData, MalformedSafetensors
+
+# The objectives level 2 recomputes: the architecture's forget_objective and
+# retain_objective, under the names the issuer records (SPEC.md, sections 6.2 and 6.3).
+RECOMPUTED_OBJECTIVES = {
+    "saliency.objective": "forget-prediction-gap",
+    "update.objective": "retain-task-l1-deleted",
+}
 
 
 @dataclass
@@ -43,8 +50,11 @@ def load_bundle(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path) -> B
 
     Raises:
         InputError: A file is missing or malformed, a diff tensor names no model tensor
-            or has the wrong shape or dtype (``E_DIFF_SHAPE``, ``E_DIFF_DTYPE``).
+            or has the wrong shape or dtype (``E_DIFF_SHAPE``, ``E_DIFF_DTYPE``), or the
+            certificate names an objective that level 2 does not recompute
+            (``E_LEVEL_UNAVAILABLE``).
     """
+    _require_recomputed_objectives(doc)
     architecture = get_architecture(doc["subject_model"]["architecture"]["name"])
     config_post = architecture.validate_config(doc["subject_model"]["architecture"]["config"])
     modality = doc["deletion"]["modality"]
@@ -88,6 +98,23 @@ def load_bundle(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path) -> B
     )
     return Bundle(architecture, modality, config_pre, config_post, post, diff, masks, probe,
                   removed, eligible)
+
+
+def _require_recomputed_objectives(doc: Mapping[str, Any]) -> None:
+    """Reject a certificate whose mask or update claims an objective level 2 cannot recompute.
+
+    Level 2 would otherwise recompute its own objective and report a pass for a claim
+    about another one (SPEC.md, R-LVL-1).
+    """
+    for field, name in RECOMPUTED_OBJECTIVES.items():
+        section, _, member = field.partition(".")
+        stated = doc[section][member]
+        if stated != name:
+            raise InputError(
+                f"{field} is {stated!r}; levels 2 and 3 recompute only {name!r}",
+                hint="verify at level 1, or with a release that implements that objective",
+                code="E_LEVEL_UNAVAILABLE",
+            )
 
 
 def rebuild_pre(bundle: Bundle) -> dict[str, np.ndarray]:

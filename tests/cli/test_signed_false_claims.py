@@ -264,3 +264,18 @@ def test_other_architecture_version_unusable(honest_run: HonestRun, tmp_path: Pa
     assert_input_error(outcome, "E_ARCHITECTURE_UNKNOWN")
     assert "version is '2'" in outcome.stderr
 
+
+@pytest.mark.parametrize("field", ["saliency", "update"])
+def test_other_objective_unavailable_at_level2(honest_run: HonestRun, tmp_path: Path,
+                                               field: str) -> None:
+    # R-LVL-1: level 2 recomputes the architecture's objectives under their recorded
+    # names, so it would pass a claim about another objective that it never tested.
+    doc = honest_run.load_cert()
+    doc[field]["objective"] = "forget-everything"
+    cert = write_json(tmp_path / "cert.json", resign(doc, honest_run.private_key))
+    at_level1 = verify(cert, honest_run.model, honest_run.public_key)
+    assert at_level1.exit_code == 0, at_level1.stderr
+    at_level2 = verify(cert, honest_run.model, honest_run.public_key, "--level", "2",
+                       "--bundle", honest_run.out_dir)
+    assert_input_error(at_level2, "E_LEVEL_UNAVAILABLE")
+    assert f"{field}.objective" in at_level2.stderr
