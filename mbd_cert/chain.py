@@ -160,7 +160,7 @@ def walk_chain(doc: Mapping[str, Any], chain_dir: Path | None, *,
         current = previous
     links.reverse()
     _check_unique(links)
-    _check_listing(listing, links)
+    _check_listing(listing if "chain" in doc["accounting"] else None, links)
     _check_deleted_modalities(links)
     return links
 
@@ -234,9 +234,14 @@ def _check_unique(links: Sequence[ChainLink]) -> None:
             seen[key] = link.sequence_number
 
 
-def _check_listing(listing: Sequence[Mapping[str, Any]], links: Sequence[ChainLink]) -> None:
-    """Check that ``accounting.chain``, when present, names exactly the links walked."""
-    if not listing:
+def _check_listing(listing: Sequence[Mapping[str, Any]] | None,
+                   links: Sequence[ChainLink]) -> None:
+    """Check that ``accounting.chain``, when present, names exactly the links walked.
+
+    ``listing`` is None when the member is absent. An empty list is a listing too: it
+    states that no earlier link exists, which is true of a first deletion only.
+    """
+    if listing is None:
         return
     walked = [(link.sequence_number, link.digest) for link in links[:-1]]
     named = [(entry["sequence_number"], entry["certificate_digest"]) for entry in listing]

@@ -224,6 +224,17 @@ def test_listing_that_disagrees_fails(key: Ed25519PrivateKey, tmp_path: Path) ->
         chain.walk_chain(bad, tmp_path)
 
 
+def test_empty_listing_of_later_link_fails(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    # R-CHAIN-4: a present listing names exactly the links found, and [] names none.
+    docs = build_chain(key, 2)
+    write(tmp_path, docs[:1])
+    bad = chain_doc(key, 2, docs[0], docs[:1], chain=[])
+    with pytest.raises(chain.ChainBroken, match="accounting.chain lists 0 links"):
+        chain.walk_chain(bad, tmp_path)
+    first = chain_doc(key, 1, None, [], chain=[])
+    assert len(chain.walk_chain(first, None)) == 1
+
+
 def test_listing_with_unsafe_path_is_malformed(key: Ed25519PrivateKey) -> None:
     docs = build_chain(key, 1)
     bad = chain_doc(key, 2, docs[0], docs, chain=[
