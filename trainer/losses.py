@@ -241,4 +241,4 @@ def _normalised_columns(values: torch.Tensor, weight: torch.Tensor) -> torch.Ten
     # Columns centred over the weighted rows and scaled to unit L2 norm. With fewer
     # than two weighted rows every centred column is zero and so is the result.
     centred = _centred(values, weight)
-    return centred / centred.norm(dim=0, keepdim=True).clamp_min(_NORM_EPS)
+    return torch.div(centred, centred.norm(dim=0, keepdim=True).clamp_min(_NORM_EPS))

@@ -308,9 +308,10 @@ def _fit(model: MBDModel, corpus: Any, config: TrainingConfig, seed: int,
                     hint="lower --learning-rate or --grad-clip",
                     code="E_TRAINING_DIVERGED",
                 )
+            train_means = {name: value / max(seen, 1) for name, value in sums.items()}
             record = {
                 "epoch": epoch,
-                "train": {name: value / max(seen, 1) for name, value in sums.items()},
+                "train": train_means,
                 "valid_mae": valid_mae,
                 "seconds": round(time.monotonic() - epoch_started, 3),
             }
@@ -320,7 +321,7 @@ def _fit(model: MBDModel, corpus: Any, config: TrainingConfig, seed: int,
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 epochs_without_gain += 1
-            advance(f"loss {record['train']['total']:.3f}  valid MAE {valid_mae:.3f} "
+            advance(f"loss {train_means['total']:.3f}  valid MAE {valid_mae:.3f} "
                     f"(best {best_mae:.3f} @ {best_epoch})")
             if epochs_without_gain >= config.patience:
                 logger.debug("early stop after epoch %d (best %d)", epoch, best_epoch)

@@ -177,7 +177,7 @@ def fit_standardiser(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def apply_standardiser(values: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Return ``(values - mean) / scale`` as float32."""
-    return ((values.astype(np.float64) - mean) / scale).astype(np.float32)
+    return np.asarray((values.astype(np.float64) - mean) / scale, dtype=np.float32)
 
 
 def check_count(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
@@ -187,14 +187,14 @@ def check_count(name: str, value: object, minimum: int, maximum: int | None = No
         InputError: ``value`` is not an integer in ``[minimum, maximum]``.
     """
     upper = "" if maximum is None else f" and <= {maximum}"
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not ok or value < minimum or (maximum is not None and value > maximum):  # type: ignore[operator]
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or \
+            value < minimum or (maximum is not None and value > maximum):
         raise InputError(
             f"{name} must be an integer >= {minimum}{upper}, got {value!r}",
             hint=f"pass a valid {name}",
             code="E_PARAMETER_INVALID",
         )
-    return int(value)  # type: ignore[call-overload]
+    return int(value)
 
 
 def _fail(source: str, field: str, problem: str) -> MalformedData:

@@ -16,7 +16,7 @@ import pickle
 import pickletools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class _NdarrayType:
 
 def _dtype(*args: Any) -> np.dtype[Any]:
     """Build a dtype, rejecting object dtypes, which can carry arbitrary Python objects."""
-    dtype = np.dtype(*args)
+    dtype: np.dtype[Any] = np.dtype(*args)
     if dtype.hasobject:
         raise MalformedData(
             f"refusing to load a numpy array of object dtype {dtype!r} from a pickle",
@@ -99,8 +99,11 @@ def _frombuffer(
     """
     array = np.frombuffer(buffer, dtype=_dtype(dtype))
     if order == "K" and axis_order is not None:
-        return array.reshape(shape, order="C").transpose(axis_order).copy(order="K")
-    return array.reshape(shape, order=order).copy(order="K")
+        rebuilt: np.ndarray = array.reshape(shape, order="C").transpose(axis_order)
+    else:
+        # numpy itself rejects an order other than C, F and A here (ValueError).
+        rebuilt = array.reshape(shape, order=cast(Literal["C", "F", "A"], order))
+    return rebuilt.copy(order="K")
 
 
 def _latin1_bytes(text: str, encoding: str = "utf-8") -> bytes:

@@ -416,7 +416,7 @@ def _read_cache(path: Path, csv_digest: str, n: int) -> np.ndarray | None:
     try:
         with safe_open(str(path), framework="numpy") as handle:
             metadata = handle.metadata() or {}
-            embeddings = handle.get_tensor(CACHE_TENSOR)
+            embeddings: np.ndarray = handle.get_tensor(CACHE_TENSOR)
     except (SafetensorError, OSError, KeyError, ValueError) as exc:
         logger.warning("ignoring unreadable embedding cache %s: %s", path, exc)
         return None
