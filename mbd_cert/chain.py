@@ -278,12 +278,21 @@ def write_chain_copies(previous: Sequence[ChainLink], out_dir: Path) -> list[dic
 # orders and never admits a materially smaller mu.
 MU_RELATIVE_TOLERANCE = 1e-9
 
+# The two looser bounds a certificate states for reading (R-ACC-3), with the names a
+# message gives them. The naive sum is exact in float64 up to its rounding up; the RDP
+# conversion takes logarithms of arrays, whose last bit may differ between builds, so
+# both are held to MU_RELATIVE_TOLERANCE as well.
+_READING_BOUNDS = (
+    ("naive_epsilon", "the sum of the per-deletion epsilons"),
+    ("rdp_epsilon", "the RDP bound"),
+)
+
 
 def check_chain_accounting(
     doc: Mapping[str, Any], chain_dir: Path | None, trusted_keys: Sequence[Any], *,
     file_cache: ChainFileCache | None = None,
 ) -> tuple[list[ChainLink], Any]:
-    """Walk the chain and recompute every link's accounting (SPEC.md, R-ACC-1, R-ACC-2).
+    """Walk the chain and recompute every link's accounting (SPEC.md, R-ACC-1 to R-ACC-3).
 
     Every earlier link must be signed by a trusted key (R-CHAIN-6) and calibrated
     (R-CHAIN-8, the checks of R-PRIV-2 to R-PRIV-5). For each link k
@@ -296,8 +305,8 @@ def check_chain_accounting(
 
     Raises:
         VerificationFailed: A link is missing, out of order, duplicated, unsigned by a
-            trusted key, miscalibrated, or states a mu or cumulative epsilon that the recomputation
-            contradicts (``E_CALIBRATION_INVALID``).
+            trusted key, miscalibrated, or states a mu, a cumulative epsilon or a
+            reading bound that the recomputation contradicts (``E_CALIBRATION_INVALID``).
         InputError: A link file is malformed, or the chain exceeds the caps.
     """
     # Imported here so that walking a chain needs no numpy (accounting uses it).
@@ -351,5 +360,17 @@ def check_chain_accounting(
                 f"mu = {exact_number(account.mu)}, delta = {exact_number(stated['delta'])})",
                 hint="the certificate understates the privacy loss of its chain",
             )
+        for field, meaning in _READING_BOUNDS:
+            recomputed = getattr(account, field)
+            if field in stated and \
+                    stated[field] < recomputed * (1.0 - MU_RELATIVE_TOLERANCE):
+                raise CalibrationInvalid(
+                    f"{where}: accounting.{field} is {exact_number(stated[field])}, less "
+                    f"than {meaning} over {len(entries)} deletions, "
+                    f"{exact_number(recomputed)}",
+                    hint="the certificate understates the privacy loss of its chain; "
+                    "inspect and report show these stated values, so they are held to "
+                    "the recomputation too (R-ACC-3)",
+                )
     assert account is not None
     return links, account

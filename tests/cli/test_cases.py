@@ -900,7 +900,9 @@ def test_c21_extreme_budget_verifies(honest_run: HonestRun, tmp_path: Path) -> N
     account = accounting.account_chain([accounting.ChainEntry(epsilon, delta, sigma, 1.0)],
                                        delta)
     doc = _declared(honest_run.load_cert(), epsilon, sigma, delta=delta)
-    doc["accounting"].update(mu=account.mu, cumulative_epsilon=account.epsilon)
+    doc["accounting"].update(mu=account.mu, cumulative_epsilon=account.epsilon,
+                             naive_epsilon=account.naive_epsilon,
+                             rdp_epsilon=account.rdp_epsilon)
     cert = write_json(tmp_path / "c.json", resign(doc, honest_run.private_key))
     outcome = verify(cert, honest_run.model, honest_run.public_key)
     assert_clean(outcome)

@@ -277,6 +277,32 @@ def test_understated_earlier_link_fails(key: Ed25519PrivateKey, tmp_path: Path) 
         chain.check_chain_accounting(third, tmp_path, [key.public_key()])
 
 
+@pytest.mark.parametrize("field", ["naive_epsilon", "rdp_epsilon"])
+def test_understated_reading_bound_fails(key: Ed25519PrivateKey, tmp_path: Path,
+                                         field: str) -> None:
+    first = build_chain(key, 1)
+    honest = chain_doc(key, 2, first[0], first)
+    stated = honest["accounting"][field]
+    low = chain_doc(key, 2, first[0], first, **{field: stated * (1 - 1e-6)})
+    write(tmp_path, first)
+    with pytest.raises(CalibrationInvalid, match=f"accounting.{field} is .* less than"):
+        chain.check_chain_accounting(low, tmp_path, [key.public_key()])
+    # An overstatement, or a value within the tolerance, passes.
+    for value in (stated * 2, stated * (1 - 1e-12)):
+        doc = chain_doc(key, 2, first[0], first, **{field: value})
+        chain.check_chain_accounting(doc, tmp_path, [key.public_key()])
+
+
+def test_reading_bounds_may_be_absent(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    first = build_chain(key, 1)
+    doc = chain_doc(key, 2, first[0], first)
+    del doc["accounting"]["naive_epsilon"], doc["accounting"]["rdp_epsilon"]
+    doc = certificate.sign_certificate(
+        {k: v for k, v in doc.items() if k != "signature"}, key)
+    write(tmp_path, first)
+    chain.check_chain_accounting(doc, tmp_path, [key.public_key()])
+
+
 def test_wrong_mu_fails(key: Ed25519PrivateKey, tmp_path: Path) -> None:
     first = build_chain(key, 1)
     bad = chain_doc(key, 2, first[0], first, mu=0.2680)
