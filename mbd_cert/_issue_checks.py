@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mbd_cert._groups import unlisted_zero_encoders
+from mbd_cert._numbers import exact_number
 from mbd_cert.checkpoint import LABEL_BOUND, MIN_ISSUE_PROBE_SAMPLES, ProbeSet
 from mbd_cert.errors import IssuanceError, MalformedData
 
@@ -134,8 +135,8 @@ def reject_noise_below_resolution(post: Mapping[str, np.ndarray],
     excess = float(squares.mean()) / 12.0 / (sigma * sigma)
     if excess * np.sqrt(squares.size / 2.0) > RESOLUTION_SHIFT:
         raise IssuanceError(
-            f"sigma = {sigma:.6g} is too small for the model's dtype: rounding the noised "
-            f"weights (spacing up to {float(np.sqrt(squares.max())):.3g}) would add "
+            f"sigma = {exact_number(sigma)} is too small for the model's dtype: rounding "
+            f"the noised weights (spacing up to {float(np.sqrt(squares.max())):.3g}) would add "
             f"{100 * excess:.3g} % to the noise variance, which level 2 tests",
             hint="raise the sensitivity ("
             + {"declared": "--sensitivity", "reference-retrain": "--safety-factor or "

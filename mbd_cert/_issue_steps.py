@@ -34,6 +34,7 @@ from mbd_cert._issue_checks import (
 )
 from mbd_cert._issue_document import certificate_document
 from mbd_cert._issue_outputs import create_staging, set_modes, swap_in
+from mbd_cert._numbers import exact_number
 from mbd_cert._torch_model import build_model, predict, probe_batch, torch_threads
 from mbd_cert._work_limits import check_evidence_work, check_update_work
 from mbd_cert.arch import Architecture, Batch, get_architecture
@@ -353,7 +354,7 @@ def _run(
     # Noise far beyond the dtype's range (a huge sensitivity) overflows to infinity.
     # This runs first, because the spacing of an infinite value is NaN.
     reject_nonfinite({n: post_tensors[n] for n in names}, "the noised model", hint=(
-        f"sigma = {sigma:.6g} is too large for the model's dtype; nothing was written: "
+        f"sigma = {exact_number(sigma)} is too large for the model's dtype; nothing was written: "
         "raise --epsilon or lower the sensitivity (--clip-norm, or --sensitivity when "
         "declared)"))
     reject_noise_below_resolution(post_tensors, {n: masks[n] for n in names}, sigma,

@@ -276,7 +276,8 @@ def _parse_entry(path: Path, name: str, value: object) -> TensorInfo:
 
     shape = fields["shape"]
     if not isinstance(shape, list) or isinstance(shape, _JsonObject):
-        raise _malformed(path, f"{tensor} has shape {_json_type(shape)}; expected a list")
+        raise _malformed(path, f"{tensor}: the shape is {_json_type(shape)}, not a list "
+                          "of dimensions")
     if len(shape) > MAX_RANK:
         raise LimitExceeded(f"{path}: {tensor} has {len(shape)} dimensions, more than "
                             f"the maximum of {MAX_RANK}")

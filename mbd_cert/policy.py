@@ -187,7 +187,8 @@ def _parse_string_list(source: str, key: str, value: object) -> list[str]:
         raise _invalid(source, key, f"must be a list of strings, got {_type_name(value)}")
     for index, item in enumerate(value):
         if not isinstance(item, str) or not item:
-            raise _invalid(source, key, f"[{index}] must be a non-empty string, got {_shown(item)}")
+            raise _invalid(source, f"{key}[{index}]",
+                           f"must be a non-empty string, got {_shown(item)}")
     duplicates = sorted({item for item in value if value.count(item) > 1})
     if duplicates:
         raise _invalid(source, key, f"lists {duplicates} more than once")

@@ -308,8 +308,8 @@ def _verify_checked(cert_path: str | Path, model_path: str | Path, options: Veri
         report.record(sealed)
     if sealed is not None and sealed.status != "pass":
         report.skip("bundle-digest", "R-BUN-2",
-                    f"not run: the sealed bundle was not opened (sealed-bundle: "
-                    f"{sealed.status}), so there is no bundle file to check")
+                    f"not run: the sealed-bundle check did not pass (sealed-bundle: "
+                    f"{sealed.status}), so there is no bundle file to trust")
     elif options.bundle_dir is None:
         report.skip("bundle-digest", "R-BUN-2",
                     "no audit bundle given: level 1 does not read it (verify --bundle DIR, "

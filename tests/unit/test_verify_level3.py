@@ -78,6 +78,25 @@ def test_representation_skipped_without_attribute(honest):
     assert "audio_private" in check.detail
 
 
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_representation_classes_listed_briefly(honest, per_sample):
+    _, out, _ = honest
+    doc = load_doc(out)
+    bundle = load_bundle(doc, out / "model.safetensors", out)
+    attribute = bundle.probe.attributes["audio_private"]
+    # Three classes, or one class per sample as a crafted probe set could hold.
+    crafted = np.arange(attribute.size) if per_sample else np.arange(attribute.size) % 3
+    bundle.probe.attributes["audio_private"] = crafted.astype(attribute.dtype)
+    check = verify_leakage._representation_check(bundle, "representation-probe", bundle.post,
+                                                 bundle.config_post, reference=False)
+    assert check.status == "inconclusive"
+    if per_sample:
+        assert "classes, the first 5 [0, 1, 2, 3, 4]" in check.detail
+        assert len(check.detail) < 200
+    else:
+        assert "classes [0, 1, 2] with counts" in check.detail
+
+
 def test_representation_probe_reads_a_planted_attribute(honest):
     _, out, _ = honest
     doc = load_doc(out)
