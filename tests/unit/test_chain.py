@@ -320,6 +320,25 @@ def test_earlier_link_needs_trusted_key(key: Ed25519PrivateKey, tmp_path: Path) 
         chain.check_chain_accounting(second, tmp_path, [key.public_key()])
 
 
+@pytest.mark.parametrize("epsilon", [1.0, 0.3, 2.5, 8.0])
+def test_first_deletion_states_its_calibrated_epsilon(epsilon: float) -> None:
+    sigma = analytic_gaussian_sigma(epsilon, 1e-5, 1.0)
+    converted = accounting.account_chain(
+        [accounting.ChainEntry(epsilon, 1e-5, sigma, 1.0)], 1e-5).epsilon
+    assert converted <= epsilon
+    options = IssueOptions(modality="audio", epsilon=epsilon, delta=1e-5, max_epsilon=epsilon)
+    account = chain_account([], options, sigma, 1.0)
+    assert account.epsilon == epsilon
+
+
+def test_later_deletion_keeps_the_converted_epsilon(key: Ed25519PrivateKey) -> None:
+    links = chain.walk_chain(build_chain(key, 1)[0], None)
+    options = IssueOptions(modality="vision", epsilon=1.0, delta=1e-5)
+    account = chain_account(links, options, SIGMA, 1.0)
+    entries = [accounting.ChainEntry(1.0, 1e-5, SIGMA, 1.0)] * 2
+    assert account.epsilon == accounting.account_chain(entries, 1e-5).epsilon
+
+
 def test_issuer_budget_refusal_shows_both_numbers(key: Ed25519PrivateKey) -> None:
     links = chain.walk_chain(build_chain(key, 1)[0], None)
     options = IssueOptions(modality="vision", epsilon=1.0, delta=1e-5, max_epsilon=1.4)
