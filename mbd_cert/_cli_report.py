@@ -92,6 +92,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                            key=lambda i: docs[i]["accounting"]["sequence_number"])
         newest = docs[newest_index]
         links = walk_chain(newest, chain_dir or certs[newest_index].parent)
+        _check_one_model(docs, certs, chain_dir)
         if modality is not None:
             _check_modality(modality, docs)
         else:
@@ -163,6 +164,38 @@ def _write_report(out_dir: Path, sections: list[tuple[str, Any]], page: str, *,
         # files of a failed run.
         shutil.rmtree(staging, ignore_errors=True)
     return written
+
+
+def _check_one_model(docs: list[dict[str, Any]], certs: tuple[Path, ...],
+                     chain_dir: Path | None) -> None:
+    """Check that every certificate deletes from the same trained model.
+
+    The figures draw all certificates on one set of axes, with the baselines of one of
+    them, so certificates of two models would make a wrong page. The trained model of
+    a certificate is the pre-deletion model of its chain's first deletion: its own for
+    a first deletion, the first link's for a later one.
+
+    Raises:
+        InputError: ``E_PARAMETER_INVALID``, naming two certificates of different models.
+    """
+    from mbd_cert.chain import walk_chain
+
+    roots: dict[str, Path] = {}
+    for doc, path in zip(docs, certs, strict=True):
+        first = doc
+        if doc["accounting"]["sequence_number"] > 1:
+            first = walk_chain(doc, chain_dir or path.parent)[0].doc
+        roots.setdefault(first["subject_model"]["pre_deletion"]["file_digest"], path)
+    if len(roots) > 1:
+        (digest_a, path_a), (digest_b, path_b) = list(roots.items())[:2]
+        raise errors.InputError(
+            f"{path_a} and {path_b} delete from different trained models ({digest_a} and "
+            f"{digest_b}, the pre-deletion digests of their chains' first deletions), "
+            "and one report draws a single model",
+            hint="make one report per model: pass the certificates of one trained model, "
+            "for example the deletions issued from one checkpoint and their later links",
+            code="E_PARAMETER_INVALID",
+        )
 
 
 def _check_modality(modality: str, docs: list[dict[str, Any]]) -> None:

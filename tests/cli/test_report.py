@@ -448,3 +448,23 @@ def test_report_names_acc2_convention(honest_run: HonestRun, tmp_path: Path) -> 
     assert "<th>Acc2 (negative vs non-negative)</th>" in page
     assert "Acc2 (negative vs non-negative) is acc2_non_negative of the certificates" in page
     assert "also carry acc2_positive" in page
+
+
+def test_report_refuses_certificates_of_two_models(second: Path, honest_run: HonestRun,
+                                                   tmp_path: Path) -> None:
+    # A deletion from another trained model (another seed, another corpus) would be
+    # drawn on the same axes as if it were a point of this model's sweep.
+    doc = honest_run.load_cert()
+    doc["subject_model"]["pre_deletion"]["file_digest"] = "sha256:" + "0" * 64
+    (tmp_path / "other").mkdir()
+    other = write_json(tmp_path / "other" / "cert.json",
+                       resign(doc, honest_run.private_key))
+    out = tmp_path / "report"
+    outcome = run_cli(["report", "--out", out, honest_run.cert, second / "cert.json", other])
+    assert_clean(outcome)
+    assert outcome.exit_code == 2, outcome.stderr
+    assert "error [E_PARAMETER_INVALID]" in outcome.stderr
+    assert f"{honest_run.cert} and {other} delete from different trained models" in \
+        outcome.stderr
+    assert "make one report per model" in outcome.stderr
+    assert not out.exists()
