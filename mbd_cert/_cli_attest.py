@@ -43,7 +43,9 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         """Export CERT as an in-toto Statement v1 whose subject is the released model.
 
         The subject digest is the SHA-256 of the --model file. The certificate is not
-        verified: run 'mbd-cert verify' for that.
+        verified: run 'mbd-cert verify' for that. The Statement is not signed either:
+        wrap it in a signed envelope (DSSE, for example with in-toto or cosign tools)
+        before others rely on it.
         """
         from mbd_cert import _paths, _safetensors
         from mbd_cert.attestation import (
