@@ -135,7 +135,9 @@ def check_commitment(
         raise DigestMismatch(
             f"digest mismatch for tensor '{first}': expected {expected}, got {got}"
             + (f" ({len(mismatched) - 1} more tensors differ)" if len(mismatched) > 1 else ""),
-            hint="the model is not the one the certificate was issued for",
+            hint="the model is not the one the certificate was issued for: pass the model "
+            "file released with this certificate, or the certificate issued for this model "
+            "(a repository commits the two together)",
         )
     if digests.manifest_digest != committed["manifest_digest"]:
         raise DigestMismatch(

@@ -19,6 +19,7 @@ from mbd_cert import _groups, _paths, _safetensors, chain
 from mbd_cert._numbers import exact_number
 from mbd_cert.arch import CODE_ARCHITECTURE_UNKNOWN
 from mbd_cert.errors import (
+    POLICY_VIOLATION_HINT,
     ChainBroken,
     DeletionIncomplete,
     DigestMismatch,
@@ -326,13 +327,15 @@ def check_policy(
              "the newest certificate only (the chain could not be walked)")
     # Without a walked chain the earlier links are unchecked, which the reader must know.
     unchecked = "" if links else f"; checked on {scope}"
+    hint = POLICY_VIOLATION_HINT
     if len(violations) == 1:
-        raise PolicyViolation(violations[0] + unchecked)
+        raise PolicyViolation(violations[0] + unchecked, hint=hint)
     if violations:
         # Numbered, so that a reader (and verify-repo's table) can tell them apart.
         numbered = "; ".join(f"({number}) {violation}"
                              for number, violation in enumerate(violations, start=1))
-        raise PolicyViolation(f"{len(violations)} policy violations: {numbered}{unchecked}")
+        raise PolicyViolation(f"{len(violations)} policy violations: {numbered}{unchecked}",
+                              hint=hint)
     return CheckResult(
         "policy",
         "pass",

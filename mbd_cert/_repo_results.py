@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.etree import ElementTree
 
+from mbd_cert.errors import POLICY_VIOLATION_HINT
+
 
 @dataclass
 class RepoResult:
@@ -188,8 +190,12 @@ def check_counts(checks: Sequence[Any]) -> str:
 def _detail_lines(detail: str) -> list[str]:
     """Split a detail into lines for the notes under the table: one per policy violation.
 
-    Any other detail stays one line, and so does a list whose numbering breaks off.
+    Any other detail stays one line, and so does a list whose numbering breaks off. The
+    policy check's hint, which ends its detail in brackets, gets a line of its own.
     """
+    hint = f" ({POLICY_VIOLATION_HINT})"
+    if detail.endswith(hint):
+        return [*_detail_lines(detail.removesuffix(hint)), f"hint: {POLICY_VIOLATION_HINT}"]
     match = _VIOLATION_LIST.match(detail)
     if match is None:
         return [detail]

@@ -170,6 +170,14 @@ class PolicyViolation(VerificationFailed):
     code = "E_POLICY_VIOLATION"
 
 
+# The hint of every policy violation: what fails is the policy's limit, which only a
+# new deletion or a policy change can meet. verify-repo prints it on a line of its own.
+POLICY_VIOLATION_HINT = (
+    "the certificate is valid but outside the policy: ask for a deletion issued within it "
+    "(a smaller --epsilon or --delta, or the required sensitivity method), or change the "
+    "limit where the policy is set")
+
+
 class ChainBroken(VerificationFailed):
     """The chain of earlier certificates is not a valid sequence."""
 

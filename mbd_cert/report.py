@@ -172,9 +172,11 @@ def to_junit(report: VerificationReport, suite: str = "mbd-cert.verify") -> byte
         case = ElementTree.SubElement(root, "testcase", classname=suite, name=check.name)
         if check.status == FAIL or (check.status == INCONCLUSIVE and not report.allow_inconclusive):
             # The JUnit schemas (Jenkins junit-4.xsd) give failure and error elements
-            # optional type and message attributes; the code fills both.
+            # optional type and message attributes. CI test summaries show the message
+            # alone, so it holds the code and the start of the detail.
             kind = check.code or check.status
-            node = ElementTree.SubElement(case, "failure", message=kind, type=kind)
+            node = ElementTree.SubElement(case, "failure", message=_summary(kind, check.detail),
+                                          type=kind)
             node.text = check.detail
         elif check.status == SKIPPED:
             ElementTree.SubElement(case, "skipped", message=check.detail)
@@ -192,17 +194,30 @@ def to_junit(report: VerificationReport, suite: str = "mbd-cert.verify") -> byte
     return data
 
 
+# Characters of a detail that a JUnit message attribute repeats; the element's text
+# holds all of it.
+_SUMMARY_CHARS = 200
+
+
+def _summary(code: str, detail: str) -> str:
+    """Return ``CODE: detail`` for a JUnit message attribute, the detail cut to one line."""
+    line = detail.splitlines()[0] if detail else ""
+    if len(line) > _SUMMARY_CHARS:
+        line = line[:_SUMMARY_CHARS - 3] + "..."
+    return f"{code}: {line}" if line else code
+
+
 def error_junit(code: str, message: str, hint: str = "", suite: str = "mbd-cert.verify") -> bytes:
     """Render a run that stopped before its checks as JUnit XML, like :func:`error_report`.
 
     The one test suite, named ``suite``, contains one test case ``verify``. Its ``error``
-    element has the code as its message and type attributes, and the message and hint
-    as its text.
+    element has the code as its type attribute, the code and the start of the message
+    as its message attribute, and the message and hint as its text.
     """
     root = ElementTree.Element("testsuite", name=suite, tests="1", failures="0", errors="1",
                                skipped="0")
     case = ElementTree.SubElement(root, "testcase", classname=suite, name="verify")
-    node = ElementTree.SubElement(case, "error", message=code, type=code)
+    node = ElementTree.SubElement(case, "error", message=_summary(code, message), type=code)
     node.text = message + (f"\nhint: {hint}" if hint else "")
     # The suite name is a path from the command line and the message quotes input files.
     clean_xml_tree(root)

@@ -61,7 +61,7 @@ def test_ctrl_c_writes_junit(honest_run: HonestRun, tmp_path: Path, monkeypatch)
     assert outcome.exit_code == 130, outcome.stderr
     assert outcome.error_code == "E_INTERRUPTED"
     error = _only_error(junit)
-    assert error.get("message") == "E_INTERRUPTED"
+    assert error.get("message").startswith("E_INTERRUPTED: ")
     assert error.text is not None
     assert "the certificate is not verified" in error.text
     assert "\nhint: " in error.text
@@ -93,7 +93,8 @@ def test_missing_certificate_writes_junit(honest_run: HonestRun, tmp_path: Path)
     assert outcome.exit_code == 2, outcome.stderr
     assert outcome.error_code == "E_FILE_MISSING"
     error = _only_error(junit)
-    assert error.get("message") == "E_FILE_MISSING"
+    assert error.get("message").startswith("E_FILE_MISSING: ")
+    assert str(missing) in error.get("message")
     assert error.text is not None
     assert str(missing) in error.text
     assert "\nhint: " in error.text
@@ -118,7 +119,7 @@ def test_stopped_run_writes_junit(fresh_run: HonestRun, tmp_path: Path, setup: s
     outcome = verify(fresh_run.cert, fresh_run.model, key, "--junit", junit)
     assert outcome.exit_code == 2, outcome.stderr
     assert outcome.error_code == code
-    assert _only_error(junit).get("message") == code
+    assert _only_error(junit).get("message").startswith(f"{code}: ")
     assert _only_error(junit).get("type") == code
 
 
@@ -132,7 +133,7 @@ def test_internal_error_writes_junit(honest_run: HonestRun, tmp_path: Path, monk
                      "--junit", junit)
     assert outcome.exit_code == 3, outcome.stderr
     error = _only_error(junit)
-    assert error.get("message") == "E_INTERNAL"
+    assert error.get("message").startswith("E_INTERNAL: ")
     assert error.text is not None
     assert "RuntimeError: step failed" in error.text
 

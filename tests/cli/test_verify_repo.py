@@ -115,7 +115,8 @@ def test_epsilon_over_policy_exit_1(repo, tmp_path):
     result = _run(repo, "--junit", junit)
     assert result.exit_code == 1
     failures = ElementTree.parse(junit).getroot().findall(".//failure")
-    assert [f.get("message") for f in failures] == ["E_POLICY_VIOLATION"] * 2
+    assert [f.get("message").split(":")[0] for f in failures] == ["E_POLICY_VIOLATION"] * 2
+    assert all("exceeds the policy limit" in f.get("message") for f in failures)
 
 
 def test_method_list_policy(repo):
@@ -187,7 +188,9 @@ def test_table_shows_every_violation(repo):
     ]
     assert lines[4] == ("    (3) sensitivity method is 'clip-bound', the policy accepts "
                         "['declared']")
-    assert lines[5] == "0 of 2 certificates verified at level 1 (exit 1)"
+    # The hint comes once, after the last violation, wrapped like the rest.
+    assert lines[5].startswith("    hint: the certificate is valid but outside the policy: ")
+    assert lines[7] == "0 of 2 certificates verified at level 1 (exit 1)"
 
 
 def test_worst_result_wins(repo, tmp_path):
@@ -203,6 +206,11 @@ def test_worst_result_wins(repo, tmp_path):
     # stdout is the document, so each failure's reason is on stderr too.
     assert ("verification failed: models/a/cert.json: model-digest [E_DIGEST_MISMATCH]"
             in result.stderr)
+    # The detail says what to do about a model that is not the certified one.
+    detail = next(c["detail"] for c in json.loads(result.stdout)["results"][0]["report"]["checks"]
+                  if c["name"] == "model-digest")
+    assert "pass the model file released with this certificate, or the certificate " \
+        "issued for this model" in detail
     assert "models/b/v2.cert.json" not in result.stderr
     (repo / "models" / "b" / "v2.safetensors").unlink()
     junit = tmp_path / "junit.xml"
@@ -339,7 +347,7 @@ def test_stopped_run_still_writes_junit(repo, tmp_path, policy, code):
     [suite] = root.findall("./testsuite")
     assert suite.get("name") == "verify-repo"
     [error] = root.findall("./testsuite/testcase/error")
-    assert error.get("message") == code
+    assert error.get("message").startswith(f"{code}: ")
     assert error.text is not None
     assert "hint:" in error.text
 
@@ -523,7 +531,7 @@ def test_unlistable_directory_stops_the_run(repo, tmp_path, monkeypatch):
     assert error["code"] == "E_FILE_UNREADABLE"
     assert "models/b" in error["message"]
     [case_error] = ElementTree.parse(junit).getroot().findall("./testsuite/testcase/error")
-    assert case_error.get("message") == "E_FILE_UNREADABLE"
+    assert case_error.get("message").startswith("E_FILE_UNREADABLE: ")
 
 
 def test_internal_error_before_verifying_writes_junit(repo, tmp_path, monkeypatch):
@@ -538,7 +546,7 @@ def test_internal_error_before_verifying_writes_junit(repo, tmp_path, monkeypatc
     assert result.exit_code == 3
     assert json.loads(result.stdout)["error"]["code"] == "E_INTERNAL"
     [case_error] = ElementTree.parse(junit).getroot().findall("./testsuite/testcase/error")
-    assert case_error.get("message") == "E_INTERNAL"
+    assert case_error.get("message").startswith("E_INTERNAL: ")
 
 
 @pytest.mark.parametrize(("where", "code"), [("missing/junit.xml", "E_FILE_MISSING"),
@@ -632,7 +640,7 @@ def test_interrupted_run_writes_json(repo, tmp_path, monkeypatch):
     assert document["policy"] == str(repo / "mbd-cert-policy.toml")
     error = ElementTree.parse(junit).getroot().find("testsuite/testcase/error")
     assert error is not None
-    assert error.get("message") == "E_INTERRUPTED"
+    assert error.get("message").startswith("E_INTERRUPTED: interrupted ")
     assert error.text is not None
     assert document["error"]["message"] in error.text
 
@@ -652,7 +660,7 @@ def test_interrupted_setup_writes_junit(repo, tmp_path, monkeypatch):
     assert document["error"]["code"] == "E_INTERRUPTED"
     assert document["error"]["message"] == "interrupted before any certificate was verified"
     [error] = ElementTree.parse(junit).getroot().findall("./testsuite/testcase/error")
-    assert error.get("message") == "E_INTERRUPTED"
+    assert error.get("message").startswith("E_INTERRUPTED: interrupted ")
 
 
 def test_junit_suites_carry_certificate_id(repo, tmp_path):
