@@ -56,8 +56,10 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                modality: str | None, verify_reports: tuple[Path, ...], title: str) -> None:
         """Draw figures from CERTS: privacy-utility, chain budget, proxy quality, checks.
 
-        The chain figure uses the certificate with the highest sequence number. The
-        figures show what the certificates claim; run 'mbd-cert verify' to check them.
+        CERTS must come from one trained model. The chain figure uses the certificate
+        with the highest sequence number. The figures show what the certificates claim;
+        run 'mbd-cert verify' to check them. Needs matplotlib, which the report extra
+        installs (mbd-cert[report]).
         """
         _paths.reject_output_over_inputs(out_dir, [
             *(("CERT", path) for path in certs), ("--chain", chain_dir),
@@ -69,8 +71,9 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         except ImportError as exc:
             raise errors.InputError(
                 f"'mbd-cert report' needs matplotlib, which is not installed ({exc})",
-                hint="install the report extra: pip install -e '.[report]' in a checkout "
-                "of mbd-cert",
+                hint="install mbd-cert with its report extra: 'mbd-cert[report]' where you "
+                "install it from a package or git URL, or pip install -e '.[report]' in a "
+                "checkout",
                 code="E_INPUT",
             ) from exc
         from mbd_cert import _json

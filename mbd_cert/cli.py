@@ -307,7 +307,7 @@ def _register_trainer(group: click.Group) -> None:
             @click.command(name, context_settings={"ignore_unknown_options": True})
             @click.argument("args", nargs=-1, type=click.UNPROCESSED)
             def command(args: tuple[str, ...]) -> None:
-                """Needs the torch extra: pip install -e '.[torch]' in a checkout."""
+                """Needs the torch extra of mbd-cert (mbd-cert[torch])."""
                 click.echo(f"error [E_INPUT]: the trainer is not available: {missing}", err=True)
                 click.echo(f"  hint: {errors.TORCH_EXTRA_HINT}", err=True)
                 sys.exit(2)

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 # mbd-cert is installed from a checkout or from a wheel built there. It is not on the
 # Python Package Index, so no hint may tell users to install it by name from an index.
-TORCH_EXTRA_HINT = ("install the torch extra: pip install -e '.[torch]' in a checkout of "
-                    "mbd-cert (README.md explains the GPU build)")
+# mbd-cert may come from a checkout or from a package or git URL (a CI job), so the
+# hint names the extra in both forms.
+TORCH_EXTRA_HINT = ("install mbd-cert with its torch extra: 'mbd-cert[torch]' where you "
+                    "install it from a package or git URL, or pip install -e '.[torch]' "
+                    "in a checkout (README.md explains the GPU build)")
 
 
 class MbdCertError(Exception):

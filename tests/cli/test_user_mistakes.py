@@ -62,7 +62,8 @@ def test_issue_without_torch(honest_run: HonestRun, tmp_path: Path, monkeypatch)
                        "--key", honest_run.private_key, "--out", tmp_path / "out"])
     _assert_issue_input_error(outcome, "E_INPUT")
     assert "needs torch" in outcome.stderr
-    assert "pip install -e '.[torch]' in a checkout of mbd-cert" in outcome.stderr
+    assert "'mbd-cert[torch]' where you install it from a package or git URL, or pip " \
+        "install -e '.[torch]' in a checkout" in outcome.stderr
     assert not (tmp_path / "out").exists()
 
 
