@@ -91,7 +91,7 @@ def privacy_utility(docs: Sequence[Mapping[str, Any]], modality: str) -> Section
         key = (float(doc["update"]["clip_norm"]), str(doc["privacy"]["sensitivity_method"]))
         series.setdefault(key, []).append(doc)
     epsilons = sorted({float(d["privacy"]["epsilon"]) for d in sweep})
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     for metric, ax, label in ((("acc2_non_negative"), axes[0], ACC2_LABEL),
                               ("mae", axes[1], "MAE")):
         for (clip, method), group in sorted(series.items()):
