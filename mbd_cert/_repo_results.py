@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.etree import ElementTree
 
+from mbd_cert._numbers import exact_number
 from mbd_cert.errors import POLICY_VIOLATION_HINT
 
 
@@ -118,7 +119,8 @@ def render_table(results: Sequence[RepoResult], exit_code: int, level: int,
             if result.error.get("hint"):
                 detail += f" (hint: {result.error['hint']})"
         elif result.exit_code == 0:
-            status, detail = "verified", check_counts(result.report.checks)
+            status, detail = "verified", _budget(result.report.checks) + check_counts(
+                result.report.checks)
         else:
             status, detail = "NOT VERIFIED", _failure_detail(result, note)
         if result.warnings:
@@ -185,6 +187,17 @@ def check_counts(checks: Sequence[Any]) -> str:
             f"{statuses.count('fail')} failed, {statuses.count('skipped')} skipped")
     inconclusive = statuses.count("inconclusive")
     return text + (f", {inconclusive} inconclusive" if inconclusive else "")
+
+
+def _budget(checks: Sequence[Any]) -> str:
+    """Return "epsilon E at delta D over N deletion(s); " from a passed accounting check."""
+    for check in checks:
+        if check.name == "accounting" and check.status == "pass" and \
+                check.threshold is not None:
+            delta = check.detail.partition(" at delta ")[2].partition(" ")[0]
+            return (f"epsilon {exact_number(check.threshold)} at delta {delta} over "
+                    f"{check.n} deletion(s); ")
+    return ""
 
 
 def _detail_lines(detail: str) -> list[str]:

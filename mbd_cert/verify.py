@@ -390,8 +390,10 @@ def _check_accounting(
     return CheckResult(
         "accounting",
         "pass",
-        f"cumulative epsilon {exact_number(recomputed.epsilon)} at delta "
-        f"{exact_number(account['delta'])} over {len(links)} deletion(s) (mu-GDP; RDP "
+        # The certified value first: it is what policies and other commands show.
+        f"cumulative epsilon {exact_number(account['cumulative_epsilon'])} at delta "
+        f"{exact_number(account['delta'])} over {len(links)} deletion(s), not below the "
+        f"mu-GDP recomputation {exact_number(recomputed.epsilon)} (RDP "
         f"{exact_number(recomputed.rdp_epsilon)}; naive sum "
         f"{exact_number(recomputed.naive_epsilon)} at delta "
         f"{exact_number(recomputed.naive_delta)})",

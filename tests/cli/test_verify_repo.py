@@ -81,7 +81,12 @@ def test_table_counts_checks_by_status(repo):
     assert result.exit_code == 0, result.output
     expected = (f"{len(checks)} checks: {statuses.count('pass')} passed, 0 failed, "
                 f"{statuses.count('skipped')} skipped")
-    assert expected in result.stdout
+    flat = " ".join(result.stdout.replace("│", " ").split())
+    assert expected in flat
+    # And the certified budget, which a reviewer of the release wants to see first.
+    doc = json.loads((repo / "models" / "a" / "cert.json").read_text())
+    epsilon = repr(doc["accounting"]["cumulative_epsilon"]).removesuffix(".0")
+    assert f"epsilon {epsilon} at delta 1e-05 over 1 deletion(s); {expected}" in flat
 
 
 def test_table_counts_failed_checks(repo):
