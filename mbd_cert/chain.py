@@ -279,9 +279,8 @@ def write_chain_copies(previous: Sequence[ChainLink], out_dir: Path) -> list[dic
 MU_RELATIVE_TOLERANCE = 1e-9
 
 # The two looser bounds a certificate states for reading (R-ACC-3), with the names a
-# message gives them. The naive sum is exact in float64 up to its rounding up; the RDP
-# conversion takes logarithms of arrays, whose last bit may differ between builds, so
-# both are held to MU_RELATIVE_TOLERANCE as well.
+# message gives them. The RDP conversion takes logarithms of arrays, whose last bit may
+# differ between builds, so both bounds get the tolerance of mu.
 _READING_BOUNDS = (
     ("naive_epsilon", "the sum of the per-deletion epsilons"),
     ("rdp_epsilon", "the RDP bound"),

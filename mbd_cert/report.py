@@ -173,7 +173,7 @@ def to_junit(report: VerificationReport, suite: str = "mbd-cert.verify") -> byte
         if check.status == FAIL or (check.status == INCONCLUSIVE and not report.allow_inconclusive):
             # The JUnit schemas (Jenkins junit-4.xsd) give failure and error elements
             # optional type and message attributes. CI test summaries show the message
-            # alone, so it holds the code and the start of the detail.
+            # alone, so it gives the code and the start of the detail.
             kind = check.code or check.status
             node = ElementTree.SubElement(case, "failure", message=_summary(kind, check.detail),
                                           type=kind)
@@ -195,7 +195,7 @@ def to_junit(report: VerificationReport, suite: str = "mbd-cert.verify") -> byte
 
 
 # Characters of a detail that a JUnit message attribute repeats; the element's text
-# holds all of it.
+# contains all of it.
 _SUMMARY_CHARS = 200
 
 
