@@ -22,7 +22,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from mbd_cert import _safetensors, certificate, mechanism, signing
+from mbd_cert import _safetensors, certificate, signing
 from mbd_cert._background import Background, Cancelled, FirstComer
 from mbd_cert._groups import eligible_names
 from mbd_cert._issue_checks import (
@@ -42,7 +42,13 @@ from mbd_cert.chain import write_chain_copies
 from mbd_cert.checkpoint import ProbeSet
 from mbd_cert.diff import MASK_PREFIX, build_diff
 from mbd_cert.errors import InputError, IssuanceError, MalformedData
-from mbd_cert.issue import IssueOptions, chain_account, draw_noise, sensitivity_for
+from mbd_cert.issue import (
+    IssueOptions,
+    calibrated_sigma,
+    chain_account,
+    draw_noise,
+    sensitivity_for,
+)
 from mbd_cert.metrics import regression_metrics
 from mbd_cert.proxy_quality import ClosedForm, forget_value, measure_proxy_quality
 from mbd_cert.saliency import gradient_moments, saliency_scores, top_k_mask
@@ -335,7 +341,7 @@ def _run(
             independent_samples=independent,
         )
         sensitivity, evidence = estimate.sensitivity, estimate.evidence()
-    sigma = mechanism.analytic_gaussian_sigma(options.epsilon, options.delta, sensitivity)
+    sigma = calibrated_sigma(previous, options, sensitivity)
     account = chain_account(list(previous), options, sigma, sensitivity)  # R-CHAIN-5
     logger.info("noise: sigma %.6g for epsilon %g, delta %g, sensitivity %.6g (%s)",
                 sigma, options.epsilon, options.delta, sensitivity,

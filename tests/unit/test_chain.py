@@ -24,7 +24,7 @@ from mbd_cert.errors import (
     MalformedCertificate,
     UntrustedKey,
 )
-from mbd_cert.issue import IssueOptions, chain_account
+from mbd_cert.issue import IssueOptions, calibrated_sigma, chain_account
 from mbd_cert.mechanism import analytic_gaussian_epsilon, analytic_gaussian_sigma
 from mbd_cert.schema import validate_certificate
 
@@ -320,15 +320,32 @@ def test_earlier_link_needs_trusted_key(key: Ed25519PrivateKey, tmp_path: Path) 
         chain.check_chain_accounting(second, tmp_path, [key.public_key()])
 
 
-@pytest.mark.parametrize("epsilon", [1.0, 0.3, 2.5, 8.0])
-def test_first_deletion_states_its_calibrated_epsilon(epsilon: float) -> None:
-    sigma = analytic_gaussian_sigma(epsilon, 1e-5, 1.0)
-    converted = accounting.account_chain(
-        [accounting.ChainEntry(epsilon, 1e-5, sigma, 1.0)], 1e-5).epsilon
-    assert converted <= epsilon
+# (epsilon, sensitivity): the first four convert back below epsilon, the last two
+# (the issuer's default clip bound) a few units in the last place above it.
+FIRST_DELETIONS = [(1.0, 1.0), (0.3, 1.0), (2.5, 1.0), (8.0, 1.0), (0.9, 0.002), (0.1, 0.002)]
+
+
+@pytest.mark.parametrize(("epsilon", "sensitivity"), FIRST_DELETIONS)
+def test_first_deletion_states_its_calibrated_epsilon(epsilon: float,
+                                                      sensitivity: float) -> None:
     options = IssueOptions(modality="audio", epsilon=epsilon, delta=1e-5, max_epsilon=epsilon)
-    account = chain_account([], options, sigma, 1.0)
+    sigma = calibrated_sigma([], options, sensitivity)
+    analytic = analytic_gaussian_sigma(epsilon, 1e-5, sensitivity)
+    assert analytic <= sigma <= analytic * (1 + 1e-12)
+    converted = accounting.account_chain(
+        [accounting.ChainEntry(epsilon, 1e-5, sigma, sensitivity)], 1e-5).epsilon
+    assert converted <= epsilon
+    # --max-epsilon equal to the requested epsilon admits the deletion.
+    account = chain_account([], options, sigma, sensitivity)
     assert account.epsilon == epsilon
+
+
+def test_default_clip_bound_needs_raised_sigma() -> None:
+    # Without the raise, the conversion of the analytic sigma lands above epsilon.
+    analytic = analytic_gaussian_sigma(0.9, 1e-5, 0.002)
+    converted = accounting.account_chain(
+        [accounting.ChainEntry(0.9, 1e-5, analytic, 0.002)], 1e-5).epsilon
+    assert converted > 0.9
 
 
 def test_later_deletion_keeps_the_converted_epsilon(key: Ed25519PrivateKey) -> None:
