@@ -95,7 +95,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                            key=lambda i: docs[i]["accounting"]["sequence_number"])
         newest = docs[newest_index]
         links = walk_chain(newest, chain_dir or certs[newest_index].parent)
-        _check_one_model(docs, certs, chain_dir)
+        _check_one_model(docs, certs, newest_index, links, chain_dir)
         if modality is not None:
             _check_modality(modality, docs)
         else:
@@ -169,25 +169,37 @@ def _write_report(out_dir: Path, sections: list[tuple[str, Any]], page: str, *,
     return written
 
 
-def _check_one_model(docs: list[dict[str, Any]], certs: tuple[Path, ...],
-                     chain_dir: Path | None) -> None:
+def _check_one_model(docs: list[dict[str, Any]], certs: tuple[Path, ...], newest_index: int,
+                     newest_links: list[Any], chain_dir: Path | None) -> None:
     """Check that every certificate deletes from the same trained model.
 
     The figures draw all certificates on one set of axes, with the baselines of one of
     them, so certificates of two models would make a wrong page. The trained model of
     a certificate is the pre-deletion model of its chain's first deletion: its own for
-    a first deletion, the first link's for a later one.
+    a first deletion, the first link's for a later one. ``newest_links`` is the chain
+    of ``certs[newest_index]``, the chain figure's certificate, which ``--chain``
+    names. Another later deletion may belong to another chain, so its links are read
+    from its own directory first and from ``chain_dir`` only when they are missing.
 
     Raises:
         InputError: ``E_PARAMETER_INVALID``, naming two certificates of different models.
+        ChainLinkMissing: A later deletion's earlier links are in neither directory.
     """
     from mbd_cert.chain import walk_chain
+    from mbd_cert.errors import ChainLinkMissing
 
     roots: dict[str, Path] = {}
-    for doc, path in zip(docs, certs, strict=True):
+    for index, (doc, path) in enumerate(zip(docs, certs, strict=True)):
         first = doc
-        if doc["accounting"]["sequence_number"] > 1:
-            first = walk_chain(doc, chain_dir or path.parent)[0].doc
+        if index == newest_index:
+            first = newest_links[0].doc
+        elif doc["accounting"]["sequence_number"] > 1:
+            try:
+                first = walk_chain(doc, path.parent)[0].doc
+            except ChainLinkMissing:
+                if chain_dir is None:
+                    raise
+                first = walk_chain(doc, chain_dir)[0].doc
         roots.setdefault(first["subject_model"]["pre_deletion"]["file_digest"], path)
     if len(roots) > 1:
         (digest_a, path_a), (digest_b, path_b) = list(roots.items())[:2]

@@ -468,3 +468,34 @@ def test_report_refuses_certificates_of_two_models(second: Path, honest_run: Hon
         outcome.stderr
     assert "make one report per model" in outcome.stderr
     assert not out.exists()
+
+
+def test_report_other_chain_beside_certificate(
+        second: Path, honest_run: HonestRun, tmp_path: Path) -> None:
+    # --chain names the directory of the chain figure's certificate. The one-model check
+    # looked up every later deletion's links there, so a later deletion of another chain
+    # of the same model exited 1 with E_CHAIN_LINK_MISSING.
+    first = tmp_path / "first"
+    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, "--modality", "vision",
+                       "--epsilon", "2", "--steps", "2", "--key", honest_run.private_key,
+                       "--out", first])
+    assert outcome.exit_code == 0, outcome.stderr
+    later = tmp_path / "later"
+    outcome = run_cli(["issue", "--checkpoint", first, "--modality", "audio", "--epsilon", "1",
+                       "--steps", "2", "--proxy-sample", "8", "--key", honest_run.private_key,
+                       "--out", later])
+    assert outcome.exit_code == 0, outcome.stderr
+    outcome = run_cli(["report", "--out", tmp_path / "report", second / "cert.json",
+                       later / "cert.json", "--chain", second])
+    assert_clean(outcome)
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "WARNING" not in outcome.stderr
+    # Links that are only in the --chain directory are still found there.
+    chain = tmp_path / "chain"
+    shutil.copytree(second, chain)
+    shutil.copy(first / "cert.json", chain / "first.json")
+    (tmp_path / "alone").mkdir()
+    shutil.copy(later / "cert.json", tmp_path / "alone" / "cert.json")
+    outcome = run_cli(["report", "--out", tmp_path / "report2", chain / "cert.json",
+                       tmp_path / "alone" / "cert.json", "--chain", chain])
+    assert outcome.exit_code == 0, outcome.stderr
