@@ -168,17 +168,18 @@ class CalibrationInvalid(VerificationFailed):
 
 
 class PolicyViolation(VerificationFailed):
-    """The certificate is valid but breaks the user's policy (for example max epsilon)."""
+    """The certificate breaks the user's policy (for example max epsilon)."""
 
     code = "E_POLICY_VIOLATION"
 
 
-# The hint of every policy violation: what fails is the policy's limit, which only a
-# new deletion or a policy change can meet. verify-repo prints it on a line of its own.
+# The hint of every policy violation, which verify-repo prints on a line of its own. The
+# policy check also runs after a failed signature check, so it does not call the
+# certificate valid.
 POLICY_VIOLATION_HINT = (
-    "the certificate is valid but outside the policy: ask for a deletion issued within it "
-    "(a smaller --epsilon or --delta, or the required sensitivity method), or change the "
-    "limit where the policy is set")
+    "the certificate is outside the policy (the other checks show whether it is valid): "
+    "ask for a deletion issued within the policy (a smaller --epsilon or --delta, or the "
+    "required sensitivity method), or change the limit where the policy is set")
 
 
 class ChainBroken(VerificationFailed):

@@ -38,3 +38,13 @@ def test_unwalked_pass_names_scope():
                           required_method="clip-bound", accepted_methods=())
     assert result.status == "pass"
     assert "the newest certificate only" in result.detail
+
+
+def test_violation_hint_not_called_valid():
+    # The policy check also runs when the signature or the accounting check failed, and
+    # its hint called such a certificate valid.
+    with pytest.raises(PolicyViolation) as caught:
+        check_policy(_doc(), [], max_epsilon=1.0, max_delta=None, required_method=None,
+                     accepted_methods=())
+    assert "is valid but" not in caught.value.hint
+    assert "the other checks show whether it is valid" in caught.value.hint
