@@ -163,11 +163,16 @@ def chain_budget(links: Sequence[ChainLink], source: Path | str | None = None) -
         entries.append(accounting.ChainEntry(privacy["epsilon"], privacy["delta"],
                                              privacy["sigma"], privacy["sensitivity"]))
         account = accounting.account_chain(entries, delta)
-        tight.append(account.epsilon)
+        # The certified value where the link states it at this delta: a first deletion
+        # states its epsilon, which the conversion may undercut by a unit in the last
+        # place (SPEC.md, R-CHAIN-11).
+        stated = link.doc["accounting"]
+        certified = stated["cumulative_epsilon"] if stated["delta"] == delta else account.epsilon
+        tight.append(certified)
         rdp.append(account.rdp_epsilon)
         naive.append(account.naive_epsilon)
         section.rows.append([str(link.sequence_number), link.doc["deletion"]["modality"],
-                             exact_number(privacy["epsilon"]), exact_number(account.epsilon),
+                             exact_number(privacy["epsilon"]), exact_number(certified),
                              exact_number(account.rdp_epsilon),
                              exact_number(account.naive_epsilon),
                              exact_number(account.naive_delta)])

@@ -499,3 +499,16 @@ def test_report_other_chain_beside_certificate(
     outcome = run_cli(["report", "--out", tmp_path / "report2", chain / "cert.json",
                        tmp_path / "alone" / "cert.json", "--chain", chain])
     assert outcome.exit_code == 0, outcome.stderr
+
+
+def test_chain_table_shows_certified_epsilon(honest_run: HonestRun, tmp_path: Path) -> None:
+    # The chain figure's "certified" series showed the recomputed epsilon, which for a
+    # first deletion can sit a unit in the last place below the stated one.
+    doc = honest_run.load_cert()
+    doc["accounting"]["cumulative_epsilon"] = 1.25
+    cert = write_json(tmp_path / "cert.json", resign(doc, honest_run.private_key))
+    out = tmp_path / "report"
+    outcome = run_cli(["report", "--out", out, cert])
+    assert outcome.exit_code == 0, outcome.stderr
+    page = (out / "index.html").read_text()
+    assert re.search(r"<tr><td>1</td><td>audio</td><td>[^<]+</td><td>1\.25</td>", page)
