@@ -139,14 +139,19 @@ class ChainIndex:
                  f"({digest}), but that file contains another certificate ({wrong.digest}, "
                  f"sequence number {wrong.sequence_number}).")
         searched = f"A search of the {self._scanned_count} *.json files in {self._dir}"
+        # The named file may be right for another chain: the directory may belong to
+        # another certificate (a --chain pointing elsewhere), so that case comes first.
         if found is not None:
-            logger.warning("%s %s found certificate %d in %s, which is used. To skip the "
-                           "search, replace %s with a copy of %s.", named, searched, number,
-                           found.source, wrong.source, found.source)
+            logger.warning("%s %s found certificate %d in %s, which is used. If %s is the "
+                           "chain directory of this certificate, replace %s with a copy of "
+                           "%s to skip the search.", named, searched, number, found.source,
+                           self._dir, wrong.source, found.source)
         else:
-            logger.warning("%s %s did not find certificate %d either. Replace %s with the "
-                           "copy of certificate %d that 'mbd-cert issue' wrote under that "
-                           "name.", named, searched, number, wrong.source, number)
+            logger.warning("%s %s did not find certificate %d either. Check that %s is the "
+                           "chain directory of this certificate (verify --chain DIR); if it "
+                           "is, replace %s with the copy of certificate %d that 'mbd-cert "
+                           "issue' wrote under that name.", named, searched, number,
+                           self._dir, wrong.source, number)
 
     def _find_scanned(self, digest: str) -> ChainLink | None:
         path = self._scan().get(digest)

@@ -522,8 +522,8 @@ def test_misnamed_link_warns_file_used(key: Ed25519PrivateKey, tmp_path: Path,
                               f"({certificate.certificate_digest(named)}, sequence number 2).")
     assert (f"A search of the 2 *.json files in {tmp_path} found certificate 1 in "
             f"{tmp_path / 'first-release.json'}, which is used.") in message
-    assert (f"To skip the search, replace {wrong} with a copy of "
-            f"{tmp_path / 'first-release.json'}.") in message
+    assert (f"If {tmp_path} is the chain directory of this certificate, replace {wrong} "
+            f"with a copy of {tmp_path / 'first-release.json'} to skip the search.") in message
 
 
 def test_misnamed_link_warns_none_found(key: Ed25519PrivateKey, tmp_path: Path,
@@ -534,5 +534,6 @@ def test_misnamed_link_warns_none_found(key: Ed25519PrivateKey, tmp_path: Path,
         chain.walk_chain(named, tmp_path)
     (message,) = [record.getMessage() for record in caplog.records]
     assert (f"A search of the 1 *.json files in {tmp_path} did not find certificate 1 "
-            f"either. Replace {wrong} with the copy of certificate 1 that 'mbd-cert issue' "
-            "wrote under that name.") in message
+            f"either. Check that {tmp_path} is the chain directory of this certificate "
+            f"(verify --chain DIR); if it is, replace {wrong} with the copy of certificate 1 "
+            "that 'mbd-cert issue' wrote under that name.") in message
