@@ -41,6 +41,9 @@ def issued(tmp_path_factory):
 def validator():
     schema = json.loads(SCHEMA_PATH.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
+    # The Statement's URIs are checked only with a uri checker installed (the dev
+    # extra's rfc3986-validator); without one jsonschema passes any string.
+    assert "uri" in jsonschema.Draft202012Validator.FORMAT_CHECKER.checkers
     return jsonschema.Draft202012Validator(
         schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
 
