@@ -177,9 +177,10 @@ class PolicyViolation(VerificationFailed):
 # policy check also runs after a failed signature check, so it does not call the
 # certificate valid.
 POLICY_VIOLATION_HINT = (
-    "the certificate is outside the policy (the other checks show whether it is valid): "
-    "ask for a deletion issued within the policy (a smaller --epsilon or --delta, or the "
-    "required sensitivity method), or change the limit where the policy is set")
+    "the certificate is outside the policy, and the other checks show whether it is "
+    "valid: ask for a deletion issued within the policy, with a smaller --epsilon or "
+    "--delta or the required sensitivity method, or change the limit where the policy "
+    "is set")
 
 
 class ChainBroken(VerificationFailed):

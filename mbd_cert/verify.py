@@ -381,7 +381,7 @@ def _check_accounting(
     doc: Mapping[str, Any], chain_dir: Path, options: VerifyOptions,
     walked: list[chain.ChainLink],
 ) -> CheckResult:
-    # R-ACC-1, R-ACC-2 and R-CHAIN-1 to R-CHAIN-8 over every link of the chain. The
+    # R-ACC-1 to R-ACC-3 and R-CHAIN-1 to R-CHAIN-9 over every link of the chain. The
     # links go to ``walked`` for the policy check.
     links, recomputed = chain.check_chain_accounting(
         doc, chain_dir, options.trusted_keys, file_cache=options.chain_file_cache)

@@ -194,8 +194,8 @@ def test_table_shows_every_violation(repo):
     assert lines[4] == ("    (3) sensitivity method is 'clip-bound', the policy accepts "
                         "['declared']")
     # The hint comes once, after the last violation, wrapped like the rest.
-    assert lines[5].startswith("    hint: the certificate is outside the policy (the other "
-                               "checks show whether it is valid): ")
+    assert lines[5].startswith("    hint: the certificate is outside the policy, and the "
+                               "other checks show whether it is valid: ")
     assert all(line.startswith("        ") for line in lines[6:-1])
     assert lines[-1] == "0 of 2 certificates verified at level 1 (exit 1)"
 
