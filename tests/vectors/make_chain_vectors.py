@@ -314,6 +314,15 @@ def _add_chain_vectors(
     )
     vector(
         "invalid",
+        "chain-listing-empty",
+        edited(lambda d: d["accounting"].update(chain=[])),
+        "E_CHAIN_BROKEN",
+        1,
+        "R-CHAIN-4",
+        "deletion 2: accounting.chain set to [] (no earlier link), re-signed",
+    )
+    vector(
+        "invalid",
         "chain-certificate-id-repeated",
         edited(lambda d: d.update(certificate_id=first["certificate_id"])),
         "E_CHAIN_BROKEN",
@@ -393,6 +402,17 @@ def _add_chain_vectors(
         1,
         "R-ACC-1",
         "deletion 2: accounting.mu set to deletion 1's mu (one deletion), re-signed",
+    )
+    # R-ACC-3: the RDP bound stated for reading is held to its recomputation too.
+    vector(
+        "invalid",
+        "chain-rdp-epsilon-understated",
+        edited(lambda d: d["accounting"].update(rdp_epsilon=d["accounting"]["rdp_epsilon"] / 2)),
+        "E_CALIBRATION_INVALID",
+        1,
+        "R-ACC-3",
+        "deletion 2: accounting.rdp_epsilon halved, below the RDP bound over both "
+        "deletions, re-signed",
     )
     vector(
         "invalid",
@@ -593,6 +613,27 @@ def _add_sealed_vectors(
         base_how_made + "; resealed (per SPEC section 4.5) with the listed size of "
         "diff.safetensors one byte too large, audit_bundle.sealed.file_digest updated, "
         "re-signed",
+        sealed_file=path,
+    )
+
+    # R-SEAL-2: the opened bundle contains every file the certificate commits to.
+    path = _seal_listing(
+        scratch / "diff-missing.sealed",
+        [{"path": "probe.safetensors", "size": len(probe_bytes)}],
+        probe_bytes,
+        recipient,
+        str(first["certificate_id"]),
+    )
+    vector(
+        "invalid",
+        "sealed-bundle-diff-missing",
+        recommitted(path),
+        "E_SEALED_BUNDLE_INVALID",
+        1,
+        "R-SEAL-2",
+        base_how_made + "; resealed (per SPEC section 4.5) with probe.safetensors only, so "
+        "the bundle opens but lacks the diff.safetensors that audit_bundle.diff.path names, "
+        "audit_bundle.sealed.file_digest updated, re-signed",
         sealed_file=path,
     )
 

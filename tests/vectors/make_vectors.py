@@ -618,6 +618,19 @@ def main() -> None:
             "accounting.cumulative_epsilon set to 0.5, re-signed",
         )
 
+        # R-ACC-3: the naive bound of one deletion is its epsilon, rounded up.
+        doc = copy.deepcopy(honest)
+        doc["accounting"]["naive_epsilon"] = honest["accounting"]["naive_epsilon"] / 2
+        bad(
+            "naive-epsilon-understated",
+            _resign(doc, key),
+            "E_CALIBRATION_INVALID",
+            1,
+            "R-ACC-3",
+            "accounting.naive_epsilon halved (1.0 to 0.5, below the sum of the per-deletion "
+            "epsilons), re-signed",
+        )
+
         # Policy (R-POL-1).
         bad(
             "policy-max-epsilon",
@@ -637,6 +650,37 @@ def main() -> None:
             "R-POL-1",
             "honest certificate (delta 1e-5) checked with --max-delta 1e-6",
             expected={"args": ["--max-delta", "1e-6"]},
+        )
+
+        # R-ARCH-8: the installed architecture has another version.
+        doc = copy.deepcopy(honest)
+        doc["subject_model"]["architecture"]["version"] = "2"
+        bad(
+            "architecture-version-other",
+            _resign(doc, key),
+            "E_ARCHITECTURE_UNKNOWN",
+            2,
+            "R-ARCH-8",
+            "subject_model.architecture.version changed from "
+            f"{honest['subject_model']['architecture']['version']!r} to '2', re-signed",
+        )
+
+        # R-LVL-1: level 2 recomputes only the objectives forget-prediction-gap and
+        # retain-task-l1-deleted, so it is not implemented for another one.
+        doc = copy.deepcopy(honest)
+        doc["saliency"]["objective"] = "forget-everything"
+        bad(
+            "level2-objective-not-recomputed",
+            _resign(doc, key),
+            "E_LEVEL_UNAVAILABLE",
+            2,
+            "R-LVL-1",
+            "saliency.objective set to 'forget-everything', re-signed; verified at level 2 "
+            "with --allow-inconclusive (the mask is too small for the normality test), "
+            "at which a verifier that ignores the objective names verifies it; level 1 "
+            "passes",
+            bundle=run,
+            expected={"args": ["--level", "2", "--bundle", ".", "--allow-inconclusive"]},
         )
 
         # Audit bundle (R-BUN-*).
@@ -666,6 +710,46 @@ def main() -> None:
             "audit_bundle.diff.path set to '..', re-signed",
             bundle=run,
             expected={"args": ["--bundle", "."]},
+        )
+
+        # R-CHAIN-11: at epsilon 0.9 and the default clip bound (sensitivity 0.002) the
+        # analytic sigma converts back a few units in the last place above epsilon, so
+        # the issuer raises sigma and states 0.9 itself, which --max-epsilon 0.9 admits.
+        raised_run = scratch / "deleted-eps0.9"
+        raised = issue(
+            scratch / "checkpoint",
+            raised_run,
+            IssueOptions(
+                modality="audio",
+                epsilon=0.9,
+                delta=1e-5,
+                noise_seed=20261207,
+                issuer_name="mbd-cert test vectors",
+            ),
+            key,
+        )
+        raised_privacy = raised["privacy"]
+        analytic = mechanism.analytic_gaussian_sigma(
+            0.9, 1e-5, raised_privacy["sensitivity"]
+        )
+        assert raised_privacy["sensitivity"] == 0.002
+        assert raised_privacy["sigma"] > analytic
+        assert raised["accounting"]["cumulative_epsilon"] == 0.9
+        _write(
+            valid / "honest-audio-eps0.9-sigma-raised",
+            raised,
+            raised_run / "model.safetensors",
+            {
+                "exit_code": 0,
+                "error_code": None,
+                "requirement": "R-CHAIN-11",
+                "how_made": "mbd-cert issue --modality audio --epsilon 0.9 --delta 1e-5 on a "
+                "tiny synthetic model (sensitivity 0.002, the default clip bound): sigma "
+                f"{raised_privacy['sigma']!r} is above the analytic {analytic!r}, and "
+                "cumulative_epsilon is 0.9; checked with --max-epsilon 0.9",
+                "args": ["--max-epsilon", "0.9"],
+            },
+            key_dir,
         )
 
         # Chains (R-CHAIN-*) and sealed audit bundles (R-SEAL-*).

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from mbd_cert.cli import main
+from mbd_cert.mechanism import analytic_gaussian_sigma
 
 VECTORS = Path(__file__).resolve().parents[2] / "schema" / "vectors" / "v1"
 CASES = sorted(p for kind in ("valid", "invalid") for p in (VECTORS / kind).iterdir() if p.is_dir())
@@ -75,6 +76,40 @@ def test_vector_set_covers_chain_and_sealing():
         "R-SEAL-3",
     ):
         assert needed in requirements
+
+
+# Some of these vectors cover one case of a requirement that other vectors cite too,
+# such as an empty accounting.chain (R-CHAIN-4) or a sealed bundle without its diff
+# (R-SEAL-2). The coverage lists above would not notice them missing, so this table
+# checks them by name.
+NAMED_VECTORS = {
+    "invalid/naive-epsilon-understated": "R-ACC-3",
+    "invalid/chain-rdp-epsilon-understated": "R-ACC-3",
+    "invalid/architecture-version-other": "R-ARCH-8",
+    "invalid/level2-objective-not-recomputed": "R-LVL-1",
+    "invalid/chain-listing-empty": "R-CHAIN-4",
+    "invalid/sealed-bundle-diff-missing": "R-SEAL-2",
+    "valid/honest-audio-eps0.9-sigma-raised": "R-CHAIN-11",
+}
+
+
+@pytest.mark.parametrize(("name", "requirement"), sorted(NAMED_VECTORS.items()))
+def test_named_vector_present(name: str, requirement: str):
+    expected = json.loads((VECTORS / name / "expected.json").read_text())
+    assert expected["requirement"] == requirement
+
+
+def test_first_deletion_vector_states_its_epsilon():
+    # R-CHAIN-11: at this setting the analytic sigma converts back above epsilon, so the
+    # issuer raised it, and the stated cumulative epsilon is the requested one.
+    doc = json.loads((VECTORS / "valid/honest-audio-eps0.9-sigma-raised/cert.json").read_text())
+    privacy = doc["privacy"]
+    assert doc["accounting"]["sequence_number"] == 1
+    assert privacy["epsilon"] == 0.9
+    assert doc["accounting"]["cumulative_epsilon"] == privacy["epsilon"]
+    analytic = analytic_gaussian_sigma(privacy["epsilon"], privacy["delta"],
+                                       privacy["sensitivity"])
+    assert privacy["sigma"] > analytic
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.parent.name}/{c.name}" for c in CASES])
