@@ -231,13 +231,20 @@ def check_probe_size(probe: ProbeSet, path: Path) -> None:
         )
 
 
+# Below this many held-out samples the utility metrics cannot show a drop of a few
+# points: one sample moves Acc2 by more than 5 points, and the standard error of
+# Pearson r, about 1 / sqrt(n - 3), is 0.25 or more (SPEC.md, R-PRB-5).
+MIN_EVAL_SAMPLES = 20
+
+
 def check_evaluation_set(evaluation: ProbeSet, path: Path, modality: str) -> None:
     """Check that the evaluation set gives held-out utility for ``modality`` (R-PRB-5).
 
     The certificate records the metrics as held-out utility, so a training member in
     the set is rejected. A set in which no sample observes ``modality`` is logged as a
     warning: its metrics still describe the released model, but they cannot show what
-    losing ``modality`` costs.
+    losing ``modality`` costs. So is a set of fewer than :data:`MIN_EVAL_SAMPLES`
+    samples, whose metrics are too coarse to show a drop.
 
     Raises:
         MalformedData: A label lies outside [-3, 3], or a sample is a member.
@@ -252,6 +259,12 @@ def check_evaluation_set(evaluation: ProbeSet, path: Path, modality: str) -> Non
             hint="pass held-out samples (member 0) with --eval-set, such as the "
             "eval.safetensors that 'mbd-cert train' writes, not the probe set",
         )
+    if evaluation.size < MIN_EVAL_SAMPLES:
+        logger.warning(
+            "the evaluation set %s has %d sample(s): with fewer than %d, one sample moves "
+            "Acc2 by more than 5 points and Pearson r is too uncertain to show what the "
+            "deletion costs. Pass more held-out samples with --eval-set",
+            path, evaluation.size, MIN_EVAL_SAMPLES)
     if modality in evaluation.modalities:
         column = evaluation.modalities.index(modality)
         if not evaluation.present[:, column].any():

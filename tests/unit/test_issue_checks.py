@@ -180,7 +180,20 @@ def test_eval_set_without_modality_warns(caplog):
     evaluation.member[:] = False
     with caplog.at_level("WARNING", logger=LOGGER):
         check_evaluation_set(evaluation, Path("eval.safetensors"), "vision")
-    assert caplog.text == ""
+    assert "observes" not in caplog.text
     with caplog.at_level("WARNING", logger=LOGGER):
         check_evaluation_set(evaluation, Path("eval.safetensors"), "audio")
     assert "no sample of the evaluation set eval.safetensors observes 'audio'" in caplog.text
+
+
+def test_small_eval_set_warns(caplog):
+    from mbd_cert._issue_checks import MIN_EVAL_SAMPLES, check_evaluation_set
+
+    for size, warned in ((1, True), (MIN_EVAL_SAMPLES - 1, True), (MIN_EVAL_SAMPLES, False)):
+        caplog.clear()
+        evaluation = _sized(size)
+        evaluation.member[:] = False
+        with caplog.at_level("WARNING", logger=LOGGER):
+            check_evaluation_set(evaluation, Path("eval.safetensors"), "audio")
+        assert (f"the evaluation set eval.safetensors has {size} sample(s)" in caplog.text) \
+            is warned
