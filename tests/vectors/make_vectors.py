@@ -682,6 +682,19 @@ def main() -> None:
             bundle=run,
             expected={"args": ["--level", "2", "--bundle", ".", "--allow-inconclusive"]},
         )
+        doc = copy.deepcopy(honest)
+        doc["update"]["objective"] = "retain-everything"
+        bad(
+            "level2-update-objective-not-recomputed",
+            _resign(doc, key),
+            "E_LEVEL_UNAVAILABLE",
+            2,
+            "R-LVL-1",
+            "update.objective set to 'retain-everything', re-signed; verified at level 2 "
+            "with --allow-inconclusive, as the saliency objective's vector; level 1 passes",
+            bundle=run,
+            expected={"args": ["--level", "2", "--bundle", ".", "--allow-inconclusive"]},
+        )
 
         # Audit bundle (R-BUN-*).
         tampered = scratch / "tampered-bundle"

@@ -87,6 +87,7 @@ NAMED_VECTORS = {
     "invalid/chain-rdp-epsilon-understated": "R-ACC-3",
     "invalid/architecture-version-other": "R-ARCH-8",
     "invalid/level2-objective-not-recomputed": "R-LVL-1",
+    "invalid/level2-update-objective-not-recomputed": "R-LVL-1",
     "invalid/chain-listing-empty": "R-CHAIN-4",
     "invalid/sealed-bundle-diff-missing": "R-SEAL-2",
     "valid/honest-audio-eps0.9-sigma-raised": "R-CHAIN-11",
