@@ -360,3 +360,28 @@ def test_mosi_csv_rows_capped(tmp_path, fake_embeddings, monkeypatch):
 
 def test_mosi_rows_cap_bounds_embeddings():
     assert mosi_text.MAX_ROWS * mosi_text.EMBEDDING_DIM <= 2**25
+
+
+@pytest.mark.parametrize("corpus", ["mosei-subset", "ict-mmmo"])
+def test_loader_parses_the_bytes_it_hashed(tmp_path, monkeypatch, corpus):
+    # The loaders hashed each file, then opened it again to parse it, so a file swapped
+    # in between was loaded unchecked. Here every file is emptied right after hashing.
+    import trainer.data.ictmmmo as ictmmmo
+    import trainer.data.mosei as mosei
+
+    module = mosei if corpus == "mosei-subset" else ictmmmo
+    if corpus == "mosei-subset":
+        write_mosei(tmp_path, mosei_part(40), mosei_part(40, 1))
+    else:
+        write_ict(tmp_path)
+    hashed = module.check_digests
+
+    def then_swap(folder, expected, verify):
+        result = hashed(folder, expected, verify)
+        for name in expected:
+            (folder / name).write_bytes(b"")
+        return result
+
+    monkeypatch.setattr(module, "check_digests", then_swap)
+    loaded = load_corpus(corpus, tmp_path, verify_digests=False)
+    assert len(loaded.splits["train"]) > 0

@@ -9,6 +9,7 @@ than small numeric changes.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -21,7 +22,6 @@ import pytest
 
 from mbd_cert.errors import FileMissing, InputError, MalformedData
 from trainer.data import default_data_root, load_corpus, mosi_text
-from trainer.data._common import file_sha256
 
 MODALITIES = ["text", "audio", "vision"]
 HAS_SENTENCE_TRANSFORMERS = (
@@ -293,7 +293,8 @@ def test_mosi_corrupt_cache_recomputed(tmp_path, monkeypatch):
     write_csv(tmp_path / "cmu-mosi-text", TINY_ROWS)
     cache = tmp_path / "cache"
     cache.mkdir()
-    digest = "sha256:" + file_sha256(tmp_path / "cmu-mosi-text" / "label.csv")
+    digest = "sha256:" + hashlib.sha256(
+        (tmp_path / "cmu-mosi-text" / "label.csv").read_bytes()).hexdigest()
     (cache / mosi_text.cache_file_name(digest)).write_bytes(b"not a safetensors file")
     fake = np.tile(np.linspace(-1.0, 1.0, 384, dtype=np.float32), (6, 1))
     fake += np.arange(6, dtype=np.float32)[:, None]

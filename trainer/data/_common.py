@@ -31,8 +31,6 @@ DATA_ROOT_ENV = "MBD_CERT_DATA"
 # centred but not scaled, so that it stays zero instead of being blown up to noise.
 MIN_STD = 1e-6
 
-_CHUNK_BYTES = 1 << 20
-
 
 def default_data_root() -> Path:
     """Return the folder that holds the real corpora.
@@ -100,17 +98,12 @@ def resolve_corpus_dir(root: Path | None, folder_name: str, required: Iterable[s
     return candidate
 
 
-def file_sha256(path: Path) -> str:
-    """Return the SHA-256 of a file as 64 lowercase hex digits, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def check_digests(folder: Path, expected: Mapping[str, str],
+                  verify: bool) -> tuple[dict[str, str], dict[str, bytes]]:
+    """Read the named files once, hash them and compare with the published digests.
 
-
-def check_digests(folder: Path, expected: Mapping[str, str], verify: bool) -> dict[str, str]:
-    """Hash the named files and compare them with the published digests.
+    The caller parses the returned bytes, not the files again, so the data it loads
+    is the data whose digest was checked even if a file changes in between.
 
     Args:
         folder: The corpus folder.
@@ -119,14 +112,19 @@ def check_digests(folder: Path, expected: Mapping[str, str], verify: bool) -> di
             a user's own copy of a dataset in the same layout.
 
     Returns:
-        File name to ``"sha256:<hex>"`` of the files as read.
+        ``(digests, contents)``: file name to ``"sha256:<hex>"``, and to the bytes read.
 
     Raises:
         MalformedData: A digest differs from the expected one.
     """
-    return {name: compare_digest(folder / name, file_sha256(folder / name), expected_hex,
-                                 verify)
-            for name, expected_hex in expected.items()}
+    digests: dict[str, str] = {}
+    contents: dict[str, bytes] = {}
+    for name, expected_hex in expected.items():
+        data = (folder / name).read_bytes()
+        digests[name] = compare_digest(folder / name, hashlib.sha256(data).hexdigest(),
+                                       expected_hex, verify)
+        contents[name] = data
+    return digests, contents
 
 
 def compare_digest(path: Path, actual_hex: str, expected_hex: str, verify: bool) -> str:

@@ -28,6 +28,7 @@ Stability: internal to the trainer.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -107,16 +108,18 @@ def load(root: Path | None, seed: int, *, verify_digests: bool = True) -> Corpus
         ) from exc
 
     folder = resolve_corpus_dir(root, FOLDER_NAME, EXPECTED_SHA256)
-    digests = check_digests(folder, EXPECTED_SHA256, verify_digests)
+    digests, contents = check_digests(folder, EXPECTED_SHA256, verify_digests)
 
     raw: dict[str, dict[str, np.ndarray | None]] = {}
     ratings: dict[str, np.ndarray] = {}
     for split in SPLITS:
-        ratings[split] = _read_ratings(h5py, folder / f"y_{split}.h5")
+        name = f"y_{split}.h5"
+        ratings[split] = _read_ratings(h5py, folder / name, contents[name])
         raw[split] = {}
         for modality in DEFAULT_MODALITIES:
-            name = _file_name(modality, split)
-            raw[split][modality] = None if name is None else _read_dataset(h5py, folder / name)
+            file = _file_name(modality, split)
+            raw[split][modality] = None if file is None else _read_dataset(
+                h5py, folder / file, contents[file])
         _check_split_shapes(folder, split, raw[split], ratings[split].shape[0])
 
     widths = _check_feature_shapes(folder, raw)
@@ -177,10 +180,13 @@ def load(root: Path | None, seed: int, *, verify_digests: bool = True) -> Corpus
     )
 
 
-def _read_dataset(h5py: object, path: Path) -> np.ndarray:
-    """Read dataset ``d1`` as float64 and check that it is finite."""
+def _read_dataset(h5py: object, path: Path, data: bytes) -> np.ndarray:
+    """Read dataset ``d1`` from the file's bytes as float64 and check that it is finite.
+
+    ``path`` names the file in messages; the bytes are the ones whose digest was checked.
+    """
     try:
-        with h5py.File(path, "r") as handle:  # type: ignore[attr-defined]
+        with h5py.File(io.BytesIO(data), "r") as handle:  # type: ignore[attr-defined]
             link = handle.get("d1", getlink=True)
             if link is None:
                 raise MalformedData(
@@ -212,7 +218,7 @@ def _read_dataset(h5py: object, path: Path) -> np.ndarray:
                     hint="pass the ICT-MMMO feature files",
                 )
             # Compressed or unwritten chunks let a small file declare a huge dataset.
-            limit = max(MAX_DATASET_BYTES, DATASET_BYTES_PER_FILE_BYTE * path.stat().st_size)
+            limit = max(MAX_DATASET_BYTES, DATASET_BYTES_PER_FILE_BYTE * len(data))
             if dataset.size * 8 > limit:
                 raise MalformedData(
                     f"{path}: dataset 'd1' declares shape {list(dataset.shape)}, "
@@ -235,8 +241,8 @@ def _read_dataset(h5py: object, path: Path) -> np.ndarray:
     return values
 
 
-def _read_ratings(h5py: object, path: Path) -> np.ndarray:
-    ratings = _read_dataset(h5py, path)
+def _read_ratings(h5py: object, path: Path, data: bytes) -> np.ndarray:
+    ratings = _read_dataset(h5py, path, data)
     if ratings.ndim == 2 and ratings.shape[1] == 1:
         ratings = ratings[:, 0]
     if ratings.ndim != 1:

@@ -46,7 +46,7 @@ from ._common import (
     fit_standardiser,
     resolve_corpus_dir,
 )
-from ._unpickle import load_restricted
+from ._unpickle import loads_restricted
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +82,10 @@ def load(root: Path | None, seed: int, *, verify_digests: bool = True) -> Corpus
             containers, or an array has the wrong shape, dtype or non-finite values.
     """
     folder = resolve_corpus_dir(root, FOLDER_NAME, EXPECTED_SHA256)
-    digests = check_digests(folder, EXPECTED_SHA256, verify_digests)
+    digests, contents = check_digests(folder, EXPECTED_SHA256, verify_digests)
 
-    # Step 2: read and merge the two files, keeping the file name in each id.
-    parts = [_read_part(folder / name) for name in EXPECTED_SHA256]
+    # Step 2: parse and merge the two files, keeping the file name in each id.
+    parts = [_read_part(folder / name, contents[name]) for name in EXPECTED_SHA256]
     ids = [
         f"{name.removesuffix('.pkl')}/{row:04d}"
         for name, part in zip(EXPECTED_SHA256, parts, strict=True)
@@ -212,9 +212,9 @@ def _split_digest(assignment: dict[str, list[str]]) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def _read_part(path: Path) -> dict[str, np.ndarray]:
-    """Read one pickle and check its keys, shapes, dtypes and finiteness."""
-    loaded: Any = load_restricted(path)
+def _read_part(path: Path, data: bytes) -> dict[str, np.ndarray]:
+    """Parse one pickle's bytes and check its keys, shapes, dtypes and finiteness."""
+    loaded: Any = loads_restricted(data, source=str(path))
     if not isinstance(loaded, dict):
         raise MalformedData(
             f"{path}: expected a dict of arrays, got {type(loaded).__name__}",
