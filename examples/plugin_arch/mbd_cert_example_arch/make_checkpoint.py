@@ -51,7 +51,7 @@ def _subset(data: dict, rows: np.ndarray) -> dict:
 
 
 def _write_probe(path: Path, data: dict, member: np.ndarray, modalities: list[str]) -> None:
-    tensors = {f"inputs.{m}": np.ascontiguousarray(data["inputs"][m]) for m in modalities}
+    tensors = {f"inputs.{m}": np.array(data["inputs"][m], order="C") for m in modalities}
     tensors["present"] = data["present"].astype(np.uint8)
     tensors["label"] = data["label"]
     tensors["member"] = member.astype(np.uint8)
@@ -85,9 +85,14 @@ def train(out: Path, *, seed: int = 0, epochs: int = 60, n_train: int = 256,
         optimiser.step()
 
     out.mkdir(parents=True)
-    weights = {name: np.ascontiguousarray(value.detach().numpy().astype(np.float32))
+    # np.array(order="C") and not np.ascontiguousarray, which turns a 0-d tensor (a
+    # BatchNorm's num_batches_tracked, say) into shape [1].
+    weights = {name: np.array(value.detach().numpy().astype(np.float32), order="C")
                for name, value in model.state_dict().items()}
-    save_file(weights, str(out / "model.safetensors"), metadata={"architecture": NAME})
+    # The metadata the issuer writes on released models; 'mbd-cert evaluate' and level 1
+    # read the same two keys.
+    save_file(weights, str(out / "model.safetensors"),
+              metadata={"format": "mbd-cert-model/1", "architecture": NAME})
     (out / "config.json").write_text(json.dumps(
         {"architecture": NAME, "architecture_version": VERSION, "config": config}, indent=2) + "\n")
     half = probe_size // 2
