@@ -27,6 +27,24 @@ def eligible_names(names: Sequence[str], groups: Sequence[str]) -> list[str]:
     return sorted(selected)
 
 
+def eligible_tensors(parameter_names: Sequence[str], groups: Sequence[str],
+                     removed: Sequence[str]) -> list[str]:
+    """Return the sorted eligible tensors of SPEC.md, R-SAL-1.
+
+    They are the parameters under one of the ``groups`` prefixes, less the ``removed``
+    encoder tensors. Buffers are never eligible: the score and the update need a
+    gradient, and a buffer has none. The issuer and levels 2 and 3 all call this, so
+    that they agree on the set.
+
+    Args:
+        parameter_names: The names ``named_parameters`` gives for the built model.
+        groups: The eligible groups, with or without a trailing ``.``.
+        removed: The tensors of the deleted encoder.
+    """
+    dropped = set(removed)
+    return [name for name in eligible_names(parameter_names, groups) if name not in dropped]
+
+
 def unlisted_zero_encoders(architecture: Any, config: Mapping[str, Any],
                            tensors: Mapping[str, np.ndarray]) -> list[str]:
     """Return the modalities not listed as deleted whose encoder is all zero (R-CHAIN-9).

@@ -35,7 +35,13 @@ from mbd_cert._issue_checks import (
 from mbd_cert._issue_document import certificate_document
 from mbd_cert._issue_outputs import create_staging, set_modes, swap_in
 from mbd_cert._numbers import exact_number
-from mbd_cert._torch_model import build_model, predict, probe_batch, torch_threads
+from mbd_cert._torch_model import (
+    build_model,
+    eligible_parameters,
+    predict,
+    probe_batch,
+    torch_threads,
+)
 from mbd_cert._work_limits import check_evidence_work, check_update_work
 from mbd_cert.arch import Architecture, Batch, get_architecture
 from mbd_cert.chain import write_chain_copies
@@ -182,9 +188,9 @@ def _run(
     batch = probe_batch(probe)
     groups = options.eligible_groups or default_eligible_groups(modality)
     removed = _removed_tensors(architecture, config, modality, pre_tensors)
-    names = [n for n in eligible_names(list(pre_tensors), groups) if n not in removed]
+    names = eligible_parameters(model_pre, groups, removed)
     if not names:
-        only_removed = bool(eligible_names(list(pre_tensors), groups))
+        only_removed = bool(eligible_parameters(model_pre, groups, []))
         raise InputError(
             f"the eligible groups {groups} match no tensor of the model"
             + (f" outside the {modality} encoder, which the deletion removes" if only_removed

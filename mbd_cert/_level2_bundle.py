@@ -52,7 +52,8 @@ def load_bundle(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path) -> B
         InputError: A file is missing or malformed, a diff tensor names no model tensor
             or has the wrong shape or dtype (``E_DIFF_SHAPE``, ``E_DIFF_DTYPE``), or the
             certificate names an objective that level 2 does not recompute
-            (``E_LEVEL_UNAVAILABLE``).
+            (``E_LEVEL_UNAVAILABLE``), or the architecture builds a model that contains one
+            tensor under two names (``E_ARCHITECTURE_TENSORS_SHARED``).
     """
     _require_recomputed_objectives(doc)
     architecture = get_architecture(doc["subject_model"]["architecture"]["name"])
@@ -91,11 +92,12 @@ def load_bundle(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path) -> B
         (diff if kind == "diff" else masks)[name] = array
     probe = read_probe_set(probe_path, modalities=config_post["modalities"])
     removed = sorted(doc["deletion"]["removed_tensors"])
-    groups = [g.rstrip(".") for g in doc["saliency"]["eligible_groups"]]
-    eligible = sorted(
-        n for n in post
-        if n not in removed and any(n == g or n.startswith(g + ".") for g in groups)
-    )
+    # The issuer's rule, from the model that the pre-deletion config builds (R-SAL-1).
+    # The build also rejects one tensor under two names (R-ARCH-9) before any check.
+    from mbd_cert._torch_model import build_unloaded, eligible_parameters
+
+    model = build_unloaded(architecture, config_pre, post)
+    eligible = eligible_parameters(model, doc["saliency"]["eligible_groups"], removed)
     return Bundle(architecture, modality, config_pre, config_post, post, diff, masks, probe,
                   removed, eligible)
 

@@ -6,14 +6,18 @@ Stability: internal.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from mbd_cert._groups import eligible_tensors
 from mbd_cert.arch import Architecture, check_tensor_shapes, load_state_dict_strict
 from mbd_cert.checkpoint import ProbeSet
+from mbd_cert.errors import InputError
+
+CODE_TENSORS_SHARED = "E_ARCHITECTURE_TENSORS_SHARED"
 
 
 @contextlib.contextmanager
@@ -39,13 +43,77 @@ def build_model(
     *,
     dtype: torch.dtype = torch.float64,
 ) -> torch.nn.Module:
-    """Build the architecture from ``config``, load ``tensors`` strictly, cast, eval mode."""
-    check_tensor_shapes(architecture, config, tensors)
-    model = architecture.build(config)
+    """Build the architecture from ``config``, load ``tensors`` strictly, cast, eval mode.
+
+    Raises:
+        InputError: The tensors do not fit the config, or the model contains one tensor
+            under two names (SPEC.md, R-ARCH-9).
+    """
+    model = build_unloaded(architecture, config, tensors)
     load_state_dict_strict(model, tensors)
     model = model.to(dtype)
     model.eval()
     return model
+
+
+def build_unloaded(
+    architecture: Architecture,
+    config: Mapping[str, Any],
+    tensors: Mapping[str, np.ndarray],
+) -> torch.nn.Module:
+    """Build the architecture from ``config`` without loading ``tensors`` into it.
+
+    ``tensors`` serve only to check names and shapes before the build allocates.
+
+    Raises:
+        InputError: The tensors do not fit the config, or the model contains one tensor
+            under two names (SPEC.md, R-ARCH-9).
+    """
+    check_tensor_shapes(architecture, config, tensors)
+    model = architecture.build(config)
+    check_one_tensor_per_name(model, architecture.name)
+    return model
+
+
+def check_one_tensor_per_name(model: torch.nn.Module, architecture: str) -> None:
+    """Reject a model whose state or parameters reach one tensor under two names.
+
+    ``load_state_dict`` copies each name in turn into a shared tensor, so the model
+    anyone loads contains the values of the last alias, and a certificate would describe
+    values that no loaded model has (SPEC.md, R-ARCH-9). Tensors that share storage
+    count as one: a view of a parameter registered as a buffer is an alias as well.
+
+    Raises:
+        InputError: Two names share a tensor's storage (code
+            ``E_ARCHITECTURE_TENSORS_SHARED``); the message lists the names.
+    """
+    named: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
+    named.update(model.state_dict(keep_vars=True))
+    owners: dict[tuple[str, int], list[str]] = {}
+    for name, tensor in named.items():
+        storage = tensor.untyped_storage()
+        # An empty tensor holds no values to overwrite, and empty storages can share
+        # a null address.
+        if storage.nbytes() == 0:
+            continue
+        owners.setdefault((str(tensor.device), storage.data_ptr()), []).append(name)
+    shared = sorted(sorted(names) for names in owners.values() if len(names) > 1)
+    if shared:
+        listed = "; ".join(", ".join(repr(name) for name in names) for names in shared[:5])
+        raise InputError(
+            f"architecture {architecture!r} builds a model that contains one tensor under "
+            f"several names ({listed}): mbd-cert needs one tensor per name, because "
+            "loading the model copies the last alias over the others (SPEC.md, R-ARCH-9)",
+            hint="give each module its own parameters (no tied or shared weights, no "
+            "buffer that is a view of a parameter) in the architecture's build",
+            code=CODE_TENSORS_SHARED,
+        )
+
+
+def eligible_parameters(model: torch.nn.Module, groups: Sequence[str],
+                        removed: Sequence[str]) -> list[str]:
+    """Return the model's eligible tensors (SPEC.md, R-SAL-1): parameters, never buffers."""
+    return eligible_tensors([name for name, _ in model.named_parameters()], groups, removed)
 
 
 def probe_batch(probe: ProbeSet, *, dtype: torch.dtype = torch.float64) -> dict[str, Any]:
