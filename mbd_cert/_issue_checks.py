@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from mbd_cert._groups import unlisted_zero_encoders
+from mbd_cert._level1_checks import dtype_differences
 from mbd_cert._numbers import exact_number
 from mbd_cert.checkpoint import LABEL_BOUND, MIN_ISSUE_PROBE_SAMPLES, ProbeSet
-from mbd_cert.errors import IssuanceError, MalformedData
+from mbd_cert.errors import InputError, IssuanceError, MalformedData
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,45 @@ def reject_unlisted_deletion(architecture: Any, config: Mapping[str, Any],
             "deletion's certificate, or issue from its output directory",
             code="E_CHAIN_BROKEN",
         )
+
+
+def reject_weight_dtype(architecture: Any, dtypes: Mapping[str, str]) -> None:
+    """Reject a checkpoint whose tensor dtypes level 1 would reject (R-DEL-2).
+
+    The released model keeps every tensor's dtype, buffers included, so a tensor
+    that breaks the architecture's ``weight_dtype`` would give a certificate that
+    fails its own level 1 (``model-tensors``).
+
+    Args:
+        architecture: The checkpoint's architecture.
+        dtypes: The safetensors dtype of each checkpoint tensor, such as ``"F32"``.
+
+    Raises:
+        InputError: ``E_MODEL_TENSORS_MISMATCH``, naming the first such tensor, its
+            dtype and the declared ``weight_dtype``.
+    """
+    differing = dtype_differences(dtypes, architecture.weight_dtype, dtypes)
+    if not differing:
+        return
+    name, dtype, _ = differing[0]
+    more = f" ({len(differing) - 1} more tensors differ)" if len(differing) > 1 else ""
+    declared = architecture.weight_dtype
+    if declared is None:
+        raise InputError(
+            f"the checkpoint's tensor '{name}' has the complex dtype {dtype}, and the "
+            f"architecture {architecture.name!r} declares no weight_dtype{more}; level 1 "
+            "rejects it (R-DEL-2)",
+            hint="store the tensor as a real dtype, or declare weight_dtype="
+            f"{dtype!r} in the architecture if it really is complex",
+            code="E_MODEL_TENSORS_MISMATCH")
+    raise InputError(
+        f"the checkpoint's tensor '{name}' has dtype {dtype}, but the architecture "
+        f"{architecture.name!r} declares weight_dtype={declared!r}, which covers every "
+        f"tensor, buffers included{more}; level 1 would reject the released model "
+        "(R-DEL-2)",
+        hint=f"declare weight_dtype=None in the architecture, or store '{name}' as "
+        f"{declared} in the checkpoint",
+        code="E_MODEL_TENSORS_MISMATCH")
 
 
 def reject_nonfinite(tensors: Mapping[str, np.ndarray], model: str, *, hint: str) -> None:

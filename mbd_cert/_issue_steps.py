@@ -24,6 +24,7 @@ import torch
 
 from mbd_cert import _safetensors, certificate, signing
 from mbd_cert._background import Background, Cancelled, FirstComer
+from mbd_cert._determinism import require_deterministic
 from mbd_cert._groups import eligible_names
 from mbd_cert._issue_checks import (
     check_probe_coverage,
@@ -31,6 +32,7 @@ from mbd_cert._issue_checks import (
     reject_noise_below_resolution,
     reject_nonfinite,
     reject_unlisted_deletion,
+    reject_weight_dtype,
 )
 from mbd_cert._issue_document import certificate_document
 from mbd_cert._issue_outputs import create_staging, set_modes, swap_in
@@ -89,6 +91,24 @@ def default_eligible_groups(modality: str) -> list[str]:
 # docs/benchmarks.md). The trainer defaults to one thread as well.
 
 
+def _warn_zero_cut(scores: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> None:
+    """Warn that the k-th largest |score| is 0, so part of the mask is arbitrary.
+
+    Entries of score 0 tie, and the ranking breaks ties by flat index (R-SAL-2), so
+    those masked entries are the first ones in tensor order, not salient ones.
+    """
+    zero = int(sum(np.count_nonzero(masks[n] & (scores[n] == 0.0)) for n in masks))
+    masked = int(sum(np.count_nonzero(m) for m in masks.values()))
+    nonzero = int(sum(np.count_nonzero(v) for v in scores.values()))
+    logger.warning(
+        "the saliency score at the mask's cut is 0: %d of the %d masked entries have score "
+        "0, so they were chosen by flat index among ties, not by saliency, and the noise "
+        "lands on them whether or not they hold the modality. The forget objective's "
+        "per-sample gradients vanish there (an objective with batch statistics can cancel "
+        "them). Check the forget objective, or lower --top-k so the mask holds at most "
+        "the %d entries of non-zero score", zero, masked, nonzero)
+
+
 def run(**kwargs: Any) -> dict[str, Any]:
     """Run the deletion and write the outputs; see :func:`mbd_cert.issue.issue`.
 
@@ -128,6 +148,10 @@ def _run(
             hint="issue with the release the checkpoint was trained with, or train it "
             "again with this one",
         )
+    # The released model keeps the checkpoint's dtypes, so level 1's dtype rule holds
+    # for the checkpoint too (R-DEL-2).
+    reject_weight_dtype(architecture, {
+        name: info.dtype for name, info in _safetensors.read_header(model_path).tensors.items()})
     config = architecture.validate_config(config_doc["config"])
     modality = options.modality
     deleted = list(config.get("deleted_modalities", []))
@@ -204,6 +228,13 @@ def _run(
     def forget(model: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
         return architecture.forget_objective(model, cast(Batch, sub), modality)
 
+    # Level 2 recomputes the mask from this objective, so it must be deterministic.
+    require_deterministic(
+        forget, model_pre, batch,
+        what=f"the forget objective of architecture {architecture.name!r}",
+        hint="remove the randomness from the objective or the model's forward pass (a "
+        "verifier could not recompute the mask); nothing was written")
+
     def retain(model: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
         return architecture.retain_objective(model, cast(Batch, sub), modality)
 
@@ -263,6 +294,8 @@ def _run(
     logger.info("saliency mask: %d of %d eligible entries in %d tensors (top-k %g)",
                 masked, sum(v.size for v in scores.values()), len(names),
                 options.top_k_fraction)
+    if cut == 0.0:
+        _warn_zero_cut(scores, masks)
     if masked < NORMALITY_MIN_ENTRIES:
         logger.warning(
             "only %d masked entries: level 2 needs at least %d for its normality test and "

@@ -196,29 +196,51 @@ def check_model_finite(nonfinite: Mapping[str, int]) -> str:
 _COMPLEX_DTYPES = frozenset({"C64"})
 
 
-def _check_dtypes(doc: Mapping[str, Any], header: Any, architecture: Any) -> None:
-    """Fail when a tensor's dtype is not the one the release keeps for it.
+def dtype_differences(dtypes: Mapping[str, str], weight_dtype: str | None,
+                      committed: Mapping[str, str | None]) -> list[tuple[str, str, str]]:
+    """Return (name, dtype, expected) for each tensor whose dtype breaks R-DEL-2.
 
     A widened tensor (F32 stored as F64 or C64) has room for other data beside the
-    weights. The dtype is the architecture's ``weight_dtype`` when it declares one, and
-    otherwise the dtype that the signed pre-deletion commitment records, which an
-    honest release keeps for every tensor.
+    weights. The dtype is ``weight_dtype`` when the architecture declares one, for
+    buffers as well as parameters, and otherwise the dtype that the signed pre-deletion
+    commitment records, which an honest release keeps for every tensor. The issuer
+    applies the same rule to the checkpoint before any work, with the checkpoint's own
+    dtypes as the commitment.
+
+    Args:
+        dtypes: The safetensors dtype of each tensor, such as ``"F32"``.
+        weight_dtype: The architecture's ``weight_dtype``, or None.
+        committed: The committed dtype of each tensor (None where none is committed).
+
+    Returns:
+        The differing tensors in the order of ``dtypes``; ``expected`` reads
+        "complex, and the architecture fixes no dtype" for a complex dtype that only
+        the commitment vouches for.
     """
-    committed = doc["subject_model"]["pre_deletion"]["tensors"]
     differing = []
-    for name, info in header.tensors.items():
-        expected = architecture.weight_dtype or committed.get(name, {}).get("dtype")
+    for name, dtype in dtypes.items():
         # The commitment is the issuer's own statement, so it cannot vouch for a
         # complex dtype: the imaginary half of a real model's weight is never read.
-        if architecture.weight_dtype is None and info.dtype in _COMPLEX_DTYPES:
-            differing.append(f"{name} {info.dtype} (complex, and the architecture fixes "
-                             "no dtype)")
-        elif info.dtype != expected:
-            differing.append(f"{name} {info.dtype} (expected {expected})")
+        if weight_dtype is None and dtype in _COMPLEX_DTYPES:
+            differing.append((name, dtype, "complex, and the architecture fixes no dtype"))
+            continue
+        expected = weight_dtype or committed.get(name)
+        if dtype != expected:
+            differing.append((name, dtype, f"expected {expected}"))
+    return differing
+
+
+def _check_dtypes(doc: Mapping[str, Any], header: Any, architecture: Any) -> None:
+    """Fail when a tensor's dtype is not the one the release keeps for it (R-DEL-2)."""
+    committed = doc["subject_model"]["pre_deletion"]["tensors"]
+    differing = dtype_differences(
+        {name: info.dtype for name, info in header.tensors.items()},
+        architecture.weight_dtype,
+        {name: entry.get("dtype") for name, entry in committed.items()})
     if differing:
         raise DeletionIncomplete(
             f"{len(differing)} tensors of the model have another dtype than the release "
-            f"keeps: {differing[:3]}",
+            f"keeps: {[f'{name} {dtype} ({why})' for name, dtype, why in differing[:3]]}",
             hint="a wider or complex dtype can carry data of a deleted encoder beside the "
             "weights; pass the model released with this certificate",
         )

@@ -26,6 +26,11 @@ import rfc8785
 import torch
 
 from mbd_cert import _recompute
+from mbd_cert._determinism import (
+    CODE_OBJECTIVE_NONDETERMINISTIC,
+    is_vmap_randomness,
+    require_deterministic,
+)
 from mbd_cert._groups import unlisted_zero_encoders
 from mbd_cert._level2_bundle import Bundle, load_bundle, rebuild_pre
 from mbd_cert._numbers import exact_number
@@ -239,9 +244,26 @@ def _check_saliency(doc: Mapping[str, Any], bundle: Bundle,
     if weights.sum() == 0:
         return CheckResult("saliency-mask", FAIL, f"no probe sample has {modality} observed",
                            code=CODE_MASK_MISMATCH, requirement="R-L2-4")
-    gradient, fisher = _recompute.gradient_and_fisher(
-        model, bundle.eligible, forget, batch, weights,
-        closed_form=bundle.architecture.independent_samples)
+    # R-ARCH-7: a random objective gives another mask than the issuer's, which says
+    # nothing about the certificate.
+    name = bundle.architecture.name
+    hint = (f"the installed architecture {name!r} breaks R-ARCH-7, so level 2 cannot "
+            "recompute the mask; fix the package that provides it, or verify at level 1")
+    require_deterministic(forget, model, batch,
+                          what=f"the forget objective of architecture {name!r}", hint=hint)
+    try:
+        gradient, fisher = _recompute.gradient_and_fisher(
+            model, bundle.eligible, forget, batch, weights,
+            closed_form=bundle.architecture.independent_samples)
+    except RuntimeError as exc:
+        if not is_vmap_randomness(exc):
+            raise
+        from mbd_cert.errors import InputError
+
+        raise InputError(
+            f"the forget objective of architecture {name!r} calls a random operation, "
+            "which R-ARCH-7 forbids", hint=hint,
+            code=CODE_OBJECTIVE_NONDETERMINISTIC) from exc
     scores = _recompute.saliency_scores(model, gradient, fisher)
     nonfinite = int(sum(np.count_nonzero(~np.isfinite(v)) for v in scores.values()))
     if nonfinite:

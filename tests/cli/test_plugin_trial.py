@@ -1,0 +1,131 @@
+"""Issuer faults a plugin author's trial found, each with an architecture of its own.
+
+The architectures live in ``trial_architectures.py`` and load through a faked entry
+point. The trial's issues: an integer buffer under ``weight_dtype="F32"`` gave a
+certificate that failed its own level 1; a mask chosen among saliency scores of 0 and
+a checkpoint without an evaluation set passed without a word; and a random forget
+objective made level 2 exit 3 (torch) or fail the mask (numpy).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trial_architectures
+from cli_support import TINY_ISSUE_OPTIONS, assert_input_error, run_cli, verify
+
+from mbd_cert import _safetensors
+from mbd_cert._determinism import CODE_OBJECTIVE_NONDETERMINISTIC
+
+
+def _checkpoint_for(tiny_checkpoint: Path, target: Path, architecture: str) -> Path:
+    """Copy the tiny checkpoint and name ``architecture`` in its config."""
+    checkpoint = Path(shutil.copytree(tiny_checkpoint, target))
+    config_path = checkpoint / "config.json"
+    config = json.loads(config_path.read_text())
+    config["architecture"] = architecture
+    config_path.write_text(json.dumps(config))
+    return checkpoint
+
+
+def _issue(checkpoint: Path, issuer_keys, out: Path, *extra: object):
+    return run_cli(["issue", "--checkpoint", checkpoint, *TINY_ISSUE_OPTIONS, "--top-k", "0.5",
+                    "--key", issuer_keys.private, "--out", out, *extra])
+
+
+def _assert_refused(outcome, code: str, out: Path) -> None:
+    assert outcome.exit_code == 2, outcome.stderr
+    assert f"error [{code}]" in outcome.stderr
+    assert "Traceback" not in outcome.stderr
+    assert not out.exists()
+
+
+def test_integer_buffer_rejected(tiny_checkpoint, issuer_keys, tmp_path,
+                                                      monkeypatch):
+    trial_architectures.register(monkeypatch, "trial-integer-buffer", "INTEGER_BUFFER")
+    checkpoint = _checkpoint_for(tiny_checkpoint, tmp_path / "ck", "trial-integer-buffer")
+    model_path = checkpoint / "model.safetensors"
+    header = _safetensors.read_header(model_path)
+    tensors = {name: np.array(_safetensors.read_tensor(header, name))
+               for name in header.tensors}
+    tensors["steps_seen"] = np.array(7, dtype=np.int64)
+    _safetensors.write_safetensors(model_path, tensors, dict(header.metadata), overwrite=True)
+
+    outcome = _issue(checkpoint, issuer_keys, tmp_path / "out")
+
+    _assert_refused(outcome, "E_MODEL_TENSORS_MISMATCH", tmp_path / "out")
+    assert "tensor 'steps_seen' has dtype I64" in outcome.stderr
+    assert "declares weight_dtype='F32'" in outcome.stderr
+    assert "declare weight_dtype=None" in outcome.stderr
+
+
+def test_zero_score_mask_warns(tiny_checkpoint, issuer_keys, tmp_path, monkeypatch):
+    trial_architectures.register(monkeypatch, "trial-zero-scores", "ZERO_SCORES")
+    checkpoint = _checkpoint_for(tiny_checkpoint, tmp_path / "ck", "trial-zero-scores")
+
+    outcome = _issue(checkpoint, issuer_keys, tmp_path / "out", "--proxy-sample", "0")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "WARNING: the saliency score at the mask's cut is 0" in outcome.stderr
+    assert "chosen by flat index among ties" in outcome.stderr
+    assert "at most the 0 entries of non-zero score" in outcome.stderr
+
+
+def test_missing_eval_set_warns(tiny_checkpoint, issuer_keys, tmp_path):
+    checkpoint = Path(shutil.copytree(tiny_checkpoint, tmp_path / "ck"))
+    (checkpoint / "eval.safetensors").unlink()
+
+    outcome = _issue(checkpoint, issuer_keys, tmp_path / "out")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "WARNING: no evaluation set" in outcome.stderr
+    assert "Pass --eval-set" in outcome.stderr
+
+
+def test_trained_checkpoint_no_warnings(tiny_checkpoint, issuer_keys, tmp_path):
+    outcome = _issue(tiny_checkpoint, issuer_keys, tmp_path / "out")
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "no evaluation set" not in outcome.stderr
+    assert "score at the mask's cut is 0" not in outcome.stderr
+
+
+@pytest.mark.parametrize("attribute", ["TORCH_RANDOM", "NUMPY_RANDOM"])
+def test_random_objective_rejected_at_issue(tiny_checkpoint, issuer_keys, tmp_path,
+                                                  monkeypatch, attribute):
+    trial_architectures.register(monkeypatch, "trial-random", attribute)
+    checkpoint = _checkpoint_for(tiny_checkpoint, tmp_path / "ck", "trial-random")
+
+    outcome = _issue(checkpoint, issuer_keys, tmp_path / "out")
+
+    _assert_refused(outcome, CODE_OBJECTIVE_NONDETERMINISTIC, tmp_path / "out")
+    assert "R-ARCH-7" in outcome.stderr
+
+
+@pytest.fixture
+def steady_release(tiny_checkpoint, issuer_keys, tmp_path, monkeypatch) -> Path:
+    """Issue a deletion of the steady 'trial-random' architecture; return the output."""
+    trial_architectures.register(monkeypatch, "trial-random", "STEADY")
+    checkpoint = _checkpoint_for(tiny_checkpoint, tmp_path / "ck", "trial-random")
+    out = tmp_path / "out"
+    outcome = _issue(checkpoint, issuer_keys, out)
+    assert outcome.exit_code == 0, outcome.stderr
+    return out
+
+
+@pytest.mark.parametrize(("attribute", "detail"), [
+    ("TORCH_RANDOM", "is not deterministic"), ("NUMPY_RANDOM", "is not deterministic"),
+    ("HIDDEN_RANDOM", "calls a random operation")])
+def test_random_objective_rejected_at_level_2(steady_release, issuer_keys,
+                                                          monkeypatch, attribute, detail):
+    trial_architectures.register(monkeypatch, "trial-random", attribute)
+
+    outcome = verify(steady_release / "cert.json", steady_release / "model.safetensors",
+                     issuer_keys.public, "--level", "2", "--bundle", steady_release)
+
+    assert_input_error(outcome, CODE_OBJECTIVE_NONDETERMINISTIC)
+    assert "R-ARCH-7" in outcome.stderr
+    assert detail in outcome.stderr

@@ -1,0 +1,78 @@
+"""Architectures with the faults a plugin author's trial found, for entry-point tests.
+
+Each is the built-in model under another name with one change. The tests register
+them through a faked ``mbd_cert.architectures`` entry point (:func:`register`), so
+``issue`` and ``verify`` load them as they would load a downstream package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from mbd_cert import arch
+from mbd_cert.arch.mbd import ARCHITECTURE as BASE
+
+
+def _with_step_buffer(config: Any) -> torch.nn.Module:
+    model = BASE.build(config)
+    # Like BatchNorm's num_batches_tracked: an integer buffer in a model of F32 weights.
+    model.register_buffer("steps_seen", torch.zeros((), dtype=torch.int64))
+    return model
+
+
+def _flat_forget(model: torch.nn.Module, batch: Any, modality: str) -> torch.Tensor:
+    # Constant in the weights, as a batch-statistics objective whose per-sample
+    # gradients cancel: every saliency score is 0.
+    return BASE.forget_objective(model, batch, modality).detach() * 0.0
+
+
+def _torch_random_forget(model: torch.nn.Module, batch: Any, modality: str) -> torch.Tensor:
+    values = BASE.forget_objective(model, batch, modality)
+    return values + 1e-3 * torch.rand(values.shape, dtype=values.dtype)
+
+
+def _numpy_random_forget(model: torch.nn.Module, batch: Any, modality: str) -> torch.Tensor:
+    values = BASE.forget_objective(model, batch, modality)
+    noise = np.random.default_rng().uniform(size=tuple(values.shape))
+    return values + 1e-3 * torch.from_numpy(noise).to(values.dtype)
+
+
+def _hidden_random_forget(model: torch.nn.Module, batch: Any, modality: str) -> torch.Tensor:
+    # Deterministic values, but a random draw that torch.func.vmap refuses.
+    values = BASE.forget_objective(model, batch, modality)
+    return values + 0.0 * torch.rand(values.shape, dtype=values.dtype)
+
+
+def _variant(name: str, **changes: Any) -> arch.Architecture:
+    return dataclasses.replace(BASE, name=name, zeroed_forget=None, **changes)
+
+
+# weight_dtype F32 declared, but the model has an I64 buffer.
+INTEGER_BUFFER = _variant("trial-integer-buffer", build=_with_step_buffer,
+                          tensor_shapes=None, weight_dtype="F32")
+ZERO_SCORES = _variant("trial-zero-scores", forget_objective=_flat_forget)
+# One name, three forget objectives: the certificate is issued with the steady one,
+# and level 2 then finds a random one installed under that name.
+STEADY = _variant("trial-random")
+TORCH_RANDOM = _variant("trial-random", forget_objective=_torch_random_forget)
+NUMPY_RANDOM = _variant("trial-random", forget_objective=_numpy_random_forget)
+# Without independent_samples, level 2 takes every gradient through vmap.
+HIDDEN_RANDOM = _variant("trial-random", forget_objective=_hidden_random_forget,
+                         independent_samples=False)
+
+
+def register(monkeypatch: pytest.MonkeyPatch, name: str, attribute: str) -> None:
+    """Make entry point ``name`` name this module's ``attribute``, alone in the group."""
+    point = importlib.metadata.EntryPoint(name, f"{__name__}:{attribute}",
+                                          arch.ENTRY_POINT_GROUP)
+
+    def entry_points(*, group: str) -> list[importlib.metadata.EntryPoint]:
+        return [point] if group == arch.ENTRY_POINT_GROUP else []
+
+    monkeypatch.setattr(arch.importlib.metadata, "entry_points", entry_points)
