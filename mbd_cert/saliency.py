@@ -29,8 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from mbd_cert._determinism import CODE_OBJECTIVE_NONDETERMINISTIC, is_vmap_randomness
 from mbd_cert._functional_call import call_with_tensors
 from mbd_cert._linear_per_sample import linear_owners, per_sample_linear_moments
+from mbd_cert.errors import InputError
 
 Objective = Callable[[torch.nn.Module, Mapping[str, Any]], torch.Tensor]
 
@@ -109,6 +111,8 @@ def gradient_moments(
 
     Raises:
         ValueError: Every weight is zero.
+        InputError: ``E_OBJECTIVE_NONDETERMINISTIC``: the objective calls a random
+            operation, which ``vmap`` refuses and which SPEC.md, R-ARCH-7 forbids.
     """
     parameters = dict(model.named_parameters())
     targets = [parameters[name] for name in names]
@@ -121,6 +125,16 @@ def gradient_moments(
         try:
             sums = _moment_sums_vmap(model, names, objective, batch, weights, progress)
         except RuntimeError as exc:
+            if is_vmap_randomness(exc):
+                # Level 2 computes these gradients only through vmap and rejects such an
+                # objective, so the per-sample loop would sign a certificate it rejects.
+                raise InputError(
+                    "the objective calls a random operation, which R-ARCH-7 forbids even "
+                    "when its values do not depend on the draw: level 2 could not "
+                    "recompute the gradients",
+                    hint="remove the random operation from the objective or the model's "
+                    "forward pass",
+                    code=CODE_OBJECTIVE_NONDETERMINISTIC) from exc
             logger.warning(
                 "per-sample gradients cannot be vectorised for this objective (%s); "
                 "using one backward pass per sample",

@@ -93,7 +93,7 @@ def test_trained_checkpoint_no_warnings(tiny_checkpoint, issuer_keys, tmp_path):
     assert "score at the mask's cut is 0" not in outcome.stderr
 
 
-@pytest.mark.parametrize("attribute", ["TORCH_RANDOM", "NUMPY_RANDOM"])
+@pytest.mark.parametrize("attribute", ["TORCH_RANDOM", "NUMPY_RANDOM", "HIDDEN_RANDOM"])
 def test_random_objective_rejected_at_issue(tiny_checkpoint, issuer_keys, tmp_path,
                                                   monkeypatch, attribute):
     trial_architectures.register(monkeypatch, "trial-random", attribute)
