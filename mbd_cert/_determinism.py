@@ -70,3 +70,15 @@ def require_deterministic(
 def is_vmap_randomness(exc: RuntimeError) -> bool:
     """Tell whether ``torch.func.vmap`` refused a random operation inside the objective."""
     return "randomness" in str(exc) and "vmap" in str(exc)
+
+
+def random_operation_error(what: str, hint: str) -> InputError:
+    """Return the error for an objective that calls a random operation under ``vmap``.
+
+    R-ARCH-7 forbids it even when the values do not depend on the draw, because level 2
+    computes per-sample gradients only through ``vmap`` and could not recompute them.
+    """
+    return InputError(f"{what} calls a random operation, which R-ARCH-7 forbids even when "
+                      "its values do not depend on the draw: level 2 cannot recompute "
+                      "its per-sample gradients", hint=hint,
+                      code=CODE_OBJECTIVE_NONDETERMINISTIC)

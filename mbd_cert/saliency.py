@@ -29,10 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mbd_cert._determinism import CODE_OBJECTIVE_NONDETERMINISTIC, is_vmap_randomness
+from mbd_cert._determinism import is_vmap_randomness, random_operation_error
 from mbd_cert._functional_call import call_with_tensors
 from mbd_cert._linear_per_sample import linear_owners, per_sample_linear_moments
-from mbd_cert.errors import InputError
 
 Objective = Callable[[torch.nn.Module, Mapping[str, Any]], torch.Tensor]
 
@@ -126,15 +125,10 @@ def gradient_moments(
             sums = _moment_sums_vmap(model, names, objective, batch, weights, progress)
         except RuntimeError as exc:
             if is_vmap_randomness(exc):
-                # Level 2 computes these gradients only through vmap and rejects such an
-                # objective, so the per-sample loop would sign a certificate it rejects.
-                raise InputError(
-                    "the objective calls a random operation, which R-ARCH-7 forbids even "
-                    "when its values do not depend on the draw: level 2 could not "
-                    "recompute the gradients",
-                    hint="remove the random operation from the objective or the model's "
-                    "forward pass",
-                    code=CODE_OBJECTIVE_NONDETERMINISTIC) from exc
+                # The per-sample loop below would sign a certificate that level 2 rejects.
+                raise random_operation_error(
+                    "the objective", hint="remove the random operation from the objective "
+                    "or the model's forward pass") from exc
             logger.warning(
                 "per-sample gradients cannot be vectorised for this objective (%s); "
                 "using one backward pass per sample",

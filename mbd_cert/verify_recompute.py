@@ -27,8 +27,8 @@ import torch
 
 from mbd_cert import _recompute
 from mbd_cert._determinism import (
-    CODE_OBJECTIVE_NONDETERMINISTIC,
     is_vmap_randomness,
+    random_operation_error,
     require_deterministic,
 )
 from mbd_cert._groups import unlisted_zero_encoders
@@ -258,12 +258,8 @@ def _check_saliency(doc: Mapping[str, Any], bundle: Bundle,
     except RuntimeError as exc:
         if not is_vmap_randomness(exc):
             raise
-        from mbd_cert.errors import InputError
-
-        raise InputError(
-            f"the forget objective of architecture {name!r} calls a random operation, "
-            "which R-ARCH-7 forbids", hint=hint,
-            code=CODE_OBJECTIVE_NONDETERMINISTIC) from exc
+        raise random_operation_error(f"the forget objective of architecture {name!r}",
+                                     hint) from exc
     scores = _recompute.saliency_scores(model, gradient, fisher)
     nonfinite = int(sum(np.count_nonzero(~np.isfinite(v)) for v in scores.values()))
     if nonfinite:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -232,11 +234,20 @@ def test_repeated_listed_name_invalid(tmp_path: Path) -> None:
     assert "not a new plain file name" in info.value.message
 
 
+def _sealed_doc(sealed: Path, recipient: X25519PrivateKey,
+                **members: Any) -> dict[str, Any]:
+    """Return the certificate members that commit ``sealed`` to ``recipient``."""
+    commitment = {
+        "path": sealed.name,
+        "file_digest": "sha256:" + hashlib.sha256(sealed.read_bytes()).hexdigest(),
+        "recipient_key_id": sealing.recipient_key_id(recipient.public_key()),
+    }
+    return {"certificate_id": CERT_ID, "audit_bundle": {**members, "sealed": commitment}}
+
+
 def test_sealed_without_committed_diff_fails(tmp_path: Path) -> None:
     # The bundle opens but lacks the committed diff: a failed check (exit 1), not a
     # missing input in a temporary directory (exit 2).
-    import hashlib
-
     from tests.vectors.make_chain_vectors import _seal_listing
 
     key = X25519PrivateKey.generate()
@@ -244,14 +255,8 @@ def test_sealed_without_committed_diff_fails(tmp_path: Path) -> None:
                            [{"path": "other.bin", "size": 3},
                             {"path": "probe.safetensors", "size": 0}],
                            b"abc", key.public_key(), CERT_ID)
-    doc = {"certificate_id": CERT_ID, "audit_bundle": {
-        "diff": {"path": "diff.safetensors"},
-        "probe": {"path": "probe.safetensors"},
-        "sealed": {
-            "path": sealed.name,
-            "file_digest": "sha256:" + hashlib.sha256(sealed.read_bytes()).hexdigest(),
-            "recipient_key_id": sealing.recipient_key_id(key.public_key()),
-        }}}
+    doc = _sealed_doc(sealed, key, diff={"path": "diff.safetensors"},
+                      probe={"path": "probe.safetensors"})
     into = tmp_path / "into"
     into.mkdir()
     with pytest.raises(SealedBundleInvalid) as info:
@@ -263,15 +268,9 @@ def test_sealed_without_committed_diff_fails(tmp_path: Path) -> None:
 
 def test_sealed_for_other_recipient_fails(
         bundle: list[Path], tmp_path: Path) -> None:
-    import hashlib
-
     auditor, other = X25519PrivateKey.generate(), X25519PrivateKey.generate()
     sealed = seal(bundle, tmp_path, other)
-    doc = {"certificate_id": CERT_ID, "audit_bundle": {"sealed": {
-        "path": sealed.name,
-        "file_digest": "sha256:" + hashlib.sha256(sealed.read_bytes()).hexdigest(),
-        "recipient_key_id": sealing.recipient_key_id(auditor.public_key()),
-    }}}
+    doc = _sealed_doc(sealed, auditor)
     into = tmp_path / "into"
     into.mkdir()
     with pytest.raises(SealedBundleInvalid) as info:
