@@ -1,9 +1,9 @@
 """A cheap test that an architecture's objective is deterministic (SPEC.md, R-ARCH-7).
 
 Level 2 recomputes the saliency mask and the update from the architecture's
-objectives, so an objective that draws random numbers (dropout, sampling, noise from
-torch or numpy) gives a verifier another mask than the issuer's, or makes
-``torch.func.vmap`` refuse the random operation. The issuer and level 2 each evaluate
+objectives. An objective that draws random numbers (dropout, sampling, noise from
+torch or numpy) therefore gives a verifier another mask than the issuer's, or makes
+``torch.func.vmap`` reject the random operation. The issuer and level 2 each evaluate
 the objective twice on a few probe samples and compare the values bit for bit before
 any saliency score is computed.
 
@@ -31,7 +31,7 @@ def require_deterministic(
     model: torch.nn.Module,
     batch: Mapping[str, Any],
     *,
-    what: str,
+    objective_name: str,
     hint: str,
 ) -> None:
     """Evaluate ``objective`` twice on the first probe samples and compare bit for bit.
@@ -40,7 +40,8 @@ def require_deterministic(
         objective: ``(model, batch)`` -> per-sample values.
         model: The model to evaluate; it is not changed.
         batch: Inputs, presence mask and labels of the probe samples.
-        what: Names the objective in the message ("the forget objective of 'name'").
+        objective_name: The objective as the message names it ("the forget objective
+            of 'name'").
         hint: What the user can do about it.
 
     Raises:
@@ -60,7 +61,7 @@ def require_deterministic(
     differing = (int(torch.count_nonzero(first != second)) if first.shape == second.shape
                  else count)
     raise InputError(
-        f"{what} is not deterministic: two evaluations on the same weights and "
+        f"{objective_name} is not deterministic: two evaluations on the same weights and "
         f"{count} probe samples differ in {differing} of {count} values, and R-ARCH-7 "
         "requires the same values for the same weights and batch (no dropout, sampling or "
         "other randomness from torch or numpy)",
@@ -72,13 +73,13 @@ def is_vmap_randomness(exc: RuntimeError) -> bool:
     return "randomness" in str(exc) and "vmap" in str(exc)
 
 
-def random_operation_error(what: str, hint: str) -> InputError:
+def random_operation_error(objective_name: str, hint: str) -> InputError:
     """Return the error for an objective that calls a random operation under ``vmap``.
 
     R-ARCH-7 forbids it even when the values do not depend on the draw, because level 2
     computes per-sample gradients only through ``vmap`` and could not recompute them.
     """
-    return InputError(f"{what} calls a random operation, which R-ARCH-7 forbids even when "
-                      "its values do not depend on the draw: level 2 cannot recompute "
-                      "its per-sample gradients", hint=hint,
+    return InputError(f"{objective_name} calls a random operation, which R-ARCH-7 forbids "
+                      "even when its values do not depend on the draw: level 2 cannot "
+                      "recompute its per-sample gradients", hint=hint,
                       code=CODE_OBJECTIVE_NONDETERMINISTIC)

@@ -231,7 +231,7 @@ def _run(
     # Level 2 recomputes the mask from this objective, so it must be deterministic.
     require_deterministic(
         forget, model_pre, batch,
-        what=f"the forget objective of architecture {architecture.name!r}",
+        objective_name=f"the forget objective of architecture {architecture.name!r}",
         hint="remove the randomness from the objective or the model's forward pass (a "
         "verifier could not recompute the mask); nothing was written")
 

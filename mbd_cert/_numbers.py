@@ -1,4 +1,4 @@
-"""How text output writes sigma, epsilon, delta and the other privacy numbers.
+"""The text form of sigma, epsilon, delta and the other privacy numbers.
 
 The commands that describe a certificate (the ``inspect``, ``verify`` and
 ``verify-repo`` tables, check details, ``issue``'s summary, messages about a

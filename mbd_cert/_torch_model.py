@@ -92,8 +92,8 @@ def check_one_tensor_per_name(model: torch.nn.Module, architecture: str) -> None
     owners: dict[tuple[str, int], list[str]] = {}
     for name, tensor in named.items():
         storage = tensor.untyped_storage()
-        # An empty tensor holds no values to overwrite, and empty storages can share
-        # a null address.
+        # An empty tensor has no values to overwrite, and empty storages can share a
+        # null address.
         if storage.nbytes() == 0:
             continue
         owners.setdefault((str(tensor.device), storage.data_ptr()), []).append(name)

@@ -523,11 +523,11 @@ def issue(
     evaluation = None
     if eval_set is None:
         logger.warning(
-            "no evaluation set: the certificate's utility metrics will only say that none "
-            "was given, and they are the only sign of a release that lost its utility. "
-            "Pass --eval-set with held-out samples in the probe layout (mbd-cert train "
-            "writes eval.safetensors)")
-    if eval_set is not None:
+            "no evaluation set: the certificate's utility metrics will only state that "
+            "none was given, and they are the only sign of a release that lost its "
+            "utility. Pass --eval-set with held-out samples in the probe layout "
+            "(mbd-cert train writes eval.safetensors)")
+    else:
         evaluation = read_probe_set(eval_set, modalities=probe.modalities)
         check_evaluation_set(evaluation, eval_set, options.modality)
 

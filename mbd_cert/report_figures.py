@@ -201,7 +201,7 @@ def chain_budget(links: Sequence[ChainLink], source: Path | str | None = None) -
 
 
 def _naive_label(links: Sequence[ChainLink], delta: float) -> str:
-    """Return the legend label of the naive sum, which holds at the sum of the deltas."""
+    """Return the legend label of the naive sum, which is valid at the sum of the deltas."""
     if all(link.doc["privacy"]["delta"] == delta for link in links):
         return f"naive sum (basic composition), at delta = k x {exact_number(delta)}"
     return "naive sum (basic composition), at the sum of the deltas"

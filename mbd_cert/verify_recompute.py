@@ -244,13 +244,14 @@ def _check_saliency(doc: Mapping[str, Any], bundle: Bundle,
     if weights.sum() == 0:
         return CheckResult("saliency-mask", FAIL, f"no probe sample has {modality} observed",
                            code=CODE_MASK_MISMATCH, requirement="R-L2-4")
-    # R-ARCH-7: a random objective gives another mask than the issuer's, which says
-    # nothing about the certificate.
+    # R-ARCH-7: a random objective gives another mask than the issuer's, which shows
+    # nothing about whether the certificate is true.
     name = bundle.architecture.name
     hint = (f"the installed architecture {name!r} breaks R-ARCH-7, so level 2 cannot "
             "recompute the mask; fix the package that provides it, or verify at level 1")
     require_deterministic(forget, model, batch,
-                          what=f"the forget objective of architecture {name!r}", hint=hint)
+                          objective_name=f"the forget objective of architecture {name!r}",
+                          hint=hint)
     try:
         gradient, fisher = _recompute.gradient_and_fisher(
             model, bundle.eligible, forget, batch, weights,

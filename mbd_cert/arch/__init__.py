@@ -103,10 +103,9 @@ class Architecture:
             and runs its generic passes for the other entries; None (the default)
             keeps the generic passes for every entry.
         weight_dtype: The safetensors dtype of every tensor of the model, buffers
-            included, such as ``"F32"``, when the architecture fixes it; issue and
-            level 1 then reject any other.
-            None (the default) holds each tensor to the dtype the signed pre-deletion
-            commitment records for it.
+            included, such as ``"F32"``, when the architecture fixes it. Issue and
+            level 1 then reject any other. None (the default) holds each tensor to the
+            dtype the signed pre-deletion commitment records for it.
     """
 
     name: str

@@ -126,7 +126,7 @@ def _issue(checkpoint: Path, keys: IssuerKeys, out: Path) -> Any:
      (_shared_generator, ["generators.audio.net.2.bias", "generators.vision.net.2.bias"]),
      (_buffer_view, ["head.weight", "mirror"])],
     ids=["shared-encoder", "shared-generator", "buffer-view"])
-def test_issue_refuses_tied_tensors(register, tiny_checkpoint: Path, issuer_keys: IssuerKeys,
+def test_issue_rejects_tied_tensors(register, tiny_checkpoint: Path, issuer_keys: IssuerKeys,
                                     tmp_path: Path, change, aliases):
     # R-ARCH-9: loading would copy the last alias over the others, so the released
     # model would differ from the certified one.
@@ -147,7 +147,7 @@ def test_issue_refuses_tied_tensors(register, tiny_checkpoint: Path, issuer_keys
 
 
 @pytest.mark.parametrize("level", ["2", "3"])
-def test_verifier_refuses_tied_tensors(register, tiny_checkpoint: Path,
+def test_verifier_rejects_tied_tensors(register, tiny_checkpoint: Path,
                                        issuer_keys: IssuerKeys, tmp_path: Path, level: str):
     # A certificate issued with an untied build, verified where the installed build of
     # that architecture ties the encoder layer: levels 2 and 3 build the model and must

@@ -1,10 +1,10 @@
 """Issuer faults a plugin author's trial found, each with an architecture of its own.
 
 The architectures live in ``trial_architectures.py`` and load through a faked entry
-point. The trial's issues: an integer buffer under ``weight_dtype="F32"`` gave a
-certificate that failed its own level 1; a mask chosen among saliency scores of 0 and
-a checkpoint without an evaluation set passed without a word; and a random forget
-objective made level 2 exit 3 (torch) or fail the mask (numpy).
+point. An integer buffer under ``weight_dtype="F32"`` gave a certificate that failed
+its own level 1. A mask chosen among saliency scores of 0, and a checkpoint without an
+evaluation set, passed without a warning. A random forget objective made level 2 exit
+3 (torch) or fail the mask check (numpy).
 """
 
 from __future__ import annotations

@@ -450,7 +450,7 @@ def test_report_names_acc2_convention(honest_run: HonestRun, tmp_path: Path) -> 
     assert "also carry acc2_positive" in page
 
 
-def test_report_refuses_certificates_of_two_models(second: Path, honest_run: HonestRun,
+def test_report_rejects_two_models(second: Path, honest_run: HonestRun,
                                                    tmp_path: Path) -> None:
     # A deletion from another trained model (another seed, another corpus) would be
     # drawn on the same axes as if it were a point of this model's sweep.

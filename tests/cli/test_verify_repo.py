@@ -172,16 +172,19 @@ def test_table_shows_every_violation(repo):
                   'required_sensitivity_methods = ["declared"]\n')
     result = _run(repo)
     assert result.exit_code == 1
+
     # As in cert.json, less a whole number's ".0".
     cumulative = repr(json.loads((repo / "models" / "a" / "cert.json").read_text())[
         "accounting"]["cumulative_epsilon"]).removesuffix(".0")
     table, _, below = result.stdout.partition("└")
+
     # The table keeps its layout: every row of the box is as wide as its top border.
     rows = [line for line in table.splitlines() if line[:1] in "┏┃┡│"]
     assert len({len(line) for line in rows}) == 1
     flat = "".join(table.replace("│", " ").split())
     assert flat.count("policy:E_POLICY_VIOLATION(3policyviolations:(1)cumulativeepsilon") == 2
     assert "infullas[1]below" in flat
+
     # Both certificates have the same violations, listed once, one line each.
     lines = below.splitlines()[1:]
     assert lines[:4] == [
@@ -193,6 +196,7 @@ def test_table_shows_every_violation(repo):
     ]
     assert lines[4] == ("    (3) sensitivity method is 'clip-bound', the policy accepts "
                         "['declared']")
+
     # The hint comes once, after the last violation, wrapped like the rest.
     assert lines[5].startswith("    hint: the certificate is outside the policy, and the "
                                "other checks show whether it is valid: ")
@@ -213,7 +217,7 @@ def test_worst_result_wins(repo, tmp_path):
     # stdout is the document, so each failure's reason is on stderr too.
     assert ("verification failed: models/a/cert.json: model-digest [E_DIGEST_MISMATCH]"
             in result.stderr)
-    # The detail says what to do about a model that is not the certified one.
+    # The detail tells what to do about a model that is not the certified one.
     detail = next(c["detail"] for c in json.loads(result.stdout)["results"][0]["report"]["checks"]
                   if c["name"] == "model-digest")
     assert "pass the model file released with this certificate, or the certificate " \

@@ -55,7 +55,7 @@ def test_failure_type_is_the_code() -> None:
     cases = _cases(report)
     failure = cases["model-digest"].find("failure")
     assert failure.get("type") == "E_DIGEST_MISMATCH"
-    # CI summaries show only the message attribute, so it says what failed.
+    # CI summaries show only the message attribute, so it names what failed.
     assert failure.get("message") == "E_DIGEST_MISMATCH: digest differs"
     long = VerificationReport("id", 1, [
         CheckResult("model-digest", "fail", "x" * 500 + "\nsecond line", code="E_X")])
