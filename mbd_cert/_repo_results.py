@@ -194,6 +194,8 @@ def _budget(checks: Sequence[Any]) -> str:
     for check in checks:
         if check.name == "accounting" and check.status == "pass" and \
                 check.threshold is not None:
+            # NOTE: the check result has no field for the delta, so it is read from the
+            # detail text that verify._check_accounting writes; a test pins that wording.
             delta = check.detail.partition(" at delta ")[2].partition(" ")[0]
             return (f"epsilon {exact_number(check.threshold)} at delta {delta} over "
                     f"{check.n} deletion(s); ")
