@@ -205,7 +205,6 @@ def _run(
     if options.sensitivity_method == "reference-retrain":
         check_evidence_work(options.reference_runs, options.steps, probe.size,
                             source="issue options")
-    torch.manual_seed(options.seed)
     column = probe.modalities.index(modality)
 
     model_pre = build_model(architecture, config, pre_tensors)

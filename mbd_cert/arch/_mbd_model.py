@@ -77,8 +77,9 @@ class MBDModel(nn.Module):
 
     Args:
         config: Architecture config; validated here, so defaults may be omitted.
-        seed: When given, parameters are initialised from ``torch.manual_seed(seed)``
-            without touching the caller's global RNG state; None uses the global RNG.
+        seed: When given, parameters are initialised from the CPU generator seeded with
+            ``seed``, without touching the caller's RNG states; None uses the global
+            CPU generator as it is.
 
     Raises:
         InputError: The config is invalid (see :func:`validate_config`).
@@ -360,8 +361,10 @@ def _seeded(seed: int | None) -> Iterator[None]:
     if seed is None:
         yield
         return
+    # Seed only the CPU generator, where the parameters are created. torch.manual_seed
+    # would also seed the accelerator generators, which fork_rng does not restore.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)
         yield
 
 

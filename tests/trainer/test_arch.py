@@ -360,6 +360,31 @@ def test_seeded_build_deterministic():
     assert not torch.equal(first.head.weight, other.head.weight)
 
 
+def test_seeded_build_matches_the_seeded_cpu_generator():
+    """A seeded build initialises exactly as the global CPU generator at that seed would.
+
+    Checkpoints trained before the build stopped calling ``torch.manual_seed`` started
+    from these values, so a change here would change every retrained model.
+    """
+    torch.manual_seed(7)
+    reference = MBDModel(tiny_config(), seed=None)
+    seeded = MBDModel(tiny_config(), seed=7)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(value, seeded.state_dict()[name]), name
+
+
+def test_seeded_build_leaves_accelerator_generators_alone(monkeypatch):
+    """``fork_rng(devices=[])`` restores only the CPU state, so no other seed may be set."""
+    seeded = []
+    for backend in ("cuda", "xpu", "mtia"):
+        module = getattr(torch, backend, None)
+        if module is not None and hasattr(module, "manual_seed_all"):
+            monkeypatch.setattr(module, "manual_seed_all",
+                                lambda seed, backend=backend: seeded.append(backend))
+    MBDModel(tiny_config(), seed=5)
+    assert seeded == []
+
+
 def test_float64_model_runs():
     model = MBDModel(tiny_config(), seed=0).to(torch.float64).eval()
     batch = random_batch()
