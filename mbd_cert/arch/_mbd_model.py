@@ -364,7 +364,7 @@ def _seeded(seed: int | None) -> Iterator[None]:
     # Seed only the CPU generator, where the parameters are created. torch.manual_seed
     # would also seed the accelerator generators, which fork_rng does not restore.
     with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         yield
 
 
