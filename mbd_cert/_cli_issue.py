@@ -283,6 +283,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
 
 def _print_summary(doc: dict[str, Any], modality: str, out_dir: Path) -> None:
     from mbd_cert._numbers import exact_number
+    from mbd_cert._utility_loss import summary_line
 
     privacy = doc["privacy"]
     click.echo(
@@ -309,6 +310,9 @@ def _print_summary(doc: dict[str, Any], modality: str, out_dir: Path) -> None:
     confidential = [bundle["diff"]["path"], bundle["probe"]["path"]]
     if (out_dir / "eval.safetensors").exists():
         confidential.append("eval.safetensors")
+    utility = summary_line(doc)
+    if utility is not None:
+        click.echo(utility)
     click.echo(f"publish: {', '.join(public)}")
     click.echo(f"confidential, for auditors only: {', '.join(confidential)} (they rebuild "
                "the pre-deletion model and contain training and held-out samples)")

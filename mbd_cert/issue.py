@@ -26,6 +26,7 @@ from mbd_cert._issue_checks import check_evaluation_set, check_labels, check_pro
 from mbd_cert._json_values import SAFE_INTEGER_MAX
 from mbd_cert._numbers import exact_number
 from mbd_cert._paths import reject_output_over_inputs
+from mbd_cert._utility_loss import utility_losses, utility_pair
 from mbd_cert._work_limits import MAX_UPDATE_STEPS
 from mbd_cert.checkpoint import read_config, read_probe_set, read_tensors
 
@@ -531,7 +532,7 @@ def issue(
         evaluation = read_probe_set(eval_set, modalities=probe.modalities)
         check_evaluation_set(evaluation, eval_set, options.modality)
 
-    return _issue_steps.run(
+    doc = _issue_steps.run(
         config_doc=config_doc,
         model_path=model_path,
         pre_tensors=pre_tensors,
@@ -545,3 +546,18 @@ def issue(
         private_key=private_key,
         progress=progress,
     )
+    _warn_utility_loss(doc)
+    return doc
+
+
+def _warn_utility_loss(doc: dict[str, Any]) -> None:
+    """Warn when the released model is far worse than the model before, modality missing."""
+    pair = utility_pair(doc)
+    losses = utility_losses(*pair) if pair else []
+    if losses:
+        logger.warning(
+            "the released model lost much of its utility on the evaluation set (%s) "
+            "against the model before the deletion with %s missing. The certificate is "
+            "valid, but the noise (sigma %s) may dominate the released weights: "
+            "consider a larger epsilon or a smaller --top-k-fraction before publishing",
+            "; ".join(losses), doc["deletion"]["modality"], doc["privacy"]["sigma"])
