@@ -497,6 +497,14 @@ def issue(
             hint="choose another --out or pass --force to replace it",
             code="E_OUTPUT_EXISTS",
         )
+    if options.force and (out_dir / "cert.json").is_file():
+        # Each issue is a separate release: if the replaced model was published, both
+        # noisy releases exist and their privacy costs add up outside any chain.
+        logger.warning(
+            "replacing the certificate in %s: if its model was published, this is a "
+            "second release of the same deletion and its epsilon adds to the first. To "
+            "delete another modality from a published release, pass that output as "
+            "--checkpoint instead", out_dir)
     probe_path = checkpoint_dir / "probe.safetensors"
     if not previous:
         config_doc = read_config(checkpoint_dir / "config.json")

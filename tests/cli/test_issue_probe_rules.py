@@ -142,3 +142,25 @@ def test_default_checkpoint_passes_without_warning(tiny_checkpoint: Path,
     outcome = _issue(tiny_checkpoint, issuer_keys, tmp_path / "out")
     assert outcome.exit_code == 0, outcome.stderr
     assert "evaluation set" not in outcome.stderr
+
+
+def test_noise_dominated_release_warns(tiny_checkpoint: Path, issuer_keys: IssuerKeys,
+                                       tmp_path: Path) -> None:
+    """A tiny epsilon gives a valid certificate for a model that lost its utility."""
+    outcome = run_cli(["issue", "--checkpoint", tiny_checkpoint, "--modality", "audio",
+                       "--epsilon", "1e-5", "--steps", "2", "--proxy-sample", "0",
+                       "--key", issuer_keys.private, "--out", tmp_path / "out"])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "WARNING: the released model lost much of its utility" in outcome.stderr
+    assert "utility on " in outcome.stdout
+
+
+def test_replacing_a_certificate_warns(tiny_checkpoint: Path, issuer_keys: IssuerKeys,
+                                       tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert _issue(tiny_checkpoint, issuer_keys, out).exit_code == 0
+    again = run_cli(["issue", "--checkpoint", tiny_checkpoint, *TINY_ISSUE_OPTIONS,
+                     "--proxy-sample", "0", "--key", issuer_keys.private, "--out", out,
+                     "--force"])
+    assert again.exit_code == 0, again.stderr
+    assert f"WARNING: replacing the certificate in {out}" in again.stderr
