@@ -2,7 +2,7 @@
 
 Exit codes (all commands): 0 every check passed; 1 a check failed or the issuer
 refused; 2 unusable input; 3 internal error (a bug; ``-v`` shows the traceback);
-130 interrupted by Ctrl-C (SIGINT).
+130 interrupted by Ctrl-C (SIGINT) or SIGTERM.
 stdout carries the result only; logs and progress go to stderr.
 """
 
@@ -34,6 +34,22 @@ def exit_interrupted(outcome: str = NOT_FINISHED) -> NoReturn:
     """Print the one interrupt message, ``interrupted; OUTCOME``, and exit 130."""
     click.echo(f"interrupted; {outcome}", err=True)
     sys.exit(EXIT_INTERRUPTED)
+
+
+def _terminate_as_interrupt(signum: int, frame: Any) -> None:
+    """Handle SIGTERM as the current SIGINT handler would handle Ctrl-C.
+
+    CI systems and ``timeout`` stop a job with SIGTERM, whose default action ends the
+    process at once: no cleanup, no message, status 143. Routed through the SIGINT
+    handler, it gets Ctrl-C's outcome: temporary files removed, the output left as it
+    was or completed, one "interrupted" line and exit 130.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    elif handler == signal.SIG_DFL:
+        raise KeyboardInterrupt
+    # SIG_IGN: the command has finished and the interpreter is shutting down.
 
 
 class _EscapingFormatter(logging.Formatter):
@@ -196,6 +212,8 @@ class _Group(click.Group):
         argv = list(sys.argv[1:] if args is None else args)
         options = argv[: argv.index("--")] if "--" in argv else argv
         self._json_requested = "--json" in options
+        if as_program and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _terminate_as_interrupt)
         try:
             return super().main(argv, *rest, **kwargs)
         finally:

@@ -223,3 +223,39 @@ def test_console_script_entry_runs_the_cli():
     result = _run_python("from mbd_cert._entry import main\nmain()\n", "--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("mbd-cert, version ")
+
+
+def test_sigterm_in_issue_acts_as_ctrl_c(tmp_path: Path, issuer_keys):
+    # CI cancellation and `timeout` send SIGTERM: the same cleanup, message and exit
+    # code as Ctrl-C, not the default of dying at once with status 143.
+    checkpoint = tmp_path / "ck"
+    checkpoint.mkdir()
+    out = tmp_path / "out"
+    code = (
+        "import os, signal, time\n"
+        "import mbd_cert.issue\n"
+        "def stopped(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(60)\n"
+        "mbd_cert.issue.issue = stopped\n"
+        "from mbd_cert.cli import main\n"
+        "main()\n"
+    )
+    result = _run_python(code, "issue", "--checkpoint", str(checkpoint), "--modality",
+                         "audio", "--epsilon", "1", "--key", str(issuer_keys.private),
+                         "--out", str(out))
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "interrupted; the output directory was left as it was\n"
+    assert not out.exists()
+
+
+def test_sigterm_at_shutdown_is_ignored():
+    code = (
+        "import atexit, os, signal\n"
+        "atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM))\n"
+        "from mbd_cert.cli import main\n"
+        "main()\n"
+    )
+    result = _run_python(code, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("mbd-cert, version ")
