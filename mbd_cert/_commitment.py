@@ -85,6 +85,7 @@ def check_commitment(
     check_file_digest: bool,
     progress: Callable[[int, int], None] | None = None,
     nonfinite: dict[str, int] | None = None,
+    pre_deletion: Mapping[str, Any] | None = None,
 ) -> str:
     """Recompute a file's digests and compare them with its commitment (SPEC.md, R-DIG-3).
 
@@ -99,6 +100,9 @@ def check_commitment(
         progress: Called as ``progress(done, total)`` in bytes while the file is hashed.
         nonfinite: When given, filled in the same read, before any comparison, with
             the count of NaN and infinite entries of each floating-point tensor.
+        pre_deletion: The certificate's commitment to the model before the deletion.
+            When the file matches it, the hint names the file as the model the
+            deletion started from.
 
     Returns:
         A one-line summary of what matched.
@@ -132,12 +136,18 @@ def check_commitment(
         first = mismatched[0]
         expected = expected_tensors.get(first, {}).get("digest", "absent")
         got = digests.tensors[first].digest if first in digests.tensors else "absent"
+        hint = ("the model is not the one the certificate was issued for: pass the model "
+                "file released with this certificate, or the certificate issued for this "
+                "model (a repository commits the two together)")
+        if pre_deletion is not None \
+                and digests.manifest_digest == pre_deletion.get("manifest_digest"):
+            hint = ("this is the model before the deletion, whose digest the certificate "
+                    "records as subject_model.pre_deletion: pass the released "
+                    "model.safetensors that 'mbd-cert issue' wrote with this certificate")
         raise DigestMismatch(
             f"digest mismatch for tensor '{first}': expected {expected}, got {got}"
             + (f" ({len(mismatched) - 1} more tensors differ)" if len(mismatched) > 1 else ""),
-            hint="the model is not the one the certificate was issued for: pass the model "
-            "file released with this certificate, or the certificate issued for this model "
-            "(a repository commits the two together)",
+            hint=hint,
         )
     if digests.manifest_digest != committed["manifest_digest"]:
         raise DigestMismatch(

@@ -92,7 +92,10 @@ def parse_public_key(data: bytes, source: str) -> Ed25519PublicKey:
         try:
             key = serialization.load_pem_public_key(data)
         except (ValueError, UnsupportedAlgorithm) as exc:
-            raise KeyInvalid(f"{source}: the PUBLIC KEY block is invalid") from exc
+            raise KeyInvalid(
+                f"{source}: the PUBLIC KEY block is invalid",
+                hint="the file is damaged or truncated: copy the issuer's .pub file again",
+            ) from exc
         if not isinstance(key, Ed25519PublicKey):
             _reject_wrong_kind(source, key)
         return key
@@ -182,7 +185,11 @@ def parse_private_key(data: bytes, source: str) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise KeyInvalid(f"{source}: the private key block is invalid") from exc
+        raise KeyInvalid(
+            f"{source}: the private key block is invalid",
+            hint="the file is damaged or truncated: restore it from your backup, or make "
+            "a new key pair with 'mbd-cert keygen'",
+        ) from exc
     if not isinstance(key, Ed25519PrivateKey):
         _reject_wrong_kind(source, key)
     return key

@@ -395,7 +395,9 @@ def check_bundle(doc: Mapping[str, Any], bundle: Path) -> str:
                 raise DigestMismatch(
                     f"audit_bundle.{role}.{key}: expected {entry[key]}, "
                     f"got {getattr(digests, key)}",
-                    hint=f"{entry['path']} is not the file the certificate commits to",
+                    hint=f"{entry['path']} is not the file the certificate commits to: pass "
+                    "the audit bundle issued with this certificate (the directory that "
+                    "'mbd-cert issue' wrote, or its sealed bundle)",
                 )
         checked.append(entry["path"])
     return "digests match for " + ", ".join(checked)

@@ -83,6 +83,11 @@ def privacy_utility(docs: Sequence[Mapping[str, Any]], modality: str) -> Section
         and d["metrics"]["utility"].get("after")
     ]
     section = Section(f"Privacy-utility trade-off: deleting {modality}")
+    left_out = [d for d in docs if d not in sweep]
+    if left_out:
+        section.notes.append(
+            f"not drawn ({len(left_out)}): " + ", ".join(
+                f"{d['certificate_id']} ({_why_not_drawn(d, modality)})" for d in left_out))
     if not sweep:
         section.notes.append(f"no first-deletion certificate of {modality} with utility metrics")
         return section
@@ -137,6 +142,15 @@ def privacy_utility(docs: Sequence[Mapping[str, Any]], modality: str) -> Section
         "with zero labels left out."
     )
     return section
+
+
+def _why_not_drawn(doc: Mapping[str, Any], modality: str) -> str:
+    if doc["deletion"]["modality"] != modality:
+        return f"deletes {doc['deletion']['modality']}; choose it with --modality"
+    if doc["accounting"]["sequence_number"] != 1:
+        return (f"deletion {doc['accounting']['sequence_number']} of a chain; the figure "
+                "compares first deletions")
+    return "no utility metrics: issued without an evaluation set"
 
 
 def chain_budget(links: Sequence[ChainLink], source: Path | str | None = None) -> Section:
@@ -211,6 +225,7 @@ def proxy_scatter(docs: Sequence[Mapping[str, Any]]) -> Section:
     """Scatter the saliency proxy against the true leave-one-out increment."""
     section = Section("Saliency proxy against the true leave-one-out increment")
     rated = []
+    duplicates: list[str] = []
     seen: set[tuple[str, str, Any]] = set()
     for doc in docs:
         quality = doc["saliency"].get("proxy_quality")
@@ -222,6 +237,12 @@ def proxy_scatter(docs: Sequence[Mapping[str, Any]]) -> Section:
         if key not in seen:
             seen.add(key)
             rated.append(doc)
+        else:
+            duplicates.append(doc["certificate_id"])
+    if duplicates:
+        section.notes.append(
+            f"not listed ({len(duplicates)}), because an earlier certificate of the same "
+            f"model, modality and seed sampled the same entries: {', '.join(duplicates)}")
     if not rated:
         section.notes.append("no certificate carries saliency.proxy_quality samples")
         return section

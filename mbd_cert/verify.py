@@ -259,6 +259,7 @@ def _verify_checked(cert_path: str | Path, model_path: str | Path, options: Veri
             check_file_digest=options.check_file_digest,
             progress=_bytes_progress(options.progress, "hashing model (bytes)"),
             nonfinite=nonfinite,
+            pre_deletion=doc["subject_model"]["pre_deletion"],
         ),
     )
 

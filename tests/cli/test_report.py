@@ -512,3 +512,34 @@ def test_chain_table_shows_certified_epsilon(honest_run: HonestRun, tmp_path: Pa
     assert outcome.exit_code == 0, outcome.stderr
     page = (out / "index.html").read_text()
     assert re.search(r"<tr><td>1</td><td>audio</td><td>[^<]+</td><td>1\.25</td>", page)
+
+
+def test_report_names_certificates_not_drawn(second: Path, honest_run: HonestRun,
+                                             tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    outcome = run_cli(["report", "--out", out, honest_run.cert, second / "cert.json"])
+    assert outcome.exit_code == 0, outcome.stderr
+    page = (out / "index.html").read_text()
+    second_id = json.loads((second / "cert.json").read_text())["certificate_id"]
+    assert f"not drawn (1): {second_id} (deletes vision; choose it with --modality)" in page
+    out = tmp_path / "vision"
+    outcome = run_cli(["report", "--out", out, "--modality", "vision", honest_run.cert,
+                       second / "cert.json"])
+    assert outcome.exit_code == 0, outcome.stderr
+    page = (out / "index.html").read_text()
+    assert "not drawn (2): " in page
+    assert f"{second_id} (deletion 2 of a chain; the figure compares first deletions)" in page
+
+
+def test_report_names_duplicate_proxy_samples(honest_run: HonestRun, tmp_path: Path) -> None:
+    # A second issue from the same checkpoint, modality and seed samples the same entries.
+    again = tmp_path / "again"
+    assert run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
+                    "--key", honest_run.private_key, "--out", again]).exit_code == 0
+    out = tmp_path / "report"
+    outcome = run_cli(["report", "--out", out, honest_run.cert, again / "cert.json"])
+    assert outcome.exit_code == 0, outcome.stderr
+    page = (out / "index.html").read_text()
+    again_id = json.loads((again / "cert.json").read_text())["certificate_id"]
+    assert "not listed (1), because an earlier certificate of the same model" in page
+    assert again_id in page.split("not listed (1)")[1]

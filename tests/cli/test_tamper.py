@@ -201,6 +201,14 @@ def test_bundle_byte(fresh_run: HonestRun, role: str, where: str) -> None:
                      fresh_run.out_dir)
     assert_check_failed(outcome, "bundle-digest", "E_DIGEST_MISMATCH")
     assert f"audit_bundle.{role}" in outcome.check_detail("bundle-digest")
+    assert "pass the audit bundle issued with this certificate" in outcome.stdout
+
+
+def test_pre_deletion_model_named_as_such(fresh_run: HonestRun) -> None:
+    outcome = verify(fresh_run.cert, fresh_run.checkpoint / "model.safetensors",
+                     fresh_run.public_key)
+    assert_check_failed(outcome, "model-digest", "E_DIGEST_MISMATCH")
+    assert "this is the model before the deletion" in outcome.stdout
 
 
 def test_c15_signature_s_plus_l(fresh_run: HonestRun) -> None:

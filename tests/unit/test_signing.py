@@ -243,6 +243,20 @@ def test_garbage_public_key_has_a_hint(tmp_path: Path) -> None:
     assert "mbd-cert keygen" in error.hint
 
 
+def test_damaged_pem_keys_have_a_hint(tmp_path: Path, issuer_key: Ed25519PrivateKey) -> None:
+    public = issuer_key.public_key().public_bytes(_PEM, _SPKI).decode().splitlines()
+    cut = "\n".join([public[0], public[1][:20], public[-1]]) + "\n"
+    error = key_error(load_public_key, write(tmp_path / "k.pub", cut.encode()))
+    assert "block is invalid" in str(error)
+    assert "copy the issuer's .pub file again" in error.hint
+    private = issuer_key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()).decode().splitlines()
+    cut = "\n".join([private[0], private[1][:20], private[-1]]) + "\n"
+    error = key_error(signing.load_private_key, write(tmp_path / "k.key", cut.encode()))
+    assert "block is invalid" in str(error)
+    assert "mbd-cert keygen" in error.hint
+
+
 def test_two_pem_blocks_rejected(tmp_path: Path, issuer_key: Ed25519PrivateKey) -> None:
     pem = issuer_key.public_key().public_bytes(_PEM, _SPKI)
     path = write(tmp_path / "two.pub", pem + pem)
