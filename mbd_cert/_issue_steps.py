@@ -24,7 +24,7 @@ import torch
 
 from mbd_cert import _safetensors, certificate, signing
 from mbd_cert._background import Background, Cancelled, FirstComer
-from mbd_cert._determinism import require_deterministic
+from mbd_cert._determinism import require_recomputable
 from mbd_cert._groups import eligible_names
 from mbd_cert._issue_checks import (
     check_probe_coverage,
@@ -227,12 +227,15 @@ def _run(
     def forget(model: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
         return architecture.forget_objective(model, cast(Batch, sub), modality)
 
-    # Level 2 recomputes the mask from this objective, so it must be deterministic.
-    require_deterministic(
-        forget, model_pre, batch,
+    # Level 2 recomputes the mask from this objective, so it must be deterministic
+    # and run under vmap.
+    hint = ("remove the randomness, .item() calls and Python branches on tensor values "
+            "from the objective and the model's forward pass (a verifier could not "
+            "recompute the mask or the update); nothing was written")
+    require_recomputable(
+        forget, model_pre, batch, names,
         objective_name=f"the forget objective of architecture {architecture.name!r}",
-        hint="remove the randomness from the objective or the model's forward pass (a "
-        "verifier could not recompute the mask); nothing was written")
+        hint=hint)
 
     def retain(model: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
         return architecture.retain_objective(model, cast(Batch, sub), modality)
@@ -256,6 +259,12 @@ def _run(
     retain_weights = torch.ones(probe.size, dtype=torch.float64)
     logger.info("structural removal: %d tensors of the %s encoder set to zero",
                 len(removed), modality)
+    # Level 2 recomputes the update from the retain objective on this model.
+    removed_model = build_model(architecture, post_config, start)
+    require_recomputable(
+        retain, removed_model, batch, names,
+        objective_name=f"the retain objective of architecture {architecture.name!r}",
+        hint=hint)
 
     def update_fisher(
         stopping: threading.Event,
@@ -265,7 +274,6 @@ def _run(
             if stopping.is_set():
                 raise Cancelled("the update's Fisher was cancelled")
 
-        removed_model = build_model(architecture, post_config, start)
         return removed_model, gradient_moments(
             removed_model, sorted(names), retain, batch, retain_weights, check,
             independent_samples=independent)[1]

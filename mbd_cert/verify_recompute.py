@@ -29,7 +29,7 @@ from mbd_cert import _recompute
 from mbd_cert._determinism import (
     is_vmap_randomness,
     random_operation_error,
-    require_deterministic,
+    require_recomputable,
 )
 from mbd_cert._groups import unlisted_zero_encoders
 from mbd_cert._level2_bundle import Bundle, load_bundle, rebuild_pre
@@ -247,11 +247,10 @@ def _check_saliency(doc: Mapping[str, Any], bundle: Bundle,
     # R-ARCH-7: a random objective gives another mask than the issuer's, which shows
     # nothing about whether the certificate is true.
     name = bundle.architecture.name
-    hint = (f"the installed architecture {name!r} breaks R-ARCH-7, so level 2 cannot "
-            "recompute the mask; fix the package that provides it, or verify at level 1")
-    require_deterministic(forget, model, batch,
-                          objective_name=f"the forget objective of architecture {name!r}",
-                          hint=hint)
+    hint = _objective_hint(name, "mask")
+    require_recomputable(forget, model, batch, bundle.eligible,
+                         objective_name=f"the forget objective of architecture {name!r}",
+                         hint=hint)
     try:
         gradient, fisher = _recompute.gradient_and_fisher(
             model, bundle.eligible, forget, batch, weights,
@@ -313,12 +312,25 @@ def _removed_model(bundle: Bundle, pre: Mapping[str, np.ndarray],
     return model, retain
 
 
+def _objective_hint(architecture: str, recomputed: str) -> str:
+    return (f"the installed architecture {architecture!r} breaks R-ARCH-7, so level 2 "
+            f"cannot recompute the {recomputed}; fix the package that provides it, or "
+            "verify at level 1")
+
+
 def _recompute_update(doc: Mapping[str, Any], bundle: Bundle,
                       pre: Mapping[str, np.ndarray]) -> _recompute.Update:
     model, retain = _removed_model(bundle, pre)
     update = doc["update"]
+    batch = probe_batch(bundle.probe)
+    # R-ARCH-7: a random retain objective gives another update than the issuer's, and
+    # one that vmap cannot run ends the Fisher below with a torch error.
+    name = bundle.architecture.name
+    require_recomputable(retain, model, batch, bundle.eligible,
+                         objective_name=f"the retain objective of architecture {name!r}",
+                         hint=_objective_hint(name, "update"))
     return _recompute.masked_update(
-        model, bundle.masks, retain, probe_batch(bundle.probe), steps=update["steps"],
+        model, bundle.masks, retain, batch, steps=update["steps"],
         learning_rate=update["learning_rate"], damping=update["damping"],
         clip_norm=update["clip_norm"], closed_form=bundle.architecture.independent_samples)
 

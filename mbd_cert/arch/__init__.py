@@ -74,7 +74,9 @@ class Architecture:
         forget_objective: ``(model, batch, modality)`` -> per-sample values [n] that
             measure how much the output depends on the real modality.
         retain_objective: ``(model, batch, modality)`` -> per-sample task loss [n] of
-            the model with the modality deleted.
+            the model with the modality deleted. Both objectives must be
+            deterministic and run under ``torch.func.vmap`` (no ``.item()``, no Python
+            branch on a tensor's value); the issuer and level 2 reject any other.
         independent_samples: True only if each sample's objective value depends on
             that sample's inputs alone (no batch statistics such as BatchNorm in
             training mode, no attention across samples) and every ``nn.Linear``

@@ -4,7 +4,8 @@ The architectures live in ``trial_architectures.py`` and load through a faked en
 point. An integer buffer under ``weight_dtype="F32"`` gave a certificate that failed
 its own level 1. A mask chosen among saliency scores of 0, and a checkpoint without an
 evaluation set, passed without a warning. A random forget objective made level 2 exit
-3 (torch) or fail the mask check (numpy).
+3 (torch) or fail the mask check (numpy). A random retain objective passed issue, and
+an objective that torch.func.vmap cannot run passed issue and made level 2 exit 3.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import trial_architectures
 from cli_support import TINY_ISSUE_OPTIONS, assert_input_error, run_cli, verify
 
 from mbd_cert import _safetensors
-from mbd_cert._determinism import CODE_OBJECTIVE_NONDETERMINISTIC
+from mbd_cert._determinism import (
+    CODE_OBJECTIVE_NONDETERMINISTIC,
+    CODE_OBJECTIVE_VMAP_UNSUPPORTED,
+)
 
 
 def _checkpoint_for(tiny_checkpoint: Path, target: Path, architecture: str) -> Path:
@@ -93,16 +97,39 @@ def test_trained_checkpoint_no_warnings(tiny_checkpoint, issuer_keys, tmp_path):
     assert "score at the mask's cut is 0" not in outcome.stderr
 
 
-@pytest.mark.parametrize("attribute", ["TORCH_RANDOM", "NUMPY_RANDOM", "HIDDEN_RANDOM"])
-def test_random_objective_rejected_at_issue(tiny_checkpoint, issuer_keys, tmp_path,
-                                                  monkeypatch, attribute):
+# Architecture attribute, objective it breaks, code, words of the message.
+BROKEN_OBJECTIVES = [
+    ("TORCH_RANDOM", "forget", CODE_OBJECTIVE_NONDETERMINISTIC, "is not deterministic"),
+    ("NUMPY_RANDOM", "forget", CODE_OBJECTIVE_NONDETERMINISTIC, "is not deterministic"),
+    ("HIDDEN_RANDOM", "forget", CODE_OBJECTIVE_NONDETERMINISTIC, "calls a random operation"),
+    ("TORCH_RANDOM_RETAIN", "retain", CODE_OBJECTIVE_NONDETERMINISTIC,
+     "is not deterministic"),
+    ("NUMPY_RANDOM_RETAIN", "retain", CODE_OBJECTIVE_NONDETERMINISTIC,
+     "is not deterministic"),
+    ("HIDDEN_RANDOM_RETAIN", "retain", CODE_OBJECTIVE_NONDETERMINISTIC,
+     "calls a random operation"),
+    ("BRANCHING_FORGET", "forget", CODE_OBJECTIVE_VMAP_UNSUPPORTED,
+     "cannot run under torch.func.vmap"),
+    ("BRANCHING_RETAIN", "retain", CODE_OBJECTIVE_VMAP_UNSUPPORTED,
+     "cannot run under torch.func.vmap"),
+]
+BROKEN_IDS = [row[0].lower() for row in BROKEN_OBJECTIVES]
+
+
+@pytest.mark.parametrize(("attribute", "objective", "code", "detail"), BROKEN_OBJECTIVES,
+                         ids=BROKEN_IDS)
+def test_broken_objective_rejected_at_issue(tiny_checkpoint, issuer_keys, tmp_path,
+                                            monkeypatch, attribute, objective, code, detail):
     trial_architectures.register(monkeypatch, "trial-random", attribute)
     checkpoint = _checkpoint_for(tiny_checkpoint, tmp_path / "ck", "trial-random")
 
     outcome = _issue(checkpoint, issuer_keys, tmp_path / "out")
 
-    _assert_refused(outcome, CODE_OBJECTIVE_NONDETERMINISTIC, tmp_path / "out")
+    _assert_refused(outcome, code, tmp_path / "out")
     assert "R-ARCH-7" in outcome.stderr
+    assert f"the {objective} objective of architecture 'trial-random'" in outcome.stderr
+    assert detail in outcome.stderr
+    assert "nothing was written" in outcome.stderr
 
 
 @pytest.fixture
@@ -116,16 +143,17 @@ def steady_release(tiny_checkpoint, issuer_keys, tmp_path, monkeypatch) -> Path:
     return out
 
 
-@pytest.mark.parametrize(("attribute", "detail"), [
-    ("TORCH_RANDOM", "is not deterministic"), ("NUMPY_RANDOM", "is not deterministic"),
-    ("HIDDEN_RANDOM", "calls a random operation")])
-def test_random_objective_rejected_at_level_2(steady_release, issuer_keys,
-                                                          monkeypatch, attribute, detail):
+@pytest.mark.parametrize(("attribute", "objective", "code", "detail"), BROKEN_OBJECTIVES,
+                         ids=BROKEN_IDS)
+def test_broken_objective_rejected_at_level_2(steady_release, issuer_keys, monkeypatch,
+                                              attribute, objective, code, detail):
     trial_architectures.register(monkeypatch, "trial-random", attribute)
 
     outcome = verify(steady_release / "cert.json", steady_release / "model.safetensors",
                      issuer_keys.public, "--level", "2", "--bundle", steady_release)
 
-    assert_input_error(outcome, CODE_OBJECTIVE_NONDETERMINISTIC)
+    assert_input_error(outcome, code)
     assert "R-ARCH-7" in outcome.stderr
+    assert f"the {objective} objective of architecture 'trial-random'" in outcome.stderr
     assert detail in outcome.stderr
+    assert "fix the package that provides it" in outcome.stderr

@@ -49,6 +49,37 @@ def _hidden_random_forget(model: torch.nn.Module, batch: Any, modality: str) -> 
     return values + 0.0 * torch.rand(values.shape, dtype=values.dtype)
 
 
+def _torch_random_retain(model: torch.nn.Module, batch: Any, modality: str) -> torch.Tensor:
+    values = BASE.retain_objective(model, batch, modality)
+    return values + 1e-3 * torch.rand(values.shape, dtype=values.dtype)
+
+
+def _numpy_random_retain(model: torch.nn.Module, batch: Any, modality: str) -> torch.Tensor:
+    values = BASE.retain_objective(model, batch, modality)
+    noise = np.random.default_rng().uniform(size=tuple(values.shape))
+    return values + 1e-3 * torch.from_numpy(noise).to(values.dtype)
+
+
+def _hidden_random_retain(model: torch.nn.Module, batch: Any, modality: str) -> torch.Tensor:
+    values = BASE.retain_objective(model, batch, modality)
+    return values + 0.0 * torch.rand(values.shape, dtype=values.dtype)
+
+
+def _branching(values: torch.Tensor) -> torch.Tensor:
+    # Deterministic, but a Python branch on a tensor's value, which vmap cannot run.
+    if bool(values.sum() >= 0):
+        return values
+    return -values
+
+
+def _branching_forget(model: torch.nn.Module, batch: Any, modality: str) -> torch.Tensor:
+    return _branching(BASE.forget_objective(model, batch, modality))
+
+
+def _branching_retain(model: torch.nn.Module, batch: Any, modality: str) -> torch.Tensor:
+    return _branching(BASE.retain_objective(model, batch, modality))
+
+
 def _variant(name: str, **changes: Any) -> arch.Architecture:
     return dataclasses.replace(BASE, name=name, zeroed_forget=None, **changes)
 
@@ -65,6 +96,15 @@ NUMPY_RANDOM = _variant("trial-random", forget_objective=_numpy_random_forget)
 # Without independent_samples, level 2 takes every gradient through vmap.
 HIDDEN_RANDOM = _variant("trial-random", forget_objective=_hidden_random_forget,
                          independent_samples=False)
+# The same faults in the retain objective, and an objective that vmap cannot run.
+TORCH_RANDOM_RETAIN = _variant("trial-random", retain_objective=_torch_random_retain)
+NUMPY_RANDOM_RETAIN = _variant("trial-random", retain_objective=_numpy_random_retain)
+HIDDEN_RANDOM_RETAIN = _variant("trial-random", retain_objective=_hidden_random_retain,
+                                independent_samples=False)
+BRANCHING_FORGET = _variant("trial-random", forget_objective=_branching_forget,
+                            independent_samples=False)
+BRANCHING_RETAIN = _variant("trial-random", retain_objective=_branching_retain,
+                            independent_samples=False)
 
 
 def register(monkeypatch: pytest.MonkeyPatch, name: str, attribute: str) -> None:
