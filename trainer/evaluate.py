@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from mbd_cert import _json, _safetensors
-from mbd_cert.arch import check_tensor_shapes, get_architecture, load_state_dict_strict
+from mbd_cert._torch_model import build_unloaded
+from mbd_cert.arch import get_architecture, load_state_dict_strict
 from mbd_cert.arch.mbd import MBDModel
 from mbd_cert.errors import FileMissing, InputError, MalformedData
 from mbd_cert.metrics import regression_metrics
@@ -173,7 +174,8 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         MalformedData: ``config.json`` or the model metadata is not in the expected
             layout, or names another architecture.
         MalformedCertificate: ``cert.json`` is not a valid certificate.
-        InputError: The config is invalid or the weights do not match it.
+        InputError: The config is invalid, the weights do not match it, or the model
+            contains one tensor under two names (``E_ARCHITECTURE_TENSORS_SHARED``).
     """
     folder = Path(directory)
     if not folder.is_dir():
@@ -209,8 +211,9 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
             f"architecture {metadata.get('architecture')!r}, expected {MODEL_FORMAT!r} "
             f"and {architecture.name!r}"
         )
-    check_tensor_shapes(architecture, document["config"], tensors)
-    model = architecture.build(document["config"])
+    # The build of issue and levels 2 and 3, which rejects one tensor under two names:
+    # loading would keep only the last alias's values (R-ARCH-9).
+    model = build_unloaded(architecture, document["config"], tensors)
     if not isinstance(model, MBDModel):
         raise MalformedData(f"architecture {architecture.name!r} is not an MBD model; "
                             "the trainer evaluates MBD models only")

@@ -164,6 +164,25 @@ def test_verifier_rejects_tied_tensors(register, tiny_checkpoint: Path,
     assert "'encoders.audio.shared.weight'" in outcome.stderr
 
 
+def test_evaluate_rejects_tied_tensors(register, tiny_checkpoint: Path, tmp_path: Path):
+    # evaluate loads checkpoints of any installed architecture that builds an MBD
+    # model, so it must apply the same R-ARCH-9 check as issue and levels 2 and 3.
+    register("test-tied", _shared_encoder)
+    checkpoint = _checkpoint(tiny_checkpoint, tmp_path / "ck", "test-tied")
+    outcome = run_cli(["evaluate", "--checkpoint", checkpoint])
+    assert_clean(outcome)
+    assert outcome.exit_code == 2, outcome.stderr
+    assert f"[{CODE}]" in outcome.stderr
+    assert "'encoders.audio.shared.weight'" in outcome.stderr
+
+
+def test_evaluate_loads_untied_plugin(register, tiny_checkpoint: Path, tmp_path: Path):
+    register("test-plugin", None)
+    checkpoint = _checkpoint(tiny_checkpoint, tmp_path / "ck", "test-plugin")
+    outcome = run_cli(["evaluate", "--checkpoint", checkpoint])
+    assert outcome.exit_code == 0, outcome.stderr
+
+
 def test_buffer_under_eligible_prefix_is_not_masked(register, tiny_checkpoint: Path,
                                                      issuer_keys: IssuerKeys, tmp_path: Path):
     # R-SAL-1: eligible tensors are parameters. The default groups cover fusion, so the
