@@ -46,8 +46,8 @@ def build_model(
     """Build the architecture from ``config``, load ``tensors`` strictly, cast, eval mode.
 
     Raises:
-        InputError: The tensors do not fit the config, or the model contains one tensor
-            under two names (SPEC.md, R-ARCH-9).
+        InputError: The tensors do not fit the config, or the model has two names that
+            overlap in memory or a meta tensor (SPEC.md, R-ARCH-9).
     """
     model = build_unloaded(architecture, config, tensors)
     load_state_dict_strict(model, tensors)
@@ -66,8 +66,8 @@ def build_unloaded(
     ``tensors`` serve only to check names and shapes before the build allocates.
 
     Raises:
-        InputError: The tensors do not fit the config, or the model contains one tensor
-            under two names (SPEC.md, R-ARCH-9).
+        InputError: The tensors do not fit the config, or the model has two names that
+            overlap in memory or a meta tensor (SPEC.md, R-ARCH-9).
     """
     check_tensor_shapes(architecture, config, tensors)
     model = architecture.build(config)
@@ -76,28 +76,35 @@ def build_unloaded(
 
 
 def check_one_tensor_per_name(model: torch.nn.Module, architecture: str) -> None:
-    """Reject a model whose state or parameters reach one tensor under two names.
+    """Reject a model whose state or parameters reach one memory region under two names.
 
-    ``load_state_dict`` copies each name in turn into a shared tensor, so the model
-    anyone loads contains the values of the last alias, and a certificate would describe
-    values that no loaded model has (SPEC.md, R-ARCH-9). Tensors that share storage
-    count as one: a view of a parameter registered as a buffer is an alias as well.
+    ``load_state_dict`` copies each name in turn into its tensor, so where two names
+    overlap in memory the model anyone loads contains the values of the last one, and
+    a certificate would describe values that no loaded model has (SPEC.md, R-ARCH-9).
+    Views count by the bytes they span: a view of a parameter registered as a buffer
+    is an alias, while parameters that are disjoint slices of one flat storage each
+    load their own values and pass. A meta tensor has no memory, so loading leaves it
+    empty, and it is rejected too.
 
     Raises:
-        InputError: Two names share a tensor's storage (code
+        InputError: Two names overlap in memory, or a tensor is on the meta device (code
             ``E_ARCHITECTURE_TENSORS_SHARED``); the message lists the names.
     """
     named: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
     named.update(model.state_dict(keep_vars=True))
-    owners: dict[tuple[str, int], list[str]] = {}
-    for name, tensor in named.items():
-        storage = tensor.untyped_storage()
-        # An empty tensor has no values to overwrite, and empty storages can share a
-        # null address.
-        if storage.nbytes() == 0:
-            continue
-        owners.setdefault((str(tensor.device), storage.data_ptr()), []).append(name)
-    shared = sorted(sorted(names) for names in owners.values() if len(names) > 1)
+    meta = sorted(name for name, tensor in named.items() if tensor.is_meta)
+    if meta:
+        listed = ", ".join(repr(name) for name in meta[:5])
+        raise InputError(
+            f"architecture {architecture!r} builds a model with tensors on the meta "
+            f"device ({listed}): they have no memory, so loading the weights would "
+            "leave them empty, and mbd-cert needs every tensor to hold its loaded values "
+            "(SPEC.md, R-ARCH-9)",
+            hint="allocate every parameter and buffer in the architecture's build (no "
+            "device='meta')",
+            code=CODE_TENSORS_SHARED,
+        )
+    shared = _overlapping_names(named)
     if shared:
         listed = "; ".join(", ".join(repr(name) for name in names) for names in shared[:5])
         raise InputError(
@@ -108,6 +115,40 @@ def check_one_tensor_per_name(model: torch.nn.Module, architecture: str) -> None
             "buffer that is a view of a parameter) in the architecture's build",
             code=CODE_TENSORS_SHARED,
         )
+
+
+def _overlapping_names(named: Mapping[str, torch.Tensor]) -> list[list[str]]:
+    """Return the groups of names whose byte spans overlap, each sorted, in sorted order.
+
+    A tensor's span runs from its first to its last element in memory. Views that
+    interleave (the even and the odd entries of one tensor) have overlapping spans, so
+    they are reported although they share no element.
+    """
+    spans = []
+    for name, tensor in named.items():
+        # An empty tensor has no values to overwrite, and empty tensors can share a
+        # null address.
+        if tensor.numel() == 0:
+            continue
+        last = sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(),
+                                                                 strict=True))
+        first_byte = tensor.data_ptr()
+        spans.append((str(tensor.device), first_byte,
+                      first_byte + (last + 1) * tensor.element_size(), name))
+    groups: list[list[str]] = []
+    group: list[str] = []
+    device, end = "", 0
+    for span_device, first_byte, after_last, name in sorted(spans):
+        if span_device == device and first_byte < end:
+            group.append(name)
+            end = max(end, after_last)
+            continue
+        if len(group) > 1:
+            groups.append(sorted(group))
+        group, device, end = [name], span_device, after_last
+    if len(group) > 1:
+        groups.append(sorted(group))
+    return sorted(groups)
 
 
 def eligible_parameters(model: torch.nn.Module, groups: Sequence[str],

@@ -66,8 +66,8 @@ class Architecture:
             filled in. It raises ``InputError`` naming the field.
         build: Function that builds a ``torch.nn.Module`` from a validated config,
             with one tensor per name: no tied or shared parameters, no buffer that is
-            a view of a parameter. The issuer, ``evaluate`` and levels 2 and 3
-            reject any other.
+            a view of a parameter, no tensor on the meta device. The issuer,
+            ``evaluate`` and levels 2 and 3 reject any other.
         encoder_prefixes: ``(config, modality)`` -> tensor-name prefixes that are zero
             once the modality is deleted.
         generator_prefixes: ``(config, modality)`` -> tensor-name prefixes of the

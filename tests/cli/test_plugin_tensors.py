@@ -54,6 +54,16 @@ def _buffer_view(model: Any) -> None:
     model.register_buffer("mirror", model.head.weight.detach().view(-1))
 
 
+def _flat_generator(model: Any) -> None:
+    # Weight and bias as disjoint slices of one flat storage, as a flattened-parameter
+    # layout has them: one storage, but each name owns its own bytes.
+    layer = model.generators["audio"].net[2]
+    count = layer.weight.numel()
+    flat = torch.cat([layer.weight.detach().reshape(-1), layer.bias.detach()])
+    layer.weight = torch.nn.Parameter(flat[:count].view_as(layer.weight))
+    layer.bias = torch.nn.Parameter(flat[count:])
+
+
 def _fusion_buffer(model: Any) -> None:
     width = model.fusion[0].in_features
     model.fusion.register_buffer("center", torch.linspace(0.1, 1.0, width))
@@ -181,6 +191,28 @@ def test_evaluate_loads_untied_plugin(register, tiny_checkpoint: Path, tmp_path:
     checkpoint = _checkpoint(tiny_checkpoint, tmp_path / "ck", "test-plugin")
     outcome = run_cli(["evaluate", "--checkpoint", checkpoint])
     assert outcome.exit_code == 0, outcome.stderr
+
+
+def test_disjoint_views_issue_and_verify(register, tiny_checkpoint: Path,
+                                        issuer_keys: IssuerKeys, tmp_path: Path):
+    # R-ARCH-9 compares byte spans: parameters that share a storage without
+    # overlapping load their own values, so such a model is certified and verified.
+    register("test-flat", _flat_generator)
+    checkpoint = _checkpoint(tiny_checkpoint, tmp_path / "ck", "test-flat")
+    out = tmp_path / "out"
+    issued = _issue(checkpoint, issuer_keys, out)
+    assert issued.exit_code == 0, issued.stderr
+    masks = read_tensors(out / "diff.safetensors")
+    assert "mask.generators.audio.net.2.weight" in masks
+    assert "mask.generators.audio.net.2.bias" in masks
+
+    outcome = verify(out / "cert.json", out / "model.safetensors", issuer_keys.public,
+                     "--level", "2", "--bundle", out, "--allow-inconclusive")
+    assert_clean(outcome)
+    assert outcome.exit_code == 0, outcome.stderr
+    statuses = {check["name"]: check["status"] for check in outcome.report["checks"]}
+    for name in ("pre-rebuild", "saliency-mask", "update-clip"):
+        assert statuses[name] == "pass", outcome.stdout
 
 
 def test_buffer_under_eligible_prefix_is_not_masked(register, tiny_checkpoint: Path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -54,3 +55,65 @@ def test_empty_tensors_are_not_aliases():
     model.register_buffer("second", torch.zeros(0, 3))
     model.weight = torch.nn.Parameter(torch.ones(2))
     check_one_tensor_per_name(model, "empty")
+
+
+def _two_slices(first: slice, second: slice) -> torch.nn.Module:
+    """Return a module whose parameters 'a' and 'b' are slices of one flat storage."""
+    flat = torch.arange(8, dtype=torch.float32)
+    model = torch.nn.Module()
+    model.a = torch.nn.Parameter(flat[first])
+    model.b = torch.nn.Parameter(flat[second])
+    return model
+
+
+def test_disjoint_views_pass_and_load():
+    # Each name owns its own bytes, so loading writes each value where it belongs.
+    model = _two_slices(slice(0, 4), slice(4, 8))
+    check_one_tensor_per_name(model, "flat")
+    model.load_state_dict({"a": torch.full((4,), 1.0), "b": torch.full((4,), 2.0)})
+    assert model.a.tolist() == [1.0] * 4
+    assert model.b.tolist() == [2.0] * 4
+
+
+def test_overlapping_views_rejected():
+    model = _two_slices(slice(0, 5), slice(4, 8))
+    with pytest.raises(InputError) as caught:
+        check_one_tensor_per_name(model, "flat")
+    assert caught.value.code == "E_ARCHITECTURE_TENSORS_SHARED"
+    assert "'a', 'b'" in str(caught.value)
+
+
+def test_interleaved_views_rejected():
+    # Disjoint entries, but overlapping spans: the check compares spans.
+    model = _two_slices(slice(0, 8, 2), slice(1, 8, 2))
+    with pytest.raises(InputError) as caught:
+        check_one_tensor_per_name(model, "flat")
+    assert "'a', 'b'" in str(caught.value)
+
+
+def test_overlapping_storages_rejected():
+    # Two storages over overlapping memory, as torch.from_numpy makes from two views
+    # of one array: the storage addresses differ, the bytes do not.
+    array = np.arange(8, dtype=np.float32)
+    model = torch.nn.Module()
+    model.a = torch.nn.Parameter(torch.from_numpy(array[0:5]))
+    model.b = torch.nn.Parameter(torch.from_numpy(array[3:8]))
+    assert model.a.untyped_storage().data_ptr() != model.b.untyped_storage().data_ptr()
+    with pytest.raises(InputError) as caught:
+        check_one_tensor_per_name(model, "numpy")
+    assert "'a', 'b'" in str(caught.value)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_meta_tensors_rejected(count: int):
+    # Loading into a meta tensor does nothing, so the model would keep no weights.
+    model = torch.nn.Module()
+    model.a = torch.nn.Parameter(torch.ones(3))
+    for index in range(count):
+        model.register_buffer(f"m{index}", torch.empty(2, device="meta"))
+    with pytest.raises(InputError) as caught:
+        check_one_tensor_per_name(model, "meta")
+    assert caught.value.code == "E_ARCHITECTURE_TENSORS_SHARED"
+    assert "tensors on the meta device" in str(caught.value)
+    assert "'m0'" in str(caught.value)
+    assert "several names" not in str(caught.value)
