@@ -46,8 +46,9 @@ def build_model(
     """Build the architecture from ``config``, load ``tensors`` strictly, cast, eval mode.
 
     Raises:
-        InputError: The tensors do not fit the config, or the model has two names that
-            overlap in memory or a meta tensor (SPEC.md, R-ARCH-9).
+        InputError: The tensors do not fit the config, or a tensor of the model
+            overlaps another or itself in memory, or is on the meta device (SPEC.md,
+            R-ARCH-9).
     """
     model = build_unloaded(architecture, config, tensors)
     load_state_dict_strict(model, tensors)
@@ -66,8 +67,9 @@ def build_unloaded(
     ``tensors`` serve only to check names and shapes before the build allocates.
 
     Raises:
-        InputError: The tensors do not fit the config, or the model has two names that
-            overlap in memory or a meta tensor (SPEC.md, R-ARCH-9).
+        InputError: The tensors do not fit the config, or a tensor of the model
+            overlaps another or itself in memory, or is on the meta device (SPEC.md,
+            R-ARCH-9).
     """
     check_tensor_shapes(architecture, config, tensors)
     model = architecture.build(config)
@@ -84,11 +86,13 @@ def check_one_tensor_per_name(model: torch.nn.Module, architecture: str) -> None
     Views count by the bytes they span: a view of a parameter registered as a buffer
     is an alias, while parameters that are disjoint slices of one flat storage each
     load their own values and pass. A meta tensor has no memory, so loading leaves it
-    empty, and it is rejected too.
+    empty, and a tensor whose entries overlap (an expanded view) cannot be loaded.
+    Both are rejected too.
 
     Raises:
-        InputError: Two names overlap in memory, or a tensor is on the meta device (code
-            ``E_ARCHITECTURE_TENSORS_SHARED``); the message lists the names.
+        InputError: Two names overlap in memory, a tensor's entries overlap, or a tensor
+            is on the meta device (code ``E_ARCHITECTURE_TENSORS_SHARED``); the message
+            lists the names.
     """
     named: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
     named.update(model.state_dict(keep_vars=True))
@@ -104,6 +108,17 @@ def check_one_tensor_per_name(model: torch.nn.Module, architecture: str) -> None
             "device='meta')",
             code=CODE_TENSORS_SHARED,
         )
+    repeated = sorted(name for name, tensor in named.items() if _entries_may_overlap(tensor))
+    if repeated:
+        listed = ", ".join(repr(name) for name in repeated[:5])
+        raise InputError(
+            f"architecture {architecture!r} builds a model with tensors whose entries "
+            f"share memory ({listed}), such as an expanded view: loading the weights "
+            "cannot give each entry its own value (SPEC.md, R-ARCH-9)",
+            hint="give each such tensor memory of its own in the architecture's build "
+            "(.clone() an expanded view)",
+            code=CODE_TENSORS_SHARED,
+        )
     shared = _overlapping_names(named)
     if shared:
         listed = "; ".join(", ".join(repr(name) for name in names) for names in shared[:5])
@@ -115,6 +130,24 @@ def check_one_tensor_per_name(model: torch.nn.Module, architecture: str) -> None
             "buffer that is a view of a parameter) in the architecture's build",
             code=CODE_TENSORS_SHARED,
         )
+
+
+def _entries_may_overlap(tensor: torch.Tensor) -> bool:
+    """Tell whether two entries of ``tensor`` may share memory (a stride of 0, say).
+
+    Taken in order of stride, each dimension's stride must exceed the largest offset
+    that the smaller strides reach. Rare ``as_strided`` layouts fail this test without
+    an overlap, and are rejected all the same.
+    """
+    if tensor.numel() == 0:
+        return False
+    reach = 0
+    for stride, size in sorted((stride, size) for size, stride
+                               in zip(tensor.shape, tensor.stride(), strict=True) if size > 1):
+        if stride <= reach:
+            return True
+        reach += (size - 1) * stride
+    return False
 
 
 def _overlapping_names(named: Mapping[str, torch.Tensor]) -> list[list[str]]:

@@ -117,3 +117,25 @@ def test_meta_tensors_rejected(count: int):
     assert "tensors on the meta device" in str(caught.value)
     assert "'m0'" in str(caught.value)
     assert "several names" not in str(caught.value)
+
+
+@pytest.mark.parametrize("tensor", [
+    torch.zeros(1).expand(4),
+    torch.zeros(3).as_strided((2, 2), (1, 1)),
+], ids=["expanded", "as-strided"])
+def test_self_overlapping_tensor_rejected(tensor):
+    # load_state_dict cannot copy 4 values into fewer memory slots.
+    model = torch.nn.Module()
+    model.register_buffer("repeated", tensor)
+    with pytest.raises(InputError) as caught:
+        check_one_tensor_per_name(model, "expand")
+    assert caught.value.code == "E_ARCHITECTURE_TENSORS_SHARED"
+    assert "entries share memory ('repeated')" in str(caught.value)
+
+
+def test_transposed_and_sliced_tensors_pass():
+    model = torch.nn.Module()
+    model.register_buffer("transposed", torch.zeros(3, 4).t())
+    model.register_buffer("every_other", torch.zeros(8)[::2])
+    model.register_buffer("column", torch.zeros(4, 3)[:, 1:2])
+    check_one_tensor_per_name(model, "views")
