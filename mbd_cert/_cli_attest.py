@@ -48,8 +48,10 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         before others rely on it.
         """
         from mbd_cert import _paths, _safetensors
+        from mbd_cert._terminal import terminal_text
         from mbd_cert.attestation import (
             DEFAULT_SUBJECT_NAME,
+            check_subject_name,
             dump_statement,
             statement_for_certificate,
         )
@@ -71,6 +73,16 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                 "subject unchecked",
                 code="E_USAGE",
             )
+
+        name = subject_name or (model_path.name if model_path else DEFAULT_SUBJECT_NAME)
+        # Checked before any file is read. The default name is the --model file's, which
+        # may not be valid UTF-8 and then cannot be written into the JSON Statement.
+        if subject_name is None:
+            check_subject_name(name, hint="the subject name defaults to the --model file "
+                               "name; pass another with --subject-name, such as "
+                               "--subject-name model.safetensors")
+        else:
+            check_subject_name(name)
 
         # Even with --force, the Statement must not replace the certificate or model.
         _paths.check_not_input(out_path, "--out",
@@ -99,11 +111,10 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                     f"got {actual} for {model_path}",
                     hint="pass the model the certificate was issued for",
                 )
-        name = subject_name or (model_path.name if model_path else DEFAULT_SUBJECT_NAME)
         statement = statement_for_certificate(doc, subject_name=name)
         _paths.atomic_write_bytes(out_path, dump_statement(statement), overwrite=force,
                                   shared=True)
-        click.echo(f"wrote {out_path} (subject {name}, sha256:"
+        click.echo(f"wrote {terminal_text(out_path)} (subject {name}, sha256:"
                    f"{statement['subject'][0]['digest']['sha256']})")
         # The statement repeats the certificate's claims; nothing here checked them.
         click.echo("note: the certificate was not verified; run 'mbd-cert verify' before "

@@ -64,16 +64,10 @@ def statement_for_certificate(
         The Statement as a JSON-compatible dict.
 
     Raises:
-        InputError: ``E_PARAMETER_INVALID`` when ``subject_name`` is empty or has
-            control characters.
+        InputError: ``E_PARAMETER_INVALID`` when ``subject_name`` is empty or has a
+            character that :func:`check_subject_name` rejects.
     """
-    if not subject_name or any(ord(char) < 0x20 or ord(char) == 0x7F for char in subject_name):
-        raise InputError(
-            f"subject name must be a non-empty string without control characters, "
-            f"got {subject_name!r}",
-            hint="pass the model's file name, such as model.safetensors",
-            code="E_PARAMETER_INVALID",
-        )
+    check_subject_name(subject_name)
     post = doc["subject_model"]["post_deletion"]
     privacy = doc["privacy"]
     account = doc["accounting"]
@@ -105,6 +99,32 @@ def statement_for_certificate(
     }
 
 
+def check_subject_name(subject_name: str,
+                       hint: str = "pass the model's file name, such as model.safetensors",
+                       ) -> None:
+    """Reject a subject name that tools would show as other text or cannot encode.
+
+    C0 and C1 control characters, DEL, U+2028, U+2029 and the Unicode bidirectional
+    formatting characters change how the name displays, and a lone surrogate (a file
+    name that is not valid UTF-8) has no UTF-8 encoding for the Statement's JSON.
+    These are the characters :func:`mbd_cert._terminal.terminal_text` escapes.
+
+    Raises:
+        InputError: ``E_PARAMETER_INVALID``, showing the name with those characters
+            escaped.
+    """
+    from mbd_cert._terminal import terminal_text
+
+    escaped = terminal_text(subject_name)
+    if not subject_name or escaped != subject_name:
+        raise InputError(
+            f"subject name must be a non-empty string without control, bidirectional "
+            f"formatting or undecodable characters, got '{escaped}'",
+            hint=hint,
+            code="E_PARAMETER_INVALID",
+        )
+
+
 def dump_statement(statement: Mapping[str, Any]) -> bytes:
     """Serialise a Statement as indented UTF-8 JSON with a final newline."""
     text = json.dumps(statement, indent=2, ensure_ascii=False, allow_nan=False)
@@ -115,6 +135,7 @@ __all__ = [
     "DEFAULT_SUBJECT_NAME",
     "PREDICATE_TYPE",
     "STATEMENT_TYPE",
+    "check_subject_name",
     "dump_statement",
     "statement_for_certificate",
 ]

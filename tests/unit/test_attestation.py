@@ -145,3 +145,43 @@ def test_attest_garbage_model_exits_2(issued, tmp_path):
     assert result.exit_code == 2
     assert "E_SAFETENSORS_" in result.stderr
     assert not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.parametrize("name", ["model\x9b.safetensors", "model\u202e.safetensors",
+                                  "model\udcff.safetensors", "model\x85.safetensors"])
+def test_subject_name_hidden_characters_rejected(issued, name):
+    # R-ATT-4: C1 controls and bidirectional overrides display as other text, and a lone
+    # surrogate (a file name that is not UTF-8) cannot be written as UTF-8 JSON.
+    doc = load_certificate(issued / "cert.json")
+    with pytest.raises(InputError) as caught:
+        statement_for_certificate(doc, subject_name=name)
+    assert caught.value.code == "E_PARAMETER_INVALID"
+    assert name not in caught.value.message
+
+
+def test_attest_model_name_not_utf8_exits_2(issued, tmp_path):
+    import os
+    import shutil
+
+    model = tmp_path / os.fsdecode(b"model\xff.safetensors")
+    shutil.copy(issued / "model.safetensors", model)
+    out = tmp_path / "statement.json"
+    arguments = ["attest", str(issued / "cert.json"), "--model", str(model), "--out", str(out)]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 2, result.output
+    assert "[E_PARAMETER_INVALID]" in result.stderr
+    assert "model\\xff.safetensors" in result.stderr
+    assert "--subject-name" in result.stderr
+    assert not out.exists()
+    named = CliRunner().invoke(main, [*arguments, "--subject-name", "model.safetensors"])
+    assert named.exit_code == 0, named.output
+    assert json.loads(out.read_text())["subject"][0]["name"] == "model.safetensors"
+
+
+def test_attest_output_line_escaped(issued, tmp_path):
+    out = tmp_path / "statement\u202e.json"
+    result = CliRunner().invoke(main, ["attest", str(issued / "cert.json"), "--model",
+                                       str(issued / "model.safetensors"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "\u202e" not in result.stdout
+    assert "statement\\u202e.json" in result.stdout
