@@ -44,7 +44,11 @@ from mbd_cert._torch_model import (
     probe_batch,
     torch_threads,
 )
-from mbd_cert._work_limits import check_evidence_work, check_update_work
+from mbd_cert._work_limits import (
+    check_activation_work,
+    check_evidence_work,
+    check_update_work,
+)
 from mbd_cert.arch import Architecture, Batch, get_architecture
 from mbd_cert.chain import write_chain_copies
 from mbd_cert.checkpoint import ProbeSet
@@ -202,6 +206,9 @@ def _run(
             "(mbd-cert train writes one)", members, probe.size - members,
             MEMBERSHIP_MIN_GROUP)
     check_update_work(options.steps, probe.size, source="issue options")
+    check_activation_work(architecture.activation_entries(config)
+                          if architecture.activation_entries is not None else None,
+                          probe.size, source="checkpoint config and probe set")
     if options.sensitivity_method == "reference-retrain":
         check_evidence_work(options.reference_runs, options.steps, probe.size,
                             source="issue options")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mbd_cert import _paths
+from mbd_cert._work_limits import check_activation_work
 from mbd_cert.arch import Architecture, get_architecture
 from mbd_cert.checkpoint import ProbeSet, read_probe_set, read_tensors
 from mbd_cert.errors import InputError, MalformedData, MalformedSafetensors
@@ -54,6 +55,8 @@ def load_bundle(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path) -> B
             certificate names an objective that level 2 does not recompute
             (``E_LEVEL_UNAVAILABLE``), or the architecture builds a model that contains one
             tensor under two names (``E_ARCHITECTURE_TENSORS_SHARED``).
+        LimitExceeded: The forward passes over the probe set would compute more values
+            than ``MAX_ACTIVATION_ENTRIES`` (``E_LIMIT_EXCEEDED``).
     """
     _require_recomputed_objectives(doc)
     architecture = get_architecture(doc["subject_model"]["architecture"]["name"])
@@ -91,6 +94,11 @@ def load_bundle(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path) -> B
             )
         (diff if kind == "diff" else masks)[name] = array
     probe = read_probe_set(probe_path, modalities=config_post["modalities"])
+    # Before any forward pass (R-LIM-7): the config can make one tiny probe sample cost
+    # terabytes of activations.
+    per_sample = (architecture.activation_entries(config_pre)
+                  if architecture.activation_entries is not None else None)
+    check_activation_work(per_sample, probe.size, source="certificate")
     removed = sorted(doc["deletion"]["removed_tensors"])
     # The issuer's rule, from the model that the pre-deletion config builds (R-SAL-1).
     # The build also rejects one tensor under two names (R-ARCH-9) before any check.

@@ -28,6 +28,15 @@ EVIDENCE_SPOT_CHECKS = 4
 MAX_EVIDENCE_SAMPLE_STEPS = 8 * MAX_UPDATE_SAMPLE_STEPS
 
 
+# Values that the forward passes over the whole probe set compute, layer by layer:
+# probe samples times Architecture.activation_entries, in float64. The passes keep a
+# part of them at a time: on 2 CPU cores, a level-3 run whose count grew by 9.4e7
+# (0.75 GB) grew 0.25 GB in peak memory, and its issue run 1 GB. The cap, 8 GiB as
+# counted, admits 400 probe samples of the bundled corpus (2.2e6) and of ICT-MMMO
+# (1.0e7) many times over.
+MAX_ACTIVATION_ENTRIES = 2**30
+
+
 def check_update_work(steps: int, samples: int, *, source: str) -> None:
     """Raise ``LimitExceeded`` when replaying ``steps`` over ``samples`` is over a cap.
 
@@ -70,5 +79,34 @@ def check_evidence_work(runs: int, steps: int, samples: int, *, source: str) -> 
             f"than the cap of {MAX_EVIDENCE_SAMPLE_STEPS} that level 2 replays",
             hint="use fewer --reference-runs or update steps, or --sensitivity-method "
             "clip-bound",
+            code="E_LIMIT_EXCEEDED",
+        )
+
+
+def check_activation_work(per_sample: int | None, samples: int, *, source: str) -> None:
+    """Raise ``LimitExceeded`` when the forward passes over the probe set are over the cap.
+
+    The model config, not the probe file, sets how many values one sample's forward
+    pass computes: a one-feature input of many steps through the widest layers costs
+    tens of thousands of values per input value.
+
+    Args:
+        per_sample: ``Architecture.activation_entries`` of the pre-deletion config, or
+            None for an architecture that does not state it, which is not capped.
+        samples: Probe set size.
+        source: Where the numbers come from, for the message.
+    """
+    # NOTE: an architecture from another package without activation_entries gets no
+    # cap here, so its config alone can still ask for any amount of memory.
+    if per_sample is None:
+        return
+    work = per_sample * samples
+    if work > MAX_ACTIVATION_ENTRIES:
+        raise LimitExceeded(
+            f"{source}: the forward pass over {samples} probe samples computes about "
+            f"{work} values ({per_sample} per sample for the model config), more than "
+            f"the cap of {MAX_ACTIVATION_ENTRIES}",
+            hint="use fewer probe samples, or a model config with shorter input "
+            "sequences or narrower layers",
             code="E_LIMIT_EXCEEDED",
         )

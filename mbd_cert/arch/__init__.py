@@ -105,6 +105,11 @@ class Architecture:
             model up to rounding. The issuer's proxy-quality check uses it when given
             and runs its generic passes for the other entries; None (the default)
             keeps the generic passes for every entry.
+        activation_entries: ``config`` -> how many values one sample's forward pass
+            computes, summed over the layers, an upper estimate computed without torch.
+            The issuer and level 2 reject a probe set whose size times this count
+            exceeds ``_work_limits.MAX_ACTIVATION_ENTRIES``, because the config, not
+            the probe file, sets that memory. None (the default) leaves it uncapped.
         weight_dtype: The safetensors dtype of every tensor of the model, buffers
             included, such as ``"F32"``, when the architecture fixes it. Issue and
             level 1 then reject any other. None (the default) holds each tensor to the
@@ -123,6 +128,7 @@ class Architecture:
     local_parameters: bool = False
     tensor_shapes: Callable[[Mapping[str, Any]], dict[str, tuple[int, ...]]] | None = None
     weight_dtype: str | None = None
+    activation_entries: Callable[[Mapping[str, Any]], int] | None = None
     zeroed_forget: Callable[[torch.nn.Module, Batch, str, Sequence[tuple[str, int]]],
                             torch.Tensor | None] | None = None
 
@@ -385,6 +391,7 @@ def _builtin_mbd() -> Architecture:
         local_parameters=True,
         tensor_shapes=_mbd_config.tensor_shapes,
         weight_dtype="F32",
+        activation_entries=_mbd_config.activation_entries,
         zeroed_forget=_zeroed_forget_mbd,
     )
 

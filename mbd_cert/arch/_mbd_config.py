@@ -193,6 +193,34 @@ def tensor_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def activation_entries(config: Mapping[str, Any]) -> int:
+    """Return how many values one sample's forward pass computes, summed over the layers.
+
+    An upper estimate for a validated config: every encoder runs, as in the
+    pre-deletion model. The memory of a forward pass over n samples grows with n times
+    this count, and the config alone sets it, whatever the size of the probe file.
+    """
+    modalities = list(config["modalities"])
+    hidden = int(config["hidden_dim"])
+    shared = int(config["shared_dim"])
+    private = int(config["private_dim"])
+    fusion = int(config["fusion_hidden"])
+
+    total = 0
+    for name in modalities:
+        steps = int(config["seq_len"][name])
+        width = int(config["input_dims"][name])
+        # Per step the input, the LayerNorm output, the projection and its GELU; then
+        # the mean over the steps and the shared and private heads.
+        total += steps * (2 * width + 2 * hidden) + hidden + shared + private
+    generator_in = (len(modalities) - 1) * (shared + 1)
+    # Per generator its input, the hidden layer and its GELU, and the reconstruction.
+    total += len(modalities) * (generator_in + 2 * hidden + shared)
+    # The fusion input, the four outputs of the fusion layers and the head.
+    total += len(modalities) * (shared + private) + 4 * fusion + 1
+    return total
+
+
 def parameter_count(config: Mapping[str, Any]) -> int:
     """Return the number of parameters the model of a validated config has."""
     return sum(math.prod(shape) for shape in tensor_shapes(config).values())

@@ -164,3 +164,18 @@ def test_replacing_a_certificate_warns(tiny_checkpoint: Path, issuer_keys: Issue
                      "--force"])
     assert again.exit_code == 0, again.stderr
     assert f"WARNING: replacing the certificate in {out}" in again.stderr
+
+
+def test_activation_cap_refused_before_work(tiny_checkpoint: Path, issuer_keys: IssuerKeys,
+                                            tmp_path: Path, monkeypatch):
+    # R-LIM-7: the issuer writes no certificate that level 2 would refuse to recompute.
+    from mbd_cert import _work_limits
+
+    monkeypatch.setattr(_work_limits, "MAX_ACTIVATION_ENTRIES", 1000)
+    out = tmp_path / "out"
+    outcome = _issue(tiny_checkpoint, issuer_keys, out)
+    assert_clean(outcome)
+    assert outcome.exit_code == 2, outcome.stderr
+    assert "[E_LIMIT_EXCEEDED]" in outcome.stderr
+    assert "probe samples" in outcome.stderr
+    assert not out.exists()

@@ -359,3 +359,56 @@ def test_mixed_paths_issue_and_verify_agree(honest, tmp_path):
     assert statuses["saliency-mask"] == "pass"
     assert statuses["update-clip"] == "pass"
     assert report.verified, [(c.name, c.status, c.detail) for c in report.checks]
+
+
+def test_wide_layers_over_tiny_inputs_refused():
+    # A config of one-feature inputs, the longest sequences and the widest layers has
+    # 2e6 parameters, an 8 MB model file. Yet one sample's forward pass computes about
+    # 4e11 values, over 3 TB in float64, from 12 MB of probe inputs (R-LIM-7).
+    from mbd_cert._work_limits import MAX_ACTIVATION_ENTRIES, check_activation_work
+    from mbd_cert.arch import _mbd_config
+
+    modalities = ["text", "audio", "vision"]
+    config = _mbd_config.validate_config({
+        "modalities": modalities, "input_dims": dict.fromkeys(modalities, 1),
+        "seq_len": dict.fromkeys(modalities, _mbd_config.MAX_SEQ_LEN),
+        "hidden_dim": _mbd_config.MAX_LAYER_WIDTH, "shared_dim": 1, "private_dim": 1,
+        "fusion_hidden": 1})
+    assert _mbd_config.parameter_count(config) < 3 * 10**6
+    per_sample = _mbd_config.activation_entries(config)
+    assert per_sample > MAX_ACTIVATION_ENTRIES
+    with pytest.raises(InputError) as caught:
+        check_activation_work(per_sample, 1, source="certificate")
+    assert caught.value.code == "E_LIMIT_EXCEEDED"
+    assert "probe samples" in caught.value.message
+
+
+def test_default_synthetic_config_far_below_activation_cap():
+    # The bundled corpus at the trainer's defaults: 400 probe samples.
+    from mbd_cert._work_limits import MAX_ACTIVATION_ENTRIES
+    from mbd_cert.arch import _mbd_config
+    from trainer.data import load_corpus
+
+    corpus = load_corpus("synthetic", seed=0, n_train=10, n_valid=10, n_test=10)
+    config = _mbd_config.validate_config({"input_dims": dict(corpus.input_dims),
+                                          "seq_len": dict(corpus.seq_len)})
+    assert 400 * _mbd_config.activation_entries(config) < MAX_ACTIVATION_ENTRIES / 100
+
+
+def test_activation_cap_checked_before_level2(honest, monkeypatch):
+    from mbd_cert import _work_limits
+    from mbd_cert.arch import _mbd_config
+
+    _, source, key = honest
+    doc = load_doc(source)
+    config = _mbd_config.validate_config(doc["subject_model"]["architecture"]["config"])
+    samples = read(source, "probe.safetensors")["label"].shape[0]
+    needed = samples * _mbd_config.activation_entries(config)
+    monkeypatch.setattr(_work_limits, "MAX_ACTIVATION_ENTRIES", needed - 1)
+    monkeypatch.setattr(_recompute, "gradient_and_fisher", None)  # never reached
+    with pytest.raises(InputError) as caught:
+        run_verify(source, key, 2)
+    assert caught.value.code == "E_LIMIT_EXCEEDED"
+    monkeypatch.undo()
+    monkeypatch.setattr(_work_limits, "MAX_ACTIVATION_ENTRIES", needed)
+    assert run_verify(source, key, 2).verified
