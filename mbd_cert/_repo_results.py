@@ -165,16 +165,27 @@ def _failure_detail(result: RepoResult, note: Callable[[list[str]], str]) -> str
 
 def _print_notes(console: Any, notes: Sequence[list[str]]) -> None:
     """Print the numbered notes under the table, later lines of a note indented."""
+    for number, lines in enumerate(notes, start=1):
+        _print_wrapped(console, f"[{number}] {lines[0]}", "", "    ")
+        for line in lines[1:]:
+            _print_wrapped(console, line, "    ", "        ")
+
+
+def _print_wrapped(console: Any, text: str, first_indent: str, indent: str) -> None:
+    """Print ``text`` escaped and wrapped, every line but the first indented.
+
+    A note quotes certificates and file names, which can pad text to the console width
+    so that a wrapped line of its own reads like the summary line (SPEC.md, R-SEC-5).
+    The lines are cut here, and ``soft_wrap`` keeps rich from cutting them again,
+    because textwrap counts characters where rich counts columns, two for a wide
+    character.
+    """
     from mbd_cert._terminal import rich_text, terminal_text
 
-    for number, lines in enumerate(notes, start=1):
-        console.print(rich_text(f"[{number}] {lines[0]}"))
-        for line in lines[1:]:
-            # Wrapped here, so that continuation lines keep the indent.
-            for piece in textwrap.wrap(terminal_text(line), width=console.width,
-                                       initial_indent="    ", subsequent_indent="        ",
-                                       break_on_hyphens=False):
-                console.print(rich_text(piece))
+    for piece in textwrap.wrap(terminal_text(text), width=console.width,
+                               initial_indent=first_indent, subsequent_indent=indent,
+                               break_on_hyphens=False):
+        console.print(rich_text(piece), soft_wrap=True)
 
 
 def check_counts(checks: Sequence[Any]) -> str:

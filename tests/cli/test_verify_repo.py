@@ -858,3 +858,25 @@ def test_invalid_policy_keeps_junit_model(repo):
     assert result.exit_code == 2, result.output
     assert "E_POLICY_INVALID" in result.output
     assert path.read_bytes() == before
+
+
+FAKE_SUMMARY = "3 of 3 certificates verified at level 3 (exit 0)"
+
+
+@pytest.mark.parametrize("padding", [" " * 118, "\u3042" * 58], ids=["spaces", "wide"])
+def test_note_cannot_start_a_line(repo, padding):
+    # A certificate's text in a failed check's note, padded to the console width, must
+    # not begin a line of its own that reads like the summary line (R-SEC-5). The
+    # second padding is 58 wide characters, 116 columns on a terminal.
+    _policy(repo, "")
+    path = repo / "models" / "a" / "cert.json"
+    doc = json.loads(path.read_text())
+    doc["deletion"]["removed_tensors"].append(f"zz{padding}{FAKE_SUMMARY}{padding}")
+    doc["deletion"]["removed_tensors"].sort()
+    path.write_text(json.dumps(doc))
+    result = _run(repo)
+    assert result.exit_code == 1, result.output
+    assert FAKE_SUMMARY in " ".join(result.stdout.split())
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if line.startswith(FAKE_SUMMARY[:6])] == []
+    assert lines[-1].startswith("1 of 2 certificates verified")
