@@ -261,6 +261,11 @@ def _report_labels(paths: list[Path]) -> list[str]:
 def _check_verify_report(document: object, path: Path) -> None:
     """Check the fields of a verification report that the figures read.
 
+    A report that states ``"verified": true`` must also have checks, no error and no
+    failed check, as every report of ``mbd-cert verify --json`` with that verdict has,
+    because the page shows VERIFIED for it. The file is not signed, so nothing more
+    can be checked.
+
     Raises:
         InputError: ``E_DATA_MALFORMED`` naming the field and what it must be.
     """
@@ -282,3 +287,14 @@ def _check_verify_report(document: object, path: Path) -> None:
             raise malformed(f"checks[{index}].status", f"one of {list(_STATUSES)}")
     if not isinstance(document.get("verified", False), bool):
         raise malformed("verified", "true or false")
+    if document.get("verified") is True:
+        # The page shows VERIFIED for the report. verify writes true only for a run
+        # that checked something, stopped on no error and failed no check.
+        if document.get("error") is not None:
+            raise malformed("verified", "false in a report with an error")
+        if not document["checks"]:
+            raise malformed("verified", "false in a report with no check")
+        for index, check in enumerate(document["checks"]):
+            if check["status"] == "fail":
+                raise malformed("verified", f"false when checks[{index}] "
+                                f"({check['name']}) failed")

@@ -199,8 +199,15 @@ def test_report_on_malformed_verify_report(honest_run: HonestRun, tmp_path: Path
      ({"checks": [{"status": "pass"}]}, "checks[0].name"),
      ({"checks": [{"name": ["a"], "status": "pass"}]}, "checks[0].name"),
      ({"checks": [{"name": "schema", "status": "$x^$"}]}, "checks[0].status"),
-     ({"checks": [], "verified": "yes"}, "verified")],
-    ids=["checks-string", "no-name", "name-list", "bad-status", "verified-string"],
+     ({"checks": [], "verified": "yes"}, "verified"),
+     # A report that verify cannot write: the page would show VERIFIED for it.
+     ({"checks": [{"name": "signature", "status": "fail"}], "verified": True},
+      "checks[0] (signature) failed"),
+     ({"checks": [], "verified": True}, "no check"),
+     ({"checks": [{"name": "schema", "status": "pass"}], "verified": True,
+       "error": {"code": "E_INTERNAL", "message": "", "hint": ""}}, "error")],
+    ids=["checks-string", "no-name", "name-list", "bad-status", "verified-string",
+         "verified-with-failure", "verified-without-checks", "verified-with-error"],
 )
 def test_report_rejects_malformed_verify_report(honest_run: HonestRun, tmp_path: Path,
                                                 document: dict, field: str) -> None:
