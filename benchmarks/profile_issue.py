@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import checkpoint_or_train  # noqa: E402
 
-STAGES = ["require_recomputable", "gradient_moments", "measure_proxy_quality",
+STAGES = ["require_deterministic", "gradient_moments", "measure_proxy_quality",
           "masked_update", "_utility_before", "_utility_after", "build_model", "build_diff",
           "write_chain_copies",
           "certificate_document"]

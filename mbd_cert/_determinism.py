@@ -6,49 +6,33 @@ torch or numpy) therefore gives a verifier another mask or update than the issue
 or makes ``torch.func.vmap`` reject the random operation. Level 2 takes per-sample
 gradients through ``vmap``, so an objective that ``vmap`` cannot run (``.item()``, a
 Python branch on a tensor's value) cannot be verified at all. The issuer and level 2
-run :func:`require_recomputable` on both objectives, on a few probe samples, before
-any gradient is computed.
+run :func:`require_deterministic` on both objectives, on a few probe samples, before
+any gradient is computed. Where they call ``vmap``, a refusal becomes
+:class:`VmapFailure` and then, through :func:`vmap_error`, input error naming the
+objective. Testing ``vmap`` up front would import ``torch._dynamo`` (1 s of
+start-up measured on 2 cores) in every ``issue`` and level-2 run, also for
+architectures whose gradients never take that path.
 
 Stability: internal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from mbd_cert._functional_call import call_with_tensors
 from mbd_cert.errors import InputError
 
 Objective = Callable[[torch.nn.Module, Mapping[str, Any]], torch.Tensor]
 
 CODE_OBJECTIVE_NONDETERMINISTIC = "E_OBJECTIVE_NONDETERMINISTIC"
 CODE_OBJECTIVE_VMAP_UNSUPPORTED = "E_OBJECTIVE_VMAP_UNSUPPORTED"
-# Samples of the two test evaluations and of the vmap test. Two forward passes and 8
-# per-sample gradients cost far less than the gradients of the whole probe set that
-# follow, and a random draw per sample shows on any of them.
+# Samples of the two test evaluations. Two forward passes cost far less than the
+# gradients of the whole probe set that follow, and a random draw per sample shows on
+# any of them.
 PROBE_SAMPLES = 8
-
-
-def require_recomputable(
-    objective: Objective,
-    model: torch.nn.Module,
-    batch: Mapping[str, Any],
-    names: Sequence[str],
-    *,
-    objective_name: str,
-    hint: str,
-) -> None:
-    """Run :func:`require_deterministic`, then :func:`require_vmap_gradients`.
-
-    Raises:
-        InputError: ``E_OBJECTIVE_NONDETERMINISTIC`` or ``E_OBJECTIVE_VMAP_UNSUPPORTED``.
-    """
-    require_deterministic(objective, model, batch, objective_name=objective_name, hint=hint)
-    require_vmap_gradients(objective, model, batch, names, objective_name=objective_name,
-                           hint=hint)
 
 
 def require_deterministic(
@@ -90,70 +74,35 @@ def require_deterministic(
         hint=hint, code=CODE_OBJECTIVE_NONDETERMINISTIC)
 
 
-def require_vmap_gradients(
-    objective: Objective,
-    model: torch.nn.Module,
-    batch: Mapping[str, Any],
-    names: Sequence[str],
-    *,
-    objective_name: str,
-    hint: str,
-) -> None:
-    """Compute per-sample gradients of the first probe samples with ``vmap(grad(...))``.
+class VmapFailure(RuntimeError):
+    """``torch.func.vmap`` refused to run an objective; ``__cause__`` is torch's error."""
 
-    This is how level 2 computes them, one batch of one sample per ``vmap`` lane, so
-    an objective that fails here would end level 2 with a torch error. The issuer's
-    per-sample loop would still run it, and sign a certificate that no one can verify.
 
-    Args:
-        objective: ``(model, batch)`` -> per-sample values.
-        model: The model to differentiate; it is not changed.
-        batch: Inputs, presence mask and labels of the probe samples.
-        names: Parameters to differentiate, as ``model.named_parameters`` names them.
-        objective_name: The objective as the message names it.
-        hint: What the user can do about it.
+def run_vmapped(function: Callable[..., Any], *args: Any) -> Any:
+    """Call a ``vmap``-transformed function; raise :class:`VmapFailure` when vmap refuses.
 
-    Raises:
-        InputError: ``E_OBJECTIVE_NONDETERMINISTIC``: the objective calls a random
-            operation. ``E_OBJECTIVE_VMAP_UNSUPPORTED``: ``vmap`` raised another error.
+    Memory errors pass through unchanged, because they are not faults of the objective.
     """
-    from torch.func import grad, vmap
-
-    class _Bound(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, sample: Mapping[str, Any]) -> torch.Tensor:
-            result: torch.Tensor = objective(self.model, sample)
-            return result
-
-    bound = _Bound()
-    parameters = dict(model.named_parameters())
-    chosen = {name: parameters[name].detach() for name in names}
-
-    def sample_value(values: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
-                     present: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        # vmap strips the sample dimension; the objective expects a batch of one.
-        one = {"inputs": {m: x.unsqueeze(0) for m, x in inputs.items()},
-               "present": present.unsqueeze(0), "label": label.unsqueeze(0)}
-        prefixed = {"model." + name: value for name, value in values.items()}
-        value: torch.Tensor = call_with_tensors(bound, prefixed, (one,)).sum()
-        return value
-
-    sub = _first_samples(batch)
     try:
-        vmap(grad(sample_value), in_dims=(None, 0, 0, 0))(
-            chosen, sub["inputs"], sub["present"], sub["label"])
+        return function(*args)
     except RuntimeError as exc:
-        if is_vmap_randomness(exc):
-            raise random_operation_error(objective_name, hint) from exc
-        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        raise InputError(
-            f"{objective_name} cannot run under torch.func.vmap ({reason}), and R-ARCH-7 "
-            "requires it: level 2 computes per-sample gradients with vmap(grad(...)), "
-            "which rejects, among others, .item() and a Python branch on a tensor's value",
-            hint=hint, code=CODE_OBJECTIVE_VMAP_UNSUPPORTED) from exc
+        text = str(exc)
+        if "allocate memory" in text or "out of memory" in text:
+            raise
+        raise VmapFailure(text) from exc
+
+
+def vmap_error(failure: VmapFailure, objective_name: str, hint: str) -> InputError:
+    """Return the input error for an objective that ``vmap`` refused (R-ARCH-7)."""
+    cause = failure.__cause__ if isinstance(failure.__cause__, RuntimeError) else failure
+    if is_vmap_randomness(cause):
+        return random_operation_error(objective_name, hint)
+    reason = str(cause).splitlines()[0][:300] if str(cause) else type(cause).__name__
+    return InputError(
+        f"{objective_name} cannot run under torch.func.vmap ({reason}), and R-ARCH-7 "
+        "requires it: per-sample gradients are computed with vmap(grad(...)), which "
+        "rejects, among others, .item() and a Python branch on a tensor's value",
+        hint=hint, code=CODE_OBJECTIVE_VMAP_UNSUPPORTED)
 
 
 def _first_samples(batch: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import torch
 
 from mbd_cert import _safetensors, certificate, signing
 from mbd_cert._background import Background, Cancelled, FirstComer
-from mbd_cert._determinism import require_recomputable
+from mbd_cert._determinism import require_deterministic
 from mbd_cert._groups import eligible_names
 from mbd_cert._issue_checks import (
     check_probe_coverage,
@@ -234,15 +234,14 @@ def _run(
     def forget(model: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
         return architecture.forget_objective(model, cast(Batch, sub), modality)
 
-    # Level 2 recomputes the mask from this objective, so it must be deterministic
-    # and run under vmap.
+    # Level 2 recomputes the mask from this objective, so it must be deterministic.
+    # An objective that vmap refuses fails where vmap first runs it (R-ARCH-7).
     hint = ("remove the randomness, .item() calls and Python branches on tensor values "
             "from the objective and the model's forward pass (a verifier could not "
             "recompute the mask or the update); nothing was written")
-    require_recomputable(
-        forget, model_pre, batch, names,
-        objective_name=f"the forget objective of architecture {architecture.name!r}",
-        hint=hint)
+    forget_name = f"the forget objective of architecture {architecture.name!r}"
+    retain_name = f"the retain objective of architecture {architecture.name!r}"
+    require_deterministic(forget, model_pre, batch, objective_name=forget_name, hint=hint)
 
     def retain(model: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
         return architecture.retain_objective(model, cast(Batch, sub), modality)
@@ -266,12 +265,6 @@ def _run(
     retain_weights = torch.ones(probe.size, dtype=torch.float64)
     logger.info("structural removal: %d tensors of the %s encoder set to zero",
                 len(removed), modality)
-    # Level 2 recomputes the update from the retain objective on this model.
-    removed_model = build_model(architecture, post_config, start)
-    require_recomputable(
-        retain, removed_model, batch, names,
-        objective_name=f"the retain objective of architecture {architecture.name!r}",
-        hint=hint)
 
     def update_fisher(
         stopping: threading.Event,
@@ -281,9 +274,15 @@ def _run(
             if stopping.is_set():
                 raise Cancelled("the update's Fisher was cancelled")
 
+        removed_model = build_model(architecture, post_config, start)
+        # Level 2 recomputes the update from the retain objective on this model. A
+        # failure here reaches the main thread when it collects the Fisher, before
+        # anything is written.
+        require_deterministic(retain, removed_model, batch, objective_name=retain_name,
+                              hint=hint)
         return removed_model, gradient_moments(
             removed_model, sorted(names), retain, batch, retain_weights, check,
-            independent_samples=independent)[1]
+            independent_samples=independent, objective_name=retain_name, hint=hint)[1]
 
     preconditioner = tasks.enter_context(Background(update_fisher,
                                                     name="mbd-cert update Fisher"))
@@ -291,7 +290,7 @@ def _run(
     # Step 1 (SPEC §6.2): saliency of the forget objective on the pre-deletion model.
     gradient, fisher = gradient_moments(
         model_pre, names, forget, batch, forget_weights, report("saliency", probe.size),
-        independent_samples=independent,
+        independent_samples=independent, objective_name=forget_name, hint=hint,
     )
     parameters = dict(model_pre.named_parameters())
     scores = saliency_scores({n: parameters[n] for n in names}, gradient, fisher)

@@ -28,6 +28,7 @@ import torch
 from torch.func import grad, vmap
 
 from mbd_cert import _fisher_linear
+from mbd_cert._determinism import run_vmapped
 from mbd_cert._functional_call import call_with_tensors
 from mbd_cert.errors import MalformedData
 
@@ -156,7 +157,7 @@ def _vmap_sums(
     for start in range(0, kept.size, CHUNK):
         rows = torch.from_numpy(kept[start : start + CHUNK])
         w = torch.from_numpy(weight_array[rows.numpy()])
-        grads = per_sample(selected, *_select_rows(batch, rows))
+        grads = run_vmapped(per_sample, selected, *_select_rows(batch, rows))
         for name, g in grads.items():
             g64 = g.to(torch.float64)
             shape = (-1,) + (1,) * (g64.dim() - 1)

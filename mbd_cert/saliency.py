@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mbd_cert._determinism import is_vmap_randomness, random_operation_error
+from mbd_cert._determinism import VmapFailure, run_vmapped, vmap_error
 from mbd_cert._functional_call import call_with_tensors
 from mbd_cert._linear_per_sample import linear_owners, per_sample_linear_moments
 
@@ -78,13 +78,17 @@ def gradient_moments(
     *,
     vectorize: bool = True,
     independent_samples: bool = False,
+    objective_name: str = "the objective",
+    hint: str = "remove the random operation, .item() calls and Python branches on "
+    "tensor values from the objective and the model's forward pass",
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Compute the weighted mean gradient and the diagonal empirical Fisher.
 
     Per-sample gradients are computed in chunks with ``torch.func.vmap``, which does
     one batched backward pass per chunk instead of one pass per sample. An objective
-    that ``vmap`` cannot trace (data-dependent Python control flow, ``.item()``) falls
-    back to the per-sample loop, with a warning. With ``independent_samples``, the
+    that ``vmap`` cannot run (data-dependent Python control flow, ``.item()``, a random
+    operation) is refused, because level 2 takes its gradients through ``vmap`` too
+    and could not verify the result (R-ARCH-7). With ``independent_samples``, the
     gradients of ``nn.Linear`` parameters come from one batched backward pass per
     chunk instead (:mod:`mbd_cert._linear_per_sample`) and only the other names go
     through ``vmap``. All paths accumulate in float64 and agree to float64 rounding;
@@ -103,6 +107,8 @@ def gradient_moments(
         independent_samples: The objective of sample i depends on sample i's inputs
             alone, even when the batch holds other samples (no batch statistics).
             ``Architecture.independent_samples`` states it for an architecture.
+        objective_name: The objective as an error message names it.
+        hint: What the user can do when ``vmap`` refuses the objective.
 
     Returns:
         ``(gradient, fisher)``: float64 tensors per name, ``sum_i w_i g_i / sum_i w_i``
@@ -110,33 +116,25 @@ def gradient_moments(
 
     Raises:
         ValueError: Every weight is zero.
-        InputError: ``E_OBJECTIVE_NONDETERMINISTIC``: the objective calls a random
-            operation, which ``vmap`` refuses and which SPEC.md, R-ARCH-7 forbids.
+        InputError: ``vmap`` refused the objective (``E_OBJECTIVE_NONDETERMINISTIC``
+            for a random operation, ``E_OBJECTIVE_VMAP_UNSUPPORTED`` otherwise); the
+            message names ``objective_name`` and ends with ``hint``.
     """
     parameters = dict(model.named_parameters())
     targets = [parameters[name] for name in names]
     total_weight = float(weights.sum())
     if total_weight <= 0.0:
         raise ValueError("no probe sample has a non-zero weight for this objective")
-    if vectorize and independent_samples:
-        sums = _moment_sums_linear(model, names, objective, batch, weights, progress)
-    elif vectorize:
-        try:
+    try:
+        if vectorize and independent_samples:
+            sums = _moment_sums_linear(model, names, objective, batch, weights, progress)
+        elif vectorize:
             sums = _moment_sums_vmap(model, names, objective, batch, weights, progress)
-        except RuntimeError as exc:
-            if is_vmap_randomness(exc):
-                # The per-sample loop below would sign a certificate that level 2 rejects.
-                raise random_operation_error(
-                    "the objective", hint="remove the random operation from the objective "
-                    "or the model's forward pass") from exc
-            logger.warning(
-                "per-sample gradients cannot be vectorised for this objective (%s); "
-                "using one backward pass per sample",
-                str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
-            )
-            sums = _moment_sums_loop(names, targets, objective, model, batch, weights, progress)
-    else:
-        sums = _moment_sums_loop(names, targets, objective, model, batch, weights, progress)
+        else:
+            sums = _moment_sums_loop(names, targets, objective, model, batch, weights,
+                                     progress)
+    except VmapFailure as failure:
+        raise vmap_error(failure, objective_name, hint) from failure.__cause__
     gradient, fisher = sums
     for name in names:
         gradient[name].div_(total_weight)
@@ -226,7 +224,7 @@ def _moment_sums_vmap(
         index = kept[start : start + chunk]
         sub = _map_batch(batch, functools.partial(_select_rows, index=index))
         chunk_weights = weights.index_select(0, index).to(torch.float64)
-        grads = per_sample(targets, sub)
+        grads = run_vmapped(per_sample, targets, sub)
         with torch.no_grad():
             for name in names:
                 grad64 = grads[name].to(torch.float64)

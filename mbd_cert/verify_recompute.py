@@ -26,11 +26,7 @@ import rfc8785
 import torch
 
 from mbd_cert import _recompute
-from mbd_cert._determinism import (
-    is_vmap_randomness,
-    random_operation_error,
-    require_recomputable,
-)
+from mbd_cert._determinism import VmapFailure, require_deterministic, vmap_error
 from mbd_cert._groups import unlisted_zero_encoders
 from mbd_cert._level2_bundle import Bundle, load_bundle, rebuild_pre
 from mbd_cert._numbers import exact_number
@@ -248,18 +244,14 @@ def _check_saliency(doc: Mapping[str, Any], bundle: Bundle,
     # nothing about whether the certificate is true.
     name = bundle.architecture.name
     hint = _objective_hint(name, "mask")
-    require_recomputable(forget, model, batch, bundle.eligible,
-                         objective_name=f"the forget objective of architecture {name!r}",
-                         hint=hint)
+    objective_name = f"the forget objective of architecture {name!r}"
+    require_deterministic(forget, model, batch, objective_name=objective_name, hint=hint)
     try:
         gradient, fisher = _recompute.gradient_and_fisher(
             model, bundle.eligible, forget, batch, weights,
             closed_form=bundle.architecture.independent_samples)
-    except RuntimeError as exc:
-        if not is_vmap_randomness(exc):
-            raise
-        raise random_operation_error(f"the forget objective of architecture {name!r}",
-                                     hint) from exc
+    except VmapFailure as failure:
+        raise vmap_error(failure, objective_name, hint) from failure.__cause__
     scores = _recompute.saliency_scores(model, gradient, fisher)
     nonfinite = int(sum(np.count_nonzero(~np.isfinite(v)) for v in scores.values()))
     if nonfinite:
@@ -324,15 +316,18 @@ def _recompute_update(doc: Mapping[str, Any], bundle: Bundle,
     update = doc["update"]
     batch = probe_batch(bundle.probe)
     # R-ARCH-7: a random retain objective gives another update than the issuer's, and
-    # one that vmap cannot run ends the Fisher below with a torch error.
+    # one that vmap cannot run stops the Fisher below.
     name = bundle.architecture.name
-    require_recomputable(retain, model, batch, bundle.eligible,
-                         objective_name=f"the retain objective of architecture {name!r}",
-                         hint=_objective_hint(name, "update"))
-    return _recompute.masked_update(
-        model, bundle.masks, retain, batch, steps=update["steps"],
-        learning_rate=update["learning_rate"], damping=update["damping"],
-        clip_norm=update["clip_norm"], closed_form=bundle.architecture.independent_samples)
+    objective_name = f"the retain objective of architecture {name!r}"
+    hint = _objective_hint(name, "update")
+    require_deterministic(retain, model, batch, objective_name=objective_name, hint=hint)
+    try:
+        return _recompute.masked_update(
+            model, bundle.masks, retain, batch, steps=update["steps"],
+            learning_rate=update["learning_rate"], damping=update["damping"],
+            clip_norm=update["clip_norm"], closed_form=bundle.architecture.independent_samples)
+    except VmapFailure as failure:
+        raise vmap_error(failure, objective_name, hint) from failure.__cause__
 
 
 def _check_clip(doc: Mapping[str, Any], result: _recompute.Update) -> CheckResult:
