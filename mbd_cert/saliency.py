@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import numpy as np
@@ -360,8 +360,15 @@ def saliency_scores(
 
 
 def mask_size(eligible_count: int, top_k_fraction: float) -> int:
-    """Return k = ceil(fraction * count), at least 1 (SPEC.md, R-SAL-2)."""
-    return max(1, min(eligible_count, math.ceil(top_k_fraction * eligible_count - 1e-9)))
+    """Return k = max(1, ceil(top_k_fraction x eligible_count)) (SPEC.md, R-SAL-2).
+
+    The product is exact on the fraction's shortest decimal form, which is the number
+    the certificate writes and level 2 reads. Binary floating point makes 0.3 x 10 a
+    little above 3, and subtracting a fixed margin instead would round 0.5000000000001
+    x 1000 down to 500, where level 2 expects 501.
+    """
+    product = Decimal(repr(float(top_k_fraction))) * eligible_count
+    return max(1, min(eligible_count, int(product.to_integral_value(rounding=ROUND_CEILING))))
 
 
 def ranked_indices(scores: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarray, np.ndarray]:

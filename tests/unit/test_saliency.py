@@ -27,6 +27,22 @@ def test_mask_size_is_ceiling_at_least_one(count, fraction, k):
     assert mask_size(count, fraction) == k
 
 
+@pytest.mark.parametrize(
+    ("count", "fraction", "k"),
+    [(10, 0.3, 3), (5000, 0.02, 100), (1000, 0.5000000000001, 501), (10, 0.3000000001, 4)],
+)
+def test_mask_size_uses_fraction_as_written(count, fraction, k):
+    """R-SAL-2: k is the ceiling of the product on the decimal fraction in the certificate.
+
+    Level 2 recomputes k from that decimal text (R-L2-2), so an issuer that rounds the
+    binary product differently signs a mask size that no verifier accepts.
+    """
+    from mbd_cert._recompute import mask_count
+
+    assert mask_size(count, fraction) == k
+    assert mask_count(count, fraction) == k
+
+
 def test_top_k_ties_break_by_index():
     # C24: equal magnitudes are ordered by flat index, tensors in sorted name order.
     scores = {"b": np.array([1.0, -2.0]), "a": np.array([2.0, 0.5, -2.0])}
