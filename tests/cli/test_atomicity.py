@@ -10,12 +10,14 @@ its inputs.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_support import TINY_ISSUE_OPTIONS, TINY_TRAIN_OPTIONS, HonestRun, run_cli, verify
@@ -80,6 +82,44 @@ def _check_killed_issue(run: HonestRun, tmp_path: Path, wanted: str | None) -> N
                      "--key", run.private_key, "--out", out])
     assert again.exit_code == 0, again.stderr
     assert verify(out / "cert.json", out / "model.safetensors", run.public_key).exit_code == 0
+
+
+# A file that each command writes last or among the last, so that its presence in the
+# renamed directory shows the output was complete.
+COMPLETE_WITH = {"issue": "cert.json", "report": "index.html", "train": "metrics.json"}
+
+
+@pytest.mark.parametrize("command", ["issue", "report", "train"])
+def test_output_renamed_from_staging(honest_run: HonestRun, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    """R-SEC-3: each output directory is built in .<name>.<random>.tmp beside it, then renamed."""
+    out = tmp_path / "out"
+    renames: list[tuple[Path, bool, list[str]]] = []
+    real_rename = os.rename
+
+    def recording_rename(source: Any, target: Any) -> None:
+        if Path(target) == out:
+            renames.append((Path(source), out.exists(), sorted(os.listdir(source))))
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", recording_rename)
+    if command == "issue":
+        args = ["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
+                "--key", honest_run.private_key, "--out", out]
+    elif command == "report":
+        args = ["report", "--out", out, honest_run.cert]
+    else:
+        args = ["train", *TINY_TRAIN_OPTIONS, "--out", out]
+    outcome = run_cli(args)
+    assert outcome.exit_code == 0, outcome.stderr
+
+    [(staging, out_existed, names)] = renames
+    assert staging.parent == tmp_path
+    assert re.fullmatch(r"\.out\.[^.]+\.tmp", staging.name), staging.name
+    assert not out_existed
+    assert COMPLETE_WITH[command] in names
+    assert sorted(os.listdir(out)) == names
+    assert not staging.exists()
 
 
 def test_issue_killed_after_staging_created(honest_run: HonestRun, tmp_path: Path) -> None:

@@ -200,6 +200,37 @@ def test_junit_beside_the_certificate_allowed(fresh_run: HonestRun):
     assert ElementTree.parse(junit).getroot().get("name") == str(fresh_run.cert)
 
 
+# The level-1 checks in the order verify runs them, for a certificate without a
+# sealed bundle.
+LEVEL1_CHECKS = ["schema", "signature", "model-digest", "model-tensors", "model-finite",
+                 "deleted-tensors-zero", "calibration", "accounting", "policy",
+                 "bundle-digest"]
+
+
+def test_report_lists_every_check(honest_run: HonestRun, tmp_path: Path):
+    """R-REP-1: every check appears with a status, and a skipped check gives its reason."""
+    junit = tmp_path / "junit.xml"
+    outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key,
+                     "--junit", junit)
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.report is not None
+    checks = outcome.report["checks"]
+    assert [check["name"] for check in checks] == LEVEL1_CHECKS
+    for check in checks:
+        assert check["status"] in {"pass", "fail", "inconclusive", "skipped"}, check
+    # Without limits and without --bundle, the policy and bundle checks do not run.
+    skipped = {check["name"]: check["detail"] for check in checks
+               if check["status"] == "skipped"}
+    assert set(skipped) == {"policy", "bundle-digest"}
+    assert "no limits given" in skipped["policy"]
+    assert "no audit bundle given" in skipped["bundle-digest"]
+    cases = ElementTree.parse(junit).getroot().findall("./testcase")
+    assert [case.get("name") for case in cases] == LEVEL1_CHECKS
+    for case in cases:
+        if case.get("name") in skipped:
+            assert case.find("skipped").get("message") == skipped[case.get("name")]
+
+
 def test_junit_names_the_certificate(honest_run: HonestRun, tmp_path: Path):
     # R-REP-2: the suite name and property tell which certificate the file is about.
     junit = tmp_path / "junit.xml"

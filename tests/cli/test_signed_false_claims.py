@@ -230,6 +230,23 @@ def test_evidence_over_work_cap_is_unusable(reference_retrain_run: Path, honest_
     assert not (tmp_path / "again").exists()
 
 
+def test_update_over_work_cap_refused_at_issue(honest_run: HonestRun, tmp_path: Path,
+                                               monkeypatch) -> None:
+    """R-LIM-6: the issuer writes no certificate whose update level 2 would not replay."""
+    from mbd_cert import _work_limits
+
+    # The tiny run replays 2 steps over 32 probe samples, 64 sample-steps.
+    monkeypatch.setattr(_work_limits, "MAX_UPDATE_SAMPLE_STEPS", 10)
+    out = tmp_path / "out"
+    issued = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
+                      "--key", honest_run.private_key, "--out", out])
+    assert_clean(issued)
+    assert issued.exit_code == 2, issued.stderr
+    assert "[E_LIMIT_EXCEEDED]" in issued.stderr
+    assert "64 sample-steps, more than the cap of 10" in issued.stderr
+    assert not out.exists()
+
+
 def test_verifier_neighbours_catch_chosen_seed(honest_run: HonestRun, tmp_path: Path,
                                                monkeypatch) -> None:
     # One run and safety factor 1 state the distance of a single neighbour that the

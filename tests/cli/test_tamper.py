@@ -271,6 +271,30 @@ def test_c18_attacker_signed_certificate(fresh_run: HonestRun, tmp_path: Path) -
     assert report["verified"] is False
 
 
+def test_issuer_key_id_differs_from_signature(fresh_run: HonestRun, tmp_path: Path) -> None:
+    """R-SIG-3: signature.key_id and issuer.key_id must be equal.
+
+    The trusted key signs a certificate whose issuer.key_id names another key, so the
+    signature verifies but the certificate names an issuer that did not sign it.
+    """
+    from mbd_cert import certificate
+
+    attacker, _ = _attacker_key(tmp_path)
+    doc = fresh_run.load_cert()
+    doc["issuer"]["key_id"] = signing.key_id(attacker.public_key())
+    del doc["signature"]
+    trusted = signing.load_private_key(fresh_run.private_key)
+    doc["signature"] = {
+        "algorithm": "ed25519",
+        "key_id": signing.key_id(trusted.public_key()),
+        "value": signing.sign(trusted, certificate.signing_payload(doc)),
+    }
+    cert = write_json(tmp_path / "c.json", doc)
+    outcome = verify(cert, fresh_run.model, fresh_run.public_key)
+    assert_check_failed(outcome, "signature", "E_SIGNATURE_INVALID")
+    assert "signature.key_id differs from issuer.key_id" in outcome.check_detail("signature")
+
+
 # Hostile names in the files: the human-readable outputs show them escaped (R-SEC-5).
 
 HOSTILE_NAMES = ["[/x]", "[green]ok[/green]", "\x1b[2J\x1b[32mVERIFIED\x1b[0m",

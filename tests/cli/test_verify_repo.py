@@ -496,6 +496,23 @@ def test_deep_directory_walk_completes(repo):
         "models/a/cert.json", "models/b/v2.cert.json"]
 
 
+def test_search_order_and_links(tmp_path):
+    """R-REPO-1: certificates come by relative path, and links to files and directories are skipped.
+
+    The search lists a directory's files before it enters its subdirectories, so a
+    certificate at the top would come first without the sort.
+    """
+    from mbd_cert._cli_ci import find_certificates
+
+    for relative in ("z.cert.json", "a/cert.json", "a/b/v1.cert.json", "a/notes.json"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text("{}")
+    (tmp_path / "a" / "linked.cert.json").symlink_to(tmp_path / "z.cert.json")
+    (tmp_path / "linked-dir").symlink_to(tmp_path / "a", target_is_directory=True)
+    found = [path.relative_to(tmp_path).as_posix() for path in find_certificates(tmp_path)]
+    assert found == ["a/b/v1.cert.json", "a/cert.json", "z.cert.json"]
+
+
 def test_unreadable_default_policy_fails(repo):
     # A dangling policy link used to be skipped, so the repository passed with no policy.
     (repo / "mbd-cert-policy.toml").symlink_to(repo / "missing" / "policy.toml")

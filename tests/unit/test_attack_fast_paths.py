@@ -189,6 +189,50 @@ def test_huge_tolerance_rejects_least_salient(honest, tmp_path, tolerance):
     assert statuses["saliency-mask"] == "fail"
 
 
+@pytest.mark.parametrize(("gap", "status"), [(5e-5, "pass"), (1e-3, "fail")])
+def test_tie_band_capped_whatever_stated(honest, tmp_path, monkeypatch, gap, status):
+    """R-SAL-3: a swap is accepted only within 1e-4 of the cut, though 1e-2 is stated.
+
+    The recomputed scores are replaced: 2 on the committed mask, 0.5 elsewhere, and
+    one committed entry at 1 loses its place to an entry outside at 1 + gap. So the
+    masks differ by one boundary swap, at relative distance gap from the cut.
+    """
+    _, source, key = honest
+    out = copy_bundle(source, tmp_path / "forged")
+    doc = load_doc(out)
+    doc["saliency"]["score_tolerance"] = 1e-2
+    resign(out, key, doc)
+    diff = read(out, "diff.safetensors")
+    real = _recompute.saliency_scores
+
+    def crafted(*args, **kwargs):
+        scores = real(*args, **kwargs)
+        names = sorted(scores)
+        committed = np.concatenate([diff["mask." + n].reshape(-1) for n in names])
+        flat = np.where(committed, 2.0, 0.5)
+        flat[np.flatnonzero(committed)[0]] = 1.0
+        flat[np.flatnonzero(~committed)[0]] = 1.0 + gap
+        start = 0
+        for name in names:
+            scores[name] = flat[start:start + scores[name].size].reshape(scores[name].shape)
+            start += scores[name].size
+        return scores
+
+    monkeypatch.setattr(_recompute, "saliency_scores", crafted)
+    check = next(c for c in run_verify(out, key, 2).checks if c.name == "saliency-mask")
+    assert check.status == status, check.detail
+    assert "relative tolerance 0.0001" in check.detail
+    if status == "pass":
+        assert check.value == 1
+        assert "1 boundary swaps inside the tie band" in check.detail
+        assert "capped from the stated 0.01" in check.detail
+    else:
+        assert check.code == "E_MASK_MISMATCH"
+        # The entry from outside the mask is the cut, so only the committed entry lies
+        # outside the band.
+        assert check.value == 1
+
+
 def test_nan_scores_fail_saliency(honest, tmp_path):
     _, source, key = honest
     out = copy_bundle(source, tmp_path / "forged")

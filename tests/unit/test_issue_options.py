@@ -76,6 +76,26 @@ def test_draw_noise_scale_and_fresh_seed():
     assert not (again["w"] == other["w"]).all()
 
 
+def test_noise_seed_not_written(tmp_path):
+    """R-PRIV-1: no file that issue writes records the noise seed, which undoes the noise."""
+    pytest.importorskip("torch")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from level_factories import honest_bundle, issue_tiny
+
+    checkpoint, _, _ = honest_bundle()
+    # 16 digits, which no other number in the outputs is likely to spell by chance, and
+    # below 2**53, so that a certificate could hold it as a JSON integer.
+    seed = 7_318_450_926_153_847
+    out = tmp_path / "out"
+    issue_tiny(checkpoint, out, Ed25519PrivateKey.generate(), noise_seed=seed)
+    written = sorted(path for path in out.rglob("*") if path.is_file())
+    assert out / "cert.json" in written
+    for path in written:
+        data = path.read_bytes()
+        for spelling in (str(seed), f"{seed:x}", f"{seed:X}"):
+            assert spelling.encode("ascii") not in data, (path.name, spelling)
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_issue_threads_set_and_restored(monkeypatch, threads):
     import torch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from mbd_cert import update
@@ -53,3 +54,24 @@ def test_precomputed_fisher_is_used():
     own = _run(model, batch, masks, weights)
     scaled = _run(model, batch, masks, weights, {n: f * 100.0 for n, f in fisher.items()})
     assert scaled.norm_before_clip < own.norm_before_clip
+
+
+def test_displacement_in_mask_and_clip():
+    """R-UPD-1: the displacement is zero outside the mask, and its L2 norm is at most clip_norm."""
+    model, batch, names, masks, weights = _case()
+    free = _run(model, batch, masks, weights)
+    # A clip of a quarter of the raw norm binds, while the clip of 10 in _run does not.
+    clip_norm = free.norm_before_clip / 4
+    clipped = update.masked_update(model, masks, _objective, batch, weights, steps=3,
+                                   learning_rate=1e-2, damping=1e-3, clip_norm=clip_norm,
+                                   independent_samples=True)
+    assert 0.0 < free.norm_before_clip < 10.0
+    assert clipped.norm_before_clip == free.norm_before_clip
+    for result, bound in ((free, 10.0), (clipped, clip_norm)):
+        for name in names:
+            outside = result.displacement[name][~masks[name]]
+            assert not np.any(outside), name
+        norm = np.sqrt(sum(np.sum(d * d) for d in result.displacement.values()))
+        assert norm <= bound * (1 + 1e-12)
+    assert np.sqrt(sum(np.sum(d * d) for d in clipped.displacement.values())) == \
+        pytest.approx(clip_norm, rel=1e-12)

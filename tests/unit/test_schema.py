@@ -141,8 +141,14 @@ def test_other_dialect_is_internal_error(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_remote_ref_never_fetched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R-SEC-2: validation opens no connection, even for a $ref to a remote schema."""
+    attempts: list[tuple[object, ...]] = []
+
     def no_network(*args: object, **kwargs: object) -> None:
-        raise AssertionError("validation tried to use the network")
+        # Recorded as well as raised, because the schema library turns an exception in
+        # a retrieval into Unresolvable, which would hide the attempt.
+        attempts.append(args)
+        raise OSError("network access is disabled in this test")
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
@@ -160,6 +166,7 @@ def test_remote_ref_never_fetched(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         validate_certificate(valid_doc())
     assert info.value.code == "E_SCHEMA_INTERNAL"
     assert "unresolvable" in str(info.value)
+    assert attempts == []
 
 
 # --- format checking -------------------------------------------------------------

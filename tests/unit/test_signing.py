@@ -361,6 +361,18 @@ def test_trust_directory_unparsable_file_stops(
     key_error(lambda _: signing.load_trust_directory(tmp_path), write(tmp_path / "x.pem", content))
 
 
+@pytest.mark.parametrize("kind", ["ed25519", "x25519"])
+def test_trust_directory_private_key_stops(
+    tmp_path: Path, issuer_key: Ed25519PrivateKey, kind: str,
+) -> None:
+    """R-SIG-5: a private key in a trust directory stops verification and is never skipped."""
+    write(tmp_path / "issuer.pub", raw_public(issuer_key))
+    private = issuer_key if kind == "ed25519" else x25519.X25519PrivateKey.generate()
+    path = write(tmp_path / "leaked.pem", private.private_bytes(_PEM, _PKCS8, _PLAIN))
+    error = key_error(lambda _: signing.load_trust_directory(tmp_path), path)
+    assert "private key" in str(error)
+
+
 # --- loading private keys ---------------------------------------------------------
 
 

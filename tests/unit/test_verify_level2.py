@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +14,13 @@ pytest.importorskip("torch")
 from click.testing import CliRunner  # noqa: E402
 from level_factories import copy_bundle, honest_bundle, load_doc, read, resign, run_verify  # noqa: E402,E501
 
+import mbd_cert  # noqa: E402
 from mbd_cert import _recompute  # noqa: E402
 from mbd_cert.errors import InputError  # noqa: E402
 from mbd_cert.verify_recompute import DEFAULT_ALPHA, resolve_alpha  # noqa: E402
+
+# The directory that contains the mbd_cert package.
+PACKAGE_ROOT = Path(mbd_cert.__file__).resolve().parents[1]
 
 LEVEL2_CHECKS = ["pre-rebuild", "mask-commitment", "diff-support", "saliency-mask",
                  "update-clip", "residual-variance", "residual-normality",
@@ -185,3 +191,50 @@ def test_projection_states_power_against_unclipped(honest, honest_report):
         shift = (raw - clip) / doc["privacy"]["sigma"]
         assert f"shift z by {shift:.2f}" in check.detail
         assert "detects with probability" in check.detail
+
+
+# The issuer's modules that compute the saliency mask, the masked update and the noise,
+# with their private helpers.
+ISSUER_ROUTINES = {
+    "mbd_cert.saliency", "mbd_cert.update", "mbd_cert.issue", "mbd_cert._issue_steps",
+    "mbd_cert.sensitivity", "mbd_cert.proxy_quality", "mbd_cert._linear_per_sample",
+    "mbd_cert._frozen_memo", "mbd_cert._zeroed_linear",
+}
+
+
+def _module_file(name):
+    relative = Path(*name.split("."))
+    for candidate in (relative.with_suffix(".py"), relative / "__init__.py"):
+        if (PACKAGE_ROOT / candidate).is_file():
+            return PACKAGE_ROOT / candidate
+    return None
+
+
+def _imported_modules(name):
+    """Return the mbd_cert modules that ``name`` imports anywhere, in function bodies too."""
+    found = set()
+    for node in ast.walk(ast.parse(_module_file(name).read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            # "from mbd_cert import update" imports the module mbd_cert.update.
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {module for module in found
+            if module.split(".")[0] == "mbd_cert" and _module_file(module) is not None}
+
+
+def test_levels_2_and_3_share_no_issuer_routine():
+    """R-LVL-2: levels 2 and 3 reach none of the issuer's saliency, update or noise code.
+
+    Every module that verify_recompute and verify_leakage import, directly or through
+    others, is listed from the source, so an import inside a function counts too.
+    """
+    reached, pending = set(), ["mbd_cert.verify_recompute", "mbd_cert.verify_leakage"]
+    while pending:
+        module = pending.pop()
+        if module not in reached:
+            reached.add(module)
+            pending.extend(_imported_modules(module))
+    assert "mbd_cert._recompute" in reached
+    assert reached & ISSUER_ROUTINES == set()

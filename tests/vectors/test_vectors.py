@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from mbd_cert import FORMAT_VERSION
 from mbd_cert.cli import main
 from mbd_cert.mechanism import analytic_gaussian_sigma
 
@@ -131,8 +132,21 @@ def test_first_deletion_vector_states_its_epsilon():
     assert privacy["sigma"] > analytic
 
 
+def test_valid_vectors_cover_every_minor_version():
+    """R-VER-3, R-VER-5: valid vectors of each format 1.x, from 1.0 to this release's, verify.
+
+    test_vector runs them. A 1.0 certificate has none of the members that 1.1 added, so
+    its passing shows that the later minor version only added optional members.
+    """
+    versions = {json.loads((case / "cert.json").read_text())["format_version"]
+                for case in CASES if case.parent.name == "valid"}
+    major, minor = (int(part) for part in FORMAT_VERSION.split("."))
+    assert {f"{major}.{m}" for m in range(minor + 1)} <= versions
+
+
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.parent.name}/{c.name}" for c in CASES])
 def test_vector(case: Path, tmp_path: Path):
+    """Run one vector; valid ones are certificates that later releases keep verifying (R-VER-5)."""
     # Work on a copy so that verify cannot change the committed files.
     work = tmp_path / case.name
     shutil.copytree(case, work)
