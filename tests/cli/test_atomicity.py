@@ -123,6 +123,7 @@ def test_output_renamed_from_staging(honest_run: HonestRun, tmp_path: Path,
 
 
 def test_issue_killed_after_staging_created(honest_run: HonestRun, tmp_path: Path) -> None:
+    """R-SEC-3: a killed issue leaves no partial output, and a later run ignores the staging."""
     _check_killed_issue(honest_run, tmp_path, None)
 
 

@@ -75,6 +75,7 @@ HEADER_LENGTH_CASES = [
 @pytest.mark.parametrize(("data", "code"), HEADER_LENGTH_CASES)
 def test_c01_model_header_length(honest_run: HonestRun, tmp_path: Path, data: bytes,
                                  code: str) -> None:
+    """R-LIM-2, R-ST-1: verify rejects a model whose header length is over the cap or the file."""
     model = _write(tmp_path / "model.safetensors", data)
     outcome = verify(honest_run.cert, model, honest_run.public_key)
     assert_input_error(outcome, code)
@@ -90,6 +91,7 @@ def test_c01_bundle_header_length(fresh_run: HonestRun, data: bytes, code: str,
 
 
 def test_c01_huge_length_allocates_nothing(honest_run: HonestRun, tmp_path: Path) -> None:
+    """R-LIM-5: a declared header length makes verify allocate nothing in proportion to it."""
     model = _write(tmp_path / "model.safetensors", (100_000_000).to_bytes(8, "little") + b"{}")
     tracemalloc.start()
     try:
@@ -220,6 +222,7 @@ def _rewrite_probe(run: HonestRun, edit: Any) -> None:
 )
 def test_probe_metadata_modalities_strict(fresh_run: HonestRun, modalities: str | None,
                                           code: str) -> None:
+    """R-PRB-2: 'modalities' is parsed by the strict JSON rules; errors name file and key."""
     def edit(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
         if modalities is None:
             del metadata["modalities"]
@@ -235,6 +238,7 @@ def test_probe_metadata_modalities_strict(fresh_run: HonestRun, modalities: str 
 
 
 def test_probe_set_without_samples(fresh_run: HonestRun) -> None:
+    """R-PRB-1: a probe set without samples is E_DATA_MALFORMED (exit 2) at levels 2 and 3."""
     def edit(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
         for name, value in tensors.items():
             tensors[name] = value[:0].copy()
@@ -1029,6 +1033,7 @@ def test_unknown_top_level_field(honest_run: HonestRun, tmp_path: Path) -> None:
 
 
 def test_oversize_certificate(honest_run: HonestRun, tmp_path: Path) -> None:
+    """R-LIM-1: a certificate over 64 MiB is rejected before parsing."""
     cert = tmp_path / "c.json"
     with cert.open("wb") as handle:
         handle.truncate(64 * 1024 * 1024 + 1)
@@ -1092,6 +1097,7 @@ def test_no_trusted_key(honest_run: HonestRun) -> None:
 
 def test_foreign_exception_exits_3(honest_run: HonestRun,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """R-SEC-4: a bug exits 3 without a traceback unless -v was given."""
     from mbd_cert import verify as verify_module
 
     def broken(*args: Any, **kwargs: Any) -> None:

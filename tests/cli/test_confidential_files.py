@@ -57,6 +57,7 @@ def _repo_with(run: HonestRun, root: Path, names: list[str]) -> Path:
 
 def test_verify_repo_warns_on_plain_bundle(honest_run: HonestRun, issuer_keys: IssuerKeys,
                                            tmp_path: Path):
+    """R-REPO-5: bundle files beside a confidential certificate give a warning in every output."""
     root = _repo_with(honest_run, tmp_path / "repo",
                       ["cert.json", "model.safetensors", "diff.safetensors",
                        "probe.safetensors"])
@@ -108,6 +109,7 @@ def test_verify_repo_quiet_without_bundle(honest_run: HonestRun, issuer_keys: Is
 
 def test_verify_repo_warning_keeps_failure_code(honest_run: HonestRun, issuer_keys: IssuerKeys,
                                                 tmp_path: Path):
+    """R-REPO-5: the confidential-file warning does not change the exit code."""
     root = _repo_with(honest_run, tmp_path / "repo",
                       ["cert.json", "model.safetensors", "diff.safetensors"])
     doc = json.loads((root / "models" / "cert.json").read_text())

@@ -78,6 +78,7 @@ def reference_retrain_run(honest_run: HonestRun,
 
 def test_level2_recomputes_distances(reference_retrain_run: Path,
                                      honest_run: HonestRun) -> None:
+    """R-PRIV-5: level 2 reruns the leave-one-out updates and checks each stated distance."""
     out = reference_retrain_run
     outcome = verify(out / "cert.json", out / "model.safetensors", honest_run.public_key,
                      "--level", "2", "--bundle", out, "--allow-inconclusive")
@@ -211,6 +212,7 @@ def test_attest_accepting_claim_says_so(honest_run: HonestRun, tmp_path: Path) -
 
 def test_evidence_over_work_cap_is_unusable(reference_retrain_run: Path, honest_run: HonestRun,
                                             tmp_path: Path, monkeypatch) -> None:
+    """R-LIM-6: reruns over the cap are unusable input at level 2, and issue refuses them."""
     # A certificate that states more reruns than level 2 replays must not pass with the
     # check skipped: stating 64 runs would then switch the rerun off (exit 2 instead).
     from mbd_cert import _work_limits

@@ -133,6 +133,7 @@ def test_malformed_chain_link_is_named():
 
 
 def test_issuer_refuses_nonfinite_scores(honest_run: HonestRun, tmp_path: Path, monkeypatch):
+    """R-SAL-4: issue refuses a model whose scores are not finite (E_SCORES_NONFINITE, exit 1)."""
     from mbd_cert import _issue_steps
 
     real = _issue_steps.saliency_scores

@@ -59,6 +59,7 @@ def _run(*args):
 
 
 def test_all_valid_exit_0_with_junit(repo, tmp_path):
+    """R-REPO-2, R-REPO-4: each naming rule pairs its model; one testsuite per certificate."""
     _policy(repo, "max_cumulative_epsilon = 2.0\n")
     junit = tmp_path / "junit.xml"
     result = _run(repo, "--junit", junit)
@@ -115,6 +116,7 @@ def test_junit_passing_cases_carry_detail(repo, tmp_path):
 
 
 def test_epsilon_over_policy_exit_1(repo, tmp_path):
+    """R-POLF-2: max_cumulative_epsilon is compared with accounting.cumulative_epsilon."""
     _policy(repo, "max_cumulative_epsilon = 0.5\n")
     junit = tmp_path / "junit.xml"
     result = _run(repo, "--junit", junit)
@@ -125,6 +127,7 @@ def test_epsilon_over_policy_exit_1(repo, tmp_path):
 
 
 def test_method_list_policy(repo):
+    """R-POLF-2: a sensitivity method outside the policy's list fails the policy check."""
     _policy(repo, 'required_sensitivity_methods = ["declared", "reference-retrain"]\n')
     result = _run(repo, "--json")
     assert result.exit_code == 1
@@ -135,6 +138,7 @@ def test_method_list_policy(repo):
 
 
 def test_max_delta_policy(repo):
+    """R-POLF-2: max_delta is compared with accounting.delta."""
     # The certificates state delta 1e-5: a limit below it fails, one above passes.
     _policy(repo, "max_delta = 1e-6\n")
     result = _run(repo, "--json")
@@ -205,6 +209,7 @@ def test_table_shows_every_violation(repo):
 
 
 def test_worst_result_wins(repo, tmp_path):
+    """R-REPO-2, R-REPO-3: a missing model is E_FILE_MISSING; the run exits with the worst code."""
     _policy(repo, "")
     model = repo / "models" / "a" / "model.safetensors"
     data = bytearray(model.read_bytes())
@@ -317,6 +322,7 @@ def test_undecodable_directory_name_in_json_report(repo):
 
 
 def test_hidden_directories_skipped(repo):
+    """R-REPO-1: directories whose names start with '.' are not searched."""
     _policy(repo, "")
     hidden = repo / ".git" / "objects"
     hidden.mkdir(parents=True)
@@ -348,6 +354,7 @@ def test_invalid_policy_exit_2(repo):
                                               ("", "E_KEY_MISSING")],
                          ids=["invalid-policy", "no-key"])
 def test_stopped_run_still_writes_junit(repo, tmp_path, policy, code):
+    """R-REPO-4: a run stopped before any certificate writes a 'verify-repo' suite and error."""
     # CI uploads the JUnit file whatever the exit code.
     (repo / "mbd-cert-policy.toml").write_text(policy)
     junit = tmp_path / "junit.xml"
@@ -368,6 +375,7 @@ def test_stopped_run_still_writes_junit(repo, tmp_path, policy, code):
                                               ("", "E_KEY_MISSING")],
                          ids=["invalid-policy", "no-key"])
 def test_stopped_run_json_has_the_report_shape(repo, policy, code):
+    """R-REPO-6, R-POLF-1: a stopped run writes the same document, with no certificate verified."""
     # One shape for CI to parse, whether or not the run got to the certificates.
     (repo / "mbd-cert-policy.toml").write_text(policy)
     stopped = _run(repo, "--json")
@@ -411,6 +419,7 @@ def test_key_option_without_policy(repo):
 
 
 def test_no_certificates(tmp_path):
+    """R-REPO-3: no certificate found is E_NO_CERTIFICATES (exit 2) unless --allow-empty."""
     result = _run(tmp_path)
     assert result.exit_code == 2
     assert "E_NO_CERTIFICATES" in result.stderr
@@ -456,6 +465,7 @@ def test_example_ci_files_parse():
 
 
 def test_symlinked_model_is_refused(repo, tmp_path):
+    """R-REPO-2: a model that is a symbolic link is E_UNSAFE_PATH for that certificate."""
     # A link may point outside the repository, which would then not contain the model
     # that CI reports as verified.
     _policy(repo, "")
@@ -514,6 +524,7 @@ def test_search_order_and_links(tmp_path):
 
 
 def test_unreadable_default_policy_fails(repo):
+    """R-REPO-2: a dangling default policy link fails the run with exit 2."""
     # A dangling policy link used to be skipped, so the repository passed with no policy.
     (repo / "mbd-cert-policy.toml").symlink_to(repo / "missing" / "policy.toml")
     result = _run(repo, "--key", repo / "keys" / "issuer.pub")
@@ -521,6 +532,7 @@ def test_unreadable_default_policy_fails(repo):
 
 
 def test_usage_error_json_has_the_report_shape():
+    """R-REPO-6: a usage error writes the report shape with root and policy null."""
     result = CliRunner().invoke(main, ["verify-repo", ".", "--json", "--frobnicate"])
     assert result.exit_code == 2
     document = json.loads(result.stdout)
@@ -539,6 +551,7 @@ def test_root_that_is_a_file(tmp_path):
 
 
 def test_unlistable_directory_stops_the_run(repo, tmp_path, monkeypatch):
+    """R-REPO-4: a directory below ROOT that cannot be listed stops the run (E_FILE_UNREADABLE)."""
     # Skipping it would let CI pass without its certificates. Root can list any
     # directory, so the permission error is injected.
     from mbd_cert import _cli_ci
@@ -581,6 +594,7 @@ def test_internal_error_before_verifying_writes_junit(repo, tmp_path, monkeypatc
                                              (".", "E_FILE_NOT_REGULAR")],
                          ids=["missing-directory", "directory"])
 def test_bad_junit_destination_rejected_first(repo, tmp_path, monkeypatch, where, code):
+    """R-REPO-4: a --junit path without its directory, or a directory, is rejected first."""
     from mbd_cert import _cli_ci
 
     verified = []
@@ -692,6 +706,7 @@ def test_interrupted_setup_writes_junit(repo, tmp_path, monkeypatch):
 
 
 def test_junit_suites_carry_certificate_id(repo, tmp_path):
+    """R-REPO-4: each certificate's suite has a certificate_id property."""
     _policy(repo, "")
     junit = tmp_path / "junit.xml"
     assert _run(repo, "--junit", junit).exit_code == 0

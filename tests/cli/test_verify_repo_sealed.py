@@ -28,6 +28,7 @@ def _results(outcome) -> dict[str, dict]:
 
 def test_sealed_bundle_verifies_at_level_2(sealed_run, honest_run: HonestRun,
                                            issuer_keys: IssuerKeys, tmp_path: Path):
+    """R-REPO-2: at level 2 a sealed certificate reads its sealed file, others the plain files."""
     out, auditor_key = sealed_run
     root = _repo(tmp_path, out, honest_run)
     outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json",

@@ -174,6 +174,7 @@ def test_mask_names_mismatch_not_internal_error(honest, tmp_path, change):
 
 @pytest.mark.parametrize("tolerance", [1e300])
 def test_huge_tolerance_rejects_least_salient(honest, tmp_path, tolerance):
+    """R-SAL-3: a huge stated score_tolerance does not widen the band past its cap."""
     _, source, key = honest
     out = copy_bundle(source, tmp_path / "forged")
     doc, bundle, pre = _parts(out)
@@ -343,6 +344,7 @@ def test_closed_form_matches_vmap_extreme_model(honest):
 
 
 def test_nonfinite_scores_fail_saliency(honest, tmp_path, monkeypatch):
+    """R-SAL-4: a non-finite recomputed score fails the mask check with E_SCORES_NONFINITE."""
     # A finite model whose scores still overflow (weights near the float64 limit) is
     # hard to build in float32, so one recomputed score is replaced by NaN.
     _, source, key = honest
@@ -362,6 +364,7 @@ def test_nonfinite_scores_fail_saliency(honest, tmp_path, monkeypatch):
 
 
 def test_update_steps_over_the_cap_are_refused(honest, tmp_path):
+    """R-LIM-6: level 2 refuses a certificate of more than 1,000 update steps before replaying."""
     from mbd_cert._work_limits import MAX_UPDATE_STEPS
 
     _, source, key = honest

@@ -174,6 +174,7 @@ def test_keyword_key_found_in_any_spelling(spelling: str) -> None:
 
 
 def test_too_many_values_refused_before_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """R-LIM-1: more than 6,000,000 commas, colons and brackets are rejected before parsing."""
     def no_parse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the text was parsed")
 

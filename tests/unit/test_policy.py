@@ -81,6 +81,7 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize(("text", "key"), BAD_VALUES)
 def test_bad_value_rejected_naming_key(tmp_path, text, key):
+    """R-POLF-1, R-POLF-3: a bad key, value or policy_version is E_POLICY_INVALID naming it."""
     with pytest.raises(InputError) as caught:
         load_policy(_write(tmp_path, text + "\n"))
     assert caught.value.code == "E_POLICY_INVALID"
@@ -98,6 +99,7 @@ def test_bad_value_hint_lists_the_keys(tmp_path):
 
 
 def test_invalid_toml_rejected(tmp_path):
+    """R-POLF-1: a file that is not TOML is E_POLICY_INVALID."""
     with pytest.raises(InputError) as caught:
         load_policy(_write(tmp_path, "max_cumulative_epsilon = \n"))
     assert caught.value.code == "E_POLICY_INVALID"
@@ -105,6 +107,7 @@ def test_invalid_toml_rejected(tmp_path):
 
 
 def test_non_utf8_rejected(tmp_path):
+    """R-POLF-1: a file that is not UTF-8 is E_POLICY_INVALID."""
     path = tmp_path / "p.toml"
     path.write_bytes(b"# \xff\n")
     with pytest.raises(InputError) as caught:
@@ -133,6 +136,7 @@ def test_find_policy_default_names(tmp_path):
 
 @pytest.mark.parametrize("kind", ["dangling-link", "directory"])
 def test_unreadable_default_policy_is_not_skipped(tmp_path, kind):
+    """R-REPO-2: a default policy file that is not a readable regular file is rejected."""
     # Skipping it would verify the repository with no policy at all.
     path = tmp_path / ".mbd-cert.toml"
     if kind == "directory":
@@ -146,6 +150,7 @@ def test_unreadable_default_policy_is_not_skipped(tmp_path, kind):
 
 
 def test_find_policy_rejects_two_files(tmp_path):
+    """R-POLF-1: two default policy files at once are E_POLICY_INVALID."""
     _write(tmp_path, GOOD, name=".mbd-cert.toml")
     _write(tmp_path, GOOD, name="mbd-cert-policy.toml")
     with pytest.raises(InputError) as caught:
@@ -162,6 +167,7 @@ def test_find_policy_rejects_two_files(tmp_path):
     ("max_delta = inf", "inf is not a probability", "e.g."),
 ])
 def test_nonfinite_limit_has_own_hint(tmp_path, text, expected, absent):
+    """R-POLF-1: NaN and infinite limits are rejected, each with a hint of its own."""
     with pytest.raises(InputError) as caught:
         load_policy(_write(tmp_path, text + "\n"))
     assert expected in caught.value.hint

@@ -106,6 +106,7 @@ def sample(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("length", [2**63, 2**64 - 1, 100_000_001])
 def test_header_length_over_cap(tmp_path: Path, length: int) -> None:
+    """R-LIM-2, R-ST-1: a header length over 100,000,000 bytes is rejected before reading it."""
     path = raw_file(tmp_path / "f", b"{}", length=length)
     with expect(MalformedSafetensors, "E_SAFETENSORS_HEADER_TOO_LARGE", str(length),
                 "100000000"):
@@ -178,6 +179,7 @@ def test_size_mismatch_message(tmp_path: Path) -> None:
 
 
 def test_size_mismatch_in_second_tensor(tmp_path: Path) -> None:
+    """R-ST-1: shape product times dtype size must equal the declared byte count."""
     header = {"a": entry("U8", [4], 0, 4), "b": entry("F16", [3], 4, 12)}
     path = raw_file(tmp_path / "f", header, b"\0" * 12)
     with expect(MalformedSafetensors, "E_SAFETENSORS_SIZE_MISMATCH", "'b'", "needs 6 bytes",
@@ -206,6 +208,7 @@ def test_size_mismatch_other_sizes(tmp_path: Path, dtype: str, shape: list[int],
 
 
 def test_duplicate_tensor_name(tmp_path: Path) -> None:
+    """R-ST-1: a repeated tensor name is rejected."""
     header = ('{"w":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},'
               '"w":{"dtype":"U8","shape":[1,2],"data_offsets":[0,2]}}')
     path = raw_file(tmp_path / "f", header, b"xy")
@@ -253,6 +256,7 @@ def test_duplicate_metadata_object(tmp_path: Path) -> None:
      ("true", "a boolean")],
 )
 def test_metadata_value_not_string(tmp_path: Path, value: str, shown: str) -> None:
+    """R-ST-1: metadata values must be strings."""
     path = raw_file(tmp_path / "f", '{"__metadata__":{"epsilon":' + value + "}}")
     with expect(MalformedSafetensors, "E_SAFETENSORS_METADATA", "key 'epsilon'", shown):
         stio.read_header(path)
@@ -277,6 +281,7 @@ def test_metadata_returned(sample: Path) -> None:
 
 
 def test_writer_rejects_metadata_value_type(tmp_path: Path) -> None:
+    """R-ST-3: the writer refuses non-string metadata."""
     with expect(InputError, "E_PARAMETER_INVALID", "key 'epsilon'", "int"):
         stio.write_safetensors(tmp_path / "f", {"a": np.zeros(1)},
                                {"epsilon": 1})  # type: ignore[dict-item]
@@ -290,6 +295,7 @@ def test_writer_rejects_metadata_key_type(tmp_path: Path) -> None:
 
 
 def test_writer_rejects_tensor_named_metadata(tmp_path: Path) -> None:
+    """R-ST-3: the writer refuses a tensor named __metadata__."""
     with expect(InputError, "E_PARAMETER_INVALID", "'__metadata__'"):
         stio.write_safetensors(tmp_path / "f", {"__metadata__": np.zeros(1)})
     assert os.listdir(tmp_path) == []
@@ -354,6 +360,7 @@ def test_empty_file_without_tensors(tmp_path: Path) -> None:
     ids=["transposed", "strided", "fortran", "big-endian", "permuted"],
 )
 def test_writer_stores_row_major_order(tmp_path: Path, make: Any) -> None:
+    """R-ST-3: the writer stores arrays in C order whatever their memory layout."""
     array = make()
     expected = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<")))
     digests = stio.write_safetensors(tmp_path / "f", {"t": array})
@@ -368,6 +375,7 @@ def test_writer_stores_row_major_order(tmp_path: Path, make: Any) -> None:
 
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 def test_pickle_rejected(tmp_path: Path, protocol: int) -> None:
+    """R-ST-2: a pickle is 'not a safetensors file' and is never unpickled."""
     path = tmp_path / "model.pt"
     path.write_bytes(pickle.dumps({"w": [1.0] * 100}, protocol=protocol))
     with expect(MalformedSafetensors, "E_SAFETENSORS_NOT_SAFETENSORS",
@@ -383,6 +391,7 @@ def test_tiny_pickle_rejected(tmp_path: Path) -> None:
 
 
 def test_zip_checkpoint_rejected(tmp_path: Path) -> None:
+    """R-ST-2: a PyTorch zip checkpoint is 'not a safetensors file'."""
     path = tmp_path / "model.pt"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("archive/data.pkl", pickle.dumps({"w": 1}))
@@ -392,6 +401,7 @@ def test_zip_checkpoint_rejected(tmp_path: Path) -> None:
 
 
 def test_torch_save_rejected(tmp_path: Path) -> None:
+    """R-ST-2: both torch.save formats, zip and legacy, are 'not a safetensors file'."""
     torch = pytest.importorskip("torch")
     path = tmp_path / "model.pt"
     torch.save({"w": torch.zeros(3)}, path)
@@ -404,6 +414,7 @@ def test_torch_save_rejected(tmp_path: Path) -> None:
 
 
 def test_npy_rejected(tmp_path: Path) -> None:
+    """R-ST-2: a NumPy .npy array is 'not a safetensors file'."""
     buffer = io.BytesIO()
     np.save(buffer, np.zeros(4))
     path = tmp_path / "w.npy"
@@ -443,6 +454,7 @@ def test_length_640_not_taken_for_pickle(tmp_path: Path) -> None:
 
 
 def test_overlapping_offsets(tmp_path: Path) -> None:
+    """R-ST-1: tensors' data offsets must not overlap."""
     header = {"a": entry("U8", [4], 0, 4), "b": entry("U8", [4], 2, 6)}
     path = raw_file(tmp_path / "f", header, b"\0" * 6)
     with expect(MalformedSafetensors, "E_SAFETENSORS_LAYOUT", "'b'", "overlap", "'a'"):
@@ -465,6 +477,7 @@ def test_zero_size_inside_tensor_overlaps(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("first_begin", "gap_text"), [(0, "[2, 4]"), (2, "[0, 2]")])
 def test_gap_between_tensors(tmp_path: Path, first_begin: int, gap_text: str) -> None:
+    """R-ST-1: tensors' data offsets must leave no gap."""
     if first_begin == 0:
         header = {"a": entry("U8", [2], 0, 2), "b": entry("U8", [2], 4, 6)}
     else:
@@ -475,6 +488,7 @@ def test_gap_between_tensors(tmp_path: Path, first_begin: int, gap_text: str) ->
 
 
 def test_trailing_bytes_after_data(tmp_path: Path) -> None:
+    """R-ST-1: the last tensor must end at the end of the file."""
     path = raw_file(tmp_path / "f", {"a": entry("U8", [2], 0, 2)}, b"xyz")
     with expect(MalformedSafetensors, "E_SAFETENSORS_LAYOUT", "1 bytes after the last"):
         stio.read_header(path)
@@ -510,6 +524,7 @@ def test_begin_after_end(tmp_path: Path) -> None:
     ids=["negative", "bool", "null", "string", "object"],
 )
 def test_bad_shape(tmp_path: Path, shape: Any, phrase: str) -> None:
+    """R-ST-1: shape dimensions are non-negative integers."""
     path = raw_file(tmp_path / "f", {"a": entry("U8", shape, 0, 2)}, b"xy")
     with expect(MalformedSafetensors, "E_SAFETENSORS_MALFORMED", "'a'", "shape", phrase):
         stio.read_header(path)
@@ -552,6 +567,7 @@ def test_negative_offset(tmp_path: Path) -> None:
 
 
 def test_missing_and_unknown_fields(tmp_path: Path) -> None:
+    """R-ST-1: each entry has exactly dtype, shape and data_offsets."""
     path = raw_file(tmp_path / "f", {"a": {"dtype": "U8", "shape": [2]}}, b"xy")
     with expect(MalformedSafetensors, "E_SAFETENSORS_MALFORMED", "'a'", "lacks field"):
         stio.read_header(path)
@@ -1048,6 +1064,7 @@ def test_writer_missing_directory(tmp_path: Path) -> None:
 
 def test_writer_detects_corrupted_readback(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """R-ST-3: the writer reads the file back and compares digests before it is used."""
     real = _safetensors_write._write_payload
 
     def corrupting(handle: Any, header: bytes, prepared: Any) -> None:

@@ -44,6 +44,7 @@ def test_mask_size_uses_fraction_as_written(count, fraction, k):
 
 
 def test_top_k_ties_break_by_index():
+    """R-SAL-2: the issuer breaks ties of |score| by flat index, tensors in sorted name order."""
     # C24: equal magnitudes are ordered by flat index, tensors in sorted name order.
     scores = {"b": np.array([1.0, -2.0]), "a": np.array([2.0, 0.5, -2.0])}
     masks, cut = top_k_mask(scores, 0.4)  # k = 2 of 5
@@ -88,6 +89,7 @@ def test_tie_band_is_relative_to_cut():
 
 
 def test_tie_band_empty_at_zero_cut():
+    """R-SAL-3: at a k-th |score| of 0 the band is empty and zeros follow the R-SAL-2 order."""
     # Most scores 0 (a sparse or saturated model): a band of every zero would let the
     # issuer pick the rest of the mask freely, so zeros follow the flat-index order.
     from mbd_cert._recompute import rank_top_k, tie_band

@@ -270,10 +270,12 @@ def test_dollar_in_ordinary_key_allowed(schema_dir: Path) -> None:
     ],
 )
 def test_bad_format_version_rejected(schema_dir: Path, changes: dict[str, Any]) -> None:
+    """R-VER-1: format_version must be the string MAJOR.MINOR."""
     assert malformed(valid_doc(**changes)).code == "E_FORMAT_VERSION_INVALID"
 
 
 def test_missing_format_version_rejected(schema_dir: Path) -> None:
+    """R-VER-1: a certificate without format_version is rejected."""
     doc = valid_doc()
     del doc["format_version"]
     error = malformed(doc)

@@ -113,6 +113,7 @@ def test_evidence_check_accepts_consistent_claim() -> None:
     ({"sensitivity": 1.0}, "is missing"),
 ])
 def test_evidence_check_rejects(claim: dict[str, Any], match: str) -> None:
+    """R-PRIV-5: a sensitivity below min(safety_factor x max distance, 2 x clip_norm) fails."""
     with pytest.raises(ValueError, match=match):
         check_evidence(claim, clip_norm=1.0, seed=0)
 
@@ -159,6 +160,7 @@ def test_full_evidence_accepted() -> None:
     ({"left_out": [4, "0", 9]}, r"left_out is"),
 ])
 def test_inconsistent_evidence_member_rejected(changes: dict[str, Any], match: str) -> None:
+    """R-PRIV-5: each optional evidence member that is present must agree, or it is named."""
     with pytest.raises(ValueError, match=match) as caught:
         check_evidence(full_evidence(**changes), clip_norm=1.0, seed=7)
     assert str(caught.value).startswith("privacy.sensitivity_evidence.")

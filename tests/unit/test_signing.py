@@ -202,6 +202,7 @@ def test_hex_key_of_wrong_length_rejected(tmp_path: Path, digits: int) -> None:
 
 
 def test_x25519_key_rejected_as_public_key(tmp_path: Path) -> None:
+    """R-SIG-5: a key given with --key or trusted_keys must be an Ed25519 public key."""
     public = x25519.X25519PrivateKey.generate().public_key().public_bytes(_PEM, _SPKI)
     error = key_error(load_public_key, write(tmp_path / "x.pub", public))
     assert "X25519" in str(error)
@@ -217,6 +218,7 @@ def test_private_key_rejected_as_public_key(tmp_path: Path, issuer_key: Ed25519P
 
 
 def test_rsa_and_ec_public_keys_rejected(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    """R-SIG-5: RSA and EC keys given with --key or trusted_keys are E_KEY_INVALID."""
     rsa_path = write(tmp_path / "rsa.pub", rsa_key.public_key().public_bytes(_PEM, _SPKI))
     assert "RSA" in str(key_error(load_public_key, rsa_path))
     ec_public = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(_PEM, _SPKI)
@@ -296,6 +298,7 @@ def test_trust_directory_skips_other_algorithms(
     tmp_path: Path, issuer_key: Ed25519PrivateKey, rsa_key: rsa.RSAPrivateKey,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """R-SIG-5: keys of other algorithms in a trust directory are skipped with a warning each."""
     write(tmp_path / "issuer.pub", raw_public(issuer_key).hex().encode())
     write(tmp_path / "auditor.pub", _x25519_public_pem())
     write(tmp_path / "rsa.pem", rsa_key.public_key().public_bytes(
@@ -331,6 +334,7 @@ def test_trust_directory_skips_ssh_ed25519_key(
 def test_trust_directory_of_other_algorithms_only(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """R-SIG-5: a trust directory whose key files were all skipped is E_KEY_INVALID."""
     for index in range(13):
         write(tmp_path / f"auditor{index:02d}.pub", _x25519_public_pem())
     with caplog.at_level(logging.WARNING, logger="mbd_cert.signing"), \
@@ -357,6 +361,7 @@ def test_trust_directory_missing(tmp_path: Path) -> None:
 def test_trust_directory_unparsable_file_stops(
     tmp_path: Path, issuer_key: Ed25519PrivateKey, content: bytes,
 ) -> None:
+    """R-SIG-5: an unparsable file in a trust directory is E_KEY_INVALID naming it."""
     write(tmp_path / "issuer.pub", raw_public(issuer_key))
     key_error(lambda _: signing.load_trust_directory(tmp_path), write(tmp_path / "x.pem", content))
 

@@ -39,6 +39,7 @@ def honest_report(honest):
 
 
 def test_honest_passes_every_level2_check(honest_report):
+    """R-PRIV-1: the issuer's noise on every masked entry passes the level-2 residual tests."""
     statuses = {c.name: c.status for c in honest_report.checks}
     for name in LEVEL2_CHECKS:
         assert statuses[name] == "pass", name
@@ -89,10 +90,12 @@ def test_resolve_alpha_default_without_field():
     [(0.02, 5000, 100), (0.02, 19808, 397), (1.0, 7, 7), (1e-9, 10, 1), (0.3, 10, 3)],
 )
 def test_mask_count_decimal_rule(fraction, count, k):
+    """R-SAL-2: level 2 computes k = max(1, ceil(top_k_fraction x eligible_count))."""
     assert _recompute.mask_count(count, fraction) == k
 
 
 def test_rank_ties_break_by_index():
+    """R-SAL-2: level 2 breaks ties of |score| by flat index ascending."""
     scores = {"a": np.array([1.0, 2.0, 2.0]), "b": np.array([2.0, -2.0])}
     ranking = _recompute.rank_top_k(scores, 0.6)
     # k = 3 of five entries with |score| 2 at flat indices 1, 2, 3, 4: the first three win.
