@@ -88,6 +88,7 @@ def test_registry_finds_plugin(plugin_path):
 
 
 def test_plugin_loads_without_torch(plugin_path):
+    """R-ARCH-3: loading a plugin's entry point imports no torch."""
     code = ("import sys; sys.modules['torch'] = None\n"
             "from mbd_cert.arch import get_architecture\n"
             f"a = get_architecture({NAME!r})\n"

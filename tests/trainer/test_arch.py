@@ -27,6 +27,7 @@ from mbd_cert.errors import InputError, LimitExceeded, MalformedData
 
 
 def test_builtin_architecture_record():
+    """R-ARCH-5: the built-in's encoder and generator prefixes."""
     record = get_architecture("mbd-sentiment")
     assert record.name == "mbd-sentiment"
     assert record.version == "1"
@@ -81,6 +82,7 @@ def test_entry_point_load_failure_names_it(tmp_path, monkeypatch):
 
 
 def test_entry_point_wrong_object_rejected(tmp_path, monkeypatch):
+    """R-ARCH-1: an entry point must name an Architecture object."""
     _plugin_module(tmp_path, monkeypatch, "mbd_plugin_wrong", "ARCHITECTURE = 42\n")
     _fake_entry_points(monkeypatch, ("wrong-model", "mbd_plugin_wrong:ARCHITECTURE"))
     with pytest.raises(InputError) as info:
@@ -88,21 +90,50 @@ def test_entry_point_wrong_object_rejected(tmp_path, monkeypatch):
     assert info.value.code == "E_ARCHITECTURE_LOAD_FAILED"
 
 
-def test_entry_point_duplicate_name_rejected(monkeypatch):
-    _fake_entry_points(monkeypatch, ("twice", "a:ARCHITECTURE"), ("twice", "b:ARCHITECTURE"))
+def test_entry_point_other_name_rejected(tmp_path, monkeypatch):
+    """R-ARCH-1: the Architecture's name must equal the entry point's name."""
+    _plugin_module(tmp_path, monkeypatch, "mbd_plugin_renamed", """
+        import dataclasses
+        from mbd_cert.arch.mbd import ARCHITECTURE as BASE
+        ARCHITECTURE = dataclasses.replace(BASE, name="other-model")
+    """)
+    _fake_entry_points(monkeypatch, ("plugin-model", "mbd_plugin_renamed:ARCHITECTURE"))
+    with pytest.raises(InputError) as info:
+        get_architecture("plugin-model")
+    assert info.value.code == "E_ARCHITECTURE_LOAD_FAILED"
+    assert "'plugin-model'" in str(info.value)
+
+
+def test_entry_point_duplicate_name_rejected(tmp_path, monkeypatch):
+    """R-ARCH-1: two loadable entry points with one name and different targets."""
+    for module in ("mbd_plugin_first", "mbd_plugin_second"):
+        _plugin_module(tmp_path, monkeypatch, module, """
+            import dataclasses
+            from mbd_cert.arch.mbd import ARCHITECTURE as BASE
+            ARCHITECTURE = dataclasses.replace(BASE, name="twice")
+        """)
+    _fake_entry_points(monkeypatch, ("twice", "mbd_plugin_first:ARCHITECTURE"),
+                       ("twice", "mbd_plugin_second:ARCHITECTURE"))
     with pytest.raises(InputError) as info:
         get_architecture("twice")
     assert info.value.code == "E_ARCHITECTURE_LOAD_FAILED"
+    assert "several entry points" in str(info.value)
 
 
-def test_entry_point_cannot_replace_builtin(monkeypatch):
+def test_entry_point_cannot_replace_builtin(monkeypatch, caplog):
+    """R-ARCH-2: mbd-sentiment resolves to the built-in and ignores a plugin's entry point."""
     _fake_entry_points(monkeypatch, ("mbd-sentiment", "evil:ARCHITECTURE"))
-    record = get_architecture("mbd-sentiment")
+    with caplog.at_level("WARNING", logger="mbd_cert.arch"):
+        record = get_architecture("mbd-sentiment")
+        names = arch.available_architectures()
     assert record.build(tiny_config()).state_dict().keys() == \
         ARCHITECTURE.build(tiny_config()).state_dict().keys()
+    assert names == ["mbd-sentiment"]
+    assert any("evil:ARCHITECTURE" in message for message in caplog.messages)
 
 
 def test_lookup_and_config_need_no_torch():
+    """R-ARCH-3: looking up the built-in architecture imports no torch."""
     # Level-1 verification runs without torch: block its import and use the record.
     script = textwrap.dedent("""
         import sys
@@ -135,6 +166,7 @@ def test_lazy_record_matches_torch_record():
 
 
 def test_config_defaults_filled():
+    """R-ARCH-4: the validated config contains modalities and deleted_modalities."""
     config = mbd_config.validate_config({"input_dims": DIMS, "seq_len": STEPS})
     assert config["modalities"] == ["text", "audio", "vision"]
     assert config["hidden_dim"] == 64
@@ -169,6 +201,7 @@ def test_config_defaults_filled():
     ({"deleted_modalities": ["text", "audio", "vision"]}, "config.deleted_modalities"),
 ])
 def test_config_invalid_field_named(change, field):
+    """R-ARCH-4: an invalid config is E_CONFIG_INVALID naming the field."""
     with pytest.raises(InputError) as info:
         mbd_config.validate_config(tiny_config(**change))
     assert info.value.code == "E_CONFIG_INVALID"
@@ -183,6 +216,7 @@ def test_config_missing_input_dims():
 
 
 def test_config_huge_model_rejected():
+    """R-ARCH-4: validate_config caps the sizes it allocates from."""
     with pytest.raises(LimitExceeded):
         mbd_config.validate_config(tiny_config(
             input_dims={"text": 1_000_000, "audio": 4, "vision": 5}, hidden_dim=60_000))
@@ -278,6 +312,7 @@ def test_absent_modality_input_ignored():
 
 
 def test_deleted_modality_input_ignored():
+    """R-ARCH-6: the forward pass ignores a deleted modality's input."""
     model = MBDModel(tiny_config(deleted_modalities=["audio"]), seed=2).eval()
     batch = random_batch(rows=6, present=np.ones((6, 3), dtype=bool))
     with torch.no_grad():
@@ -294,6 +329,7 @@ def test_deleted_modality_input_ignored():
 
 
 def test_deleted_encoder_never_runs():
+    """R-ARCH-6: the deleted encoder's weights never reach the output."""
     model = MBDModel(tiny_config(deleted_modalities=["audio"]), seed=2).eval()
     batch = random_batch(rows=6)
     with torch.no_grad():
@@ -497,6 +533,7 @@ def test_load_state_dict_strict_round_trip():
 
 
 def test_load_state_dict_strict_missing_and_unexpected():
+    """R-ARCH-6: the state_dict names exactly the file's tensors."""
     model = MBDModel(tiny_config())
     arrays = _arrays(model)
     missing = dict(arrays)
@@ -521,6 +558,7 @@ def test_load_state_dict_strict_shape_mismatch():
 
 
 def test_load_state_dict_strict_dtype_mismatch():
+    """R-ARCH-6: tensors load without a cast."""
     model = MBDModel(tiny_config())
     arrays = _arrays(model)
     arrays["head.bias"] = arrays["head.bias"].astype(np.float64)

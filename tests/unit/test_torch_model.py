@@ -139,3 +139,16 @@ def test_transposed_and_sliced_tensors_pass():
     model.register_buffer("every_other", torch.zeros(8)[::2])
     model.register_buffer("column", torch.zeros(4, 3)[:, 1:2])
     check_one_tensor_per_name(model, "views")
+
+
+def test_build_model_float64_eval_mode():
+    """R-ARCH-6: the loaded model computes in float64, in eval mode, with the file's values."""
+    from mbd_cert._torch_model import build_model
+
+    source = mbd.ARCHITECTURE.build(CONFIG)
+    tensors = {name: value.detach().numpy().copy() for name, value in source.state_dict().items()}
+    model = build_model(mbd.ARCHITECTURE, CONFIG, tensors)
+    assert not any(module.training for module in model.modules())
+    for name, value in model.state_dict().items():
+        assert value.dtype == torch.float64, name
+        assert torch.equal(value, source.state_dict()[name].to(torch.float64)), name
