@@ -174,6 +174,7 @@ def _undeleted_digest_cert(honest_run: HonestRun, tmp_path: Path) -> Path:
 
 
 def test_attest_without_model_is_usage_error(honest_run: HonestRun, tmp_path: Path) -> None:
+    """R-ATT-1: without --model, attest exits 2 unless the claim is accepted."""
     cert = _undeleted_digest_cert(honest_run, tmp_path)
     out = tmp_path / "statement.json"
     outcome = run_cli(["attest", cert, "--out", out])
@@ -191,6 +192,7 @@ def test_attest_without_model_is_usage_error(honest_run: HonestRun, tmp_path: Pa
 
 
 def test_attest_model_rejects_claimed_digest(honest_run: HonestRun, tmp_path: Path) -> None:
+    """R-ATT-1: a signed digest of another file fails against the hashed --model."""
     cert = _undeleted_digest_cert(honest_run, tmp_path)
     out = tmp_path / "statement.json"
     outcome = run_cli(["attest", cert, "--model", honest_run.model, "--out", out])
@@ -201,6 +203,7 @@ def test_attest_model_rejects_claimed_digest(honest_run: HonestRun, tmp_path: Pa
 
 
 def test_attest_accepting_claim_says_so(honest_run: HonestRun, tmp_path: Path) -> None:
+    """R-ATT-1: with --accept-claimed-digest, stderr states that no model was hashed."""
     out = tmp_path / "statement.json"
     outcome = run_cli(["attest", honest_run.cert, "--accept-claimed-digest", "--out", out])
     assert outcome.exit_code == 0, outcome.stderr

@@ -69,6 +69,7 @@ def test_schema_rejects_broken_statements(issued, validator):
 
 
 def test_subject_digest_is_model_file_sha256(issued):
+    """R-ATT-1: the subject digest is the SHA-256 of the whole released model file."""
     statement = statement_for_certificate(load_certificate(issued / "cert.json"))
     expected = hashlib.sha256((issued / "model.safetensors").read_bytes()).hexdigest()
     assert statement["subject"] == [{"name": "model.safetensors", "digest": {"sha256": expected}}]
@@ -77,12 +78,36 @@ def test_subject_digest_is_model_file_sha256(issued):
 
 
 def test_predicate_carries_signed_certificate(issued):
+    """R-ATT-2: the predicate contains the signed certificate and its certificate_digest."""
     doc = load_certificate(issued / "cert.json")
     predicate = statement_for_certificate(doc)["predicate"]
     assert predicate["certificate"] == doc
     assert predicate["certificate_digest"] == certificate_digest(doc)
     assert predicate["issuer_key_id"] == doc["issuer"]["key_id"]
     assert predicate["modality"] == "audio"
+
+
+# The predicate members of SPEC.md section 17. Predicate type v1 may add members but
+# never drop one, because dropping or renaming one needs predicate type v2.
+PREDICATE_V1_MEMBERS = {
+    "certificate_digest", "certificate_id", "format_version", "issuer_key_id", "modality",
+    "model_manifest_digest", "pre_deletion_file_digest", "epsilon", "delta",
+    "sensitivity_method", "cumulative_epsilon", "sequence_number", "previous_certificate",
+    "certificate",
+}
+
+
+def test_predicate_type_v1_keeps_members(issued):
+    """R-ATT-3: predicate type v1 names the major version and keeps every v1 member."""
+    doc = load_certificate(issued / "cert.json")
+    statement = statement_for_certificate(doc)
+    assert statement["predicateType"] == "https://mbd-cert.dev/modality-deletion/v1"
+    assert PREDICATE_V1_MEMBERS <= set(statement["predicate"])
+    predicate = statement["predicate"]
+    assert predicate["sequence_number"] == doc["accounting"]["sequence_number"]
+    assert predicate["epsilon"] == doc["privacy"]["epsilon"]
+    assert predicate["model_manifest_digest"] == \
+        doc["subject_model"]["post_deletion"]["manifest_digest"]
 
 
 def test_statement_does_not_alias_certificate(issued):
@@ -124,6 +149,7 @@ def test_attest_out_directory_exits_2(issued, tmp_path):
 
 
 def test_attest_wrong_model_exits_1(issued, tmp_path):
+    """R-ATT-1: attest rejects a --model whose digest differs from the certificate's."""
     import numpy as np
     from safetensors.numpy import save_file
 
@@ -137,6 +163,7 @@ def test_attest_wrong_model_exits_1(issued, tmp_path):
 
 
 def test_attest_garbage_model_exits_2(issued, tmp_path):
+    """R-ATT-1: a --model that is no safetensors file is unusable input."""
     # Not a safetensors file at all: unusable input, not a false claim.
     other = tmp_path / "other.safetensors"
     other.write_bytes(b"not the model")
