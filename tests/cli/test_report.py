@@ -96,6 +96,7 @@ def test_understated_budget_fails(second: Path, honest_run: HonestRun, tmp_path:
 
 def test_budget_refusal_writes_nothing(second: Path, honest_run: HonestRun,
                                        tmp_path: Path) -> None:
+    """R-CHAIN-5: a deletion over the budget writes nothing and names both numbers."""
     out = tmp_path / "third"
     outcome = run_cli(["issue", "--checkpoint", second, "--modality", "text", "--epsilon", "1",
                        "--max-epsilon", "1.5", "--key", honest_run.private_key, "--out", out])

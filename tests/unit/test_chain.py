@@ -357,6 +357,7 @@ def test_later_deletion_keeps_the_converted_epsilon(key: Ed25519PrivateKey) -> N
 
 
 def test_issuer_budget_refusal_shows_both_numbers(key: Ed25519PrivateKey) -> None:
+    """R-CHAIN-5: a deletion over --max-epsilon is E_BUDGET_EXCEEDED, naming both numbers."""
     links = chain.walk_chain(build_chain(key, 1)[0], None)
     options = IssueOptions(modality="vision", epsilon=1.0, delta=1e-5, max_epsilon=1.4)
     with pytest.raises(IssuanceError) as caught:
@@ -368,6 +369,53 @@ def test_issuer_budget_refusal_shows_both_numbers(key: Ed25519PrivateKey) -> Non
     # Every digit of the epsilon, as the certificate would hold it.
     assert f"cumulative epsilon to {epsilon!r} at delta 1e-05" in caught.value.message
     assert "--max-epsilon 1.4" in caught.value.message
+
+
+def test_budget_checked_before_reading_checkpoint(key: Ed25519PrivateKey,
+                                                  tmp_path: Path) -> None:
+    """R-CHAIN-5: a deletion over --max-epsilon is refused before the model is read."""
+    from mbd_cert.issue import issue
+
+    # The checkpoint directory is empty: reading its config or model would fail with
+    # another error, so E_BUDGET_EXCEEDED shows that the budget came first.
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    out = tmp_path / "out"
+    options = IssueOptions(modality="audio", epsilon=1.0, delta=1e-5, max_epsilon=0.5)
+    with pytest.raises(IssuanceError) as caught:
+        issue(checkpoint, out, options, key)
+    assert caught.value.code == "E_BUDGET_EXCEEDED"
+    assert not out.exists()
+
+
+def test_chain_continues_only_from_released_model(key: Ed25519PrivateKey,
+                                                  tmp_path: Path) -> None:
+    """R-CHAIN-7: the checkpoint's model must be the one the previous certificate released."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from mbd_cert import _safetensors
+    from mbd_cert.issue import previous_chain
+
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    model = checkpoint / "model.safetensors"
+    save_file({"head.weight": np.ones(3, dtype=np.float32)}, str(model))
+    digests = _safetensors.digest_file(model)
+    released = {"file_digest": digests.file_digest, "manifest_digest": digests.manifest_digest,
+                "tensors": {}}
+    doc = chain_doc(key, 1, None, [])
+    doc["subject_model"]["post_deletion"] = released
+    doc = _resigned(key, doc)
+    (checkpoint / "cert.json").write_bytes(certificate.dump_certificate(doc))
+    options = IssueOptions(modality="vision", epsilon=1.0, delta=1e-5)
+    assert [link.sequence_number for link in previous_chain(checkpoint, options)] == [1]
+
+    save_file({"head.weight": np.zeros(3, dtype=np.float32)}, str(model))
+    with pytest.raises(IssuanceError) as caught:
+        previous_chain(checkpoint, options)
+    assert caught.value.code == "E_CHAIN_BROKEN"
+    assert digests.manifest_digest in caught.value.message
 
 
 def _resigned(key: Ed25519PrivateKey, doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
