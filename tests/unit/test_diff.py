@@ -9,6 +9,7 @@ from mbd_cert.errors import IssuanceError, MalformedSafetensors
 
 
 def test_build_diff_rebuilds_pre_bit_exact():
+    """R-DIFF-2: post - diff, cast to the parameter's dtype, equals pre bit for bit."""
     rng = np.random.default_rng(0)
     pre = {"w": rng.normal(size=(5, 7)).astype(np.float32)}
     post = {"w": (pre["w"] + rng.normal(scale=1e-3, size=(5, 7))).astype(np.float32)}
@@ -26,6 +27,7 @@ def test_build_diff_zeroed_encoder_is_exact():
 
 
 def test_build_diff_refuses_inexact_reconstruction():
+    """R-DIFF-2: the issuer checks the exact rebuild before signing."""
     # 1e30 + 1e-30 cannot be separated again in float64, so pre is lost.
     pre = {"w": np.array([1e-30], dtype=np.float32)}
     post = {"w": np.array([1e30], dtype=np.float32)}
@@ -35,6 +37,7 @@ def test_build_diff_refuses_inexact_reconstruction():
 
 
 def test_rebuild_pre_rejects_shape_mismatch():
+    """R-DIFF-2: a diff of another shape is rejected, never broadcast."""
     # C07: never broadcast a diff onto a parameter of another shape.
     with pytest.raises(MalformedSafetensors) as info:
         rebuild_pre(np.zeros((2, 3), np.float32), np.zeros((3,), np.float64), "fusion.0.weight")
@@ -44,12 +47,14 @@ def test_rebuild_pre_rejects_shape_mismatch():
 
 
 def test_rebuild_pre_rejects_dtype_mismatch():
+    """R-DIFF-2: a diff of another dtype is rejected, never cast."""
     with pytest.raises(MalformedSafetensors) as info:
         rebuild_pre(np.zeros(3, np.float32), np.zeros(3, np.float32), "head.bias")
     assert info.value.code == "E_DIFF_DTYPE"
 
 
 def test_array_manifest_digest_matches_written_file(tmp_path):
+    """R-DIFF-3: the mask digest is the manifest digest of the mask tensors, empty metadata."""
     masks = {
         "fusion.0.weight": np.array([[True, False], [False, True]]),
         "empty": np.zeros((2, 0), dtype=bool),
@@ -60,5 +65,6 @@ def test_array_manifest_digest_matches_written_file(tmp_path):
 
 
 def test_array_manifest_digest_binds_names():
+    """R-DIFF-3: the mask digest binds the parameter names."""
     mask = np.array([True, False])
     assert array_manifest_digest({"a": mask}) != array_manifest_digest({"b": mask})

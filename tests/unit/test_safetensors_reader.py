@@ -305,6 +305,7 @@ def test_writer_rejects_tensor_named_metadata(tmp_path: Path) -> None:
 
 
 def test_zero_size_tensor_round_trip(tmp_path: Path) -> None:
+    """R-DIG-1: a zero-size tensor's digest is the SHA-256 of the empty string."""
     tensors: dict[str, np.ndarray] = {
         "a": np.zeros((2, 0), np.float32),
         "b": np.arange(3, dtype=np.float32),
@@ -825,6 +826,7 @@ def test_agrees_with_reference_reader(tmp_path: Path, dtype: Any) -> None:
 
 
 def test_digests_match_hashlib(sample: Path) -> None:
+    """R-DIG-1: a tensor digest is the SHA-256 of its stored data bytes."""
     reference = load_file(str(sample))
     header = stio.read_header(sample)
     for workers in (1, 2, 4):
@@ -934,6 +936,7 @@ def test_digest_bad_workers(sample: Path, workers: Any) -> None:
 
 
 def test_manifest_canonical_bytes(tmp_path: Path) -> None:
+    """R-DIG-2: the manifest is the canonical JSON of metadata and sorted tensor entries."""
     path = tmp_path / "f"
     save_file({"b": np.zeros(2, np.float32), "a": np.ones(1, np.uint8)}, str(path),
               metadata={"z": "1"})
@@ -951,6 +954,7 @@ def test_manifest_canonical_bytes(tmp_path: Path) -> None:
 
 
 def test_manifest_sorts_by_utf8_bytes() -> None:
+    """R-DIG-2: manifest entries are sorted by name."""
     names = ["b", "a", "\U0001f600", "\uff5e", "A", "a.b"]
     tensors = {n: stio.TensorDigest("U8", (1,), EMPTY_DIGEST) for n in names}
     built = stio.build_manifest({}, tensors)
