@@ -323,6 +323,7 @@ def test_privacy_bounds_rejected(schema_dir: Path, privacy: dict[str, Any], path
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_non_finite_number_rejected(schema_dir: Path, value: float) -> None:
+    """R-FMT-4: a NaN or infinite number in a certificate is rejected."""
     # NaN passes exclusiveMinimum and exclusiveMaximum, so it is rejected before them.
     error = malformed(valid_doc(privacy={"epsilon": value, "delta": 1e-5}))
     assert error.code == "E_JSON_NONFINITE_NUMBER"
@@ -413,3 +414,24 @@ def test_real_schema_checks_issued_at_format() -> None:
         error.validator for error in errors if list(error.absolute_path) == ["issued_at"]
     ]
     assert "format" in at_issued_at
+
+
+HONEST_VECTOR = REAL_SCHEMA.parent / "vectors" / "v1" / "valid" / "honest-audio-eps1" / "cert.json"
+
+
+@pytest.mark.skipif(not HONEST_VECTOR.is_file(), reason="schema/vectors absent")
+@pytest.mark.parametrize(("section", "field", "value"), [
+    ("privacy", "epsilon", 0), ("privacy", "epsilon", -1.0),
+    ("privacy", "delta", 0), ("privacy", "delta", 1), ("privacy", "delta", 1.5),
+    ("privacy", "sigma", 0), ("privacy", "sigma", -0.5),
+    ("privacy", "sensitivity", 0), ("privacy", "sensitivity", -0.002),
+    ("accounting", "delta", 0), ("accounting", "delta", 1),
+])
+def test_real_schema_privacy_numbers_positive(section: str, field: str, value: float) -> None:
+    """R-FMT-4: epsilon, delta, sigma and sensitivity are > 0, and delta is < 1."""
+    doc = json.loads(HONEST_VECTOR.read_text())
+    validate_certificate(doc)
+    doc[section][field] = value
+    error = malformed(doc)
+    assert error.code == "E_CERT_MALFORMED"
+    assert f"field {section}.{field} is invalid" in str(error)
