@@ -164,6 +164,7 @@ def test_train_killed_leaves_no_checkpoint(tmp_path: Path) -> None:
 
 
 def test_issue_refuses_existing_certificate(honest_run: HonestRun, tmp_path: Path) -> None:
+    """R-ISS-2: issue does not replace an existing output without --force."""
     out = tmp_path / "del"
     shutil.copytree(honest_run.out_dir, out)
     before = _snapshot(out)
@@ -173,6 +174,28 @@ def test_issue_refuses_existing_certificate(honest_run: HonestRun, tmp_path: Pat
     assert "[E_OUTPUT_EXISTS]" in outcome.stderr
     assert "Traceback" not in outcome.stderr
     assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["del"]
+
+
+def test_issue_keeps_output_written_meanwhile(honest_run: HonestRun, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """R-ISS-2: an --out that another process fills during issue is not replaced."""
+    from mbd_cert import _issue_outputs, _issue_steps
+
+    out = tmp_path / "del"
+
+    def other_process_writes_then_set_modes(staging: Path) -> None:
+        # issue's first check saw no --out, so only the final move can protect it.
+        out.mkdir()
+        (out / "theirs.txt").write_text("written by another process")
+        _issue_outputs.set_modes(staging)
+
+    monkeypatch.setattr(_issue_steps, "set_modes", other_process_writes_then_set_modes)
+    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
+                       "--key", honest_run.private_key, "--out", out])
+    assert outcome.exit_code == 2, outcome.stderr
+    assert "[E_OUTPUT_EXISTS]" in outcome.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["theirs.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["del"]
 
 

@@ -312,6 +312,7 @@ def test_c05_zero_size_round_trip(tmp_path: Path, shape: tuple[int, ...]) -> Non
 
 
 def test_c05_empty_deletion_refused(tiny_checkpoint: Path) -> None:
+    """R-ISS-3: a deletion that removes no tensor is E_EMPTY_DELETION."""
     pytest.importorskip("torch")
     from mbd_cert import _issue_steps
     from mbd_cert.arch import get_architecture

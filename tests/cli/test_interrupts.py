@@ -76,6 +76,7 @@ def test_ctrl_c_between_renames_completes_swap(fresh_run: HonestRun, monkeypatch
 
 
 def test_ctrl_c_before_swap_keeps_old_output(fresh_run: HonestRun, monkeypatch):
+    """R-ISS-2: outputs are staged, so the old --out stays intact until the final move."""
     before = _snapshot(fresh_run.out_dir)
 
     def interrupt_then_swap(*args, **kwargs):

@@ -43,6 +43,7 @@ def _issue(checkpoint: Path, key: Path, out: Path, *extra: object):
 
 @pytest.mark.parametrize("force", [True, False], ids=["force", "no-force"])
 def test_issue_out_is_checkpoint(checkpoint_copy: Path, honest_run: HonestRun, force: bool):
+    """R-ISS-4: --out may not be the checkpoint, with or without --force."""
     before = _tree(checkpoint_copy)
     outcome = _issue(checkpoint_copy, honest_run.private_key, checkpoint_copy,
                      *(["--force"] if force else []))
@@ -52,6 +53,7 @@ def test_issue_out_is_checkpoint(checkpoint_copy: Path, honest_run: HonestRun, f
 
 def test_issue_out_contains_checkpoint(checkpoint_copy: Path, honest_run: HonestRun,
                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """R-ISS-4: relative paths are resolved before the comparison."""
     # Relative paths: '.' is the folder that contains the checkpoint.
     monkeypatch.chdir(tmp_path)
     before = _tree(tmp_path)
@@ -62,6 +64,7 @@ def test_issue_out_contains_checkpoint(checkpoint_copy: Path, honest_run: Honest
 
 def test_issue_out_is_symlink_to_checkpoint(checkpoint_copy: Path, honest_run: HonestRun,
                                             tmp_path: Path):
+    """R-ISS-4: symbolic links are resolved before the comparison."""
     link = tmp_path / "release"
     link.symlink_to(checkpoint_copy, target_is_directory=True)
     before = _tree(checkpoint_copy)
@@ -72,6 +75,7 @@ def test_issue_out_is_symlink_to_checkpoint(checkpoint_copy: Path, honest_run: H
 
 
 def test_issue_out_contains_key(honest_run: HonestRun, tmp_path: Path):
+    """R-ISS-4: an --out that contains the --key is rejected."""
     keys = tmp_path / "keys"
     keys.mkdir()
     key = Path(shutil.copy(honest_run.private_key, keys / "issuer.key"))
@@ -81,6 +85,7 @@ def test_issue_out_contains_key(honest_run: HonestRun, tmp_path: Path):
 
 
 def test_issue_out_contains_previous(fresh_run: HonestRun, tmp_path: Path):
+    """R-ISS-4: an --out that contains the --previous certificate is rejected."""
     # The chain continues from a copy of the released model, with the certificate
     # named by --previous; --out is the directory of that certificate.
     checkpoint = Path(shutil.copytree(fresh_run.out_dir, tmp_path / "continued"))
@@ -93,7 +98,32 @@ def test_issue_out_contains_previous(fresh_run: HonestRun, tmp_path: Path):
     assert _tree(fresh_run.out_dir) == before
 
 
+def test_issue_out_contains_auditor_key(honest_run: HonestRun, tmp_path: Path):
+    """R-ISS-4: an --out that contains the --auditor-key is rejected, even with --force."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    assert run_cli(["keygen", "--kind", "x25519", "--out", keys / "auditor"]).exit_code == 0
+    before = _tree(keys)
+    outcome = _issue(honest_run.checkpoint, honest_run.private_key, keys,
+                     "--auditor-key", keys / "auditor.pub", "--force")
+    _assert_rejected(outcome, "--auditor-key")
+    assert _tree(keys) == before
+
+
+def test_issue_out_contains_eval_set(honest_run: HonestRun, tmp_path: Path):
+    """R-ISS-4: an --out that contains the --eval-set is rejected, even with --force."""
+    held_out = tmp_path / "held-out"
+    held_out.mkdir()
+    eval_set = Path(shutil.copy(honest_run.checkpoint / "eval.safetensors", held_out))
+    before = _tree(held_out)
+    outcome = _issue(honest_run.checkpoint, honest_run.private_key, held_out,
+                     "--eval-set", eval_set, "--force")
+    _assert_rejected(outcome, "--eval-set")
+    assert _tree(held_out) == before
+
+
 def test_issue_out_inside_checkpoint_accepted(checkpoint_copy: Path, honest_run: HonestRun):
+    """R-ISS-4: an --out inside the checkpoint directory is allowed."""
     before = _tree(checkpoint_copy)
     out = checkpoint_copy / "release"
     outcome = _issue(checkpoint_copy, honest_run.private_key, out, "--force")
@@ -106,6 +136,7 @@ def test_issue_out_inside_checkpoint_accepted(checkpoint_copy: Path, honest_run:
 
 def test_library_issue_rejects_checkpoint_as_out(checkpoint_copy: Path,
                                                  honest_run: HonestRun):
+    """R-ISS-4: the library's issue() applies the rule too."""
     from mbd_cert import signing
     from mbd_cert.errors import InputError
     from mbd_cert.issue import IssueOptions, issue
@@ -120,6 +151,7 @@ def test_library_issue_rejects_checkpoint_as_out(checkpoint_copy: Path,
 
 
 def test_train_out_is_data_root(tmp_path: Path):
+    """R-ISS-4: train rejects an --out that is its data root."""
     data = tmp_path / "ck2"
     data.mkdir()
     (data / "keep.txt").write_text("corpus files")
@@ -141,6 +173,7 @@ def test_train_out_contains_default_data_root(tmp_path: Path,
 
 
 def test_report_out_contains_certificate(fresh_run: HonestRun):
+    """R-ISS-4: report rejects an --out that contains a certificate it reads."""
     before = _tree(fresh_run.out_dir)
     outcome = run_cli(["report", "--out", fresh_run.out_dir, "--force", fresh_run.cert])
     _assert_rejected(outcome, "CERT")
