@@ -103,6 +103,7 @@ def test_closed_form_matches_vmap_honest(honest, groups):
 
 
 def test_swap_at_the_cut_fails_saliency(honest, tmp_path):
+    """R-L2-4: a swap across the cut, outside the tie band, fails."""
     _, source, key = honest
     out = copy_bundle(source, tmp_path / "forged")
     doc, bundle, pre = _parts(out)
@@ -137,6 +138,7 @@ def test_mask_wrong_dtype_input_error(honest, tmp_path):
 
 @pytest.mark.parametrize("groups", [["nothing.here"], ["encoders.audio"]])
 def test_unmatched_groups_not_internal_error(honest, tmp_path, groups):
+    """R-L2-2: eligible groups that match no mask tensor are E_MASK_MISMATCH."""
     _, source, key = honest
     out = copy_bundle(source, tmp_path / "forged")
     doc = load_doc(out)
@@ -153,6 +155,7 @@ def test_unmatched_groups_not_internal_error(honest, tmp_path, groups):
 
 @pytest.mark.parametrize("change", ["drop-one-mask", "groups-head"])
 def test_mask_names_mismatch_not_internal_error(honest, tmp_path, change):
+    """R-L2-2: mask tensors other than the eligible tensors are E_MASK_MISMATCH."""
     _, source, key = honest
     out = copy_bundle(source, tmp_path / "forged")
     doc = load_doc(out)
@@ -174,7 +177,7 @@ def test_mask_names_mismatch_not_internal_error(honest, tmp_path, change):
 
 @pytest.mark.parametrize("tolerance", [1e300])
 def test_huge_tolerance_rejects_least_salient(honest, tmp_path, tolerance):
-    """R-SAL-3: a huge stated score_tolerance does not widen the band past its cap."""
+    """R-SAL-3, R-L2-4: a huge stated score_tolerance does not widen the band past its cap."""
     _, source, key = honest
     out = copy_bundle(source, tmp_path / "forged")
     doc, bundle, pre = _parts(out)
@@ -235,6 +238,7 @@ def test_tie_band_capped_whatever_stated(honest, tmp_path, monkeypatch, gap, sta
 
 
 def test_nan_scores_fail_saliency(honest, tmp_path):
+    """R-L2-1: a rebuilt model with NaN weights is E_MODEL_NONFINITE."""
     _, source, key = honest
     out = copy_bundle(source, tmp_path / "forged")
     doc = load_doc(out)

@@ -90,6 +90,7 @@ def test_honest_bundle_passes_level2(honest):
 
 @pytest.mark.parametrize("seed", FORGER_SEEDS)
 def test_noise_omitted_fails_variance(honest, tmp_path, seed):
+    """R-L2-6: a release without noise fails the chi-square test."""
     _, source, key = honest
     out = copy_bundle(source, tmp_path / "forged")
     doc, bundle, pre = _parts(out)
@@ -118,6 +119,7 @@ def test_certificate_cannot_lower_alpha(honest, tmp_path):
 
 @pytest.mark.parametrize("seed", FORGER_SEEDS)
 def test_sigma_understated_fails_variance(honest, tmp_path, seed):
+    """R-L2-6: noise below the stated sigma fails the chi-square test."""
     _, source, key = honest
     out = copy_bundle(source, tmp_path / "forged")
     doc, bundle, pre = _parts(out)
@@ -131,6 +133,7 @@ def test_sigma_understated_fails_variance(honest, tmp_path, seed):
 
 @pytest.mark.parametrize("seed", FORGER_SEEDS)
 def test_unclipped_update_fails_projection(honest, tmp_path, seed):
+    """R-L2-8: an unclipped update fails the projection test."""
     _, source, key = honest
     out = copy_bundle(source, tmp_path / "forged")
     doc, bundle, pre = _parts(out)
@@ -145,6 +148,7 @@ def test_unclipped_update_fails_projection(honest, tmp_path, seed):
 
 @pytest.mark.parametrize("seed", FORGER_SEEDS)
 def test_random_mask_fails_saliency(honest, tmp_path, seed):
+    """R-L2-4: a committed mask other than the recomputed top k fails."""
     _, source, key = honest
     out = copy_bundle(source, tmp_path / "forged")
     doc, bundle, pre = _parts(out)
@@ -207,6 +211,7 @@ def test_encoder_entry_left_fails_deletion(honest, tmp_path):
 
 
 def test_diff_of_other_model_fails_rebuild(honest, tmp_path):
+    """R-L2-1: a diff that does not rebuild the committed model is E_DIGEST_MISMATCH."""
     _, source, key = honest
     out = copy_bundle(source, tmp_path / "forged")
     other_pre = read(other_checkpoint(), "model.safetensors")
@@ -225,6 +230,7 @@ def test_diff_of_other_model_fails_rebuild(honest, tmp_path):
 
 
 def test_swapped_probe_fails_saliency(honest, tmp_path):
+    """R-L2-4: the mask is recomputed from the committed probe set."""
     _, source, key = honest
     out = copy_bundle(source, tmp_path / "forged")
     (out / "probe.safetensors").write_bytes(
@@ -236,6 +242,7 @@ def test_swapped_probe_fails_saliency(honest, tmp_path):
 
 
 def test_negative_zero_diff_fails_support(honest, tmp_path):
+    """R-L2-1: a -0.0 diff entry is E_DIFF_NOT_EXACT."""
     # post - (-0.0) rebuilds post exactly, but the sign bits of such diff entries could
     # carry data outside the mask: both the exactness rule (R-DIFF-1) and the support
     # check (R-L2-3) see it.
@@ -261,6 +268,7 @@ def test_negative_zero_diff_fails_support(honest, tmp_path):
 
 
 def test_zero_encoder_before_deletion_fails_rebuild(honest, tmp_path):
+    """R-L2-1: the zero-encoder rule applies to the rebuilt model."""
     # A released model copied into a fresh checkpoint keeps its zeroed audio encoder.
     # Deleting audio again as a first deletion would drop the earlier epsilon from the
     # chain; the rebuilt pre-deletion model shows it (R-CHAIN-9).
@@ -285,6 +293,7 @@ def test_zero_encoder_before_deletion_fails_rebuild(honest, tmp_path):
 
 
 def test_low_bits_of_diff_fail_rebuild(honest, tmp_path):
+    """R-L2-1: a diff that is not float64(post) - float64(pre) bit for bit is E_DIFF_NOT_EXACT."""
     # Flipping the lowest bit of a masked diff entry still rebuilds the same float32
     # pre-deletion value after the cast, so only R-DIFF-1's exactness sees it.
     _, source, key = honest

@@ -119,6 +119,7 @@ def test_variance_test_is_calibrated():
 
 
 def test_variance_test_rejects_understated_sigma():
+    """R-L2-6: the chi-square test rejects too little noise."""
     rng = np.random.default_rng(3)
     result = stats.variance_test(rng.normal(0, 0.8, 800), 1.0)
     assert result.statistic == pytest.approx(0.64, abs=0.08)
@@ -126,12 +127,14 @@ def test_variance_test_rejects_understated_sigma():
 
 
 def test_normality_test_needs_twenty_samples():
+    """R-L2-7: the normality test needs 20 values."""
     assert stats.normality_test(np.zeros(19)) is None
     uniform = np.random.default_rng(4).uniform(-1, 1, 2000)
     assert stats.normality_test(uniform).p_value < 1e-6
 
 
 def test_projection_test_detects_shift():
+    """R-L2-8: the projection test detects a shift along the update."""
     rng = np.random.default_rng(5)
     direction = rng.normal(size=500)
     noise = rng.normal(0, 1.0, 500)
@@ -177,6 +180,7 @@ def test_normality_simulated_only_below_threshold():
 
 
 def test_normality_tail_p_value_simulated():
+    """R-L2-7: in the tail the Monte Carlo p-value replaces the asymptotic one."""
     # At n = 397 the chi-square p-value understates the tail, so the simulated one is
     # larger. Its samples come from a fixed stream, so it is the same on every run.
     values = _sample_with_asymptotic_p(0.001, 0.0033)
@@ -193,3 +197,22 @@ def test_normality_clearly_non_normal_still_rejected():
     result = stats.normality_test(uniform, simulate_below=0.0067)
     assert result.simulated is True
     assert result.p_value == pytest.approx(1 / (stats.NORMALITY_RESAMPLES + 1))
+
+
+def test_normality_monte_carlo_matches_stated_stream():
+    """R-L2-7: the p-value counts rows of default_rng(0).standard_normal, 9,999 of size n."""
+    values = np.random.default_rng(30).standard_normal(397)
+    observed = scipy_stats.normaltest(values).statistic
+    rows = np.random.default_rng(0).standard_normal((9_999, 397))
+    at_least = np.count_nonzero(scipy_stats.normaltest(rows, axis=1).statistic >= observed)
+    result = stats.normality_test(values, simulate_below=0.0067)
+    assert result.simulated is True
+    assert result.p_value == (1 + at_least) / 10_000
+
+
+def test_normality_not_simulated_above_20000():
+    """R-L2-7: above 20,000 entries the chi-square p-value is used."""
+    uniform = np.random.default_rng(4).uniform(-1, 1, 20_001)
+    result = stats.normality_test(uniform, simulate_below=0.0067)
+    assert result.simulated is False
+    assert result.p_value == pytest.approx(scipy_stats.normaltest(uniform).pvalue)

@@ -39,7 +39,7 @@ def honest_report(honest):
 
 
 def test_honest_passes_every_level2_check(honest_report):
-    """R-PRIV-1: the issuer's noise on every masked entry passes the level-2 residual tests."""
+    """R-PRIV-1, R-L2-1, R-DIFF-3: an honest bundle passes every level-2 check."""
     statuses = {c.name: c.status for c in honest_report.checks}
     for name in LEVEL2_CHECKS:
         assert statuses[name] == "pass", name
@@ -56,6 +56,7 @@ def test_residual_checks_report_value_threshold_n(honest, honest_report):
 
 
 def test_saliency_reports_boundary_swaps(honest_report):
+    """R-L2-4: the saliency check reports the number of boundary swaps."""
     check = next(c for c in honest_report.checks if c.name == "saliency-mask")
     assert check.value == 0
     assert "boundary swaps" in check.detail
@@ -87,10 +88,12 @@ def test_resolve_alpha_default_without_field():
 
 @pytest.mark.parametrize(
     ("fraction", "count", "k"),
-    [(0.02, 5000, 100), (0.02, 19808, 397), (1.0, 7, 7), (1e-9, 10, 1), (0.3, 10, 3)],
+    # 0.07 x 100 is 7.000000000000001 in binary floating point, which would round up to 8.
+    [(0.02, 5000, 100), (0.02, 19808, 397), (1.0, 7, 7), (1e-9, 10, 1), (0.3, 10, 3),
+     (0.07, 100, 7)],
 )
 def test_mask_count_decimal_rule(fraction, count, k):
-    """R-SAL-2: level 2 computes k = max(1, ceil(top_k_fraction x eligible_count))."""
+    """R-SAL-2, R-L2-2: k = max(1, ceil(top_k_fraction x count)) on the written decimal."""
     assert _recompute.mask_count(count, fraction) == k
 
 
@@ -118,6 +121,7 @@ def test_masked_update_without_samples_is_input_error():
 
 
 def test_failed_rebuild_skips_dependent_checks(honest, tmp_path):
+    """R-L2-1: a failed rebuild fails pre-rebuild and skips checks 4 to 6."""
     _, source, key = honest
     out = copy_bundle(source, tmp_path / "forged")
     diff = read(out, "diff.safetensors")
@@ -129,6 +133,33 @@ def test_failed_rebuild_skips_dependent_checks(honest, tmp_path):
     resign(out, key)
     statuses = {c.name: c.status for c in run_verify(out, key, 2).checks}
     assert statuses["pre-rebuild"] == "fail"
+    assert statuses["saliency-mask"] == "skipped"
+    assert statuses["residual-variance"] == "skipped"
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"saliency.mask_digest": "sha256:" + "0" * 64}, "saliency.mask_digest"),
+    ({"saliency.eligible_count": 1}, "saliency.eligible_count"),
+    # noise_dimension follows mask_size, or level 1's calibration check fails first.
+    ({"saliency.mask_size": -1, "privacy.noise_dimension": -1}, "saliency.mask_size"),
+    ({"saliency.top_k_fraction": 0.5}, "rule k = ceil(top_k_fraction x eligible_count)"),
+], ids=["mask-digest", "eligible-count", "mask-size", "top-k-rule"])
+def test_mask_commitment_binds_saliency_fields(honest, tmp_path, changes, field):
+    """R-L2-2: mask digest, eligible count and mask size must match the mask tensors."""
+    _, source, key = honest
+    out = copy_bundle(source, tmp_path / "forged")
+    doc = load_doc(out)
+    for path, change in changes.items():
+        section, member = path.split(".")
+        value = doc[section][member]
+        # Integers are shifted by the change, and other values are replaced by it.
+        doc[section][member] = value + change if isinstance(value, int) else change
+    resign(out, key, doc)
+    report = run_verify(out, key, 2)
+    check = next(c for c in report.checks if c.name == "mask-commitment")
+    assert (check.status, check.code) == ("fail", "E_MASK_MISMATCH")
+    assert field in check.detail
+    statuses = {c.name: c.status for c in report.checks}
     assert statuses["saliency-mask"] == "skipped"
     assert statuses["residual-variance"] == "skipped"
 
@@ -169,6 +200,7 @@ def test_cli_level2_json_and_junit(honest, tmp_path):
 
 
 def test_missing_raw_norm_is_inconclusive(honest, tmp_path):
+    """R-L2-5: without update.norm_before_clip the update check is inconclusive."""
     # Without update.norm_before_clip a claim of other steps, learning rate or damping
     # hides in the noise, so the check cannot pass.
     _, source, key = honest
@@ -184,7 +216,35 @@ def test_missing_raw_norm_is_inconclusive(honest, tmp_path):
     assert not report.verified
 
 
+def test_other_steps_fail_update_clip(honest, tmp_path):
+    """R-L2-5: the stated norm_before_clip pins steps, learning rate and damping."""
+    _, source, key = honest
+    out = copy_bundle(source, tmp_path / "other-steps")
+    doc = load_doc(out)
+    doc["update"]["steps"] = doc["update"]["steps"] // 2
+    resign(out, key, doc)
+    report = run_verify(out, key, 2)
+    check = next(c for c in report.checks if c.name == "update-clip")
+    assert (check.status, check.code) == ("fail", "E_UPDATE_MISMATCH")
+    assert "update.norm_before_clip is" in check.detail
+    assert not report.verified
+
+
+def test_update_over_clip_norm_fails():
+    """R-L2-5: a recomputed update whose norm exceeds clip_norm fails the check."""
+    from mbd_cert._recompute import Update
+    from mbd_cert.verify_recompute import _check_clip
+
+    doc = {"update": {"clip_norm": 1.0, "norm_before_clip": 2.0}}
+    check = _check_clip(doc, Update(displacement={}, raw_norm=2.0, norm=2.0))
+    assert (check.status, check.code) == ("fail", "E_UPDATE_MISMATCH")
+    assert "exceeds clip_norm" in check.detail
+    within = _check_clip(doc, Update(displacement={}, raw_norm=2.0, norm=1.0))
+    assert within.status == "pass"
+
+
 def test_projection_states_power_against_unclipped(honest, honest_report):
+    """R-L2-10: the projection check reports the unclipped shift and the power against it."""
     doc = load_doc(honest[1])
     check = next(c for c in honest_report.checks if c.name == "residual-projection")
     raw, clip = doc["update"]["norm_before_clip"], doc["update"]["clip_norm"]
