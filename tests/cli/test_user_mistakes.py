@@ -434,6 +434,7 @@ def test_signing_key_as_auditor_key_names_option(honest_run: HonestRun, tmp_path
 
 
 def test_inconclusive_only_names_the_option(honest_run: HonestRun) -> None:
+    """R-L3-4: an inconclusive check fails verification by default (exit 1)."""
     # The tiny test model has 8 masked entries, too few for the normality test.
     outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key,
                      "--level", "2", "--bundle", honest_run.cert.parent)
@@ -442,6 +443,16 @@ def test_inconclusive_only_names_the_option(honest_run: HonestRun) -> None:
     assert "inconclusive" in statuses
     assert "fail" not in statuses
     assert "--allow-inconclusive" in outcome.stderr
+
+
+def test_allow_inconclusive_passes_inconclusive(honest_run: HonestRun) -> None:
+    """R-L3-4: with --allow-inconclusive an inconclusive check no longer fails."""
+    outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key,
+                     "--level", "2", "--bundle", honest_run.cert.parent, "--allow-inconclusive")
+    assert outcome.exit_code == 0, outcome.stderr
+    statuses = {c["name"]: c["status"] for c in outcome.report["checks"]}
+    assert statuses["residual-normality"] == "inconclusive"
+    assert outcome.report["verified"] is True
 
 
 def test_failed_check_omits_inconclusive_hint(honest_run: HonestRun) -> None:

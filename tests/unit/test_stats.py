@@ -103,6 +103,7 @@ def test_epsilon_bound_zero_without_signal():
 
 
 def test_epsilon_bound_formula():
+    """R-L3-2: the empirical epsilon bound from Clopper-Pearson ends."""
     tpr_lo = stats.clopper_pearson_interval(90, 100).lower
     fpr_hi = stats.clopper_pearson_interval(2, 100).upper
     expected = max(math.log((tpr_lo - 1e-5) / fpr_hi),
@@ -216,3 +217,39 @@ def test_normality_not_simulated_above_20000():
     result = stats.normality_test(uniform, simulate_below=0.0067)
     assert result.simulated is False
     assert result.p_value == pytest.approx(scipy_stats.normaltest(uniform).pvalue)
+
+
+def test_epsilon_bound_second_term():
+    """R-L3-2: the bound takes log((1 - FPR_hi - delta) / (1 - TPR_lo)) when larger."""
+    # Clopper-Pearson ends from the beta distribution, two-sided 95 %.
+    tpr_lo = scipy_stats.beta.ppf(0.025, 100, 1)
+    fpr_hi = scipy_stats.beta.ppf(0.975, 31, 70)
+    first = math.log((tpr_lo - 1e-5) / fpr_hi)
+    second = math.log((1 - fpr_hi - 1e-5) / (1 - tpr_lo))
+    assert second > first
+    assert stats.epsilon_lower_bound(100, 100, 30, 100, 1e-5) == pytest.approx(second)
+
+
+def test_auc_interval_hanley_mcneil():
+    """R-L3-2: the AUC interval is Hanley and McNeil's (1982) normal interval."""
+    rng = np.random.default_rng(8)
+    positive, negative = rng.normal(0.8, 1, 40), rng.normal(0, 1, 60)
+    auc, interval = stats.auc_with_interval(positive, negative)
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    variance = (auc * (1 - auc) + 39 * (q1 - auc**2) + 59 * (q2 - auc**2)) / (40 * 60)
+    half = scipy_stats.norm.ppf(0.975) * math.sqrt(variance)
+    assert interval.lower == pytest.approx(auc - half)
+    assert interval.upper == pytest.approx(auc + half)
+
+
+def test_balanced_accuracy_bonferroni_wilson():
+    """R-L3-3: per-class Wilson intervals at 0.05 / classes, averaged."""
+    truth = np.r_[np.zeros(30, dtype=int), np.ones(20, dtype=int)]
+    predicted = np.r_[np.zeros(24, dtype=int), np.ones(6, dtype=int),
+                      np.ones(15, dtype=int), np.zeros(5, dtype=int)]
+    result = stats.balanced_accuracy(truth, predicted)
+    zeros, ones = stats.wilson_interval(24, 30, 0.025), stats.wilson_interval(15, 20, 0.025)
+    assert result.value == pytest.approx((24 / 30 + 15 / 20) / 2)
+    assert result.interval.lower == pytest.approx((zeros.lower + ones.lower) / 2)
+    assert result.interval.upper == pytest.approx((zeros.upper + ones.upper) / 2)
+    assert result.chance == 0.5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -35,6 +37,7 @@ def test_honest_passes_level3(report):
 
 
 def test_functional_probe_exact(report):
+    """R-L3-1, R-L3-4: the honest model's outputs are identical under every alteration."""
     check = next(c for c in report.checks if c.name == "functional-probe")
     assert check.value == 0.0
     assert check.threshold == 0.0
@@ -42,6 +45,7 @@ def test_functional_probe_exact(report):
 
 
 def test_membership_reports_rates(report):
+    """R-L3-2, R-L3-4: the membership check reports AUC, interval, TPRs and the bound."""
     check = next(c for c in report.checks if c.name == "membership-inference")
     for field in ("auc", "auc_interval", "tpr_at_fpr_0.01", "tpr_at_fpr_0.1",
                   "epsilon_lower_bound"):
@@ -51,6 +55,7 @@ def test_membership_reports_rates(report):
 
 
 def test_membership_fails_on_strong_signal(honest):
+    """R-L3-2: an empirical epsilon bound above privacy.epsilon is E_MEMBERSHIP_LEAK."""
     _, out, _ = honest
     doc = load_doc(out)
     bundle = load_bundle(doc, out / "model.safetensors", out)
@@ -68,6 +73,7 @@ def test_membership_fails_on_strong_signal(honest):
 
 
 def test_representation_skipped_without_attribute(honest):
+    """R-L3-3: without the <modality>_private attribute the probe is skipped."""
     _, out, _ = honest
     doc = load_doc(out)
     bundle = load_bundle(doc, out / "model.safetensors", out)
@@ -80,6 +86,7 @@ def test_representation_skipped_without_attribute(honest):
 
 @pytest.mark.parametrize("per_sample", [False, True])
 def test_representation_classes_listed_briefly(honest, per_sample):
+    """R-L3-3: an attribute without two classes is inconclusive."""
     _, out, _ = honest
     doc = load_doc(out)
     bundle = load_bundle(doc, out / "model.safetensors", out)
@@ -109,6 +116,7 @@ def test_representation_probe_reads_a_planted_attribute(honest):
 
 
 def test_inconclusive_fails_unless_allowed(honest):
+    """R-L3-4: inconclusive fails verification unless allowed."""
     from mbd_cert.report import CheckResult, VerificationReport
 
     strict = VerificationReport("x", 3, [CheckResult("a", "inconclusive", "few samples")])
@@ -141,6 +149,7 @@ def _honest_bundle(honest):
 
 @pytest.mark.parametrize("bad_value", [np.inf, np.nan])
 def test_functional_probe_fails_nonfinite_output(honest, monkeypatch, bad_value):
+    """R-L3-1: a NaN or infinite output is E_OUTPUT_NONFINITE."""
     # A plugin model that reads the deleted input and overflows on one sample: max()
     # skips the NaN difference, so only the finiteness check catches it.
     bundle = _honest_bundle(honest)
@@ -162,6 +171,7 @@ def test_functional_probe_fails_nonfinite_output(honest, monkeypatch, bad_value)
 
 
 def test_functional_probe_fails_nonfinite_variant(honest, monkeypatch):
+    """R-L3-1: a NaN output under an alteration is E_OUTPUT_NONFINITE."""
     # Finite outputs on the probe set, but NaN once the deleted input is replaced.
     bundle = _honest_bundle(honest)
     real_predict = verify_leakage.predict
@@ -178,3 +188,101 @@ def test_functional_probe_fails_nonfinite_variant(honest, monkeypatch):
     assert check.status == "fail"
     assert check.code == "E_OUTPUT_NONFINITE"
     assert "with audio zeroed" in check.detail
+
+
+def test_functional_probe_fails_on_finite_leak(honest, monkeypatch):
+    """R-L3-1: any change of the output with the deleted input is E_FUNCTIONAL_LEAK."""
+    bundle = _honest_bundle(honest)
+    real_predict = verify_leakage.predict
+
+    def leaky_predict(model, batch):
+        audio = batch["inputs"]["audio"].double()
+        return real_predict(model, batch) + 1e-9 * audio.mean(
+            dim=tuple(range(1, audio.dim()))).numpy()
+
+    monkeypatch.setattr(verify_leakage, "predict", leaky_predict)
+    check = verify_leakage._functional_probe(bundle)
+    assert (check.status, check.code) == ("fail", "E_FUNCTIONAL_LEAK")
+    assert 0.0 < check.value < 1e-6
+
+
+def test_functional_probe_flips_presence_flag(honest, monkeypatch):
+    """R-L3-1: a model that reads only the deleted modality's presence flag fails."""
+    bundle = _honest_bundle(honest)
+    column = bundle.probe.modalities.index("audio")
+    real_predict = verify_leakage.predict
+
+    def flag_reading_predict(model, batch):
+        flag = batch["present"][:, column].double().numpy()
+        return real_predict(model, batch) + 1e-9 * flag
+
+    monkeypatch.setattr(verify_leakage, "predict", flag_reading_predict)
+    check = verify_leakage._functional_probe(bundle)
+    assert (check.status, check.code) == ("fail", "E_FUNCTIONAL_LEAK")
+
+
+def test_membership_scores_minus_absolute_error(honest):
+    """R-L3-2: the membership probe scores each sample by minus its absolute error."""
+    from mbd_cert._torch_model import build_model, probe_batch
+
+    bundle = _honest_bundle(honest)
+    scores = verify_leakage._membership(bundle, bundle.post, bundle.config_post)
+    model = build_model(bundle.architecture, bundle.config_post, bundle.post)
+    predictions = verify_leakage.predict(model, probe_batch(bundle.probe))
+    np.testing.assert_array_equal(scores, -np.abs(predictions - bundle.probe.label))
+
+
+def test_membership_inconclusive_below_ten_members(honest):
+    """R-L3-2: fewer than 10 members (or non-members) give inconclusive."""
+    _, out, _ = honest
+    doc = load_doc(out)
+    bundle = _honest_bundle(honest)
+    member = np.zeros(bundle.probe.size, dtype=bool)
+    member[:9] = True
+    bundle = dataclasses.replace(bundle, probe=dataclasses.replace(bundle.probe, member=member))
+    scores = np.where(member, 10.0, 0.0)
+    check = verify_leakage._membership_check(doc, bundle, "membership-inference", scores,
+                                             reference=False)
+    assert (check.status, check.code) == ("inconclusive", "E_INCONCLUSIVE")
+    assert "9 members" in check.detail
+
+
+def test_representation_probe_fails_on_leak(honest, monkeypatch):
+    """R-L3-3: a fusion input that reveals the private attribute is E_REPRESENTATION_LEAK."""
+    bundle = _honest_bundle(honest)
+    labels = bundle.probe.attributes["audio_private"]
+
+    def revealing_inputs(bundle, tensors, config, rows):
+        noise = np.random.default_rng(0).normal(size=(rows.size, 3))
+        return np.c_[labels[rows].astype(np.float64), noise]
+
+    monkeypatch.setattr(verify_leakage, "_fusion_inputs", revealing_inputs)
+    check = verify_leakage._representation_check(bundle, "representation-probe", bundle.post,
+                                                 bundle.config_post, reference=False)
+    assert (check.status, check.code) == ("fail", "E_REPRESENTATION_LEAK")
+    assert check.value["interval"][0] > check.threshold
+
+
+def test_representation_inconclusive_small_class(honest):
+    """R-L3-3: a class of fewer than 10 samples with the modality observed is inconclusive."""
+    bundle = _honest_bundle(honest)
+    column = bundle.probe.modalities.index("audio")
+    observed = np.flatnonzero(bundle.probe.present[:, column])
+    attribute = np.zeros(bundle.probe.size, dtype=bundle.probe.attributes["audio_private"].dtype)
+    attribute[observed[:9]] = 1
+    bundle.probe.attributes["audio_private"] = attribute
+    check = verify_leakage._representation_check(bundle, "representation-probe", bundle.post,
+                                                 bundle.config_post, reference=False)
+    assert (check.status, check.code) == ("inconclusive", "E_INCONCLUSIVE")
+    assert "counts [" in check.detail
+
+
+def test_level3_checks_report_value_threshold_n(report):
+    """R-L3-4: each deciding level-3 check reports name, status, value, threshold and n."""
+    for name in ("functional-probe", "membership-inference", "representation-probe"):
+        check = next(c for c in report.checks if c.name == name)
+        assert check.value is not None, name
+        assert check.threshold is not None, name
+        assert check.n is not None and check.n > 0, name
+    for entry in report.to_json()["checks"]:
+        assert {"name", "status", "value", "threshold", "n"} <= set(entry), entry["name"]
