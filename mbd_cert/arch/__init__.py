@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
@@ -192,7 +192,45 @@ def get_architecture(name: str) -> Architecture:
             hint="fix the package that provides it",
             code=CODE_ARCHITECTURE_LOAD_FAILED,
         )
-    return loaded
+    return replace(loaded, validate_config=_contract_checked(name, loaded.validate_config))
+
+
+def _contract_checked(name: str, validate: Callable[[Mapping[str, Any]], Any]
+                      ) -> Callable[[Mapping[str, Any]], Any]:
+    """Wrap a plugin's ``validate_config`` with the checks of what it returns (R-ARCH-4).
+
+    The issuer and the verifier read ``modalities`` and ``deleted_modalities`` from the
+    validated config, so a plugin that leaves them out would end a command with a
+    KeyError (exit 3) instead of an error naming the plugin.
+    """
+    def checked(config: Mapping[str, Any]) -> Any:
+        validated = validate(config)
+        problem = _config_contract_problem(validated)
+        if problem is not None:
+            raise InputError(
+                f"architecture {name!r}: validate_config returned a config that {problem} "
+                "(SPEC.md, R-ARCH-4)",
+                hint="fix the package that provides the architecture",
+                code=CODE_ARCHITECTURE_LOAD_FAILED,
+            )
+        return validated
+
+    return checked
+
+
+def _config_contract_problem(config: Any) -> str | None:
+    if not isinstance(config, Mapping):
+        return f"is a {type(config).__name__}, not a mapping"
+    modalities = config.get("modalities")
+    if not isinstance(modalities, list) or not modalities \
+            or not all(isinstance(m, str) for m in modalities) \
+            or len(set(modalities)) != len(modalities):
+        return "has no 'modalities' list of distinct names"
+    deleted = config.get("deleted_modalities")
+    if not isinstance(deleted, list) or not all(isinstance(m, str) for m in deleted) \
+            or not set(deleted) <= set(modalities):
+        return "has no 'deleted_modalities' list within 'modalities'"
+    return None
 
 
 def available_architectures() -> list[str]:

@@ -71,6 +71,33 @@ def test_entry_point_architecture_loaded(tmp_path, monkeypatch):
     assert "plugin-model" in arch.available_architectures()
 
 
+@pytest.mark.parametrize(("returned", "problem"), [
+    ("{}", "has no 'modalities' list"),
+    ("[1, 2]", "is a list, not a mapping"),
+    ("dict(config, modalities=['text', 'text'])", "has no 'modalities' list"),
+    ("dict(config, deleted_modalities=['smell'])", "no 'deleted_modalities' list within"),
+])
+def test_plugin_config_contract_checked(tmp_path, monkeypatch, returned, problem):
+    """R-ARCH-4: the toolkit reads modalities and deleted_modalities from what it returns."""
+    _plugin_module(tmp_path, monkeypatch, "mbd_plugin_config", f"""
+        import dataclasses
+        from mbd_cert.arch.mbd import ARCHITECTURE as BASE
+        def validate_config(config):
+            config = BASE.validate_config(config)
+            return {returned}
+        ARCHITECTURE = dataclasses.replace(BASE, name="config-model",
+                                           validate_config=validate_config)
+    """)
+    _fake_entry_points(monkeypatch, ("config-model", "mbd_plugin_config:ARCHITECTURE"))
+    record = get_architecture("config-model")
+    with pytest.raises(InputError) as info:
+        record.validate_config(tiny_config())
+    assert info.value.code == "E_ARCHITECTURE_LOAD_FAILED"
+    assert "architecture 'config-model': validate_config returned a config that" in str(
+        info.value)
+    assert problem in str(info.value)
+
+
 def test_entry_point_load_failure_names_it(tmp_path, monkeypatch):
     _plugin_module(tmp_path, monkeypatch, "mbd_plugin_broken", "raise RuntimeError('boom')\n")
     _fake_entry_points(monkeypatch, ("broken-model", "mbd_plugin_broken:ARCHITECTURE"))
