@@ -28,6 +28,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("mbd_cert")
 
 NOT_FINISHED = "the command did not finish"
+# Set when the command line's command has returned or raised. From then on SIGINT is
+# ignored, and SIGTERM with it, while the interpreter shuts down.
+_command_finished = False
 
 
 def exit_interrupted(outcome: str = NOT_FINISHED) -> NoReturn:
@@ -47,9 +50,12 @@ def _terminate_as_interrupt(signum: int, frame: Any) -> None:
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
         handler(signal.SIGINT, frame)
-    elif handler == signal.SIG_DFL:
+    elif not _command_finished:
+        # SIG_DFL, a handler installed outside Python, or SIG_IGN inherited from a
+        # shell that starts background jobs with Ctrl-C ignored: SIGTERM still stops
+        # the command, with Ctrl-C's cleanup.
         raise KeyboardInterrupt
-    # SIG_IGN: the command has finished and the interpreter is shutting down.
+    # Otherwise the command has finished and the interpreter is shutting down.
 
 
 class _EscapingFormatter(logging.Formatter):
@@ -212,12 +218,15 @@ class _Group(click.Group):
         argv = list(sys.argv[1:] if args is None else args)
         options = argv[: argv.index("--")] if "--" in argv else argv
         self._json_requested = "--json" in options
+        global _command_finished
         if as_program and threading.current_thread() is threading.main_thread():
+            _command_finished = False
             signal.signal(signal.SIGTERM, _terminate_as_interrupt)
         try:
             return super().main(argv, *rest, **kwargs)
         finally:
             if as_program and threading.current_thread() is threading.main_thread():
+                _command_finished = True
                 # The command has finished and printed its result. Interpreter shutdown
                 # is left (0.6 s after 'issue' on 2 CPU cores, measured), and a Ctrl-C
                 # there would end the process by SIGINT with status 130.

@@ -250,6 +250,32 @@ def test_sigterm_in_issue_acts_as_ctrl_c(tmp_path: Path, issuer_keys):
     assert not out.exists()
 
 
+def test_sigterm_stops_a_background_job(tmp_path: Path, issuer_keys):
+    # A shell without job control starts `mbd-cert ... &` with SIGINT ignored. SIGTERM,
+    # the usual way to stop such a job, must still end the command as Ctrl-C would.
+    checkpoint = tmp_path / "ck"
+    checkpoint.mkdir()
+    out = tmp_path / "out"
+    code = (
+        "import os, signal, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "import mbd_cert.issue\n"
+        "def stopped(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(20)\n"
+        "    os._exit(99)\n"
+        "mbd_cert.issue.issue = stopped\n"
+        "from mbd_cert.cli import main\n"
+        "main()\n"
+    )
+    result = _run_python(code, "issue", "--checkpoint", str(checkpoint), "--modality",
+                         "audio", "--epsilon", "1", "--key", str(issuer_keys.private),
+                         "--out", str(out))
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "interrupted; the output directory was left as it was\n"
+    assert not out.exists()
+
+
 def test_sigterm_at_shutdown_is_ignored():
     code = (
         "import atexit, os, signal\n"
