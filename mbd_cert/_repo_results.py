@@ -6,7 +6,6 @@ Stability: internal; the JSON and JUnit layouts are documented in docs/user-guid
 from __future__ import annotations
 
 import re
-import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,16 +175,20 @@ def _print_wrapped(console: Any, text: str, first_indent: str, indent: str) -> N
 
     A note quotes certificates and file names, which can pad text to the console width
     so that a wrapped line of its own reads like the summary line (SPEC.md, R-SEC-5).
-    The lines are cut here, and ``soft_wrap`` keeps rich from cutting them again,
-    because textwrap counts characters where rich counts columns, two for a wide
-    character.
+    The lines are cut here by terminal columns, as rich counts them (two for a wide
+    character), so that none is wider than the console and the terminal does not wrap
+    it again at column 0. ``soft_wrap`` keeps rich from cutting them a second time.
     """
-    from mbd_cert._terminal import rich_text, terminal_text
+    from rich.text import Text
 
-    for piece in textwrap.wrap(terminal_text(text), width=console.width,
-                               initial_indent=first_indent, subsequent_indent=indent,
-                               break_on_hyphens=False):
-        console.print(rich_text(piece), soft_wrap=True)
+    from mbd_cert._terminal import rich_text
+
+    width = max(console.width - len(indent), 1)
+    for number, piece in enumerate(rich_text(text).wrap(console, width, overflow="fold")):
+        piece.rstrip()
+        if not piece.plain:
+            continue
+        console.print(Text(first_indent if number == 0 else indent) + piece, soft_wrap=True)
 
 
 def check_counts(checks: Sequence[Any]) -> str:

@@ -912,3 +912,40 @@ def test_note_cannot_start_a_line(repo, padding):
     lines = result.stdout.splitlines()
     assert [line for line in lines if line.startswith(FAKE_SUMMARY[:6])] == []
     assert lines[-1].startswith("1 of 2 certificates verified")
+
+
+def _terminal_rows(line: str, columns: int) -> list[str]:
+    """Return the rows a terminal of ``columns`` shows for ``line``, wrapping by cells."""
+    from rich.cells import cell_len
+
+    rows, row = [], ""
+    for char in line:
+        if cell_len(row + char) > columns:
+            rows.append(row)
+            row = ""
+        row += char
+    return [*rows, row]
+
+
+@pytest.mark.parametrize(("lead", "count"), [("zzz", 29), ("zz", 58)],
+                         ids=["row-start", "long"])
+def test_wide_note_cannot_start_a_terminal_row(repo, lead, count):
+    # Wide characters take two columns each, so a note cut at 120 characters can be
+    # up to 240 columns long, and a terminal of 120 columns wraps it again without an
+    # indent. 'zzz' and 29 of them put the fake summary at column 120 (R-SEC-5).
+    from rich.cells import cell_len
+
+    _policy(repo, "")
+    path = repo / "models" / "a" / "cert.json"
+    doc = json.loads(path.read_text())
+    doc["deletion"]["removed_tensors"].append(lead + "\u3042" * count + FAKE_SUMMARY
+                                              + "\u3042" * 58)
+    doc["deletion"]["removed_tensors"].sort()
+    path.write_text(json.dumps(doc))
+    result = _run(repo)
+    assert result.exit_code == 1, result.output
+    lines = result.stdout.splitlines()
+    rows = [row for line in lines for row in _terminal_rows(line, 120)]
+    assert [row for row in rows if row.startswith(FAKE_SUMMARY[:6])] == []
+    assert max(cell_len(line) for line in lines) <= 120
+    assert lines[-1].startswith("1 of 2 certificates verified")
