@@ -567,5 +567,5 @@ def _warn_utility_loss(doc: dict[str, Any]) -> None:
             "the released model lost much of its utility on the evaluation set (%s) "
             "against the model before the deletion with %s missing. The certificate is "
             "valid, but the noise (sigma %s) may dominate the released weights: "
-            "consider a larger epsilon or a smaller --top-k-fraction before publishing",
+            "consider a larger epsilon or a smaller --top-k before publishing",
             "; ".join(losses), doc["deletion"]["modality"], doc["privacy"]["sigma"])

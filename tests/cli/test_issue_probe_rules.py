@@ -7,6 +7,7 @@ rejected files was certified with exit code 0.
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from cli_support import TINY_ISSUE_OPTIONS, IssuerKeys, Outcome, assert_clean, run_cli
 
 from mbd_cert import _safetensors
+from mbd_cert.cli import main
 
 Edit = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray] | None]
 
@@ -153,6 +155,12 @@ def test_noise_dominated_release_warns(tiny_checkpoint: Path, issuer_keys: Issue
     assert outcome.exit_code == 0, outcome.stderr
     assert "WARNING: the released model lost much of its utility" in outcome.stderr
     assert "utility on " in outcome.stdout
+    # The remedy names options of issue that exist.
+    issue_options = {name for parameter in main.commands["issue"].params
+                     for name in parameter.opts}
+    named = set(re.findall(r"--[a-z][a-z-]*", outcome.stderr.split("lost much of")[1]))
+    assert named, outcome.stderr
+    assert named <= issue_options
 
 
 def test_replacing_a_certificate_warns(tiny_checkpoint: Path, issuer_keys: IssuerKeys,
