@@ -196,11 +196,13 @@ def tensor_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 def activation_entries(config: Mapping[str, Any]) -> int:
     """Return how many values one sample's forward pass computes, summed over the layers.
 
-    An upper estimate for a validated config: every encoder runs, as in the
+    An upper estimate for a validated config, of every tensor a forward pass without
+    gradients allocates, the inputs included: every encoder runs, as in the
     pre-deletion model. The memory of a forward pass over n samples grows with n times
     this count, and the config alone sets it, whatever the size of the probe file.
     """
     modalities = list(config["modalities"])
+    count = len(modalities)
     hidden = int(config["hidden_dim"])
     shared = int(config["shared_dim"])
     private = int(config["private_dim"])
@@ -210,14 +212,20 @@ def activation_entries(config: Mapping[str, Any]) -> int:
     for name in modalities:
         steps = int(config["seq_len"][name])
         width = int(config["input_dims"][name])
-        # Per step the input, the LayerNorm output, the projection and its GELU; then
-        # the mean over the steps and the shared and private heads.
-        total += steps * (2 * width + 2 * hidden) + hidden + shared + private
-    generator_in = (len(modalities) - 1) * (shared + 1)
-    # Per generator its input, the hidden layer and its GELU, and the reconstruction.
-    total += len(modalities) * (generator_in + 2 * hidden + shared)
-    # The fusion input, the four outputs of the fusion layers and the head.
-    total += len(modalities) * (shared + private) + 4 * fusion + 1
+        # Per step the input, its padding test and LayerNorm output; the projection,
+        # its GELU and the padding mask applied to it; the LayerNorm statistics and
+        # the step's validity flags. Then the sum and mean over the steps and the
+        # shared and private heads.
+        total += steps * (3 * width + 3 * hidden + 4) + 2 * hidden + shared + private + 4
+    generator_in = (count - 1) * (shared + 1)
+    # Per generator its gathered input, the hidden layer and its GELU, and the
+    # reconstruction.
+    total += count * (2 * generator_in + 2 * hidden + shared)
+    # Per modality the real slot, the embedding, the chosen slot and its sum, the
+    # private part and its masked copy, the fusion input and the state flags.
+    total += count * (5 * shared + 3 * private + 8) + shared
+    # The four outputs of the fusion layers, the head and the scaled prediction.
+    total += 4 * fusion + 3
     return total
 
 

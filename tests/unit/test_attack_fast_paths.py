@@ -415,7 +415,7 @@ def test_mixed_paths_issue_and_verify_agree(honest, tmp_path):
 def test_wide_layers_over_tiny_inputs_refused():
     # A config of one-feature inputs, the longest sequences and the widest layers has
     # 2e6 parameters, an 8 MB model file. Yet one sample's forward pass computes about
-    # 4e11 values, over 3 TB in float64, from 12 MB of probe inputs (R-LIM-7).
+    # 6e11 values, about 5 TB in float64, from 12 MB of probe inputs (R-LIM-7).
     from mbd_cert._work_limits import MAX_ACTIVATION_ENTRIES, check_activation_work
     from mbd_cert.arch import _mbd_config
 
@@ -463,3 +463,63 @@ def test_activation_cap_checked_before_level2(honest, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(_work_limits, "MAX_ACTIVATION_ENTRIES", needed)
     assert run_verify(source, key, 2).verified
+
+
+class _AllocatedValues:
+    """Dispatch mode that counts the entries of every tensor an operation allocates.
+
+    Views and in-place results share an input's storage and are not counted.
+    """
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                from torch.utils._pytree import tree_flatten
+
+                out = func(*args, **(kwargs or {}))
+                inputs = {t.untyped_storage().data_ptr()
+                          for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+                for value in tree_flatten(out)[0]:
+                    if isinstance(value, torch.Tensor) \
+                            and value.untyped_storage().data_ptr() not in inputs:
+                        counter.entries += value.numel()
+                return out
+
+        self.entries = 0
+        self.mode = Mode()
+
+
+@pytest.mark.parametrize(("modalities", "steps", "width", "hidden", "shared", "private",
+                          "fusion"), [
+    (1, 7, 9, 16, 8, 4, 12),
+    (2, 1, 1, 1, 1, 4, 1),
+    (3, 5, 1, 64, 1, 1, 1),
+    (5, 1, 9, 1, 8, 1, 12),
+    (3, 8, 32, 64, 32, 16, 64),
+], ids=["one-modality", "tiny", "wide-hidden", "many-modalities", "default-widths"])
+def test_activation_entries_bound_the_forward_pass(modalities, steps, width, hidden, shared,
+                                                   private, fusion):
+    # R-LIM-7 caps probe samples times this count, which the architecture states as an
+    # upper estimate: every value a forward pass allocates, the inputs included.
+    from mbd_cert.arch import _mbd_config
+    from mbd_cert.arch.mbd import MBDModel
+
+    names = [f"m{i}" for i in range(modalities)]
+    config = _mbd_config.validate_config({
+        "modalities": names, "input_dims": dict.fromkeys(names, width),
+        "seq_len": dict.fromkeys(names, steps), "hidden_dim": hidden, "shared_dim": shared,
+        "private_dim": private, "fusion_hidden": fusion})
+    model = MBDModel(config, seed=0).to(torch.float64).eval()
+    samples = 3
+    inputs = {name: torch.randn(samples, steps, width, dtype=torch.float64) for name in names}
+    present = torch.ones(samples, modalities, dtype=torch.bool)
+    present[0, 0] = False
+    counter = _AllocatedValues()
+    with torch.no_grad(), counter.mode:
+        model(inputs, present)
+    computed = counter.entries + sum(value.numel() for value in inputs.values())
+    assert computed <= samples * _mbd_config.activation_entries(config)
