@@ -318,7 +318,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                 close()
         except KeyboardInterrupt as interrupt:
             stopped = Interrupted(
-                "interrupted by Ctrl-C (SIGINT) before verification finished; the "
+                "interrupted by Ctrl-C (SIGINT) or SIGTERM before verification finished; the "
                 "certificate is not verified", "run mbd-cert verify again to completion")
             if junit_path is not None:
                 write_error_junit(junit_path, str(cert), error_record(stopped))

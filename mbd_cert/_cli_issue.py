@@ -277,7 +277,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                 close()
             _print_summary(doc, modality, out_dir)
         if window.interrupted:
-            click.echo(f"Ctrl-C arrived after the new output was moved into {out_dir}; "
+            click.echo(f"Ctrl-C or SIGTERM arrived after the new output was moved into {out_dir}; "
                        "the deletion is complete", err=True)
 
 

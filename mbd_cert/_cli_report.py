@@ -129,7 +129,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
             click.echo(f"wrote {out_dir / 'index.html'} and {len(written)} figures: "
                        + ", ".join(written))
         if window.interrupted:
-            click.echo(f"Ctrl-C arrived after the report was moved into {out_dir}; "
+            click.echo(f"Ctrl-C or SIGTERM arrived after the report was moved into {out_dir}; "
                        "the report is complete", err=True)
         summary = {"figures": written, "html": str(out_dir / "index.html")}
         logger.debug("%s", json.dumps(summary))

@@ -49,8 +49,8 @@ class Interrupted(KeyboardInterrupt):
         hint: What to do next.
     """
 
-    def __init__(self, message: str = "interrupted by Ctrl-C (SIGINT) before the command "
-                 "finished", hint: str = "run the command again to completion") -> None:
+    def __init__(self, message: str = "interrupted by Ctrl-C (SIGINT) or SIGTERM before the "
+                 "command finished", hint: str = "run the command again to completion") -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint

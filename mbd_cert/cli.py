@@ -221,7 +221,9 @@ class _Group(click.Group):
         global _command_finished
         if as_program and threading.current_thread() is threading.main_thread():
             _command_finished = False
-            signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+            # A parent that ignores SIGTERM for this process keeps it ignored.
+            if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+                signal.signal(signal.SIGTERM, _terminate_as_interrupt)
         try:
             return super().main(argv, *rest, **kwargs)
         finally:

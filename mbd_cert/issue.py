@@ -497,14 +497,6 @@ def issue(
             hint="choose another --out or pass --force to replace it",
             code="E_OUTPUT_EXISTS",
         )
-    if options.force and (out_dir / "cert.json").is_file():
-        # Each issue is a separate release: if the replaced model was published, both
-        # noisy releases exist and their privacy costs add up outside any chain.
-        logger.warning(
-            "replacing the certificate in %s: if its model was published, this is a "
-            "second release of the same deletion and its epsilon adds to the first. To "
-            "delete another modality from a published release, pass that output as "
-            "--checkpoint instead", out_dir)
     probe_path = checkpoint_dir / "probe.safetensors"
     if not previous:
         config_doc = read_config(checkpoint_dir / "config.json")
@@ -540,6 +532,7 @@ def issue(
         evaluation = read_probe_set(eval_set, modalities=probe.modalities)
         check_evaluation_set(evaluation, eval_set, options.modality)
 
+    replacing = options.force and (out_dir / "cert.json").is_file()
     doc = _issue_steps.run(
         config_doc=config_doc,
         model_path=model_path,
@@ -554,6 +547,14 @@ def issue(
         private_key=private_key,
         progress=progress,
     )
+    if replacing:
+        # Each issue is a separate release: if the replaced model was published, both
+        # noisy releases exist and their privacy costs add up outside any chain.
+        logger.warning(
+            "replaced the certificate in %s: if its model was published, this is a "
+            "second release of the same deletion and its epsilon adds to the first. To "
+            "delete another modality from a published release, pass that output as "
+            "--checkpoint instead", out_dir)
     _warn_utility_loss(doc)
     return doc
 

@@ -470,11 +470,16 @@ def _check_sensitivity_evidence(doc: Mapping[str, Any], bundle: Bundle,
     stated_left_out = evidence.get("left_out")
 
     def distance_without(index: int) -> float:
-        neighbour = _recompute.masked_update(
-            model, bundle.masks, retain, _without_sample(batch, index),
-            steps=steps, learning_rate=update["learning_rate"], damping=update["damping"],
-            clip_norm=update["clip_norm"],
-            closed_form=bundle.architecture.independent_samples)
+        name = bundle.architecture.name
+        try:
+            neighbour = _recompute.masked_update(
+                model, bundle.masks, retain, _without_sample(batch, index),
+                steps=steps, learning_rate=update["learning_rate"],
+                damping=update["damping"], clip_norm=update["clip_norm"],
+                closed_form=bundle.architecture.independent_samples)
+        except VmapFailure as failure:
+            raise vmap_error(failure, f"the retain objective of architecture {name!r}",
+                             _objective_hint(name, "update")) from failure.__cause__
         step()
         return math.sqrt(math.fsum(
             float(np.square(full.displacement[name] - neighbour.displacement[name]).sum())

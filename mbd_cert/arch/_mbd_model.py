@@ -361,10 +361,18 @@ def _seeded(seed: int | None) -> Iterator[None]:
     if seed is None:
         yield
         return
-    # Seed only the CPU generator, where the parameters are created. torch.manual_seed
-    # would also seed the accelerator generators, which fork_rng does not restore.
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
+    device = torch.empty(0).device  # where the parameters will be created
+    if device.type == "cpu":
+        # Seed only the CPU generator. torch.manual_seed would also seed the
+        # accelerator generators, which fork_rng(devices=[]) does not restore.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            yield
+        return
+    # A default device set with torch.set_default_device: seed and restore its
+    # generator too.
+    with torch.random.fork_rng(devices=[device], device_type=device.type):
+        torch.manual_seed(seed)
         yield
 
 

@@ -45,7 +45,7 @@ def test_ctrl_c_after_swap_reports_success(fresh_run: HonestRun, monkeypatch):
     outcome = _issue_force(fresh_run)
     assert outcome.exit_code == 0, outcome.stderr
     assert INTERRUPTED not in outcome.stderr
-    assert "Ctrl-C arrived after the new output was moved into" in outcome.stderr
+    assert "Ctrl-C or SIGTERM arrived after the new output was moved into" in outcome.stderr
     assert outcome.stdout.startswith("deleted audio: certificate ")
     assert signal.getsignal(signal.SIGINT) is handler_before
     new_id = fresh_run.load_cert()["certificate_id"]
@@ -286,3 +286,26 @@ def test_sigterm_at_shutdown_is_ignored():
     result = _run_python(code, "--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("mbd-cert, version ")
+
+
+def test_inherited_ignored_sigterm_stays_ignored(tmp_path: Path, issuer_keys):
+    # A parent that starts mbd-cert with SIGTERM ignored keeps it ignored.
+    checkpoint = tmp_path / "ck"
+    checkpoint.mkdir()
+    code = (
+        "import os, signal\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "import mbd_cert.issue\n"
+        "from mbd_cert.errors import InputError\n"
+        "def stopped(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    raise InputError('still running after SIGTERM')\n"
+        "mbd_cert.issue.issue = stopped\n"
+        "from mbd_cert.cli import main\n"
+        "main()\n"
+    )
+    result = _run_python(code, "issue", "--checkpoint", str(checkpoint), "--modality",
+                         "audio", "--epsilon", "1", "--key", str(issuer_keys.private),
+                         "--out", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr
+    assert "still running after SIGTERM" in result.stderr

@@ -171,7 +171,7 @@ def test_replacing_a_certificate_warns(tiny_checkpoint: Path, issuer_keys: Issue
                      "--proxy-sample", "0", "--key", issuer_keys.private, "--out", out,
                      "--force"])
     assert again.exit_code == 0, again.stderr
-    assert f"WARNING: replacing the certificate in {out}" in again.stderr
+    assert f"WARNING: replaced the certificate in {out}" in again.stderr
 
 
 def test_activation_cap_refused_before_work(tiny_checkpoint: Path, issuer_keys: IssuerKeys,
@@ -187,3 +187,16 @@ def test_activation_cap_refused_before_work(tiny_checkpoint: Path, issuer_keys: 
     assert "[E_LIMIT_EXCEEDED]" in outcome.stderr
     assert "probe samples" in outcome.stderr
     assert not out.exists()
+
+
+def test_failed_replacement_does_not_warn(tiny_checkpoint: Path, issuer_keys: IssuerKeys,
+                                          tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert _issue(tiny_checkpoint, issuer_keys, out).exit_code == 0
+    off_scale = _edited_checkpoint(tiny_checkpoint, tmp_path / "ck", "probe.safetensors",
+                                   lambda tensors: {**tensors, "label": tensors["label"] * 1e3})
+    again = run_cli(["issue", "--checkpoint", off_scale, *TINY_ISSUE_OPTIONS,
+                     "--proxy-sample", "0", "--key", issuer_keys.private, "--out", out,
+                     "--force"])
+    assert again.exit_code == 2, again.stderr
+    assert "replaced the certificate" not in again.stderr

@@ -84,7 +84,7 @@ def test_unused_random_draw_rejected_where_vmap_runs():
     assert "calls a random operation" in str(caught.value)
 
 
-def test_memory_error_is_not_a_vmap_failure():
+def test_only_vmap_refusals_are_vmap_failures():
     def exhausted() -> None:
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
                            "allocate 10 bytes")
@@ -92,9 +92,13 @@ def test_memory_error_is_not_a_vmap_failure():
     def refused() -> None:
         raise RuntimeError("vmap: It looks like you're calling .item() on a Tensor")
 
-    with pytest.raises(RuntimeError) as caught:
-        run_vmapped(exhausted)
-    assert not isinstance(caught.value, VmapFailure)
+    def own_bug() -> None:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 2x1)")
+
+    for error in (exhausted, own_bug):
+        with pytest.raises(RuntimeError) as caught:
+            run_vmapped(error)
+        assert not isinstance(caught.value, VmapFailure)
     with pytest.raises(VmapFailure):
         run_vmapped(refused)
 
