@@ -226,54 +226,50 @@ def test_console_script_entry_runs_the_cli():
     assert result.stdout.startswith("mbd-cert, version ")
 
 
-def test_sigterm_in_issue_acts_as_ctrl_c(tmp_path: Path, issuer_keys):
-    # CI cancellation and `timeout` send SIGTERM: the same cleanup, message and exit
-    # code as Ctrl-C, not the default of dying at once with status 143.
+def _issue_sending_sigterm(tmp_path: Path, issuer_keys, before: str,
+                           after: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI's issue with the library call replaced by one that sends SIGTERM.
+
+    ``before`` runs first in the child (signal dispositions a parent could set) and
+    ``after`` follows the signal inside the replaced call.
+    """
     checkpoint = tmp_path / "ck"
     checkpoint.mkdir()
-    out = tmp_path / "out"
     code = (
         "import os, signal, time\n"
+        f"{before}"
         "import mbd_cert.issue\n"
+        "from mbd_cert.errors import InputError\n"
         "def stopped(*args, **kwargs):\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
-        "    time.sleep(60)\n"
+        f"{after}"
         "mbd_cert.issue.issue = stopped\n"
         "from mbd_cert.cli import main\n"
         "main()\n"
     )
-    result = _run_python(code, "issue", "--checkpoint", str(checkpoint), "--modality",
-                         "audio", "--epsilon", "1", "--key", str(issuer_keys.private),
-                         "--out", str(out))
+    return _run_python(code, "issue", "--checkpoint", str(checkpoint), "--modality",
+                       "audio", "--epsilon", "1", "--key", str(issuer_keys.private),
+                       "--out", str(tmp_path / "out"))
+
+
+def test_sigterm_in_issue_acts_as_ctrl_c(tmp_path: Path, issuer_keys):
+    # CI cancellation and `timeout` send SIGTERM: the same cleanup, message and exit
+    # code as Ctrl-C, not the default of dying at once with status 143.
+    result = _issue_sending_sigterm(tmp_path, issuer_keys, "", "    time.sleep(60)\n")
     assert result.returncode == 130, result.stderr
     assert result.stderr == "interrupted; the output directory was left as it was\n"
-    assert not out.exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_sigterm_stops_a_background_job(tmp_path: Path, issuer_keys):
     # A shell without job control starts `mbd-cert ... &` with SIGINT ignored. SIGTERM,
     # the usual way to stop such a job, must still end the command as Ctrl-C would.
-    checkpoint = tmp_path / "ck"
-    checkpoint.mkdir()
-    out = tmp_path / "out"
-    code = (
-        "import os, signal, time\n"
-        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-        "import mbd_cert.issue\n"
-        "def stopped(*args, **kwargs):\n"
-        "    os.kill(os.getpid(), signal.SIGTERM)\n"
-        "    time.sleep(20)\n"
-        "    os._exit(99)\n"
-        "mbd_cert.issue.issue = stopped\n"
-        "from mbd_cert.cli import main\n"
-        "main()\n"
-    )
-    result = _run_python(code, "issue", "--checkpoint", str(checkpoint), "--modality",
-                         "audio", "--epsilon", "1", "--key", str(issuer_keys.private),
-                         "--out", str(out))
+    result = _issue_sending_sigterm(
+        tmp_path, issuer_keys, "signal.signal(signal.SIGINT, signal.SIG_IGN)\n",
+        "    time.sleep(20)\n    os._exit(99)\n")
     assert result.returncode == 130, result.stderr
     assert result.stderr == "interrupted; the output directory was left as it was\n"
-    assert not out.exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_sigterm_at_shutdown_is_ignored():
@@ -290,22 +286,8 @@ def test_sigterm_at_shutdown_is_ignored():
 
 def test_inherited_ignored_sigterm_stays_ignored(tmp_path: Path, issuer_keys):
     # A parent that starts mbd-cert with SIGTERM ignored keeps it ignored.
-    checkpoint = tmp_path / "ck"
-    checkpoint.mkdir()
-    code = (
-        "import os, signal\n"
-        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-        "import mbd_cert.issue\n"
-        "from mbd_cert.errors import InputError\n"
-        "def stopped(*args, **kwargs):\n"
-        "    os.kill(os.getpid(), signal.SIGTERM)\n"
-        "    raise InputError('still running after SIGTERM')\n"
-        "mbd_cert.issue.issue = stopped\n"
-        "from mbd_cert.cli import main\n"
-        "main()\n"
-    )
-    result = _run_python(code, "issue", "--checkpoint", str(checkpoint), "--modality",
-                         "audio", "--epsilon", "1", "--key", str(issuer_keys.private),
-                         "--out", str(tmp_path / "out"))
+    result = _issue_sending_sigterm(
+        tmp_path, issuer_keys, "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n",
+        "    raise InputError('still running after SIGTERM')\n")
     assert result.returncode == 2, result.stderr
     assert "still running after SIGTERM" in result.stderr

@@ -32,37 +32,39 @@ def _flat_forget(model: torch.nn.Module, batch: Any, modality: str) -> torch.Ten
     return BASE.forget_objective(model, batch, modality).detach() * 0.0
 
 
+def _torch_noise(values: torch.Tensor, scale: float = 1e-3) -> torch.Tensor:
+    # With scale 0 the values are deterministic, but torch.func.vmap still refuses
+    # the random draw.
+    return values + scale * torch.rand(values.shape, dtype=values.dtype)
+
+
+def _numpy_noise(values: torch.Tensor) -> torch.Tensor:
+    noise = np.random.default_rng().uniform(size=tuple(values.shape))
+    return values + 1e-3 * torch.from_numpy(noise).to(values.dtype)
+
+
 def _torch_random_forget(model: torch.nn.Module, batch: Any, modality: str) -> torch.Tensor:
-    values = BASE.forget_objective(model, batch, modality)
-    return values + 1e-3 * torch.rand(values.shape, dtype=values.dtype)
+    return _torch_noise(BASE.forget_objective(model, batch, modality))
 
 
 def _numpy_random_forget(model: torch.nn.Module, batch: Any, modality: str) -> torch.Tensor:
-    values = BASE.forget_objective(model, batch, modality)
-    noise = np.random.default_rng().uniform(size=tuple(values.shape))
-    return values + 1e-3 * torch.from_numpy(noise).to(values.dtype)
+    return _numpy_noise(BASE.forget_objective(model, batch, modality))
 
 
 def _hidden_random_forget(model: torch.nn.Module, batch: Any, modality: str) -> torch.Tensor:
-    # Deterministic values, but a random draw that torch.func.vmap refuses.
-    values = BASE.forget_objective(model, batch, modality)
-    return values + 0.0 * torch.rand(values.shape, dtype=values.dtype)
+    return _torch_noise(BASE.forget_objective(model, batch, modality), scale=0.0)
 
 
 def _torch_random_retain(model: torch.nn.Module, batch: Any, modality: str) -> torch.Tensor:
-    values = BASE.retain_objective(model, batch, modality)
-    return values + 1e-3 * torch.rand(values.shape, dtype=values.dtype)
+    return _torch_noise(BASE.retain_objective(model, batch, modality))
 
 
 def _numpy_random_retain(model: torch.nn.Module, batch: Any, modality: str) -> torch.Tensor:
-    values = BASE.retain_objective(model, batch, modality)
-    noise = np.random.default_rng().uniform(size=tuple(values.shape))
-    return values + 1e-3 * torch.from_numpy(noise).to(values.dtype)
+    return _numpy_noise(BASE.retain_objective(model, batch, modality))
 
 
 def _hidden_random_retain(model: torch.nn.Module, batch: Any, modality: str) -> torch.Tensor:
-    values = BASE.retain_objective(model, batch, modality)
-    return values + 0.0 * torch.rand(values.shape, dtype=values.dtype)
+    return _torch_noise(BASE.retain_objective(model, batch, modality), scale=0.0)
 
 
 def _branching(values: torch.Tensor) -> torch.Tensor:
