@@ -226,7 +226,17 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any],
         result.error = {"code": "E_INTERNAL",
                         "message": f"internal error: {type(exc).__name__}: {exc}",
                         "hint": "this is a bug in mbd-cert; rerun with -vv and report it"}
-    published = published_confidential_files(root, certificate, scan_cache)
+    from mbd_cert.certificate import load_certificate
+
+    try:
+        result.certificate_doc = load_certificate(certificate)
+    except errors.MbdCertError:
+        pass  # verification above reports it
+    if result.certificate_doc is not None:
+        published = published_confidential_files(root, certificate, scan_cache,
+                                                  result.certificate_doc)
+    else:
+        published = []
     if published:
         # Escaped here, because JUnit's system-err and the JSON report carry the text
         # as it is, and a file name with a line break could fake another warning line.
@@ -288,6 +298,40 @@ def check_forks(root: Path, results: Sequence[RepoResult], policy: Any,
                 result.exit_code = max(result.exit_code, 1)
             else:
                 result.warnings.append(f"{head} {tail}")
+
+
+def check_published_pre_deletion(root: Path, results: Sequence[RepoResult]) -> None:
+    """Fail each certificate whose pre-deletion model lies in the repository (R-REPO-9).
+
+    That file still contains the deleted encoder, so publishing it undoes the deletion,
+    whatever the certificate says. A certificate that did not verify gets a warning.
+    """
+    from mbd_cert._published_models import header_index, pre_deletion_copies
+    from mbd_cert._terminal import terminal_text
+    from mbd_cert.report import CheckResult
+
+    index = header_index(root)
+    for result in results:
+        doc = result.certificate_doc
+        if doc is None:
+            continue  # verification reports an unreadable certificate
+        copies = pre_deletion_copies(doc["subject_model"]["pre_deletion"], index)
+        if not copies:
+            continue
+        names = ", ".join(terminal_text(path.relative_to(root).as_posix()) for path in copies)
+        detail = (f"{names}: the model before this deletion (its file digest is the "
+                  "certificate's subject_model.pre_deletion.file_digest), which still contains "
+                  f"the deleted {terminal_text(doc['deletion']['modality'])} encoder, is "
+                  "published in the repository, so the deletion is undone for its readers. "
+                  "Remove it, from the version history too, and publish only the "
+                  "released model")
+        if result.report is None:
+            result.warnings.append(detail)
+            continue
+        result.report.record(CheckResult(
+            "pre-deletion-model", "fail", detail, code="E_PRE_DELETION_PUBLISHED",
+            requirement="R-REPO-9", value=len(copies), threshold=0))
+        result.exit_code = max(result.exit_code, 1)
 
 
 def _repo_inputs(root: Path, certificates: Sequence[Path], policy: Any,
@@ -537,6 +581,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                                f"{len(certificates)} certificates; none of them counts as "
                                "verified") from interrupt
         check_forks(root, results, policy, chain_file_cache)
+        check_published_pre_deletion(root, results)
         exit_code = max((r.exit_code for r in results), default=0)
         write_error = None
         if junit_path is not None:

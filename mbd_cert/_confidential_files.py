@@ -22,6 +22,7 @@ import os
 import stat
 import struct
 from pathlib import Path
+from typing import Any
 
 from mbd_cert import errors
 from mbd_cert._json import load_json_strict
@@ -47,13 +48,15 @@ ScanCache = dict[Path, list[Path]]
 
 
 def published_confidential_files(root: Path, certificate: Path,
-                                 cache: ScanCache | None = None) -> list[str]:
+                                 cache: ScanCache | None = None,
+                                 doc: dict[str, Any] | None = None) -> list[str]:
     """Return the confidential issuer files that lie beside ``certificate``.
 
     Args:
         root: The repository root; the returned paths are relative to it.
         certificate: A certificate file below ``root``.
         cache: Scan results per directory, shared by the calls of one run.
+        doc: The certificate already parsed; None parses ``certificate``.
 
     Returns:
         Paths relative to ``root``; empty when the certificate is not confidential or
@@ -63,7 +66,7 @@ def published_confidential_files(root: Path, certificate: Path,
     from mbd_cert.certificate import load_certificate
 
     try:
-        bundle = load_certificate(certificate)["audit_bundle"]
+        bundle = (doc if doc is not None else load_certificate(certificate))["audit_bundle"]
     except errors.MbdCertError:
         return []
     if bundle.get("confidential") is not True:

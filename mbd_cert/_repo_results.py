@@ -27,6 +27,8 @@ class RepoResult:
         error: ``{"code", "message", "hint"}`` when verification stopped early.
         warnings: Problems that do not affect the exit code, such as confidential
             issuer files published beside the certificate.
+        certificate_doc: The parsed certificate, for the repository-wide checks that
+            follow verification; None when it could not be parsed.
     """
 
     certificate: str
@@ -35,6 +37,7 @@ class RepoResult:
     report: Any = None
     error: dict[str, str] | None = None
     warnings: list[str] = field(default_factory=list)
+    certificate_doc: dict[str, Any] | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """Return the machine-readable record of this certificate."""

@@ -199,3 +199,32 @@ def test_renamed_file_warning_is_escaped_and_scanned_once(honest_run: HonestRun,
     for system_err in ElementTree.parse(junit).getroot().findall("./testsuite/system-err"):
         assert system_err.text is not None
         assert "\n" not in system_err.text
+
+
+def test_verify_repo_fails_on_published_pre_deletion_model(honest_run: HonestRun,
+                                                           issuer_keys: IssuerKeys,
+                                                           tmp_path: Path):
+    """R-REPO-9: the model before the deletion, under any name and folder, fails the run."""
+    root = _repo_with(honest_run, tmp_path / "repo", ["cert.json", "model.safetensors"])
+    assert run_cli(["verify-repo", root, "--key", issuer_keys.public]).exit_code == 0
+    (root / "backup").mkdir()
+    shutil.copy(honest_run.checkpoint / "model.safetensors", root / "backup" / "original.bin")
+    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json"])
+    assert outcome.exit_code == 1, outcome.stderr
+    assert outcome.report is not None
+    [result] = outcome.report["results"]
+    [check] = [c for c in result["report"]["checks"] if c["name"] == "pre-deletion-model"]
+    assert check["status"] == "fail"
+    assert check["code"] == "E_PRE_DELETION_PUBLISHED"
+    assert check["detail"].startswith("backup/original.bin: the model before this deletion")
+
+
+def test_verify_repo_ignores_same_header_other_weights(honest_run: HonestRun,
+                                                       issuer_keys: IssuerKeys,
+                                                       tmp_path: Path):
+    # Another model of the same layout has the same header but other bytes.
+    root = _repo_with(honest_run, tmp_path / "repo", ["cert.json", "model.safetensors"])
+    data = bytearray((honest_run.checkpoint / "model.safetensors").read_bytes())
+    data[-1] ^= 0x01
+    (root / "other.safetensors").write_bytes(bytes(data))
+    assert run_cli(["verify-repo", root, "--key", issuer_keys.public]).exit_code == 0

@@ -1,0 +1,109 @@
+"""Find a deletion's pre-deletion model in a repository, for verify-repo (R-REPO-9).
+
+A certificate commits to the digests of the model the deletion started from. That
+file still contains the deleted modality's encoder, so a repository that publishes it
+next to the release undoes the deletion for anyone who reads the repository.
+``verify-repo`` reads the header of every file below the root once, and hashes in full
+only the files whose header digest (R-DIG-4) equals a certificate's
+``subject_model.pre_deletion.header_digest``. Format 1.0 certificates have no header
+digest and are not checked.
+
+Like the confidential-file scan (:mod:`mbd_cert._confidential_files`), the index is
+lenient: it reads only the length prefix and the header bytes, skips hidden
+directories, links and unreadable files, and reads at most 100,000 files.
+
+Stability: internal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import struct
+from pathlib import Path
+
+# A safetensors header of the built-in architecture is a few kilobytes; a larger
+# claimed header is skipped unread.
+_MAX_HEADER = 1024 * 1024
+MAX_INDEXED_FILES = 100_000
+_CHUNK = 1024 * 1024
+
+HeaderIndex = dict[str, list[Path]]
+
+
+def header_index(root: Path) -> HeaderIndex:
+    """Map the header digest of every safetensors-like file below ``root`` to its paths."""
+    index: HeaderIndex = {}
+    read = 0
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
+        for name in sorted(files):
+            read += 1
+            if read > MAX_INDEXED_FILES:
+                return index
+            path = Path(directory) / name
+            digest = _header_digest(path)
+            if digest is not None:
+                index.setdefault(digest, []).append(path)
+    return index
+
+
+def pre_deletion_copies(committed: dict[str, object], index: HeaderIndex) -> list[Path]:
+    """Return the indexed files that are the committed pre-deletion model, byte for byte."""
+    header = committed.get("header_digest")
+    whole = committed.get("file_digest")
+    if not isinstance(header, str) or not isinstance(whole, str):
+        return []
+    return [path for path in index.get(header, []) if _file_digest(path) == whole]
+
+
+def _open_regular(path: Path) -> int | None:
+    # Non-blocking and without following links: a FIFO or a link swapped in after the
+    # listing must not hang the run or leave the repository.
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        if stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return descriptor
+    except OSError:
+        pass
+    os.close(descriptor)
+    return None
+
+
+def _header_digest(path: Path) -> str | None:
+    """Return ``sha256:`` of the length prefix and the header, or None for other files."""
+    descriptor = _open_regular(path)
+    if descriptor is None:
+        return None
+    try:
+        with os.fdopen(descriptor, "rb", buffering=0) as handle:
+            prefix = handle.read(8)
+            if len(prefix) != 8:
+                return None
+            (length,) = struct.unpack("<Q", prefix)
+            if not 2 <= length <= _MAX_HEADER:
+                return None
+            text = handle.read(length)
+    except OSError:
+        return None
+    if len(text) != length or not text.startswith(b"{"):
+        return None
+    return "sha256:" + hashlib.sha256(prefix + text).hexdigest()
+
+
+def _file_digest(path: Path) -> str | None:
+    descriptor = _open_regular(path)
+    if descriptor is None:
+        return None
+    hasher = hashlib.sha256()
+    try:
+        with os.fdopen(descriptor, "rb", buffering=0) as handle:
+            while chunk := handle.read(_CHUNK):
+                hasher.update(chunk)
+    except OSError:
+        return None
+    return "sha256:" + hasher.hexdigest()
