@@ -138,7 +138,25 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
             from mbd_cert import signing
 
             private_path, public_path = signing.write_keypair(out_prefix, force=force)
+            key_id = signing.key_id(signing.load_public_key(public_path))
+            click.echo(f"wrote {private_path} and {public_path} (key id {key_id})")
+            return
         click.echo(f"wrote {private_path} and {public_path}")
+
+    @main.command("key-id")
+    @click.argument("keys", nargs=-1, required=True, type=click.Path(path_type=Path))
+    @guarded()
+    def key_id(keys: tuple[Path, ...]) -> None:
+        """Print the key id of each Ed25519 public key, as certificates record it.
+
+        The id is the SHA-256 of the raw 32-byte key (issuer.key_id in a certificate).
+        Compare it with the id the issuer gives you by another channel before you
+        trust the key.
+        """
+        from mbd_cert import signing
+
+        for path in keys:
+            click.echo(f"{signing.key_id(signing.load_public_key(path))}  {path}")
 
     @main.command()
     @click.argument("cert", type=click.Path(path_type=Path))

@@ -362,8 +362,9 @@ def verify_signature(
         raise UntrustedKey(
             f"certificate names issuer key {key_id}, which is not among the "
             f"{len(public_keys)} trusted public keys",
-            hint="check the issuer's public key out of band, then pass it with --key (verify) "
-            "or list it in the policy's trusted_keys (verify-repo)",
+            hint="get the issuer's public key and compare its id ('mbd-cert key-id FILE') "
+            "with the one the issuer gives you by another channel, then pass it with --key "
+            "(verify) or list it in the policy's trusted_keys (verify-repo)",
         )
 
     signature = _decode_signature(signature_b64)
