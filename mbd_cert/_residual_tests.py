@@ -78,7 +78,9 @@ def residual_checks(doc: Mapping[str, Any], masks: Mapping[str, np.ndarray],
         results.append(CheckResult(
             "residual-normality", "inconclusive",
             f"{residual.size} masked entries are too few for the normality test "
-            f"(needs {stats.MIN_NORMALITY_SAMPLES})", code=CODE_INCONCLUSIVE,
+            f"(needs {stats.MIN_NORMALITY_SAMPLES}): the issuer can reissue with a larger "
+            "--top-k, or the verifier can accept it with --allow-inconclusive "
+            "(allow_inconclusive in a policy file)", code=CODE_INCONCLUSIVE,
             requirement="R-L2-7", n=int(residual.size)))
     else:
         results.append(_decide(

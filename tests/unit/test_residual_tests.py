@@ -53,6 +53,8 @@ def test_normality_inconclusive_below_twenty():
     check = _checks(values)["residual-normality"]
     assert (check.status, check.code) == ("inconclusive", "E_INCONCLUSIVE")
     assert check.n == 19
+    assert "reissue with a larger --top-k" in check.detail
+    assert "--allow-inconclusive" in check.detail
 
 
 def test_variance_rejects_too_much_noise():
