@@ -34,9 +34,13 @@ from mbd_cert.errors import MalformedData
 
 Objective = Callable[[torch.nn.Module, Mapping[str, Any]], torch.Tensor]
 
-# Samples per vectorised gradient call: bounds the memory of the per-sample gradients
-# to CHUNK x (number of differentiated entries) float64 values.
+# Maximum samples per vectorised gradient call. A call also returns at most
+# CHUNK_BYTES of float64 per-sample gradients, and the sums over them keep about three
+# times that. The issuer uses the same 256 MiB (mbd_cert.saliency), so a certificate
+# with wide eligible tensors gets one sample per call here too, instead of 64 times
+# the issuer's memory.
 CHUNK = 64
+CHUNK_BYTES = 256 * 1024 * 1024
 
 
 class _ObjectiveModule(torch.nn.Module):
@@ -154,8 +158,10 @@ def _vmap_sums(
     per_sample = vmap(grad(one_sample), in_dims=(None, 0, 0, 0))
     first = {name: torch.zeros_like(v, dtype=torch.float64) for name, v in selected.items()}
     second = {name: torch.zeros_like(v, dtype=torch.float64) for name, v in selected.items()}
-    for start in range(0, kept.size, CHUNK):
-        rows = torch.from_numpy(kept[start : start + CHUNK])
+    entries = sum(int(value.numel()) for value in selected.values())
+    chunk = max(1, min(CHUNK, CHUNK_BYTES // max(1, 8 * entries)))
+    for start in range(0, kept.size, chunk):
+        rows = torch.from_numpy(kept[start : start + chunk])
         w = torch.from_numpy(weight_array[rows.numpy()])
         grads = run_vmapped(per_sample, selected, *_select_rows(batch, rows))
         for name, g in grads.items():

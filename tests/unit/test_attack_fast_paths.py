@@ -523,3 +523,40 @@ def test_activation_entries_bound_the_forward_pass(modalities, steps, width, hid
         model(inputs, present)
     computed = counter.entries + sum(value.numel() for value in inputs.values())
     assert computed <= samples * _mbd_config.activation_entries(config)
+
+
+def test_vmap_chunk_bounded_by_gradient_bytes(monkeypatch):
+    # A certificate can name wide tensors that only the vmap path computes (a Linear
+    # over sequence inputs, such as encoders.text.proj). The issuer keeps about 256 MiB
+    # of per-sample gradients at a time. Level 2 with 64 samples per call needed 1.6 GB
+    # for a 1M-entry tensor (a 4 MB model file), so it must chunk by bytes too.
+    from mbd_cert import _determinism
+
+    model = _Toy().double()
+    entries = sum(p.numel() for p in model.parameters())
+    per_call = 3
+    monkeypatch.setattr(_recompute, "CHUNK_BYTES", per_call * 8 * entries, raising=False)
+    rows_seen = []
+    original = _determinism.run_vmapped
+
+    def recording(function, selected, inputs, present, label):
+        rows_seen.append(int(present.shape[0]))
+        return original(function, selected, inputs, present, label)
+
+    monkeypatch.setattr(_recompute, "run_vmapped", recording)
+
+    def objective(m, batch):
+        return m.lin(batch["inputs"]["x"]).squeeze(-1) ** 2
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 2, dtype=torch.float64, generator=generator)
+    names = ["lin.weight", "lin.bias"]
+    first, second = _recompute.gradient_and_fisher(model, names, objective, _toy_batch(x),
+                                                   np.ones(10))
+    assert rows_seen == [3, 3, 3, 1]
+    monkeypatch.undo()
+    whole_first, whole_second = _recompute.gradient_and_fisher(model, names, objective,
+                                                               _toy_batch(x), np.ones(10))
+    for name in names:
+        torch.testing.assert_close(first[name], whole_first[name], rtol=1e-12, atol=0.0)
+        torch.testing.assert_close(second[name], whole_second[name], rtol=1e-12, atol=0.0)
