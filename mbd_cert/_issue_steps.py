@@ -47,6 +47,7 @@ from mbd_cert._torch_model import (
 from mbd_cert._work_limits import (
     check_activation_work,
     check_evidence_work,
+    check_operation_work,
     check_update_work,
 )
 from mbd_cert.arch import Architecture, Batch, get_architecture
@@ -209,9 +210,14 @@ def _run(
     check_activation_work(architecture.activation_entries(config)
                           if architecture.activation_entries is not None else None,
                           probe.size, source="checkpoint config and probe set")
-    if options.sensitivity_method == "reference-retrain":
-        check_evidence_work(options.reference_runs, options.steps, probe.size,
-                            source="issue options")
+    reference_runs = (options.reference_runs
+                      if options.sensitivity_method == "reference-retrain" else 0)
+    if reference_runs:
+        check_evidence_work(reference_runs, options.steps, probe.size, source="issue options")
+    check_operation_work(architecture.forward_operations(config)
+                         if architecture.forward_operations is not None else None,
+                         options.steps, probe.size, runs=reference_runs,
+                         source="checkpoint config, probe set and issue options")
     column = probe.modalities.index(modality)
 
     model_pre = build_model(architecture, config, pre_tensors)

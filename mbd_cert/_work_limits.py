@@ -37,6 +37,22 @@ MAX_EVIDENCE_SAMPLE_STEPS = 8 * MAX_UPDATE_SAMPLE_STEPS
 # (1.6e7) many times over.
 MAX_ACTIVATION_ENTRIES = 2**30
 
+# Arithmetic operations of the replay: passes over the probe set times probe samples
+# times Architecture.forward_operations. The sample-step caps above assume samples of
+# the bundled model's cost, while wide layers over long sequences make one sample
+# thousands of times slower. The cap is 2,000,000 sample-steps of a sample of 10**6
+# operations, above ICT-MMMO's config (6.4e5). On one thread of a 2-core machine,
+# replays of four configs took 0.03 to 0.26 ns per operation, from 4096-wide layers to
+# the bundled config. A replay at the cap would take about 1 to 9 minutes there (an
+# estimate).
+MAX_REPLAY_OPERATIONS = 2 * 10**12
+# Passes that levels 2 and 3 make besides the update steps: the saliency gradients,
+# the update's Fisher and level 3's probes (an estimate, counted in update steps).
+REPLAY_EXTRA_PASSES = 10
+# The leave-one-out reruns of a reference-retrain sensitivity, eight updates' worth as
+# for MAX_EVIDENCE_SAMPLE_STEPS.
+MAX_EVIDENCE_OPERATIONS = 8 * MAX_REPLAY_OPERATIONS
+
 
 def check_update_work(steps: int, samples: int, *, source: str) -> None:
     """Raise ``LimitExceeded`` when replaying ``steps`` over ``samples`` is over a cap.
@@ -109,5 +125,48 @@ def check_activation_work(per_sample: int | None, samples: int, *, source: str) 
             f"the cap of {MAX_ACTIVATION_ENTRIES}",
             hint="use fewer probe samples, or a model config with shorter input "
             "sequences or narrower layers",
+            code="E_LIMIT_EXCEEDED",
+        )
+
+
+def check_operation_work(per_sample: int | None, steps: int, samples: int, *, runs: int = 0,
+                         source: str) -> None:
+    """Raise ``LimitExceeded`` when the replay's arithmetic is over a cap (R-LIM-8).
+
+    Args:
+        per_sample: ``Architecture.forward_operations`` of the pre-deletion config, or
+            None for an architecture that does not state it, which is not capped.
+        steps: ``update.steps``.
+        samples: Probe set size.
+        runs: Reference-retrain runs (the number of stated distances), 0 for another
+            sensitivity method; level 2 adds :data:`EVIDENCE_SPOT_CHECKS` reruns.
+        source: Where the numbers come from, for the message.
+    """
+    # NOTE: an architecture from another package without forward_operations gets no
+    # cap here, so its config can still make each probe sample arbitrarily slow.
+    if per_sample is None:
+        return
+    work = (steps + REPLAY_EXTRA_PASSES) * samples * per_sample
+    if work > MAX_REPLAY_OPERATIONS:
+        raise LimitExceeded(
+            f"{source}: {steps} update steps and {REPLAY_EXTRA_PASSES} more passes over "
+            f"{samples} probe samples cost about {work} operations ({per_sample} per "
+            f"sample for the model config), more than the cap of {MAX_REPLAY_OPERATIONS}",
+            hint="use fewer descent steps or probe samples, or a model config with shorter "
+            "input sequences or narrower layers",
+            code="E_LIMIT_EXCEEDED",
+        )
+    if not runs:
+        return
+    # Each rerun computes its Fisher and then takes the steps.
+    work = (runs + EVIDENCE_SPOT_CHECKS) * (steps + 1) * samples * per_sample
+    if work > MAX_EVIDENCE_OPERATIONS:
+        raise LimitExceeded(
+            f"{source}: {runs} reference-retrain runs and {EVIDENCE_SPOT_CHECKS} spot checks "
+            f"of {steps + 1} passes over {samples} probe samples cost about {work} "
+            f"operations ({per_sample} per sample for the model config), more than the cap "
+            f"of {MAX_EVIDENCE_OPERATIONS} that level 2 replays",
+            hint="use fewer --reference-runs, update steps or probe samples, or "
+            "--sensitivity-method clip-bound",
             code="E_LIMIT_EXCEEDED",
         )

@@ -35,6 +35,7 @@ from mbd_cert._torch_model import build_model, probe_batch
 from mbd_cert._work_limits import (
     EVIDENCE_SPOT_CHECKS,
     check_evidence_work,
+    check_operation_work,
     check_update_work,
 )
 from mbd_cert.report import (
@@ -379,6 +380,13 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
         # unusable input (exit 2), never a skipped check that would let it pass.
         check_evidence_work(reruns - EVIDENCE_SPOT_CHECKS, int(doc["update"]["steps"]),
                             bundle.probe.size, source="certificate")
+    # R-LIM-8: the config sets what each sample costs, before any forward pass.
+    architecture = bundle.architecture
+    check_operation_work(architecture.forward_operations(bundle.config_pre)
+                         if architecture.forward_operations is not None else None,
+                         int(doc["update"]["steps"]), bundle.probe.size,
+                         runs=reruns - EVIDENCE_SPOT_CHECKS if reruns else 0,
+                         source="certificate")
     pre = rebuild_pre(bundle)
     step()
 

@@ -110,6 +110,12 @@ class Architecture:
             The issuer and level 2 reject a probe set whose size times this count
             exceeds ``_work_limits.MAX_ACTIVATION_ENTRIES``, because the config, not
             the probe file, sets that memory. None (the default) leaves it uncapped.
+        forward_operations: ``config`` -> how many arithmetic operations one sample
+            costs in either objective, an upper estimate computed without torch, in
+            which a multiply-add counts as one. The issuer and level 2 reject a replay
+            whose passes times probe samples times this count exceed
+            ``_work_limits.MAX_REPLAY_OPERATIONS``, because wide layers over long
+            sequences make each sample slow. None (the default) leaves it uncapped.
         weight_dtype: The safetensors dtype of every tensor of the model, buffers
             included, such as ``"F32"``, when the architecture fixes it. Issue and
             level 1 then reject any other. None (the default) holds each tensor to the
@@ -131,6 +137,8 @@ class Architecture:
     activation_entries: Callable[[Mapping[str, Any]], int] | None = None
     zeroed_forget: Callable[[torch.nn.Module, Batch, str, Sequence[tuple[str, int]]],
                             torch.Tensor | None] | None = None
+    # Last, so that records built with positional arguments keep their meaning.
+    forward_operations: Callable[[Mapping[str, Any]], int] | None = None
 
 
 def get_architecture(name: str) -> Architecture:
@@ -430,6 +438,7 @@ def _builtin_mbd() -> Architecture:
         tensor_shapes=_mbd_config.tensor_shapes,
         weight_dtype="F32",
         activation_entries=_mbd_config.activation_entries,
+        forward_operations=_mbd_config.forward_operations,
         zeroed_forget=_zeroed_forget_mbd,
     )
 

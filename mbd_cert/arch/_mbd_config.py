@@ -229,6 +229,33 @@ def activation_entries(config: Mapping[str, Any]) -> int:
     return total
 
 
+def forward_operations(config: Mapping[str, Any]) -> int:
+    """Return how many arithmetic operations one sample costs in either objective.
+
+    An upper estimate for a validated config, in which a multiply-add counts as one
+    operation. Every encoder runs once, as in the pre-deletion model. The generators,
+    the fusion layers and the head run twice, because the forget objective predicts
+    with the real modality and with its reconstruction. Each value that
+    :func:`activation_entries` counts adds one operation for the elementwise steps
+    (LayerNorm, GELU, masks). The time of a replay over n samples grows with n times
+    this count, which wide layers over long sequences make large from small files.
+    """
+    modalities = list(config["modalities"])
+    count = len(modalities)
+    hidden = int(config["hidden_dim"])
+    shared = int(config["shared_dim"])
+    private = int(config["private_dim"])
+    fusion = int(config["fusion_hidden"])
+
+    # Per step the projection, per sample the shared and private heads.
+    encoders = sum(int(config["seq_len"][name]) * int(config["input_dims"][name]) * hidden
+                   for name in modalities) + count * hidden * (shared + private)
+    generator_in = (count - 1) * (shared + 1)
+    generators = count * (generator_in * hidden + hidden * shared)
+    fusion_and_head = count * (shared + private) * fusion + fusion * fusion + fusion
+    return encoders + 2 * (generators + fusion_and_head) + activation_entries(config)
+
+
 def parameter_count(config: Mapping[str, Any]) -> int:
     """Return the number of parameters the model of a validated config has."""
     return sum(math.prod(shape) for shape in tensor_shapes(config).values())

@@ -189,6 +189,21 @@ def test_activation_cap_refused_before_work(tiny_checkpoint: Path, issuer_keys: 
     assert not out.exists()
 
 
+def test_operation_cap_refused_before_work(tiny_checkpoint: Path, issuer_keys: IssuerKeys,
+                                           tmp_path: Path, monkeypatch):
+    # R-LIM-8: the issuer writes no certificate whose replay level 2 would refuse.
+    from mbd_cert import _work_limits
+
+    monkeypatch.setattr(_work_limits, "MAX_REPLAY_OPERATIONS", 1000)
+    out = tmp_path / "out"
+    outcome = _issue(tiny_checkpoint, issuer_keys, out)
+    assert_clean(outcome)
+    assert outcome.exit_code == 2, outcome.stderr
+    assert "[E_LIMIT_EXCEEDED]" in outcome.stderr
+    assert "operations" in outcome.stderr
+    assert not out.exists()
+
+
 def test_failed_replacement_does_not_warn(tiny_checkpoint: Path, issuer_keys: IssuerKeys,
                                           tmp_path: Path) -> None:
     out = tmp_path / "out"

@@ -560,3 +560,103 @@ def test_vmap_chunk_bounded_by_gradient_bytes(monkeypatch):
     for name in names:
         torch.testing.assert_close(first[name], whole_first[name], rtol=1e-12, atol=0.0)
         torch.testing.assert_close(second[name], whole_second[name], rtol=1e-12, atol=0.0)
+
+
+def test_wide_sequence_replay_refused():
+    # 4096 input features and hidden units over 152 steps: a 67 MB model and 50 MB of
+    # probe inputs for 20 samples. 1,000 steps pass the sample-step and activation caps,
+    # yet one update replay costs about 5e13 operations (a measured 74 ms per
+    # sample-step, about 25 minutes), and 64 reference-retrain runs 68 times that.
+    from mbd_cert._work_limits import (
+        check_activation_work,
+        check_evidence_work,
+        check_operation_work,
+        check_update_work,
+    )
+    from mbd_cert.arch import _mbd_config
+
+    config = _mbd_config.validate_config({
+        "modalities": ["text", "audio"], "input_dims": {"text": 4096, "audio": 1},
+        "seq_len": {"text": 152, "audio": 1}, "hidden_dim": 4096})
+    check_update_work(1_000, 20, source="certificate")
+    check_evidence_work(64, 1_000, 20, source="certificate")
+    check_activation_work(_mbd_config.activation_entries(config), 20, source="certificate")
+    with pytest.raises(InputError) as caught:
+        check_operation_work(_mbd_config.forward_operations(config), 1_000, 20,
+                             source="certificate")
+    assert caught.value.code == "E_LIMIT_EXCEEDED"
+
+
+def test_default_synthetic_config_far_below_operation_cap():
+    # The bundled corpus at the sample-step cap, 1,000 steps over 2,000 samples, uses
+    # about an eighth of the cap.
+    from mbd_cert._work_limits import MAX_REPLAY_OPERATIONS, REPLAY_EXTRA_PASSES
+    from mbd_cert.arch import _mbd_config
+    from trainer.data import load_corpus
+
+    corpus = load_corpus("synthetic", seed=0, n_train=10, n_valid=10, n_test=10)
+    config = _mbd_config.validate_config({"input_dims": dict(corpus.input_dims),
+                                          "seq_len": dict(corpus.seq_len)})
+    per_sample = _mbd_config.forward_operations(config)
+    assert (1_000 + REPLAY_EXTRA_PASSES) * 2_000 * per_sample < MAX_REPLAY_OPERATIONS / 5
+
+
+def test_operation_cap_checked_before_level2(honest, monkeypatch):
+    from mbd_cert import _work_limits
+    from mbd_cert.arch import _mbd_config
+
+    _, source, key = honest
+    doc = load_doc(source)
+    config = _mbd_config.validate_config(doc["subject_model"]["architecture"]["config"])
+    samples = read(source, "probe.safetensors")["label"].shape[0]
+    passes = doc["update"]["steps"] + _work_limits.REPLAY_EXTRA_PASSES
+    needed = passes * samples * _mbd_config.forward_operations(config)
+    monkeypatch.setattr(_work_limits, "MAX_REPLAY_OPERATIONS", needed - 1)
+    monkeypatch.setattr(_recompute, "gradient_and_fisher", None)  # never reached
+    with pytest.raises(InputError) as caught:
+        run_verify(source, key, 2)
+    assert caught.value.code == "E_LIMIT_EXCEEDED"
+    assert "operations" in caught.value.message
+    monkeypatch.undo()
+    monkeypatch.setattr(_work_limits, "MAX_REPLAY_OPERATIONS", needed)
+    assert run_verify(source, key, 2).verified
+
+
+@pytest.mark.parametrize(("modalities", "steps", "width", "hidden", "shared", "private",
+                          "fusion"), [
+    (2, 7, 9, 16, 8, 4, 12),
+    (2, 1, 1, 1, 1, 4, 1),
+    (3, 5, 1, 64, 1, 1, 1),
+    (5, 1, 9, 1, 8, 1, 12),
+    (3, 8, 32, 64, 32, 16, 64),
+    (2, 3, 64, 64, 1, 1, 256),
+], ids=["two-modalities", "tiny", "wide-hidden", "many-modalities", "default-widths",
+        "wide-fusion"])
+def test_forward_operations_bound_both_objectives(modalities, steps, width, hidden, shared,
+                                                  private, fusion):
+    # R-LIM-8 caps passes times probe samples times this count, which the architecture
+    # states as an upper estimate for either objective: multiply-adds count one.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mbd_cert.arch import _mbd_config
+    from mbd_cert.arch.mbd import MBDModel, forget_objective, retain_objective
+
+    names = [f"m{i}" for i in range(modalities)]
+    config = _mbd_config.validate_config({
+        "modalities": names, "input_dims": dict.fromkeys(names, width),
+        "seq_len": dict.fromkeys(names, steps), "hidden_dim": hidden, "shared_dim": shared,
+        "private_dim": private, "fusion_hidden": fusion})
+    samples = 3
+    batch = {"inputs": {name: torch.randn(samples, steps, width, dtype=torch.float64)
+                        for name in names},
+             "present": torch.ones(samples, modalities, dtype=torch.bool),
+             "label": torch.zeros(samples, dtype=torch.float64)}
+    bound = samples * _mbd_config.forward_operations(config)
+    pre = MBDModel(config, seed=0).to(torch.float64).eval()
+    post = MBDModel({**config, "deleted_modalities": [names[1]]}, seed=0).to(torch.float64)
+    for model, objective in ((pre, forget_objective), (post.eval(), retain_objective)):
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            objective(model, batch, names[1])
+        # The counter reports 2 floating-point operations per multiply-add.
+        assert counter.get_total_flops() // 2 <= bound, objective.__name__
