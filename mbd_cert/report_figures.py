@@ -44,6 +44,14 @@ from mbd_cert.chain import ChainLink  # noqa: E402
 # acc2_non_negative. The certificates also carry acc2_positive (mbd_cert.metrics).
 ACC2_LABEL = "Acc2 (negative vs non-negative)"
 
+# Largest magnitude, and smallest non-zero one, of a number that the figures place on
+# an axis. The schema admits any double in the fields they plot, and matplotlib 3.11
+# raised while laying out axes whose span or margins overflow a double, or that hold
+# a subnormal epsilon. The tables show every number as the certificate states it.
+DRAWN_MAX = 1e100
+DRAWN_MIN = 1e-100
+OUT_OF_RANGE = "outside the range the figures draw"
+
 STATUS_COLOURS = {"pass": "#4caf50", "fail": "#e53935", "skipped": "#bdbdbd",
                   "inconclusive": "#ab47bc"}
 DPI = 120
@@ -67,6 +75,14 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _drawable(value: Any) -> bool:
+    """Tell whether ``value`` is a number between the figures' range bounds, or 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    # NaN and infinity fail both comparisons.
+    return value == 0 or DRAWN_MIN <= abs(value) <= DRAWN_MAX
+
+
 def _utility(doc: Mapping[str, Any], side: str, key: str | None = None) -> Mapping[str, Any]:
     utility = doc["metrics"]["utility"]
     block = utility.get(side, {})
@@ -80,7 +96,7 @@ def privacy_utility(docs: Sequence[Mapping[str, Any]], modality: str) -> Section
     sweep = [
         d for d in docs
         if d["deletion"]["modality"] == modality and d["accounting"]["sequence_number"] == 1
-        and d["metrics"]["utility"].get("after")
+        and d["metrics"]["utility"].get("after") and _drawable(d["privacy"]["epsilon"])
     ]
     section = Section(f"Privacy-utility trade-off: deleting {modality}")
     left_out = [d for d in docs if d not in sweep]
@@ -102,12 +118,15 @@ def privacy_utility(docs: Sequence[Mapping[str, Any]], modality: str) -> Section
         for (clip, method), group in sorted(series.items()):
             group = sorted(group, key=lambda d: d["privacy"]["epsilon"])
             xs = [d["privacy"]["epsilon"] for d in group]
-            ys = [_utility(d, "after").get(metric) for d in group]
+            ys = [_drawn_or_none(_utility(d, "after").get(metric), section,
+                                 f"{d['certificate_id']}: {metric} after the deletion")
+                  for d in group]
             ax.plot(xs, ys, marker="o", label=f"after deletion, clip norm {clip:g} ({method})")
         reference = sweep[0]
         for block, style, text in (("all", "--", "before, all modalities"),
                                    (f"missing_{modality}", ":", f"before, {modality} missing")):
-            value = _utility(reference, "before", block).get(metric)
+            value = _drawn_or_none(_utility(reference, "before", block).get(metric), section,
+                                   f"{reference['certificate_id']}: {metric} {text}")
             if value is not None:
                 ax.axhline(value, linestyle=style, color="grey", label=text)
         ax.set_xscale("log", base=2)
@@ -150,7 +169,22 @@ def _why_not_drawn(doc: Mapping[str, Any], modality: str) -> str:
     if doc["accounting"]["sequence_number"] != 1:
         return (f"deletion {doc['accounting']['sequence_number']} of a chain; the figure "
                 "compares first deletions")
-    return "no utility metrics: issued without an evaluation set"
+    if not doc["metrics"]["utility"].get("after"):
+        return "no utility metrics: issued without an evaluation set"
+    return f"epsilon {exact_number(doc['privacy']['epsilon'])} is {OUT_OF_RANGE}"
+
+
+def _drawn_or_none(value: Any, section: Section, what: str) -> Any:
+    """Return ``value`` when the figure can draw it, or else note ``what`` and return None.
+
+    matplotlib leaves a None point out of its line. A value that is already None or
+    not a number is returned as it is, without a note.
+    """
+    if value is None or _drawable(value) or not isinstance(value, (int, float)):
+        return value
+    section.notes.append(f"not drawn: {what} is {exact_number(value)}, {OUT_OF_RANGE} "
+                         f"(+-{DRAWN_MAX:g}, non-zero values from {DRAWN_MIN:g})")
+    return None
 
 
 def chain_budget(links: Sequence[ChainLink], source: Path | str | None = None) -> Section:
@@ -182,9 +216,13 @@ def chain_budget(links: Sequence[ChainLink], source: Path | str | None = None) -
         # place (SPEC.md, R-CHAIN-11).
         stated = link.doc["accounting"]
         certified = stated["cumulative_epsilon"] if stated["delta"] == delta else account.epsilon
-        tight.append(certified)
-        rdp.append(account.rdp_epsilon)
-        naive.append(account.naive_epsilon)
+        deletion = f"deletion {link.sequence_number}"
+        tight.append(_drawn_or_none(certified, section,
+                                    f"the certified epsilon of {deletion}"))
+        rdp.append(_drawn_or_none(account.rdp_epsilon, section,
+                                  f"the RDP epsilon of {deletion}"))
+        naive.append(_drawn_or_none(account.naive_epsilon, section,
+                                    f"the naive sum of {deletion}"))
         section.rows.append([str(link.sequence_number), link.doc["deletion"]["modality"],
                              exact_number(privacy["epsilon"]), exact_number(certified),
                              exact_number(account.rdp_epsilon),
@@ -201,8 +239,9 @@ def chain_budget(links: Sequence[ChainLink], source: Path | str | None = None) -
     ax.set_ylabel("cumulative epsilon")
     ax.set_title("budget spent by the chain of deletions", fontsize=10)
     for step, value in zip(steps, tight, strict=True):
-        ax.annotate(f"{value:.3f}", (step, value), textcoords="offset points", xytext=(8, -4),
-                    fontsize=8)
+        if value is not None:
+            ax.annotate(f"{value:.3f}", (step, value), textcoords="offset points",
+                        xytext=(8, -4), fontsize=8)
     ax.margins(x=0.08, y=0.1)
     ax.grid(alpha=0.3)
     # Below the axes: inside, the longer labels covered the last points.
@@ -270,8 +309,12 @@ def proxy_scatter(docs: Sequence[Mapping[str, Any]]) -> Section:
     line = [low, high]
     tolerance = rated[0]["saliency"]["proxy_quality"].get("relative_tolerance", 0.08)
     ax.plot(line, line, color="black", linewidth=0.8, label="proxy = true")
-    ax.fill_between(line, [v * (1 - tolerance) for v in line], [v * (1 + tolerance) for v in line],
-                    color="grey", alpha=0.2, label=f"+-{tolerance:.0%} band")
+    tolerance = _drawn_or_none(tolerance, section,
+                               f"{rated[0]['certificate_id']}: the relative tolerance")
+    if tolerance is not None:
+        ax.fill_between(line, [v * (1 - tolerance) for v in line],
+                        [v * (1 + tolerance) for v in line], color="grey", alpha=0.2,
+                        label=f"+-{tolerance:.0%} band")
     scale = f" (x 1e{exponent})" if exponent else ""
     ax.set_xlabel(f"true increment of the forget objective{scale}")
     ax.set_ylabel(f"saliency proxy -g theta + H theta^2 / 2{scale}")
@@ -370,5 +413,6 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"{value:.4f}"
+        # Four decimals would show 1e-200 as 0.0000 and 1e300 as 301 digits.
+        return f"{value:.4f}" if _drawable(value) else exact_number(value)
     return str(value)

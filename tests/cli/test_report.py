@@ -551,3 +551,38 @@ def test_report_names_duplicate_proxy_samples(honest_run: HonestRun, tmp_path: P
     again_id = json.loads((again / "cert.json").read_text())["certificate_id"]
     assert "not listed (1), because an earlier certificate of the same model" in page
     assert again_id in page.split("not listed (1)")[1]
+
+
+@pytest.mark.parametrize("change", ["acc2-overflow", "mae-span", "epsilon-subnormal",
+                                    "cumulative-overflow", "tolerance-overflow"])
+def test_report_extreme_claimed_numbers(honest_run: HonestRun, tmp_path: Path,
+                                        change: str) -> None:
+    # The schema admits any number in these fields. matplotlib cannot lay out an axis
+    # whose span overflows a double or whose values are subnormal, and its error ended
+    # report with exit code 3.
+    doc = honest_run.load_cert()
+    utility = doc["metrics"]["utility"]
+    if change == "acc2-overflow":
+        utility["after"]["deleted_audio"]["acc2_non_negative"] = 1.7e308
+    elif change == "mae-span":
+        utility["after"]["deleted_audio"]["mae"] = 1e308
+        utility["before"]["missing_audio"]["mae"] = -1e308
+    elif change == "epsilon-subnormal":
+        doc["privacy"]["epsilon"] = 5e-324
+    elif change == "tolerance-overflow":
+        quality = doc["saliency"].get("proxy_quality")
+        if not quality or not quality.get("samples"):
+            pytest.skip("the tiny certificate has no proxy samples")
+        quality["relative_tolerance"] = 1.7e308
+    else:
+        doc["accounting"]["cumulative_epsilon"] = 1.7e308
+    cert = write_json(tmp_path / "cert.json", resign(doc, honest_run.private_key))
+    out = tmp_path / "report"
+    outcome = run_cli(["report", "--out", out, cert])
+    assert_clean(outcome)
+    assert outcome.exit_code == 0, outcome.stderr
+    page = (out / "index.html").read_text()
+    assert "outside the range the figures draw" in page
+    if change == "mae-span":
+        # The table shows the stated number in its shortest form, not 309 digits.
+        assert "<td>1e+308</td>" in page
