@@ -9,8 +9,8 @@ from the decimal value of ``top_k_fraction``, and the update steps are functiona
 rather than in place. Only the architecture (model and objectives), the file readers
 and the torch workaround of :mod:`mbd_cert._functional_call` are shared with the
 issuer. For architectures whose samples are independent, the moments of ``nn.Linear``
-tensors come in closed form from one batched backward pass (:mod:`mbd_cert._fisher_linear`,
-also verifier-only code).
+tensors come in closed form from one batched backward pass per chunk of samples
+(:mod:`mbd_cert._fisher_linear`, also verifier-only code).
 
 Stability: internal.
 """
@@ -41,6 +41,11 @@ Objective = Callable[[torch.nn.Module, Mapping[str, Any]], torch.Tensor]
 # the issuer's memory.
 CHUNK = 64
 CHUNK_BYTES = 256 * 1024 * 1024
+# Bytes per sample and per input or output feature of a Linear layer that the closed
+# form covers: its float64 inputs and output gradients, their concatenations and the
+# pairwise products of its calls (an estimate). A 4096-wide fusion called twice per
+# sample measured 72, so the closed form takes CHUNK_BYTES of them at a time.
+CLOSED_FORM_BYTES_PER_FEATURE = 128
 
 
 class _ObjectiveModule(torch.nn.Module):
@@ -84,7 +89,8 @@ def gradient_and_fisher(
         batch: Inputs, presence mask and labels of n samples.
         weights: [n] sample weights; samples of weight zero are skipped.
         closed_form: Compute the tensors of ``nn.Linear`` modules with
-            :mod:`mbd_cert._fisher_linear` from one batched backward pass. Exact only
+            :mod:`mbd_cert._fisher_linear`, one batched backward pass per chunk of
+            samples. Exact only
             when the samples are independent (``Architecture.independent_samples``);
             every other tensor takes the per-sample vmap path.
 
@@ -102,16 +108,7 @@ def gradient_and_fisher(
     second: dict[str, torch.Tensor] = {}
     remaining = list(names)
     if closed_form:
-        rows = torch.from_numpy(kept)
-        arguments = _select_rows(batch, rows)
-
-        def forward(chosen: dict[str, torch.Tensor]) -> torch.Tensor:
-            result: torch.Tensor = call_with_tensors(
-                wrapper, _prefixed({**values, **chosen}), arguments)
-            return result
-
-        sums = _fisher_linear.linear_moments(
-            model, names, forward, torch.from_numpy(weight_array[kept]))
+        sums = _closed_form_sums(model, wrapper, values, names, batch, weight_array, kept)
         first.update(sums.first)
         second.update(sums.second)
         remaining = sums.fallback
@@ -124,6 +121,51 @@ def gradient_and_fisher(
         {name: first[name] / total for name in names},
         {name: second[name] / total for name in names},
     )
+
+
+def _closed_form_sums(
+    model: torch.nn.Module,
+    wrapper: _ObjectiveModule,
+    values: Mapping[str, torch.Tensor],
+    names: Sequence[str],
+    batch: Mapping[str, Any],
+    weight_array: np.ndarray,
+    kept: np.ndarray,
+) -> _fisher_linear.LinearMoments:
+    """Return the closed-form sums over the ``kept`` samples, taken in chunks.
+
+    Each chunk takes about ``CHUNK_BYTES``, estimated from the widths of the covered
+    Linear layers. A tensor that the closed form rejects in any chunk is left to the
+    caller for all samples, so no tensor mixes the two paths.
+    """
+    owners = _fisher_linear.linear_owners(model, names)
+    features = sum(owner.module.in_features + owner.module.out_features
+                   for owner in owners.values())
+    rows_per_call = max(1, CHUNK_BYTES // (CLOSED_FORM_BYTES_PER_FEATURE * max(1, features)))
+    total = _fisher_linear.LinearMoments()
+    rejected: set[str] = set()
+    for start in range(0, kept.size, rows_per_call):
+        rows = kept[start : start + rows_per_call]
+        arguments = _select_rows(batch, torch.from_numpy(rows))
+
+        def forward(chosen: dict[str, torch.Tensor],
+                    arguments: tuple[Any, ...] = arguments) -> torch.Tensor:
+            result: torch.Tensor = call_with_tensors(
+                wrapper, _prefixed({**values, **chosen}), arguments)
+            return result
+
+        sums = _fisher_linear.linear_moments(model, names, forward,
+                                             torch.from_numpy(weight_array[rows]))
+        rejected.update(sums.fallback)
+        for name, value in sums.first.items():
+            total.first[name] = total.first[name] + value if name in total.first else value
+            total.second[name] = (total.second[name] + sums.second[name]
+                                  if name in total.second else sums.second[name])
+    total.fallback = [name for name in names if name in rejected]
+    for name in total.fallback:
+        total.first.pop(name, None)
+        total.second.pop(name, None)
+    return total
 
 
 def _select_rows(batch: Mapping[str, Any], rows: torch.Tensor) -> tuple[Any, ...]:

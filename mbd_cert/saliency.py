@@ -44,7 +44,7 @@ _MAX_CHUNK = 256
 # Maximum samples per chunk on the batched Linear route, which keeps activations, not a
 # gradient per sample. Two chunks instead of one cost the CMU-MOSEI probe set (339
 # samples) about 3 ms per call in per-op overhead. The verifier's closed form
-# (mbd_cert._fisher_linear) takes the whole probe set at once.
+# (mbd_cert._fisher_linear) takes chunks of about 256 MiB too.
 _LINEAR_CHUNK = 4096
 # Bytes per sample and per input or output feature of a covered Linear layer on that
 # route: float64 values, for two calls of the layer, each kept with its gradient, its
