@@ -59,7 +59,7 @@ MODEL_NAME = "model.safetensors"
 # 1.1 adds "warnings" to each result. 1.2 adds "error", set when the run stopped
 # before verifying any certificate, was interrupted by Ctrl-C, or could not write its
 # JUnit file. Readers of 1.0 can ignore both.
-REPO_REPORT_VERSION = "1.2"
+REPO_REPORT_VERSION = "1.3"
 CODE_NO_CERTIFICATES = "E_NO_CERTIFICATES"
 
 
@@ -457,8 +457,11 @@ def _repo_report(root: Path | None, policy_file: Path | None, exit_code: int,
                  results: Sequence[RepoResult],
                  error: dict[str, Any] | None = None) -> dict[str, Any]:
     """Return the ``verify-repo --json`` document (SPEC.md, R-REPO-6)."""
+    from mbd_cert._tool_version import verifier_record
+
     return {
         "report_version": REPO_REPORT_VERSION,
+        "verifier": verifier_record(),
         "root": None if root is None else str(root),
         "policy": None if policy_file is None else str(policy_file),
         "exit_code": exit_code,

@@ -13,11 +13,12 @@ from typing import Any
 from xml.etree import ElementTree
 
 from mbd_cert._terminal import clean_xml_tree, json_output
+from mbd_cert._tool_version import verifier_record
 from mbd_cert.errors import VerificationFailed
 
 logger = logging.getLogger(__name__)
 
-REPORT_VERSION = "1.0"
+REPORT_VERSION = "1.1"
 
 PASS = "pass"
 FAIL = "fail"
@@ -107,6 +108,7 @@ class VerificationReport:
         """Return the machine-readable report."""
         return {
             "report_version": REPORT_VERSION,
+            "verifier": verifier_record(),
             "certificate_id": self.certificate_id,
             "level": self.level,
             "verified": self.verified,
@@ -138,11 +140,18 @@ def error_report(code: str, message: str, hint: str = "") -> dict[str, Any]:
     """Return the JSON report for a run that stopped on unusable input or a bug."""
     return {
         "report_version": REPORT_VERSION,
+        "verifier": verifier_record(),
         "certificate_id": None,
         "verified": False,
         "error": {"code": code, "message": message, "hint": hint},
         "checks": [],
     }
+
+
+def _version_text() -> str:
+    record = verifier_record()
+    commit = record["commit"]
+    return str(record["version"]) + (f" ({commit})" if commit else "")
 
 
 def to_junit(report: VerificationReport, suite: str = "mbd-cert.verify") -> bytes:
@@ -162,12 +171,14 @@ def to_junit(report: VerificationReport, suite: str = "mbd-cert.verify") -> byte
         errors="0",
         skipped=str(skipped),
     )
+    # Schemas of the format, such as Maven Surefire's test-report XSD (3.5.5), put
+    # properties first in a test suite.
+    properties = ElementTree.SubElement(root, "properties")
     if report.certificate_id is not None:
-        # Schemas of the format, such as Maven Surefire's test-report XSD (3.5.5), put
-        # properties first in a test suite.
-        properties = ElementTree.SubElement(root, "properties")
         ElementTree.SubElement(properties, "property", name="certificate_id",
                                value=str(report.certificate_id))
+    ElementTree.SubElement(properties, "property", name="mbd_cert_version",
+                           value=_version_text())
     for check in report.checks:
         case = ElementTree.SubElement(root, "testcase", classname=suite, name=check.name)
         if check.status == FAIL or (check.status == INCONCLUSIVE and not report.allow_inconclusive):

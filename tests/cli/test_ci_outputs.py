@@ -17,7 +17,7 @@ from xml.etree import ElementTree
 import pytest
 from cli_support import HonestRun, verify
 
-from mbd_cert import _cli_commands
+from mbd_cert import __version__, _cli_commands
 from mbd_cert import verify as verify_module
 from mbd_cert._terminal import xml_text
 
@@ -242,7 +242,8 @@ def test_junit_names_the_certificate(honest_run: HonestRun, tmp_path: Path):
     assert suite.get("name") == str(honest_run.cert)
     assert suite.get("errors") == "0"
     properties = {p.get("name"): p.get("value") for p in suite.findall("./properties/property")}
-    assert properties == {"certificate_id": honest_run.load_cert()["certificate_id"]}
+    assert properties == {"certificate_id": honest_run.load_cert()["certificate_id"],
+                          "mbd_cert_version": __version__}
     # Maven Surefire's test-report XSD (3.5.5) puts properties first in a suite.
     assert suite[0].tag == "properties"
     cases = suite.findall("./testcase")

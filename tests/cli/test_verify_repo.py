@@ -12,7 +12,7 @@ from xml.etree import ElementTree
 import pytest
 from click.testing import CliRunner
 
-from mbd_cert import signing
+from mbd_cert import __version__, signing
 from mbd_cert.cli import main
 
 FAST = ["--epochs", "1", "--batch-size", "256", "--hidden-dim", "8", "--shared-dim", "4",
@@ -384,7 +384,7 @@ def test_stopped_run_json_has_the_report_shape(repo, policy, code):
     _policy(repo, "")
     finished = json.loads(_run(repo, "--json").stdout)
     assert set(document) == set(finished)
-    assert document["report_version"] == finished["report_version"] == "1.2"
+    assert document["report_version"] == finished["report_version"] == "1.3"
     assert document["error"]["code"] == code
     assert document["error"]["hint"]
     assert document["exit_code"] == 2
@@ -536,7 +536,7 @@ def test_usage_error_json_has_the_report_shape():
     result = CliRunner().invoke(main, ["verify-repo", ".", "--json", "--frobnicate"])
     assert result.exit_code == 2
     document = json.loads(result.stdout)
-    assert document["report_version"] == "1.2"
+    assert document["report_version"] == "1.3"
     assert document["error"]["code"] == "E_USAGE"
     assert (document["root"], document["policy"], document["results"]) == (None, None, [])
     assert "mbd-cert verify-repo --help" in document["error"]["hint"]
@@ -672,7 +672,7 @@ def test_interrupted_run_writes_json(repo, tmp_path, monkeypatch):
     assert result.exit_code == 130
     assert result.stderr.strip() == "interrupted; the command did not finish"
     document = json.loads(result.stdout)
-    assert document["report_version"] == "1.2"
+    assert document["report_version"] == "1.3"
     assert document["exit_code"] == 130
     assert document["error"]["code"] == "E_INTERRUPTED"
     assert "interrupted after 1 of 2 certificates" in document["error"]["message"]
@@ -706,14 +706,15 @@ def test_interrupted_setup_writes_junit(repo, tmp_path, monkeypatch):
 
 
 def test_junit_suites_carry_certificate_id(repo, tmp_path):
-    """R-REPO-4: each certificate's suite has a certificate_id property."""
+    """R-REPO-4, R-REP-5: each suite names its certificate and the verifier's version."""
     _policy(repo, "")
     junit = tmp_path / "junit.xml"
-    assert _run(repo, "--junit", junit).exit_code == 0
+    assert _run(repo, "--junit", junit, "--json").exit_code == 0
     expected = json.loads((repo / "models" / "a" / "cert.json").read_text())["certificate_id"]
     for suite in ElementTree.parse(junit).getroot().findall("testsuite"):
-        [prop] = suite.findall("./properties/property")
-        assert (prop.get("name"), prop.get("value")) == ("certificate_id", expected)
+        properties = {p.get("name"): p.get("value")
+                      for p in suite.findall("./properties/property")}
+        assert properties == {"certificate_id": expected, "mbd_cert_version": __version__}
 
 
 def _second_links(issued, directory, count, *, signed):
