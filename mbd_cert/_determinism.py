@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from mbd_cert.arch._plugin_calls import is_vmap_rejection
 from mbd_cert.errors import InputError
 
 Objective = Callable[[torch.nn.Module, Mapping[str, Any]], torch.Tensor]
@@ -88,10 +89,9 @@ def run_vmapped(function: Callable[..., Any], *args: Any) -> Any:
     try:
         return function(*args)
     except RuntimeError as exc:
-        text = str(exc)
-        if "vmap" not in text and "atching rule" not in text:
+        if not is_vmap_rejection(exc):
             raise
-        raise VmapFailure(text) from exc
+        raise VmapFailure(str(exc)) from exc
 
 
 def vmap_error(failure: VmapFailure, objective_name: str, hint: str) -> InputError:

@@ -135,6 +135,10 @@ def guarded(json_flag: str | None = None, *,
             try:
                 return function(*args, **kwargs)
             except errors.MbdCertError as error:
+                if error.code == _CODE_PLUGIN_FAILED and error.__cause__ is not None \
+                        and _verbose():
+                    # The plugin's own traceback is what its authors need.
+                    click.echo(terminal_lines(traceback.format_exc().rstrip("\n")), err=True)
                 emit(error.code, error.message, error.hint, error.exit_code)
                 sys.exit(error.exit_code)
             except KeyboardInterrupt as interrupt:
@@ -149,9 +153,7 @@ def guarded(json_flag: str | None = None, *,
             except click.ClickException:
                 raise
             except Exception as exc:  # a bug: exit 3, never 1
-                ctx = click.get_current_context(silent=True)
-                verbose = bool(ctx and ctx.find_root().params.get("verbose"))
-                if verbose:
+                if _verbose():
                     click.echo(terminal_lines(traceback.format_exc().rstrip("\n")), err=True)
                 emit("E_INTERNAL", f"internal error: {type(exc).__name__}: {exc}",
                      "this is a bug in mbd-cert; rerun with -v and report the traceback", 3)
@@ -162,6 +164,17 @@ def guarded(json_flag: str | None = None, *,
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+# mbd_cert.arch's code for a failing plugin, written out so that the CLI does not
+# import the architecture registry (and numpy) to start.
+_CODE_PLUGIN_FAILED = "E_ARCHITECTURE_LOAD_FAILED"
+
+
+def _verbose() -> bool:
+    """Return whether the command line gave -v."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("verbose"))
 
 
 def _error_document(build: ErrorDocument | None, arguments: Mapping[str, Any], code: str,

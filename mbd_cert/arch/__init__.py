@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
+from mbd_cert.arch import _plugin_calls
 from mbd_cert.errors import InputError, MalformedData
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ BUILTIN_NAME = "mbd-sentiment"
 _BUILTIN_ENTRY_POINT = "mbd_cert.arch.mbd:ARCHITECTURE"
 
 CODE_ARCHITECTURE_UNKNOWN = "E_ARCHITECTURE_UNKNOWN"
-CODE_ARCHITECTURE_LOAD_FAILED = "E_ARCHITECTURE_LOAD_FAILED"
+CODE_ARCHITECTURE_LOAD_FAILED = _plugin_calls.CODE_ARCHITECTURE_LOAD_FAILED
 CODE_MODEL_TENSORS_MISMATCH = "E_MODEL_TENSORS_MISMATCH"
 
 
@@ -157,6 +158,11 @@ def get_architecture(name: str) -> Architecture:
         InputError: No architecture has that name (code ``E_ARCHITECTURE_UNKNOWN``), or
             its entry point is ambiguous, fails to load or does not name an
             ``Architecture`` of that name (code ``E_ARCHITECTURE_LOAD_FAILED``).
+
+    An entry-point architecture comes back with each callable wrapped: an exception it
+    raises, other than mbd-cert's own errors, or a result of the wrong type, raises
+    ``InputError`` with code ``E_ARCHITECTURE_LOAD_FAILED`` when that callable is
+    called (:mod:`mbd_cert.arch._plugin_calls`).
     """
     if not isinstance(name, str):
         raise InputError(
@@ -200,7 +206,9 @@ def get_architecture(name: str) -> Architecture:
             hint="fix the package that provides it",
             code=CODE_ARCHITECTURE_LOAD_FAILED,
         )
-    return replace(loaded, validate_config=_contract_checked(name, loaded.validate_config))
+    validate = _plugin_calls.guarded(name, "validate_config", loaded.validate_config)
+    return replace(loaded, validate_config=_contract_checked(name, validate),
+                   **_plugin_calls.checked_callables(loaded))
 
 
 def _contract_checked(name: str, validate: Callable[[Mapping[str, Any]], Any]

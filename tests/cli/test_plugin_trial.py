@@ -157,3 +157,61 @@ def test_broken_objective_rejected_at_level_2(steady_release, issuer_keys, monke
     assert f"the {objective} objective of architecture 'trial-random'" in outcome.stderr
     assert detail in outcome.stderr
     assert "fix the package that provides it" in outcome.stderr
+
+
+# (attribute, function, reason in the message)
+FAILING_FUNCTIONS = [
+    ("RAISING_BUILD", "build", "raised ValueError: hidden_size must be even"),
+    ("RAISING_FORGET", "forget_objective", "raised ValueError: no fusion input for"),
+    ("RAISING_RETAIN", "retain_objective", "raised ValueError: no fusion input for"),
+    ("TUPLE_PREFIXES", "encoder_prefixes", "returned a tuple, not a list of str"),
+]
+FAILING_IDS = [row[0].lower() for row in FAILING_FUNCTIONS]
+
+
+def _assert_plugin_blamed(outcome, function: str, reason: str) -> None:
+    assert f"architecture 'trial-random': its function {function} {reason}" in outcome.stderr
+    assert "second line" not in outcome.stderr
+    assert "fix the package that provides the architecture" in outcome.stderr
+    assert "E_INTERNAL" not in outcome.stderr
+
+
+@pytest.mark.parametrize(("attribute", "function", "reason"), FAILING_FUNCTIONS,
+                         ids=FAILING_IDS)
+def test_failing_plugin_function_rejected_at_issue(tiny_checkpoint, issuer_keys, tmp_path,
+                                                   monkeypatch, attribute, function, reason):
+    trial_architectures.register(monkeypatch, "trial-random", attribute)
+    checkpoint = _checkpoint_for(tiny_checkpoint, tmp_path / "ck", "trial-random")
+
+    outcome = _issue(checkpoint, issuer_keys, tmp_path / "out")
+
+    _assert_refused(outcome, "E_ARCHITECTURE_LOAD_FAILED", tmp_path / "out")
+    _assert_plugin_blamed(outcome, function, reason)
+
+
+@pytest.mark.parametrize(("attribute", "function", "reason"), FAILING_FUNCTIONS,
+                         ids=FAILING_IDS)
+def test_failing_plugin_function_rejected_at_level_2(steady_release, issuer_keys,
+                                                     monkeypatch, attribute, function, reason):
+    trial_architectures.register(monkeypatch, "trial-random", attribute)
+
+    outcome = verify(steady_release / "cert.json", steady_release / "model.safetensors",
+                     issuer_keys.public, "--level", "2", "--bundle", steady_release)
+
+    assert_input_error(outcome, "E_ARCHITECTURE_LOAD_FAILED")
+    _assert_plugin_blamed(outcome, function, reason)
+
+
+def test_failing_plugin_traceback_with_verbose(tiny_checkpoint, issuer_keys, tmp_path,
+                                               monkeypatch):
+    trial_architectures.register(monkeypatch, "trial-random", "RAISING_BUILD")
+    checkpoint = _checkpoint_for(tiny_checkpoint, tmp_path / "ck", "trial-random")
+
+    outcome = run_cli(["-v", "issue", "--checkpoint", checkpoint, *TINY_ISSUE_OPTIONS,
+                       "--top-k", "0.5", "--key", issuer_keys.private,
+                       "--out", tmp_path / "out"])
+
+    assert outcome.exit_code == 2, outcome.stderr
+    assert "Traceback" in outcome.stderr
+    assert "in _raising_build" in outcome.stderr
+    assert "error [E_ARCHITECTURE_LOAD_FAILED]" in outcome.stderr

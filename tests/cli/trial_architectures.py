@@ -82,6 +82,23 @@ def _branching_retain(model: torch.nn.Module, batch: Any, modality: str) -> torc
     return _branching(BASE.retain_objective(model, batch, modality))
 
 
+def _raising_build(config: Any) -> torch.nn.Module:
+    # A plugin bug, as a wrong config key would give.
+    raise ValueError("hidden_size must be even\nsecond line")
+
+
+def _raising_forget(model: torch.nn.Module, batch: Any, modality: str) -> torch.Tensor:
+    raise ValueError(f"no fusion input for {modality}")
+
+
+def _raising_retain(model: torch.nn.Module, batch: Any, modality: str) -> torch.Tensor:
+    raise ValueError(f"no fusion input for {modality}")
+
+
+def _tuple_prefixes(config: Any, modality: str) -> Any:
+    return tuple(BASE.encoder_prefixes(config, modality))
+
+
 def _variant(name: str, **changes: Any) -> arch.Architecture:
     return dataclasses.replace(BASE, name=name, zeroed_forget=None, **changes)
 
@@ -107,6 +124,13 @@ BRANCHING_FORGET = _variant("trial-random", forget_objective=_branching_forget,
                             independent_samples=False)
 BRANCHING_RETAIN = _variant("trial-random", retain_objective=_branching_retain,
                             independent_samples=False)
+
+# Plugin functions that raise or return the wrong type. One name, so the certificate
+# issued with STEADY can be verified with each of them installed in its place.
+RAISING_BUILD = _variant("trial-random", build=_raising_build)
+RAISING_FORGET = _variant("trial-random", forget_objective=_raising_forget)
+RAISING_RETAIN = _variant("trial-random", retain_objective=_raising_retain)
+TUPLE_PREFIXES = _variant("trial-random", encoder_prefixes=_tuple_prefixes)
 
 
 def register(monkeypatch: pytest.MonkeyPatch, name: str, attribute: str) -> None:
