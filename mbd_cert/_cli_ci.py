@@ -14,7 +14,10 @@ SPEC.md, section "Verifying a repository":
   sealed file when an auditor key is given and the certificate records one;
 * a confidential audit bundle (``diff.safetensors``, ``probe.safetensors``) or
   evaluation set found beside its certificate, under its own name or another
-  (:mod:`mbd_cert._confidential_files`), adds a warning but leaves the exit code as it is.
+  (:mod:`mbd_cert._confidential_files`), adds a warning but leaves the exit code as it is;
+* a ``*.safetensors`` file that no certificate accounts for adds a run-level warning;
+* in strict mode (policy ``strict = true`` or ``--strict``) every warning fails the run
+  instead (:mod:`mbd_cert._repo_strict`).
 
 The exit code is the worst of the per-certificate results (0 < 1 < 2 < 3), so one
 unusable certificate makes the job fail with 2 even when the others are valid.
@@ -24,6 +27,7 @@ Stability: internal; the command line is documented in docs/user-guide.md.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -49,6 +53,12 @@ from mbd_cert._confidential_files import (
 from mbd_cert._interrupts import Interrupted
 from mbd_cert._numbers import exact_number
 from mbd_cert._repo_results import RepoResult, junit_for, render_table
+from mbd_cert._repo_strict import (
+    fail_warnings,
+    uncertified_model_warning,
+    uncertified_models,
+    uncertified_models_result,
+)
 
 if TYPE_CHECKING:
     from mbd_cert.chain import ChainFileCache
@@ -58,8 +68,9 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "model.safetensors"
 # 1.1 adds "warnings" to each result. 1.2 adds "error", set when the run stopped
 # before verifying any certificate, was interrupted by Ctrl-C, or could not write its
-# JUnit file. Readers of 1.0 can ignore both.
-REPO_REPORT_VERSION = "1.3"
+# JUnit file. Readers of 1.0 can ignore both. 1.4 adds the run-level "warnings" and
+# "checks" (models without a certificate, R-REPO-10).
+REPO_REPORT_VERSION = "1.4"
 CODE_NO_CERTIFICATES = "E_NO_CERTIFICATES"
 
 
@@ -455,8 +466,13 @@ def _is_sealed(certificate: Path) -> bool:
 
 def _repo_report(root: Path | None, policy_file: Path | None, exit_code: int,
                  results: Sequence[RepoResult],
-                 error: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Return the ``verify-repo --json`` document (SPEC.md, R-REPO-6)."""
+                 error: dict[str, Any] | None = None, warnings: Sequence[str] = (),
+                 run_result: RepoResult | None = None) -> dict[str, Any]:
+    """Return the ``verify-repo --json`` document (SPEC.md, R-REPO-6).
+
+    ``warnings`` and ``run_result`` are the run's own, not any certificate's: the
+    models without a certificate, as warnings or, in strict mode, as a failed check.
+    """
     from mbd_cert._tool_version import verifier_record
 
     return {
@@ -468,6 +484,8 @@ def _repo_report(root: Path | None, policy_file: Path | None, exit_code: int,
         "error": None if error is None else {key: error[key] for key in ("code", "message",
                                                                           "hint")},
         "results": [r.to_json() for r in results],
+        "warnings": list(warnings),
+        "checks": [] if run_result is None else run_result.report.to_json()["checks"],
     }
 
 
@@ -516,10 +534,13 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                   help="Auditor's X25519 private key (keep it in a CI secret): under a "
                        "level-2 or level-3 policy, open each certificate's sealed "
                        "audit-bundle.sealed instead of reading a plain bundle.")
+    @click.option("--strict", is_flag=True,
+                  help="Exit 1 on every warning and on each *.safetensors file that no "
+                       "certificate pairs with, as the policy key strict = true does.")
     @guarded(json_flag="as_json", error_document=_error_document)
     def verify_repo(root: Path, policy_path: Path | None, key_paths: tuple[Path, ...],
                     junit_path: Path | None, as_json: bool, allow_empty: bool,
-                    auditor_key_path: Path | None = None) -> None:
+                    auditor_key_path: Path | None = None, strict: bool = False) -> None:
         """Verify every cert.json and *.cert.json below ROOT under the policy.
 
         Exit 0 all verified, 1 one is not valid, 2 unusable input, 3 internal error,
@@ -537,6 +558,9 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         try:
             policy_file = policy_path if policy_path is not None else find_policy(root)
             policy = load_policy(policy_file) if policy_file is not None else Policy()
+            if strict:
+                # The flag can only tighten the policy file, never loosen it.
+                policy = dataclasses.replace(policy, strict=True)
             certificates = find_certificates(root)
             if not certificates and not allow_empty:
                 raise errors.InputError(
@@ -585,12 +609,24 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                                "verified") from interrupt
         check_forks(root, results, policy, chain_file_cache)
         check_published_pre_deletion(root, results)
+        uncertified = uncertified_models(root, results)
+        run_warnings: list[str] = []
+        run_result = None
+        if policy.strict:
+            fail_warnings(results)
+            if uncertified:
+                run_result = uncertified_models_result(uncertified, policy.required_level)
+        else:
+            run_warnings = [uncertified_model_warning(name) for name in uncertified]
         exit_code = max((r.exit_code for r in results), default=0)
+        if run_result is not None:
+            exit_code = max(exit_code, run_result.exit_code)
+        junit_results = [*results, *([run_result] if run_result is not None else [])]
         write_error = None
         if junit_path is not None:
             try:
-                _paths.atomic_write_bytes(junit_path, junit_for(results), overwrite=True,
-                                          shared=True)
+                _paths.atomic_write_bytes(junit_path, junit_for(junit_results),
+                                          overwrite=True, shared=True)
             except errors.MbdCertError as error:
                 # The results stand; the run still fails, because CI expects the file.
                 write_error = error_record(error)
@@ -600,13 +636,15 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
             for warning in result.warnings:
                 click.echo(f"warning: {terminal_text(result.certificate)}: "
                            f"{terminal_text(warning)}", err=True)
+        for warning in run_warnings:
+            click.echo(f"warning: {terminal_text(warning)}", err=True)
         if as_json:
             write_json_document(_repo_report(root, policy_file, exit_code, results,
-                                             write_error))
+                                             write_error, run_warnings, run_result))
         else:
             render_table(results, exit_code, policy.required_level, policy_file is not None)
         # As verify does, each failure's reason and hint also go to stderr, in full: the
         # table shortens long details, and with --json stdout is the document.
-        for result in results:
+        for result in junit_results:
             _echo_failure(result)
         sys.exit(exit_code)

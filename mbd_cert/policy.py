@@ -52,6 +52,7 @@ _KNOWN_KEYS = (
     "required_sensitivity_methods",
     "trusted_keys",
     "allow_inconclusive",
+    "strict",
 )
 
 
@@ -69,6 +70,8 @@ class Policy:
             empty accepts every method.
         trusted_keys: Issuer public key files, relative to the repository root.
         allow_inconclusive: Let inconclusive statistical checks pass.
+        strict: Fail verify-repo on every warning and on each ``*.safetensors`` file
+            that no certificate pairs with (SPEC.md, R-REPO-10).
         source: The file the policy was read from, for messages; None for defaults.
     """
 
@@ -78,6 +81,7 @@ class Policy:
     required_sensitivity_methods: tuple[str, ...] = ()
     trusted_keys: tuple[str, ...] = ()
     allow_inconclusive: bool = False
+    strict: bool = False
     source: str | None = field(default=None, compare=False)
 
 
@@ -195,6 +199,13 @@ def _parse_string_list(source: str, key: str, value: object) -> list[str]:
     return list(value)
 
 
+def _parse_bool(source: str, key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _invalid(source, key,
+                       f"must be true or false, got {_type_name(value)} {_shown(value)}")
+    return value
+
+
 def _parse_methods(source: str, value: object) -> tuple[str, ...]:
     key = "required_sensitivity_methods"
     methods = _parse_string_list(source, key, value)
@@ -257,11 +268,9 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>") -> Policy
 
     epsilon = data.get("max_cumulative_epsilon")
     delta = data.get("max_delta")
-    allow_inconclusive = data.get("allow_inconclusive", False)
-    if not isinstance(allow_inconclusive, bool):
-        raise _invalid(source, "allow_inconclusive",
-                       f"must be true or false, got {_type_name(allow_inconclusive)} "
-                       f"{_shown(allow_inconclusive)}")
+    allow_inconclusive = _parse_bool(source, "allow_inconclusive",
+                                     data.get("allow_inconclusive", False))
+    strict = _parse_bool(source, "strict", data.get("strict", False))
     return Policy(
         max_cumulative_epsilon=None if epsilon is None else _parse_epsilon(source, epsilon),
         max_delta=None if delta is None else _parse_delta(source, delta),
@@ -272,6 +281,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>") -> Policy
         ),
         trusted_keys=_parse_key_paths(source, data.get("trusted_keys", [])),
         allow_inconclusive=allow_inconclusive,
+        strict=strict,
         source=source,
     )
 

@@ -384,7 +384,7 @@ def test_stopped_run_json_has_the_report_shape(repo, policy, code):
     _policy(repo, "")
     finished = json.loads(_run(repo, "--json").stdout)
     assert set(document) == set(finished)
-    assert document["report_version"] == finished["report_version"] == "1.3"
+    assert document["report_version"] == finished["report_version"] == "1.4"
     assert document["error"]["code"] == code
     assert document["error"]["hint"]
     assert document["exit_code"] == 2
@@ -536,7 +536,7 @@ def test_usage_error_json_has_the_report_shape():
     result = CliRunner().invoke(main, ["verify-repo", ".", "--json", "--frobnicate"])
     assert result.exit_code == 2
     document = json.loads(result.stdout)
-    assert document["report_version"] == "1.3"
+    assert document["report_version"] == "1.4"
     assert document["error"]["code"] == "E_USAGE"
     assert (document["root"], document["policy"], document["results"]) == (None, None, [])
     assert "mbd-cert verify-repo --help" in document["error"]["hint"]
@@ -672,7 +672,7 @@ def test_interrupted_run_writes_json(repo, tmp_path, monkeypatch):
     assert result.exit_code == 130
     assert result.stderr.strip() == "interrupted; the command did not finish"
     document = json.loads(result.stdout)
-    assert document["report_version"] == "1.3"
+    assert document["report_version"] == "1.4"
     assert document["exit_code"] == 130
     assert document["error"]["code"] == "E_INTERRUPTED"
     assert "interrupted after 1 of 2 certificates" in document["error"]["message"]

@@ -36,6 +36,11 @@ def test_empty_policy_has_defaults():
     assert parse_policy({}) == Policy()
 
 
+def test_strict_is_read():
+    assert parse_policy({"strict": True}).strict is True
+    assert Policy().strict is False
+
+
 def test_max_delta_is_read():
     assert parse_policy({"max_delta": 1e-5}).max_delta == 1e-5
     assert parse_policy({}).max_delta is None
@@ -72,6 +77,8 @@ BAD_VALUES = [
     ('trusted_keys = [""]', "trusted_keys"),
     ("trusted_keys = [1]", "trusted_keys"),
     ('allow_inconclusive = "yes"', "allow_inconclusive"),
+    ("strict = 1", "strict"),
+    ('strict = "true"', "strict"),
     ("policy_version = 2", "policy_version"),
     ("policy_version = 1.0", "policy_version"),
     ("max_epsilon = 1.0", "max_epsilon"),

@@ -1,0 +1,132 @@
+"""Models without a certificate, and verify-repo's strict mode (SPEC.md, R-REPO-10).
+
+A repository can hold a ``*.safetensors`` model that no certificate pairs with. Nothing
+in the repository then shows that a deletion was certified for it, and verify-repo
+would pass it without a word. This module finds such files and, under the policy's
+``strict = true`` (or ``verify-repo --strict``), turns them and every per-certificate
+warning into failed checks, so that a CI job fails on them and its JUnit view shows
+them as failures.
+
+Stability: internal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from mbd_cert import errors
+from mbd_cert._confidential_files import CONFIDENTIAL_FORMATS, header_format
+from mbd_cert._repo_results import RepoResult
+from mbd_cert.report import FAIL, CheckResult, VerificationReport
+
+STRICT_WARNING_CHECK = "strict-warning"
+UNCERTIFIED_MODEL_CHECK = "uncertified-model"
+# Name of the run-level result: its JUnit suite and its line on stderr.
+RUN_RESULT_NAME = "verify-repo"
+_REQUIREMENT = "R-REPO-10"
+_CODE = "E_POLICY_VIOLATION"
+_MODEL_SUFFIX = ".safetensors"
+# The certificate does not name the evaluation set, which issue writes under this name.
+_EVALUATION_SET_NAME = "eval.safetensors"
+
+
+def uncertified_models(root: Path, results: Sequence[RepoResult]) -> list[str]:
+    """Return the ``*.safetensors`` files below ``root`` that no found certificate accounts for.
+
+    A file is accounted for when it is the model of a certificate of ``results``, a
+    bundle file that such a certificate names (``audit_bundle.diff.path``,
+    ``audit_bundle.probe.path``) or the ``eval.safetensors`` beside it, or an issuer
+    confidential file by its header ``format`` (:mod:`mbd_cert._confidential_files`).
+    Hidden files and directories and symbolic links are skipped, as in the
+    certificate search.
+
+    Returns:
+        Paths relative to ``root`` with ``/`` separators, sorted.
+    """
+    accounted = _accounted_files(root, results)
+    found = []
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as listing:
+                entries = list(listing)
+        except OSError:
+            # The certificate search has listed every directory already and stops the
+            # run on one it cannot list, so only a directory changed since gets here.
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
+                continue
+            if not entry.name.endswith(_MODEL_SUFFIX) or not entry.is_file(follow_symlinks=False):
+                continue
+            path = Path(entry.path)
+            if path.resolve() in accounted or header_format(path) in CONFIDENTIAL_FORMATS:
+                continue
+            found.append(path.relative_to(root).as_posix())
+    return sorted(found)
+
+
+def _accounted_files(root: Path, results: Sequence[RepoResult]) -> set[Path]:
+    """Return the resolved paths of the models and bundle files of the found certificates."""
+    from mbd_cert import _paths
+
+    accounted = set()
+    for result in results:
+        certificate = root / result.certificate
+        accounted.add((root / result.model).resolve())
+        accounted.add((certificate.parent / _EVALUATION_SET_NAME).resolve())
+        bundle = (result.certificate_doc or {}).get("audit_bundle")
+        if not isinstance(bundle, dict):
+            continue
+        for part in ("diff", "probe"):
+            entry = bundle.get(part)
+            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+                continue
+            try:
+                path = _paths.resolve_artefact(certificate.parent, entry["path"],
+                                               field=f"audit_bundle.{part}.path")
+            except errors.MbdCertError:
+                continue  # verification reports a bad bundle path
+            accounted.add(path.resolve())
+    return accounted
+
+
+def uncertified_model_warning(name: str) -> str:
+    """Return the message for one model file that no certificate pairs with."""
+    return (f"{name}: no certificate pairs with this safetensors file (cert.json pairs "
+            "with model.safetensors, NAME.cert.json with NAME.safetensors), so nothing "
+            "in the repository shows that a deletion was certified for it; commit its "
+            "certificate beside it, or remove the file")
+
+
+def fail_warnings(results: Sequence[RepoResult]) -> None:
+    """Turn each warning of a verified or failed certificate into a failed check.
+
+    The warnings move into the report as ``strict-warning`` checks and leave the
+    ``warnings`` list, so each is reported once. A certificate whose verification
+    stopped on an error has no report and keeps its warnings: its exit code is 2 or 3
+    already.
+    """
+    for result in results:
+        if result.report is None or not result.warnings:
+            continue
+        for warning in result.warnings:
+            result.report.record(CheckResult(STRICT_WARNING_CHECK, FAIL, warning, code=_CODE,
+                                             requirement=_REQUIREMENT))
+        result.warnings.clear()
+        result.exit_code = max(result.exit_code, 1)
+
+
+def uncertified_models_result(names: Sequence[str], level: int) -> RepoResult:
+    """Return the run-level result of strict mode: one failed check naming every file."""
+    report = VerificationReport(certificate_id=None, level=level)
+    detail = "; ".join(uncertified_model_warning(name) for name in names)
+    report.record(CheckResult(UNCERTIFIED_MODEL_CHECK, FAIL, detail, code=_CODE,
+                              requirement=_REQUIREMENT, value=len(names), threshold=0))
+    return RepoResult(RUN_RESULT_NAME, "", exit_code=1, report=report)

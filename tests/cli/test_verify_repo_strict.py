@@ -1,0 +1,108 @@
+"""verify-repo: models without a certificate, and strict mode (R-REPO-10)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from xml.etree import ElementTree
+
+from cli_support import HonestRun, IssuerKeys, Outcome, run_cli
+
+
+def _repo(run: HonestRun, root: Path, names: list[str]) -> Path:
+    """Copy the certificate, its model and ``names`` from the issue output into models/."""
+    (root / "models").mkdir(parents=True)
+    for name in ["cert.json", "model.safetensors", *names]:
+        shutil.copy(run.out_dir / name, root / "models" / name)
+    return root
+
+
+def _verify_repo(root: Path, keys: IssuerKeys, *extra: object) -> Outcome:
+    return run_cli(["verify-repo", root, "--key", keys.public, "--json", *extra])
+
+
+def _junit_failures(path: Path) -> dict[str, list[str]]:
+    """Suite name -> the failure types of its test cases."""
+    suites = ElementTree.parse(path).getroot().findall("testsuite")
+    return {suite.get("name", ""): [failure.get("type", "")
+                                    for failure in suite.findall("testcase/failure")]
+            for suite in suites}
+
+
+def test_uncertified_model_is_a_run_warning(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                            tmp_path: Path) -> None:
+    root = _repo(honest_run, tmp_path / "repo", [])
+    shutil.copy(honest_run.model, root / "models" / "other.safetensors")
+    outcome = _verify_repo(root, issuer_keys)
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.report is not None
+    assert outcome.report["report_version"] == "1.4"
+    [warning] = outcome.report["warnings"]
+    assert warning.startswith("models/other.safetensors: no certificate pairs with")
+    assert outcome.report["checks"] == []
+    assert f"warning: {warning}" in outcome.stderr
+
+
+def test_accounted_files_not_reported(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                      tmp_path: Path) -> None:
+    """Models, named bundle files, renamed confidential files and hidden files are skipped."""
+    root = _repo(honest_run, tmp_path / "repo", ["diff.safetensors", "probe.safetensors"])
+    shutil.copy(honest_run.diff, root / "models" / "diff-old.safetensors")
+    (root / "models" / ".cache").mkdir()
+    shutil.copy(honest_run.model, root / "models" / ".cache" / "copy.safetensors")
+    shutil.copy(honest_run.model, root / "models" / ".hidden.safetensors")
+    outcome = _verify_repo(root, issuer_keys)
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.report is not None
+    assert outcome.report["warnings"] == []
+
+
+def test_strict_fails_uncertified_model(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                        tmp_path: Path) -> None:
+    root = _repo(honest_run, tmp_path / "repo", [])
+    shutil.copy(honest_run.model, root / "models" / "other.safetensors")
+    junit = tmp_path / "junit.xml"
+    outcome = _verify_repo(root, issuer_keys, "--strict", "--junit", junit)
+    assert outcome.exit_code == 1, outcome.stderr
+    assert outcome.report is not None
+    assert outcome.report["exit_code"] == 1
+    assert outcome.report["warnings"] == []
+    [check] = outcome.report["checks"]
+    assert check["name"] == "uncertified-model"
+    assert check["status"] == "fail"
+    assert check["code"] == "E_POLICY_VIOLATION"
+    assert check["requirement"] == "R-REPO-10"
+    assert "models/other.safetensors" in check["detail"]
+    [result] = outcome.report["results"]
+    assert result["verified"] is True
+    assert _junit_failures(junit)["verify-repo"] == ["E_POLICY_VIOLATION"]
+    assert "verify-repo" in outcome.stderr
+
+
+def test_strict_policy_fails_warnings(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                      tmp_path: Path) -> None:
+    """A confidential-file warning (R-REPO-5) becomes a failed strict-warning check."""
+    root = _repo(honest_run, tmp_path / "repo", ["diff.safetensors"])
+    (root / "mbd-cert-policy.toml").write_text("strict = true\n")
+    junit = tmp_path / "junit.xml"
+    outcome = _verify_repo(root, issuer_keys, "--junit", junit)
+    assert outcome.exit_code == 1, outcome.stderr
+    assert outcome.report is not None
+    [result] = outcome.report["results"]
+    assert result["verified"] is False
+    assert result["warnings"] == []
+    failed = [check for check in result["report"]["checks"] if check["status"] == "fail"]
+    assert [check["name"] for check in failed] == ["strict-warning"]
+    assert failed[0]["code"] == "E_POLICY_VIOLATION"
+    assert failed[0]["requirement"] == "R-REPO-10"
+    assert "confidential files of the issuer" in failed[0]["detail"]
+    assert _junit_failures(junit) == {"models/cert.json": ["E_POLICY_VIOLATION"]}
+
+
+def test_strict_without_warnings_passes(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                        tmp_path: Path) -> None:
+    root = _repo(honest_run, tmp_path / "repo", [])
+    outcome = _verify_repo(root, issuer_keys, "--strict")
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.report is not None
+    assert outcome.report["checks"] == []
