@@ -1,4 +1,4 @@
-"""Wrapped plugin callables: foreign errors and wrong results become input errors."""
+"""Wrapped plugin callables (R-ARCH-10): foreign errors and wrong results become input errors."""
 
 from __future__ import annotations
 
