@@ -2,8 +2,9 @@
 
 ``verify-repo`` verifies every certificate in a repository under the repository's
 policy file and writes one JUnit file, so that a CI job needs one command. Which files
-it finds and how it pairs a certificate with its model is fixed here and documented in
-SPEC.md, section "Verifying a repository":
+it finds and how it pairs a certificate with its model is fixed in
+:mod:`mbd_cert._repo_search` and documented in SPEC.md, section "Verifying a
+repository"; the checks across certificates are in :mod:`mbd_cert._repo_checks`:
 
 * a certificate is a regular file named ``cert.json`` or ``<name>.cert.json``;
 * ``<dir>/cert.json`` certifies ``<dir>/model.safetensors``, and
@@ -51,8 +52,9 @@ from mbd_cert._confidential_files import (
     published_confidential_files,
 )
 from mbd_cert._interrupts import Interrupted
-from mbd_cert._numbers import exact_number
+from mbd_cert._repo_checks import check_forks, check_published_pre_deletion
 from mbd_cert._repo_results import RepoResult, junit_for, render_table
+from mbd_cert._repo_search import find_certificates, model_for
 from mbd_cert._repo_strict import (
     fail_warnings,
     uncertified_model_warning,
@@ -65,74 +67,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME = "model.safetensors"
 # 1.1 adds "warnings" to each result. 1.2 adds "error", set when the run stopped
 # before verifying any certificate, was interrupted by Ctrl-C, or could not write its
 # JUnit file. Readers of 1.0 can ignore both. 1.4 adds the run-level "warnings" and
 # "checks" (models without a certificate, R-REPO-10).
 REPO_REPORT_VERSION = "1.4"
 CODE_NO_CERTIFICATES = "E_NO_CERTIFICATES"
-
-
-def find_certificates(root: Path) -> list[Path]:
-    """Return every certificate file below ``root``, sorted by relative path.
-
-    Raises:
-        FileMissing: ``root`` does not exist.
-        InputError: ``root`` is not a directory (``E_FILE_NOT_REGULAR``), or a directory
-            below it cannot be listed (``E_FILE_UNREADABLE``).
-    """
-    if not root.exists():
-        raise errors.FileMissing(f"repository root not found: {root}",
-                                 hint="pass the repository's top directory")
-    if not root.is_dir():
-        raise errors.InputError(f"repository root is not a directory: {root}",
-                                hint="pass the repository's top directory",
-                                code="E_FILE_NOT_REGULAR")
-    found = []
-    # An explicit stack, not os.walk: on Python 3.11 os.walk recurses once per level,
-    # and a directory about 1,000 levels deep ended the whole run with RecursionError.
-    pending = [root]
-    while pending:
-        directory = pending.pop()
-        for entry in _listing(directory):
-            if entry.is_dir(follow_symlinks=False):
-                # Hidden directories (.git) and linked directories are not searched.
-                if not entry.name.startswith("."):
-                    pending.append(Path(entry.path))
-                continue
-            if entry.name != CERTIFICATE_NAME and not entry.name.endswith(CERTIFICATE_SUFFIX):
-                continue
-            path = Path(entry.path)
-            if path.is_symlink() or not path.is_file():
-                logger.warning("skipping %s: not a regular file", path)
-                continue
-            found.append(path)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
-
-
-def _listing(directory: Path) -> list[os.DirEntry[str]]:
-    """Return the entries of ``directory``; an unreadable one stops the run (exit 2)."""
-    try:
-        with os.scandir(directory) as entries:
-            return list(entries)
-    except OSError as exc:
-        # A certificate below it could not be verified, so skipping it would let CI
-        # pass without checking it.
-        raise errors.InputError(
-            f"cannot list directory {directory}: {exc.strerror}",
-            hint="make the repository readable to the CI user, or move the directory "
-            "out of the repository",
-            code="E_FILE_UNREADABLE",
-        ) from exc
-
-
-def model_for(certificate: Path) -> Path:
-    """Return the model file a certificate is paired with (the rule in the module doc)."""
-    if certificate.name == CERTIFICATE_NAME:
-        return certificate.with_name(MODEL_NAME)
-    stem = certificate.name[: -len(CERTIFICATE_SUFFIX)]
-    return certificate.with_name(stem + ".safetensors")
 
 
 def _trusted_keys(root: Path, policy: Any, key_paths: Sequence[Path]) -> list[Any]:
@@ -259,90 +199,6 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any],
             "publish audit-bundle.sealed instead and pass --auditor-private-key. Once "
             "committed, they stay in the version history after you delete them")
     return result
-
-
-def check_forks(root: Path, results: Sequence[RepoResult], policy: Any,
-                chain_file_cache: Any) -> None:
-    """Account jointly for verified certificates whose chains branch (R-REPO-8).
-
-    Each certificate in a branching tree gets a ``chain-fork`` check that fails when
-    the tree's joint epsilon exceeds the policy's ``max_cumulative_epsilon``, and a
-    warning otherwise.
-    """
-    from mbd_cert import certificate, chain
-    from mbd_cert._repo_forks import find_forks
-    from mbd_cert._terminal import terminal_text
-    from mbd_cert.report import CheckResult
-
-    chains = {}
-    for result in results:
-        if result.exit_code != 0:
-            continue  # an unverified chain is not evidence of anything
-        path = root / result.certificate
-        try:
-            doc = certificate.load_certificate(path)
-            chains[result.certificate] = chain.walk_chain(doc, path.parent,
-                                                          file_cache=chain_file_cache)
-        except errors.MbdCertError as error:
-            # Verified a moment ago: only a file changed during the run gets here.
-            result.warnings.append(f"not checked for forked chains: {error.message}")
-    by_path = {result.certificate: result for result in results}
-    limit = policy.max_cumulative_epsilon
-    for fork in find_forks(chains):
-        names = ", ".join(terminal_text(name) for name in fork.certificates)
-        # The joint epsilon and the verdict first: the table shortens failed checks'
-        # details (render_table).
-        head = (f"forked chain: joint epsilon {exact_number(fork.epsilon)} at delta "
-                f"{exact_number(fork.delta)}")
-        tail = (f"for anyone holding all the models of {fork.deletions} deletions that "
-                f"extend the same model, more than any one certificate states; the "
-                f"certificates: {names}")
-        for name in fork.certificates:
-            result = by_path[name]
-            if limit is not None and fork.epsilon > limit:
-                result.report.record(CheckResult(
-                    "chain-fork", "fail",
-                    f"{head}, above the policy's max_cumulative_epsilon "
-                    f"{exact_number(limit)}, {tail}",
-                    code="E_POLICY_VIOLATION", requirement="R-REPO-8",
-                    value=fork.epsilon, threshold=limit))
-                result.exit_code = max(result.exit_code, 1)
-            else:
-                result.warnings.append(f"{head} {tail}")
-
-
-def check_published_pre_deletion(root: Path, results: Sequence[RepoResult]) -> None:
-    """Fail each certificate whose pre-deletion model lies in the repository (R-REPO-9).
-
-    That file still contains the deleted encoder, so publishing it undoes the deletion,
-    whatever the certificate says. A certificate that did not verify gets a warning.
-    """
-    from mbd_cert._published_models import header_index, pre_deletion_copies
-    from mbd_cert._terminal import terminal_text
-    from mbd_cert.report import CheckResult
-
-    index = header_index(root)
-    for result in results:
-        doc = result.certificate_doc
-        if doc is None:
-            continue  # verification reports an unreadable certificate
-        copies = pre_deletion_copies(doc["subject_model"]["pre_deletion"], index)
-        if not copies:
-            continue
-        names = ", ".join(terminal_text(path.relative_to(root).as_posix()) for path in copies)
-        detail = (f"{names}: the model before this deletion (its file digest is the "
-                  "certificate's subject_model.pre_deletion.file_digest), which still contains "
-                  f"the deleted {terminal_text(doc['deletion']['modality'])} encoder, is "
-                  "published in the repository, so the deletion is undone for its readers. "
-                  "Remove it, from the version history too, and publish only the "
-                  "released model")
-        if result.report is None:
-            result.warnings.append(detail)
-            continue
-        result.report.record(CheckResult(
-            "pre-deletion-model", "fail", detail, code="E_PRE_DELETION_PUBLISHED",
-            requirement="R-REPO-9", value=len(copies), threshold=0))
-        result.exit_code = max(result.exit_code, 1)
 
 
 def _repo_inputs(root: Path, certificates: Sequence[Path], policy: Any,

@@ -484,7 +484,7 @@ def test_deep_directory_walk_completes(repo):
     # os.walk recursed once per directory level on Python 3.11, so a deep enough tree
     # ended the run with RecursionError. Lowering the limit makes 300 levels enough
     # (and keeps the tree shallow enough for pytest's own recursive cleanup).
-    from mbd_cert._cli_ci import find_certificates
+    from mbd_cert._repo_search import find_certificates
 
     deep = repo / "deep"
     deep.mkdir()
@@ -512,7 +512,7 @@ def test_search_order_and_links(tmp_path):
     The search lists a directory's files before it enters its subdirectories, so a
     certificate at the top would come first without the sort.
     """
-    from mbd_cert._cli_ci import find_certificates
+    from mbd_cert._repo_search import find_certificates
 
     for relative in ("z.cert.json", "a/cert.json", "a/b/v1.cert.json", "a/notes.json"):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)

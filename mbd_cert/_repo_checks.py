@@ -1,0 +1,103 @@
+"""Checks across a repository's certificates, after verify-repo has verified each one.
+
+* Forked chains (R-REPO-8): certificates whose chains branch from one model are
+  composed jointly, and the joint epsilon is held against the policy.
+* Published pre-deletion models (R-REPO-9): a file anywhere below the root that is a
+  certificate's pre-deletion model fails that certificate.
+
+Stability: internal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mbd_cert import errors
+from mbd_cert._numbers import exact_number
+from mbd_cert._repo_results import RepoResult
+
+
+def check_forks(root: Path, results: Sequence[RepoResult], policy: Any,
+                chain_file_cache: Any) -> None:
+    """Account jointly for verified certificates whose chains branch (R-REPO-8).
+
+    Each certificate in a branching tree gets a ``chain-fork`` check that fails when
+    the tree's joint epsilon exceeds the policy's ``max_cumulative_epsilon``, and a
+    warning otherwise.
+    """
+    from mbd_cert import certificate, chain
+    from mbd_cert._repo_forks import find_forks
+    from mbd_cert._terminal import terminal_text
+    from mbd_cert.report import CheckResult
+
+    chains = {}
+    for result in results:
+        if result.exit_code != 0:
+            continue  # an unverified chain is not evidence of anything
+        path = root / result.certificate
+        try:
+            doc = certificate.load_certificate(path)
+            chains[result.certificate] = chain.walk_chain(doc, path.parent,
+                                                          file_cache=chain_file_cache)
+        except errors.MbdCertError as error:
+            # Verified a moment ago: only a file changed during the run gets here.
+            result.warnings.append(f"not checked for forked chains: {error.message}")
+    by_path = {result.certificate: result for result in results}
+    limit = policy.max_cumulative_epsilon
+    for fork in find_forks(chains):
+        names = ", ".join(terminal_text(name) for name in fork.certificates)
+        # The joint epsilon and the verdict first: the table shortens failed checks'
+        # details (render_table).
+        head = (f"forked chain: joint epsilon {exact_number(fork.epsilon)} at delta "
+                f"{exact_number(fork.delta)}")
+        tail = (f"for anyone holding all the models of {fork.deletions} deletions that "
+                f"extend the same model, more than any one certificate states; the "
+                f"certificates: {names}")
+        for name in fork.certificates:
+            result = by_path[name]
+            if limit is not None and fork.epsilon > limit:
+                result.report.record(CheckResult(
+                    "chain-fork", "fail",
+                    f"{head}, above the policy's max_cumulative_epsilon "
+                    f"{exact_number(limit)}, {tail}",
+                    code="E_POLICY_VIOLATION", requirement="R-REPO-8",
+                    value=fork.epsilon, threshold=limit))
+                result.exit_code = max(result.exit_code, 1)
+            else:
+                result.warnings.append(f"{head} {tail}")
+
+
+def check_published_pre_deletion(root: Path, results: Sequence[RepoResult]) -> None:
+    """Fail each certificate whose pre-deletion model lies in the repository (R-REPO-9).
+
+    That file still contains the deleted encoder, so publishing it undoes the deletion,
+    whatever the certificate says. A certificate that did not verify gets a warning.
+    """
+    from mbd_cert._published_models import header_index, pre_deletion_copies
+    from mbd_cert._terminal import terminal_text
+    from mbd_cert.report import CheckResult
+
+    index = header_index(root)
+    for result in results:
+        doc = result.certificate_doc
+        if doc is None:
+            continue  # verification reports an unreadable certificate
+        copies = pre_deletion_copies(doc["subject_model"]["pre_deletion"], index)
+        if not copies:
+            continue
+        names = ", ".join(terminal_text(path.relative_to(root).as_posix()) for path in copies)
+        detail = (f"{names}: the model before this deletion (its file digest is the "
+                  "certificate's subject_model.pre_deletion.file_digest), which still contains "
+                  f"the deleted {terminal_text(doc['deletion']['modality'])} encoder, is "
+                  "published in the repository, so the deletion is undone for its readers. "
+                  "Remove it, from the version history too, and publish only the "
+                  "released model")
+        if result.report is None:
+            result.warnings.append(detail)
+            continue
+        result.report.record(CheckResult(
+            "pre-deletion-model", "fail", detail, code="E_PRE_DELETION_PUBLISHED",
+            requirement="R-REPO-9", value=len(copies), threshold=0))
+        result.exit_code = max(result.exit_code, 1)

@@ -1,0 +1,86 @@
+"""Find a repository's certificates and pair each with its model, for verify-repo.
+
+The rules are those of SPEC.md, "Verifying a repository" (R-REPO-1, R-REPO-2):
+
+* a certificate is a regular file named ``cert.json`` or ``<name>.cert.json``;
+* ``<dir>/cert.json`` certifies ``<dir>/model.safetensors``, and
+  ``<dir>/<name>.cert.json`` certifies ``<dir>/<name>.safetensors``;
+* directories whose names start with ``.`` (``.git``, ``.venv``) and symbolic links
+  are skipped, and a directory that cannot be listed stops the run.
+
+Stability: internal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from mbd_cert import errors
+from mbd_cert._confidential_files import CERTIFICATE_NAME, CERTIFICATE_SUFFIX
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "model.safetensors"
+
+
+def find_certificates(root: Path) -> list[Path]:
+    """Return every certificate file below ``root``, sorted by relative path.
+
+    Raises:
+        FileMissing: ``root`` does not exist.
+        InputError: ``root`` is not a directory (``E_FILE_NOT_REGULAR``), or a directory
+            below it cannot be listed (``E_FILE_UNREADABLE``).
+    """
+    if not root.exists():
+        raise errors.FileMissing(f"repository root not found: {root}",
+                                 hint="pass the repository's top directory")
+    if not root.is_dir():
+        raise errors.InputError(f"repository root is not a directory: {root}",
+                                hint="pass the repository's top directory",
+                                code="E_FILE_NOT_REGULAR")
+    found = []
+    # An explicit stack, not os.walk: on Python 3.11 os.walk recurses once per level,
+    # and a directory about 1,000 levels deep ended the whole run with RecursionError.
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        for entry in _listing(directory):
+            if entry.is_dir(follow_symlinks=False):
+                # Hidden directories (.git) and linked directories are not searched.
+                if not entry.name.startswith("."):
+                    pending.append(Path(entry.path))
+                continue
+            if entry.name != CERTIFICATE_NAME and not entry.name.endswith(CERTIFICATE_SUFFIX):
+                continue
+            path = Path(entry.path)
+            if path.is_symlink() or not path.is_file():
+                logger.warning("skipping %s: not a regular file", path)
+                continue
+            found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _listing(directory: Path) -> list[os.DirEntry[str]]:
+    """Return the entries of ``directory``; an unreadable one stops the run (exit 2)."""
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except OSError as exc:
+        # A certificate below it could not be verified, so skipping it would let CI
+        # pass without checking it.
+        raise errors.InputError(
+            f"cannot list directory {directory}: {exc.strerror}",
+            hint="make the repository readable to the CI user, or move the directory "
+            "out of the repository",
+            code="E_FILE_UNREADABLE",
+        ) from exc
+
+
+def model_for(certificate: Path) -> Path:
+    """Return the model file a certificate is paired with (the rule in the module doc)."""
+    if certificate.name == CERTIFICATE_NAME:
+        return certificate.with_name(MODEL_NAME)
+    stem = certificate.name[: -len(CERTIFICATE_SUFFIX)]
+    return certificate.with_name(stem + ".safetensors")
