@@ -73,7 +73,7 @@ def check_published_pre_deletion(root: Path, results: Sequence[RepoResult]) -> N
     """Fail each certificate whose pre-deletion model lies in the repository (R-REPO-9).
 
     That file still contains the deleted encoder, so publishing it undoes the deletion,
-    whatever the certificate says. A certificate that did not verify gets a warning.
+    whatever the certificate claims. A certificate that did not verify gets a warning.
     """
     from mbd_cert._published_models import header_index, pre_deletion_copies
     from mbd_cert._terminal import terminal_text
