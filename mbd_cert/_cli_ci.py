@@ -69,8 +69,8 @@ logger = logging.getLogger(__name__)
 
 # 1.1 adds "warnings" to each result. 1.2 adds "error", set when the run stopped
 # before verifying any certificate, was interrupted by Ctrl-C, or could not write its
-# JUnit file. Readers of 1.0 can ignore both. 1.4 adds the run-level "warnings" and
-# "checks" (models without a certificate, R-REPO-10).
+# JUnit file. Readers of 1.0 can ignore both. 1.3 adds "verifier" (R-REP-5), and 1.4
+# the run-level "warnings" and "checks" (models without a certificate, R-REPO-10).
 REPO_REPORT_VERSION = "1.4"
 CODE_NO_CERTIFICATES = "E_NO_CERTIFICATES"
 

@@ -9,8 +9,8 @@ only the files whose header digest (R-DIG-4) equals a certificate's
 digest and are not checked.
 
 Like the confidential-file scan (:mod:`mbd_cert._confidential_files`), the index is
-lenient: it reads only the length prefix and the header bytes, skips hidden
-directories, links and unreadable files, and reads at most 100,000 files.
+lenient: it reads only the length prefix and the header bytes, skips hidden entries,
+links and unreadable files, and reads at most 100,000 files.
 
 Stability: internal.
 """
@@ -22,6 +22,8 @@ import os
 import stat
 import struct
 from pathlib import Path
+
+from mbd_cert._repo_search import repository_files
 
 # A safetensors header of the built-in architecture is a few kilobytes; a larger
 # claimed header is skipped unread.
@@ -35,17 +37,12 @@ HeaderIndex = dict[str, list[Path]]
 def header_index(root: Path) -> HeaderIndex:
     """Map the header digest of every safetensors-like file below ``root`` to its paths."""
     index: HeaderIndex = {}
-    read = 0
-    for directory, subdirectories, files in os.walk(root):
-        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
-        for name in sorted(files):
-            read += 1
-            if read > MAX_INDEXED_FILES:
-                return index
-            path = Path(directory) / name
-            digest = _header_digest(path)
-            if digest is not None:
-                index.setdefault(digest, []).append(path)
+    for read, path in enumerate(repository_files(root), start=1):
+        if read > MAX_INDEXED_FILES:
+            break
+        digest = _header_digest(path)
+        if digest is not None:
+            index.setdefault(digest, []).append(path)
     return index
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from mbd_cert import errors
@@ -84,3 +85,28 @@ def model_for(certificate: Path) -> Path:
         return certificate.with_name(MODEL_NAME)
     stem = certificate.name[: -len(CERTIFICATE_SUFFIX)]
     return certificate.with_name(stem + ".safetensors")
+
+
+def repository_files(root: Path) -> Iterator[Path]:
+    """Yield the regular files below ``root``, skipping hidden entries and links.
+
+    The scans that follow the certificate search use it. A directory that cannot be
+    listed is skipped: the search has listed every directory already and stopped the
+    run on an unreadable one, so only a directory changed since gets here.
+    """
+    # An explicit stack, for the reason given in find_certificates.
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                yield Path(entry.path)

@@ -12,13 +12,13 @@ Stability: internal.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from mbd_cert import errors
 from mbd_cert._confidential_files import CONFIDENTIAL_FORMATS, header_format
 from mbd_cert._repo_results import RepoResult
+from mbd_cert._repo_search import repository_files
 from mbd_cert.report import FAIL, CheckResult, VerificationReport
 
 STRICT_WARNING_CHECK = "strict-warning"
@@ -47,28 +47,11 @@ def uncertified_models(root: Path, results: Sequence[RepoResult]) -> list[str]:
     """
     accounted = _accounted_files(root, results)
     found = []
-    pending = [root]
-    while pending:
-        directory = pending.pop()
-        try:
-            with os.scandir(directory) as listing:
-                entries = list(listing)
-        except OSError:
-            # The certificate search has listed every directory already and stops the
-            # run on one it cannot list, so only a directory changed since gets here.
+    for path in repository_files(root):
+        if path.suffix != _MODEL_SUFFIX or path.resolve() in accounted \
+                or header_format(path) in CONFIDENTIAL_FORMATS:
             continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                pending.append(Path(entry.path))
-                continue
-            if not entry.name.endswith(_MODEL_SUFFIX) or not entry.is_file(follow_symlinks=False):
-                continue
-            path = Path(entry.path)
-            if path.resolve() in accounted or header_format(path) in CONFIDENTIAL_FORMATS:
-                continue
-            found.append(path.relative_to(root).as_posix())
+        found.append(path.relative_to(root).as_posix())
     return sorted(found)
 
 

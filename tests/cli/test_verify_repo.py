@@ -484,7 +484,9 @@ def test_deep_directory_walk_completes(repo):
     # os.walk recursed once per directory level on Python 3.11, so a deep enough tree
     # ended the run with RecursionError. Lowering the limit makes 300 levels enough
     # (and keeps the tree shallow enough for pytest's own recursive cleanup).
+    from mbd_cert._published_models import header_index
     from mbd_cert._repo_search import find_certificates
+    from mbd_cert._repo_strict import uncertified_models
 
     deep = repo / "deep"
     deep.mkdir()
@@ -498,12 +500,18 @@ def test_deep_directory_walk_completes(repo):
     limit = sys.getrecursionlimit()
     # 100 frames above the current depth: far fewer than the 300 levels below.
     sys.setrecursionlimit(depth + 100)
+    (current / "deep.safetensors").write_bytes(b"not a model")
     try:
         found = find_certificates(repo)
+        # The later scans of the run walk the same tree (R-REPO-9, R-REPO-10).
+        indexed = header_index(repo)
+        uncertified = uncertified_models(repo, [])
     finally:
         sys.setrecursionlimit(limit)
     assert [p.relative_to(repo).as_posix() for p in found] == [
         "models/a/cert.json", "models/b/v2.cert.json"]
+    assert indexed
+    assert "deep/" + "d/" * 300 + "deep.safetensors" in uncertified
 
 
 def test_search_order_and_links(tmp_path):
