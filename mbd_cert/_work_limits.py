@@ -30,11 +30,11 @@ MAX_EVIDENCE_SAMPLE_STEPS = 8 * MAX_UPDATE_SAMPLE_STEPS
 
 # Values that the forward passes over the whole probe set compute, layer by layer:
 # probe samples times Architecture.activation_entries, in float64. The passes keep a
-# part of them at a time. On 2 CPU cores, a level-3 run whose count grew by about
-# 1.4e8 (1.1 GB) grew 0.25 GB in peak memory, and its issue run 1 GB; that count is
-# scaled from 9.4e7 measured under a count without the padding mask. The cap, 8 GiB as
-# counted, admits 400 probe samples of the bundled corpus (3.4e6) and of ICT-MMMO
-# (1.6e7) many times over.
+# part of them at a time. On 2 CPU cores, a count about 1.4e8 (1.1 GB) larger made a
+# level-3 run's peak memory 0.25 GB larger and its issue run's 1 GB larger. That count
+# is an estimate, scaled from 9.4e7 measured before the padding mask was counted. The
+# cap, 8 GiB as counted, admits 400 probe samples of the bundled corpus (3.4e6) and of
+# ICT-MMMO (1.6e7) many times over.
 MAX_ACTIVATION_ENTRIES = 2**30
 
 # Arithmetic operations of the replay: passes over the probe set times probe samples

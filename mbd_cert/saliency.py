@@ -116,9 +116,9 @@ def gradient_moments(
 
     Raises:
         ValueError: Every weight is zero.
-        InputError: ``vmap`` refused the objective (``E_OBJECTIVE_NONDETERMINISTIC``
-            for a random operation, ``E_OBJECTIVE_VMAP_UNSUPPORTED`` otherwise); the
-            message names ``objective_name`` and ends with ``hint``.
+        InputError: ``vmap`` rejected the objective: ``E_OBJECTIVE_NONDETERMINISTIC``
+            for a random operation, ``E_OBJECTIVE_VMAP_UNSUPPORTED`` otherwise. The
+            message names ``objective_name``, and the hint is ``hint``.
     """
     parameters = dict(model.named_parameters())
     targets = [parameters[name] for name in names]

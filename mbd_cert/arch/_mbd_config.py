@@ -212,10 +212,10 @@ def activation_entries(config: Mapping[str, Any]) -> int:
     for name in modalities:
         steps = int(config["seq_len"][name])
         width = int(config["input_dims"][name])
-        # Per step the input, its padding test and LayerNorm output; the projection,
-        # its GELU and the padding mask applied to it; the LayerNorm statistics and
-        # the step's validity flags. Then the sum and mean over the steps and the
-        # shared and private heads.
+        # Each step counts 3 input-wide values (input, padding test, LayerNorm output),
+        # 3 hidden-wide ones (projection, GELU, padding mask applied) and 4 scalars
+        # (LayerNorm statistics, validity flags). The sum and mean over the steps and
+        # the shared and private heads come once per sample.
         total += steps * (3 * width + 3 * hidden + 4) + 2 * hidden + shared + private + 4
     generator_in = (count - 1) * (shared + 1)
     # Per generator its gathered input, the hidden layer and its GELU, and the

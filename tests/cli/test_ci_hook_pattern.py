@@ -125,8 +125,8 @@ def test_hook_matches_files_verify_repo_opens(sealed_run: tuple[Path, Path],
     def record(event: str, args: tuple[Any, ...]) -> None:
         # The confidential-file scan reads the header of every file beside a
         # certificate, for a warning that never changes the exit code. The
-        # pre-deletion index (R-REPO-9) reads every file's header under any name, so no
-        # file pattern could cover it; a CI run over the whole repository does.
+        # pre-deletion index (R-REPO-9) reads every file's header under any name, so
+        # no file pattern can cover it. A CI run over the whole repository does.
         if not active or event != "open" or not isinstance(args[0], (str, Path)):
             return
         if _inside(sys._getframe(1), "header_format") or \

@@ -493,6 +493,19 @@ class _AllocatedValues:
         self.mode = Mode()
 
 
+def _sized_config(modalities: int, steps: int, width: int, hidden: int, shared: int,
+                  private: int, fusion: int) -> tuple[list[str], dict]:
+    """Return modality names and a validated built-in config of the given sizes."""
+    from mbd_cert.arch import _mbd_config
+
+    names = [f"m{i}" for i in range(modalities)]
+    config = _mbd_config.validate_config({
+        "modalities": names, "input_dims": dict.fromkeys(names, width),
+        "seq_len": dict.fromkeys(names, steps), "hidden_dim": hidden, "shared_dim": shared,
+        "private_dim": private, "fusion_hidden": fusion})
+    return names, config
+
+
 @pytest.mark.parametrize(("modalities", "steps", "width", "hidden", "shared", "private",
                           "fusion"), [
     (1, 7, 9, 16, 8, 4, 12),
@@ -508,11 +521,7 @@ def test_activation_entries_bound_the_forward_pass(modalities, steps, width, hid
     from mbd_cert.arch import _mbd_config
     from mbd_cert.arch.mbd import MBDModel
 
-    names = [f"m{i}" for i in range(modalities)]
-    config = _mbd_config.validate_config({
-        "modalities": names, "input_dims": dict.fromkeys(names, width),
-        "seq_len": dict.fromkeys(names, steps), "hidden_dim": hidden, "shared_dim": shared,
-        "private_dim": private, "fusion_hidden": fusion})
+    names, config = _sized_config(modalities, steps, width, hidden, shared, private, fusion)
     model = MBDModel(config, seed=0).to(torch.float64).eval()
     samples = 3
     inputs = {name: torch.randn(samples, steps, width, dtype=torch.float64) for name in names}
@@ -641,11 +650,7 @@ def test_forward_operations_bound_both_objectives(modalities, steps, width, hidd
     from mbd_cert.arch import _mbd_config
     from mbd_cert.arch.mbd import MBDModel, forget_objective, retain_objective
 
-    names = [f"m{i}" for i in range(modalities)]
-    config = _mbd_config.validate_config({
-        "modalities": names, "input_dims": dict.fromkeys(names, width),
-        "seq_len": dict.fromkeys(names, steps), "hidden_dim": hidden, "shared_dim": shared,
-        "private_dim": private, "fusion_hidden": fusion})
+    names, config = _sized_config(modalities, steps, width, hidden, shared, private, fusion)
     samples = 3
     batch = {"inputs": {name: torch.randn(samples, steps, width, dtype=torch.float64)
                         for name in names},

@@ -70,7 +70,7 @@ def test_item_call_rejected_where_vmap_runs():
 
 
 def test_unused_random_draw_rejected_where_vmap_runs():
-    # The values do not depend on the draw, so only vmap sees it.
+    # The values do not depend on the draw, so only vmap detects it.
     def drawing(model: torch.nn.Module, batch: dict) -> torch.Tensor:
         values = _squared(model, batch)
         return values + 0.0 * torch.rand(values.shape, dtype=values.dtype)

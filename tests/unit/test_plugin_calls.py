@@ -33,15 +33,15 @@ def test_foreign_error_wrapped():
     assert caught.value.__cause__ is cause
 
 
-@pytest.mark.parametrize("exc", [MalformedData("bad"), MemoryError(), KeyboardInterrupt()])
-def test_own_and_resource_errors_pass(exc):
-    call = guarded("late-fusion", "build", _raise(exc))
+@pytest.mark.parametrize("error", [MalformedData("bad"), MemoryError(), KeyboardInterrupt()])
+def test_own_and_resource_errors_pass(error):
+    call = guarded("late-fusion", "build", _raise(error))
 
-    with pytest.raises(type(exc)):
+    with pytest.raises(type(error)):
         call({})
 
 
-def test_vmap_refusal_reaches_run_vmapped():
+def test_vmap_rejection_reaches_run_vmapped():
     def branching(x):
         return x if bool(x.sum() > 0) else -x
 
