@@ -37,6 +37,9 @@ MAX_RANK = 32
 # Largest integer that RFC 8785 canonical JSON (I-JSON) represents exactly, so every
 # shape can go into a manifest.
 MAX_DIM = 2**53 - 1
+# numpy refuses to create any array, an empty one included, whose nonzero dimensions
+# times the item size exceed its index type (2**63 - 1 bytes on 64-bit platforms).
+MAX_SHAPE_BYTES = 2**63 - 1
 # Integers a valid header can hold: the shape and the two offsets of each tensor.
 _MAX_INTEGERS = MAX_TENSORS * (MAX_RANK + 2)
 # Python's json module builds every list and string before any structural check, so
@@ -313,6 +316,15 @@ def _parse_entry(path: Path, name: str, value: object) -> TensorInfo:
             f"[{begin}, {end}] declare {end - begin} bytes",
             "E_SAFETENSORS_SIZE_MISMATCH",
         )
+    # This matters for empty tensors: a non-empty one of such a shape needs more bytes
+    # than any file holds, so the size check above or the layout check rejects it.
+    spanned = itemsize
+    for dim in shape:
+        spanned *= max(dim, 1)
+    if spanned > MAX_SHAPE_BYTES:
+        raise LimitExceeded(f"{path}: {tensor} has shape {_shape_text(shape)}, whose "
+                            f"nonzero dimensions span more than {MAX_SHAPE_BYTES} bytes, "
+                            "more than an array can address even when it is empty")
     return TensorInfo(name, dtype, tuple(shape), begin, end)
 
 

@@ -694,6 +694,20 @@ def test_dimension_cap(tmp_path: Path) -> None:
         stio.read_header(path)
 
 
+def test_empty_tensor_spanning_too_much_rejected(tmp_path: Path) -> None:
+    # Zero elements, but numpy cannot create an empty array of this shape: the reader
+    # raised ValueError (exit 3) where the header should be rejected (a fuzz case).
+    path = raw_file(tmp_path / "f", {"t0": entry("F32", [0, 1313608, 1755350918398], 0, 0)})
+    with expect(LimitExceeded, "E_LIMIT_EXCEEDED", "nonzero dimensions span"):
+        stio.read_header(path)
+
+
+def test_empty_tensor_of_large_shape_reads(tmp_path: Path) -> None:
+    path = raw_file(tmp_path / "f", {"t0": entry("U8", [0, 2**31, 2**31], 0, 0)})
+    array = stio.read_tensor(stio.read_header(path), "t0")
+    assert array.shape == (0, 2**31, 2**31)
+
+
 # --- files that are not there or not regular ------------------------------------------
 
 
