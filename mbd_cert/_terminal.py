@@ -32,6 +32,22 @@ _BIDI_AND_SEPARATORS = (
     + list(range(0x2066, 0x206A))
 )
 
+# Characters that draw nothing, so that two names differing only by them look the same
+# ("model\u200b.safetensors" shows as "model.safetensors"): soft hyphen, combining
+# grapheme joiner, the Hangul and Khmer fillers, Mongolian vowel separator, zero-width
+# space, non-joiner and joiner, word joiner and invisible operators, the deprecated
+# format characters, zero-width no-break space (BOM), interlinear annotation marks and
+# the tag characters (which can spell hidden ASCII text). The joiners also shape some
+# scripts and emoji; such a name still reads, with the joiner shown as its escape.
+_INVISIBLE = (
+    [0x00AD, 0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180E, 0x3164, 0xFEFF, 0xFFA0]
+    + list(range(0x200B, 0x200E))
+    + list(range(0x2060, 0x2065))
+    + list(range(0x206A, 0x2070))
+    + list(range(0xFFF9, 0xFFFC))
+    + list(range(0xE0000, 0xE0080))
+)
+
 # C0 controls, DEL and the C1 controls (U+0080 to U+009F, which some terminals read
 # as 8-bit escape sequences).
 _CONTROLS = list(range(0x00, 0x20)) + list(range(0x7F, 0xA0))
@@ -52,11 +68,14 @@ def _escape(code_point: int) -> str:
         return _SHORT_ESCAPES[code_point]
     if 0xDC80 <= code_point <= 0xDCFF:
         return f"\\x{code_point - 0xDC00:02x}"
-    return f"\\x{code_point:02x}" if code_point <= 0xFF else f"\\u{code_point:04x}"
+    if code_point <= 0xFF:
+        return f"\\x{code_point:02x}"
+    return f"\\u{code_point:04x}" if code_point <= 0xFFFF else f"\\U{code_point:08x}"
 
 
 _TERMINAL_TABLE = {
-    point: _escape(point) for point in _CONTROLS + _BIDI_AND_SEPARATORS + _SURROGATES
+    point: _escape(point)
+    for point in _CONTROLS + _BIDI_AND_SEPARATORS + _INVISIBLE + _SURROGATES
 }
 
 # XML 1.0 (section 2.2, production Char) allows tab, line feed and carriage return
@@ -65,7 +84,7 @@ _TERMINAL_TABLE = {
 # its hint.
 _XML_TABLE = {
     point: _escape(point)
-    for point in _CONTROLS + _BIDI_AND_SEPARATORS + _SURROGATES + [0xFFFE, 0xFFFF]
+    for point in _CONTROLS + _BIDI_AND_SEPARATORS + _INVISIBLE + _SURROGATES + [0xFFFE, 0xFFFF]
     if point not in (0x09, 0x0A)
 }
 
@@ -74,15 +93,16 @@ _JSON_TABLE = {point: _escape(point) for point in _SURROGATES}
 
 
 def terminal_text(value: object) -> str:
-    r"""Return ``str(value)`` with control and bidirectional characters escaped.
+    r"""Return ``str(value)`` with control, bidirectional and invisible characters escaped.
 
     Every C0 and C1 control character (including ESC, CR, LF, TAB and BEL), DEL, the
-    Unicode bidirectional formatting characters and U+2028/U+2029 become visible
-    escapes such as ``\x1b`` or ``\u202e``. A lone surrogate becomes ``\uXXXX``, or
-    ``\xNN`` for the byte NN that the surrogateescape error handler stood it for (a
-    file name that is not valid UTF-8). Everything else, including non-ASCII letters,
-    is kept. The result is safe to print, but not safe from rich markup:
-    see :func:`rich_text`.
+    Unicode bidirectional formatting characters, U+2028/U+2029 and the characters that
+    draw nothing (zero-width space and joiners, BOM, tag characters; ``_INVISIBLE``)
+    become visible escapes such as ``\x1b``, ``\u202e`` or ``\U000e0041``. A lone
+    surrogate becomes ``\uXXXX``, or ``\xNN`` for the byte NN that the
+    surrogateescape error handler stood it for (a file name that is not valid UTF-8).
+    Everything else, including non-ASCII letters, is kept. The result is safe to print,
+    but not safe from rich markup: see :func:`rich_text`.
     """
     return str(value).translate(_TERMINAL_TABLE)
 
@@ -112,8 +132,8 @@ def xml_text(value: object) -> str:
     r"""Return ``str(value)`` with every character XML 1.0 cannot hold escaped.
 
     Tab and line feed are kept. Other control characters, the bidirectional
-    formatting characters, U+FFFE, U+FFFF and lone surrogates become escapes such as
-    ``\x1b``, as in :func:`terminal_text`.
+    formatting and invisible characters, U+FFFE, U+FFFF and lone surrogates become
+    escapes such as ``\x1b``, as in :func:`terminal_text`.
     """
     return str(value).translate(_XML_TABLE)
 

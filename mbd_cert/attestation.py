@@ -104,8 +104,9 @@ def check_subject_name(subject_name: str,
                        ) -> None:
     """Reject a subject name that tools would show as other text or cannot encode.
 
-    C0 and C1 control characters, DEL, U+2028, U+2029 and the Unicode bidirectional
-    formatting characters change how the name displays, and a lone surrogate (a file
+    C0 and C1 control characters, DEL, U+2028, U+2029, the Unicode bidirectional
+    formatting characters and characters that draw nothing (zero-width space, BOM, tag
+    characters) change how the name displays, and a lone surrogate (a file
     name that is not valid UTF-8) has no UTF-8 encoding for the Statement's JSON.
     These are the characters :func:`mbd_cert._terminal.terminal_text` escapes.
 
@@ -119,7 +120,7 @@ def check_subject_name(subject_name: str,
     if not subject_name or escaped != subject_name:
         raise InputError(
             f"subject name must be a non-empty string without control, bidirectional "
-            f"formatting or undecodable characters, got '{escaped}'",
+            f"formatting, invisible or undecodable characters, got '{escaped}'",
             hint=hint,
             code="E_PARAMETER_INVALID",
         )

@@ -175,9 +175,11 @@ def test_attest_garbage_model_exits_2(issued, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["model\x9b.safetensors", "model\u202e.safetensors",
-                                  "model\udcff.safetensors", "model\x85.safetensors"])
+                                  "model\udcff.safetensors", "model\x85.safetensors",
+                                  "model\u200b.safetensors", "model\U000e0041.safetensors"])
 def test_subject_name_hidden_characters_rejected(issued, name):
-    # R-ATT-4: C1 controls and bidirectional overrides display as other text, and a lone
+    # R-ATT-4: C1 controls, bidirectional overrides and invisible characters (a
+    # zero-width space, a tag character) display as other text, and a lone
     # surrogate (a file name that is not UTF-8) cannot be written as UTF-8 JSON.
     doc = load_certificate(issued / "cert.json")
     with pytest.raises(InputError) as caught:

@@ -23,6 +23,11 @@ ESCAPES = [
     ("\u061c", "\\u061c"), ("\u200e", "\\u200e"), ("\u200f", "\\u200f"),
     ("\u202a", "\\u202a"), ("\u202e", "\\u202e"), ("\u2066", "\\u2066"),
     ("\u2069", "\\u2069"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"),
+    # Characters that draw nothing: zero-width space and joiner, BOM, word joiner, a
+    # Hangul filler, a tag character (hidden ASCII).
+    ("\u200b", "\\u200b"), ("\u200d", "\\u200d"), ("\ufeff", "\\ufeff"),
+    ("\u2060", "\\u2060"), ("\u00ad", "\\xad"), ("\u3164", "\\u3164"),
+    ("\U000e0041", "\\U000e0041"),
     # Lone surrogates; U+DC9B is how surrogateescape decodes the byte 0x9B (8-bit CSI).
     ("\udc9b", "\\x9b"), ("\udcff", "\\xff"), ("\ud800", "\\ud800"), ("\udc00", "\\udc00"),
 ]
