@@ -498,7 +498,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
             write_json_document(_repo_report(root, policy_file, exit_code, results,
                                              write_error, run_warnings, run_result))
         else:
-            render_table(results, exit_code, policy.required_level, policy_file is not None)
+            render_table(results, exit_code, policy.required_level, policy_file is not None,
+                         run_result)
         # As verify does, each failure's reason and hint also go to stderr, in full: the
         # table shortens long details, and with --json stdout is the document.
         for result in junit_results:

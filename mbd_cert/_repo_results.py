@@ -94,7 +94,13 @@ _VIOLATION_LIST = re.compile(r"(\d+) policy violations: (?=\(1\) )")
 
 
 def render_table(results: Sequence[RepoResult], exit_code: int, level: int,
-            has_policy: bool) -> None:
+                 has_policy: bool, run_result: RepoResult | None = None) -> None:
+    """Print the certificates as a table, its notes, and the summary line.
+
+    ``run_result`` holds the checks of the repository as a whole (strict mode's
+    ``uncertified-model``): a row of its own, and named in the summary, so that the
+    line never reads as a clean run beside a failing exit code.
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -132,6 +138,9 @@ def render_table(results: Sequence[RepoResult], exit_code: int, level: int,
         # Paths, messages and check names come from the repository under test: escaped,
         # and never read as rich markup (SPEC.md, R-SEC-5).
         table.add_row(rich_text(result.certificate), rich_text(status), rich_text(detail))
+    if run_result is not None and run_result.exit_code != 0:
+        table.add_row(rich_text(f"({run_result.certificate}: the repository)"),
+                      rich_text("FAILED"), rich_text(_failure_detail(run_result, note)))
     console.print(table)
     _print_notes(console, notes)
     verified = sum(1 for r in results if r.exit_code == 0)
@@ -139,8 +148,14 @@ def render_table(results: Sequence[RepoResult], exit_code: int, level: int,
     # otherwise lower the checks without a word.
     policy = "" if has_policy else (", no policy file found (.mbd-cert.toml or "
                                     "mbd-cert-policy.toml)")
+    failed_run = [] if run_result is None else [
+        check.name for check in run_result.report.checks if check.status == "fail"]
+    repository = (f", repository check {', '.join(failed_run)} failed" if failed_run
+                  else "")
+    # One line whatever its width: CI scripts and readers look for it as the last line.
     console.print(rich_text(f"{verified} of {len(results)} certificates verified at level "
-                            f"{level}{policy} (exit {exit_code})"))
+                            f"{level}{policy}{repository} (exit {exit_code})"),
+                  soft_wrap=True)
 
 
 def _failure_detail(result: RepoResult, note: Callable[[list[str]], str]) -> str:

@@ -106,3 +106,20 @@ def test_strict_without_warnings_passes(honest_run: HonestRun, issuer_keys: Issu
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.report is not None
     assert outcome.report["checks"] == []
+
+
+def test_strict_table_names_repository_failure(honest_run: HonestRun,
+                                               issuer_keys: IssuerKeys,
+                                               tmp_path: Path) -> None:
+    """The summary line names the failed repository check beside exit 1 (R-REPO-10)."""
+    root = _repo(honest_run, tmp_path / "repo", [])
+    shutil.copy(honest_run.model, root / "models" / "other.safetensors")
+    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--strict"])
+    assert outcome.exit_code == 1, outcome.stderr
+    lines = outcome.stdout.rstrip().splitlines()
+    assert lines[-1] == ("1 of 1 certificates verified at level 1, no policy file found "
+                         "(.mbd-cert.toml or mbd-cert-policy.toml), repository check "
+                         "uncertified-model failed (exit 1)")
+    row = next(line for line in lines if "the repository" in line)
+    assert "FAILED" in row
+    assert "uncertified-model" in outcome.stdout
