@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -272,16 +273,32 @@ def test_sigterm_stops_a_background_job(tmp_path: Path, issuer_keys):
     assert not (tmp_path / "out").exists()
 
 
-def test_sigterm_at_shutdown_is_ignored():
+def _hang_at_shutdown(signal_name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with an exit handler that sends ``signal_name`` to itself, then hangs."""
     code = (
-        "import atexit, os, signal\n"
-        "atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM))\n"
+        "import atexit, os, signal, time\n"
+        "def stuck():\n"
+        f"    os.kill(os.getpid(), signal.{signal_name})\n"
+        "    time.sleep(60)\n"
+        "atexit.register(stuck)\n"
         "from mbd_cert.cli import main\n"
         "main()\n"
     )
-    result = _run_python(code, "--version")
+    return _run_python(code, *args)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_signal_at_shutdown_keeps_exit_status(signal_name: str):
+    # After the command has printed its result, a signal ends a hung shutdown at once
+    # with the command's own status, not 130 or 143, and not after the hang.
+    started = time.monotonic()
+    result = _hang_at_shutdown(signal_name, "--version")
+    assert time.monotonic() - started < 30
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("mbd-cert, version ")
+    failed = _hang_at_shutdown(signal_name, "inspect", "missing-cert.json")
+    assert failed.returncode == 2, failed.stderr
+    assert "missing-cert.json" in failed.stderr
 
 
 def test_inherited_ignored_sigterm_stays_ignored(tmp_path: Path, issuer_keys):
