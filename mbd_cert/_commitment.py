@@ -23,7 +23,7 @@ from mbd_cert._safetensors_digest import format_digest
 from mbd_cert._safetensors_read import open_checked, read_exact
 from mbd_cert.errors import DigestMismatch
 
-__all__ = ["check_commitment", "file_commitment", "header_digest"]
+__all__ = ["check_commitment", "digest_commitment", "file_commitment", "header_digest"]
 
 
 def header_digest(header: _safetensors.SafetensorsHeader) -> str:
@@ -64,11 +64,27 @@ def file_commitment(
         MalformedSafetensors: As :func:`header_digest`.
         InputError: As :func:`header_digest`.
     """
+    return digest_commitment(digests, header_digest(header))
+
+
+def digest_commitment(digests: _safetensors.FileDigests, header_sha256: str) -> dict[str, Any]:
+    """Build a commitment from digests taken in one read of the file.
+
+    Args:
+        digests: All digests of the file, the whole-file digest included.
+        header_sha256: The header digest (R-DIG-4) of the same bytes as ``digests``.
+
+    Returns:
+        As :func:`file_commitment`.
+
+    Raises:
+        ValueError: ``digests`` has no whole-file digest.
+    """
     if digests.file_digest is None:
         raise ValueError("the commitment needs the whole-file digest; pass with_file_digest=True")
     return {
         "file_digest": digests.file_digest,
-        "header_digest": header_digest(header),
+        "header_digest": header_sha256,
         "manifest_digest": digests.manifest_digest,
         "tensors": {
             name: {"dtype": t.dtype, "shape": list(t.shape), "digest": t.digest}

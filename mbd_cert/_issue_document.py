@@ -19,7 +19,7 @@ import torch
 
 import mbd_cert
 from mbd_cert import _safetensors
-from mbd_cert._commitment import file_commitment
+from mbd_cert._commitment import digest_commitment, file_commitment
 from mbd_cert.accounting import ChainAccount
 from mbd_cert.arch import Architecture
 from mbd_cert.chain import ChainLink
@@ -43,7 +43,7 @@ def certificate_document(
     options: IssueOptions,
     architecture: Architecture,
     post_config: Mapping[str, Any],
-    pre_model: Path,
+    pre_header_digest: str,
     pre_digests: _safetensors.FileDigests,
     post_model: Path,
     post_digests: _safetensors.FileDigests,
@@ -66,8 +66,8 @@ def certificate_document(
 ) -> dict[str, Any]:
     """Build the unsigned certificate document of one deletion.
 
-    ``issued_at`` is the current UTC time. The two model commitments read the
-    safetensors headers of ``pre_model`` and ``post_model``.
+    ``issued_at`` is the current UTC time. The post-deletion commitment reads the
+    safetensors header of ``post_model``.
 
     Args:
         certificate_id: The new certificate's UUID.
@@ -75,8 +75,10 @@ def certificate_document(
         options: The issue options (modality, privacy and update parameters).
         architecture: The model's architecture record.
         post_config: Architecture config of the model after the deletion.
-        pre_model: Path of the model before the deletion.
-        pre_digests: Digests of ``pre_model``.
+        pre_header_digest: Header digest of the model before the deletion, taken in
+            the same read as ``pre_digests``.
+        pre_digests: Digests of the model before the deletion, of the bytes the
+            deletion started from.
         post_model: Path of the written model after the deletion.
         post_digests: Digests of ``post_model``.
         removed: Names of the tensors removed outright (the modality's encoder).
@@ -119,7 +121,7 @@ def certificate_document(
                 "version": architecture.version,
                 "config": post_config,
             },
-            "pre_deletion": file_commitment(pre_digests, _safetensors.read_header(pre_model)),
+            "pre_deletion": digest_commitment(pre_digests, pre_header_digest),
             "post_deletion": file_commitment(
                 post_digests, _safetensors.read_header(post_model)
             ),

@@ -130,18 +130,25 @@ def _run(
     tasks: contextlib.ExitStack,
     config_doc: Mapping[str, Any],
     model_path: Path,
-    pre_tensors: dict[str, np.ndarray],
+    pre_model: _safetensors.LoadedFile,
     probe: ProbeSet,
     probe_path: Path,
+    probe_digests: _safetensors.FileDigests,
     evaluation: ProbeSet | None,
     out_dir: Path,
     options: IssueOptions,
     private_key: Any,
     progress: Callable[[str, int, int], None] | None,
     eval_path: Path | None = None,
+    eval_digests: _safetensors.FileDigests | None = None,
     previous: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """Run the deletion and write the outputs; see :func:`mbd_cert.issue.issue`."""
+    """Run the deletion and write the outputs; see :func:`mbd_cert.issue.issue`.
+
+    ``pre_model``, ``probe_digests`` and ``eval_digests`` come from reads that hashed
+    the bytes they parsed (R-ISS-5).
+    """
+    pre_tensors = pre_model.tensors
     architecture = get_architecture(str(config_doc["architecture"]))
     version = config_doc.get("architecture_version")
     if version != architecture.version:
@@ -156,7 +163,7 @@ def _run(
     # The released model keeps the checkpoint's dtypes, so level 1's dtype rule holds
     # for the checkpoint too (R-DEL-2).
     reject_weight_dtype(architecture, {
-        name: info.dtype for name, info in _safetensors.read_header(model_path).tensors.items()})
+        name: info.dtype for name, info in pre_model.header.tensors.items()})
     config = architecture.validate_config(config_doc["config"])
     modality = options.modality
     deleted = list(config.get("deleted_modalities", []))
@@ -437,18 +444,30 @@ def _run(
     staging = create_staging(out_dir)
     try:
         model_meta = {"format": MODEL_FORMAT, "architecture": architecture.name}
-        pre_digests = _safetensors.digest_file(model_path)
+        # The certificate commits the digests of the bytes the deletion read. A model
+        # file that differs from them now was rewritten during the run (R-ISS-5).
+        _safetensors.check_unchanged(model_path, pre_model.digests,
+                                     _safetensors.digest_file(model_path).file_digest,
+                                     digest_of="the file now")
         post_digests = _safetensors.write_safetensors(
             staging / "model.safetensors", post_tensors, model_meta
         )
         diff_digests = _safetensors.write_safetensors(
             staging / "diff.safetensors", diff_tensors, {"format": "mbd-cert-diff/1"}
         )
+        # The copies must be the bytes the probe and evaluation sets were parsed from,
+        # and a file rewritten since it was read is not (R-ISS-5).
         shutil.copyfile(probe_path, staging / "probe.safetensors")
-        probe_digests = _safetensors.digest_file(staging / "probe.safetensors")
+        written_probe = _safetensors.digest_file(staging / "probe.safetensors")
+        _safetensors.check_unchanged(probe_path, probe_digests, written_probe.file_digest,
+                                     digest_of="its copy in the output")
         if eval_path is not None:
             # Kept so that a later deletion from this directory reports utility too.
             shutil.copyfile(eval_path, staging / "eval.safetensors")
+            assert eval_digests is not None, "issue() passes eval_digests with eval_path"
+            _safetensors.check_unchanged(eval_path, eval_digests,
+                                         _safetensors.file_digest(staging / "eval.safetensors"),
+                                         digest_of="its copy in the output")
         chain_listing = write_chain_copies(previous, staging)
         certificate_id = str(uuid.uuid4())
         sealed = None
@@ -469,8 +488,8 @@ def _run(
             options=options,
             architecture=architecture,
             post_config=post_config,
-            pre_model=model_path,
-            pre_digests=pre_digests,
+            pre_header_digest=pre_model.header_digest,
+            pre_digests=pre_model.digests,
             post_model=staging / "model.safetensors",
             post_digests=post_digests,
             removed=removed,
@@ -486,7 +505,7 @@ def _run(
             previous=previous,
             chain_listing=chain_listing,
             diff_digests=diff_digests,
-            probe_digests=probe_digests,
+            probe_digests=written_probe,
             sealed=sealed,
             utility=utility,
         )

@@ -1,11 +1,13 @@
 """Strict safetensors reading, digests and writing (one import point).
 
-The implementation is split by concern into five modules:
+The implementation is split by concern into six modules:
 
 * :mod:`mbd_cert._safetensors_header` parses and validates the JSON header.
 * :mod:`mbd_cert._safetensors_read` reads files and tensors.
 * :mod:`mbd_cert._safetensors_digest` defines the digests that certificates commit to.
 * :mod:`mbd_cert._safetensors_scan` computes all digests of a file in parallel.
+* :mod:`mbd_cert._safetensors_load` reads a whole file once for the issuer, hashing
+  the bytes it parses.
 * :mod:`mbd_cert._safetensors_write` writes files for the issuer.
 Other mbd-cert modules import from here only.
 
@@ -42,6 +44,7 @@ from mbd_cert._safetensors_header import (
     DtypeInfo,
     TensorInfo,
 )
+from mbd_cert._safetensors_load import LoadedFile, check_unchanged, load_file
 from mbd_cert._safetensors_read import (
     SafetensorsHeader,
     count_nonzero_entries,
@@ -64,16 +67,19 @@ __all__ = [
     "MAX_TENSOR_NAME_BYTES",
     "DtypeInfo",
     "FileDigests",
+    "LoadedFile",
     "Progress",
     "SafetensorsHeader",
     "count_nonzero_entries",
     "TensorDigest",
     "TensorInfo",
     "build_manifest",
+    "check_unchanged",
     "digest_file",
     "digest_manifest",
     "file_digest",
     "iter_tensors",
+    "load_file",
     "manifest",
     "manifest_digest",
     "read_header",

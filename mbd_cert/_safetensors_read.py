@@ -39,11 +39,13 @@ from mbd_cert.errors import FileMissing, InputError, MalformedSafetensors
 __all__ = [
     "SafetensorsHeader",
     "TensorInfo",
+    "check_bool_bytes",
     "iter_tensors",
     "open_checked",
     "open_regular_file",
     "read_exact",
     "read_header",
+    "read_open_header",
     "read_tensor",
 ]
 
@@ -300,15 +302,34 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     file_path = Path(os.fspath(path))
     handle, st = open_regular_file(file_path)
     with handle:
-        # 9 bytes decide the layout, and 32 recognise a Git LFS pointer.
-        prefix = read_exact(handle, min(32, st.st_size), file_path)
-        header_size = _check_prefix(file_path, prefix, st.st_size)
-        handle.seek(8)
-        raw = read_exact(handle, header_size, file_path)
+        return read_open_header(handle, st, file_path)[0]
+
+
+def read_open_header(handle: io.FileIO, st: os.stat_result,
+                     path: Path) -> tuple[SafetensorsHeader, bytes]:
+    """Read and validate the header of an open file, as :func:`read_header` does.
+
+    Args:
+        handle: The file, opened by :func:`open_regular_file`.
+        st: Its status from :func:`open_regular_file`.
+        path: Its path, for messages.
+
+    Returns:
+        The header, and the file's first ``8 + N`` bytes (the length field and the
+        JSON header) that it was parsed from. ``handle`` is left at the data section.
+
+    Raises:
+        MalformedSafetensors, LimitExceeded, InputError: As :func:`read_header`.
+    """
+    # 9 bytes decide the layout, and 32 recognise a Git LFS pointer.
+    prefix = read_exact(handle, min(32, st.st_size), path)
+    header_size = _check_prefix(path, prefix, st.st_size)
+    handle.seek(8)
+    raw = read_exact(handle, header_size, path)
     data_start = 8 + header_size
-    metadata, tensors = parse_header(raw, file_path, st.st_size - data_start)
-    return SafetensorsHeader(
-        path=file_path,
+    metadata, tensors = parse_header(raw, path, st.st_size - data_start)
+    header = SafetensorsHeader(
+        path=path,
         header_size=header_size,
         data_start=data_start,
         file_size=st.st_size,
@@ -316,6 +337,7 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         tensors=tensors,
         stat_key=_stat_key(st),
     )
+    return header, prefix[:8] + raw
 
 
 def _tensor_info(header: SafetensorsHeader, name: str) -> TensorInfo:
@@ -366,11 +388,12 @@ def read_tensor(header: SafetensorsHeader, name: str) -> np.ndarray:
             shape=info.shape,
         )
     if info.dtype == "BOOL":
-        _check_bool_bytes(header, info, array)
+        check_bool_bytes(header, info, array)
     return array
 
 
-def _check_bool_bytes(header: SafetensorsHeader, info: TensorInfo, array: np.ndarray) -> None:
+def check_bool_bytes(header: SafetensorsHeader, info: TensorInfo, array: np.ndarray) -> None:
+    """Reject a BOOL tensor with a byte other than 0 or 1 (``E_SAFETENSORS_MALFORMED``)."""
     # numpy treats a bool byte of 2 as true in some operations and as unequal to
     # True in others, so a crafted mask could pass one check and fail another.
     raw = array.reshape(-1).view(np.uint8)

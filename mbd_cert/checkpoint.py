@@ -10,7 +10,7 @@ Stability: internal.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,41 @@ def read_probe_set(path: Path, *, modalities: Sequence[str] | None = None) -> Pr
     if not path.exists():
         raise FileMissing(f"probe set not found: {path}")
     header = _safetensors.read_header(path)
-    what = str(path)
+    return _probe_set(header, lambda name: np.array(_safetensors.read_tensor(header, name)),
+                      modalities)
+
+
+def load_probe_set(
+    path: Path, *, modalities: Sequence[str] | None = None
+) -> tuple[ProbeSet, _safetensors.FileDigests]:
+    """Read a probe set as :func:`read_probe_set` does, in one pass that hashes the file.
+
+    The issuer uses it: the digests describe exactly the bytes the probe set was parsed
+    from, so the copy it writes can be compared with them.
+
+    Returns:
+        The probe set and the digests of the bytes read.
+
+    Raises:
+        FileMissing, MalformedSafetensors, MalformedData, LimitExceeded: As
+            :func:`read_probe_set`. ``E_SAFETENSORS_CHANGED`` when the file's length
+            changed while it was read.
+    """
+    if not path.exists():
+        raise FileMissing(f"probe set not found: {path}")
+    loaded = _safetensors.load_file(path, keep=_is_probe_tensor)
+    return _probe_set(loaded.header, loaded.tensors.__getitem__, modalities), loaded.digests
+
+
+def _is_probe_tensor(name: str) -> bool:
+    """Return whether the probe layout reads the tensor ``name``."""
+    return name in ("label", "present", "member") or name.startswith(("inputs.", "attribute."))
+
+
+def _probe_set(header: _safetensors.SafetensorsHeader, read: Callable[[str], np.ndarray],
+               modalities: Sequence[str] | None) -> ProbeSet:
+    """Validate the probe layout of ``header``, reading each tensor with ``read``."""
+    what = str(header.path)
     declared = _modalities_from_metadata(header.metadata, what)
     if modalities is not None and list(modalities) != declared:
         raise MalformedData(
@@ -130,7 +164,7 @@ def read_probe_set(path: Path, *, modalities: Sequence[str] | None = None) -> Pr
     def tensor(name: str) -> np.ndarray:
         if name not in header.tensors:
             raise MalformedData(f"{what}: tensor '{name}' is missing")
-        return np.array(_safetensors.read_tensor(header, name))
+        return read(name)
 
     label = tensor("label")
     n = _check_shape(label, what, "label", ndim=1, dtype=np.float32)

@@ -28,7 +28,7 @@ from mbd_cert._numbers import exact_number
 from mbd_cert._paths import reject_output_over_inputs
 from mbd_cert._utility_loss import utility_losses, utility_pair
 from mbd_cert._work_limits import MAX_UPDATE_STEPS
-from mbd_cert.checkpoint import read_config, read_probe_set, read_tensors
+from mbd_cert.checkpoint import load_probe_set, read_config
 
 logger = logging.getLogger(__name__)
 
@@ -455,8 +455,10 @@ def issue(
         InputError: Bad options, unusable checkpoint files (including a probe set of
             fewer than 20 samples, a label outside [-3, 3], or an evaluation set with
             training members: ``E_DATA_MALFORMED``), torch is not installed,
-            ``out_dir`` is not empty and ``force`` is not set (``E_OUTPUT_EXISTS``), or
-            ``out_dir`` is an input or contains one (``E_OUTPUT_IS_INPUT``).
+            ``out_dir`` is not empty and ``force`` is not set (``E_OUTPUT_EXISTS``),
+            ``out_dir`` is an input or contains one (``E_OUTPUT_IS_INPUT``), or the
+            model, probe set or evaluation set changed during the run
+            (``E_SAFETENSORS_CHANGED``).
         IssuanceError: The deletion cannot be certified (for example the budget
             ``max_epsilon`` would be exceeded, or the diff cannot be made exact).
         VerificationFailed: The chain of earlier certificates is broken.
@@ -514,14 +516,22 @@ def issue(
     model_path = checkpoint_dir / "model.safetensors"
     if not model_path.exists():
         raise errors.FileMissing(f"model not found: {model_path}")
-    pre_tensors = read_tensors(model_path)
-    probe = read_probe_set(probe_path)
+    # Each input is read in one pass that hashes the bytes it parses, so the digests
+    # committed, and the copies written, can be checked against what was used (R-ISS-5).
+    # NOTE: a first deletion reads config.json above, on its own. A checkout that
+    # replaces it and the model between the two reads pairs the new model with the old
+    # config.
+    pre_model = _safetensors.load_file(model_path)
+    if previous:
+        _check_released_model(model_path, pre_model.digests, previous[-1])
+    probe, probe_digests = load_probe_set(probe_path)
     # Rules that only the issuer applies (SPEC.md, R-PRB-3 to R-PRB-5).
     check_labels(probe, probe_path)
     check_probe_size(probe, probe_path)
     if eval_set is None and (checkpoint_dir / "eval.safetensors").exists():
         eval_set = checkpoint_dir / "eval.safetensors"
     evaluation = None
+    eval_digests = None
     if eval_set is None:
         logger.warning(
             "no evaluation set: the certificate's utility metrics will only state that "
@@ -529,18 +539,20 @@ def issue(
             "utility. Pass --eval-set with held-out samples in the probe layout "
             "(mbd-cert train writes eval.safetensors)")
     else:
-        evaluation = read_probe_set(eval_set, modalities=probe.modalities)
+        evaluation, eval_digests = load_probe_set(eval_set, modalities=probe.modalities)
         check_evaluation_set(evaluation, eval_set, options.modality)
 
     replacing = options.force and (out_dir / "cert.json").is_file()
     doc = _issue_steps.run(
         config_doc=config_doc,
         model_path=model_path,
-        pre_tensors=pre_tensors,
+        pre_model=pre_model,
         probe=probe,
         probe_path=probe_path,
+        probe_digests=probe_digests,
         evaluation=evaluation,
         eval_path=eval_set,
+        eval_digests=eval_digests,
         previous=previous,
         out_dir=out_dir,
         options=options,
@@ -557,6 +569,28 @@ def issue(
             "--checkpoint instead", out_dir)
     _warn_utility_loss(doc)
     return doc
+
+
+def _check_released_model(model_path: Path, loaded: _safetensors.FileDigests,
+                          link: chain.ChainLink) -> None:
+    """Check that the model read is still the one the previous certificate released.
+
+    :func:`previous_chain` checked the file before it was read for the deletion, so a
+    mismatch here means the file changed in between.
+
+    Raises:
+        MalformedSafetensors: ``E_SAFETENSORS_CHANGED`` when the manifest digests differ.
+    """
+    released = link.doc["subject_model"]["post_deletion"]["manifest_digest"]
+    if loaded.manifest_digest != released:
+        raise errors.MalformedSafetensors(
+            f"{model_path}: file changed while issue was running: it had the manifest "
+            f"digest {released} that the previous certificate released, and then "
+            f"{loaded.manifest_digest} when it was read for the deletion",
+            code="E_SAFETENSORS_CHANGED",
+            hint="keep the checkpoint's files unchanged until issue finishes and run issue "
+            "again. Nothing was written",
+        )
 
 
 def _warn_utility_loss(doc: dict[str, Any]) -> None:
