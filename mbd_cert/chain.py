@@ -177,7 +177,9 @@ def _check_deleted_modalities(links: Sequence[ChainLink]) -> None:
     Each certified deletion adds one modality to ``deleted_modalities``. A released
     model with more deleted modalities than links, or one that no longer lists a
     modality an earlier link deleted, comes from a deletion the chain leaves out, and
-    the budget would leave out its epsilon.
+    the budget would leave out its epsilon. A link that deletes a modality the link
+    before it already deleted certifies nothing new, while its model may list another
+    modality as deleted that no certificate covers.
     """
     for position, link in enumerate(links):
         deleted = _deleted(link)
@@ -189,6 +191,18 @@ def _check_deleted_modalities(links: Sequence[ChainLink]) -> None:
                 "missing from its chain",
                 hint="the chain of a model must start at its first deletion; ask the issuer "
                 "for the certificates of the earlier deletions",
+            )
+        modality = link.doc["deletion"]["modality"]
+        if position and modality in _deleted(links[position - 1]):
+            # The model released by link k-1 no longer reads this modality, so link k
+            # deleted nothing new, and a modality that link k adds to
+            # deleted_modalities would have no certificate of its own.
+            raise ChainBroken(
+                f"certificate {link.sequence_number} ({link.doc['certificate_id']}) "
+                f"deletes {modality!r}, which certificate {links[position - 1].sequence_number} "
+                "already deleted",
+                hint="each deletion of a chain removes a modality the model still reads; "
+                "ask the issuer for the certificate of the deletion it made instead",
             )
         if position and not set(_deleted(links[position - 1])) <= set(deleted):
             raise ChainBroken(

@@ -458,6 +458,9 @@ def _with_deleted(key: Ed25519PrivateKey, doc: dict[str, Any],
                   deleted: list[str]) -> dict[str, Any]:
     changed = json.loads(json.dumps(doc))
     changed["subject_model"]["architecture"]["config"] = {"deleted_modalities": deleted}
+    # The modality this link deletes: the one its list adds to the list before it.
+    changed["deletion"]["modality"] = deleted[-1]
+    changed["deletion"]["removed_tensors"] = [f"encoders.{deleted[-1]}.weight"]
     del changed["signature"]
     return certificate.sign_certificate(changed, key)
 
@@ -491,6 +494,15 @@ def test_link_dropping_deleted_modality_fails(key: Ed25519PrivateKey, tmp_path: 
     write(tmp_path, docs[:1])
     with pytest.raises(chain.ChainBroken, match="no longer lists \\['audio'\\]"):
         chain.walk_chain(docs[-1], tmp_path)
+
+
+def test_link_deleting_deleted_modality_fails(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    """R-CHAIN-9: link 2 claims audio again, so nothing certifies the vision deletion."""
+    docs = _chain_with_deleted(key, [["audio"], ["vision", "audio"]])
+    write(tmp_path, docs[:1])
+    with pytest.raises(chain.ChainBroken, match="deletes 'audio', which certificate 1") as caught:
+        chain.walk_chain(docs[-1], tmp_path)
+    assert caught.value.code == "E_CHAIN_BROKEN"
 
 
 def _count_parses(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
