@@ -188,6 +188,7 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any],
                                                   result.certificate_doc)
     else:
         published = []
+    result.confidential_files = list(published)
     if published:
         # Escaped here, because JUnit's system-err and the JSON report carry the text
         # as it is, and a file name with a line break could fake another warning line.

@@ -29,6 +29,8 @@ class RepoResult:
             issuer files published beside the certificate.
         certificate_doc: The parsed certificate, for the repository-wide checks that
             follow verification; None when it could not be parsed.
+        confidential_files: The confidential issuer files found beside the certificate
+            (R-REPO-5), relative to the root; its warning already names them.
     """
 
     certificate: str
@@ -38,6 +40,7 @@ class RepoResult:
     error: dict[str, str] | None = None
     warnings: list[str] = field(default_factory=list)
     certificate_doc: dict[str, Any] | None = field(default=None, repr=False)
+    confidential_files: list[str] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """Return the machine-readable record of this certificate."""

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mbd_cert import errors
-from mbd_cert._confidential_files import CONFIDENTIAL_FORMATS, header_format
 from mbd_cert._repo_results import RepoResult
 from mbd_cert._repo_search import repository_files
 from mbd_cert.report import FAIL, CheckResult, VerificationReport
@@ -37,19 +36,22 @@ def uncertified_models(root: Path, results: Sequence[RepoResult]) -> list[str]:
 
     A file is accounted for when it is the model of a certificate of ``results``, a
     bundle file that such a certificate names (``audit_bundle.diff.path``,
-    ``audit_bundle.probe.path``) or the ``eval.safetensors`` beside it, or an issuer
-    confidential file by its header ``format`` (:mod:`mbd_cert._confidential_files`).
-    Hidden files and directories and symbolic links are skipped, as in the
+    ``audit_bundle.probe.path``) or the ``eval.safetensors`` beside it, or a
+    confidential file that a certificate's warning names (R-REPO-5). A diff or probe
+    ``format`` in the header alone does not account for a file: anyone can write that
+    metadata into a model, and outside every certificate's directory no warning would
+    name it. Hidden files and directories and symbolic links are skipped, as in the
     certificate search.
 
     Returns:
         Paths relative to ``root`` with ``/`` separators, sorted.
     """
     accounted = _accounted_files(root, results)
+    warned = {name for result in results for name in result.confidential_files}
     found = []
     for path in repository_files(root):
         if path.suffix != _MODEL_SUFFIX or path.resolve() in accounted \
-                or header_format(path) in CONFIDENTIAL_FORMATS:
+                or path.relative_to(root).as_posix() in warned:
             continue
         found.append(path.relative_to(root).as_posix())
     return sorted(found)

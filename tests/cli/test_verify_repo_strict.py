@@ -7,6 +7,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 from cli_support import HonestRun, IssuerKeys, Outcome, run_cli
+from safetensors.numpy import load_file, save_file
 
 
 def _repo(run: HonestRun, root: Path, names: list[str]) -> Path:
@@ -77,6 +78,27 @@ def test_strict_fails_uncertified_model(honest_run: HonestRun, issuer_keys: Issu
     assert result["verified"] is True
     assert _junit_failures(junit)["verify-repo"] == ["E_POLICY_VIOLATION"]
     assert "verify-repo" in outcome.stderr
+
+
+def test_strict_fails_model_posing_as_diff(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                          tmp_path: Path) -> None:
+    """R-REPO-10: diff metadata outside every certificate's directory accounts for nothing.
+
+    The pre-deletion model, saved with the diff's ``format`` metadata in a directory
+    without a certificate, gets no confidential-file warning, so only this check
+    reports the deleted encoder that the repository publishes.
+    """
+    root = _repo(honest_run, tmp_path / "repo", [])
+    (root / "backup").mkdir()
+    tensors = load_file(honest_run.checkpoint / "model.safetensors")
+    save_file(tensors, root / "backup" / "weights.safetensors",
+              metadata={"format": "mbd-cert-diff/1"})
+    outcome = _verify_repo(root, issuer_keys, "--strict")
+    assert outcome.exit_code == 1, outcome.stderr
+    assert outcome.report is not None
+    [check] = outcome.report["checks"]
+    assert check["name"] == "uncertified-model"
+    assert "backup/weights.safetensors" in check["detail"]
 
 
 def test_strict_policy_fails_warnings(honest_run: HonestRun, issuer_keys: IssuerKeys,
