@@ -8,9 +8,11 @@ only the files whose header digest (R-DIG-4) equals a certificate's
 ``subject_model.pre_deletion.header_digest``. Format 1.0 certificates have no header
 digest and are not checked.
 
-Like the confidential-file scan (:mod:`mbd_cert._confidential_files`), the index is
-lenient: it reads only the length prefix and the header bytes, skips hidden entries,
-links and unreadable files, and reads at most 100,000 files.
+The index is lenient: it reads only the length prefix and the header bytes and skips
+links and unreadable files. Unlike the certificate search it walks hidden
+directories too (all but ``.git``), because a copy under ``.backup/`` is as published
+as one beside the certificate, and it reads every file, because a cap would let a
+repository bury the copy behind enough others.
 
 Stability: internal.
 """
@@ -28,7 +30,6 @@ from mbd_cert._repo_search import repository_files
 # A safetensors header of the built-in architecture is a few kilobytes; a larger
 # claimed header is skipped unread.
 _MAX_HEADER = 1024 * 1024
-MAX_INDEXED_FILES = 100_000
 _CHUNK = 1024 * 1024
 
 HeaderIndex = dict[str, list[Path]]
@@ -37,9 +38,7 @@ HeaderIndex = dict[str, list[Path]]
 def header_index(root: Path) -> HeaderIndex:
     """Map the header digest of every safetensors-like file below ``root`` to its paths."""
     index: HeaderIndex = {}
-    for read, path in enumerate(repository_files(root), start=1):
-        if read > MAX_INDEXED_FILES:
-            break
+    for path in repository_files(root, hidden=True):
         digest = _header_digest(path)
         if digest is not None:
             index.setdefault(digest, []).append(path)

@@ -87,12 +87,14 @@ def model_for(certificate: Path) -> Path:
     return certificate.with_name(stem + ".safetensors")
 
 
-def repository_files(root: Path) -> Iterator[Path]:
-    """Yield the regular files below ``root``, skipping hidden entries and links.
+def repository_files(root: Path, *, hidden: bool = False) -> Iterator[Path]:
+    """Yield the regular files below ``root``, skipping links and, unless asked, hidden entries.
 
-    The scans that follow the certificate search use it. A directory that cannot be
-    listed is skipped: the search has listed every directory already and stopped the
-    run on an unreadable one, so only a directory changed since gets here.
+    The scans that follow the certificate search use it. With ``hidden``, files and
+    directories whose names start with a dot are walked too, except ``.git``, which
+    holds git's own copies of the files. A directory that cannot be listed is
+    skipped: the search has listed every non-hidden directory already and stopped
+    the run on an unreadable one.
     """
     # An explicit stack, for the reason given in find_certificates.
     pending = [root]
@@ -104,7 +106,7 @@ def repository_files(root: Path) -> Iterator[Path]:
         except OSError:
             continue
         for entry in entries:
-            if entry.name.startswith("."):
+            if entry.name == ".git" or (entry.name.startswith(".") and not hidden):
                 continue
             if entry.is_dir(follow_symlinks=False):
                 pending.append(Path(entry.path))

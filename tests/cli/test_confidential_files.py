@@ -219,6 +219,34 @@ def test_verify_repo_fails_on_published_pre_deletion_model(honest_run: HonestRun
     assert check["detail"].startswith("backup/original.bin: the model before this deletion")
 
 
+@pytest.mark.parametrize("hidden", [".backup/model.safetensors", "models/.old/m.bin",
+                                    ".keep.safetensors"])
+def test_verify_repo_finds_pre_deletion_model_in_hidden_place(
+        honest_run: HonestRun, issuer_keys: IssuerKeys, tmp_path: Path, hidden: str):
+    """R-REPO-9: a hidden file or folder publishes the model as much as any other."""
+    root = _repo_with(honest_run, tmp_path / "repo", ["cert.json", "model.safetensors"])
+    (root / hidden).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(honest_run.checkpoint / "model.safetensors", root / hidden)
+    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json"])
+    assert outcome.exit_code == 1, outcome.stderr
+    assert outcome.report is not None
+    [result] = outcome.report["results"]
+    [check] = [c for c in result["report"]["checks"] if c["name"] == "pre-deletion-model"]
+    assert check["code"] == "E_PRE_DELETION_PUBLISHED"
+    assert check["detail"].startswith(f"{hidden}: the model before this deletion")
+
+
+def test_verify_repo_skips_git_store_for_pre_deletion(honest_run: HonestRun,
+                                                      issuer_keys: IssuerKeys,
+                                                      tmp_path: Path):
+    # git's own store (an LFS object, say) is history, not a published file.
+    root = _repo_with(honest_run, tmp_path / "repo", ["cert.json", "model.safetensors"])
+    store = root / ".git" / "lfs" / "objects" / "ab"
+    store.mkdir(parents=True)
+    shutil.copy(honest_run.checkpoint / "model.safetensors", store / "abcdef")
+    assert run_cli(["verify-repo", root, "--key", issuer_keys.public]).exit_code == 0
+
+
 def test_verify_repo_ignores_same_header_other_weights(honest_run: HonestRun,
                                                        issuer_keys: IssuerKeys,
                                                        tmp_path: Path):
