@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mbd_cert import _json, _paths
-from mbd_cert.errors import SealedBundleInvalid
+from mbd_cert.errors import InputError, SealedBundleInvalid
 
 CONTENT_FORMAT = "mbd-cert-sealed-bundle/1"
 MAX_CONTENT_HEADER_BYTES = 64 * 1024
@@ -79,7 +79,9 @@ class ContentSink:
         while self._buffer:
             if self._current is None:
                 if not self._open_next():
-                    return  # bytes beyond the listing; finish() rejects them
+                    # Rejected now rather than at finish(), so that they never pile up.
+                    raise SealedBundleInvalid(
+                        f"{self._source}: the content goes on after its listed files")
                 continue
             take = min(self._remaining, len(self._buffer))
             self._current.write(self._buffer[:take])
@@ -111,8 +113,15 @@ class ContentSink:
             raise SealedBundleInvalid(f"{self._source}: content listing of {length} bytes")
         if len(self._buffer) < 8 + length:
             return False
-        listing = _json.load_json_strict(bytes(self._buffer[8:8 + length]), what="sealed listing",
-                                         max_bytes=MAX_CONTENT_HEADER_BYTES)
+        # The listing authenticated under the recipient's key, so the issuer wrote it:
+        # a malformed one is a false bundle (exit 1), not unusable input (R-SEAL-2).
+        try:
+            listing = _json.load_json_strict(bytes(self._buffer[8:8 + length]),
+                                             what="sealed listing",
+                                             max_bytes=MAX_CONTENT_HEADER_BYTES)
+        except InputError as error:
+            raise SealedBundleInvalid(f"{self._source}: the content listing is not valid "
+                                      f"JSON ({error.message})") from error
         del self._buffer[:8 + length]
         if (not isinstance(listing, dict) or listing.get("format") != CONTENT_FORMAT
                 or listing.get("certificate_id") != self._certificate_id
@@ -124,7 +133,12 @@ class ContentSink:
             size = entry.get("size") if isinstance(entry, dict) else None
             if not isinstance(size, int) or size < 0:
                 raise SealedBundleInvalid(f"{self._source}: a listed file has no valid size")
-            path = _paths.resolve_artefact(self._out_dir, entry.get("path"), field="sealed path")
+            try:
+                path = _paths.resolve_artefact(self._out_dir, entry.get("path"),
+                                               field="sealed path")
+            except InputError as error:
+                raise SealedBundleInvalid(f"{self._source}: listed path is unsafe "
+                                          f"({error.message})") from error
             # A name listed twice would overwrite its first file, so it counts as in use.
             in_use = path.exists() or any(path == earlier for earlier, _ in files)
             if len(path.relative_to(self._out_dir).parts) != 1 or in_use:

@@ -234,6 +234,33 @@ def test_repeated_listed_name_invalid(tmp_path: Path) -> None:
     assert "not a new plain file name" in info.value.message
 
 
+@pytest.mark.parametrize("listed", ["../a.bin", "/tmp/a.bin", 7, "sub/a.bin"])
+def test_unsafe_listed_path_invalid(tmp_path: Path, listed: Any) -> None:
+    # R-SEAL-2: the listing authenticated under the recipient's key, so a path that
+    # leaves the directory is a false bundle (exit 1), not unusable input (exit 2).
+    from tests.vectors.make_chain_vectors import _seal_listing
+
+    key = X25519PrivateKey.generate()
+    sealed = _seal_listing(tmp_path / "x.sealed", [{"path": listed, "size": 1}], b"a",
+                           key.public_key(), CERT_ID)
+    with pytest.raises(SealedBundleInvalid) as info:
+        open_into(sealed, tmp_path, key)
+    assert info.value.exit_code == 1
+    assert "listed path" in info.value.message
+
+
+def test_bytes_after_listed_files_invalid(tmp_path: Path) -> None:
+    # R-SEAL-2: content beyond the listed files is refused as it arrives.
+    from tests.vectors.make_chain_vectors import _seal_listing
+
+    key = X25519PrivateKey.generate()
+    sealed = _seal_listing(tmp_path / "x.sealed", [{"path": "a.bin", "size": 1}], b"abc",
+                           key.public_key(), CERT_ID)
+    with pytest.raises(SealedBundleInvalid) as info:
+        open_into(sealed, tmp_path, key)
+    assert "goes on after its listed files" in info.value.message
+
+
 def _sealed_doc(sealed: Path, recipient: X25519PrivateKey,
                 **members: Any) -> dict[str, Any]:
     """Return the certificate members that commit ``sealed`` to ``recipient``."""
