@@ -22,8 +22,15 @@ from mbd_cert.errors import InputError, MalformedData
 from trainer.config import FIELD_BOUNDS, MAX_SEED, TrainingConfig
 from trainer.losses import TASK_LOSSES, LossWeights
 
-CORPUS_NAMES = ("synthetic", "mosei-subset", "ict-mmmo", "mosi-text")
+CORPUS_NAMES = ("synthetic", "mosei-subset", "ict-mmmo", "mosi-text", "mmsa")
 _DEFAULTS = TrainingConfig()
+_MMSA_LAYOUT = ("a dict with train, valid and test splits, each holding float arrays text "
+                "(or text_bert), audio and vision of shape [n, T, d] or [n, d] and "
+                "regression_labels [n] in [-3, 3]; optional id, audio_lengths and "
+                "vision_lengths (valid time steps). An all-zero or all-NaN row marks a "
+                "missing modality. The file is read with an unpickler that builds only "
+                "numpy arrays and plain containers, and training.json records its path "
+                "and SHA-256.")
 _WEIGHTS = LossWeights()
 
 # (option, TrainingConfig field or "model.<key>" or "loss_weights.<key>", type,
@@ -111,10 +118,14 @@ def _train_options(function: Callable[..., Any]) -> Callable[..., Any]:
                                                           default))(function)
     decorators = (
         click.option("--corpus", type=click.Choice(CORPUS_NAMES), default="synthetic",
-                     show_default=True, help="Corpus to train on."),
+                     show_default=True, help="Corpus to train on; mmsa reads your own "
+                     "pickle named by --data-file."),
         click.option("--data-root", type=click.Path(path_type=Path, file_okay=False),
-                     default=None, help="Folder holding the real corpora (ignored by "
-                     "synthetic) [default: $MBD_CERT_DATA or ../shared/data]."),
+                     default=None, help="Folder holding the published real corpora "
+                     "mosei-subset, ict-mmmo and mosi-text [default: $MBD_CERT_DATA or "
+                     "../shared/data]."),
+        click.option("--data-file", type=click.Path(path_type=Path), default=None,
+                     help=f"MMSA-style pickle to train on, with --corpus mmsa: {_MMSA_LAYOUT}"),
         click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
                      help="Checkpoint directory to create."),
         click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=0,
@@ -136,15 +147,16 @@ def _train_options(function: Callable[..., Any]) -> Callable[..., Any]:
     return function
 
 
-def _train(corpus: str, data_root: Path | None, out_dir: Path, seed: int, corpus_seed: int,
-           device: str, threads: int, task_loss: str | None, no_progress: bool, force: bool,
-           **hyper: Any) -> None:
+def _train(corpus: str, data_root: Path | None, data_file: Path | None, out_dir: Path,
+           seed: int, corpus_seed: int, device: str, threads: int, task_loss: str | None,
+           no_progress: bool, force: bool, **hyper: Any) -> None:
     """Train the MBD sentiment model and write a checkpoint directory."""
     from mbd_cert._interrupts import command_window
     from trainer.data import load_corpus
     from trainer.train import train
 
-    _reject_output_over_data(out_dir, corpus, data_root)
+    _check_data_options(corpus, data_root, data_file)
+    _reject_output_over_data(out_dir, corpus, data_root, data_file)
     settings: dict[str, Any] = {"model": {}, "loss_weights": {}}
     if task_loss is not None:
         settings["task_loss"] = task_loss
@@ -156,9 +168,16 @@ def _train(corpus: str, data_root: Path | None, out_dir: Path, seed: int, corpus
             settings[section][name] = value
         else:
             settings[section] = value
-    loaded = load_corpus(corpus, data_root, corpus_seed)
-    source = {"name": corpus, "data_root": None if data_root is None else str(data_root),
-              "seed": corpus_seed}
+    options = {} if data_file is None else {"data_file": data_file}
+    loaded = load_corpus(corpus, data_root, corpus_seed, **options)
+    source: dict[str, Any] = {"name": corpus,
+                              "data_root": None if data_root is None else str(data_root),
+                              "seed": corpus_seed}
+    if data_file is not None:
+        # evaluate reloads the file from this absolute path (or from its --data-file)
+        # and rejects any other content than the digest the loader computed here.
+        source["options"] = {"data_file": str(data_file.resolve()),
+                             "sha256": loaded.info["sha256"]}
     with command_window() as window:
         result = train(loaded, settings, out_dir, seed=seed, device=device,
                        progress=not no_progress, force=force, corpus_source=source,
@@ -178,8 +197,25 @@ def _train(corpus: str, data_root: Path | None, out_dir: Path, seed: int, corpus
                    "training is complete", err=True)
 
 
-def _reject_output_over_data(out_dir: Path, corpus: str, data_root: Path | None) -> None:
-    """Reject an --out that is or contains a folder the corpus is read from.
+def _check_data_options(corpus: str, data_root: Path | None, data_file: Path | None) -> None:
+    """Reject --data-file without --corpus mmsa, and --data-root or no --data-file with it."""
+    if corpus == "mmsa" and data_file is None:
+        raise InputError("--corpus mmsa needs --data-file",
+                         hint="pass --data-file PATH with your MMSA-style pickle",
+                         code="E_PARAMETER_INVALID")
+    if corpus == "mmsa" and data_root is not None:
+        raise InputError("--data-root is for the published corpora; --corpus mmsa reads "
+                         "only --data-file",
+                         hint="remove --data-root", code="E_PARAMETER_INVALID")
+    if corpus != "mmsa" and data_file is not None:
+        raise InputError(f"--data-file is read only with --corpus mmsa, not {corpus!r}",
+                         hint="pass --corpus mmsa, or remove --data-file",
+                         code="E_PARAMETER_INVALID")
+
+
+def _reject_output_over_data(out_dir: Path, corpus: str, data_root: Path | None,
+                             data_file: Path | None = None) -> None:
+    """Reject an --out that is or contains a folder or file the corpus is read from.
 
     An explicit --data-root counts even for the synthetic corpus, which ignores it,
     because --force would still delete it.
@@ -187,7 +223,8 @@ def _reject_output_over_data(out_dir: Path, corpus: str, data_root: Path | None)
     from mbd_cert._paths import reject_output_over_inputs
     from trainer.data import CORPORA, default_data_root
 
-    inputs: list[tuple[str, Path | None]] = [("--data-root", data_root)]
+    inputs: list[tuple[str, Path | None]] = [("--data-root", data_root),
+                                             ("--data-file", data_file)]
     if data_root is None and CORPORA[corpus].reads_files:
         inputs.append(("data root ($MBD_CERT_DATA or ../shared/data)", default_data_root()))
     if corpus == "mosi-text":
@@ -212,6 +249,10 @@ def _evaluate_options(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--data-root", type=click.Path(path_type=Path, file_okay=False),
                      default=None, help="Folder holding the real corpora [default: the one "
                      "recorded at training time]."),
+        click.option("--data-file", type=click.Path(path_type=Path), default=None,
+                     help="MMSA-style pickle of a checkpoint trained with --corpus mmsa; its "
+                     "SHA-256 must match the one training.json records [default: the path "
+                     "recorded at training time]."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu",
                      show_default=True, help="Torch device for the forward passes."),
     )
@@ -221,7 +262,7 @@ def _evaluate_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _evaluate(checkpoint: Path, split_name: str, eval_set: Path | None, json_out: Path | None,
-              data_root: Path | None, device: str) -> None:
+              data_root: Path | None, data_file: Path | None, device: str) -> None:
     """Evaluate a checkpoint on a split, with every modality-missing view.
 
     CHECKPOINT may also be the output directory of 'mbd-cert issue' (the released
@@ -253,7 +294,7 @@ def _evaluate(checkpoint: Path, split_name: str, eval_set: Path | None, json_out
             )
         split, corpus = released_test_split(loaded)
     else:
-        split, corpus = _corpus_split(loaded, checkpoint, split_name, data_root)
+        split, corpus = _corpus_split(loaded, checkpoint, split_name, data_root, data_file)
     result = {"split": split_name, "checkpoint": str(checkpoint),
               **evaluate(loaded.model, split, corpus)}
     _print_table(result)
@@ -261,8 +302,8 @@ def _evaluate(checkpoint: Path, split_name: str, eval_set: Path | None, json_out
         write_json(json_out, json_safe(result), overwrite=True)
 
 
-def _corpus_split(loaded: Any, checkpoint: Path, split_name: str,
-                  data_root: Path | None) -> tuple[Any, Any]:
+def _corpus_split(loaded: Any, checkpoint: Path, split_name: str, data_root: Path | None,
+                  data_file: Path | None = None) -> tuple[Any, Any]:
     """Reload the corpus that training.json records and return one split of it.
 
     training.json comes with the checkpoint, so it is untrusted input. Its options may
@@ -299,6 +340,21 @@ def _corpus_split(loaded: Any, checkpoint: Path, split_name: str,
             hint="restore training.json from the training run, or retrain",
         )
     _check_recorded_options(path, source["name"], options)
+    if data_file is not None and source["name"] != "mmsa":
+        raise InputError(
+            f"--data-file applies only to a checkpoint trained on corpus 'mmsa', not "
+            f"{source['name']!r}",
+            hint="remove --data-file; pass --data-root for the published corpora",
+            code="E_PARAMETER_INVALID",
+        )
+    if data_root is not None and source["name"] == "mmsa":
+        raise InputError(
+            "--data-root does not apply to a checkpoint trained on corpus 'mmsa'",
+            hint="pass --data-file with the pickle instead",
+            code="E_PARAMETER_INVALID",
+        )
+    if data_file is not None:
+        options = {**options, "data_file": str(data_file)}
     root = data_root if data_root is not None else recorded_root
     try:
         corpus = load_corpus(source["name"], root, seed, **options)
@@ -330,6 +386,9 @@ def _check_recorded_options(path: Path, name: str, options: dict[str, Any]) -> N
     """
     from trainer.data import CORPORA
 
+    if name == "mmsa":
+        _check_recorded_mmsa_options(path, options)
+        return
     entry = CORPORA.get(name)
     if entry is None or not entry.reads_files:
         return
@@ -351,6 +410,28 @@ def _check_recorded_options(path: Path, name: str, options: dict[str, Any]) -> N
             hint="remove the option; set $MBD_CERT_CACHE for the embedding cache and pass "
             "--device for the device",
         )
+
+
+def _check_recorded_mmsa_options(path: Path, options: dict[str, Any]) -> None:
+    """Require the pickle's path and SHA-256 in training.json, and nothing else.
+
+    The loader compares the file it reads with the recorded digest, so a checkpoint is
+    evaluated on the data it was trained on or not at all.
+    """
+    unknown = sorted(set(options) - {"data_file", "sha256"})
+    if unknown:
+        raise MalformedData(
+            f"{path}: corpus.source.options.{unknown[0]} is not an option of corpus 'mmsa'; "
+            "only data_file and sha256 are",
+            hint="remove the option from training.json",
+        )
+    for key in ("data_file", "sha256"):
+        if not isinstance(options.get(key), str):
+            raise MalformedData(
+                f"{path}: corpus.source.options.{key} must be a string for corpus 'mmsa', "
+                f"got {type(options.get(key)).__name__}",
+                hint="restore training.json from the training run, or retrain",
+            )
 
 
 def _print_table(result: dict[str, Any]) -> None:

@@ -226,8 +226,9 @@ def test_load_corpus_negative_seed():
 
 
 def test_registry_names():
-    assert sorted(CORPORA) == ["ict-mmmo", "mosei-subset", "mosi-text", "synthetic"]
+    assert sorted(CORPORA) == ["ict-mmmo", "mmsa", "mosei-subset", "mosi-text", "synthetic"]
     assert CORPORA["synthetic"].reads_files is False
+    assert CORPORA["mmsa"].reads_files is False
 
 
 def test_corpus_summary(corpus):

@@ -15,6 +15,8 @@ Registered corpora (:data:`CORPORA`):
   (:mod:`trainer.data.ictmmmo`).
 * ``mosi-text``: CMU-MOSI transcripts embedded offline, text only
   (:mod:`trainer.data.mosi_text`).
+* ``mmsa``: a user's own MMSA-style pickle with its train, valid and test splits, named
+  by the ``data_file`` option (:mod:`trainer.data.mmsa`).
 
 The CMU datasets (CMU-MOSI, CMU-MOSEI, ICT-MMMO) are distributed by their authors for
 non-commercial research only. Nothing from them ships with this package.
@@ -162,6 +164,13 @@ CORPORA: dict[str, CorpusEntry] = {
             True,
             "CMU-MOSI transcripts embedded with all-MiniLM-L6-v2, text only",
         ),
+        # One file named by the data_file option, not a folder under the data root.
+        CorpusEntry(
+            "mmsa",
+            "trainer.data.mmsa:load",
+            False,
+            "your own MMSA-style pickle with train, valid and test splits",
+        ),
     )
 }
 
@@ -172,11 +181,12 @@ def load_corpus(name: str, root: str | Path | None = None, seed: int = 0, **opti
     Args:
         name: A key of :data:`CORPORA`.
         root: Data root holding the real corpora's folders, or the corpus folder
-            itself. Defaults to :func:`default_data_root`. Ignored by ``synthetic``.
+            itself. Defaults to :func:`default_data_root`. Ignored by ``synthetic``
+            and ``mmsa``.
         seed: Generation seed (``synthetic``) or split seed (``mosei-subset``);
             recorded in ``info`` by every loader.
         **options: Loader-specific keyword options, for example ``n_train`` for
-            ``synthetic`` or ``cache_dir`` for ``mosi-text``.
+            ``synthetic``, ``cache_dir`` for ``mosi-text`` or ``data_file`` for ``mmsa``.
 
     Returns:
         The corpus, validated with :func:`validate_corpus`.
