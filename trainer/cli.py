@@ -132,7 +132,8 @@ def _train_options(function: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True,
                      help="Seed of initialisation, batch order, modality dropout and probe draw."),
         click.option("--corpus-seed", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Seed of the synthetic corpus or of the mosei-subset split."),
+                     help="Seed of the synthetic corpus or of the mosei-subset split; the "
+                     "other corpora keep their files' own splits and only record it."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                      show_default=True, help="Torch device; auto picks CUDA when available."),
         click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
