@@ -34,7 +34,9 @@ def _require_regular_file(
         )
 
 
-def read_bytes_capped(path: str | os.PathLike[str], *, what: str, max_bytes: int) -> bytes:
+def read_bytes_capped(
+    path: str | os.PathLike[str], *, what: str, max_bytes: int, missing_hint: str = "check the path"
+) -> bytes:
     """Read a whole regular file after checking its type and size.
 
     The size is checked with ``stat`` before reading, so a huge file costs no memory,
@@ -45,6 +47,7 @@ def read_bytes_capped(path: str | os.PathLike[str], *, what: str, max_bytes: int
         path: File to read.
         what: Name of the file for messages, such as ``"certificate"``.
         max_bytes: Largest accepted file size.
+        missing_hint: Hint of the ``FileMissing`` error: where the user gets this file.
 
     Returns:
         The file's bytes.
@@ -69,7 +72,7 @@ def read_bytes_capped(path: str | os.PathLike[str], *, what: str, max_bytes: int
             # size; one byte more detects a file that grew after fstat.
             data = handle.read(min(opened.st_size, max_bytes) + 1)
     except FileNotFoundError as exc:
-        raise FileMissing(f"{what} not found: {show_path(path)}", hint="check the path") from exc
+        raise FileMissing(f"{what} not found: {show_path(path)}", hint=missing_hint) from exc
     except OSError as exc:
         raise InputError(
             f"cannot read {what} {show_path(path)}: {exc.strerror or exc}",

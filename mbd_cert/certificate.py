@@ -163,7 +163,10 @@ def load_certificate(path: str | Path) -> dict[str, Any]:
         MalformedCertificate, UnsupportedVersion, LimitExceeded: See
             :func:`parse_certificate`.
     """
-    data = _json.read_bytes_capped(path, what="certificate", max_bytes=MAX_CERTIFICATE_BYTES)
+    data = _json.read_bytes_capped(
+        path, what="certificate", max_bytes=MAX_CERTIFICATE_BYTES,
+        missing_hint="pass the cert.json that 'mbd-cert issue' wrote in its --out directory",
+    )
     if _git_lfs.is_pointer(data):
         raise MalformedCertificate(
             f"certificate file {str(path)!r} is a Git LFS pointer file, not the "

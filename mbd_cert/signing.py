@@ -72,6 +72,12 @@ MAX_KEY_FILE_BYTES = 64 * 1024
 # Skipped trust-directory files logged one by one; the rest are counted in one line.
 _MAX_SKIPPED_KEY_WARNINGS = 10
 PRIVATE_KEY_FILE_MODE = 0o600
+# Hints for a key path that does not exist: the files 'mbd-cert keygen' writes.
+PUBLIC_KEY_MISSING_HINT = ("pass the issuer's public key, the PREFIX.pub file that "
+                           "'mbd-cert keygen --out PREFIX' wrote; 'mbd-cert key-id FILE' "
+                           "prints its id to compare with the issuer's")
+PRIVATE_KEY_MISSING_HINT = ("pass the issuer's private key, the PREFIX.key file that "
+                            "'mbd-cert keygen --out PREFIX' wrote")
 PUBLIC_KEY_FILE_MODE = 0o644
 DEFAULT_KEY_NAME = "issuer"
 
@@ -173,7 +179,8 @@ def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
         InputError: The path is not a readable regular file.
     """
     source = f"public key file {os.fspath(path)!r}"
-    data = read_bytes_capped(path, what="public key file", max_bytes=MAX_KEY_FILE_BYTES)
+    data = read_bytes_capped(path, what="public key file", max_bytes=MAX_KEY_FILE_BYTES,
+                             missing_hint=PUBLIC_KEY_MISSING_HINT)
     return parse_public_key(data, source)
 
 
@@ -251,7 +258,8 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
         InputError: The path is not a readable regular file.
     """
     source = f"private key file {os.fspath(path)!r}"
-    data = read_bytes_capped(path, what="private key file", max_bytes=MAX_KEY_FILE_BYTES)
+    data = read_bytes_capped(path, what="private key file", max_bytes=MAX_KEY_FILE_BYTES,
+                             missing_hint=PRIVATE_KEY_MISSING_HINT)
     key = parse_private_key(data, source)
     # Warn only once the file is known to hold a private key: the advice would be
     # wrong for a public key passed by mistake, which the parser rejects above.

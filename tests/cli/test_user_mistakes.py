@@ -228,6 +228,30 @@ def test_level_2_without_bundle_names_both_options(honest_run: HonestRun):
     assert "--auditor-private-key" in outcome.stderr
 
 
+def test_missing_certificate_hint_names_issue(honest_run: HonestRun, tmp_path: Path):
+    outcome = verify(tmp_path / "cert.jsn", honest_run.model, honest_run.public_key)
+    assert_input_error(outcome, "E_FILE_MISSING")
+    assert "certificate not found" in outcome.stderr
+    assert "the cert.json that 'mbd-cert issue' wrote" in outcome.stderr
+
+
+def test_missing_public_key_hint_names_keygen(honest_run: HonestRun, tmp_path: Path):
+    outcome = verify(honest_run.cert, honest_run.model, tmp_path / "issuer.pb")
+    assert_input_error(outcome, "E_FILE_MISSING")
+    assert "public key file not found" in outcome.stderr
+    assert "PREFIX.pub file that 'mbd-cert keygen --out PREFIX' wrote" in outcome.stderr
+    assert "mbd-cert key-id FILE" in outcome.stderr
+
+
+def test_missing_private_key_hint_names_keygen(honest_run: HonestRun, tmp_path: Path):
+    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
+                       "--key", tmp_path / "issuer.ky", "--out", tmp_path / "out"])
+    _assert_issue_input_error(outcome, "E_FILE_MISSING")
+    assert "private key file not found" in outcome.stderr
+    assert "PREFIX.key file that 'mbd-cert keygen --out PREFIX' wrote" in outcome.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_corpus_hint_names_data_root(tmp_path: Path):
     outcome = run_cli(["train", "--corpus", "mosei-subset", "--data-root", tmp_path / "none",
                        "--out", tmp_path / "ck", "--no-progress"])
