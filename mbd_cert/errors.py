@@ -23,6 +23,9 @@ from __future__ import annotations
 TORCH_EXTRA_HINT = ("install mbd-cert with its torch extra: 'mbd-cert[torch]' where you "
                     "install it from a package or git URL, or pip install -e '.[torch]' "
                     "in a checkout (README.md explains the GPU build)")
+TEXT_EXTRA_HINT = ("install mbd-cert with its text extra: 'mbd-cert[text]' where you "
+                   "install it from a package or git URL, or pip install -e '.[text]' "
+                   "in a checkout")
 
 
 class MbdCertError(Exception):

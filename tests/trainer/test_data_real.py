@@ -259,7 +259,18 @@ def test_mosi_without_sentence_transformers(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
     with pytest.raises(InputError) as caught:
         load_corpus("mosi-text", root=tmp_path, verify_digests=False, cache_dir=tmp_path / "c")
-    assert caught.value.hint == "pip install 'mbd-cert[text]'"
+    # mbd-cert is not on the Python Package Index, so the hint must not install it by name.
+    assert "'mbd-cert[text]' where you install it from a package or git URL" \
+        in caught.value.hint
+    assert "pip install -e '.[text]' in a checkout" in caught.value.hint
+
+
+def test_ict_mmmo_without_h5py(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    with pytest.raises(InputError, match="needs h5py") as caught:
+        load_corpus("ict-mmmo", root=tmp_path, verify_digests=False)
+    assert "h5py comes with the torch extra" in caught.value.hint
+    assert "pip install -e '.[torch]' in a checkout" in caught.value.hint
 
 
 @pytest.mark.skipif(not HAS_SENTENCE_TRANSFORMERS, reason="sentence-transformers not installed")

