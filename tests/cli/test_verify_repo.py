@@ -407,6 +407,24 @@ def test_explicit_policy_path(repo, tmp_path):
     assert result.exit_code == 1
 
 
+def test_outside_policy_keys_resolve_in_root(repo, tmp_path):
+    # The user guide tells CI to leave trusted_keys out of a policy kept outside the
+    # pull request, because its key paths are read from the checked-out tree.
+    trusted = tmp_path / "trusted"
+    (trusted / "keys").mkdir(parents=True)
+    shutil.copy(repo / "keys" / "issuer.pub", trusted / "keys" / "issuer.pub")
+    policy = trusted / "policy.toml"
+    policy.write_text('trusted_keys = ["keys/issuer.pub"]\n')
+    _, foreign_public = signing.write_keypair(tmp_path / "foreign")
+    shutil.copy(foreign_public, repo / "keys" / "issuer.pub")
+
+    report = json.loads(_run(repo, "--policy", policy, "--json").stdout)
+
+    assert report["exit_code"] == 1
+    checks = {check["name"]: check for check in report["results"][0]["report"]["checks"]}
+    assert checks["signature"]["code"] == "E_KEY_UNTRUSTED"
+
+
 def test_no_trusted_key_exit_2(repo):
     result = _run(repo)
     assert result.exit_code == 2
