@@ -118,7 +118,8 @@ def evaluate(model: MBDModel, split: Any, corpus: Any) -> dict[str, Any]:
     Returns:
         ``{"n", "corpus", "modalities", "deleted_modalities", "views": {name: metrics}}``;
         each view's metrics are those of :func:`mbd_cert.metrics.regression_metrics`
-        plus ``n_without_any_modality``.
+        plus ``n_without_any_modality``, the samples that observe no modality the
+        model reads (deleted modalities do not count).
 
     Raises:
         InputError: The corpus modalities differ from the model's, or the split is
@@ -135,19 +136,22 @@ def evaluate(model: MBDModel, split: Any, corpus: Any) -> dict[str, Any]:
     features = dict(split.features)
     baseline = predict(model, features, present)
 
-    views: dict[str, dict[str, Any]] = {"all": _view_metrics(baseline, labels, present)}
+    # A deleted modality's input is ignored, so a sample that observes only deleted
+    # modalities has no input the model reads.
+    kept = np.array([name not in model.deleted for name in model.modalities])
+    views: dict[str, dict[str, Any]] = {"all": _view_metrics(baseline, labels, present & kept)}
     for index, name in enumerate(model.modalities):
         masked = present.copy()
         masked[:, index] = False
         if name in model.deleted:
             zeroed = {**features, name: np.zeros_like(features[name])}
             prediction = predict(model, zeroed, masked)
-            metrics = _view_metrics(prediction, labels, masked)
+            metrics = _view_metrics(prediction, labels, masked & kept)
             metrics["max_abs_change_vs_all"] = float(np.max(np.abs(prediction - baseline)))
             views[f"deleted:{name}"] = metrics
         else:
             views[f"missing:{name}"] = _view_metrics(predict(model, features, masked),
-                                                     labels, masked)
+                                                     labels, masked & kept)
     return {
         "n": int(labels.shape[0]),
         "corpus": corpus.name,

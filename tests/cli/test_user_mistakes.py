@@ -188,6 +188,26 @@ def test_evaluate_accepts_issue_output(honest_run: HonestRun, tmp_path: Path):
     assert metrics["n"] == json.loads(trained.read_text())["n"]
 
 
+def test_evaluate_ignores_deleted_modality_input(honest_run: HonestRun, tmp_path: Path):
+    # A sample that observes only the deleted audio gives the released model no input,
+    # so it counts in n_without_any_modality.
+    import numpy as np
+
+    from mbd_cert.checkpoint import read_probe_set
+
+    out = tmp_path / "released.json"
+    outcome = run_cli(["evaluate", "--checkpoint", honest_run.out_dir, "--json", out])
+    assert outcome.exit_code == 0, outcome.stderr
+    views = json.loads(out.read_text())["views"]
+    samples = read_probe_set(honest_run.out_dir / "eval.safetensors",
+                             modalities=("text", "audio", "vision"))
+    present = np.asarray(samples.present, dtype=bool)
+    text, vision = present[:, 0], present[:, 2]
+    assert views["all"]["n_without_any_modality"] == int(np.sum(~text & ~vision))
+    assert views["missing:text"]["n_without_any_modality"] == int(np.sum(~vision))
+    assert views["missing:vision"]["n_without_any_modality"] == int(np.sum(~text))
+
+
 def test_evaluate_published_model_with_eval_set(honest_run: HonestRun, tmp_path: Path):
     # A downstream user holds only the published files and brings held-out samples.
     published = tmp_path / "published"
