@@ -75,21 +75,39 @@ REPO_REPORT_VERSION = "1.4"
 CODE_NO_CERTIFICATES = "E_NO_CERTIFICATES"
 
 
-def _trusted_keys(root: Path, policy: Any, key_paths: Sequence[Path]) -> list[Any]:
+def key_base(root: Path, policy_file: Path | None) -> tuple[Path, str]:
+    """Return the directory that the policy's ``trusted_keys`` paths are relative to.
+
+    The repository root, unless the policy file lies outside the repository: then the
+    policy file's own directory. A policy kept out of a pull request (a CI checks out
+    the base branch's copy) must not take its keys from the pull request's tree, which
+    could replace them (SPEC.md, section 16). Also returns the words that name it.
+    """
+    if policy_file is not None:
+        policy_dir = Path(os.path.abspath(policy_file)).parent
+        repository = Path(os.path.abspath(root))
+        if repository != policy_dir and repository not in policy_dir.parents:
+            return policy_dir, "the policy file's directory"
+    return root, "the repository root"
+
+
+def _trusted_keys(root: Path, policy: Any, key_paths: Sequence[Path],
+                  policy_file: Path | None = None) -> list[Any]:
     from mbd_cert import _paths, signing
 
     keys = [signing.load_public_key(path) for path in key_paths]
+    base, base_name = key_base(root, policy_file)
     for index, relative in enumerate(policy.trusted_keys):
         field = f"policy trusted_keys[{index}]"
-        path = _paths.resolve_artefact(root, relative, field=field)
+        path = _paths.resolve_artefact(base, relative, field=field)
         try:
             keys.append(signing.load_public_key(path))
         except errors.FileMissing as missing:
-            # The path is the policy's, relative to the repository root, not the cwd.
+            # The path is the policy's, relative to its base, not to the cwd.
             missing.message = (f"{missing.message} ({field} = {relative!r}, resolved "
-                               f"against the repository root {str(root)!r})")
-            missing.hint = ("correct the path in the policy file, relative to the repository "
-                            "root, or commit the key file there")
+                               f"against {base_name} {str(base)!r})")
+            missing.hint = (f"correct the path in the policy file, relative to {base_name}, "
+                            "or put the key file there")
             raise
     if not keys:
         raise errors.InputError(
@@ -214,7 +232,8 @@ def _repo_inputs(root: Path, certificates: Sequence[Path], policy: Any,
     from mbd_cert import _paths
 
     keys = [*key_paths]
-    keys.extend(_paths.resolve_artefact(root, relative, field=f"policy trusted_keys[{index}]")
+    base, _ = key_base(root, policy_file)
+    keys.extend(_paths.resolve_artefact(base, relative, field=f"policy trusted_keys[{index}]")
                 for index, relative in enumerate(policy.trusted_keys))
     if auditor_key_path is not None:
         keys.append(auditor_key_path)
@@ -425,7 +444,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                     hint="check the repository root, or pass --allow-empty",
                     code=CODE_NO_CERTIFICATES,
                 )
-            keys = _trusted_keys(root, policy, key_paths)
+            keys = _trusted_keys(root, policy, key_paths, policy_file)
             auditor_key = None
             if auditor_key_path is not None:
                 from mbd_cert import sealing

@@ -402,14 +402,15 @@ def test_no_certificates_json(tmp_path):
 
 def test_explicit_policy_path(repo, tmp_path):
     policy = tmp_path / "strict.toml"
-    policy.write_text('trusted_keys = ["keys/issuer.pub"]\nmax_cumulative_epsilon = 0.1\n')
+    policy.write_text('trusted_keys = ["issuer.pub"]\nmax_cumulative_epsilon = 0.1\n')
+    shutil.copy(repo / "keys" / "issuer.pub", tmp_path / "issuer.pub")
     result = _run(repo, "--policy", policy)
     assert result.exit_code == 1
 
 
-def test_outside_policy_keys_resolve_in_root(repo, tmp_path):
-    # The user guide tells CI to leave trusted_keys out of a policy kept outside the
-    # pull request, because its key paths are read from the checked-out tree.
+def test_outside_policy_keys_resolve_beside_it(repo, tmp_path):
+    # A policy kept outside the pull request takes its keys from its own directory:
+    # a pull request that replaces keys/issuer.pub in the tree changes nothing.
     trusted = tmp_path / "trusted"
     (trusted / "keys").mkdir(parents=True)
     shutil.copy(repo / "keys" / "issuer.pub", trusted / "keys" / "issuer.pub")
@@ -420,9 +421,31 @@ def test_outside_policy_keys_resolve_in_root(repo, tmp_path):
 
     report = json.loads(_run(repo, "--policy", policy, "--json").stdout)
 
-    assert report["exit_code"] == 1
+    assert report["exit_code"] == 0
     checks = {check["name"]: check for check in report["results"][0]["report"]["checks"]}
-    assert checks["signature"]["code"] == "E_KEY_UNTRUSTED"
+    assert checks["signature"]["status"] == "pass"
+
+
+def test_outside_policy_ignores_tree_keys(repo, tmp_path):
+    # The key the pull request put in the tree is not trusted through that policy.
+    _, foreign_public = signing.write_keypair(tmp_path / "foreign")
+    shutil.copy(foreign_public, repo / "keys" / "issuer.pub")
+    policy = tmp_path / "policy.toml"
+    policy.write_text('trusted_keys = ["keys/issuer.pub"]\n')
+
+    result = _run(repo, "--policy", policy)
+
+    assert result.exit_code == 2
+    assert "resolved against the policy file's directory" in result.stderr
+
+
+def test_policy_inside_root_keys_resolve_in_root(repo):
+    # A policy file in a folder of the repository keeps root-relative key paths.
+    (repo / "ci").mkdir()
+    policy = repo / "ci" / "policy.toml"
+    policy.write_text('trusted_keys = ["keys/issuer.pub"]\n')
+
+    assert _run(repo, "--policy", policy).exit_code == 0
 
 
 def test_no_trusted_key_exit_2(repo):
