@@ -84,20 +84,35 @@ def check_published_pre_deletion(root: Path, results: Sequence[RepoResult]) -> N
         doc = result.certificate_doc
         if doc is None:
             continue  # verification reports an unreadable certificate
-        copies = pre_deletion_copies(doc["subject_model"]["pre_deletion"], index)
-        if not copies:
+        earlier = result.report.earlier_links if result.report is not None else []
+        details = []
+        found = 0
+        # The model before an earlier deletion of the chain holds that deletion's
+        # encoder and every later one, so it undoes them all.
+        for position, link in enumerate([*earlier, doc], start=1):
+            copies = pre_deletion_copies(link["subject_model"]["pre_deletion"], index)
+            if not copies:
+                continue
+            found += len(copies)
+            which = ("this deletion" if link is doc else
+                     f"deletion {position} of this chain (certificate "
+                     f"{terminal_text(link['certificate_id'])})")
+            names = ", ".join(terminal_text(path.relative_to(root).as_posix())
+                              for path in copies)
+            details.append(
+                f"{names}: the model before {which} (its file digest is that "
+                "certificate's subject_model.pre_deletion.file_digest), which still "
+                f"contains the deleted {terminal_text(link['deletion']['modality'])} "
+                "encoder, is published in the repository, so the deletion is undone for "
+                "its readers. Remove it, from the version history too, and publish only "
+                "the released model")
+        if not details:
             continue
-        names = ", ".join(terminal_text(path.relative_to(root).as_posix()) for path in copies)
-        detail = (f"{names}: the model before this deletion (its file digest is the "
-                  "certificate's subject_model.pre_deletion.file_digest), which still contains "
-                  f"the deleted {terminal_text(doc['deletion']['modality'])} encoder, is "
-                  "published in the repository, so the deletion is undone for its readers. "
-                  "Remove it, from the version history too, and publish only the "
-                  "released model")
+        detail = "; ".join(details)
         if result.report is None:
             result.warnings.append(detail)
             continue
         result.report.record(CheckResult(
             "pre-deletion-model", "fail", detail, code="E_PRE_DELETION_PUBLISHED",
-            requirement="R-REPO-9", value=len(copies), threshold=0))
+            requirement="R-REPO-9", value=found, threshold=0))
         result.exit_code = max(result.exit_code, 1)

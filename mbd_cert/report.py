@@ -59,6 +59,11 @@ class VerificationReport:
     level: int
     checks: list[CheckResult] = field(default_factory=list)
     allow_inconclusive: bool = False
+    # The earlier certificates of the chain, oldest first, as the accounting check
+    # read them; verify-repo looks for their pre-deletion models too (R-REPO-9). Not
+    # part of the JSON report.
+    earlier_links: list[dict[str, Any]] = field(default_factory=list, repr=False,
+                                                compare=False)
 
     @property
     def verified(self) -> bool:

@@ -285,6 +285,7 @@ def _verify_checked(cert_path: str | Path, model_path: str | Path, options: Veri
     if signed:
         report.run("accounting", "R-ACC-2",
                    lambda: _check_accounting(doc, chain_dir, options, walked))
+        report.earlier_links = [link.doc for link in walked[:-1]]
     else:
         report.skip("accounting", "R-CHAIN-10",
                     "not run: signature did not pass, so the chain links the certificate "

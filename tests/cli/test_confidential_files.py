@@ -236,6 +236,34 @@ def test_verify_repo_finds_pre_deletion_model_in_hidden_place(
     assert check["detail"].startswith(f"{hidden}: the model before this deletion")
 
 
+def test_verify_repo_finds_model_before_earlier_deletion(honest_run: HonestRun,
+                                                         issuer_keys: IssuerKeys,
+                                                         tmp_path: Path):
+    """R-REPO-9: the trained model before the chain's first deletion fails the second."""
+    second = tmp_path / "second"
+    issued = run_cli(["issue", "--checkpoint", honest_run.out_dir, "--modality", "vision",
+                      "--epsilon", "1", "--steps", "2", "--key", issuer_keys.private,
+                      "--out", second])
+    assert issued.exit_code == 0, issued.stderr
+    root = tmp_path / "repo"
+    (root / "models").mkdir(parents=True)
+    for name in ["cert.json", "model.safetensors", "chain-00001.json"]:
+        shutil.copy(second / name, root / "models" / name)
+    assert run_cli(["verify-repo", root, "--key", issuer_keys.public]).exit_code == 0
+    shutil.copy(honest_run.checkpoint / "model.safetensors", root / "original.safetensors")
+    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json"])
+    assert outcome.exit_code == 1, outcome.stderr
+    assert outcome.report is not None
+    [result] = outcome.report["results"]
+    [check] = [c for c in result["report"]["checks"] if c["name"] == "pre-deletion-model"]
+    assert check["code"] == "E_PRE_DELETION_PUBLISHED"
+    first_id = honest_run.load_cert()["certificate_id"]
+    assert check["detail"].startswith(
+        f"original.safetensors: the model before deletion 1 of this chain (certificate "
+        f"{first_id})")
+    assert "deleted audio encoder" in check["detail"]
+
+
 def test_verify_repo_skips_git_store_for_pre_deletion(honest_run: HonestRun,
                                                       issuer_keys: IssuerKeys,
                                                       tmp_path: Path):
