@@ -1,9 +1,10 @@
 """Checks of the checkpoint, its probe set and the released model that issue runs.
 
-:func:`mbd_cert.issue.issue` checks the probe set and the evaluation set as it reads
-them. :func:`mbd_cert._issue_steps.run` calls the other checks after reading the
-checkpoint and before any saliency score is computed, and checks the released model
-before writing it.
+:func:`mbd_cert._issue_inputs.read_inputs` checks the probe set and the evaluation set
+as it reads them. :func:`mbd_cert._issue_preflight.check_deletion` calls the other checks
+of the checkpoint before any saliency score is computed, and
+:func:`mbd_cert._issue_privacy.apply_noise` checks the released model before it is
+written.
 
 Stability: internal.
 """

@@ -1,8 +1,11 @@
 """The torch half of :func:`mbd_cert.issue.issue`: mask, update, noise, outputs.
 
-:func:`run` runs the deletion steps of SPEC.md section 6 in order and writes the output
-files. :mod:`mbd_cert._issue_document` lays out the certificate's fields and
-:mod:`mbd_cert._issue_outputs` stages the output directory and moves it into place.
+:func:`run` runs the deletion steps of SPEC.md section 6 in order, on two threads, and
+writes the output files. :mod:`mbd_cert._issue_preflight` checks the inputs first,
+:mod:`mbd_cert._issue_utility` computes the utility metrics,
+:mod:`mbd_cert._issue_release` writes the files, :mod:`mbd_cert._issue_document` lays out
+the certificate's fields and :mod:`mbd_cert._issue_outputs` stages the output directory
+and moves it into place.
 
 Stability: internal.
 """
@@ -25,75 +28,43 @@ import torch
 from mbd_cert import _safetensors, certificate, signing
 from mbd_cert._background import Background, Cancelled, FirstComer
 from mbd_cert._determinism import require_deterministic
-from mbd_cert._groups import eligible_names
-from mbd_cert._issue_checks import (
-    check_probe_coverage,
-    reject_negative_zero,
-    reject_noise_below_resolution,
-    reject_nonfinite,
-    reject_unlisted_deletion,
-    reject_weight_dtype,
-)
 from mbd_cert._issue_document import certificate_document
+from mbd_cert._issue_options import default_eligible_groups
 from mbd_cert._issue_outputs import create_staging, set_modes, swap_in
-from mbd_cert._numbers import exact_number
-from mbd_cert._torch_model import (
-    build_model,
-    eligible_parameters,
-    predict,
-    probe_batch,
-    torch_threads,
+from mbd_cert._issue_preflight import (
+    check_deletion,
+    removed_tensors,
+    require_eligible_parameters,
 )
-from mbd_cert._work_limits import (
-    check_activation_work,
-    check_evidence_work,
-    check_operation_work,
-    check_update_work,
-)
-from mbd_cert.arch import Architecture, Batch, get_architecture
-from mbd_cert.chain import write_chain_copies
-from mbd_cert.checkpoint import ProbeSet
-from mbd_cert.diff import MASK_PREFIX, build_diff
-from mbd_cert.errors import InputError, IssuanceError, MalformedData
-from mbd_cert.issue import (
-    IssueOptions,
+from mbd_cert._issue_privacy import (
+    apply_noise,
     calibrated_sigma,
     chain_account,
     draw_noise,
     sensitivity_for,
 )
-from mbd_cert.metrics import regression_metrics
+from mbd_cert._issue_release import write_release
+from mbd_cert._issue_utility import (
+    utility_after_deletion,
+    utility_before_deletion,
+    utility_member,
+)
+from mbd_cert._torch_model import build_model, probe_batch, torch_threads
+from mbd_cert.arch import Architecture, Batch
+from mbd_cert.checkpoint import ProbeSet
+from mbd_cert.diff import MASK_PREFIX, build_diff
+from mbd_cert.errors import InputError, IssuanceError
+from mbd_cert.issue import IssueOptions
 from mbd_cert.proxy_quality import ClosedForm, forget_value, measure_proxy_quality
 from mbd_cert.saliency import gradient_moments, saliency_scores, top_k_mask
-from mbd_cert.sealing import seal_bundle
 from mbd_cert.sensitivity import reference_retrain
 from mbd_cert.update import masked_update
 
 logger = logging.getLogger(__name__)
 
-MODEL_FORMAT = "mbd-cert-model/1"
 # stats.MIN_NORMALITY_SAMPLES, repeated because mbd_cert.stats imports scipy.stats
 # (0.4 s); a unit test keeps the two equal.
 NORMALITY_MIN_ENTRIES = 20
-# verify_leakage.MIN_GROUP, repeated because mbd_cert.verify_leakage imports
-# scipy.optimize; a unit test keeps the two equal.
-MEMBERSHIP_MIN_GROUP = 10
-
-
-def default_eligible_groups(modality: str) -> list[str]:
-    """Return the default mask groups: the fusion network and the modality's generator.
-
-    The deleted modality's own encoder is removed outright, and the head and the
-    other encoders carry most of the utility, so noise is kept off them.
-    """
-    return ["fusion", f"generators.{modality}"]
-
-
-# Torch intra-op threads during issuance come from ``IssueOptions.threads`` (default 1).
-# The default model's operations are small, so threads mostly wait for each other. On
-# a 2-core machine shared with other processes, `mbd-cert issue` on the synthetic
-# checkpoint used 5.3 s of CPU with one thread and 18 to 32 s with two (measured,
-# docs/benchmarks.md). The trainer defaults to one thread as well.
 
 
 def _warn_zero_cut(scores: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> None:
@@ -149,99 +120,16 @@ def _run(
     the bytes they parsed (R-ISS-5).
     """
     pre_tensors = pre_model.tensors
-    architecture = get_architecture(str(config_doc["architecture"]))
-    version = config_doc.get("architecture_version")
-    if version != architecture.version:
-        # The same check as evaluate's: another version of the code may build other
-        # tensors from the same config, and the certificate records this release's.
-        raise MalformedData(
-            f"checkpoint config: architecture_version is {version!r}, this release has "
-            f"{architecture.version!r} of {architecture.name!r}",
-            hint="issue with the release the checkpoint was trained with, or train it "
-            "again with this one",
-        )
-    # The released model keeps the checkpoint's dtypes, so level 1's dtype rule holds
-    # for the checkpoint too (R-DEL-2).
-    reject_weight_dtype(architecture, {
-        name: info.dtype for name, info in pre_model.header.tensors.items()})
-    config = architecture.validate_config(config_doc["config"])
+    architecture, config, deleted = check_deletion(config_doc, pre_model, probe, options,
+                                                   previous)
     modality = options.modality
-    deleted = list(config.get("deleted_modalities", []))
-    if modality not in config["modalities"]:
-        remaining = [m for m in config["modalities"] if m not in deleted]
-        raise InputError(
-            f"modality {modality!r} is not in the model's modalities {config['modalities']}",
-            hint=f"pass --modality with one that the model still uses: {', '.join(remaining)}",
-            code="E_PARAMETER_INVALID",
-        )
-    if modality in deleted:
-        raise IssuanceError(
-            f"modality {modality!r} is already deleted from this model",
-            hint="pick a modality the model still uses; 'mbd-cert inspect' on the "
-            "previous certificate lists the deleted ones",
-        )
-    if len(deleted) > len(previous):
-        # Each certified deletion adds one modality, so the chain needs at least as many
-        # links. Without them the budget would restart from zero (SPEC.md, R-CHAIN-9).
-        raise IssuanceError(
-            f"the checkpoint's model already has {', '.join(map(repr, deleted))} deleted, "
-            f"but the chain before it has {len(previous)} certificate(s)",
-            hint="pass --previous with the certificate of the last deletion, or issue from "
-            "that deletion's output directory",
-            code="E_CHAIN_BROKEN",
-        )
-    reject_unlisted_deletion(architecture, config, pre_tensors)
-    reject_nonfinite(pre_tensors, "the checkpoint's model", hint=(
-        "train the model again: a verifier rejects NaN or infinite weights (R-DEL-3)"))
-    if not [m for m in config["modalities"] if m != modality and m not in deleted]:
-        raise IssuanceError(
-            f"cannot delete {modality!r}: {', '.join(map(repr, deleted))} already deleted, "
-            "and a model must keep at least one modality",
-            hint="retrain without this data, or retire the model",
-        )
-    if probe.modalities != list(config["modalities"]):
-        raise InputError(
-            f"probe set modalities {probe.modalities} differ from the model's "
-            f"{config['modalities']}",
-            code="E_DATA_MALFORMED",
-        )
-    check_probe_coverage(probe, modality, deleted)
-    members = int(np.count_nonzero(probe.member))
-    if min(members, probe.size - members) < MEMBERSHIP_MIN_GROUP:
-        logger.warning(
-            "the probe set has %d members and %d non-members: level 3's membership probe "
-            "needs %d of each and will report inconclusive. Pass a probe set with both "
-            "(mbd-cert train writes one)", members, probe.size - members,
-            MEMBERSHIP_MIN_GROUP)
-    check_update_work(options.steps, probe.size, source="issue options")
-    check_activation_work(architecture.activation_entries(config)
-                          if architecture.activation_entries is not None else None,
-                          probe.size, source="checkpoint config and probe set")
-    reference_runs = (options.reference_runs
-                      if options.sensitivity_method == "reference-retrain" else 0)
-    if reference_runs:
-        check_evidence_work(reference_runs, options.steps, probe.size, source="issue options")
-    check_operation_work(architecture.forward_operations(config)
-                         if architecture.forward_operations is not None else None,
-                         options.steps, probe.size, runs=reference_runs,
-                         source="checkpoint config, probe set and issue options")
     column = probe.modalities.index(modality)
 
     model_pre = build_model(architecture, config, pre_tensors)
     batch = probe_batch(probe)
     groups = options.eligible_groups or default_eligible_groups(modality)
-    removed = _removed_tensors(architecture, config, modality, pre_tensors)
-    names = eligible_parameters(model_pre, groups, removed)
-    if not names:
-        only_removed = bool(eligible_parameters(model_pre, groups, []))
-        raise InputError(
-            f"the eligible groups {groups} match no tensor of the model"
-            + (f" outside the {modality} encoder, which the deletion removes" if only_removed
-               else ""),
-            hint="the mask selects from tensors the released model keeps: pass --eligible "
-            "with other prefixes (the default is fusion and the modality's generator); "
-            "'mbd-cert inspect' on the checkpoint's model lists the tensor names",
-            code="E_PARAMETER_INVALID")
+    removed = removed_tensors(architecture, config, modality, pre_tensors)
+    names = require_eligible_parameters(model_pre, groups, removed, modality)
     forget_weights = torch.from_numpy(probe.present[:, column].astype(np.float64))
 
     def forget(model: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
@@ -330,8 +218,8 @@ def _run(
 
     # Step 5, first half: the pre-deletion utility metrics need only the checkpoint.
     # Whichever thread is free first computes them (docs/benchmarks.md).
-    utility_before = FirstComer(lambda: _utility_before(architecture, config, pre_tensors,
-                                                        evaluation, modality))
+    utility_before = FirstComer(lambda: utility_before_deletion(
+        architecture, config, pre_tensors, evaluation, modality))
     # Jobs the main thread offers the second one once its check is done; None ends them.
     offered: queue.Queue[FirstComer[Any] | None] = queue.Queue()
 
@@ -412,29 +300,14 @@ def _run(
                 sigma, options.epsilon, options.delta, sensitivity,
                 options.sensitivity_method)
     noise = draw_noise({n: masks[n].shape for n in names}, sigma, options.noise_seed)
-    post_tensors = dict(start)
-    for name in names:
-        before = pre_tensors[name].astype(np.float64)
-        moved = before + update.displacement[name] + np.where(masks[name], noise[name], 0.0)
-        # An overflow to infinity is refused below with a hint, not warned about here.
-        with np.errstate(over="ignore"):
-            post_tensors[name] = np.where(masks[name], moved, before).astype(
-                pre_tensors[name].dtype)
-    changed = sorted(set(removed) | {n for n in names if masks[n].any()})
-    reject_negative_zero(pre_tensors, {n: None if n in removed else masks[n] for n in changed})
-    # Noise far beyond the dtype's range (a huge sensitivity) overflows to infinity.
-    # This runs first, because the spacing of an infinite value is NaN.
-    reject_nonfinite({n: post_tensors[n] for n in names}, "the noised model", hint=(
-        f"sigma = {exact_number(sigma)} is too large for the model's dtype; nothing was written: "
-        "raise --epsilon or lower the sensitivity (--clip-norm, or --sensitivity when "
-        "declared)"))
-    reject_noise_below_resolution(post_tensors, {n: masks[n] for n in names}, sigma,
-                                  options.sensitivity_method)
+    post_tensors, changed = apply_noise(pre_tensors, start, removed, names, masks,
+                                        update.displacement, noise, sigma,
+                                        options.sensitivity_method)
 
     # Step 5, second half: the released model's utility, on held-out samples.
     # It goes to the second thread if that one is free by now, while this one writes.
-    utility_after = FirstComer(lambda: _utility_after(architecture, post_config,
-                                                      post_tensors, evaluation, modality))
+    utility_after = FirstComer(lambda: utility_after_deletion(
+        architecture, post_config, post_tensors, evaluation, modality))
     offered.put(utility_after)
 
     # Step 6 (SPEC §6.5): write everything into a temporary directory, then swap it in.
@@ -443,43 +316,15 @@ def _run(
         diff_tensors[MASK_PREFIX + name] = masks[name]
     staging = create_staging(out_dir)
     try:
-        model_meta = {"format": MODEL_FORMAT, "architecture": architecture.name}
-        # The certificate commits the digests of the bytes the deletion read. A model
-        # file that differs from them now was rewritten during the run (R-ISS-5).
-        _safetensors.check_unchanged(model_path, pre_model.digests,
-                                     _safetensors.digest_file(model_path).file_digest,
-                                     digest_of="the file now")
-        post_digests = _safetensors.write_safetensors(
-            staging / "model.safetensors", post_tensors, model_meta
-        )
-        diff_digests = _safetensors.write_safetensors(
-            staging / "diff.safetensors", diff_tensors, {"format": "mbd-cert-diff/1"}
-        )
-        # The copies must be the bytes the probe and evaluation sets were parsed from,
-        # and a file rewritten since it was read is not (R-ISS-5).
-        shutil.copyfile(probe_path, staging / "probe.safetensors")
-        written_probe = _safetensors.digest_file(staging / "probe.safetensors")
-        _safetensors.check_unchanged(probe_path, probe_digests, written_probe.file_digest,
-                                     digest_of="its copy in the output")
-        if eval_path is not None:
-            # Kept so that a later deletion from this directory reports utility too.
-            shutil.copyfile(eval_path, staging / "eval.safetensors")
-            assert eval_digests is not None, "issue() passes eval_digests with eval_path"
-            _safetensors.check_unchanged(eval_path, eval_digests,
-                                         _safetensors.file_digest(staging / "eval.safetensors"),
-                                         digest_of="its copy in the output")
-        chain_listing = write_chain_copies(previous, staging)
         certificate_id = str(uuid.uuid4())
-        sealed = None
-        if options.auditor_key is not None:
-            sealed = seal_bundle(
-                staging,
-                ["diff.safetensors", "probe.safetensors"],
-                options.auditor_key,
-                certificate_id,
-            )
+        written = write_release(
+            staging, architecture_name=architecture.name, model_path=model_path,
+            pre_model=pre_model, post_tensors=post_tensors, diff_tensors=diff_tensors,
+            probe_path=probe_path, probe_digests=probe_digests, eval_path=eval_path,
+            eval_digests=eval_digests, previous=previous, auditor_key=options.auditor_key,
+            certificate_id=certificate_id)
 
-        utility = _utility(evaluation, utility_before.result(), utility_after.result())
+        utility = utility_member(evaluation, utility_before.result(), utility_after.result())
         offered.put(None)
         proxy_quality = proxy_check.result()
         doc = certificate_document(
@@ -491,7 +336,7 @@ def _run(
             pre_header_digest=pre_model.header_digest,
             pre_digests=pre_model.digests,
             post_model=staging / "model.safetensors",
-            post_digests=post_digests,
+            post_digests=written.post_digests,
             removed=removed,
             groups=groups,
             masks=masks,
@@ -503,10 +348,10 @@ def _run(
             sigma=sigma,
             account=account,
             previous=previous,
-            chain_listing=chain_listing,
-            diff_digests=diff_digests,
-            probe_digests=written_probe,
-            sealed=sealed,
+            chain_listing=written.chain_listing,
+            diff_digests=written.diff_digests,
+            probe_digests=written.probe_digests,
+            sealed=written.sealed,
             utility=utility,
         )
         signed = certificate.sign_certificate(doc, private_key)
@@ -540,69 +385,3 @@ def _closed_form(architecture: Architecture, modality: str) -> ClosedForm | None
         return values
 
     return closed_form
-
-
-def _removed_tensors(
-    architecture: Any, config: Mapping[str, Any], modality: str, tensors: Mapping[str, np.ndarray]
-) -> list[str]:
-    prefixes = architecture.encoder_prefixes(config, modality)
-    removed = eligible_names(list(tensors), prefixes)
-    if not removed:
-        raise IssuanceError(
-            f"the model has no encoder tensor for modality {modality!r}",
-            hint="an empty deletion cannot be certified (SPEC.md, R-ISS-3)",
-            code="E_EMPTY_DELETION",
-        )
-    return removed
-
-
-def _utility_before(
-    architecture: Any,
-    config: Mapping[str, Any],
-    pre_tensors: Mapping[str, np.ndarray],
-    evaluation: ProbeSet | None,
-    modality: str,
-) -> dict[str, Any] | None:
-    """Return the pre-deletion metrics, with all modalities and without ``modality``."""
-    if evaluation is None:
-        return None
-    pre, batch, label = _evaluation_model(architecture, config, pre_tensors, evaluation)
-    present = batch["present"].clone()
-    present[:, evaluation.modalities.index(modality)] = False
-    missing = {**batch, "present": present}
-    return {
-        "all": regression_metrics(predict(pre, batch), label),
-        f"missing_{modality}": regression_metrics(predict(pre, missing), label),
-    }
-
-
-def _utility_after(
-    architecture: Any,
-    post_config: Mapping[str, Any],
-    post_tensors: Mapping[str, np.ndarray],
-    evaluation: ProbeSet | None,
-    modality: str,
-) -> dict[str, Any] | None:
-    """Return the released model's metrics with ``modality`` deleted."""
-    if evaluation is None:
-        return None
-    post, batch, label = _evaluation_model(architecture, post_config, post_tensors, evaluation)
-    return {f"deleted_{modality}": regression_metrics(predict(post, batch), label)}
-
-
-def _evaluation_model(
-    architecture: Any, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
-    evaluation: ProbeSet,
-) -> tuple[torch.nn.Module, dict[str, Any], np.ndarray]:
-    """Return the float32 model, as it is released, with the evaluation batch and labels."""
-    model = build_model(architecture, config, tensors, dtype=torch.float32)
-    return (model, probe_batch(evaluation, dtype=torch.float32),
-            evaluation.label.astype(np.float64))
-
-
-def _utility(evaluation: ProbeSet | None, before: dict[str, Any] | None,
-             after: dict[str, Any] | None) -> dict[str, Any]:
-    """Return the certificate's ``metrics.utility`` member."""
-    if evaluation is None or before is None or after is None:
-        return {"split": "none", "note": "no evaluation set was given"}
-    return {"split": "eval", "n": evaluation.size, "before": before, "after": after}

@@ -314,7 +314,7 @@ def test_c05_zero_size_round_trip(tmp_path: Path, shape: tuple[int, ...]) -> Non
 def test_c05_empty_deletion_refused(tiny_checkpoint: Path) -> None:
     """R-ISS-3: a deletion that removes no tensor is E_EMPTY_DELETION."""
     pytest.importorskip("torch")
-    from mbd_cert import _issue_steps
+    from mbd_cert import _issue_preflight
     from mbd_cert.arch import get_architecture
     from mbd_cert.checkpoint import read_config, read_tensors
 
@@ -324,7 +324,7 @@ def test_c05_empty_deletion_refused(tiny_checkpoint: Path) -> None:
     tensors = read_tensors(tiny_checkpoint / "model.safetensors")
     without_audio = {n: t for n, t in tensors.items() if not n.startswith("encoders.audio.")}
     with pytest.raises(errors.IssuanceError) as info:
-        _issue_steps._removed_tensors(architecture, config, "audio", without_audio)
+        _issue_preflight.removed_tensors(architecture, config, "audio", without_audio)
     assert info.value.code == "E_EMPTY_DELETION"
     assert info.value.exit_code == 1
 

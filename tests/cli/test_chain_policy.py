@@ -319,9 +319,9 @@ def test_verifier_catches_unlisted_earlier_deletion(honest_run: HonestRun, tmp_p
                                                     monkeypatch) -> None:
     # An issuer without that check certifies "deletion 1" of a model whose audio
     # encoder an earlier deletion zeroed; the verifier must not accept the reset budget.
-    from mbd_cert import _issue_steps
+    from mbd_cert import _issue_preflight
 
-    monkeypatch.setattr(_issue_steps, "reject_unlisted_deletion", lambda *args: None)
+    monkeypatch.setattr(_issue_preflight, "reject_unlisted_deletion", lambda *args: None)
     checkpoint = _released_with_training_config(honest_run, tmp_path / "ck")
     out = tmp_path / "out"
     outcome = run_cli(["issue", "--checkpoint", checkpoint, "--modality", "vision",

@@ -115,7 +115,7 @@ def test_model_rewritten_after_chain_check_rejected(
     # it. A rewrite between the two would start the deletion from another model.
     checkpoint = Path(shutil.copytree(honest_run.out_dir, tmp_path / "first"))
     model = checkpoint / "model.safetensors"
-    calls = _rewrite_before(monkeypatch, issue, "_warn_other_issuers", model, "replace")
+    calls = _rewrite_before(monkeypatch, issue, "warn_other_issuers", model, "replace")
     out = tmp_path / "runs" / "out"
     outcome = run_cli(["issue", "--checkpoint", checkpoint, "--modality", "text",
                        "--epsilon", "1", "--steps", "2", "--proxy-sample", "0",

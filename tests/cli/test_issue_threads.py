@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cli_support import IssuerKeys
 
-from mbd_cert import _issue_steps, signing
+from mbd_cert import _issue_release, _issue_steps, signing
 from mbd_cert.issue import IssueOptions, issue
 
 
@@ -117,23 +117,23 @@ def _record_threads(monkeypatch, name: str) -> list[str]:
     return runners
 
 
-def _delay(monkeypatch, name: str, seconds: float = 0.5) -> None:
-    """Make ``_issue_steps.<name>`` start late, so the other thread gets ahead."""
+def _delay(monkeypatch, name: str, seconds: float = 0.5, module=_issue_steps) -> None:
+    """Make ``module.<name>`` start late, so the other thread gets ahead."""
     import time
 
-    real = getattr(_issue_steps, name)
+    real = getattr(module, name)
 
     def delayed(*args, **kwargs):
         time.sleep(seconds)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_issue_steps, name, delayed)
+    monkeypatch.setattr(module, name, delayed)
 
 
 @pytest.mark.parametrize("slow", ["proxy check", "update"])
 def test_utility_before_runs_on_the_first_free_thread(slow, monkeypatch, tmp_path,
                                                       tiny_checkpoint, issuer_keys):
-    runners = _record_threads(monkeypatch, "_utility_before")
+    runners = _record_threads(monkeypatch, "utility_before_deletion")
     baseline = _issue(tiny_checkpoint, tmp_path / "first", issuer_keys)["metrics"]["utility"]
     _delay(monkeypatch, "measure_proxy_quality" if slow == "proxy check" else "masked_update")
     runners.clear()
@@ -148,9 +148,11 @@ def test_utility_before_runs_on_the_first_free_thread(slow, monkeypatch, tmp_pat
 @pytest.mark.parametrize("slow", ["proxy check", "writes"])
 def test_utility_after_goes_to_the_free_thread(slow, monkeypatch, tmp_path,
                                                tiny_checkpoint, issuer_keys):
-    runners = _record_threads(monkeypatch, "_utility_after")
-    _delay(monkeypatch, "measure_proxy_quality" if slow == "proxy check"
-           else "write_chain_copies")
+    runners = _record_threads(monkeypatch, "utility_after_deletion")
+    if slow == "proxy check":
+        _delay(monkeypatch, "measure_proxy_quality")
+    else:
+        _delay(monkeypatch, "write_chain_copies", module=_issue_release)
     doc = _issue(tiny_checkpoint, tmp_path / "out", issuer_keys)
     # A slow proxy check leaves the job to the main thread. Slow writes on the main
     # thread let the second thread, done with its check, take the job.

@@ -102,7 +102,7 @@ def test_two_issuer_chain_warns(honest_run: HonestRun,
     other = tmp_path / "other"
     assert run_cli(["keygen", "--out", other]).exit_code == 0
     second = tmp_path / "vision"
-    with caplog.at_level(logging.WARNING, logger="mbd_cert.issue"):
+    with caplog.at_level(logging.WARNING, logger="mbd_cert._issue_inputs"):
         assert _delete(honest_run.out_dir, "vision", other.with_suffix(".key"),
                        second).exit_code == 0
     assert "signed with other keys" in caplog.text

@@ -121,20 +121,20 @@ def test_issue_threads_set_and_restored(monkeypatch, threads):
     ids=["declared-below-clip", "one-rerun", "large-delta", "huge-epsilon", "epsilon-above-10"],
 )
 def test_weak_settings_warn(caplog, changes, expected):
-    from mbd_cert.issue import _warn_weak_settings
+    from mbd_cert._issue_options import warn_weak_settings
 
-    with caplog.at_level("WARNING", logger="mbd_cert.issue"):
-        _warn_weak_settings(_options(**changes))
+    with caplog.at_level("WARNING", logger="mbd_cert._issue_options"):
+        warn_weak_settings(_options(**changes))
     assert expected in caplog.text
 
 
 def test_default_settings_do_not_warn(caplog):
-    from mbd_cert.issue import _warn_weak_settings
+    from mbd_cert._issue_options import warn_weak_settings
 
-    with caplog.at_level("WARNING", logger="mbd_cert.issue"):
-        _warn_weak_settings(_options())
-        _warn_weak_settings(_options(sensitivity_method="declared", sensitivity=0.002))
-        _warn_weak_settings(_options(epsilon=10.0))
+    with caplog.at_level("WARNING", logger="mbd_cert._issue_options"):
+        warn_weak_settings(_options())
+        warn_weak_settings(_options(sensitivity_method="declared", sensitivity=0.002))
+        warn_weak_settings(_options(epsilon=10.0))
     assert caplog.text == ""
 
 
@@ -145,9 +145,9 @@ def test_small_mask_warning_matches_level_2():
 
 
 def test_membership_warning_matches_level_3():
-    from mbd_cert import _issue_steps, verify_leakage
+    from mbd_cert import _issue_preflight, verify_leakage
 
-    assert _issue_steps.MEMBERSHIP_MIN_GROUP == verify_leakage.MIN_GROUP
+    assert _issue_preflight.MEMBERSHIP_MIN_GROUP == verify_leakage.MIN_GROUP
 
 
 def test_probe_minimum_matches_level_3():

@@ -260,6 +260,8 @@ def test_projection_states_power_against_unclipped(honest, honest_report):
 # with their private helpers.
 ISSUER_ROUTINES = {
     "mbd_cert.saliency", "mbd_cert.update", "mbd_cert.issue", "mbd_cert._issue_steps",
+    "mbd_cert._issue_options", "mbd_cert._issue_privacy", "mbd_cert._issue_inputs",
+    "mbd_cert._issue_preflight", "mbd_cert._issue_utility", "mbd_cert._issue_release",
     "mbd_cert.sensitivity", "mbd_cert.proxy_quality", "mbd_cert._linear_per_sample",
     "mbd_cert._frozen_memo", "mbd_cert._zeroed_linear",
 }

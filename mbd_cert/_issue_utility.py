@@ -1,0 +1,72 @@
+"""Compute the utility metrics of an issue on the held-out evaluation set.
+
+The certificate's ``metrics.utility`` compares the model before the deletion, with all
+modalities and with the deleted one missing, against the released model. Both models
+run in float32, as they are released.
+
+Stability: internal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from mbd_cert._torch_model import build_model, predict, probe_batch
+from mbd_cert.checkpoint import ProbeSet
+from mbd_cert.metrics import regression_metrics
+
+
+def utility_before_deletion(
+    architecture: Any,
+    config: Mapping[str, Any],
+    pre_tensors: Mapping[str, np.ndarray],
+    evaluation: ProbeSet | None,
+    modality: str,
+) -> dict[str, Any] | None:
+    """Return the pre-deletion metrics, with all modalities and without ``modality``."""
+    if evaluation is None:
+        return None
+    pre, batch, label = _evaluation_model(architecture, config, pre_tensors, evaluation)
+    present = batch["present"].clone()
+    present[:, evaluation.modalities.index(modality)] = False
+    missing = {**batch, "present": present}
+    return {
+        "all": regression_metrics(predict(pre, batch), label),
+        f"missing_{modality}": regression_metrics(predict(pre, missing), label),
+    }
+
+
+def utility_after_deletion(
+    architecture: Any,
+    post_config: Mapping[str, Any],
+    post_tensors: Mapping[str, np.ndarray],
+    evaluation: ProbeSet | None,
+    modality: str,
+) -> dict[str, Any] | None:
+    """Return the released model's metrics with ``modality`` deleted."""
+    if evaluation is None:
+        return None
+    post, batch, label = _evaluation_model(architecture, post_config, post_tensors, evaluation)
+    return {f"deleted_{modality}": regression_metrics(predict(post, batch), label)}
+
+
+def _evaluation_model(
+    architecture: Any, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
+    evaluation: ProbeSet,
+) -> tuple[torch.nn.Module, dict[str, Any], np.ndarray]:
+    """Return the float32 model, as it is released, with the evaluation batch and labels."""
+    model = build_model(architecture, config, tensors, dtype=torch.float32)
+    return (model, probe_batch(evaluation, dtype=torch.float32),
+            evaluation.label.astype(np.float64))
+
+
+def utility_member(evaluation: ProbeSet | None, before: dict[str, Any] | None,
+                   after: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the certificate's ``metrics.utility`` member."""
+    if evaluation is None or before is None or after is None:
+        return {"split": "none", "note": "no evaluation set was given"}
+    return {"split": "eval", "n": evaluation.size, "before": before, "after": after}
