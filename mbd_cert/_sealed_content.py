@@ -133,12 +133,9 @@ class ContentSink:
             size = entry.get("size") if isinstance(entry, dict) else None
             if not isinstance(size, int) or size < 0:
                 raise SealedBundleInvalid(f"{self._source}: a listed file has no valid size")
-            try:
-                path = _paths.resolve_artefact(self._out_dir, entry.get("path"),
-                                               field="sealed path")
-            except InputError as error:
-                raise SealedBundleInvalid(f"{self._source}: listed path is unsafe "
-                                          f"({error.message})") from error
+            # A path that escapes the directory is E_UNSAFE_PATH (exit 2), as for every
+            # artefact path, signed or not.
+            path = _paths.resolve_artefact(self._out_dir, entry.get("path"), field="sealed path")
             # A name listed twice would overwrite its first file, so it counts as in use.
             in_use = path.exists() or any(path == earlier for earlier, _ in files)
             if len(path.relative_to(self._out_dir).parts) != 1 or in_use:

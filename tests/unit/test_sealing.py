@@ -234,19 +234,31 @@ def test_repeated_listed_name_invalid(tmp_path: Path) -> None:
     assert "not a new plain file name" in info.value.message
 
 
-@pytest.mark.parametrize("listed", ["../a.bin", "/tmp/a.bin", 7, "sub/a.bin"])
-def test_unsafe_listed_path_invalid(tmp_path: Path, listed: Any) -> None:
-    # R-SEAL-2: the listing authenticated under the recipient's key, so a path that
-    # leaves the directory is a false bundle (exit 1), not unusable input (exit 2).
+@pytest.mark.parametrize("listed", ["../a.bin", "/tmp/a.bin", 7])
+def test_unsafe_listed_path_rejected(tmp_path: Path, listed: Any) -> None:
+    # R-SEAL-2: a listed path that escapes the directory is refused before anything is
+    # written, with the code of every unsafe artefact path.
     from tests.vectors.make_chain_vectors import _seal_listing
 
     key = X25519PrivateKey.generate()
     sealed = _seal_listing(tmp_path / "x.sealed", [{"path": listed, "size": 1}], b"a",
                            key.public_key(), CERT_ID)
+    with pytest.raises(InputError) as info:
+        open_into(sealed, tmp_path, key)
+    assert info.value.code == "E_UNSAFE_PATH"
+    assert not (tmp_path / "a.bin").exists()
+
+
+def test_listing_not_json_invalid(tmp_path: Path) -> None:
+    # R-SEAL-2: the listing authenticated, so the issuer wrote it: a false bundle.
+    from tests.vectors.make_chain_vectors import _seal_content
+
+    key = X25519PrivateKey.generate()
+    sealed = _seal_content(tmp_path / "x.sealed", b"{not json", b"", key.public_key(), CERT_ID)
     with pytest.raises(SealedBundleInvalid) as info:
         open_into(sealed, tmp_path, key)
     assert info.value.exit_code == 1
-    assert "listed path" in info.value.message
+    assert "not valid JSON" in info.value.message
 
 
 def test_bytes_after_listed_files_invalid(tmp_path: Path) -> None:

@@ -61,10 +61,21 @@ def _seal_listing(
     Written from the SPEC rather than with :func:`mbd_cert.sealing.seal_files`, which
     cannot produce a listing that disagrees with its content.
     """
-    raw = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     content = json.dumps(
         {"format": sealing.CONTENT_FORMAT, "certificate_id": certificate_id, "files": listing}
     ).encode()
+    return _seal_content(path, content, payload, recipient, certificate_id)
+
+
+def _seal_content(
+    path: Path,
+    content: bytes,
+    payload: bytes,
+    recipient: X25519PublicKey,
+    certificate_id: str,
+) -> Path:
+    """Seal ``payload`` after the listing bytes ``content``, whatever they hold."""
+    raw = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     plaintext = struct.pack(">Q", len(content)) + content + payload
     # One chunk of fewer than C bytes is the last chunk (index 0, last-chunk byte 1).
     assert len(plaintext) < sealing.DEFAULT_CHUNK_BYTES
