@@ -61,6 +61,8 @@ _HUGE = 1e75
 class LinearMoments:
     """Weighted sums over the samples, not yet divided by the weight total.
 
+    No two values share memory, so a caller may add to them in place.
+
     Attributes:
         first: Name -> float64 ``sum_i w_i g_i``.
         second: Name -> float64 ``sum_i w_i g_i**2``.
@@ -169,10 +171,16 @@ def _closed_form(usable: Mapping[str, _Owner], chosen: Mapping[str, torch.Tensor
                                     allow_unused=True)
     output_grads = iter(gradients[: len(outputs)])
     autograd = dict(zip(targets, gradients[len(outputs):], strict=True))
+    del gradients
     tolerance = SELF_CHECK_RTOL.get(values.dtype, SELF_CHECK_RTOL_OTHER)
     w = weights.to(torch.float64).unsqueeze(1)
     uniform = bool((w == w[0, 0]).all())
     failed = set()
+
+    def check(name: str, plain: torch.Tensor) -> bool:
+        # Popped, so each autograd gradient is freed once its tensor is checked.
+        return _agrees(plain, autograd.pop(name), tolerance)
+
     for owner in usable.values():
         xs = [x.detach().to(torch.float64) for x, _ in owner.calls]
         dys = [_float64_or_zeros(next(output_grads), y) for _, y in owner.calls]
@@ -182,15 +190,17 @@ def _closed_form(usable: Mapping[str, _Owner], chosen: Mapping[str, torch.Tensor
                          "does not; using vmap", _HUGE)
             failed.update(owner.names())
             continue
-        for name, (plain, first, second) in _owner_sums(owner, xs, dys, w, uniform).items():
-            finite = bool(torch.isfinite(first).all() and torch.isfinite(second).all())
-            if finite and _agrees(plain, autograd[name], tolerance):
+        sums = _owner_sums(owner, xs, dys, w, uniform, check)
+        for name in owner.names():
+            first, second = sums.pop(name, (None, None))
+            if first is not None and second is not None and bool(
+                    torch.isfinite(first).all() and torch.isfinite(second).all()):
                 result.first[name] = first
                 result.second[name] = second
             else:
                 logger.debug("closed-form gradient of '%s' differs from autograd (relative "
-                             "tolerance %g): the parameter is used outside its module's "
-                             "forward; using vmap", name, tolerance)
+                             "tolerance %g) or is not finite: the parameter is used outside "
+                             "its module's forward; using vmap", name, tolerance)
                 failed.add(name)
     return failed
 
@@ -213,10 +223,14 @@ def _float64_or_zeros(gradient: torch.Tensor | None, like: torch.Tensor) -> torc
 
 def _owner_sums(
     owner: _Owner, xs: list[torch.Tensor], dys: list[torch.Tensor], w: torch.Tensor,
-    uniform: bool,
-) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Return name -> (unweighted gradient, weighted first sum, weighted second sum).
+    uniform: bool, check: Callable[[str, torch.Tensor], bool],
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Return name -> (weighted first sum, weighted second sum) for the names that pass.
 
+    ``check(name, plain)`` receives the unweighted gradient ``sum_c dy_c^T x_c`` first;
+    a name it rejects gets no sums. The unweighted gradient is freed before the second
+    sum is formed, so besides its autograd gradient a Linear weight needs at most two
+    float64 tensors of its size at a time.
     ``w`` is [n, 1], and ``uniform`` is True when all its entries are equal.
     """
     module = owner.module
@@ -225,32 +239,36 @@ def _owner_sums(
     if owner.weight is not None:
         shape = module.weight.shape
         if calls == 0:
-            zero = torch.zeros(shape, dtype=torch.float64)
-            sums[owner.weight] = (zero, zero, zero)
+            # Two tensors, not one twice: the caller adds later chunks in place.
+            if check(owner.weight, torch.zeros(shape, dtype=torch.float64)):
+                sums[owner.weight] = (torch.zeros(shape, dtype=torch.float64),
+                                      torch.zeros(shape, dtype=torch.float64))
         else:
             x_all = torch.cat(xs)
             dy_all = torch.cat(dys)
             plain = dy_all.t() @ x_all
-            # Equal weights (0/1 presence, or the ones of the update) save a matmul.
-            first = (plain * w[0, 0] if uniform else
-                     (dy_all * w.repeat(calls, 1)).t() @ x_all)
-            # All k(k+1)/2 pairs c <= d in one matmul, off-diagonal pairs counted twice.
-            left, right = [], []
-            for c in range(calls):
-                for d in range(c, calls):
-                    factor = 1.0 if c == d else 2.0
-                    left.append((factor * w) * dys[c] * dys[d])
-                    right.append(xs[c] * xs[d])
-            second = torch.cat(left).t() @ torch.cat(right)
-            sums[owner.weight] = (plain, first, second)
+            if check(owner.weight, plain):
+                # Equal weights (0/1 presence, or the ones of the update) save a matmul.
+                first = (plain * w[0, 0] if uniform else
+                         (dy_all * w.repeat(calls, 1)).t() @ x_all)
+                del plain
+                # All k(k+1)/2 pairs c <= d in one matmul, off-diagonal pairs counted twice.
+                left, right = [], []
+                for c in range(calls):
+                    for d in range(c, calls):
+                        factor = 1.0 if c == d else 2.0
+                        left.append((factor * w) * dys[c] * dys[d])
+                        right.append(xs[c] * xs[d])
+                second = torch.cat(left).t() @ torch.cat(right)
+                sums[owner.weight] = (first, second)
     if owner.bias is not None:
         out = module.out_features
         per_sample = (torch.stack(dys).sum(dim=0) if calls else
                       torch.zeros(1, out, dtype=torch.float64))
-        plain = per_sample.sum(dim=0)
-        first = (w * per_sample).sum(dim=0)
-        second = (w * per_sample * per_sample).sum(dim=0)
-        sums[owner.bias] = (plain, first, second)
+        if check(owner.bias, per_sample.sum(dim=0)):
+            first = (w * per_sample).sum(dim=0)
+            second = (w * per_sample * per_sample).sum(dim=0)
+            sums[owner.bias] = (first, second)
     return sums
 
 

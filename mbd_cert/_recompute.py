@@ -18,7 +18,7 @@ Stability: internal.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
@@ -112,15 +112,21 @@ def gradient_and_fisher(
         first.update(sums.first)
         second.update(sums.second)
         remaining = sums.fallback
+        # Dropped, so first and second keep the only references and the division
+        # below frees each sum.
+        del sums
     if remaining:
         vmap_first, vmap_second = _vmap_sums(wrapper, values, remaining, batch, weight_array,
                                              kept)
         first.update(vmap_first)
         second.update(vmap_second)
-    return (
-        {name: first[name] / total for name in names},
-        {name: second[name] / total for name in names},
-    )
+        del vmap_first, vmap_second
+    # Each sum is replaced by its mean in turn, so only one extra tensor is alive at a
+    # time instead of a second pair of parameter-sized dicts.
+    for name in names:
+        first[name] = first.pop(name) / total
+        second[name] = second.pop(name) / total
+    return first, second
 
 
 def _closed_form_sums(
@@ -157,10 +163,17 @@ def _closed_form_sums(
         sums = _fisher_linear.linear_moments(model, names, forward,
                                              torch.from_numpy(weight_array[rows]))
         rejected.update(sums.fallback)
-        for name, value in sums.first.items():
-            total.first[name] = total.first[name] + value if name in total.first else value
-            total.second[name] = (total.second[name] + sums.second[name]
-                                  if name in total.second else sums.second[name])
+        # Added in place and popped, so each chunk's sums are freed as they are added
+        # and no third copy forms. The totals are the first chunk's own tensors, which
+        # linear_moments returns unshared.
+        for name in list(sums.first):
+            value, square = sums.first.pop(name), sums.second.pop(name)
+            if name in total.first:
+                total.first[name].add_(value)
+                total.second[name].add_(square)
+            else:
+                total.first[name], total.second[name] = value, square
+            del value, square
     total.fallback = [name for name in names if name in rejected]
     for name in total.fallback:
         total.first.pop(name, None)
@@ -216,15 +229,20 @@ def _vmap_sums(
 
 def saliency_scores(
     model: torch.nn.Module,
-    gradient: Mapping[str, torch.Tensor],
-    fisher: Mapping[str, torch.Tensor],
+    gradient: MutableMapping[str, torch.Tensor],
+    fisher: MutableMapping[str, torch.Tensor],
 ) -> dict[str, np.ndarray]:
-    """Return the second-order leave-one-out estimate -g theta + H theta**2 / 2 per entry."""
+    """Return the second-order leave-one-out estimate -g theta + H theta**2 / 2 per entry.
+
+    Empties ``gradient`` and ``fisher``: each tensor's pair is removed once its score
+    is formed, so the three never coexist whole (each is one float64 copy of the
+    eligible parameters).
+    """
     values = dict(model.named_parameters())
     scores = {}
-    for name in gradient:
+    for name in list(gradient):
         theta = values[name].detach().to(torch.float64)
-        score = theta * (0.5 * fisher[name] * theta - gradient[name])
+        score = theta * (0.5 * fisher.pop(name) * theta - gradient.pop(name))
         scores[name] = score.numpy()
     return scores
 
@@ -257,15 +275,17 @@ class Ranking:
     cut: float
 
 
-def rank_top_k(scores: Mapping[str, np.ndarray], top_k_fraction: float) -> Ranking:
+def rank_top_k(scores: MutableMapping[str, np.ndarray], top_k_fraction: float) -> Ranking:
     """Select the k entries of largest |score|, ties by flat index ascending (R-SAL-2).
+
+    Empties ``scores``: each tensor's scores are removed once their |score| is copied
+    into the flat ``magnitude``, so the two are never both held whole.
 
     Raises:
         ValueError: There is no eligible entry.
     """
     names = sorted(scores)
-    magnitude = np.concatenate([np.abs(scores[n]).reshape(-1) for n in names]) if names else \
-        np.zeros(0)
+    magnitude = _pop_magnitudes(scores, names)
     if magnitude.size == 0:
         raise ValueError("no eligible parameter entry")
     k = mask_count(int(magnitude.size), top_k_fraction)
@@ -285,6 +305,19 @@ def rank_top_k(scores: Mapping[str, np.ndarray], top_k_fraction: float) -> Ranki
     return Ranking(names, magnitude, selected, cut)
 
 
+def _pop_magnitudes(scores: MutableMapping[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
+    """Return |score| of ``names`` concatenated in that order, popping each from ``scores``."""
+    # The dtype np.concatenate would give, from the distinct dtypes (few in number).
+    dtype = np.result_type(*{scores[n].dtype for n in names}) if names else np.float64
+    magnitude = np.empty(sum(int(scores[n].size) for n in names), dtype=dtype)
+    start = 0
+    for name in names:
+        values = scores.pop(name).reshape(-1)
+        np.abs(values, out=magnitude[start : start + values.size])
+        start += values.size
+    return magnitude
+
+
 def tie_band(magnitude: np.ndarray, cut: float, tolerance: float) -> np.ndarray:
     """Return the entries a recomputed mask may swap with the committed one (R-SAL-3).
 
@@ -297,7 +330,10 @@ def tie_band(magnitude: np.ndarray, cut: float, tolerance: float) -> np.ndarray:
     """
     if cut == 0.0:
         return np.zeros(magnitude.shape, dtype=bool)
-    band: np.ndarray = np.abs(magnitude - cut) <= tolerance * cut
+    # One temporary, its absolute value taken in place.
+    distance = magnitude - cut
+    np.abs(distance, out=distance)
+    band: np.ndarray = distance <= tolerance * cut
     return band
 
 
@@ -350,10 +386,13 @@ def masked_update(
             "probe set has 0 samples; the masked update needs at least 1 (SPEC.md, R-PRB-1)",
             hint="use the probe set written with the checkpoint by 'mbd-cert train'",
         )
-    _, fisher = gradient_and_fisher(model, names, objective, batch, np.ones(n),
-                                    closed_form=closed_form)
-    scale = {name: mask_t[name].to(torch.float64) / (fisher[name].sqrt() + damping)
-             for name in names}
+    fisher = gradient_and_fisher(model, names, objective, batch, np.ones(n),
+                                 closed_form=closed_form)[1]
+    # The Fisher is dropped tensor by tensor as its preconditioner is formed, so the
+    # two are never both held whole.
+    scale = {}
+    for name in names:
+        scale[name] = mask_t[name].to(torch.float64) / (fisher.pop(name).sqrt() + damping)
 
     def mean_objective(moving: dict[str, torch.Tensor]) -> torch.Tensor:
         arguments = (batch["inputs"], batch["present"], batch["label"])
@@ -373,10 +412,18 @@ def masked_update(
     theta = dict(start)
     for _ in range(steps):
         g = gradient_of(theta)
-        theta = {name: theta[name] - learning_rate * g[name] * scale[name] for name in names}
-    displacement = {name: (theta[name] - start[name]).numpy() for name in names}
+        # Each new tensor replaces its predecessor at once, and the gradient goes with
+        # it, so a step keeps only theta, g and one new tensor alive.
+        for name in names:
+            theta[name] = theta[name] - learning_rate * g.pop(name) * scale[name]
+    del scale
+    displacement = {}
+    for name in names:
+        displacement[name] = (theta.pop(name) - start[name]).numpy()
     raw_norm = math.sqrt(sum(float(np.square(d).sum()) for d in displacement.values()))
     factor = min(1.0, clip_norm / raw_norm) if raw_norm > 0 else 1.0
-    clipped = {name: np.where(masks[name], d * factor, 0.0) for name, d in displacement.items()}
+    clipped = {}
+    for name in names:
+        clipped[name] = np.where(masks[name], displacement.pop(name) * factor, 0.0)
     norm = math.sqrt(sum(float(np.square(d).sum()) for d in clipped.values()))
     return Update(clipped, raw_norm, norm)

@@ -253,7 +253,11 @@ def _check_saliency(doc: Mapping[str, Any], bundle: Bundle,
             closed_form=bundle.architecture.independent_samples)
     except VmapFailure as failure:
         raise vmap_error(failure, objective_name, hint) from failure.__cause__
+    # saliency_scores empties gradient and fisher, and rank_top_k empties scores. Each
+    # is a float64 copy of the eligible parameters, and the float64 model is not needed
+    # after the scores either, so the ranking below runs without them.
     scores = _recompute.saliency_scores(model, gradient, fisher)
+    del model
     nonfinite = int(sum(np.count_nonzero(~np.isfinite(v)) for v in scores.values()))
     if nonfinite:
         # A ranking of NaN scores would be the flat-index order, which a forger can
@@ -387,11 +391,18 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
                          int(doc["update"]["steps"]), bundle.probe.size,
                          runs=reruns - EVIDENCE_SPOT_CHECKS if reruns else 0,
                          source="certificate")
+    # NOTE: level 2 reads whole models instead of streaming tensors. It keeps the diff in
+    # float64 and builds the model in float64, and at its peak (the closed-form Fisher
+    # of a later probe chunk) it holds about 8 float64 copies of the eligible parameters
+    # (benchmarks/bench_level2_memory.py, docs/benchmarks.md).
     pre = rebuild_pre(bundle)
     step()
 
     # Step 1 (SPEC §8.1, R-L2-1): post - diff reproduces the committed pre-deletion model.
     rebuilt = report.run("pre-rebuild", "R-L2-1", lambda: _check_pre_rebuild(doc, pre, bundle))
+    # No later step reads the released model, and pre keeps the tensors the diff leaves
+    # unchanged, so dropping post frees a copy of the model in its own dtype.
+    bundle.post = {}
     step()
 
     # Step 2 (R-L2-2): the mask tensors are the committed mask of the stated size.
