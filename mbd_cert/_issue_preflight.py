@@ -86,8 +86,8 @@ def check_deletion(
     config = architecture.validate_config(config_doc["config"])
     modality = options.modality
     deleted = list(config.get("deleted_modalities", []))
+    remaining = [m for m in config["modalities"] if m not in deleted]
     if modality not in config["modalities"]:
-        remaining = [m for m in config["modalities"] if m not in deleted]
         raise InputError(
             f"modality {modality!r} is not in the model's modalities {config['modalities']}",
             hint=f"pass --modality with one that the model still uses: {', '.join(remaining)}",
@@ -95,9 +95,9 @@ def check_deletion(
         )
     if modality in deleted:
         raise IssuanceError(
-            f"modality {modality!r} is already deleted from this model",
-            hint="pick a modality the model still uses; 'mbd-cert inspect' on the "
-            "previous certificate lists the deleted ones",
+            f"modality {modality!r} is already deleted from this model (deleted: "
+            f"{', '.join(deleted)})",
+            hint=f"pass --modality with one that the model still uses: {', '.join(remaining)}",
         )
     if len(deleted) > len(previous):
         # Each certified deletion adds one modality, so the chain needs at least as many

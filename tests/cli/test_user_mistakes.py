@@ -97,6 +97,14 @@ def test_last_modality_cannot_be_deleted(honest_run: HonestRun, tmp_path: Path):
     assert not (tmp_path / "text").exists()
 
 
+def test_deleted_modality_again_names_remaining(honest_run: HonestRun, tmp_path: Path):
+    outcome = _delete(honest_run.out_dir, "audio", honest_run.private_key, tmp_path / "again")
+    assert outcome.exit_code == 1
+    assert "already deleted from this model (deleted: audio)" in outcome.stderr
+    assert "one that the model still uses: text, vision" in outcome.stderr
+    assert not (tmp_path / "again").exists()
+
+
 def test_two_issuer_chain_warns(honest_run: HonestRun,
                                                           tmp_path: Path, caplog):
     other = tmp_path / "other"
