@@ -82,11 +82,16 @@ def key_base(root: Path, policy_file: Path | None) -> tuple[Path, str]:
     policy file's own directory. A policy kept out of a pull request (a CI checks out
     the base branch's copy) must not take its keys from the pull request's tree, which
     could replace them (SPEC.md, section 16). Also returns the words that name it.
+
+    Where the directory lies is decided after symbolic links, as the files are read:
+    a path that passes through a link in the repository to a folder outside it names
+    an outside policy, and a root given through a link still contains its policy.
     """
     if policy_file is not None:
         policy_dir = Path(os.path.abspath(policy_file)).parent
-        repository = Path(os.path.abspath(root))
-        if repository != policy_dir and repository not in policy_dir.parents:
+        real_dir = Path(os.path.realpath(policy_dir))
+        repository = Path(os.path.realpath(root))
+        if repository != real_dir and repository not in real_dir.parents:
             return policy_dir, "the policy file's directory"
     return root, "the repository root"
 

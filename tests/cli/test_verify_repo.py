@@ -448,6 +448,37 @@ def test_policy_inside_root_keys_resolve_in_root(repo):
     assert _run(repo, "--policy", policy).exit_code == 0
 
 
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
+def test_policy_linked_from_outside_root(repo, tmp_path):
+    # The policy path passes through a link in ROOT, but the file lies outside ROOT.
+    # Its keys therefore come from its own folder, not from the replaced tree key.
+    trusted = tmp_path / "trusted"
+    (trusted / "keys").mkdir(parents=True)
+    shutil.copy(repo / "keys" / "issuer.pub", trusted / "keys" / "issuer.pub")
+    (trusted / "policy.toml").write_text('trusted_keys = ["keys/issuer.pub"]\n')
+    _, foreign_public = signing.write_keypair(tmp_path / "foreign")
+    shutil.copy(foreign_public, repo / "keys" / "issuer.pub")
+    os.symlink(trusted, repo / "trusted")
+
+    result = _run(repo, "--policy", repo / "trusted" / "policy.toml")
+
+    assert result.exit_code == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
+def test_root_given_through_link(repo, tmp_path):
+    # The same repository named through a link keeps root-relative key paths.
+    (repo / "ci").mkdir()
+    policy = repo / "ci" / "policy.toml"
+    policy.write_text('trusted_keys = ["keys/issuer.pub"]\n')
+    link = tmp_path / "checkout"
+    os.symlink(repo, link)
+
+    result = _run(link, "--policy", policy)
+
+    assert result.exit_code == 0, result.stdout + result.stderr
+
+
 def test_no_trusted_key_exit_2(repo):
     result = _run(repo)
     assert result.exit_code == 2
