@@ -45,13 +45,26 @@ def header_index(root: Path) -> HeaderIndex:
     return index
 
 
-def pre_deletion_copies(committed: dict[str, object], index: HeaderIndex) -> list[Path]:
-    """Return the indexed files that are the committed pre-deletion model, byte for byte."""
+def pre_deletion_copies(committed: dict[str, object], index: HeaderIndex,
+                        file_digests: dict[Path, str | None] | None = None) -> list[Path]:
+    """Return the indexed files that are the committed pre-deletion model, byte for byte.
+
+    ``file_digests`` caches each file's full digest across calls. Every certificate
+    checks each link of its chain, and models of one architecture share a header
+    digest, so without it a large model would be read in full once per link checked.
+    """
     header = committed.get("header_digest")
     whole = committed.get("file_digest")
     if not isinstance(header, str) or not isinstance(whole, str):
         return []
-    return [path for path in index.get(header, []) if _file_digest(path) == whole]
+    cache: dict[Path, str | None] = {} if file_digests is None else file_digests
+    copies = []
+    for path in index.get(header, []):
+        if path not in cache:
+            cache[path] = _file_digest(path)
+        if cache[path] == whole:
+            copies.append(path)
+    return copies
 
 
 def _open_regular(path: Path) -> int | None:

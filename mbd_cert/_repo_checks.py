@@ -80,6 +80,8 @@ def check_published_pre_deletion(root: Path, results: Sequence[RepoResult]) -> N
     from mbd_cert.report import CheckResult
 
     index = header_index(root)
+    # One full hash per file for the whole run, however many links point at its header.
+    file_digests: dict[Path, str | None] = {}
     for result in results:
         doc = result.certificate_doc
         if doc is None:
@@ -90,7 +92,8 @@ def check_published_pre_deletion(root: Path, results: Sequence[RepoResult]) -> N
         # The model before an earlier deletion of the chain holds that deletion's
         # encoder and every later one, so it undoes them all.
         for position, link in enumerate([*earlier, doc], start=1):
-            copies = pre_deletion_copies(link["subject_model"]["pre_deletion"], index)
+            copies = pre_deletion_copies(link["subject_model"]["pre_deletion"], index,
+                                         file_digests)
             if not copies:
                 continue
             found += len(copies)

@@ -264,6 +264,45 @@ def test_verify_repo_finds_model_before_earlier_deletion(honest_run: HonestRun,
     assert "deleted audio encoder" in check["detail"]
 
 
+def test_pre_deletion_scan_hashes_once(honest_run: HonestRun,
+                                                 issuer_keys: IssuerKeys, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch):
+    """R-REPO-9: a file that several certificates' chains point at is hashed in full once.
+
+    Each certificate of a chain checks the pre-deletion models of all its links, so
+    without a cache a model of one architecture would be read again for every
+    certificate whose chain contains that link: gigabytes per certificate.
+    """
+    from mbd_cert import _published_models
+
+    second = tmp_path / "second"
+    issued = run_cli(["issue", "--checkpoint", honest_run.out_dir, "--modality", "vision",
+                      "--epsilon", "1", "--steps", "2", "--key", issuer_keys.private,
+                      "--out", second])
+    assert issued.exit_code == 0, issued.stderr
+    root = tmp_path / "repo"
+    for version, source, names in [
+            ("v1", honest_run.out_dir, ["cert.json", "model.safetensors"]),
+            ("v2", second, ["cert.json", "model.safetensors", "chain-00001.json"])]:
+        (root / version).mkdir(parents=True)
+        for name in names:
+            shutil.copy(source / name, root / version / name)
+    shutil.copy(honest_run.checkpoint / "model.safetensors", root / "original.safetensors")
+    hashed: list[Path] = []
+    file_digest = _published_models._file_digest
+
+    def counting(path: Path) -> str | None:
+        hashed.append(path)
+        return file_digest(path)
+
+    monkeypatch.setattr(_published_models, "_file_digest", counting)
+    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public])
+
+    assert outcome.exit_code == 1, outcome.stderr
+    assert root / "original.safetensors" in hashed
+    assert len(hashed) == len(set(hashed))
+
+
 def test_verify_repo_skips_git_store_for_pre_deletion(honest_run: HonestRun,
                                                       issuer_keys: IssuerKeys,
                                                       tmp_path: Path):
