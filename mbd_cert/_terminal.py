@@ -39,8 +39,13 @@ _BIDI_AND_SEPARATORS = (
 # format characters, zero-width no-break space (BOM), interlinear annotation marks and
 # the tag characters (which can spell hidden ASCII text). The joiners also shape some
 # scripts and emoji; such a name still reads, with the joiner shown as its escape.
+# Variation selectors (Mongolian, U+FE00 to U+FE0F, U+E0100 to U+E01EF) draw nothing
+# after a character that has no variant, such as the dot of ".safetensors".
 _INVISIBLE = (
-    [0x00AD, 0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180E, 0x3164, 0xFEFF, 0xFFA0]
+    [0x00AD, 0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180B, 0x180C, 0x180D, 0x180E,
+     0x180F, 0x3164, 0xFEFF, 0xFFA0]
+    + list(range(0xFE00, 0xFE10))
+    + list(range(0xE0100, 0xE01F0))
     + list(range(0x200B, 0x200E))
     + list(range(0x2060, 0x2065))
     + list(range(0x206A, 0x2070))

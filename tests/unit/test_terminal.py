@@ -28,6 +28,8 @@ ESCAPES = [
     ("\u200b", "\\u200b"), ("\u200d", "\\u200d"), ("\ufeff", "\\ufeff"),
     ("\u2060", "\\u2060"), ("\u00ad", "\\xad"), ("\u3164", "\\u3164"),
     ("\U000e0041", "\\U000e0041"),
+    # Variation selectors: "model\ufe0f.safetensors" shows as "model.safetensors".
+    ("\ufe0f", "\\ufe0f"), ("\u180b", "\\u180b"), ("\U000e0100", "\\U000e0100"),
     # Lone surrogates; U+DC9B is how surrogateescape decodes the byte 0x9B (8-bit CSI).
     ("\udc9b", "\\x9b"), ("\udcff", "\\xff"), ("\ud800", "\\ud800"), ("\udc00", "\\udc00"),
 ]
