@@ -117,10 +117,35 @@ def test_numpy_core_alias_accepted():
     assert np.array_equal(loads_restricted(old_style), np.arange(3, dtype=np.float32))
 
 
-def test_object_array_rejected():
-    data = pickle.dumps(np.array([1, "x"], dtype=object))
+def test_object_array_of_strings_accepted():
+    # MMSA-style pickles keep ids and raw transcripts as object arrays of strings.
+    values = np.array(["video_1$_$0", "video_1$_$1", 3, None], dtype=object)
+    loaded = loads_restricted(pickle.dumps({"id": values}))
+    assert loaded["id"].dtype == np.dtype(object)
+    assert loaded["id"].tolist() == values.tolist()
+
+
+@pytest.mark.parametrize("entry", [{"a": 1}, [1, 2], np.zeros(2)])
+def test_object_array_of_containers_rejected(entry):
+    values = np.empty(2, dtype=object)
+    values[0], values[1] = "x", entry
     with pytest.raises(MalformedData, match="object dtype"):
-        loads_restricted(data)
+        loads_restricted(pickle.dumps(values))
+
+
+def test_structured_object_dtype_rejected():
+    values = np.zeros(2, dtype=[("a", "O"), ("b", "f4")])
+    with pytest.raises(MalformedData, match="object dtype"):
+        loads_restricted(pickle.dumps(values))
+
+
+def test_object_array_with_global_rejected():
+    import os
+
+    values = np.empty(1, dtype=object)
+    values[0] = os.getcwd
+    with pytest.raises(MalformedData, match="refusing to load pickle global"):
+        loads_restricted(pickle.dumps(values))
 
 
 def test_other_numpy_global_rejected():

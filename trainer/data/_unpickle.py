@@ -44,10 +44,17 @@ class _NdarrayType:
         raise MalformedData("refusing to call numpy.ndarray from a pickle", hint=_HINT)
 
 
+# Python values an object array may hold. MMSA-style pickles store ``id`` and
+# ``raw_text`` as object arrays of strings. The values themselves come through the
+# same restricted unpickler, so an object array can hold nothing the file could not
+# hold elsewhere; the check after loading keeps it to plain scalars.
+_PLAIN_SCALARS = (str, bytes, int, float, bool, type(None))
+
+
 def _dtype(*args: Any) -> np.dtype[Any]:
-    """Build a dtype, rejecting object dtypes, which can carry arbitrary Python objects."""
+    """Build a dtype; of the dtypes holding Python objects, only plain ``object`` passes."""
     dtype: np.dtype[Any] = np.dtype(*args)
-    if dtype.hasobject:
+    if dtype.hasobject and dtype != np.dtype(object):
         raise MalformedData(
             f"refusing to load a numpy array of object dtype {dtype!r} from a pickle",
             hint=_HINT,
@@ -286,7 +293,11 @@ _MUTATING = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "
 
 
 def _reject_object_arrays(value: Any, source: str) -> None:
-    """Reject arrays of object dtype, such as ``numpy.ndarray(shape, "O")`` built by REDUCE."""
+    """Reject object arrays holding anything but plain scalars (:data:`_PLAIN_SCALARS`).
+
+    Also catches such an array built another way, such as ``numpy.ndarray(shape, "O")``
+    by REDUCE, whose entries would be None.
+    """
     pending = [value]
     seen: set[int] = set()
     while pending:
@@ -296,9 +307,13 @@ def _reject_object_arrays(value: Any, source: str) -> None:
             continue
         seen.add(id(item))
         if isinstance(item, np.ndarray) and item.dtype.hasobject:
-            raise MalformedData(
-                f"{source}: refusing a numpy array of object dtype in a pickle", hint=_HINT
-            )
+            odd = next((entry for entry in item.flat
+                        if not isinstance(entry, _PLAIN_SCALARS)), None)
+            if item.dtype != np.dtype(object) or odd is not None:
+                raise MalformedData(
+                    f"{source}: refusing a numpy array of object dtype in a pickle that "
+                    f"holds {type(odd).__name__} values; only strings, bytes and numbers "
+                    "may be stored that way", hint=_HINT)
         if isinstance(item, dict):
             pending.extend(item.keys())
             pending.extend(item.values())
