@@ -416,8 +416,9 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                        "level-2 or level-3 policy, open each certificate's sealed "
                        "audit-bundle.sealed instead of reading a plain bundle.")
     @click.option("--strict", is_flag=True,
-                  help="Exit 1 on every warning and on each *.safetensors file that no "
-                       "certificate pairs with, as the policy key strict = true does.")
+                  help="Exit 1 on every warning and on each model file (safetensors, "
+                       "whatever its name) that no certificate pairs with, as the "
+                       "policy key strict = true does.")
     @guarded(json_flag="as_json", error_document=_error_document)
     def verify_repo(root: Path, policy_path: Path | None, key_paths: tuple[Path, ...],
                     junit_path: Path | None, as_json: bool, allow_empty: bool,

@@ -67,6 +67,28 @@ def pre_deletion_copies(committed: dict[str, object], index: HeaderIndex,
     return copies
 
 
+def has_safetensors_layout(path: Path) -> bool:
+    """Return whether ``path`` starts like a safetensors file, whatever its name.
+
+    The test reads 9 bytes: a little-endian u64 header length that fits in the file,
+    then ``{``. It has no header size cap, so that a model padded with metadata is
+    still recognised. Links, unreadable and non-regular files are not.
+    """
+    descriptor = _open_regular(path)
+    if descriptor is None:
+        return False
+    try:
+        size = os.fstat(descriptor).st_size
+        with os.fdopen(descriptor, "rb", buffering=0) as handle:
+            start = handle.read(9)
+    except OSError:
+        return False
+    if len(start) != 9:
+        return False
+    (length,) = struct.unpack("<Q", start[:8])
+    return 2 <= length <= size - 8 and start[8:] == b"{"
+
+
 def _open_regular(path: Path) -> int | None:
     # Non-blocking and without following links: a FIFO or a link swapped in after the
     # listing must not hang the run or leave the repository.

@@ -1,6 +1,6 @@
 """Models without a certificate, and verify-repo's strict mode (SPEC.md, R-REPO-10).
 
-A repository can hold a ``*.safetensors`` model that no certificate pairs with. Nothing
+A repository can hold a model file that no certificate pairs with. Nothing
 in the repository then shows that a deletion was certified for it, and verify-repo
 would pass it without a word. This module finds such files and, under the policy's
 ``strict = true`` (or ``verify-repo --strict``), turns them and every per-certificate
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mbd_cert import errors
+from mbd_cert._published_models import has_safetensors_layout
 from mbd_cert._repo_results import RepoResult
 from mbd_cert._repo_search import repository_files
 from mbd_cert.report import FAIL, CheckResult, VerificationReport
@@ -32,7 +33,15 @@ _EVALUATION_SET_NAME = "eval.safetensors"
 
 
 def uncertified_models(root: Path, results: Sequence[RepoResult]) -> list[str]:
-    """Return the ``*.safetensors`` files below ``root`` that no found certificate accounts for.
+    """Return the model files below ``root`` that no found certificate accounts for.
+
+    A model file is one named ``*.safetensors`` or one whose bytes start like a
+    safetensors file under any name (``weights.bin``, ``m.SAFETENSORS``). A pull
+    request that renamed the pre-deletion model, re-saved with other metadata so that
+    R-REPO-9 misses it, would otherwise pass strict mode. Hidden files and directories
+    are searched too, except ``.git``: a model under ``.backup/`` is as published as
+    one beside the certificate. Symbolic links are skipped, because their target is
+    searched where it lies, or is outside the repository.
 
     A file is accounted for when it is the model of a certificate of ``results``, a
     bundle file that such a certificate names (``audit_bundle.diff.path``,
@@ -49,11 +58,12 @@ def uncertified_models(root: Path, results: Sequence[RepoResult]) -> list[str]:
     accounted = _accounted_files(root, results)
     warned = {name for result in results for name in result.confidential_files}
     found = []
-    for path in repository_files(root):
-        if path.suffix != _MODEL_SUFFIX or path.resolve() in accounted \
-                or path.relative_to(root).as_posix() in warned:
+    for path in repository_files(root, hidden=True):
+        name = path.relative_to(root).as_posix()
+        if path.resolve() in accounted or name in warned:
             continue
-        found.append(path.relative_to(root).as_posix())
+        if path.name.casefold().endswith(_MODEL_SUFFIX) or has_safetensors_layout(path):
+            found.append(name)
     return sorted(found)
 
 
@@ -84,7 +94,7 @@ def _accounted_files(root: Path, results: Sequence[RepoResult]) -> set[Path]:
 
 def uncertified_model_warning(name: str) -> str:
     """Return the message for one model file that no certificate pairs with."""
-    return (f"{name}: no certificate pairs with this safetensors file (cert.json pairs "
+    return (f"{name}: no certificate pairs with this model file (cert.json pairs "
             "with model.safetensors, NAME.cert.json with NAME.safetensors), so nothing "
             "in the repository shows that a deletion was certified for it; commit its "
             "certificate beside it, or remove the file")

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from xml.etree import ElementTree
 
-from cli_support import HonestRun, IssuerKeys, Outcome, run_cli
+from cli_support import HonestRun, IssuerKeys, Outcome, publish_sealed, run_cli
 from safetensors.numpy import load_file, save_file
 
 
@@ -46,12 +46,10 @@ def test_uncertified_model_is_a_run_warning(honest_run: HonestRun, issuer_keys: 
 
 def test_accounted_files_not_reported(honest_run: HonestRun, issuer_keys: IssuerKeys,
                                       tmp_path: Path) -> None:
-    """Models, named bundle files, renamed confidential files and hidden files are skipped."""
+    """Models, named bundle files, renamed confidential files and links are skipped."""
     root = _repo(honest_run, tmp_path / "repo", ["diff.safetensors", "probe.safetensors"])
     shutil.copy(honest_run.diff, root / "models" / "diff-old.safetensors")
-    (root / "models" / ".cache").mkdir()
-    shutil.copy(honest_run.model, root / "models" / ".cache" / "copy.safetensors")
-    shutil.copy(honest_run.model, root / "models" / ".hidden.safetensors")
+    (root / "models" / "link.safetensors").symlink_to(honest_run.model)
     outcome = _verify_repo(root, issuer_keys)
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.report is not None
@@ -145,3 +143,59 @@ def test_strict_table_names_repository_failure(honest_run: HonestRun,
     row = next(line for line in lines if "the repository" in line)
     assert "FAILED" in row
     assert "uncertified-model" in outcome.stdout
+
+
+def _save_pre_deletion(run: HonestRun, path: Path) -> None:
+    """Save the pre-deletion tensors with other metadata, so R-REPO-9 cannot match the bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(load_file(run.checkpoint / "model.safetensors"), path,
+              metadata={"note": "re-saved"})
+
+
+def test_strict_fails_model_in_hidden_directory(honest_run: HonestRun,
+                                                issuer_keys: IssuerKeys,
+                                                tmp_path: Path) -> None:
+    """R-REPO-10: a model under a hidden directory is published all the same."""
+    root = _repo(honest_run, tmp_path / "repo", [])
+    _save_pre_deletion(honest_run, root / ".backup" / "weights.safetensors")
+    shutil.copy(honest_run.model, root / "models" / ".hidden.safetensors")
+    outcome = _verify_repo(root, issuer_keys, "--strict")
+    assert outcome.exit_code == 1, outcome.stderr
+    assert outcome.report is not None
+    [check] = outcome.report["checks"]
+    assert check["name"] == "uncertified-model"
+    assert check["value"] == 2
+    assert ".backup/weights.safetensors" in check["detail"]
+    assert "models/.hidden.safetensors" in check["detail"]
+
+
+def test_strict_fails_model_under_other_name(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                            tmp_path: Path) -> None:
+    """R-REPO-10: a safetensors file is a model whatever its suffix."""
+    root = _repo(honest_run, tmp_path / "repo", [])
+    names = ["models/weights.bin", "models/weights.SAFETENSORS",
+             "models/weights.safetensors\u200b"]
+    for name in names:
+        _save_pre_deletion(honest_run, root / name)
+    outcome = _verify_repo(root, issuer_keys, "--strict")
+    assert outcome.exit_code == 1, outcome.stderr
+    assert outcome.report is not None
+    [check] = outcome.report["checks"]
+    assert check["value"] == len(names)
+    for name in names:
+        assert name in check["detail"]
+
+
+def test_strict_passes_published_release(sealed_run: tuple[Path, Path],
+                                         issuer_keys: IssuerKeys, tmp_path: Path) -> None:
+    """The content test takes no certificate, sealed bundle, key or policy for a model."""
+    out, _ = sealed_run
+    root = tmp_path / "repo"
+    (root / "models").mkdir(parents=True)
+    publish_sealed(out, root / "models")
+    shutil.copy(issuer_keys.public, root / "issuer.pub")
+    (root / ".mbd-cert.toml").write_text('strict = true\ntrusted_keys = ["issuer.pub"]\n')
+    outcome = run_cli(["verify-repo", root, "--json"])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.report is not None
+    assert outcome.report["checks"] == []
