@@ -73,6 +73,21 @@ def test_hook_skips_unrelated_file(source: str, path: str) -> None:
     assert not re.search(_patterns()[source], path), path
 
 
+@pytest.mark.parametrize("source", ["pre-commit-hooks.yaml", ".pre-commit-config.example.yaml"])
+def test_hook_runs_on_every_commit(source: str) -> None:
+    """A commit that only deletes a chain link or a certificate must still run the hook.
+
+    pre-commit hands ``files`` the added, copied, modified and renamed paths only
+    (``git diff --diff-filter=ACMRTUXB``), so no pattern matches a deletion.
+    """
+    yaml = pytest.importorskip("yaml")
+    text = (CI_DIR / source).read_text()
+    document = yaml.safe_load(text)
+    hook = document[0] if source == "pre-commit-hooks.yaml" else \
+        document["repos"][0]["hooks"][0]
+    assert hook.get("always_run") is True
+
+
 def test_hook_patterns_agree() -> None:
     patterns = _patterns()
     assert patterns["pre-commit-hooks.yaml"] == patterns[".pre-commit-config.example.yaml"]
