@@ -66,6 +66,12 @@ class LoadedFile:
     header_digest: str
 
 
+# The read failed after the header parsed: the disk, a network mount or a file being
+# replaced, not the file's format.
+_UNREADABLE_HINT = ("check the disk or mount and that nothing rewrites the checkpoint, "
+                    "then run the command again")
+
+
 def load_file(path: str | os.PathLike[str], *,
               keep: Callable[[str], bool] | None = None) -> LoadedFile:
     """Read and validate a safetensors file in one pass, hashing what is read.
@@ -169,7 +175,7 @@ def _read_hashed(handle: io.FileIO, view: memoryview, hashers: tuple[Any, ...],
             got = handle.readinto(view[filled:])
         except OSError as exc:
             raise InputError(f"cannot read {header.path}: {exc.strerror}",
-                             code="E_FILE_UNREADABLE") from exc
+                             hint=_UNREADABLE_HINT, code="E_FILE_UNREADABLE") from exc
         if not got:
             raise _changed(header.path, f"it ended before the {header.file_size} bytes its "
                                         "header describes")
@@ -184,4 +190,4 @@ def _read_more(handle: io.FileIO, header: SafetensorsHeader) -> bool:
         return bool(handle.read(1))
     except OSError as exc:
         raise InputError(f"cannot read {header.path}: {exc.strerror}",
-                         code="E_FILE_UNREADABLE") from exc
+                         hint=_UNREADABLE_HINT, code="E_FILE_UNREADABLE") from exc
