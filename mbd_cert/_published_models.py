@@ -5,7 +5,8 @@ file still contains the deleted modality's encoder, so a repository that publish
 next to the release undoes the deletion for anyone who reads the repository.
 ``verify-repo`` reads the header of every file below the root once, and hashes in full
 only the files whose header digest (R-DIG-4) equals a certificate's
-``subject_model.pre_deletion.header_digest``. Format 1.0 certificates have no header
+``subject_model.pre_deletion.header_digest``. A Git LFS pointer is matched by its oid,
+the SHA-256 of the file it stands for. Format 1.0 certificates have no header
 digest and are not checked.
 
 The index is lenient: it reads only the length prefix and the header bytes and skips
@@ -21,16 +22,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import struct
 from pathlib import Path
 
+from mbd_cert._git_lfs import POINTER_PREFIX, is_pointer
 from mbd_cert._repo_search import repository_files
 
 # A safetensors header of the built-in architecture is a few kilobytes; a larger
 # claimed header is skipped unread.
 _MAX_HEADER = 1024 * 1024
 _CHUNK = 1024 * 1024
+# A Git LFS pointer is a few lines of text, under 200 bytes in practice; its oid line
+# is "oid sha256:" and 64 lowercase hex digits (the Git LFS pointer specification).
+_MAX_POINTER = 1024
+_OID = re.compile(rb"^oid sha256:([0-9a-f]{64})$", re.MULTILINE)
 
 HeaderIndex = dict[str, list[Path]]
 
@@ -43,6 +50,11 @@ def header_index(root: Path) -> HeaderIndex:
         if digest is not None:
             index.setdefault(digest, []).append(path)
     return index
+
+
+def _lfs_key(file_digest: str) -> str:
+    """Return the index key of Git LFS pointers to a file of ``file_digest``."""
+    return f"git-lfs-oid:{file_digest}"
 
 
 def pre_deletion_copies(committed: dict[str, object], index: HeaderIndex,
@@ -58,7 +70,9 @@ def pre_deletion_copies(committed: dict[str, object], index: HeaderIndex,
     if not isinstance(header, str) or not isinstance(whole, str):
         return []
     cache: dict[Path, str | None] = {} if file_digests is None else file_digests
-    copies = []
+    # A checkout without LFS holds a pointer whose oid is the file's SHA-256: the
+    # model is committed all the same, one 'git lfs pull' away.
+    copies = list(index.get(_lfs_key(whole), []))
     for path in index.get(header, []):
         if path not in cache:
             cache[path] = _file_digest(path)
@@ -106,7 +120,10 @@ def _open_regular(path: Path) -> int | None:
 
 
 def _header_digest(path: Path) -> str | None:
-    """Return ``sha256:`` of the length prefix and the header, or None for other files."""
+    """Return ``sha256:`` of the length prefix and the header, or None for other files.
+
+    For a Git LFS pointer, return the key of its oid (:func:`_lfs_key`) instead.
+    """
     descriptor = _open_regular(path)
     if descriptor is None:
         return None
@@ -115,6 +132,11 @@ def _header_digest(path: Path) -> str | None:
             prefix = handle.read(8)
             if len(prefix) != 8:
                 return None
+            if POINTER_PREFIX.startswith(prefix):
+                # b"version " read as a header length is far above the cap, so the
+                # two kinds of file cannot be confused.
+                text = prefix + handle.read(_MAX_POINTER)
+                return _pointer_key(text) if is_pointer(text) else None
             (length,) = struct.unpack("<Q", prefix)
             if not 2 <= length <= _MAX_HEADER:
                 return None
@@ -124,6 +146,12 @@ def _header_digest(path: Path) -> str | None:
     if len(text) != length or not text.startswith(b"{"):
         return None
     return "sha256:" + hashlib.sha256(prefix + text).hexdigest()
+
+
+def _pointer_key(text: bytes) -> str | None:
+    """Return the index key of the Git LFS pointer ``text``, or None without an oid."""
+    match = _OID.search(text)
+    return _lfs_key("sha256:" + match.group(1).decode()) if match else None
 
 
 def _file_digest(path: Path) -> str | None:

@@ -303,6 +303,28 @@ def test_pre_deletion_scan_hashes_once(honest_run: HonestRun,
     assert len(hashed) == len(set(hashed))
 
 
+def test_verify_repo_finds_lfs_pointer_to_pre_deletion_model(honest_run: HonestRun,
+                                                             issuer_keys: IssuerKeys,
+                                                             tmp_path: Path):
+    """R-REPO-9: a checkout without LFS holds a pointer to the committed model."""
+    import hashlib
+
+    root = _repo_with(honest_run, tmp_path / "repo", ["cert.json", "model.safetensors"])
+    data = (honest_run.checkpoint / "model.safetensors").read_bytes()
+    pointer = ("version https://git-lfs.github.com/spec/v1\n"
+               f"oid sha256:{hashlib.sha256(data).hexdigest()}\nsize {len(data)}\n")
+    (root / "weights.bin").write_text(pointer)
+    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json"])
+    assert outcome.exit_code == 1, outcome.stderr
+    assert outcome.report is not None
+    [result] = outcome.report["results"]
+    [check] = [c for c in result["report"]["checks"] if c["name"] == "pre-deletion-model"]
+    assert check["detail"].startswith("weights.bin: the model before this deletion")
+    other = pointer.replace(hashlib.sha256(data).hexdigest(), "0" * 64)
+    (root / "weights.bin").write_text(other)
+    assert run_cli(["verify-repo", root, "--key", issuer_keys.public]).exit_code == 0
+
+
 def test_verify_repo_skips_git_store_for_pre_deletion(honest_run: HonestRun,
                                                       issuer_keys: IssuerKeys,
                                                       tmp_path: Path):
