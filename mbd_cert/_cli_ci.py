@@ -18,7 +18,9 @@ repository"; the checks across certificates are in :mod:`mbd_cert._repo_checks`:
   (:mod:`mbd_cert._confidential_files`), adds a warning but leaves the exit code as it is;
 * a ``*.safetensors`` file that no certificate accounts for adds a run-level warning;
 * in strict mode (policy ``strict = true`` or ``--strict``) every warning fails the run
-  instead (:mod:`mbd_cert._repo_strict`).
+  instead (:mod:`mbd_cert._repo_strict`);
+* each model that the policy's ``models`` table pins must be there, with a certificate
+  whose chain deleted the pinned modalities (:mod:`mbd_cert._repo_pins`).
 
 The exit code is the worst of the per-certificate results (0 < 1 < 2 < 3), so one
 unusable certificate makes the job fail with 2 even when the others are valid.
@@ -53,13 +55,15 @@ from mbd_cert._confidential_files import (
 )
 from mbd_cert._interrupts import Interrupted
 from mbd_cert._repo_checks import check_forks, check_published_pre_deletion
+from mbd_cert._repo_pins import check_pinned_models
 from mbd_cert._repo_results import RepoResult, junit_for, render_table
 from mbd_cert._repo_search import find_certificates, model_for
 from mbd_cert._repo_strict import (
     fail_warnings,
+    run_level_result,
     uncertified_model_warning,
     uncertified_models,
-    uncertified_models_result,
+    uncertified_models_check,
 )
 
 if TYPE_CHECKING:
@@ -70,7 +74,8 @@ logger = logging.getLogger(__name__)
 # 1.1 adds "warnings" to each result. 1.2 adds "error", set when the run stopped
 # before verifying any certificate, was interrupted by Ctrl-C, or could not write its
 # JUnit file. Readers of 1.0 can ignore both. 1.3 adds "verifier" (R-REP-5), and 1.4
-# the run-level "warnings" and "checks" (models without a certificate, R-REPO-10).
+# the run-level "warnings" and "checks" (models without a certificate, R-REPO-10;
+# missing pinned models, R-REPO-11).
 REPO_REPORT_VERSION = "1.4"
 CODE_NO_CERTIFICATES = "E_NO_CERTIFICATES"
 
@@ -352,7 +357,8 @@ def _repo_report(root: Path | None, policy_file: Path | None, exit_code: int,
     """Return the ``verify-repo --json`` document (SPEC.md, R-REPO-6).
 
     ``warnings`` and ``run_result`` are the run's own, not any certificate's: the
-    models without a certificate, as warnings or, in strict mode, as a failed check.
+    models without a certificate, as warnings or, in strict mode, as a failed check,
+    and the pinned models that are missing, as a failed check.
     """
     from mbd_cert._tool_version import verifier_record
 
@@ -489,17 +495,23 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
             raise _interrupted(junit_path, f"interrupted after {len(results)} of "
                                f"{len(certificates)} certificates; none of them counts as "
                                "verified") from interrupt
+        # Taken before the checks below add failures to genuine certificates.
+        verified = {result.certificate for result in results if result.exit_code == 0}
         check_forks(root, results, policy, chain_file_cache)
         check_published_pre_deletion(root, results)
         uncertified = uncertified_models(root, results)
         run_warnings: list[str] = []
-        run_result = None
+        run_checks = []
         if policy.strict:
             fail_warnings(results)
             if uncertified:
-                run_result = uncertified_models_result(uncertified, policy.required_level)
+                run_checks.append(uncertified_models_check(uncertified))
         else:
             run_warnings = [uncertified_model_warning(name) for name in uncertified]
+        pins_missing = check_pinned_models(root, results, policy.models, verified)
+        if pins_missing is not None:
+            run_checks.append(pins_missing)
+        run_result = run_level_result(run_checks, policy.required_level)
         exit_code = max((r.exit_code for r in results), default=0)
         if run_result is not None:
             exit_code = max(exit_code, run_result.exit_code)

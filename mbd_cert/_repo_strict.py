@@ -118,10 +118,23 @@ def fail_warnings(results: Sequence[RepoResult]) -> None:
         result.exit_code = max(result.exit_code, 1)
 
 
-def uncertified_models_result(names: Sequence[str], level: int) -> RepoResult:
-    """Return the run-level result of strict mode: one failed check naming every file."""
-    report = VerificationReport(certificate_id=None, level=level)
+def uncertified_models_check(names: Sequence[str]) -> CheckResult:
+    """Return the run-level check of strict mode: one failed check naming every file."""
     detail = "; ".join(uncertified_model_warning(name) for name in names)
-    report.record(CheckResult(UNCERTIFIED_MODEL_CHECK, FAIL, detail, code=_CODE,
-                              requirement=_REQUIREMENT, value=len(names), threshold=0))
-    return RepoResult(RUN_RESULT_NAME, "", exit_code=1, report=report)
+    return CheckResult(UNCERTIFIED_MODEL_CHECK, FAIL, detail, code=_CODE,
+                       requirement=_REQUIREMENT, value=len(names), threshold=0)
+
+
+def run_level_result(checks: Sequence[CheckResult], level: int) -> RepoResult | None:
+    """Return the result of the repository as a whole, or None when it has no checks.
+
+    Its checks are failures that belong to no certificate: strict mode's model files
+    without a certificate (R-REPO-10) and pinned models that are missing (R-REPO-11).
+    """
+    if not checks:
+        return None
+    report = VerificationReport(certificate_id=None, level=level)
+    for check in checks:
+        report.record(check)
+    return RepoResult(RUN_RESULT_NAME, "", exit_code=0 if report.verified else 1,
+                      report=report)

@@ -2,7 +2,9 @@
 
 A downstream model repository states once, in a TOML file, what every certificate in
 it must meet: the largest cumulative epsilon, the verification level, the accepted
-sensitivity methods and the issuer keys it trusts (SPEC.md, section "Policy file").
+sensitivity methods and the issuer keys it trusts (SPEC.md, section "Policy file"). An
+optional ``models`` table pins what each published model's certificate must have
+deleted (:mod:`mbd_cert._policy_models`).
 ``mbd-cert verify-repo`` reads it. The file is parsed strictly. An unknown key, a
 value of the wrong type, NaN, a non-positive epsilon or a level outside 1..3 is
 rejected with ``E_POLICY_INVALID`` (exit 2) naming the key. A misspelt limit that was
@@ -53,7 +55,30 @@ _KNOWN_KEYS = (
     "trusted_keys",
     "allow_inconclusive",
     "strict",
+    "models",
 )
+
+
+@dataclass(frozen=True)
+class ModelPin:
+    """What the certificate of one published model must show (the policy's ``models`` table).
+
+    A pin keeps a pull request from replacing a model and its certificate with another
+    genuine release of the same issuer. That release may be an older one of the chain,
+    or one from another branch of deletions whose model still contains an encoder that
+    the pinned one lacks.
+
+    Attributes:
+        path: The model file, relative to the repository root, with ``/`` separators.
+        deleted_modalities: Modalities that the certificate's chain must have deleted;
+            it may have deleted more.
+        min_sequence_number: Smallest accepted ``accounting.sequence_number``; None sets
+            no limit.
+    """
+
+    path: str
+    deleted_modalities: tuple[str, ...]
+    min_sequence_number: int | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +97,8 @@ class Policy:
         allow_inconclusive: Let inconclusive statistical checks pass.
         strict: Fail verify-repo on every warning and on each ``*.safetensors`` file
             that no certificate pairs with (SPEC.md, R-REPO-10).
+        models: Published models and what their certificates must have deleted, in
+            the order of the policy file (SPEC.md, R-REPO-11).
         source: The file the policy was read from, for messages; None for defaults.
     """
 
@@ -82,6 +109,7 @@ class Policy:
     trusted_keys: tuple[str, ...] = ()
     allow_inconclusive: bool = False
     strict: bool = False
+    models: tuple[ModelPin, ...] = ()
     source: str | None = field(default=None, compare=False)
 
 
@@ -271,6 +299,10 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>") -> Policy
     allow_inconclusive = _parse_bool(source, "allow_inconclusive",
                                      data.get("allow_inconclusive", False))
     strict = _parse_bool(source, "strict", data.get("strict", False))
+    # Imported here because that module imports this one's helpers.
+    from mbd_cert._policy_models import parse_models
+
+    models = parse_models(source, data["models"]) if "models" in data else ()
     return Policy(
         max_cumulative_epsilon=None if epsilon is None else _parse_epsilon(source, epsilon),
         max_delta=None if delta is None else _parse_delta(source, delta),
@@ -282,6 +314,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>") -> Policy
         trusted_keys=_parse_key_paths(source, data.get("trusted_keys", [])),
         allow_inconclusive=allow_inconclusive,
         strict=strict,
+        models=models,
         source=source,
     )
 
@@ -325,9 +358,11 @@ def load_policy(path: str | Path) -> Policy:
                        "such as 2.0 or 1e-5") from exc
     except RecursionError as exc:
         # tomllib recurses once per nested array or table; the 64 KiB cap still admits
-        # thousands of levels. No policy key takes a nested value.
+        # thousands of levels. The deepest policy value, models.PATH.deleted_modalities,
+        # is three levels down.
         raise _invalid(source, "file", "nests arrays or tables too deeply to parse",
-                       hint="a policy holds numbers, booleans and lists of strings") from exc
+                       hint="a policy holds numbers, booleans, lists of strings and the "
+                       "models table of model paths") from exc
     return parse_policy(document, source=source)
 
 
@@ -357,6 +392,7 @@ __all__ = [
     "CODE_POLICY_INVALID",
     "DEFAULT_FILE_NAMES",
     "POLICY_VERSION",
+    "ModelPin",
     "Policy",
     "find_policy",
     "load_policy",

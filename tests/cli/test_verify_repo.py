@@ -524,6 +524,9 @@ def test_example_ci_files_parse():
     ci = Path(__file__).resolve().parents[2] / "examples" / "ci"
     policy = load_policy(ci / "mbd-cert-policy.toml")
     assert policy.max_cumulative_epsilon == 2.0
+    [pin] = policy.models
+    assert pin.path == "models/sentiment/model.safetensors"
+    assert pin.deleted_modalities == ("audio", "vision")
     workflow = yaml.safe_load((ci / "github-workflow.yml").read_text())
     steps = workflow["jobs"]["verify-certificates"]["steps"]
     commands = " ".join(step.get("run", "") for step in steps)

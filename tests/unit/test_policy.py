@@ -219,3 +219,51 @@ def test_many_unknown_keys_message_shortened(tmp_path):
         load_policy(_write(tmp_path, text))
     assert "3000 unknown key(s)" in caught.value.message
     assert len(caught.value.message) < 400
+
+
+def test_models_table_is_read(tmp_path):
+    """R-REPO-11: each entry becomes a pin, in the order of the file."""
+    text = ('[models."models/b/model.safetensors"]\ndeleted_modalities = ["audio"]\n'
+            '[models."models/a/x.safetensors"]\ndeleted_modalities = ["vision", "audio"]\n'
+            'min_sequence_number = 2\n')
+    policy = load_policy(_write(tmp_path, text))
+    assert [pin.path for pin in policy.models] == ["models/b/model.safetensors",
+                                                   "models/a/x.safetensors"]
+    assert policy.models[0].deleted_modalities == ("audio",)
+    assert policy.models[0].min_sequence_number is None
+    assert policy.models[1].deleted_modalities == ("vision", "audio")
+    assert policy.models[1].min_sequence_number == 2
+    assert Policy().models == ()
+
+
+BAD_MODEL_ENTRIES = [
+    ('"a/./m.safetensors"', '["audio"]', 'models."a/./m.safetensors" is not in normal form'),
+    ('"a//m.safetensors"', '["audio"]', 'models."a//m.safetensors" is not in normal form'),
+    ('"a/m.safetensors/"', '["audio"]', 'models."a/m.safetensors/" is not in normal form'),
+    ('"./m.safetensors"', '["audio"]', 'models."./m.safetensors" is not in normal form'),
+    ('".hidden/m.safetensors"', '["audio"]', 'models.".hidden/m.safetensors" has a component'),
+    ('"a/.safetensors"', '["audio"]', 'models."a/.safetensors" has a component'),
+    ('"a/m\\tx.safetensors"', '["audio"]', 'models."a/m\\tx.safetensors" contains a control'),
+    ('"a/m.SAFETENSORS"', '["audio"]', 'models."a/m.SAFETENSORS" does not name a model'),
+    ('""', '["audio"]', 'models."" is not in normal form'),
+    ('"a/m.safetensors"', '["Audio"]', 'deleted_modalities[0] is not a modality name'),
+    ('"a/m.safetensors"', '[""]', 'deleted_modalities[0] must be a non-empty string'),
+    ('"a/m.safetensors"', '[1]', 'deleted_modalities[0] must be a non-empty string'),
+]
+
+
+@pytest.mark.parametrize(("path", "modalities", "expected"), BAD_MODEL_ENTRIES)
+def test_bad_model_entry_rejected(tmp_path, path, modalities, expected):
+    """R-POLF-1: a pin that verify-repo could not apply is E_POLICY_INVALID naming it."""
+    text = f"[models.{path}]\ndeleted_modalities = {modalities}\n"
+    with pytest.raises(InputError) as caught:
+        load_policy(_write(tmp_path, text))
+    assert caught.value.code == "E_POLICY_INVALID"
+    assert expected in caught.value.message
+
+
+def test_models_entry_must_be_table(tmp_path):
+    with pytest.raises(InputError) as caught:
+        load_policy(_write(tmp_path, 'models = { "a/m.safetensors" = ["audio"] }\n'))
+    assert caught.value.code == "E_POLICY_INVALID"
+    assert 'models."a/m.safetensors" must be a table, got list' in caught.value.message
