@@ -6,6 +6,7 @@ import builtins
 import os
 import pickle
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -131,6 +132,35 @@ def test_object_array_of_containers_rejected(entry):
     values[0], values[1] = "x", entry
     with pytest.raises(MalformedData, match="object dtype"):
         loads_restricted(pickle.dumps(values))
+
+
+def _object_array_claiming(count: int) -> bytes:
+    """Pickle an object array of 7 strings whose shape claims ``count`` elements."""
+    values = np.empty(7, dtype=object)
+    values[:] = "q"
+    data = pickle.dumps(values, protocol=2)
+    # The state's shape (1, (7,), ...): BININT1 1, BININT1 7, TUPLE1.
+    assert data.count(b"K\x01K\x07\x85") == 1
+    return data.replace(b"K\x01K\x07\x85", b"K\x01J" + count.to_bytes(4, "little") + b"\x85")
+
+
+@pytest.mark.parametrize("count", [6, 8, 1_000_000])
+def test_object_array_shorter_or_longer_than_shape_rejected(count):
+    # numpy fills an object array from the list without a length check: a short list
+    # crashed the interpreter, so the load runs in a child process.
+    script = (
+        "import sys\n"
+        "from mbd_cert.errors import MalformedData\n"
+        "from trainer.data._unpickle import loads_restricted\n"
+        "try:\n"
+        "    loads_restricted(sys.stdin.buffer.read())\n"
+        "except MalformedData as exc:\n"
+        "    print(exc.message)\n"
+    )
+    child = subprocess.run([sys.executable, "-c", script], input=_object_array_claiming(count),
+                           capture_output=True, check=False, timeout=120)
+    assert child.returncode == 0, child.stderr.decode(errors="replace")
+    assert f"has shape [{count}] ({count} elements) but its state holds 7" in child.stdout.decode()
 
 
 def test_structured_object_dtype_rejected():

@@ -12,6 +12,7 @@ that reads pickles.
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import pickletools
 from collections.abc import Callable
@@ -155,8 +156,58 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
 }
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+def _check_array_state(state: Any) -> None:
+    """Check the state that a pickle passes to ``ndarray.__setstate__``.
+
+    numpy 2.4 fills an object array from the state's list without comparing the list's
+    length with the shape, so a list shorter than the shape makes it read past the
+    list's end and crash the interpreter. The state's dtype, not the array's, decides,
+    so every array's state is checked.
+
+    Raises:
+        MalformedData: An object array's list does not hold one entry per element.
+    """
+    if not isinstance(state, tuple) or len(state) not in (4, 5):
+        return  # numpy rejects it itself (TypeError)
+    shape, dtype, _, rawdata = state[-4:]
+    if not isinstance(dtype, np.dtype) or not dtype.hasobject:
+        return  # numpy compares a byte buffer's length with the shape
+    if not isinstance(shape, tuple) or not all(isinstance(size, int) for size in shape):
+        return  # numpy rejects it itself (TypeError)
+    count = math.prod(shape)
+    if not isinstance(rawdata, list) or len(rawdata) != count:
+        raise MalformedData(
+            f"numpy object array in a pickle has shape {_short(shape)} ({count} elements) "
+            f"but its state holds {len(rawdata) if isinstance(rawdata, list) else 'no'} "
+            "list entries; numpy writes one entry per element",
+            hint=_HINT,
+        )
+
+
+# The Python implementation of the unpickler, because the C one offers no hook on the
+# BUILD opcode, which calls ndarray.__setstate__ (see _check_array_state). The file is
+# walked opcode by opcode in Python by _check_structure anyway. typeshed declares
+# neither its stack nor its load_build, hence the ignores.
+_BASE_BUILD = pickle._Unpickler.dispatch[pickle.BUILD[0]]
+
+
+class RestrictedUnpickler(pickle._Unpickler):
     """An unpickler that resolves only the numpy globals needed for plain arrays."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def load_build(self) -> None:
+        """Run the BUILD opcode, checking an array's state first (:func:`_check_array_state`).
+
+        Raises:
+            MalformedData: As :func:`_check_array_state`.
+        """
+        stack: list[Any] = self.stack  # type: ignore[attr-defined]
+        if isinstance(stack[-2], np.ndarray):
+            _check_array_state(stack[-1])
+        _BASE_BUILD(self)  # type: ignore[arg-type]
+
+    dispatch[pickle.BUILD[0]] = load_build  # type: ignore[assignment]
 
     def find_class(self, module: str, name: str) -> Any:
         """Return the allowed callable for ``module.name``.
