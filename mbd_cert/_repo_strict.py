@@ -12,6 +12,7 @@ Stability: internal.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,11 +61,21 @@ def uncertified_models(root: Path, results: Sequence[RepoResult]) -> list[str]:
     found = []
     for path in repository_files(root, hidden=True):
         name = path.relative_to(root).as_posix()
-        if path.resolve() in accounted or name in warned:
+        if _real_path(path) in accounted or name in warned:
             continue
         if path.name.casefold().endswith(_MODEL_SUFFIX) or has_safetensors_layout(path):
             found.append(name)
     return sorted(found)
+
+
+def _real_path(path: Path) -> Path:
+    """Return ``path`` after symbolic links, leaving a link loop unresolved.
+
+    ``Path.resolve`` raises RuntimeError on a loop before Python 3.13, and a model
+    linked to itself would then end the run with exit 3. ``verify_one`` reports that
+    link already (E_UNSAFE_PATH).
+    """
+    return Path(os.path.realpath(path))
 
 
 def _accounted_files(root: Path, results: Sequence[RepoResult]) -> set[Path]:
@@ -74,8 +85,8 @@ def _accounted_files(root: Path, results: Sequence[RepoResult]) -> set[Path]:
     accounted = set()
     for result in results:
         certificate = root / result.certificate
-        accounted.add((root / result.model).resolve())
-        accounted.add((certificate.parent / _EVALUATION_SET_NAME).resolve())
+        accounted.add(_real_path(root / result.model))
+        accounted.add(_real_path(certificate.parent / _EVALUATION_SET_NAME))
         bundle = (result.certificate_doc or {}).get("audit_bundle")
         if not isinstance(bundle, dict):
             continue
@@ -88,7 +99,7 @@ def _accounted_files(root: Path, results: Sequence[RepoResult]) -> set[Path]:
                                                field=f"audit_bundle.{part}.path")
             except errors.MbdCertError:
                 continue  # verification reports a bad bundle path
-            accounted.add(path.resolve())
+            accounted.add(_real_path(path))
     return accounted
 
 

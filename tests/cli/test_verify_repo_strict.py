@@ -56,6 +56,23 @@ def test_accounted_files_not_reported(honest_run: HonestRun, issuer_keys: Issuer
     assert outcome.report["warnings"] == []
 
 
+def test_linked_to_itself_skipped(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                  tmp_path: Path) -> None:
+    """A link loop where a certificate's evaluation set or model would be is no crash."""
+    root = _repo(honest_run, tmp_path / "repo", [])
+    (root / "models" / "eval.safetensors").symlink_to("eval.safetensors")
+    shutil.copy(root / "models" / "cert.json", root / "models" / "loop.cert.json")
+    (root / "models" / "loop.safetensors").symlink_to("loop.safetensors")
+    outcome = _verify_repo(root, issuer_keys, "--strict")
+    assert outcome.exit_code == 2, outcome.stderr
+    assert outcome.report is not None
+    errors = {result["certificate"]: result["error"] for result in outcome.report["results"]
+              if result.get("error")}
+    assert list(errors) == ["models/loop.cert.json"]
+    assert errors["models/loop.cert.json"]["code"] == "E_UNSAFE_PATH"
+    assert outcome.report["checks"] == []
+
+
 def test_strict_fails_uncertified_model(honest_run: HonestRun, issuer_keys: IssuerKeys,
                                         tmp_path: Path) -> None:
     root = _repo(honest_run, tmp_path / "repo", [])
