@@ -93,11 +93,12 @@ def key_base(root: Path, policy_file: Path | None) -> tuple[Path, str]:
     an outside policy, and a root given through a link still contains its policy.
     """
     if policy_file is not None:
-        policy_dir = Path(os.path.abspath(policy_file)).parent
-        real_dir = Path(os.path.realpath(policy_dir))
+        # realpath of the file itself: ".." after a link leaves the link's target, as
+        # the open() that read the policy did, where abspath would drop the link.
+        real_dir = Path(os.path.realpath(policy_file)).parent
         repository = Path(os.path.realpath(root))
         if repository != real_dir and repository not in real_dir.parents:
-            return policy_dir, "the policy file's directory"
+            return real_dir, "the policy file's directory"
     return root, "the repository root"
 
 

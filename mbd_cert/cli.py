@@ -273,8 +273,10 @@ class _Group(click.Group):
             if as_program and threading.current_thread() is threading.main_thread():
                 # Any other exception reaches Python's handler, which exits 1.
                 _finished_status = 1 if status is None else status
-                _command_finished = True
+                # The handler first: a Ctrl-C between the two lines then still ends the
+                # process with the status instead of raising in this finally block.
                 signal.signal(signal.SIGINT, _end_with_status)
+                _command_finished = True
 
     # The trainer's commands import torch; loading them only when asked for keeps
     # every other command (level-1 verify above all) quick to start.

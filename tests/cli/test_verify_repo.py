@@ -466,6 +466,24 @@ def test_policy_linked_from_outside_root(repo, tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
+def test_policy_path_with_dotdot_after_link(repo, tmp_path):
+    # ".." after a link in ROOT leaves the link's target, outside ROOT, as open() does.
+    trusted = tmp_path / "trusted"
+    (trusted / "inner").mkdir(parents=True)
+    (trusted / "keys").mkdir()
+    shutil.copy(repo / "keys" / "issuer.pub", trusted / "keys" / "issuer.pub")
+    (trusted / "policy.toml").write_text('trusted_keys = ["keys/issuer.pub"]\n')
+    _, foreign_public = signing.write_keypair(tmp_path / "foreign")
+    shutil.copy(foreign_public, repo / "keys" / "issuer.pub")
+    (repo / "sub").mkdir()
+    os.symlink(trusted / "inner", repo / "sub" / "link")
+
+    result = _run(repo, "--policy", repo / "sub" / "link" / ".." / "policy.toml")
+
+    assert result.exit_code == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
 def test_root_given_through_link(repo, tmp_path):
     # The same repository named through a link keeps root-relative key paths.
     (repo / "ci").mkdir()
