@@ -123,8 +123,11 @@ class ChainIndex:
         raise ChainLinkMissing(
             f"certificate {current.sequence_number} links to previous certificate {digest}, "
             f"which is not in {where}",
-            hint="publish the chain-NNNNN.json copies that issue wrote beside the "
-            "certificate, or pass the directory holding them with 'verify --chain DIR'",
+            # Every command shows this hint, and verify-repo has no --chain option.
+            hint="put the chain-NNNNN.json copies that 'mbd-cert issue' wrote with this "
+            "certificate in the certificate's directory, the only place verify-repo "
+            "reads them, or name the directory holding them with --chain DIR "
+            "(verify, report)",
         )
 
     def _warn_wrong_named_file(self, wrong: ChainLink, digest: str, current: ChainLink,

@@ -163,6 +163,19 @@ def test_missing_link_fails(key: Ed25519PrivateKey, tmp_path: Path) -> None:
     assert certificate.certificate_digest(docs[0]) in caught.value.message
 
 
+def test_missing_link_hint_names_directory(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    # verify-repo shows this hint too, and it has no --chain option. So the hint names
+    # the certificate's directory and the commands that take --chain.
+    docs = build_chain(key, 2)
+    with pytest.raises(chain.ChainLinkMissing) as caught:
+        chain.walk_chain(docs[-1], tmp_path)
+    hint = caught.value.hint
+    assert "'verify --chain DIR'" not in hint
+    assert "certificate's directory" in hint
+    assert "only place verify-repo reads them" in hint
+    assert "--chain DIR (verify, report)" in hint
+
+
 def test_reordered_link_fails(key: Ed25519PrivateKey, tmp_path: Path) -> None:
     # Certificate 3 names certificate 1 as its previous one: a link is skipped.
     docs = build_chain(key, 2)
