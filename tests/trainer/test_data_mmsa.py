@@ -244,3 +244,21 @@ def test_train_help_describes_data_file():
     assert "--data-file PATH" in help_text
     assert "regression_labels [n] in [-3, 3]" in help_text
     assert "SHA-256" in help_text
+
+
+def test_real_data_doc_example_loads(tmp_path, monkeypatch):
+    # docs/real-data.md shows how to write a file in this layout; a reader copies it.
+    import pathlib
+    import re
+    import runpy
+
+    doc = pathlib.Path(__file__).parents[2] / "docs" / "real-data.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) == 1
+    script = tmp_path / "make_pickle.py"
+    script.write_text(blocks[0], encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(script))
+    corpus = load_corpus("mmsa", data_file=tmp_path / "mine.pkl")
+    assert corpus.info["split_sizes"] == {"train": 200, "valid": 40, "test": 60}
+    assert corpus.info["ignored_keys"] == []
