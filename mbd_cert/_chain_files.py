@@ -151,7 +151,8 @@ class ChainIndex:
                            self._dir, wrong.source, found.source)
         else:
             logger.warning("%s %s did not find certificate %d either. Check that %s is the "
-                           "chain directory of this certificate (verify --chain DIR); if it "
+                           "chain directory of this certificate (verify --chain DIR; verify-repo "
+                           "reads the certificate's own directory); if it "
                            "is, replace %s with the copy of certificate %d that 'mbd-cert "
                            "issue' wrote under that name.", named, searched, number,
                            self._dir, wrong.source, number)

@@ -499,8 +499,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         # Taken before the checks below add failures to genuine certificates.
         verified = {result.certificate for result in results if result.exit_code == 0}
         check_forks(root, results, policy, chain_file_cache)
-        check_published_pre_deletion(root, results)
-        uncertified = uncertified_models(root, results)
+        published = check_published_pre_deletion(root, results)
+        uncertified = uncertified_models(root, results, published)
         run_warnings: list[str] = []
         run_checks = []
         if policy.strict:

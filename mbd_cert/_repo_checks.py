@@ -69,11 +69,15 @@ def check_forks(root: Path, results: Sequence[RepoResult], policy: Any,
                 result.warnings.append(f"{head} {tail}")
 
 
-def check_published_pre_deletion(root: Path, results: Sequence[RepoResult]) -> None:
+def check_published_pre_deletion(root: Path, results: Sequence[RepoResult]) -> set[str]:
     """Fail each certificate whose pre-deletion model lies in the repository (R-REPO-9).
 
     That file still contains the deleted encoder, so publishing it undoes the deletion,
     whatever the certificate claims. A certificate that did not verify gets a warning.
+
+    Returns:
+        The files reported, relative to ``root`` with ``/`` separators, so that strict
+        mode does not report them a second time as models without a certificate.
     """
     from mbd_cert._published_models import header_index, pre_deletion_copies
     from mbd_cert._terminal import terminal_text
@@ -82,6 +86,7 @@ def check_published_pre_deletion(root: Path, results: Sequence[RepoResult]) -> N
     index = header_index(root)
     # One full hash per file for the whole run, however many links point at its header.
     file_digests: dict[Path, str | None] = {}
+    reported: set[str] = set()
     for result in results:
         doc = result.certificate_doc
         if doc is None:
@@ -102,13 +107,13 @@ def check_published_pre_deletion(root: Path, results: Sequence[RepoResult]) -> N
                      f"{terminal_text(link['certificate_id'])})")
             names = ", ".join(terminal_text(path.relative_to(root).as_posix())
                               for path in copies)
+            reported.update(path.relative_to(root).as_posix() for path in copies)
             details.append(
-                f"{names}: the model before {which} (its file digest is that "
-                "certificate's subject_model.pre_deletion.file_digest), which still "
-                f"contains the deleted {terminal_text(link['deletion']['modality'])} "
-                "encoder, is published in the repository, so the deletion is undone for "
-                "its readers. Remove it, from the version history too, and publish only "
-                "the released model")
+                f"{names}: the model before {which} is published in the repository; its "
+                "file digest is that certificate's subject_model.pre_deletion.file_digest. "
+                f"It still contains the deleted {terminal_text(link['deletion']['modality'])} "
+                "encoder, so the deletion is undone for its readers. Remove it, from the "
+                "version history too, and publish only the released model")
         if not details:
             continue
         detail = "; ".join(details)
@@ -119,3 +124,4 @@ def check_published_pre_deletion(root: Path, results: Sequence[RepoResult]) -> N
             "pre-deletion-model", "fail", detail, code="E_PRE_DELETION_PUBLISHED",
             requirement="R-REPO-9", value=found, threshold=0))
         result.exit_code = max(result.exit_code, 1)
+    return reported

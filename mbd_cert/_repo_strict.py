@@ -13,7 +13,7 @@ Stability: internal.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from pathlib import Path
 
 from mbd_cert import errors
@@ -33,7 +33,8 @@ _MODEL_SUFFIX = ".safetensors"
 _EVALUATION_SET_NAME = "eval.safetensors"
 
 
-def uncertified_models(root: Path, results: Sequence[RepoResult]) -> list[str]:
+def uncertified_models(root: Path, results: Sequence[RepoResult],
+                       reported: Set[str] = frozenset()) -> list[str]:
     """Return the model files below ``root`` that no found certificate accounts for.
 
     A model file is one named ``*.safetensors`` or one whose bytes start like a
@@ -50,8 +51,8 @@ def uncertified_models(root: Path, results: Sequence[RepoResult]) -> list[str]:
     confidential file that a certificate's warning names (R-REPO-5). A diff or probe
     ``format`` in the header alone does not account for a file: anyone can write that
     metadata into a model, and outside every certificate's directory no warning would
-    name it. Hidden files and directories and symbolic links are skipped, as in the
-    certificate search.
+    name it. The files in ``reported`` (pre-deletion models, R-REPO-9) fail their own
+    check, whose advice differs, so they are left out here.
 
     Returns:
         Paths relative to ``root`` with ``/`` separators, sorted.
@@ -61,7 +62,7 @@ def uncertified_models(root: Path, results: Sequence[RepoResult]) -> list[str]:
     found = []
     for path in repository_files(root, hidden=True):
         name = path.relative_to(root).as_posix()
-        if _real_path(path) in accounted or name in warned:
+        if _real_path(path) in accounted or name in warned or name in reported:
             continue
         if path.name.casefold().endswith(_MODEL_SUFFIX) or has_safetensors_layout(path):
             found.append(name)

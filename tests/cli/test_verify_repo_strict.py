@@ -216,3 +216,20 @@ def test_strict_passes_published_release(sealed_run: tuple[Path, Path],
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.report is not None
     assert outcome.report["checks"] == []
+
+
+def test_strict_reports_pre_deletion_model_once(honest_run: HonestRun,
+                                                issuer_keys: IssuerKeys,
+                                                tmp_path: Path) -> None:
+    """R-REPO-10: a file R-REPO-9 fails is not also an uncertified model."""
+    root = _repo(honest_run, tmp_path / "repo", [])
+    (root / "checkpoints").mkdir()
+    shutil.copy(honest_run.checkpoint / "model.safetensors",
+                root / "checkpoints" / "model.safetensors")
+    outcome = _verify_repo(root, issuer_keys, "--strict")
+    assert outcome.exit_code == 1, outcome.stderr
+    assert outcome.report is not None
+    assert outcome.report["checks"] == []
+    [result] = outcome.report["results"]
+    failed = [c["name"] for c in result["report"]["checks"] if c["status"] == "fail"]
+    assert failed == ["pre-deletion-model"]

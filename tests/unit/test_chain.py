@@ -608,5 +608,6 @@ def test_misnamed_link_warns_none_found(key: Ed25519PrivateKey, tmp_path: Path,
     (message,) = [record.getMessage() for record in caplog.records]
     assert (f"A search of the 1 *.json files in {tmp_path} did not find certificate 1 "
             f"either. Check that {tmp_path} is the chain directory of this certificate "
-            f"(verify --chain DIR); if it is, replace {wrong} with the copy of certificate 1 "
+            f"(verify --chain DIR; verify-repo reads the certificate's own directory); "
+            f"if it is, replace {wrong} with the copy of certificate 1 "
             "that 'mbd-cert issue' wrote under that name.") in message
