@@ -201,3 +201,17 @@ def test_non_latin1_codec_rejected():
     data = pickle.dumps(b"\xff", protocol=2).replace(b"latin1", b"rot13_")
     with pytest.raises(MalformedData, match="encoding"):
         loads_restricted(data)
+
+
+def test_public_reader_is_the_restricted_one(tmp_path):
+    # docs/real-data.md points users who convert pickles at trainer.data.load_restricted.
+    import os
+
+    from trainer import data
+
+    path = tmp_path / "hostile.pkl"
+    path.write_bytes(pickle.dumps(os.getcwd))
+    with pytest.raises(MalformedData, match="refusing to load pickle global"):
+        data.load_restricted(path)
+    path.write_bytes(pickle.dumps({"ids": np.array(["a"], dtype=object)}))
+    assert data.load_restricted(path)["ids"].tolist() == ["a"]

@@ -45,6 +45,7 @@ import numpy as np
 from mbd_cert.errors import InputError
 
 from ._common import DEFAULT_MODALITIES, default_data_root, validate_corpus, validate_split
+from ._unpickle import load_restricted
 
 __all__ = [
     "CORPORA",
@@ -55,6 +56,7 @@ __all__ = [
     "corpus_summary",
     "default_data_root",
     "load_corpus",
+    "load_restricted",
     "validate_corpus",
     "validate_split",
 ]
