@@ -260,8 +260,8 @@ def _representation_check(bundle: Bundle, name: str, tensors: Mapping[str, np.nd
 
 def _pre_matches(doc: Mapping[str, Any], pre: Mapping[str, np.ndarray],
                  bundle: Bundle) -> bool:
+    from mbd_cert._level2_bundle_checks import _check_pre_rebuild
     from mbd_cert.errors import VerificationFailed
-    from mbd_cert.verify_recompute import _check_pre_rebuild
 
     try:
         _check_pre_rebuild(doc, pre, bundle)

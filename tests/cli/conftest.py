@@ -60,12 +60,12 @@ def seeded_spot_checks() -> Iterator[None]:
     An honest estimate from a few runs can be exceeded by a neighbour it did not try,
     so with fresh draws a test could fail by chance.
     """
-    from mbd_cert import verify_recompute
+    from mbd_cert import _sensitivity_evidence
 
-    real = verify_recompute._spot_rng
-    verify_recompute._spot_rng = lambda: np.random.default_rng(20261205)
+    real = _sensitivity_evidence._spot_rng
+    _sensitivity_evidence._spot_rng = lambda: np.random.default_rng(20261205)
     yield
-    verify_recompute._spot_rng = real
+    _sensitivity_evidence._spot_rng = real
 
 
 @pytest.fixture(scope="session")

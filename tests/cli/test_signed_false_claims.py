@@ -257,14 +257,14 @@ def test_verifier_neighbours_catch_chosen_seed(honest_run: HonestRun, tmp_path: 
     # One run and safety factor 1 state the distance of a single neighbour that the
     # issuer's seed picked. The verifier's own neighbours (here all samples, so the test
     # does not depend on chance) include farther ones, which disprove the sensitivity.
-    from mbd_cert import verify_recompute
+    from mbd_cert import _sensitivity_evidence
 
     out = tmp_path / "del"
     issued = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
                       "--sensitivity-method", "reference-retrain", "--reference-runs", "1",
                       "--safety-factor", "1", "--key", honest_run.private_key, "--out", out])
     assert issued.exit_code == 0, issued.stderr
-    monkeypatch.setattr(verify_recompute, "EVIDENCE_SPOT_CHECKS", 10**6)
+    monkeypatch.setattr(_sensitivity_evidence, "EVIDENCE_SPOT_CHECKS", 10**6)
     outcome = verify(out / "cert.json", out / "model.safetensors", honest_run.public_key,
                      "--level", "2", "--bundle", out, "--allow-inconclusive")
     assert_check_failed(outcome, "sensitivity-evidence", "E_CALIBRATION_INVALID")

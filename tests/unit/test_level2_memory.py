@@ -26,7 +26,12 @@ torch = pytest.importorskip("torch")
 
 from level_factories import bundle_parts, honest_bundle, run_verify  # noqa: E402
 
-from mbd_cert import _fisher_linear, _recompute, verify_recompute  # noqa: E402
+from mbd_cert import (  # noqa: E402
+    _fisher_linear,
+    _level2_recomputation,
+    _recompute,
+    verify_recompute,
+)
 
 # Copies of the marker tensors that level 2 may hold at the entry and exit of each
 # hooked function, with the count before intermediate results were released as soon
@@ -65,7 +70,7 @@ HOOKS = [
     (_recompute, "rank_top_k"),
     (_recompute, "tie_band"),
     (_recompute, "masked_update"),
-    (verify_recompute, "build_model"),
+    (_level2_recomputation, "build_model"),
     (verify_recompute, "residual_checks"),
     (torch.autograd, "grad"),
 ]
@@ -195,7 +200,7 @@ def test_saliency_model_freed_before_ranking(monkeypatch):
     _, out, key = honest_bundle()
     built: list[weakref.ref[Any]] = []
     alive_at_ranking: list[bool] = []
-    build_model, rank_top_k = verify_recompute.build_model, _recompute.rank_top_k
+    build_model, rank_top_k = _level2_recomputation.build_model, _recompute.rank_top_k
 
     def build(*args: Any, **kwargs: Any) -> Any:
         model = build_model(*args, **kwargs)
@@ -206,7 +211,7 @@ def test_saliency_model_freed_before_ranking(monkeypatch):
         alive_at_ranking.append(built[0]() is not None)
         return rank_top_k(*args, **kwargs)
 
-    monkeypatch.setattr(verify_recompute, "build_model", build)
+    monkeypatch.setattr(_level2_recomputation, "build_model", build)
     monkeypatch.setattr(_recompute, "rank_top_k", rank)
     report = run_verify(out, key, 2)
 
