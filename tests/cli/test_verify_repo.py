@@ -655,8 +655,6 @@ def test_unlistable_directory_stops_the_run(repo, tmp_path, monkeypatch):
     """R-REPO-4: a directory below ROOT that cannot be listed stops the run (E_FILE_UNREADABLE)."""
     # Skipping it would let CI pass without its certificates. Root can list any
     # directory, so the permission error is injected.
-    from mbd_cert import _cli_ci
-
     locked = repo / "models" / "b"
     real_scandir = os.scandir
 
@@ -665,7 +663,7 @@ def test_unlistable_directory_stops_the_run(repo, tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", os.fspath(path))
         return real_scandir(path)
 
-    monkeypatch.setattr(_cli_ci.os, "scandir", scandir)
+    monkeypatch.setattr(os, "scandir", scandir)
     junit = tmp_path / "junit.xml"
     result = _run(repo, "--key", repo / "keys" / "issuer.pub", "--json", "--junit", junit)
     assert result.exit_code == 2
