@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree
 
 import pytest
@@ -219,44 +220,52 @@ def test_verify_repo_fails_on_published_pre_deletion_model(honest_run: HonestRun
     assert check["detail"].startswith("backup/original.bin: the model before this deletion")
 
 
-@pytest.mark.parametrize("hidden", [".backup/model.safetensors", "models/.old/m.bin",
-                                    ".keep.safetensors"])
-def test_verify_repo_finds_pre_deletion_model_in_hidden_place(
-        honest_run: HonestRun, issuer_keys: IssuerKeys, tmp_path: Path, hidden: str):
-    """R-REPO-9: a hidden file or folder publishes the model as much as any other."""
-    root = _repo_with(honest_run, tmp_path / "repo", ["cert.json", "model.safetensors"])
-    (root / hidden).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(honest_run.checkpoint / "model.safetensors", root / hidden)
-    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json"])
+def _pre_deletion_check(root: Path, keys: IssuerKeys) -> dict[str, Any]:
+    """Run verify-repo on ``root``, expect exit 1, and return its pre-deletion-model check."""
+    outcome = run_cli(["verify-repo", root, "--key", keys.public, "--json"])
     assert outcome.exit_code == 1, outcome.stderr
     assert outcome.report is not None
     [result] = outcome.report["results"]
     [check] = [c for c in result["report"]["checks"] if c["name"] == "pre-deletion-model"]
     assert check["code"] == "E_PRE_DELETION_PUBLISHED"
+    return check
+
+
+def _delete_vision(run: HonestRun, keys: IssuerKeys, out: Path) -> Path:
+    """Issue the chain's second deletion (vision) from ``run``'s output into ``out``."""
+    issued = run_cli(["issue", "--checkpoint", run.out_dir, "--modality", "vision",
+                      "--epsilon", "1", "--steps", "2", "--key", keys.private, "--out", out])
+    assert issued.exit_code == 0, issued.stderr
+    return out
+
+
+@pytest.mark.parametrize("hidden", [".backup/model.safetensors", "models/.old/m.bin",
+                                    ".keep.safetensors"])
+def test_pre_deletion_model_hidden_place(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                         tmp_path: Path, hidden: str):
+    """R-REPO-9: a hidden file or folder publishes the model as much as any other."""
+    root = _repo_with(honest_run, tmp_path / "repo", ["cert.json", "model.safetensors"])
+    (root / hidden).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(honest_run.checkpoint / "model.safetensors", root / hidden)
+
+    check = _pre_deletion_check(root, issuer_keys)
+
     assert check["detail"].startswith(f"{hidden}: the model before this deletion")
 
 
-def test_verify_repo_finds_model_before_earlier_deletion(honest_run: HonestRun,
-                                                         issuer_keys: IssuerKeys,
-                                                         tmp_path: Path):
+def test_model_before_earlier_deletion(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                       tmp_path: Path):
     """R-REPO-9: the trained model before the chain's first deletion fails the second."""
-    second = tmp_path / "second"
-    issued = run_cli(["issue", "--checkpoint", honest_run.out_dir, "--modality", "vision",
-                      "--epsilon", "1", "--steps", "2", "--key", issuer_keys.private,
-                      "--out", second])
-    assert issued.exit_code == 0, issued.stderr
+    second = _delete_vision(honest_run, issuer_keys, tmp_path / "second")
     root = tmp_path / "repo"
     (root / "models").mkdir(parents=True)
     for name in ["cert.json", "model.safetensors", "chain-00001.json"]:
         shutil.copy(second / name, root / "models" / name)
     assert run_cli(["verify-repo", root, "--key", issuer_keys.public]).exit_code == 0
     shutil.copy(honest_run.checkpoint / "model.safetensors", root / "original.safetensors")
-    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json"])
-    assert outcome.exit_code == 1, outcome.stderr
-    assert outcome.report is not None
-    [result] = outcome.report["results"]
-    [check] = [c for c in result["report"]["checks"] if c["name"] == "pre-deletion-model"]
-    assert check["code"] == "E_PRE_DELETION_PUBLISHED"
+
+    check = _pre_deletion_check(root, issuer_keys)
+
     first_id = honest_run.load_cert()["certificate_id"]
     assert check["detail"].startswith(
         f"original.safetensors: the model before deletion 1 of this chain (certificate "
@@ -264,22 +273,17 @@ def test_verify_repo_finds_model_before_earlier_deletion(honest_run: HonestRun,
     assert "deleted audio encoder" in check["detail"]
 
 
-def test_pre_deletion_scan_hashes_once(honest_run: HonestRun,
-                                                 issuer_keys: IssuerKeys, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch):
+def test_pre_deletion_scan_hashes_once(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """R-REPO-9: a file that several certificates' chains point at is hashed in full once.
 
-    Each certificate of a chain checks the pre-deletion models of all its links, so
-    without a cache a model of one architecture would be read again for every
-    certificate whose chain contains that link: gigabytes per certificate.
+    Each certificate of a chain checks the pre-deletion models of all its links. Without
+    a cache, a model of one architecture would be read again for every certificate
+    whose chain contains that link: gigabytes per certificate.
     """
     from mbd_cert import _published_models
 
-    second = tmp_path / "second"
-    issued = run_cli(["issue", "--checkpoint", honest_run.out_dir, "--modality", "vision",
-                      "--epsilon", "1", "--steps", "2", "--key", issuer_keys.private,
-                      "--out", second])
-    assert issued.exit_code == 0, issued.stderr
+    second = _delete_vision(honest_run, issuer_keys, tmp_path / "second")
     root = tmp_path / "repo"
     for version, source, names in [
             ("v1", honest_run.out_dir, ["cert.json", "model.safetensors"]),
@@ -303,31 +307,27 @@ def test_pre_deletion_scan_hashes_once(honest_run: HonestRun,
     assert len(hashed) == len(set(hashed))
 
 
-def test_verify_repo_finds_lfs_pointer_to_pre_deletion_model(honest_run: HonestRun,
-                                                             issuer_keys: IssuerKeys,
-                                                             tmp_path: Path):
-    """R-REPO-9: a checkout without LFS holds a pointer to the committed model."""
+def test_lfs_pointer_to_pre_deletion_model(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                           tmp_path: Path):
+    """R-REPO-9: a checkout without LFS contains a pointer to the committed model."""
     import hashlib
 
     root = _repo_with(honest_run, tmp_path / "repo", ["cert.json", "model.safetensors"])
     data = (honest_run.checkpoint / "model.safetensors").read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
     pointer = ("version https://git-lfs.github.com/spec/v1\n"
-               f"oid sha256:{hashlib.sha256(data).hexdigest()}\nsize {len(data)}\n")
+               f"oid sha256:{digest}\nsize {len(data)}\n")
     (root / "weights.bin").write_text(pointer)
-    outcome = run_cli(["verify-repo", root, "--key", issuer_keys.public, "--json"])
-    assert outcome.exit_code == 1, outcome.stderr
-    assert outcome.report is not None
-    [result] = outcome.report["results"]
-    [check] = [c for c in result["report"]["checks"] if c["name"] == "pre-deletion-model"]
+
+    check = _pre_deletion_check(root, issuer_keys)
+
     assert check["detail"].startswith("weights.bin: the model before this deletion")
-    other = pointer.replace(hashlib.sha256(data).hexdigest(), "0" * 64)
-    (root / "weights.bin").write_text(other)
+    (root / "weights.bin").write_text(pointer.replace(digest, "0" * 64))
     assert run_cli(["verify-repo", root, "--key", issuer_keys.public]).exit_code == 0
 
 
-def test_verify_repo_skips_git_store_for_pre_deletion(honest_run: HonestRun,
-                                                      issuer_keys: IssuerKeys,
-                                                      tmp_path: Path):
+def test_git_store_not_scanned(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                               tmp_path: Path):
     # git's own store (an LFS object, say) is history, not a published file.
     root = _repo_with(honest_run, tmp_path / "repo", ["cert.json", "model.safetensors"])
     store = root / ".git" / "lfs" / "objects" / "ab"

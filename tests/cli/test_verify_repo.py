@@ -439,7 +439,7 @@ def test_outside_policy_ignores_tree_keys(repo, tmp_path):
     assert "resolved against the policy file's directory" in result.stderr
 
 
-def test_policy_inside_root_keys_resolve_in_root(repo):
+def test_inside_policy_keys_in_root(repo):
     # A policy file in a folder of the repository keeps root-relative key paths.
     (repo / "ci").mkdir()
     policy = repo / "ci" / "policy.toml"
