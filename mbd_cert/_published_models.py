@@ -34,7 +34,7 @@ from mbd_cert._repo_search import repository_files
 # claimed header is skipped unread.
 _MAX_HEADER = 1024 * 1024
 _CHUNK = 1024 * 1024
-# A Git LFS pointer is a few lines of text, under 200 bytes in practice; its oid line
+# A Git LFS pointer is a few lines of text, under 200 bytes in practice. Its oid line
 # is "oid sha256:" and 64 lowercase hex digits (the Git LFS pointer specification).
 _MAX_POINTER = 1024
 _OID = re.compile(rb"^oid sha256:([0-9a-f]{64})$", re.MULTILINE)
@@ -70,8 +70,8 @@ def pre_deletion_copies(committed: dict[str, object], index: HeaderIndex,
     if not isinstance(header, str) or not isinstance(whole, str):
         return []
     cache: dict[Path, str | None] = {} if file_digests is None else file_digests
-    # A checkout without LFS holds a pointer whose oid is the file's SHA-256: the
-    # model is committed all the same, one 'git lfs pull' away.
+    # A checkout without LFS contains a pointer whose oid is the file's SHA-256, so
+    # the model is committed all the same, one 'git lfs pull' away.
     copies = list(index.get(_lfs_key(whole), []))
     for path in index.get(header, []):
         if path not in cache:

@@ -94,7 +94,7 @@ def check_published_pre_deletion(root: Path, results: Sequence[RepoResult]) -> s
         earlier = result.report.earlier_links if result.report is not None else []
         details = []
         found = 0
-        # The model before an earlier deletion of the chain holds that deletion's
+        # The model before an earlier deletion of the chain contains that deletion's
         # encoder and every later one, so it undoes them all.
         for position, link in enumerate([*earlier, doc], start=1):
             copies = pre_deletion_copies(link["subject_model"]["pre_deletion"], index,
@@ -102,14 +102,14 @@ def check_published_pre_deletion(root: Path, results: Sequence[RepoResult]) -> s
             if not copies:
                 continue
             found += len(copies)
-            which = ("this deletion" if link is doc else
+            deletion_name = ("this deletion" if link is doc else
                      f"deletion {position} of this chain (certificate "
                      f"{terminal_text(link['certificate_id'])})")
             names = ", ".join(terminal_text(path.relative_to(root).as_posix())
                               for path in copies)
             reported.update(path.relative_to(root).as_posix() for path in copies)
             details.append(
-                f"{names}: the model before {which} is published in the repository; its "
+                f"{names}: the model before {deletion_name} is published in the repository; its "
                 "file digest is that certificate's subject_model.pre_deletion.file_digest. "
                 f"It still contains the deleted {terminal_text(link['deletion']['modality'])} "
                 "encoder, so the deletion is undone for its readers. Remove it, from the "

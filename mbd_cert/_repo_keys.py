@@ -24,9 +24,9 @@ def key_base(root: Path, policy_file: Path | None) -> tuple[Path, str]:
     the base branch's copy) must not take its keys from the pull request's tree, which
     could replace them (SPEC.md, section 16). Also returns the words that name it.
 
-    Where the directory lies is decided after symbolic links, as the files are read:
-    a path that passes through a link in the repository to a folder outside it names
-    an outside policy, and a root given through a link still contains its policy.
+    Where the directory lies is decided after symbolic links, as the files are read.
+    A path that passes through a link in the repository to a folder outside it names
+    an outside policy. A root given through a link still contains its policy.
     """
     if policy_file is not None:
         # realpath of the file itself: ".." after a link leaves the link's target, as

@@ -4,7 +4,7 @@ Each other check of verify-repo passes on any genuine release of a trusted issue
 A pull request that replaces a model and its certificate with an older release of
 the chain, or with one from another branch of deletions, passes them all. The policy, kept
 outside the pull request, names per model path the modalities its certificate's chain
-must have deleted and the smallest sequence number. This module holds every
+must have deleted and the smallest sequence number. This module checks every
 certificate paired with a pinned model against its pin, and reports a pinned model
 whose file or certificate is missing as a failed check of the run.
 

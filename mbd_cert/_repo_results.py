@@ -100,7 +100,7 @@ def render_table(results: Sequence[RepoResult], exit_code: int, level: int,
                  has_policy: bool, run_result: RepoResult | None = None) -> None:
     """Print the certificates as a table, its notes, and the summary line.
 
-    ``run_result`` holds the checks of the repository as a whole (strict mode's
+    ``run_result`` contains the checks of the repository as a whole (strict mode's
     ``uncertified-model``): a row of its own, and named in the summary, so that the
     line never reads as a clean run beside a failing exit code.
     """

@@ -92,7 +92,7 @@ def repository_files(root: Path, *, hidden: bool = False) -> Iterator[Path]:
 
     The scans that follow the certificate search use it. With ``hidden``, files and
     directories whose names start with a dot are walked too, except ``.git``, which
-    holds git's own copies of the files. A directory that cannot be listed is
+    contains git's own copies of the files. A directory that cannot be listed is
     skipped: the search has listed every non-hidden directory already and stopped
     the run on an unreadable one.
     """

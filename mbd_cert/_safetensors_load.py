@@ -5,11 +5,11 @@ read the arrays and, later, hashed or copied the file again, another process tha
 rewrote the file in between (a second training run, a ``git checkout``) would make
 the certificate commit bytes that were never used. :func:`load_file` reads every byte
 through one open file, once, and feeds the same bytes to the header parser, the
-arrays and the SHA-256 hashers. The digests therefore describe the arrays whatever
-happens to the file meanwhile. A later copy or digest of the file is compared with
+arrays and the SHA-256 hashers, so the digests describe the arrays even if the file
+changes later. A later copy or digest of the file is compared with
 them by :func:`check_unchanged`.
 
-The arrays are held in memory, as :func:`mbd_cert.checkpoint.read_tensors` holds
+The arrays are kept in memory, as :func:`mbd_cert.checkpoint.read_tensors` keeps
 them. Tensors that ``keep`` leaves out are hashed through one 4 MiB buffer.
 
 Stability: private module. Import these names from :mod:`mbd_cert._safetensors`.
@@ -101,8 +101,8 @@ def load_file(path: str | os.PathLike[str], *,
         header, head = read_open_header(handle, st, file_path)
         whole = hashlib.sha256(head)
         scratch: memoryview | None = None
-        # R-ST-1: the tensors tile the data section in this order, so reading them
-        # one after another reads every remaining byte of the file exactly once.
+        # The header parser has checked that the tensors tile the data section in this
+        # order (R-ST-1), so reading them in turn reads each remaining byte once.
         for name, info in header.tensors.items():
             hasher = hashlib.sha256()
             if keep is None or keep(name):

@@ -32,13 +32,14 @@ _BIDI_AND_SEPARATORS = (
     + list(range(0x2066, 0x206A))
 )
 
-# Characters that draw nothing, so that two names differing only by them look the same
-# ("model\u200b.safetensors" shows as "model.safetensors"): soft hyphen, combining
-# grapheme joiner, the Hangul and Khmer fillers, Mongolian vowel separator, zero-width
-# space, non-joiner and joiner, word joiner and invisible operators, the deprecated
-# format characters, zero-width no-break space (BOM), interlinear annotation marks and
-# the tag characters (which can spell hidden ASCII text). The joiners also shape some
-# scripts and emoji; such a name still reads, with the joiner shown as its escape.
+# Characters that draw nothing, so two names that differ only by them look the same
+# ("model\u200b.safetensors" shows as "model.safetensors"). The list: soft hyphen,
+# combining grapheme joiner, the Hangul and Khmer fillers, Mongolian vowel separator,
+# zero-width space, non-joiner and joiner, word joiner and invisible operators, the
+# deprecated format characters, zero-width no-break space (BOM), interlinear
+# annotation marks and the tag characters (which can spell hidden ASCII text). The
+# joiners also shape some scripts and emoji, and such a name still reads, with the
+# joiner shown as its escape.
 # Variation selectors (Mongolian, U+FE00 to U+FE0F, U+E0100 to U+E01EF) draw nothing
 # after a character that has no variant, such as the dot of ".safetensors".
 _INVISIBLE = (

@@ -65,11 +65,11 @@ def _terminate_as_interrupt(signum: int, frame: Any) -> None:
 def _end_with_status(signum: int, frame: Any) -> None:
     """End the process now with the finished command's exit status.
 
-    The command has written its outputs and printed its result; what is left is
+    The command has written its outputs and printed its result. What is left is
     interpreter shutdown (0.6 s after 'issue' on 2 CPU cores, measured), which can hang
-    on a stuck library thread. A signal there keeps the command's outcome: status 130
-    or 143 would report a failure that did not happen, and ignoring the signal would
-    leave a hang that only SIGKILL ends.
+    on a stuck library thread. A signal there keeps the command's outcome, because
+    status 130 or 143 would report a failure that did not happen. Ignoring the signal
+    would leave a hang that only SIGKILL ends.
     """
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

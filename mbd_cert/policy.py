@@ -61,7 +61,7 @@ _KNOWN_KEYS = (
 
 @dataclass(frozen=True)
 class ModelPin:
-    """What the certificate of one published model must show (the policy's ``models`` table).
+    """Requirements on the certificate of one published model (the policy's ``models`` table).
 
     A pin keeps a pull request from replacing a model and its certificate with another
     genuine release of the same issuer. That release may be an older one of the chain,

@@ -92,7 +92,7 @@ def run_level2(doc: Mapping[str, Any], model_path: Path, bundle_dir: Path,
                          source="certificate")
     # NOTE: level 2 reads whole models instead of streaming tensors. It keeps the diff in
     # float64 and builds the model in float64, and at its peak (the closed-form Fisher
-    # of a later probe chunk) it holds about 8 float64 copies of the eligible parameters
+    # of a later probe chunk) it keeps about 8 float64 copies of the eligible parameters
     # (benchmarks/bench_level2_memory.py, docs/benchmarks.md).
     pre = rebuild_pre(bundle)
     step()

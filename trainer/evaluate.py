@@ -138,20 +138,21 @@ def evaluate(model: MBDModel, split: Any, corpus: Any) -> dict[str, Any]:
 
     # A deleted modality's input is ignored, so a sample that observes only deleted
     # modalities has no input the model reads.
-    kept = np.array([name not in model.deleted for name in model.modalities])
-    views: dict[str, dict[str, Any]] = {"all": _view_metrics(baseline, labels, present & kept)}
+    not_deleted = np.array([name not in model.deleted for name in model.modalities])
+    views: dict[str, dict[str, Any]] = {
+        "all": _view_metrics(baseline, labels, present & not_deleted)}
     for index, name in enumerate(model.modalities):
         masked = present.copy()
         masked[:, index] = False
         if name in model.deleted:
             zeroed = {**features, name: np.zeros_like(features[name])}
             prediction = predict(model, zeroed, masked)
-            metrics = _view_metrics(prediction, labels, masked & kept)
+            metrics = _view_metrics(prediction, labels, masked & not_deleted)
             metrics["max_abs_change_vs_all"] = float(np.max(np.abs(prediction - baseline)))
             views[f"deleted:{name}"] = metrics
         else:
             views[f"missing:{name}"] = _view_metrics(predict(model, features, masked),
-                                                     labels, masked & kept)
+                                                     labels, masked & not_deleted)
     return {
         "n": int(labels.shape[0]),
         "corpus": corpus.name,

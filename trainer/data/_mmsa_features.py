@@ -166,7 +166,7 @@ def _valid_steps(split: RawSplit, modality: str) -> np.ndarray:
 
 
 def _is_present(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Return bool ``[n]``: True where a valid step holds a finite, non-zero value."""
+    """Return bool ``[n]``: True where a valid step contains a finite, non-zero value."""
     informative = np.isfinite(values) & (values != 0) & valid[:, :, None]
     return np.asarray(informative.any(axis=(1, 2)))
 

@@ -45,10 +45,10 @@ class _NdarrayType:
         raise MalformedData("refusing to call numpy.ndarray from a pickle", hint=_HINT)
 
 
-# Python values an object array may hold. MMSA-style pickles store ``id`` and
-# ``raw_text`` as object arrays of strings. The values themselves come through the
-# same restricted unpickler, so an object array can hold nothing the file could not
-# hold elsewhere; the check after loading keeps it to plain scalars.
+# Python values an object array may contain. MMSA-style pickles store ``id`` and
+# ``raw_text`` as object arrays of strings. The values come through the same
+# restricted unpickler, so an object array cannot contain anything the file could not
+# contain elsewhere. The check after loading allows only these plain scalars.
 _PLAIN_SCALARS = (str, bytes, int, float, bool, type(None))
 
 
