@@ -6,7 +6,7 @@ runs over the calls of the layer in one forward pass (the MBD forget objective c
 each fusion and generator layer twice) and dy_c = dL/dy_c. One batched forward pass
 that records x_c, and one backward pass of sum_i L_i to the outputs y_c, give every dy_c
 at once. The weighted sums of dW_i and dW_i**2 then follow from a few matrix products
-over the sample axis (:func:`_weight_moments`). No per-sample backward pass runs and no
+over the sample axis (:func:`weight_moments`). No per-sample backward pass runs and no
 [n, out, in] array is formed. Nor is ``torch.func`` needed: its first ``grad`` call
 imports ``torch._dynamo``, about 1.5 s of start-up (docs/benchmarks.md).
 
@@ -117,12 +117,12 @@ def per_sample_linear_moments(
             dys = [_zeros_if_none(output_grads[id(y)], y).to(torch.float64)
                    for y in record.outputs]
             xs = [x.to(torch.float64) for x in record.inputs]
-            if not _within_square_range(xs + dys):
+            if not within_square_range(xs + dys):
                 rejected.add(name)
                 continue
             if role == "weight":
                 summed = torch.cat(dys).T @ torch.cat(xs)
-                first, second = _weight_moments(dys, xs, w)
+                first, second = weight_moments(dys, xs, w)
             else:
                 per_sample = torch.stack(dys).sum(dim=0)  # [n, out]
                 summed = per_sample.sum(dim=0)
@@ -136,7 +136,7 @@ def per_sample_linear_moments(
     return gradient, fisher, sorted(rejected)
 
 
-def _weight_moments(dys: Sequence[torch.Tensor], xs: Sequence[torch.Tensor],
+def weight_moments(dys: Sequence[torch.Tensor], xs: Sequence[torch.Tensor],
                     w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Return sum_i w_i dW_i and sum_i w_i dW_i**2 without forming any dW_i.
 
@@ -175,7 +175,7 @@ def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tenso
     return torch.zeros_like(like) if grad is None else grad
 
 
-def _within_square_range(tensors: Sequence[torch.Tensor]) -> bool:
+def within_square_range(tensors: Sequence[torch.Tensor]) -> bool:
     """Return whether x**2 and dy**2 cannot overflow: every |value| is at most 1e75.
 
     The batched sums square x and dy separately, the per-sample gradient squares

@@ -24,7 +24,7 @@ import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from decimal import ROUND_CEILING, Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -34,6 +34,26 @@ from mbd_cert._functional_call import call_with_tensors
 from mbd_cert._linear_per_sample import linear_owners, per_sample_linear_moments
 
 Objective = Callable[[torch.nn.Module, Mapping[str, Any]], torch.Tensor]
+
+
+class ClosedForm(Protocol):
+    """An objective's gradients computed without autograd, for some of its tensors.
+
+    :class:`mbd_cert.arch._mbd_gradients.LateLayerGradients` is the one the issuer uses.
+    Both methods read the model's parameters as they are when called. They return None
+    when they cannot give finite values, and the caller then takes its generic route.
+    """
+
+    def covers(self, names: Sequence[str]) -> bool:
+        """Tell whether the two methods can handle every name."""
+
+    def moment_sums(self, names: Sequence[str], weights: torch.Tensor
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
+        """Return ``sum_i w_i g_i`` and ``sum_i w_i g_i**2`` (float64) per name."""
+
+    def mean_gradient(self, names: Sequence[str], weights: torch.Tensor
+                      ) -> dict[str, torch.Tensor] | None:
+        """Return the gradient of ``sum_i w_i L_i / sum_i w_i`` (float64) per name."""
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +101,7 @@ def gradient_moments(
     objective_name: str = "the objective",
     hint: str = "remove the random operation, .item() calls and Python branches on "
     "tensor values from the objective and the model's forward pass",
+    closed_form: ClosedForm | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Compute the weighted mean gradient and the diagonal empirical Fisher.
 
@@ -109,6 +130,9 @@ def gradient_moments(
             ``Architecture.independent_samples`` states it for an architecture.
         objective_name: The objective as an error message names it.
         hint: What the user can do when ``vmap`` refuses the objective.
+        closed_form: The same objective's gradients written out for this model, used
+            when it covers every name and returns finite values (the issuer passes
+            one for the built-in architecture).
 
     Returns:
         ``(gradient, fisher)``: float64 tensors per name, ``sum_i w_i g_i / sum_i w_i``
@@ -125,16 +149,22 @@ def gradient_moments(
     total_weight = float(weights.sum())
     if total_weight <= 0.0:
         raise ValueError("no probe sample has a non-zero weight for this objective")
-    try:
-        if vectorize and independent_samples:
-            sums = _moment_sums_linear(model, names, objective, batch, weights, progress)
-        elif vectorize:
-            sums = _moment_sums_vmap(model, names, objective, batch, weights, progress)
-        else:
-            sums = _moment_sums_loop(names, targets, objective, model, batch, weights,
-                                     progress)
-    except VmapFailure as failure:
-        raise vmap_error(failure, objective_name, hint) from failure.__cause__
+    sums = None
+    if vectorize and closed_form is not None and closed_form.covers(names):
+        sums = closed_form.moment_sums(names, weights)
+        if sums is not None and progress is not None:
+            progress(int(weights.shape[0]))
+    if sums is None:
+        try:
+            if vectorize and independent_samples:
+                sums = _moment_sums_linear(model, names, objective, batch, weights, progress)
+            elif vectorize:
+                sums = _moment_sums_vmap(model, names, objective, batch, weights, progress)
+            else:
+                sums = _moment_sums_loop(names, targets, objective, model, batch, weights,
+                                         progress)
+        except VmapFailure as failure:
+            raise vmap_error(failure, objective_name, hint) from failure.__cause__
     gradient, fisher = sums
     for name in names:
         gradient[name].div_(total_weight)

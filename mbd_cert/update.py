@@ -18,6 +18,7 @@ Stability: internal; the update rule is fixed by format 1.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from mbd_cert._frozen_memo import memoise_frozen
-from mbd_cert.saliency import Objective, gradient_moments
+from mbd_cert.saliency import ClosedForm, Objective, gradient_moments
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def masked_update(
     clip_norm: float,
     independent_samples: bool = False,
     fisher: Mapping[str, torch.Tensor] | None = None,
+    closed_form: ClosedForm | None = None,
 ) -> UpdateResult:
     """Run the masked preconditioned descent and clip the displacement.
 
@@ -79,6 +81,9 @@ def masked_update(
         fisher: The Fisher F per tensor name, when the caller has already computed it
             with :func:`gradient_moments` on this model, objective, batch and weights
             (the issuer does so while it computes the saliency scores).
+        closed_form: The retain objective's gradients written out for this model. The
+            steps use it when it covers the moving tensors (see
+            :func:`mbd_cert.saliency.gradient_moments`).
 
     Returns:
         The clipped displacement.
@@ -90,7 +95,8 @@ def masked_update(
 
     if fisher is None:
         _, fisher = gradient_moments(model, names, objective, batch, weights,
-                                     independent_samples=independent_samples)
+                                     independent_samples=independent_samples,
+                                     closed_form=closed_form)
     precondition = {name: 1.0 / (fisher[name].sqrt() + damping) for name in names}
     # Parameters outside the mask never move, so the steps record no autograd graph
     # for them: 20 % less time per step on the MBD model (docs/benchmarks.md). That
@@ -101,12 +107,16 @@ def masked_update(
     try:
         for p in frozen:
             p.requires_grad_(False)
-        with memoise_frozen(model, set(moving)) as memo:
+        gradients = _Gradients(model, moving, objective, batch, weights, closed_form)
+        # The closed form runs the frozen layers once per step on plain tensors, where
+        # the memo's bookkeeping would cost more than it saves.
+        with contextlib.nullcontext(None) if gradients.closed_form else \
+                memoise_frozen(model, set(moving)) as memo:
             displacement = {} if not moving else _descend(
-                model, moving, objective, batch, weights, steps, learning_rate,
-                precondition, mask_t)
-        logger.debug("masked update: %d memoised module calls, memo dropped for %s",
-                     memo.hits, memo.dropped)
+                model, moving, gradients, steps, learning_rate, precondition, mask_t)
+        if memo is not None:
+            logger.debug("masked update: %d memoised module calls, memo dropped for %s",
+                         memo.hits, memo.dropped)
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -126,12 +136,38 @@ def masked_update(
     return UpdateResult(displacement=displacement, norm_before_clip=norm, scale=scale)
 
 
+class _Gradients:
+    """The mean retain gradient of the moving tensors at their current values.
+
+    The closed form computes it when it covers every moving tensor. Once it cannot give
+    finite values, autograd through the objective takes over for the remaining steps.
+    """
+
+    def __init__(self, model: torch.nn.Module, names: Sequence[str], objective: Objective,
+                 batch: Mapping[str, Any], weights: torch.Tensor,
+                 closed_form: ClosedForm | None) -> None:
+        self._model, self._names, self._objective = model, names, objective
+        self._batch, self._weights = batch, weights
+        self.closed_form = closed_form if closed_form is not None and names and \
+            closed_form.covers(names) else None
+
+    def __call__(self) -> list[torch.Tensor | None]:
+        if self.closed_form is not None:
+            found = self.closed_form.mean_gradient(self._names, self._weights)
+            if found is not None:
+                return [found[name] for name in self._names]
+            self.closed_form = None
+        parameters = dict(self._model.named_parameters())
+        values = self._objective(self._model, self._batch)
+        loss = (values * self._weights.to(values.dtype)).sum() / float(self._weights.sum())
+        targets = [parameters[name] for name in self._names]
+        return list(torch.autograd.grad(loss, targets, allow_unused=True))
+
+
 def _descend(
     model: torch.nn.Module,
     names: Sequence[str],
-    objective: Objective,
-    batch: Mapping[str, Any],
-    weights: torch.Tensor,
+    gradients: _Gradients,
     steps: int,
     learning_rate: float,
     precondition: Mapping[str, torch.Tensor],
@@ -140,12 +176,8 @@ def _descend(
     """Run the K masked steps in place and return the float64 displacement per tensor."""
     parameters = dict(model.named_parameters())
     start = {name: parameters[name].detach().to(torch.float64).clone() for name in names}
-    total_weight = float(weights.sum())
     for _ in range(steps):
-        values = objective(model, batch)
-        loss = (values * weights.to(values.dtype)).sum() / total_weight
-        targets = [parameters[name] for name in names]
-        grads = torch.autograd.grad(loss, targets, allow_unused=True)
+        grads = gradients()
         with torch.no_grad():
             for name, grad in zip(names, grads, strict=True):
                 if grad is None:

@@ -46,7 +46,9 @@ _COPIES_PER_CHUNK = 16
 
 
 def zeroed_values(model: MBDModel, batch: Batch, modality: str,
-                  entries: Sequence[tuple[str, int]]) -> torch.Tensor:
+                  entries: Sequence[tuple[str, int]],
+                  encoded: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
+                  ) -> torch.Tensor:
     """Return per-sample forget values with each entry zeroed in turn.
 
     The caller puts the model in eval mode, as the forget objective does.
@@ -56,6 +58,9 @@ def zeroed_values(model: MBDModel, batch: Batch, modality: str,
         batch: The probe batch, as the forget objective takes it.
         modality: The modality whose forget objective is evaluated.
         entries: (parameter name, flat index) per copy.
+        encoded: The encoders' shared and private parts for ``batch``, when the caller
+            has them (:class:`mbd_cert.arch._mbd_gradients.LateLayerGradients`); no
+            zeroed entry lies in an encoder, so they are the same for every copy.
 
     Returns:
         [len(entries) + 1, n] in the model's dtype: row 0 the unchanged model, row
@@ -64,10 +69,14 @@ def zeroed_values(model: MBDModel, batch: Batch, modality: str,
     """
     with torch.no_grad():
         # One encoder pass, two states, as in the forget objective.
-        parts = model.forward_parts(batch["inputs"], batch["present"])
-        forced_state = model.state_with_reconstruction(parts["state"], modality)
-        inputs = [model.fusion_input(parts["shared"], parts["private"], state)[0]
-                  for state in (parts["state"], forced_state)]
+        if encoded is None:
+            parts = model.forward_parts(batch["inputs"], batch["present"])
+            shared, private, state = parts["shared"], parts["private"], parts["state"]
+        else:
+            shared, private = encoded
+            state = model._state(batch["present"], frozenset())
+        forced_state = model.state_with_reconstruction(state, modality)
+        inputs = [model.fusion_input(shared, private, one)[0] for one in (state, forced_state)]
         base = [_Activations(model, x) for x in inputs]
         rows = torch.zeros((len(entries) + 1, inputs[0].shape[0]), dtype=inputs[0].dtype)
         rows[0] = _forget(model, base[0].raw, base[1].raw)
@@ -79,7 +88,7 @@ def zeroed_values(model: MBDModel, batch: Batch, modality: str,
         for position, (name, _) in enumerate(entries):
             groups.setdefault(name.rpartition(".")[0], []).append(position)
         if generator in groups:
-            hidden = _generator_hidden(model, modality, parts["shared"], parts["state"])
+            hidden = _generator_hidden(model, modality, shared, state)
         for module, positions in groups.items():
             if module not in covered:
                 continue
@@ -107,7 +116,7 @@ def _forget(model: MBDModel, raw: torch.Tensor, forced: torch.Tensor) -> torch.T
     return (model.output_scale * torch.tanh(raw) - model.output_scale * torch.tanh(forced)) ** 2
 
 
-def _linear(module: nn.Module) -> nn.Linear:
+def linear_layer(module: nn.Module) -> nn.Linear:
     """Return ``module``, checked to be the ``nn.Linear`` the closed form assumes."""
     if not isinstance(module, nn.Linear):
         raise TypeError(f"expected nn.Linear in the MBD model, found {type(module).__name__}; "
@@ -115,16 +124,16 @@ def _linear(module: nn.Module) -> nn.Linear:
     return module
 
 
-def _fusion_linears(model: MBDModel) -> tuple[nn.Linear, nn.Linear]:
+def fusion_linears(model: MBDModel) -> tuple[nn.Linear, nn.Linear]:
     """Return the two linear layers of the fusion network (indices 0 and 3)."""
-    return _linear(model.fusion[0]), _linear(model.fusion[3])
+    return linear_layer(model.fusion[0]), linear_layer(model.fusion[3])
 
 
 class _Activations:
     """The fusion network's activations for one fusion input x [n, d]."""
 
     def __init__(self, model: MBDModel, x: torch.Tensor) -> None:
-        first, second = _fusion_linears(model)
+        first, second = fusion_linears(model)
         self.x = x
         self.h = functional.linear(x, first.weight, first.bias)  # [n, F]
         self.g = functional.gelu(self.h)
@@ -140,7 +149,7 @@ def _generator_hidden(model: MBDModel, modality: str, shared: dict[str, torch.Te
     The generator reads the other modalities only, so the value is the same with the
     modality observed and with it reconstructed.
     """
-    first = _linear(model._generator(modality).net[0])
+    first = linear_layer(model._generator(modality).net[0])
     inputs = model.generator_input(modality, shared, state)
     return functional.gelu(functional.linear(inputs, first.weight, first.bias))
 
@@ -153,8 +162,8 @@ def _changed_by_generator(model: MBDModel, base: _Activations, hidden: torch.Ten
     the generator is column ``slot + i`` of the fusion input, so the first fusion
     pre-activation moves by that column's change times column ``slot + i`` of W0.
     """
-    layer = _linear(model._generator(modality).net[2])
-    first, second = _fusion_linears(model)
+    layer = linear_layer(model._generator(modality).net[2])
+    first, second = fusion_linears(model)
     index = torch.tensor([flat for _, flat in entries], dtype=torch.long)
     is_bias = torch.tensor([name.endswith(".bias") for name, _ in entries]).unsqueeze(1)
     rows = torch.where(is_bias.squeeze(1), index, index // layer.in_features)
@@ -172,7 +181,7 @@ def _changed_by_generator(model: MBDModel, base: _Activations, hidden: torch.Ten
 def _changed_raw(model: MBDModel, base: _Activations, module: str,
                  entries: Sequence[tuple[str, int]]) -> torch.Tensor:
     """Return the raw head output [c, n] with each entry of ``module`` zeroed in turn."""
-    first, second = _fusion_linears(model)
+    first, second = fusion_linears(model)
     head_weight = model.head.weight[0]  # [F]
     index = torch.tensor([flat for _, flat in entries], dtype=torch.long)
     is_bias = torch.tensor([name.endswith(".bias") for name, _ in entries]).unsqueeze(1)

@@ -13,8 +13,7 @@ recomputes them. The entry point and the names in ``__all__`` are public.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ from mbd_cert.arch._mbd_config import (
     generator_prefixes,
     validate_config,
 )
-from mbd_cert.arch._mbd_model import MBDModel, Parts
+from mbd_cert.arch._mbd_model import MBDModel, Parts, eval_mode
 from mbd_cert.errors import InputError
 
 
@@ -65,7 +64,7 @@ def forget_objective(model: nn.Module, batch: Batch, modality: str) -> torch.Ten
             f"modality {modality!r} is already deleted in this model",
             hint="the forget objective is computed on the model before the deletion",
         )
-    with _eval_mode(mbd):
+    with eval_mode(mbd):
         parts = mbd.forward_parts(batch["inputs"], batch["present"])
         forced_state = mbd.state_with_reconstruction(parts["state"], modality)
         forced, _ = mbd.predict_from_parts(parts["shared"], parts["private"], forced_state)
@@ -87,7 +86,7 @@ def zeroed_forget(model: nn.Module, batch: Batch, modality: str,
     # raises the same error as forget_objective.
     if type(model) is not MBDModel or modality in model.deleted:
         return None
-    with _eval_mode(model):
+    with eval_mode(model):
         return _mbd_zeroed_forget.zeroed_values(model, batch, modality, entries)
 
 
@@ -112,7 +111,7 @@ def retain_objective(model: nn.Module, batch: Batch, modality: str) -> torch.Ten
             f"modality {modality!r} is not deleted in this model",
             hint="build the model with the modality in config.deleted_modalities",
         )
-    with _eval_mode(mbd):
+    with eval_mode(mbd):
         prediction = mbd.forward_parts(batch["inputs"], batch["present"])["prediction"]
     return (prediction - batch["label"].to(prediction.dtype)).abs()
 
@@ -123,22 +122,6 @@ def _as_mbd(model: nn.Module) -> MBDModel:
             f"the {NAME!r} objectives need an MBDModel, got {type(model).__name__}"
         )
     return model
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    # The verifier recomputes the objectives, so dropout stays off even if the caller
-    # left the model, or any submodule, in training mode. Only the modules found in
-    # training mode are switched and restored: the objectives run once per update
-    # step, and a recursive model.eval() / model.train() pair cost 0.3 ms a call.
-    training = [module for module in model.modules() if module.training]
-    for module in training:
-        module.training = False
-    try:
-        yield
-    finally:
-        for module in training:
-            module.training = True
 
 
 ARCHITECTURE = Architecture(
