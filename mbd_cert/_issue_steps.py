@@ -50,7 +50,7 @@ from mbd_cert._issue_utility import (
     utility_member,
 )
 from mbd_cert._torch_model import build_model, probe_batch, torch_threads
-from mbd_cert.arch import Architecture, Batch
+from mbd_cert.arch import Architecture, Batch, _mbd_gradients
 from mbd_cert.checkpoint import ProbeSet
 from mbd_cert.diff import MASK_PREFIX, build_diff
 from mbd_cert.errors import InputError, IssuanceError
@@ -142,7 +142,13 @@ def _run(
             "recompute the mask or the update); nothing was written")
     forget_name = f"the forget objective of architecture {architecture.name!r}"
     retain_name = f"the retain objective of architecture {architecture.name!r}"
-    require_deterministic(forget, model_pre, batch, objective_name=forget_name, hint=hint)
+    # The built-in objectives are deterministic, so they need no test run. Their
+    # gradients are written out for the late layers (mbd_cert.arch._mbd_gradients).
+    forget_gradients = _mbd_gradients.for_architecture(
+        architecture, model_pre, cast(Batch, batch), modality, forget=True)
+    if forget_gradients is None:
+        require_deterministic(forget, model_pre, batch, objective_name=forget_name,
+                              hint=hint)
 
     def retain(model: torch.nn.Module, sub: Mapping[str, Any]) -> torch.Tensor:
         return architecture.retain_objective(model, cast(Batch, sub), modality)
@@ -169,21 +175,25 @@ def _run(
 
     def update_fisher(
         stopping: threading.Event,
-    ) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    ) -> tuple[torch.nn.Module, dict[str, torch.Tensor], Any]:
         def check(done: int) -> None:
             # Called after each chunk of samples, so a cancel waits for one chunk.
             if stopping.is_set():
                 raise Cancelled("the update's Fisher was cancelled")
 
         removed_model = build_model(architecture, post_config, start)
+        retain_gradients = _mbd_gradients.for_architecture(
+            architecture, removed_model, cast(Batch, batch), modality, forget=False)
         # Level 2 recomputes the update from the retain objective on this model. A
         # failure here reaches the main thread when it collects the Fisher, before
         # anything is written.
-        require_deterministic(retain, removed_model, batch, objective_name=retain_name,
-                              hint=hint)
+        if retain_gradients is None:
+            require_deterministic(retain, removed_model, batch, objective_name=retain_name,
+                                  hint=hint)
         return removed_model, gradient_moments(
             removed_model, sorted(names), retain, batch, retain_weights, check,
-            independent_samples=independent, objective_name=retain_name, hint=hint)[1]
+            independent_samples=independent, objective_name=retain_name, hint=hint,
+            closed_form=retain_gradients)[1], retain_gradients
 
     preconditioner = tasks.enter_context(Background(update_fisher,
                                                     name="mbd-cert update Fisher"))
@@ -192,6 +202,7 @@ def _run(
     gradient, fisher = gradient_moments(
         model_pre, names, forget, batch, forget_weights, report("saliency", probe.size),
         independent_samples=independent, objective_name=forget_name, hint=hint,
+        closed_form=forget_gradients,
     )
     parameters = dict(model_pre.named_parameters())
     scores = saliency_scores({n: parameters[n] for n in names}, gradient, fisher)
@@ -228,7 +239,8 @@ def _run(
         if options.proxy_sample_size:
             value = forget_value(forget, batch, forget_weights,
                                  independent_samples=independent,
-                                 closed_form=_closed_form(architecture, modality))
+                                 closed_form=_closed_form(architecture, modality,
+                                                          forget_gradients))
             quality = measure_proxy_quality(
                 model_pre, scores, masks, value, sample_size=options.proxy_sample_size,
                 seed=options.seed, stopping=stopping,
@@ -254,7 +266,7 @@ def _run(
     # Step 3 (SPEC §6.3): deterministic masked update on the retain objective, clipped.
     if progress is not None:
         progress("update", 0, options.steps)
-    model_removed, retain_fisher = preconditioner.result()
+    model_removed, retain_fisher, retain_gradients = preconditioner.result()
     update = masked_update(
         model_removed,
         masks,
@@ -267,6 +279,7 @@ def _run(
         clip_norm=options.clip_norm,
         independent_samples=independent,
         fisher=retain_fisher,
+        closed_form=retain_gradients,
     )
     if progress is not None:
         progress("update", options.steps, options.steps)
@@ -324,7 +337,9 @@ def _run(
             eval_digests=eval_digests, previous=previous, auditor_key=options.auditor_key,
             certificate_id=certificate_id)
 
-        utility = utility_member(evaluation, utility_before.result(), utility_after.result())
+        # The released model's metrics first: the second thread may still be busy.
+        after = utility_after.result()
+        utility = utility_member(evaluation, utility_before.result(), after)
         offered.put(None)
         proxy_quality = proxy_check.result()
         doc = certificate_document(
@@ -373,15 +388,25 @@ def _run(
     return signed
 
 
-def _closed_form(architecture: Architecture, modality: str) -> ClosedForm | None:
-    """Return the architecture's zeroed forget values for ``modality``, if it has them."""
+def _closed_form(architecture: Architecture, modality: str,
+                 gradients: _mbd_gradients.LateLayerGradients | None) -> ClosedForm | None:
+    """Return the architecture's zeroed forget values for ``modality``, if it has them.
+
+    ``gradients`` are the built-in forget objective's, if the architecture has it. They
+    contain the encoders' outputs on the probe set, which spares the closed form one
+    encoder pass.
+    """
     zeroed = architecture.zeroed_forget
     if zeroed is None:
         return None
 
     def closed_form(model: torch.nn.Module, rows: Mapping[str, Any],
                     entries: Sequence[tuple[str, int]]) -> torch.Tensor | None:
-        values: torch.Tensor | None = zeroed(model, cast(Batch, rows), modality, entries)
+        values: torch.Tensor | None = None
+        if gradients is not None:
+            values = gradients.zeroed_forget(model, cast(Batch, rows), entries)
+        if values is None:
+            values = zeroed(model, cast(Batch, rows), modality, entries)
         return values
 
     return closed_form
