@@ -1,4 +1,4 @@
-"""Writing a checkpoint directory atomically, and the trainer's progress bar.
+"""Writing a checkpoint directory atomically.
 
 The directory is assembled in a hidden temporary folder next to the destination and
 renamed into place, so a crash or Ctrl-C never leaves a partial checkpoint behind.
@@ -10,13 +10,12 @@ Stability: internal to the trainer.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -204,32 +203,6 @@ def json_safe(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
-
-
-@contextlib.contextmanager
-def progress_bar(enabled: bool, epochs: int) -> Iterator[Callable[[str], None]]:
-    """Show a rich progress bar over epochs on stderr; yield a per-epoch ``advance(status)``."""
-    if not enabled:
-        yield lambda status: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    columns = (TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[status]}"))
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task("train", total=epochs, status="")
-
-        def advance(status: str) -> None:
-            bar.update(task, advance=1, status=status)
-
-        yield advance
 
 
 def _install(staging: Path, target: Path, *, force: bool) -> None:

