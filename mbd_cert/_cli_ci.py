@@ -17,6 +17,8 @@ repository"; the checks across certificates are in :mod:`mbd_cert._repo_checks`:
   evaluation set found beside its certificate, under its own name or another
   (:mod:`mbd_cert._confidential_files`), adds a warning but leaves the exit code as it is;
 * a ``*.safetensors`` file that no certificate accounts for adds a run-level warning;
+* a hidden directory that cannot be listed fails the run, in strict mode or not,
+  because the scans for such files and for pre-deletion models could not search it;
 * in strict mode (policy ``strict = true`` or ``--strict``) every warning fails the run
   instead (:mod:`mbd_cert._repo_strict`);
 * each model that the policy's ``models`` table pins must be there, with a certificate
@@ -51,7 +53,11 @@ from mbd_cert._cli_commands import (
 )
 from mbd_cert._confidential_files import ScanCache
 from mbd_cert._repo_certificate import verify_one
-from mbd_cert._repo_checks import check_forks, check_published_pre_deletion
+from mbd_cert._repo_checks import (
+    check_forks,
+    check_published_pre_deletion,
+    unreadable_directories_check,
+)
 from mbd_cert._repo_junit import (
     record_interruption,
     reject_certificate_name,
@@ -194,10 +200,15 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         # Taken before the checks below add failures to genuine certificates.
         verified = {result.certificate for result in results if result.exit_code == 0}
         check_forks(root, results, policy, chain_file_cache)
-        published = check_published_pre_deletion(root, results)
-        uncertified = uncertified_models(root, results, published)
+        # Directories below ROOT that the two scans could not list, with the reason.
+        unreadable: dict[Path, str] = {}
+        published = check_published_pre_deletion(root, results, unreadable)
+        uncertified = uncertified_models(root, results, published, unreadable)
         run_warnings: list[str] = []
         run_checks = []
+        scan_check = unreadable_directories_check(root, unreadable)
+        if scan_check is not None:
+            run_checks.append(scan_check)
         if policy.strict:
             fail_warnings(results)
             if uncertified:

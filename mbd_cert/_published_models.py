@@ -10,10 +10,11 @@ the SHA-256 of the file it stands for. Format 1.0 certificates have no header
 digest and are not checked.
 
 The index is lenient: it reads only the length prefix and the header bytes and skips
-links and unreadable files. Unlike the certificate search it walks hidden
-directories too (all but ``.git``), because a copy under ``.backup/`` is as published
-as one beside the certificate, and it reads every file, because a cap would let a
-repository bury the copy behind enough others.
+links and unreadable files. It skips directories that cannot be listed too, but names
+them to its caller, which fails the run on them. Unlike the certificate search it
+walks hidden directories too (all but ``.git``), because a copy under ``.backup/`` is
+as published as one beside the certificate. It reads every file, because a cap would
+let a repository bury the copy behind enough others.
 
 Stability: internal.
 """
@@ -42,10 +43,16 @@ _OID = re.compile(rb"^oid sha256:([0-9a-f]{64})$", re.MULTILINE)
 HeaderIndex = dict[str, list[Path]]
 
 
-def header_index(root: Path) -> HeaderIndex:
-    """Map the header digest of every safetensors-like file below ``root`` to its paths."""
+def header_index(root: Path, unreadable: dict[Path, str] | None = None) -> HeaderIndex:
+    """Map the header digest of every safetensors-like file below ``root`` to its paths.
+
+    Each directory that cannot be listed is added to ``unreadable``, when given, with
+    the reason.
+    """
     index: HeaderIndex = {}
-    for path in repository_files(root, hidden=True):
+    for path in repository_files(root, hidden=True, unreadable=unreadable):
+        # NOTE: a file that cannot be opened is skipped without a report, so a
+        # pre-deletion model that the CI user cannot read passes unseen.
         digest = _header_digest(path)
         if digest is not None:
             index.setdefault(digest, []).append(path)

@@ -3,20 +3,27 @@
 * Forked chains (R-REPO-8): certificates whose chains branch from one model are
   composed jointly, and the joint epsilon is held against the policy.
 * Published pre-deletion models (R-REPO-9): a file anywhere below the root that is a
-  certificate's pre-deletion model fails that certificate.
+  certificate's pre-deletion model fails that certificate, and a directory that the
+  search cannot list fails the run.
 
 Stability: internal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mbd_cert import errors
 from mbd_cert._numbers import exact_number
 from mbd_cert._repo_results import RepoResult
+
+if TYPE_CHECKING:
+    from mbd_cert.report import CheckResult
+
+UNREADABLE_DIRECTORY_CHECK = "unreadable-directory"
+_CODE_SCAN_INCOMPLETE = "E_SCAN_INCOMPLETE"
 
 
 def check_forks(root: Path, results: Sequence[RepoResult], policy: Any,
@@ -69,11 +76,14 @@ def check_forks(root: Path, results: Sequence[RepoResult], policy: Any,
                 result.warnings.append(f"{head} {tail}")
 
 
-def check_published_pre_deletion(root: Path, results: Sequence[RepoResult]) -> set[str]:
+def check_published_pre_deletion(root: Path, results: Sequence[RepoResult],
+                                 unreadable: dict[Path, str] | None = None) -> set[str]:
     """Fail each certificate whose pre-deletion model lies in the repository (R-REPO-9).
 
     That file still contains the deleted encoder, so publishing it undoes the deletion,
     whatever the certificate claims. A certificate that did not verify gets a warning.
+    Each directory that cannot be listed is added to ``unreadable``, when given, with
+    the reason, for :func:`unreadable_directories_check`.
 
     Returns:
         The files reported, relative to ``root`` with ``/`` separators, so that strict
@@ -83,7 +93,7 @@ def check_published_pre_deletion(root: Path, results: Sequence[RepoResult]) -> s
     from mbd_cert._terminal import terminal_text
     from mbd_cert.report import CheckResult
 
-    index = header_index(root)
+    index = header_index(root, unreadable)
     # One full hash per file for the whole run, however many links point at its header.
     file_digests: dict[Path, str | None] = {}
     reported: set[str] = set()
@@ -125,3 +135,27 @@ def check_published_pre_deletion(root: Path, results: Sequence[RepoResult]) -> s
             requirement="R-REPO-9", value=found, threshold=0))
         result.exit_code = max(result.exit_code, 1)
     return reported
+
+
+def unreadable_directories_check(root: Path,
+                                 unreadable: Mapping[Path, str]) -> CheckResult | None:
+    """Return one failed check naming the directories the scans could not list, or None.
+
+    The scans for pre-deletion models (R-REPO-9) and for models without a certificate
+    (R-REPO-10) did not look inside them, so a model there would pass unreported. The
+    run cannot decide that no such model exists, so the check fails rather than warns.
+    """
+    from mbd_cert._terminal import terminal_text
+    from mbd_cert.report import CheckResult
+
+    if not unreadable:
+        return None
+    names = ", ".join(f"{terminal_text(path.relative_to(root).as_posix())} ({reason})"
+                      for path, reason in sorted(unreadable.items()))
+    noun, pronoun = ("directory", "it") if len(unreadable) == 1 else ("directories", "them")
+    detail = (f"cannot list {noun} {names}: the searches for pre-deletion models "
+              f"(R-REPO-9) and for models without a certificate (R-REPO-10) skipped "
+              f"{pronoun}, so a model there would pass unreported; run verify-repo as a "
+              f"user who can read {pronoun}, or move {pronoun} out of the repository")
+    return CheckResult(UNREADABLE_DIRECTORY_CHECK, "fail", detail, code=_CODE_SCAN_INCOMPLETE,
+                       requirement="R-REPO-9", value=len(unreadable), threshold=0)

@@ -87,14 +87,16 @@ def model_for(certificate: Path) -> Path:
     return certificate.with_name(stem + ".safetensors")
 
 
-def repository_files(root: Path, *, hidden: bool = False) -> Iterator[Path]:
+def repository_files(root: Path, *, hidden: bool = False,
+                     unreadable: dict[Path, str] | None = None) -> Iterator[Path]:
     """Yield the regular files below ``root``, skipping links and, unless asked, hidden entries.
 
     The scans that follow the certificate search use it. With ``hidden``, files and
     directories whose names start with a dot are walked too, except ``.git``, which
-    contains git's own copies of the files. A directory that cannot be listed is
-    skipped: the search has listed every non-hidden directory already and stopped
-    the run on an unreadable one.
+    contains git's own copies of the files. The certificate search stopped the run on
+    any other directory that cannot be listed, so one met here is hidden, or became
+    unreadable during the run. It is skipped and, when ``unreadable`` is given, added
+    to it with the reason, so that the caller can report what the scan did not see.
     """
     # An explicit stack, for the reason given in find_certificates.
     pending = [root]
@@ -103,7 +105,9 @@ def repository_files(root: Path, *, hidden: bool = False) -> Iterator[Path]:
         try:
             with os.scandir(directory) as listing:
                 entries = sorted(listing, key=lambda entry: entry.name)
-        except OSError:
+        except OSError as exc:
+            if unreadable is not None:
+                unreadable[directory] = exc.strerror or type(exc).__name__
             continue
         for entry in entries:
             if entry.name == ".git" or (entry.name.startswith(".") and not hidden):

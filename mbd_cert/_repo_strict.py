@@ -34,7 +34,8 @@ _EVALUATION_SET_NAME = "eval.safetensors"
 
 
 def uncertified_models(root: Path, results: Sequence[RepoResult],
-                       reported: Set[str] = frozenset()) -> list[str]:
+                       reported: Set[str] = frozenset(),
+                       unreadable: dict[Path, str] | None = None) -> list[str]:
     """Return the model files below ``root`` that no found certificate accounts for.
 
     A model file is one named ``*.safetensors`` or one whose bytes start like a
@@ -52,7 +53,8 @@ def uncertified_models(root: Path, results: Sequence[RepoResult],
     ``format`` in the header alone does not account for a file: anyone can write that
     metadata into a model, and outside every certificate's directory no warning would
     name it. The files in ``reported`` (pre-deletion models, R-REPO-9) fail their own
-    check, whose advice differs, so they are left out here.
+    check, whose advice differs, so they are left out here. Each directory that cannot
+    be listed is added to ``unreadable``, when given, with the reason.
 
     Returns:
         Paths relative to ``root`` with ``/`` separators, sorted.
@@ -60,7 +62,7 @@ def uncertified_models(root: Path, results: Sequence[RepoResult],
     accounted = _accounted_files(root, results)
     warned = {name for result in results for name in result.confidential_files}
     found = []
-    for path in repository_files(root, hidden=True):
+    for path in repository_files(root, hidden=True, unreadable=unreadable):
         name = path.relative_to(root).as_posix()
         if _real_path(path) in accounted or name in warned or name in reported:
             continue

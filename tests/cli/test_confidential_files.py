@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -251,6 +252,62 @@ def test_pre_deletion_model_hidden_place(honest_run: HonestRun, issuer_keys: Iss
     check = _pre_deletion_check(root, issuer_keys)
 
     assert check["detail"].startswith(f"{hidden}: the model before this deletion")
+
+
+def _assert_unreadable_directory_fails(root: Path, keys: IssuerKeys, junit: Path,
+                                       reason: str) -> None:
+    """Run verify-repo on ``root`` with .backup unlistable; expect the run-level failure."""
+    outcome = run_cli(["verify-repo", root, "--key", keys.public, "--json", "--junit", junit])
+    assert outcome.exit_code == 1, outcome.stderr
+    assert outcome.report is not None
+    assert outcome.report["exit_code"] == 1
+    [result] = outcome.report["results"]
+    assert result["exit_code"] == 0
+    assert outcome.failed_codes == {"unreadable-directory": "E_SCAN_INCOMPLETE"}
+    detail = outcome.check_detail("unreadable-directory")
+    assert detail.startswith(f"cannot list directory .backup ({reason}): ")
+    assert "run verify-repo as a user who can read it, or move it out" in detail
+    assert "verification failed: verify-repo: unreadable-directory [E_SCAN_INCOMPLETE]" \
+        in outcome.stderr
+    suites = {suite.get("name"): suite for suite in ElementTree.parse(junit).getroot()}
+    [failure] = suites["verify-repo"].findall("testcase/failure")
+    assert failure.get("type") == "E_SCAN_INCOMPLETE"
+
+    table = run_cli(["verify-repo", root, "--key", keys.public])
+    assert table.exit_code == 1, table.stderr
+    assert "repository check unreadable-directory failed" in table.stdout
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads any directory")
+def test_unreadable_hidden_directory_fails(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                           tmp_path: Path):
+    """R-REPO-9: a hidden directory the scan cannot list, here holding the old model, fails."""
+    root = _repo_with(honest_run, tmp_path / "repo", ["cert.json", "model.safetensors"])
+    (root / ".backup").mkdir()
+    shutil.copy(honest_run.checkpoint / "model.safetensors", root / ".backup" / "old.bin")
+    (root / ".backup").chmod(0)
+    try:
+        _assert_unreadable_directory_fails(root, issuer_keys, tmp_path / "junit.xml",
+                                           "Permission denied")
+    finally:
+        (root / ".backup").chmod(0o755)
+
+
+def test_unlistable_hidden_directory_fails(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """R-REPO-9: as above with the permission error injected, because root lists anything."""
+    root = _repo_with(honest_run, tmp_path / "repo", ["cert.json", "model.safetensors"])
+    (root / ".backup").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path: Any) -> Any:
+        if os.fspath(path) == os.fspath(root / ".backup"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    _assert_unreadable_directory_fails(root, issuer_keys, tmp_path / "junit.xml",
+                                       "Permission denied")
 
 
 def test_model_before_earlier_deletion(honest_run: HonestRun, issuer_keys: IssuerKeys,
