@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from mbd_cert._cli_commands import GuardFactory, progress_bar, require_directory
+from mbd_cert._interrupts import output_left_text
 from mbd_cert._paths import reject_output_over_inputs
 
 
@@ -195,7 +196,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
     )
     @click.option("--force", is_flag=True, help="Replace an existing output directory.")
     # True until the output is in place; from then on Ctrl-C is held (mbd_cert._interrupts).
-    @guarded(interrupted="the output directory was left as it was")
+    @guarded(interrupted=output_left_text)
     def issue(
         checkpoint: Path,
         modality: str,

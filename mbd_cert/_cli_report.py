@@ -16,7 +16,7 @@ import click
 
 from mbd_cert import _paths, errors
 from mbd_cert._cli_commands import GuardFactory
-from mbd_cert._interrupts import command_window
+from mbd_cert._interrupts import command_window, output_left_text
 from mbd_cert._issue_outputs import check_output_dir, create_staging, set_modes, swap_in
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
     @click.option("--title", default="Modality deletion report", show_default=True,
                   help="Title of the HTML page.")
     # True until the report is in place; from then on Ctrl-C is held (mbd_cert._interrupts).
-    @guarded(interrupted="the output directory was left as it was")
+    @guarded(interrupted=output_left_text)
     def report(certs: tuple[Path, ...], out_dir: Path, force: bool, chain_dir: Path | None,
                modality: str | None, verify_reports: tuple[Path, ...], title: str) -> None:
         """Draw figures from CERTS: privacy-utility, chain budget, proxy quality, checks.

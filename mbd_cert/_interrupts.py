@@ -17,6 +17,8 @@ there; elsewhere these functions change nothing.
 
 :class:`Interrupted` carries the text of the ``E_INTERRUPTED`` error that a command
 writes to its ``--json`` document and ``--junit`` file after Ctrl-C.
+:func:`output_left_text` returns the stderr line of a command whose ``--out`` was left
+as it was.
 
 Stability: internal.
 """
@@ -26,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import FrameType
 from typing import Any
 
@@ -54,6 +56,20 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+
+def output_left_text(arguments: Mapping[str, Any]) -> str:
+    """Return the Ctrl-C outcome of a command that left its ``--out`` directory as it was.
+
+    Args:
+        arguments: The command's keyword arguments, where ``out_dir`` is its ``--out``.
+    """
+    from mbd_cert._terminal import terminal_text
+
+    out_dir = arguments.get("out_dir")
+    if out_dir is None:
+        return "the output directory was left as it was"
+    return f"the output directory {terminal_text(str(out_dir))} was left as it was"
 
 
 def interruption(interrupt: KeyboardInterrupt) -> Interrupted:

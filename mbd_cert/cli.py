@@ -128,7 +128,7 @@ ErrorDocument = Callable[[Mapping[str, Any], str, str, str, int], dict[str, Any]
 
 
 def guarded(json_flag: str | None = None, *,
-            interrupted: str = NOT_FINISHED,
+            interrupted: str | Callable[[Mapping[str, Any]], str] = NOT_FINISHED,
             error_document: ErrorDocument | None = None) -> Callable[[F], F]:
     """Map library errors to exit codes and messages; never let a traceback through.
 
@@ -139,8 +139,9 @@ def guarded(json_flag: str | None = None, *,
     the error ``E_INTERRUPTED`` and the text of the
     :class:`~mbd_cert._interrupts.Interrupted` that the command raised, unless the
     command had already written its own document. ``interrupted`` completes the message
-    ``interrupted; ...`` printed on Ctrl-C. It must be true at any point where the
-    command can be interrupted.
+    ``interrupted; ...`` printed on Ctrl-C, or returns that text when called with the
+    command's keyword arguments, so that it can name the output directory. It must be
+    true at any point where the command can be interrupted.
     """
 
     def decorate(function: F) -> F:
@@ -173,7 +174,7 @@ def guarded(json_flag: str | None = None, *,
                 stopped = interruption(interrupt)
                 write_document(CODE_INTERRUPTED, stopped.message, stopped.hint,
                                EXIT_INTERRUPTED)
-                exit_interrupted(interrupted)
+                exit_interrupted(interrupted(kwargs) if callable(interrupted) else interrupted)
             except click.exceptions.Exit:
                 raise
             except click.ClickException:

@@ -11,12 +11,13 @@ Stability: internal; the options are documented in ``--help``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
+from mbd_cert._interrupts import output_left_text
 from mbd_cert.arch._mbd_config import DEFAULTS as ARCHITECTURE_DEFAULTS
 from mbd_cert.errors import InputError, MalformedData
 from trainer.config import FIELD_BOUNDS, MAX_SEED, TrainingConfig
@@ -79,8 +80,10 @@ def hyper_parameter_help(field_name: str, description: str, default: object) -> 
     return f"{description}; {FIELD_BOUNDS[field_name].text()} [default: {default}]."
 
 
-def interrupted_text() -> str:
+def interrupted_text(arguments: Mapping[str, Any]) -> str:
     """Return what ``train`` prints after ``interrupted; `` on Ctrl-C.
+
+    ``arguments`` are the command's keyword arguments, where ``out_dir`` is its ``--out``.
 
     In one process, or on rank 0 under torchrun, the output directory is as it was
     until the checkpoint is in place, and from then on Ctrl-C is held
@@ -89,7 +92,7 @@ def interrupted_text() -> str:
     account to rank 0.
     """
     if os.environ.get("RANK", "0") in ("", "0"):
-        return "the output directory was left as it was"
+        return output_left_text(arguments)
     return (f"rank {os.environ['RANK']} writes no output; rank 0's message reports "
             "whether the checkpoint was written")
 
@@ -106,7 +109,7 @@ def register(group: click.Group, guarded: Callable[..., Any] | None = None) -> N
         group.add_command(click.command("train")(_train_options(_train)))
         group.add_command(click.command("evaluate")(_evaluate_options(_evaluate)))
         return
-    wrap_train = guarded(interrupted=interrupted_text())
+    wrap_train = guarded(interrupted=interrupted_text)
     group.add_command(click.command("train")(_train_options(wrap_train(_train))))
     group.add_command(click.command("evaluate")(_evaluate_options(guarded()(_evaluate))))
 

@@ -90,7 +90,7 @@ def test_ctrl_c_before_swap_keeps_old_output(fresh_run: HonestRun, monkeypatch):
     # The tiny model also draws the issuer's small-mask warning.
     messages = [line for line in outcome.stderr.splitlines()
                 if not line.startswith("WARNING")]
-    assert messages == ["interrupted; the output directory was left as it was"]
+    assert messages == [f"interrupted; the output directory {fresh_run.out_dir} was left as it was"]
     assert outcome.stdout == ""
     assert _snapshot(fresh_run.out_dir) == before
     assert _leftovers(fresh_run) == []
@@ -154,6 +154,27 @@ def test_ctrl_c_in_command_exits_130(module: str, name: str, arguments: list[str
     assert len(outcome.stderr.strip().splitlines()) == 1
     assert "Aborted" not in outcome.stderr
 
+
+
+@pytest.mark.parametrize(("target", "arguments"), [
+    ("trainer.data.load_corpus", ["train", "--out", "{out}"]),
+    ("mbd_cert.issue.issue", ["issue", "--checkpoint", "{checkpoint}", *TINY_ISSUE_OPTIONS,
+                              "--key", "{private}", "--out", "{out}"]),
+    ("mbd_cert._cli_report.check_output_dir", ["report", "{cert}", "--out", "{out}"]),
+])
+def test_ctrl_c_names_output_directory(target: str, arguments: list[str],
+                                       honest_run: HonestRun, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(target, _interrupt)
+    monkeypatch.delenv("RANK", raising=False)
+    out = tmp_path / "out\nwarning: done"
+    values = {"out": out, "checkpoint": honest_run.checkpoint, "cert": honest_run.cert,
+              "private": honest_run.private_key}
+    outcome = run_cli([argument.format(**values) for argument in arguments])
+    assert outcome.exit_code == 130, outcome.stderr
+    # The name is escaped, so a crafted --out cannot forge a second stderr line.
+    assert outcome.stderr == (f"interrupted; the output directory {tmp_path}/out\\nwarning: "
+                              "done was left as it was\n")
+    assert not out.exists()
 
 
 def test_ctrl_c_in_inspect_json_writes_document(honest_run: HonestRun, monkeypatch):
@@ -258,7 +279,8 @@ def test_sigterm_in_issue_acts_as_ctrl_c(tmp_path: Path, issuer_keys):
     # code as Ctrl-C, not the default of dying at once with status 143.
     result = _issue_sending_sigterm(tmp_path, issuer_keys, "", "    time.sleep(60)\n")
     assert result.returncode == 130, result.stderr
-    assert result.stderr == "interrupted; the output directory was left as it was\n"
+    assert result.stderr == (f"interrupted; the output directory {tmp_path / 'out'} was left "
+                             "as it was\n")
     assert not (tmp_path / "out").exists()
 
 
@@ -269,7 +291,8 @@ def test_sigterm_stops_a_background_job(tmp_path: Path, issuer_keys):
         tmp_path, issuer_keys, "signal.signal(signal.SIGINT, signal.SIG_IGN)\n",
         "    time.sleep(20)\n    os._exit(99)\n")
     assert result.returncode == 130, result.stderr
-    assert result.stderr == "interrupted; the output directory was left as it was\n"
+    assert result.stderr == (f"interrupted; the output directory {tmp_path / 'out'} was left "
+                             "as it was\n")
     assert not (tmp_path / "out").exists()
 
 

@@ -246,8 +246,8 @@ def test_ranks_draw_own_dropout_masks(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("rank", "expected"), [
-    (None, "the output directory was left as it was"),
-    ("0", "the output directory was left as it was"),
+    (None, "the output directory ck was left as it was"),
+    ("0", "the output directory ck was left as it was"),
     ("1", "rank 1 writes no output; rank 0's message reports whether the checkpoint was written"),
 ])
 def test_interrupt_text_per_rank(monkeypatch, rank, expected):
@@ -259,4 +259,4 @@ def test_interrupt_text_per_rank(monkeypatch, rank, expected):
         monkeypatch.delenv("RANK", raising=False)
     else:
         monkeypatch.setenv("RANK", rank)
-    assert interrupted_text() == expected
+    assert interrupted_text({"out_dir": Path("ck")}) == expected
