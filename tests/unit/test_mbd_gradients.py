@@ -35,6 +35,17 @@ def _retain(model, batch):
     return retain_objective(model, batch, "audio")
 
 
+def _assert_moments(gradients, model, batch, objective, weights):
+    """Check the closed form's moment sums against autograd's means; return the sums."""
+    assert gradients is not None
+    sums = gradients.moment_sums(NAMES, weights)
+    assert sums is not None
+    gradient, fisher = _reference(model, batch, objective, weights)
+    _assert_close(sums[0], gradient, float(weights.sum()))
+    _assert_close(sums[1], fisher, float(weights.sum()))
+    return sums, gradient
+
+
 def _assert_close(left, right, total):
     assert sorted(left) == sorted(right)
     for name in left:
@@ -49,12 +60,9 @@ def test_forget_moments_match(deleted):
     weights = batch["present"][:, 1].to(torch.float64)
     assert 0 < int(weights.sum()) < 29  # rows without audio are left out
     gradients = LateLayerGradients.forget(model, batch, "audio")
-    assert gradients is not None and gradients.covers(NAMES)
-    sums = gradients.moment_sums(NAMES, weights)
-    assert sums is not None
-    gradient, fisher = _reference(model, batch, _forget, weights)
-    _assert_close(sums[0], gradient, float(weights.sum()))
-    _assert_close(sums[1], fisher, float(weights.sum()))
+    assert gradients is not None
+    assert gradients.covers(NAMES)
+    sums, _ = _assert_moments(gradients, model, batch, _forget, weights)
     assert any(bool(t.abs().sum() > 0) for t in sums[1].values())
 
 
@@ -65,12 +73,7 @@ def test_retain_moments_match(deleted):
     batch = _batch(31, seed=8)
     weights = torch.linspace(0.5, 2.0, 31, dtype=torch.float64)
     gradients = LateLayerGradients.retain(model, batch, "audio")
-    assert gradients is not None
-    sums = gradients.moment_sums(NAMES, weights)
-    assert sums is not None
-    gradient, fisher = _reference(model, batch, _retain, weights)
-    _assert_close(sums[0], gradient, float(weights.sum()))
-    _assert_close(sums[1], fisher, float(weights.sum()))
+    _, gradient = _assert_moments(gradients, model, batch, _retain, weights)
     mean = gradients.mean_gradient(NAMES, weights)
     assert mean is not None
     _assert_close(mean, gradient, 1.0)
@@ -90,12 +93,7 @@ def test_sequences_and_missing_rows():
              "label": torch.randn(17, generator=generator, dtype=torch.float64)}
     weights = present[:, 1].to(torch.float64)
     gradients = LateLayerGradients.forget(model, batch, "audio")
-    assert gradients is not None
-    sums = gradients.moment_sums(NAMES, weights)
-    assert sums is not None
-    gradient, fisher = _reference(model, batch, _forget, weights)
-    _assert_close(sums[0], gradient, float(weights.sum()))
-    _assert_close(sums[1], fisher, float(weights.sum()))
+    _assert_moments(gradients, model, batch, _forget, weights)
 
 
 def test_reads_current_parameters():
