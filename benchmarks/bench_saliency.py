@@ -6,9 +6,12 @@ that level 2 takes for the checkpoint's architecture: for "mbd-sentiment"
 (``independent_samples``) the closed form of ``mbd_cert._fisher_linear``. The same step
 on the per-sample ``vmap`` path is timed as ``level2_vmap`` for comparison. The
 issuer's :func:`mbd_cert.saliency.gradient_moments` is timed as well: on the path
-``issue`` takes (``issuer``, batched Linear moments), on the ``vmap`` path
-(``issuer_vmap``) and with ``vectorize=False`` (``issuer_loop``, one backward pass
-per sample). The baseline is
+``issue`` takes for the built-in architecture (``issuer_closed_form``, the written-out
+late-layer gradients of :mod:`mbd_cert.arch._mbd_gradients`, their encoder pass
+included), with batched Linear moments through autograd (``issuer``, the path of an
+architecture with ``independent_samples``), on the ``vmap`` path (``issuer_vmap``) and
+with ``vectorize=False`` (``issuer_loop``, one backward pass per sample). The
+baseline is
 one forward pass of the forget objective over the whole probe set and one backward
 pass to the same eligible tensors, in the same dtype (float64), which is the least
 any gradient-based saliency must do.
@@ -38,7 +41,7 @@ def main() -> None:
     from mbd_cert._groups import eligible_names
     from mbd_cert._issue_steps import default_eligible_groups
     from mbd_cert._torch_model import build_model, probe_batch
-    from mbd_cert.arch import get_architecture
+    from mbd_cert.arch import _mbd_gradients, get_architecture
     from mbd_cert.saliency import gradient_moments
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -90,6 +93,13 @@ def main() -> None:
         gradient_moments(model, names, forget, batch, torch.from_numpy(weights),
                          independent_samples=architecture.independent_samples)
 
+    def issuer_closed_form() -> None:
+        closed = _mbd_gradients.for_architecture(architecture, model, batch, MODALITY,
+                                                 forget=True)
+        gradient_moments(model, names, forget, batch, torch.from_numpy(weights),
+                         independent_samples=architecture.independent_samples,
+                         closed_form=closed)
+
     def issuer_vmap() -> None:
         gradient_moments(model, names, forget, batch, torch.from_numpy(weights))
 
@@ -98,12 +108,14 @@ def main() -> None:
                          vectorize=False)
 
     # Warm-up: first calls pay one-time costs.
-    bare(), level2(), level2_vmap(), issuer(), issuer_vmap()
+    bare(), level2(), level2_vmap(), issuer(), issuer_closed_form(), issuer_vmap()
     runs = []
     for _ in range(repeats):
         runs.append({"bare": timed(bare)[0], "level2": timed(level2)[0],
                      "level2_vmap": timed(level2_vmap)[0],
-                     "issuer": timed(issuer)[0], "issuer_vmap": timed(issuer_vmap)[0],
+                     "issuer": timed(issuer)[0],
+                     "issuer_closed_form": timed(issuer_closed_form)[0],
+                     "issuer_vmap": timed(issuer_vmap)[0],
                      "issuer_loop": timed(issuer_loop)[0]})
     payload = {
         "probe_samples": probe.size,
@@ -116,11 +128,14 @@ def main() -> None:
         "level2_s": spread([r["level2"] for r in runs]),
         "level2_vmap_s": spread([r["level2_vmap"] for r in runs]),
         "issuer_s": spread([r["issuer"] for r in runs]),
+        "issuer_closed_form_s": spread([r["issuer_closed_form"] for r in runs]),
         "issuer_vmap_s": spread([r["issuer_vmap"] for r in runs]),
         "issuer_loop_s": spread([r["issuer_loop"] for r in runs]),
         "ratio_level2_over_bare": spread([r["level2"] / r["bare"] for r in runs]),
         "ratio_level2_vmap_over_bare": spread([r["level2_vmap"] / r["bare"] for r in runs]),
         "ratio_issuer_over_bare": spread([r["issuer"] / r["bare"] for r in runs]),
+        "ratio_issuer_closed_form_over_bare": spread([r["issuer_closed_form"] / r["bare"]
+                                                      for r in runs]),
         "ratio_issuer_vmap_over_bare": spread([r["issuer_vmap"] / r["bare"] for r in runs]),
         "ratio_issuer_loop_over_issuer": spread([r["issuer_loop"] / r["issuer"] for r in runs]),
         "runs": runs,
@@ -133,9 +148,11 @@ def main() -> None:
     saved = save("saliency" + suffix, payload)
     show([["measure", "median", "min", "max"],
           *[[key, payload[key]["median"], payload[key]["min"], payload[key]["max"]]
-            for key in ("bare_s", "level2_s", "level2_vmap_s", "issuer_s", "issuer_vmap_s",
+            for key in ("bare_s", "level2_s", "level2_vmap_s", "issuer_s",
+                        "issuer_closed_form_s", "issuer_vmap_s",
                         "issuer_loop_s", "ratio_level2_over_bare",
                         "ratio_level2_vmap_over_bare", "ratio_issuer_over_bare",
+                        "ratio_issuer_closed_form_over_bare",
                         "ratio_issuer_vmap_over_bare",
                         "ratio_issuer_loop_over_issuer")]])
     print(f"{payload['samples_with_modality']} of {probe.size} probe samples, "
