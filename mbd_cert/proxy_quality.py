@@ -347,21 +347,22 @@ def _increments_vectorised(
     """
     increments = [0.0] * len(entries)
     remaining = list(range(len(entries)))
-    varied = sorted({name for name, _ in entries})
+    _check_stopping(stopping)
+    closed = value.closed_form_values(model, entries)
+    if closed is not None and math.isfinite(closed[0]):
+        for position in range(len(entries)):
+            if math.isfinite(closed[position + 1]):
+                increments[position] = float(closed[position + 1] - closed[0])
+        remaining = [p for p in remaining if not math.isfinite(closed[p + 1])]
+    if not remaining:
+        return increments
+    rest = [entries[p] for p in remaining]
+    varied = sorted({name for name, _ in rest})
+    # The memo wraps every module's forward, which costs more than the closed form
+    # saves when it covered every entry, so it starts only for the passes.
     memo = memoise_frozen(model, set(varied)) if local_parameters else contextlib.nullcontext()
     with memo:
-        # The closed form runs inside the memo too, so the passes below can reuse the
-        # outputs it computed for modules that no sampled entry varies.
-        _check_stopping(stopping)
-        closed = value.closed_form_values(model, entries)
-        if closed is not None and math.isfinite(closed[0]):
-            for position in range(len(entries)):
-                if math.isfinite(closed[position + 1]):
-                    increments[position] = float(closed[position + 1] - closed[0])
-            remaining = [p for p in remaining if not math.isfinite(closed[p + 1])]
-        rest = [entries[p] for p in remaining]
-        owners = (zeroable_linears(model, sorted({name for name, _ in rest}))
-                  if local_parameters else {})
+        owners = zeroable_linears(model, varied) if local_parameters else {}
         for group in _passes(rest):
             positions = [remaining[i] for i in group]
             _check_stopping(stopping)
