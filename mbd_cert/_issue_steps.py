@@ -175,7 +175,8 @@ def _run(
 
     def update_fisher(
         stopping: threading.Event,
-    ) -> tuple[torch.nn.Module, dict[str, torch.Tensor], Any]:
+    ) -> tuple[torch.nn.Module, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]],
+               Any]:
         def check(done: int) -> None:
             # Called after each chunk of samples, so a cancel waits for one chunk.
             if stopping.is_set():
@@ -193,7 +194,7 @@ def _run(
         return removed_model, gradient_moments(
             removed_model, sorted(names), retain, batch, retain_weights, check,
             independent_samples=independent, objective_name=retain_name, hint=hint,
-            closed_form=retain_gradients)[1], retain_gradients
+            closed_form=retain_gradients), retain_gradients
 
     preconditioner = tasks.enter_context(Background(update_fisher,
                                                     name="mbd-cert update Fisher"))
@@ -266,7 +267,7 @@ def _run(
     # Step 3 (SPEC §6.3): deterministic masked update on the retain objective, clipped.
     if progress is not None:
         progress("update", 0, options.steps)
-    model_removed, retain_fisher, retain_gradients = preconditioner.result()
+    model_removed, (retain_gradient, retain_fisher), retain_gradients = preconditioner.result()
     update = masked_update(
         model_removed,
         masks,
@@ -280,6 +281,7 @@ def _run(
         independent_samples=independent,
         fisher=retain_fisher,
         closed_form=retain_gradients,
+        gradient=retain_gradient,
     )
     if progress is not None:
         progress("update", options.steps, options.steps)

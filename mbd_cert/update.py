@@ -63,6 +63,7 @@ def masked_update(
     independent_samples: bool = False,
     fisher: Mapping[str, torch.Tensor] | None = None,
     closed_form: ClosedForm | None = None,
+    gradient: Mapping[str, torch.Tensor] | None = None,
 ) -> UpdateResult:
     """Run the masked preconditioned descent and clip the displacement.
 
@@ -84,6 +85,9 @@ def masked_update(
         closed_form: The retain objective's gradients written out for this model. The
             steps use it when it covers the moving tensors (see
             :func:`mbd_cert.saliency.gradient_moments`).
+        gradient: The mean gradient g at the starting point, from the same
+            :func:`gradient_moments` call as ``fisher``. The first step then uses it
+            instead of computing it again.
 
     Returns:
         The clipped displacement.
@@ -107,7 +111,8 @@ def masked_update(
     try:
         for p in frozen:
             p.requires_grad_(False)
-        gradients = _Gradients(model, moving, objective, batch, weights, closed_form)
+        gradients = _Gradients(model, moving, objective, batch, weights, closed_form,
+                               gradient)
         # The closed form runs the frozen layers once per step on plain tensors, where
         # the memo's bookkeeping would cost more than it saves.
         with contextlib.nullcontext(None) if gradients.closed_form else \
@@ -145,13 +150,18 @@ class _Gradients:
 
     def __init__(self, model: torch.nn.Module, names: Sequence[str], objective: Objective,
                  batch: Mapping[str, Any], weights: torch.Tensor,
-                 closed_form: ClosedForm | None) -> None:
+                 closed_form: ClosedForm | None,
+                 first: Mapping[str, torch.Tensor] | None) -> None:
         self._model, self._names, self._objective = model, names, objective
         self._batch, self._weights = batch, weights
+        self._first = first
         self.closed_form = closed_form if closed_form is not None and names and \
             closed_form.covers(names) else None
 
     def __call__(self) -> list[torch.Tensor | None]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return [first[name] for name in self._names]
         if self.closed_form is not None:
             found = self.closed_form.mean_gradient(self._names, self._weights)
             if found is not None:

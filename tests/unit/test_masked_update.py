@@ -27,10 +27,10 @@ def _objective(model, batch):
     return retain_objective(model, batch, "audio")
 
 
-def _run(model, batch, masks, weights, fisher=None):
+def _run(model, batch, masks, weights, fisher=None, gradient=None):
     return update.masked_update(model, masks, _objective, batch, weights, steps=3,
                                 learning_rate=1e-2, damping=1e-3, clip_norm=10.0,
-                                independent_samples=True, fisher=fisher)
+                                independent_samples=True, fisher=fisher, gradient=gradient)
 
 
 def test_precomputed_fisher_gives_the_same_update():
@@ -75,3 +75,20 @@ def test_displacement_in_mask_and_clip():
         assert norm <= bound * (1 + 1e-12)
     assert np.sqrt(sum(np.sum(d * d) for d in clipped.displacement.values())) == \
         pytest.approx(clip_norm, rel=1e-12)
+
+
+def test_precomputed_gradient_starts_the_steps():
+    # The issuer hands over the mean gradient computed with the Fisher for step one.
+    model, batch, names, masks, weights = _case()
+    gradient, fisher = gradient_moments(model, names, _objective, batch, weights,
+                                        independent_samples=True)
+    own = _run(model, batch, masks, weights, fisher)
+    handed = _run(model, batch, masks, weights, fisher, gradient)
+    assert handed.norm_before_clip == pytest.approx(own.norm_before_clip, rel=1e-12)
+    for name in names:
+        np.testing.assert_allclose(handed.displacement[name], own.displacement[name],
+                                   rtol=1e-10, atol=1e-15)
+    # A different starting gradient changes the update: the first step used it.
+    doubled = _run(model, batch, masks, weights, fisher,
+                   {n: 2.0 * g for n, g in gradient.items()})
+    assert doubled.norm_before_clip > 1.05 * own.norm_before_clip
