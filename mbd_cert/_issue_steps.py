@@ -229,9 +229,10 @@ def _run(
             masked, NORMALITY_MIN_ENTRIES)
 
     # Step 5, first half: the pre-deletion utility metrics need only the checkpoint.
-    # Whichever thread is free first computes them (docs/benchmarks.md).
+    # The second thread computes them on model_pre once its proxy check is done; the
+    # main thread asks for them only after that thread has finished.
     utility_before = FirstComer(lambda: utility_before_deletion(
-        architecture, config, pre_tensors, evaluation, modality))
+        architecture, config, pre_tensors, evaluation, modality, reuse=model_pre))
     # Jobs the main thread offers the second one once its check is done; None ends them.
     offered: queue.Queue[FirstComer[Any] | None] = queue.Queue()
 
@@ -321,8 +322,9 @@ def _run(
 
     # Step 5, second half: the released model's utility, on held-out samples.
     # It goes to the second thread if that one is free by now, while this one writes.
+    # model_removed is not used after the noise, so it becomes the released model.
     utility_after = FirstComer(lambda: utility_after_deletion(
-        architecture, post_config, post_tensors, evaluation, modality))
+        architecture, post_config, post_tensors, evaluation, modality, reuse=model_removed))
     offered.put(utility_after)
 
     # Step 6 (SPEC §6.5): write everything into a temporary directory, then swap it in.
@@ -341,9 +343,9 @@ def _run(
 
         # The released model's metrics first: the second thread may still be busy.
         after = utility_after.result()
-        utility = utility_member(evaluation, utility_before.result(), after)
         offered.put(None)
         proxy_quality = proxy_check.result()
+        utility = utility_member(evaluation, utility_before.result(), after)
         doc = certificate_document(
             certificate_id=certificate_id,
             key_id=signing.key_id(private_key.public_key()),

@@ -2,7 +2,9 @@
 
 The certificate's ``metrics.utility`` compares the model before the deletion, with all
 modalities and with the deleted one missing, against the released model. Both models
-run in float32, as they are released.
+run in float32, as they are released. The issuer hands over its float64 models once it
+no longer needs them. Casting one and loading the tensors again costs a fraction of a
+new build, and a build holds the GIL that the issuer's two threads share.
 
 Stability: internal.
 """
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 
 from mbd_cert._torch_model import build_model, predict, probe_batch
+from mbd_cert.arch import load_state_dict_strict
 from mbd_cert.checkpoint import ProbeSet
 from mbd_cert.metrics import regression_metrics
 
@@ -26,11 +29,17 @@ def utility_before_deletion(
     pre_tensors: Mapping[str, np.ndarray],
     evaluation: ProbeSet | None,
     modality: str,
+    reuse: torch.nn.Module | None = None,
 ) -> dict[str, Any] | None:
-    """Return the pre-deletion metrics, with all modalities and without ``modality``."""
+    """Return the pre-deletion metrics, with all modalities and without ``modality``.
+
+    ``reuse``, a model of the architecture built from ``config`` that nothing else uses
+    any more, is cast to float32 and loaded with ``pre_tensors`` instead of a new build.
+    """
     if evaluation is None:
         return None
-    pre, batch, label = _evaluation_model(architecture, config, pre_tensors, evaluation)
+    pre, batch, label = _evaluation_model(architecture, config, pre_tensors, evaluation,
+                                          reuse)
     present = batch["present"].clone()
     present[:, evaluation.modalities.index(modality)] = False
     missing = {**batch, "present": present}
@@ -46,20 +55,32 @@ def utility_after_deletion(
     post_tensors: Mapping[str, np.ndarray],
     evaluation: ProbeSet | None,
     modality: str,
+    reuse: torch.nn.Module | None = None,
 ) -> dict[str, Any] | None:
-    """Return the released model's metrics with ``modality`` deleted."""
+    """Return the released model's metrics with ``modality`` deleted.
+
+    ``reuse`` is as for :func:`utility_before_deletion`, built from ``post_config``.
+    """
     if evaluation is None:
         return None
-    post, batch, label = _evaluation_model(architecture, post_config, post_tensors, evaluation)
+    post, batch, label = _evaluation_model(architecture, post_config, post_tensors, evaluation,
+                                           reuse)
     return {f"deleted_{modality}": regression_metrics(predict(post, batch), label)}
 
 
 def _evaluation_model(
     architecture: Any, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
-    evaluation: ProbeSet,
+    evaluation: ProbeSet, reuse: torch.nn.Module | None,
 ) -> tuple[torch.nn.Module, dict[str, Any], np.ndarray]:
     """Return the float32 model, as it is released, with the evaluation batch and labels."""
-    model = build_model(architecture, config, tensors, dtype=torch.float32)
+    if reuse is None:
+        model = build_model(architecture, config, tensors, dtype=torch.float32)
+    else:
+        # Every parameter and buffer is loaded again, so nothing the issuer did to the
+        # model (the update's steps, the proxy check's zeroed entries) remains.
+        model = reuse.to(torch.float32)
+        load_state_dict_strict(model, tensors)
+        model.eval()
     return (model, probe_batch(evaluation, dtype=torch.float32),
             evaluation.label.astype(np.float64))
 

@@ -1,0 +1,61 @@
+"""The issue's utility metrics on a reused model equal those of a fresh build."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mbd_cert._issue_utility import utility_after_deletion, utility_before_deletion
+from mbd_cert._torch_model import build_model, model_tensors
+from mbd_cert.arch import get_architecture
+from mbd_cert.checkpoint import ProbeSet
+from tests.unit.test_gradient_moments import CONFIG
+
+ARCHITECTURE = get_architecture("mbd-sentiment")
+
+
+def _evaluation(n: int = 23) -> ProbeSet:
+    rng = np.random.default_rng(4)
+    inputs = {m: rng.standard_normal((n, CONFIG["seq_len"][m], CONFIG["input_dims"][m]))
+              .astype(np.float32) for m in CONFIG["modalities"]}
+    return ProbeSet(modalities=list(CONFIG["modalities"]), inputs=inputs,
+                    present=rng.random((n, 3)) > 0.2,
+                    label=rng.standard_normal(n).astype(np.float32),
+                    member=np.zeros(n, dtype=bool))
+
+
+def _tensors(config: dict) -> dict[str, np.ndarray]:
+    model = ARCHITECTURE.build(config)
+    return model_tensors(model, np.dtype(np.float32))
+
+
+def _used_float64_model(config: dict, tensors: dict[str, np.ndarray]) -> torch.nn.Module:
+    """Return the float64 model as the issuer leaves it: some weights moved in place."""
+    model = build_model(ARCHITECTURE, config, tensors)
+    with torch.no_grad():
+        model.fusion[0].weight.add_(0.5)
+        model.head.bias.zero_()
+    return model
+
+
+def test_reused_pre_model_same_metrics():
+    config = ARCHITECTURE.validate_config(CONFIG)
+    tensors, evaluation = _tensors(config), _evaluation()
+    fresh = utility_before_deletion(ARCHITECTURE, config, tensors, evaluation, "audio")
+    reused = utility_before_deletion(ARCHITECTURE, config, tensors, evaluation, "audio",
+                                     reuse=_used_float64_model(config, tensors))
+    assert fresh is not None
+    assert reused == fresh
+
+
+def test_reused_removed_model_same_metrics():
+    config = ARCHITECTURE.validate_config({**CONFIG, "deleted_modalities": ["audio"]})
+    tensors, evaluation = _tensors(config), _evaluation()
+    fresh = utility_after_deletion(ARCHITECTURE, config, tensors, evaluation, "audio")
+    model = _used_float64_model(config, tensors)
+    reused = utility_after_deletion(ARCHITECTURE, config, tensors, evaluation, "audio",
+                                    reuse=model)
+    assert fresh is not None
+    assert reused == fresh
+    # The model now computes in float32, as released.
+    assert model.head.weight.dtype == torch.float32
