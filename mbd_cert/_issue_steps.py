@@ -374,7 +374,9 @@ def _run(
             utility=utility,
         )
         signed = certificate.sign_certificate(doc, private_key)
-        (staging / "cert.json").write_bytes(certificate.dump_certificate(signed))
+        # Signing built the canonical bytes of everything but the signature.
+        (staging / "cert.json").write_bytes(
+            certificate.dump_certificate(signed, signable=True))
         set_modes(staging)
         swap_in(staging, out_dir, force=options.force)
     except OSError as exc:

@@ -198,13 +198,19 @@ def _looks_like_safetensors(data: bytes) -> bool:
     return 2 <= length <= len(data) - 8
 
 
-def dump_certificate(doc: Mapping[str, Any]) -> bytes:
+def dump_certificate(doc: Mapping[str, Any], *, signable: bool = False) -> bytes:
     """Serialise a certificate for people to read (indented, UTF-8, final newline).
 
     The file need not be canonical: the signature covers the canonical form of the
-    parsed content, not the file's bytes.
+    parsed content, not the file's bytes. Content that could not be signed or verified
+    is rejected, unless ``signable`` says that the caller has just built the canonical
+    bytes of ``doc`` without its signature (:func:`sign_certificate` does), which
+    checked the same values. The signature member is then checked alone.
     """
-    canonical.canonical_bytes(dict(doc))  # refuse what could not be signed or verified
+    if signable:
+        canonical.canonical_bytes(dict(doc.get(SIGNATURE_FIELD, {})))
+    else:
+        canonical.canonical_bytes(dict(doc))
     text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
     data = (text + "\n").encode("utf-8")
     _check_size(data, "certificate to write")  # the caps parse_certificate applies

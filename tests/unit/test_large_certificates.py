@@ -219,3 +219,21 @@ def test_issuer_refuses_what_the_verifier_would(monkeypatch: pytest.MonkeyPatch)
         certificate.dump_certificate(doc)
     assert info.value.code == "E_INPUT_TOO_LARGE"
     assert "certificate to write has" in str(info.value)
+
+
+def test_signed_dump_checks_the_signature_member() -> None:
+    # issue passes signable=True after signing, which checked the rest already.
+    doc = _doc()
+    assert certificate.dump_certificate(doc, signable=True) == certificate.dump_certificate(doc)
+    doc["signature"] = {"algorithm": "ed25519", "key_id": "x", "value": 1e400 * 0}
+    with pytest.raises(MalformedCertificate) as info:
+        certificate.dump_certificate(doc, signable=True)
+    assert info.value.code == "E_CANONICAL_NUMBER"
+
+
+def test_unsigned_dump_checks_everything() -> None:
+    doc = _doc()
+    doc["metrics"] = {"value": -0.0}
+    with pytest.raises(MalformedCertificate) as info:
+        certificate.dump_certificate(doc)
+    assert info.value.code == "E_CANONICAL_NUMBER"
