@@ -36,7 +36,7 @@ import torch
 from torch.nn import functional
 
 from mbd_cert import arch as registry
-from mbd_cert._linear_per_sample import weight_moments
+from mbd_cert._linear_per_sample import weight_moments, within_square_range
 from mbd_cert.arch import Architecture, Batch
 from mbd_cert.arch._mbd_config import STATE_OBSERVED
 from mbd_cert.arch._mbd_model import MBDModel, eval_mode
@@ -146,7 +146,11 @@ class LateLayerGradients:
 
         g_i is the gradient of sample i's objective value. Samples of weight 0 are left
         out. Returns None when a sum is not finite, for example after a square
-        overflowed. The caller then takes its generic route, which reports the problem.
+        overflowed. Also None when an input or output gradient of a weight's layer
+        exceeds 1e75 in absolute value, because the second sum squares the two apart,
+        and dy**2 can then underflow to 0 where the product dy x is well within range.
+        The caller then takes its generic route, which reports the problem or computes
+        the sums another way.
         """
         layers = sorted({name.rpartition(".")[0] for name in names})
         first: dict[str, torch.Tensor] = {}
@@ -159,7 +163,10 @@ class LateLayerGradients:
                 layer, _, role = name.rpartition(".")
                 dys = [call.dy for call in calls[layer]]
                 if role == "weight":
-                    sums = weight_moments(dys, [call.x for call in calls[layer]], w)
+                    xs = [call.x for call in calls[layer]]
+                    if not within_square_range([*xs, *dys]):
+                        return None
+                    sums = weight_moments(dys, xs, w)
                 else:
                     per_sample = torch.stack(dys).sum(dim=0)
                     sums = (w @ per_sample, w @ (per_sample * per_sample))

@@ -123,6 +123,28 @@ def test_nonfinite_sums_give_none():
     assert gradients.moment_sums(NAMES, torch.ones(9, dtype=torch.float64)) is None
 
 
+def test_huge_inputs_keep_fisher():
+    # The weight moments square x and dy apart. With x = 1e150 in fusion.3 and
+    # dy about 1e-158 (GELU's slope at u = -27.5), dy**2 underflows to 0 while each
+    # per-sample gradient dy x is about 1e-8, so the generic route must take over.
+    model = MBDModel({**CONFIG, "deleted_modalities": ["audio"], "fusion_hidden": 1},
+                     seed=3).to(torch.float64).eval()
+    batch = _batch(7, seed=2)
+    with torch.no_grad():
+        model.fusion[0].weight.zero_()
+        model.fusion[0].bias.fill_(1e150)
+        model.fusion[3].weight.fill_(-27.5e-150)
+        model.fusion[3].bias.zero_()
+    names = ["fusion.3.weight"]
+    weights = torch.ones(7, dtype=torch.float64)
+    gradients = LateLayerGradients.retain(model, batch, "audio")
+    assert gradients is not None
+    _, reference = gradient_moments(model, names, _retain, batch, weights, vectorize=False)
+    assert float(reference[names[0]].abs().max()) > 1e-30
+    _, fisher = gradient_moments(model, names, _retain, batch, weights, closed_form=gradients)
+    torch.testing.assert_close(fisher[names[0]], reference[names[0]], rtol=1e-10, atol=0.0)
+
+
 def test_rejected_models_and_names():
     batch = _batch(5, seed=1)
     plain = _model([])
