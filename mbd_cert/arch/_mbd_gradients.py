@@ -153,8 +153,11 @@ class LateLayerGradients:
         the sums another way.
         """
         layers = sorted({name.rpartition(".")[0] for name in names})
-        first: dict[str, torch.Tensor] = {}
-        second: dict[str, torch.Tensor] = {}
+        # Zeros first, so that every name has its sums when no weight is non-zero.
+        parameters = dict(self._model.named_parameters())
+        first = {name: torch.zeros_like(parameters[name], dtype=torch.float64) for name in names}
+        second = {name: torch.zeros_like(parameters[name], dtype=torch.float64)
+                  for name in names}
         w_all = weights.to(torch.float64)
         for index in _chunks(torch.nonzero(w_all != 0).flatten(), int(w_all.shape[0])):
             calls = self._calls(layers, index, scale=None)

@@ -196,6 +196,23 @@ def test_masked_update_unchanged():
                                    rtol=1e-10, atol=1e-15)
 
 
+def test_zero_weights_give_zero_sums():
+    # A probe set where no sample has the modality: every sum is there, and zero.
+    model, batch = _model([]), _batch(6, seed=4)
+    batch["present"][:, 1] = False
+    gradients = LateLayerGradients.forget(model, batch, "audio")
+    assert gradients is not None
+    sums = gradients.moment_sums(NAMES, batch["present"][:, 1].to(torch.float64))
+    assert sums is not None
+    parameters = dict(model.named_parameters())
+    for found in sums:
+        assert sorted(found) == NAMES
+        for name in NAMES:
+            assert found[name].dtype == torch.float64
+            assert torch.equal(found[name], torch.zeros_like(parameters[name],
+                                                             dtype=torch.float64))
+
+
 def test_zeroed_forget_reuses_encoders():
     # The proxy check evaluates the rows where the modality is observed.
     model, batch = _model([]), _batch(19, seed=9)
