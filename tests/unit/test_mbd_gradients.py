@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mbd_cert.arch import get_architecture
-from mbd_cert.arch._mbd_gradients import LateLayerGradients, for_architecture
-from mbd_cert.arch._mbd_model import MBDModel
+from mbd_cert.arch._mbd_gradients import FUSION_LAYERS, LateLayerGradients, for_architecture
+from mbd_cert.arch._mbd_model import MBDModel, eval_mode
 from mbd_cert.arch.mbd import forget_objective, retain_objective, zeroed_forget
-from mbd_cert.saliency import gradient_moments
+from mbd_cert.saliency import gradient_moments, slice_batch
 from mbd_cert.update import masked_update
 from tests.unit.test_gradient_moments import CONFIG, _batch, _model
 
@@ -197,7 +200,7 @@ def test_masked_update_unchanged():
 
 
 def test_zero_weights_give_zero_sums():
-    # A probe set where no sample has the modality: every sum is there, and zero.
+    # With no sample that has the modality, every name still gets its sums, all zero.
     model, batch = _model([]), _batch(6, seed=4)
     batch["present"][:, 1] = False
     gradients = LateLayerGradients.forget(model, batch, "audio")
@@ -211,6 +214,76 @@ def test_zero_weights_give_zero_sums():
             assert found[name].dtype == torch.float64
             assert torch.equal(found[name], torch.zeros_like(parameters[name],
                                                              dtype=torch.float64))
+
+
+def test_update_falls_back_midway():
+    # From the second step on the closed form has no finite value, and autograd
+    # takes over for the remaining steps.
+    model = _model(["audio"])
+    batch = _batch(21, seed=6)
+    weights = torch.ones(21, dtype=torch.float64)
+    parameters = dict(model.named_parameters())
+    masks = {name: np.random.default_rng(1).random(tuple(parameters[name].shape)) < 0.4
+             for name in NAMES}
+    options = {"steps": 4, "learning_rate": 0.05, "damping": 1e-3, "clip_norm": 10.0}
+    reference = masked_update(model, masks, _retain, batch, weights, **options)
+    gradients = LateLayerGradients.retain(model, batch, "audio")
+    assert gradients is not None
+    calls = []
+
+    def first_only(names, step_weights):
+        calls.append(len(calls))
+        if len(calls) > 1:
+            return None
+        return LateLayerGradients.mean_gradient(gradients, names, step_weights)
+
+    gradients.mean_gradient = first_only
+    start = {name: parameters[name].detach().clone() for name in NAMES}
+    mixed = masked_update(model, masks, _retain, batch, weights, closed_form=gradients,
+                          **options)
+    assert calls == [0, 1]
+    assert mixed.norm_before_clip == pytest.approx(reference.norm_before_clip, rel=1e-12)
+    for name in NAMES:
+        np.testing.assert_allclose(mixed.displacement[name], reference.displacement[name],
+                                   rtol=1e-10, atol=1e-15)
+        assert torch.equal(parameters[name], start[name])
+
+
+def test_proxy_values_beside_update_thread():
+    # The issuer's proxy check reads the pre-deletion model's closed form on a second
+    # thread while the main thread runs the update on the model without the modality.
+    pre, removed = _model([]), _model(["audio"])
+    batch = _batch(60, seed=12)
+    forget = LateLayerGradients.forget(pre, batch, "audio")
+    retain = LateLayerGradients.retain(removed, batch, "audio")
+    assert forget is not None and retain is not None
+    rows = _select_rows(batch, torch.nonzero(batch["present"][:, 1]).flatten())
+    entries = [(name, 0) for name in NAMES]
+    weights = torch.ones(60, dtype=torch.float64)
+    alone = forget.zeroed_forget(pre, rows, entries)
+    parameters = dict(removed.named_parameters())
+    masks = {name: np.ones(tuple(parameters[name].shape), dtype=bool) for name in NAMES}
+    options = {"steps": 3, "learning_rate": 0.05, "damping": 1e-3, "clip_norm": 10.0}
+    update_alone = masked_update(removed, masks, _retain, batch, weights, closed_form=retain,
+                                 **options)
+    found: list[torch.Tensor | None] = []
+
+    def proxy_check():
+        found.extend(forget.zeroed_forget(pre, rows, entries) for _ in range(10))
+
+    worker = threading.Thread(target=proxy_check)
+    worker.start()
+    updates = [masked_update(removed, masks, _retain, batch, weights, closed_form=retain,
+                             **options) for _ in range(3)]
+    worker.join()
+    assert alone is not None and len(found) == 10
+    for values in found:
+        assert values is not None
+        torch.testing.assert_close(values, alone, rtol=0.0, atol=0.0, equal_nan=True)
+    for update in updates:
+        for name in NAMES:
+            np.testing.assert_array_equal(update.displacement[name],
+                                          update_alone.displacement[name])
 
 
 def test_zeroed_forget_reuses_encoders():
@@ -234,3 +307,222 @@ def test_zeroed_forget_reuses_encoders():
     assert gradients.zeroed_forget(_model([]), rows, entries) is None
     changed = {**rows, "inputs": {**rows["inputs"], "text": rows["inputs"]["text"] + 1.0}}
     assert gradients.zeroed_forget(model, changed, entries) is None
+
+
+# Random built-in models, batches and eligible names against autograd. The default run
+# draws a few seeded cases; `-m fuzz` runs the long sweep (docs/fuzzing.md).
+QUICK = settings(max_examples=12, deadline=None, derandomize=True,
+                 suppress_health_check=[HealthCheck.too_slow])
+LONG = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Agreement required with autograd, relative to the size of the summed terms (see
+# _term_scales), because both sides sum the same float64 products in another order.
+RTOL = 1e-10
+MODALITY_NAMES = ["text", "audio", "vision", "a", "m_2", "x9", "z_", "b0"]
+
+
+@dataclasses.dataclass
+class _Case:
+    """One drawn model, probe batch and objective, with the names to differentiate."""
+
+    model: MBDModel
+    batch: dict
+    modality: str
+    forget: bool
+    names: list[str]
+    weights: torch.Tensor
+    entries: list[tuple[str, int]]
+
+
+@st.composite
+def _cases(draw) -> _Case:
+    count = draw(st.integers(1, 4), label="modalities")
+    modalities = draw(st.lists(st.sampled_from(MODALITY_NAMES), min_size=count,
+                               max_size=count, unique=True))
+    # A model with one modality has no retain objective, because it cannot lose its last one.
+    forget = count == 1 or draw(st.booleans(), label="forget")
+    modality = draw(st.sampled_from(modalities), label="modality")
+    others = [m for m in modalities if m != modality]
+    # Earlier deletions of a chain. The retain model has lost the modality as well.
+    earlier = draw(st.lists(st.sampled_from(others), max_size=max(0, len(others) - 1),
+                            unique=True)) if others else []
+    small = st.integers(1, 5)
+    config = {
+        "modalities": modalities,
+        "input_dims": {m: draw(small) for m in modalities},
+        "seq_len": {m: draw(st.integers(1, 4)) for m in modalities},
+        "hidden_dim": draw(small), "shared_dim": draw(small), "private_dim": draw(small),
+        "fusion_hidden": draw(small), "dropout": draw(st.sampled_from([0.0, 0.5])),
+        "output_scale": draw(st.sampled_from([0.5, 3.0, 7.0])),
+        "deleted_modalities": earlier if forget else sorted([*earlier, modality]),
+    }
+    model = MBDModel(config, seed=draw(st.integers(0, 2**16))).to(torch.float64)
+    # Dropout is on in training mode, and both routes must switch it off.
+    model.train(draw(st.booleans(), label="training mode"))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(draw(st.sampled_from([0.1, 1.0, 4.0])))
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator,
+                                             dtype=torch.float64))
+
+    rows = draw(st.integers(1, 9), label="rows")
+    present = torch.tensor(draw(st.lists(st.lists(st.booleans(), min_size=count,
+                                                  max_size=count),
+                                         min_size=rows, max_size=rows)), dtype=torch.bool)
+    inputs = {}
+    for m in modalities:
+        x = torch.randn(rows, config["seq_len"][m], config["input_dims"][m],
+                        generator=generator, dtype=torch.float64)
+        x *= draw(st.sampled_from([1e-150, 1e-5, 1.0, 1e5, 1e150]), label="input scale")
+        # All-zero steps are padding, which the encoders leave out of their mean.
+        padding = torch.rand(rows, config["seq_len"][m], generator=generator) < 0.25
+        inputs[m] = torch.where(padding.unsqueeze(-1), torch.zeros_like(x), x)
+    batch = {"inputs": inputs, "present": present,
+             "label": 3.0 * torch.rand(rows, generator=generator, dtype=torch.float64) - 1.5}
+
+    # The issuer's weights, the presence of the modality for the forget objective and
+    # ones for the retain objective, or any non-negative weights.
+    column = model.modality_index(modality)
+    if draw(st.booleans(), label="issuer's weights"):
+        weights = present[:, column].to(torch.float64) if forget else torch.ones(
+            rows, dtype=torch.float64)
+    else:
+        weights = torch.tensor(draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.5]),
+                                             min_size=rows, max_size=rows)),
+                               dtype=torch.float64)
+    layers = [*FUSION_LAYERS, *(f"generators.{m}.net.{i}" for m in modalities for i in (0, 2))]
+    covered = [f"{layer}.{role}" for layer in layers for role in ("weight", "bias")]
+    names = sorted(draw(st.lists(st.sampled_from(covered), min_size=1, unique=True),
+                        label="names"))
+    parameters = dict(model.named_parameters())
+    # Entries outside the covered layers (an encoder's) come back as NaN on both routes.
+    candidates = [n for n in [*names, f"encoders.{modality}.proj.weight"]
+                  if parameters[n].numel()]
+    entries = [(name, draw(st.integers(0, parameters[name].numel() - 1)))
+               for name in draw(st.lists(st.sampled_from(candidates), max_size=6))]
+    return _Case(model, batch, modality, forget, names, weights, entries)
+
+
+def _sample_gradients(case: _Case) -> list[list[dict[str, torch.Tensor]]]:
+    """Return per sample of non-zero weight the gradient of each prediction's term.
+
+    The forget value (f - f_forced)**2 has one term per prediction, 2 gap f and
+    -2 gap f_forced with the gap held fixed. The retain value |f - y| has one. Each
+    term's gradient is a single product per covered layer, so their absolute values
+    bound the size of what the closed form sums, cancellation included.
+    """
+    parameters = dict(case.model.named_parameters())
+    targets = [parameters[name] for name in case.names]
+    column = case.model.modality_index(case.modality)
+    found = []
+    for index in torch.nonzero(case.weights).flatten().tolist():
+        one = slice_batch(case.batch, index)
+        with eval_mode(case.model):
+            parts = case.model.forward_parts(one["inputs"], one["present"])
+            if case.forget:
+                state = case.model.state_with_reconstruction(parts["state"], case.modality)
+                forced, _ = case.model.predict_from_parts(parts["shared"], parts["private"],
+                                                          state)
+                gap = (parts["prediction"] - forced).detach() * one["present"][:, column]
+                terms = [2.0 * gap * parts["prediction"], -2.0 * gap * forced]
+            else:
+                terms = [retain_objective(case.model, one, case.modality)]
+        per_term = []
+        for term in terms:
+            grads = torch.autograd.grad(term.sum(), targets, retain_graph=True,
+                                        allow_unused=True)
+            per_term.append({name: torch.zeros_like(p) if g is None else g.detach()
+                             for name, p, g in zip(case.names, targets, grads, strict=True)})
+        found.append(per_term)
+    return found
+
+
+def _term_scales(case: _Case) -> tuple[dict[str, float], dict[str, float]]:
+    """Return per name the largest sum_i w_i |g_i| and sum_i w_i |g_i|**2 over entries.
+
+    |g_i| here is the sum of the absolute term gradients, an upper bound of sample i's
+    gradient, so a cancellation between the two terms does not shrink the tolerance.
+    """
+    total = float(case.weights.sum())
+    kept = case.weights[case.weights != 0].tolist()
+    first, second = {}, {}
+    samples = _sample_gradients(case)
+    for name in case.names:
+        size = [sum(term[name].abs() for term in terms) for terms in samples]
+        first[name] = float(sum(w * s for w, s in zip(kept, size, strict=True)).max()) / total \
+            if size and size[0].numel() else 0.0
+        second[name] = float(sum(w * s * s for w, s in zip(kept, size, strict=True)).max()) \
+            / total if size and size[0].numel() else 0.0
+    return first, second
+
+
+def _assert_within(found: dict, expected: dict, scales: dict[str, float], what: str) -> None:
+    assert sorted(found) == sorted(expected)
+    for name, value in expected.items():
+        if not value.numel():
+            continue
+        bound = RTOL * max(float(value.abs().max()), scales[name])
+        error = float((found[name] - value).abs().max())
+        assert error <= bound, f"{what} of {name}: error {error:.3e} > {bound:.3e}"
+
+
+def _select_rows(batch: dict, index: torch.Tensor) -> dict:
+    return {"inputs": {m: x.index_select(0, index) for m, x in batch["inputs"].items()},
+            "present": batch["present"].index_select(0, index),
+            "label": batch["label"].index_select(0, index)}
+
+
+def _objective(case: _Case):
+    def value(model, batch):
+        if case.forget:
+            return forget_objective(model, batch, case.modality)
+        return retain_objective(model, batch, case.modality)
+    return value
+
+
+def _check_against_autograd(case: _Case) -> None:
+    make = LateLayerGradients.forget if case.forget else LateLayerGradients.retain
+    gradients = make(case.model, case.batch, case.modality)
+    assert gradients is not None and gradients.covers(case.names)
+    total = float(case.weights.sum())
+    if total > 0:
+        sums = gradients.moment_sums(case.names, case.weights)
+        assert sums is not None
+        first, second = _term_scales(case)
+        gradient, fisher = gradient_moments(case.model, case.names, _objective(case),
+                                            case.batch, case.weights, vectorize=False)
+        _assert_within({n: t / total for n, t in sums[0].items()}, gradient, first,
+                       "gradient")
+        _assert_within({n: t / total for n, t in sums[1].items()}, fisher, second, "Fisher")
+        mean = gradients.mean_gradient(case.names, case.weights)
+        assert mean is not None
+        parameters = dict(case.model.named_parameters())
+        loss = (_objective(case)(case.model, case.batch) * case.weights).sum() / total
+        grads = torch.autograd.grad(loss, [parameters[n] for n in case.names],
+                                    allow_unused=True)
+        reference = {n: torch.zeros_like(parameters[n]) if g is None else g
+                     for n, g in zip(case.names, grads, strict=True)}
+        _assert_within(mean, reference, first, "mean gradient")
+    if case.forget and case.entries:
+        column = case.model.modality_index(case.modality)
+        index = torch.nonzero(case.batch["present"][:, column]).flatten()
+        rows = _select_rows(case.batch, index)
+        values = gradients.zeroed_forget(case.model, rows, case.entries)
+        expected = zeroed_forget(case.model, rows, case.modality, case.entries)
+        assert values is not None and expected is not None
+        # The values are squared prediction gaps, at most (2 output_scale)**2.
+        torch.testing.assert_close(values, expected, rtol=RTOL,
+                                   atol=RTOL * case.model.output_scale ** 2, equal_nan=True)
+
+
+@QUICK
+@given(case=_cases())
+def test_random_cases_match_autograd(case):
+    _check_against_autograd(case)
+
+
+@pytest.mark.fuzz
+@LONG
+@given(case=_cases())
+def test_random_cases_long_fuzz(case):
+    _check_against_autograd(case)
