@@ -165,3 +165,27 @@ def test_plugin_bad_config_exits_2(issued, tmp_path):
     assert result.exit_code == 2
     assert "E_CONFIG_INVALID" in result.stderr
     assert "config.embed_dim" in result.stderr
+
+
+def test_plugin_issue_never_takes_closed_form(issued, monkeypatch, tmp_path):
+    # The written-out gradients are for the built-in model and objectives only.
+    from mbd_cert.arch import _mbd_gradients
+
+    results = []
+    real = _mbd_gradients.for_architecture
+
+    def recorded(*args, **kwargs):
+        results.append(real(*args, **kwargs))
+        return results[-1]
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the plugin model reached the closed form")
+
+    monkeypatch.setattr(_mbd_gradients, "for_architecture", recorded)
+    monkeypatch.setattr(_mbd_gradients.LateLayerGradients, "__init__", refused)
+    base, _ = issued
+    result = CliRunner().invoke(main, [
+        "issue", "--checkpoint", str(base / "ck"), "--modality", "audio", "--epsilon", "1",
+        "--key", str(base / "issuer.key"), "--out", str(tmp_path / "deleted")])
+    assert result.exit_code == 0, result.output
+    assert results == [None, None]
