@@ -42,7 +42,12 @@ from mbd_cert._linear_per_sample import weight_moments, within_square_range
 from mbd_cert.arch import Architecture, Batch
 from mbd_cert.arch._mbd_config import STATE_OBSERVED
 from mbd_cert.arch._mbd_model import MBDModel, eval_mode
-from mbd_cert.arch._mbd_zeroed_forget import fusion_linears, linear_layer, zeroed_values
+from mbd_cert.arch._mbd_zeroed_forget import (
+    fusion_linears,
+    linear_layer,
+    standard_layers,
+    zeroed_values,
+)
 
 # The covered layers after the generators. Each generator's two layers are covered too.
 FUSION_LAYERS = ("fusion.0", "fusion.3", "head")
@@ -116,11 +121,13 @@ class LateLayerGradients:
     def forget(cls, model: object, batch: Batch, modality: str) -> LateLayerGradients | None:
         """Return the forget objective's gradients, or None for a model this cannot handle.
 
-        Returns None for anything but an exact :class:`MBDModel`, because a subclass
-        may change the forward pass. Also None for a modality the model lacks or has
-        deleted, and for a model whose dtype is not float64.
+        Returns None for anything but an exact :class:`MBDModel` with the late modules
+        it builds, because a subclass or a swapped module may change the forward pass.
+        Also None for a modality the model lacks or has deleted, and for a model whose
+        dtype is not float64.
         """
-        if type(model) is not MBDModel or model.head.weight.dtype != torch.float64 or \
+        if type(model) is not MBDModel or not standard_layers(model) or \
+                model.head.weight.dtype != torch.float64 or \
                 modality not in model.modalities or modality in model.deleted:
             return None
         return cls(model, batch, modality, forget=True)
@@ -131,7 +138,8 @@ class LateLayerGradients:
 
         The model must have ``modality`` deleted, as the retain objective requires.
         """
-        if type(model) is not MBDModel or model.head.weight.dtype != torch.float64 or \
+        if type(model) is not MBDModel or not standard_layers(model) or \
+                model.head.weight.dtype != torch.float64 or \
                 modality not in model.modalities or modality not in model.deleted:
             return None
         return cls(model, batch, modality, forget=False)

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional
 
 from mbd_cert.arch import Batch
+from mbd_cert.arch._mbd_layers import Generator
 from mbd_cert.arch._mbd_model import MBDModel
 
 # The modules whose entries this route covers, by their name in the model.
@@ -122,6 +123,34 @@ def linear_layer(module: nn.Module) -> nn.Linear:
         raise TypeError(f"expected nn.Linear in the MBD model, found {type(module).__name__}; "
                         "update _mbd_zeroed_forget to the new layout")
     return module
+
+
+def standard_layers(model: MBDModel) -> bool:
+    """Tell whether the late layers are the modules :class:`MBDModel` builds, by exact type.
+
+    The closed forms here and in :mod:`mbd_cert.arch._mbd_gradients` write out the
+    forward pass of those modules. A builder that swapped one (a ReLU for a GELU, the
+    tanh approximation of GELU, a ``nn.Linear`` subclass with its own ``forward``)
+    keeps the tensor names, so only the module types tell the change apart.
+    """
+    fusion: tuple[type[nn.Module], ...] = (nn.Linear, nn.GELU, nn.Dropout, nn.Linear, nn.GELU)
+    generator: tuple[type[nn.Module], ...] = (nn.Linear, nn.GELU, nn.Linear)
+    sequences: list[tuple[nn.Module, tuple[type[nn.Module], ...]]] = [(model.fusion, fusion)]
+    for name in model.modalities:
+        module = model.generators[name]
+        if type(module) is not Generator:
+            return False
+        sequences.append((module.net, generator))
+    for sequence, types in sequences:
+        if type(sequence) is not nn.Sequential or len(sequence) != len(types):
+            return False
+        for layer, kind in zip(sequence, types, strict=True):
+            if type(layer) is not kind:
+                return False
+            # The tanh approximation of GELU has another derivative.
+            if kind is nn.GELU and layer.approximate != "none":
+                return False
+    return type(model.head) is nn.Linear
 
 
 def fusion_linears(model: MBDModel) -> tuple[nn.Linear, nn.Linear]:

@@ -80,11 +80,12 @@ def zeroed_forget(model: nn.Module, batch: Batch, modality: str,
     closed form per copy (:mod:`mbd_cert.arch._mbd_zeroed_forget`). The rows of entries
     outside ``fusion.0``, ``fusion.3``, ``head`` and the output layer of ``modality``'s
     generator are NaN. Returns None when ``model`` is not exactly an :class:`MBDModel`
-    or ``modality`` is already deleted in it.
+    with the late modules it builds, or ``modality`` is already deleted in it.
     """
     # An already deleted modality has no forget objective: the caller's generic route
     # raises the same error as forget_objective.
-    if type(model) is not MBDModel or modality in model.deleted:
+    if type(model) is not MBDModel or not _mbd_zeroed_forget.standard_layers(model) or \
+            modality in model.deleted:
         return None
     with eval_mode(model):
         return _mbd_zeroed_forget.zeroed_values(model, batch, modality, entries)

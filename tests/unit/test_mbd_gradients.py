@@ -167,6 +167,41 @@ def test_rejected_models_and_names():
     assert not gradients.covers([])
 
 
+class _DoubledLinear(torch.nn.Linear):
+    """A linear layer whose own forward doubles its output."""
+
+    def forward(self, x):
+        return 2.0 * super().forward(x)
+
+
+def _swap_layer(model: MBDModel, swap: str) -> None:
+    """Replace one late module as a plugin's builder could, keeping its tensors."""
+    if swap == "fusion-relu":
+        model.fusion[1] = torch.nn.ReLU()
+    elif swap == "generator-tanh-gelu":
+        model.generators["audio"].net[1] = torch.nn.GELU(approximate="tanh")
+    else:
+        head = _DoubledLinear(model.head.in_features, 1).to(torch.float64)
+        head.load_state_dict(model.head.state_dict())
+        model.head = head
+
+
+@pytest.mark.parametrize("swap", ["fusion-relu", "generator-tanh-gelu", "head-subclass"])
+def test_swapped_layers_rejected(swap):
+    # An exact MBDModel whose builder replaced a late module has another forward pass,
+    # which the closed forms do not write out.
+    batch = _batch(11, seed=5)
+    pre, removed = _model([]), _model(["audio"])
+    _swap_layer(pre, swap)
+    _swap_layer(removed, swap)
+    assert LateLayerGradients.forget(pre, batch, "audio") is None
+    assert LateLayerGradients.retain(removed, batch, "audio") is None
+    architecture = get_architecture("mbd-sentiment")
+    assert for_architecture(architecture, pre, batch, "audio", forget=True) is None
+    entries = [("fusion.0.weight", 0), ("head.weight", 1), ("generators.audio.net.2.bias", 0)]
+    assert zeroed_forget(pre, batch, "audio", entries) is None
+
+
 def test_builtin_objectives_only():
     architecture = get_architecture("mbd-sentiment")
     model, batch = _model([]), _batch(5, seed=1)
