@@ -19,6 +19,9 @@ repository"; the checks across certificates are in :mod:`mbd_cert._repo_checks`:
 * a ``*.safetensors`` file that no certificate accounts for adds a run-level warning;
 * a hidden directory that cannot be listed fails the run, in strict mode or not,
   because the scans for such files and for pre-deletion models could not search it;
+* a file that contains a tensor of a deleted encoder, byte for byte, fails that
+  deletion's certificate (:mod:`mbd_cert._published_encoders`), and a file too large
+  to search fails the run;
 * in strict mode (policy ``strict = true`` or ``--strict``) every warning fails the run
   instead (:mod:`mbd_cert._repo_strict`);
 * each model that the policy's ``models`` table pins must be there, with a certificate
@@ -52,6 +55,7 @@ from mbd_cert._cli_commands import (
     write_json_document,
 )
 from mbd_cert._confidential_files import ScanCache
+from mbd_cert._published_encoders import check_published_encoders, unsearched_files_check
 from mbd_cert._repo_certificate import verify_one
 from mbd_cert._repo_checks import (
     check_forks,
@@ -203,12 +207,18 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         # Directories below ROOT that the two scans could not list, with the reason.
         unreadable: dict[Path, str] = {}
         published = check_published_pre_deletion(root, results, unreadable)
-        uncertified = uncertified_models(root, results, published, unreadable)
+        # Files over the limits of the search for deleted encoders, with the reason.
+        unsearched: dict[Path, str] = {}
+        encoder_copies = check_published_encoders(root, results, published, unreadable,
+                                                  unsearched)
+        reported = encoder_copies.union(*published.values())
+        uncertified = uncertified_models(root, results, reported, unreadable)
         run_warnings: list[str] = []
         run_checks = []
-        scan_check = unreadable_directories_check(root, unreadable)
-        if scan_check is not None:
-            run_checks.append(scan_check)
+        for scan_check in (unreadable_directories_check(root, unreadable),
+                           unsearched_files_check(root, unsearched)):
+            if scan_check is not None:
+                run_checks.append(scan_check)
         if policy.strict:
             fail_warnings(results)
             if uncertified:

@@ -95,7 +95,7 @@ def has_safetensors_layout(path: Path) -> bool:
     then ``{``. It has no header size cap, so that a model padded with metadata is
     still recognised. Links, unreadable and non-regular files are not.
     """
-    descriptor = _open_regular(path)
+    descriptor = open_regular(path)
     if descriptor is None:
         return False
     try:
@@ -110,7 +110,8 @@ def has_safetensors_layout(path: Path) -> bool:
     return 2 <= length <= size - 8 and start[8:] == b"{"
 
 
-def _open_regular(path: Path) -> int | None:
+def open_regular(path: Path) -> int | None:
+    """Return a read-only descriptor of ``path`` when it is a regular file, else None."""
     # Non-blocking and without following links: a FIFO or a link swapped in after the
     # listing must not hang the run or leave the repository.
     try:
@@ -131,7 +132,7 @@ def _header_digest(path: Path) -> str | None:
 
     For a Git LFS pointer, return the key of its oid (:func:`_lfs_key`) instead.
     """
-    descriptor = _open_regular(path)
+    descriptor = open_regular(path)
     if descriptor is None:
         return None
     try:
@@ -162,7 +163,7 @@ def _pointer_key(text: bytes) -> str | None:
 
 
 def _file_digest(path: Path) -> str | None:
-    descriptor = _open_regular(path)
+    descriptor = open_regular(path)
     if descriptor is None:
         return None
     hasher = hashlib.sha256()

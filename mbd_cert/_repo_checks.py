@@ -77,7 +77,8 @@ def check_forks(root: Path, results: Sequence[RepoResult], policy: Any,
 
 
 def check_published_pre_deletion(root: Path, results: Sequence[RepoResult],
-                                 unreadable: dict[Path, str] | None = None) -> set[str]:
+                                 unreadable: dict[Path, str] | None = None
+                                 ) -> dict[str, set[str]]:
     """Fail each certificate whose pre-deletion model lies in the repository (R-REPO-9).
 
     That file still contains the deleted encoder, so publishing it undoes the deletion,
@@ -86,8 +87,10 @@ def check_published_pre_deletion(root: Path, results: Sequence[RepoResult],
     the reason, for :func:`unreadable_directories_check`.
 
     Returns:
-        The files reported, relative to ``root`` with ``/`` separators, so that strict
-        mode does not report them a second time as models without a certificate.
+        The files reported on each certificate, relative to ``root`` with ``/``
+        separators. Strict mode does not report them a second time as models without a
+        certificate, and the search for deleted encoders (R-REPO-12) does not report
+        them again on that certificate.
     """
     from mbd_cert._published_models import header_index, pre_deletion_copies
     from mbd_cert._terminal import terminal_text
@@ -96,7 +99,7 @@ def check_published_pre_deletion(root: Path, results: Sequence[RepoResult],
     index = header_index(root, unreadable)
     # One full hash per file for the whole run, however many links point at its header.
     file_digests: dict[Path, str | None] = {}
-    reported: set[str] = set()
+    reported: dict[str, set[str]] = {}
     for result in results:
         doc = result.certificate_doc
         if doc is None:
@@ -117,7 +120,8 @@ def check_published_pre_deletion(root: Path, results: Sequence[RepoResult],
                      f"{terminal_text(link['certificate_id'])})")
             names = ", ".join(terminal_text(path.relative_to(root).as_posix())
                               for path in copies)
-            reported.update(path.relative_to(root).as_posix() for path in copies)
+            reported.setdefault(result.certificate, set()).update(
+                path.relative_to(root).as_posix() for path in copies)
             details.append(
                 f"{names}: the model before {deletion_name} is published in the repository; its "
                 "file digest is that certificate's subject_model.pre_deletion.file_digest. "

@@ -52,9 +52,10 @@ def uncertified_models(root: Path, results: Sequence[RepoResult],
     confidential file that a certificate's warning names (R-REPO-5). A diff or probe
     ``format`` in the header alone does not account for a file: anyone can write that
     metadata into a model, and outside every certificate's directory no warning would
-    name it. The files in ``reported`` (pre-deletion models, R-REPO-9) fail their own
-    check, whose advice differs, so they are left out here. Each directory that cannot
-    be listed is added to ``unreadable``, when given, with the reason.
+    name it. The files in ``reported`` (pre-deletion models, R-REPO-9, and files that
+    contain a deleted encoder's tensors, R-REPO-12) fail their own check, whose advice
+    differs, so they are left out here. Each directory that cannot be listed is added
+    to ``unreadable``, when given, with the reason.
 
     Returns:
         Paths relative to ``root`` with ``/`` separators, sorted.

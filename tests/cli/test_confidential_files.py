@@ -11,7 +11,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 import pytest
-from cli_support import HonestRun, IssuerKeys, run_cli
+from cli_support import HonestRun, IssuerKeys, run_cli, split_safetensors
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -396,9 +396,14 @@ def test_git_store_not_scanned(honest_run: HonestRun, issuer_keys: IssuerKeys,
 def test_verify_repo_ignores_same_header_other_weights(honest_run: HonestRun,
                                                        issuer_keys: IssuerKeys,
                                                        tmp_path: Path):
-    # Another model of the same layout has the same header but other bytes.
+    # Another model of the same layout has the same header but other bytes, in the
+    # audio encoder too: R-REPO-12 would find that encoder's tensors unchanged.
     root = _repo_with(honest_run, tmp_path / "repo", ["cert.json", "model.safetensors"])
     data = bytearray((honest_run.checkpoint / "model.safetensors").read_bytes())
-    data[-1] ^= 0x01
+    header, section = split_safetensors(bytes(data))
+    start = len(data) - len(section)
+    for name, entry in header.items():
+        if name.startswith("encoders.audio.") or name == "fusion.0.bias":
+            data[start + entry["data_offsets"][0]] ^= 0x01
     (root / "other.safetensors").write_bytes(bytes(data))
     assert run_cli(["verify-repo", root, "--key", issuer_keys.public]).exit_code == 0

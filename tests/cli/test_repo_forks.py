@@ -12,21 +12,22 @@ from mbd_cert import accounting
 
 
 @pytest.fixture(scope="module")
-def vision_run(honest_run: HonestRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A second first deletion of the honest checkpoint: vision instead of audio."""
-    out = tmp_path_factory.mktemp("fork") / "vision"
-    options = [*TINY_ISSUE_OPTIONS]
-    options[options.index("audio")] = "vision"
-    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *options,
+def second_run(honest_run: HonestRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second first deletion of the honest checkpoint: audio again, with other noise.
+
+    A deletion of vision would keep the audio encoder that the honest deletion removed,
+    and that fails both certificates (R-REPO-12) whatever their joint epsilon.
+    """
+    out = tmp_path_factory.mktemp("fork") / "second"
+    outcome = run_cli(["issue", "--checkpoint", honest_run.checkpoint, *TINY_ISSUE_OPTIONS,
                        "--key", honest_run.private_key, "--out", out])
     assert outcome.exit_code == 0, outcome.stderr
     return out
 
 
 @pytest.fixture(scope="module")
-def resaved_vision_run(honest_run: HonestRun,
-                       tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A vision deletion from the honest checkpoint's weights re-saved with other metadata."""
+def resaved_run(honest_run: HonestRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An audio deletion from the honest checkpoint's weights re-saved with other metadata."""
     from mbd_cert import _safetensors
     from mbd_cert._safetensors_write import write_safetensors
     from mbd_cert.checkpoint import read_tensors
@@ -38,10 +39,8 @@ def resaved_vision_run(honest_run: HonestRun,
     metadata = dict(_safetensors.read_header(model).metadata)
     metadata["note"] = "re-saved copy"
     write_safetensors(model, read_tensors(model), metadata, overwrite=True)
-    out = root / "vision"
-    options = [*TINY_ISSUE_OPTIONS]
-    options[options.index("audio")] = "vision"
-    outcome = run_cli(["issue", "--checkpoint", checkpoint, *options,
+    out = root / "second"
+    outcome = run_cli(["issue", "--checkpoint", checkpoint, *TINY_ISSUE_OPTIONS,
                        "--key", honest_run.private_key, "--out", out])
     assert outcome.exit_code == 0, outcome.stderr
     return out
@@ -67,25 +66,25 @@ def _joint_epsilon(*outputs: Path) -> float:
     return accounting.gdp_epsilon(mu, 1e-5)
 
 
-def test_two_first_deletions_warn(honest_run: HonestRun, vision_run: Path,
+def test_two_first_deletions_warn(honest_run: HonestRun, second_run: Path,
                                   tmp_path: Path) -> None:
-    root = _repo(tmp_path, honest_run, {"audio": honest_run.out_dir, "vision": vision_run},
+    root = _repo(tmp_path, honest_run, {"first": honest_run.out_dir, "second": second_run},
                  "max_cumulative_epsilon = 2.0\n")
     outcome = run_cli(["verify-repo", root])
     assert outcome.exit_code == 0, outcome.stderr
-    joint = _joint_epsilon(honest_run.out_dir, vision_run)
+    joint = _joint_epsilon(honest_run.out_dir, second_run)
     assert 1.0 < joint < 2.0
     warnings = [line for line in outcome.stderr.splitlines() if "forked chain" in line]
     assert len(warnings) == 2
     assert "2 deletions that extend the same model" in warnings[0]
-    assert warnings[0].endswith("the certificates: audio/cert.json, vision/cert.json")
+    assert warnings[0].endswith("the certificates: first/cert.json, second/cert.json")
     # Every digit, as the certificates hold their epsilons.
     assert f"joint epsilon {joint!r} at delta 1e-05" in warnings[0]
 
 
-def test_table_prints_the_fork_warning_once(honest_run: HonestRun, vision_run: Path,
+def test_table_prints_the_fork_warning_once(honest_run: HonestRun, second_run: Path,
                                             tmp_path: Path) -> None:
-    root = _repo(tmp_path, honest_run, {"audio": honest_run.out_dir, "vision": vision_run},
+    root = _repo(tmp_path, honest_run, {"first": honest_run.out_dir, "second": second_run},
                  "max_cumulative_epsilon = 2.0\n")
     outcome = run_cli(["verify-repo", root])
     assert outcome.exit_code == 0, outcome.stderr
@@ -93,14 +92,14 @@ def test_table_prints_the_fork_warning_once(honest_run: HonestRun, vision_run: P
     assert "[1] warning: forked chain: joint epsilon" in outcome.stdout
     assert outcome.stdout.count("warning [1] below") == 2
     # The note wraps at the console width; join its lines.
-    assert "the certificates: audio/cert.json, vision/cert.json" in " ".join(
+    assert "the certificates: first/cert.json, second/cert.json" in " ".join(
         outcome.stdout.split())
 
 
-def test_fork_over_policy_limit_fails(honest_run: HonestRun, vision_run: Path,
+def test_fork_over_policy_limit_fails(honest_run: HonestRun, second_run: Path,
                                       tmp_path: Path) -> None:
     # Each certificate states epsilon 1, within the limit; together they exceed it.
-    root = _repo(tmp_path, honest_run, {"audio": honest_run.out_dir, "vision": vision_run},
+    root = _repo(tmp_path, honest_run, {"first": honest_run.out_dir, "second": second_run},
                  "max_cumulative_epsilon = 1.2\n")
     outcome = run_cli(["verify-repo", root, "--json"])
     assert outcome.exit_code == 1, outcome.stderr
@@ -112,9 +111,9 @@ def test_fork_over_policy_limit_fails(honest_run: HonestRun, vision_run: Path,
         assert "above the policy's max_cumulative_epsilon 1.2" in fork["detail"]
 
 
-def test_table_keeps_why_the_fork_failed(honest_run: HonestRun, vision_run: Path,
+def test_table_keeps_why_the_fork_failed(honest_run: HonestRun, second_run: Path,
                                          tmp_path: Path) -> None:
-    root = _repo(tmp_path, honest_run, {"audio": honest_run.out_dir, "vision": vision_run},
+    root = _repo(tmp_path, honest_run, {"first": honest_run.out_dir, "second": second_run},
                  "max_cumulative_epsilon = 1.2\n")
     outcome = run_cli(["verify-repo", root])
     assert outcome.exit_code == 1, outcome.stderr
@@ -125,7 +124,7 @@ def test_table_keeps_why_the_fork_failed(honest_run: HonestRun, vision_run: Path
     assert table.count("infullas[1]below") == 2
     notes = outcome.stdout.split("└")[-1]
     assert "[1] chain-fork [E_POLICY_VIOLATION]: forked chain" in notes
-    assert "the certificates: audio/cert.json, vision/cert.json" in " ".join(notes.split())
+    assert "the certificates: first/cert.json, second/cert.json" in " ".join(notes.split())
 
 
 def test_one_certificate_twice_is_no_fork(honest_run: HonestRun, tmp_path: Path) -> None:
@@ -136,16 +135,16 @@ def test_one_certificate_twice_is_no_fork(honest_run: HonestRun, tmp_path: Path)
     assert "forked chain" not in outcome.stderr
 
 
-def test_resaved_weights_still_fork(honest_run: HonestRun, resaved_vision_run: Path,
+def test_resaved_weights_still_fork(honest_run: HonestRun, resaved_run: Path,
                                     tmp_path: Path) -> None:
     import json
 
     pre = [json.loads((out / "cert.json").read_text())["subject_model"]["pre_deletion"]
-           for out in (honest_run.out_dir, resaved_vision_run)]
+           for out in (honest_run.out_dir, resaved_run)]
     assert pre[0]["manifest_digest"] != pre[1]["manifest_digest"]
     assert pre[0]["tensors"] == pre[1]["tensors"]
-    root = _repo(tmp_path, honest_run, {"audio": honest_run.out_dir,
-                                        "vision": resaved_vision_run},
+    root = _repo(tmp_path, honest_run, {"first": honest_run.out_dir,
+                                        "second": resaved_run},
                  "max_cumulative_epsilon = 1.2\n")
     outcome = run_cli(["verify-repo", root, "--json"])
     assert outcome.exit_code == 1, outcome.stderr

@@ -99,13 +99,12 @@ def test_strict_fails_model_posing_as_diff(honest_run: HonestRun, issuer_keys: I
                                           tmp_path: Path) -> None:
     """R-REPO-10: diff metadata outside every certificate's directory accounts for nothing.
 
-    The pre-deletion model, saved with the diff's ``format`` metadata in a directory
-    without a certificate, gets no confidential-file warning, so only this check
-    reports the deleted encoder that the repository publishes.
+    A model saved with the diff's ``format`` metadata in a directory without a
+    certificate gets no confidential-file warning, so only this check reports it.
     """
     root = _repo(honest_run, tmp_path / "repo", [])
     (root / "backup").mkdir()
-    tensors = load_file(honest_run.checkpoint / "model.safetensors")
+    tensors = load_file(honest_run.model)
     save_file(tensors, root / "backup" / "weights.safetensors",
               metadata={"format": "mbd-cert-diff/1"})
     outcome = _verify_repo(root, issuer_keys, "--strict")
@@ -162,11 +161,14 @@ def test_strict_table_names_repository_failure(honest_run: HonestRun,
     assert "uncertified-model" in outcome.stdout
 
 
-def _save_pre_deletion(run: HonestRun, path: Path) -> None:
-    """Save the pre-deletion tensors with other metadata, so R-REPO-9 cannot match the bytes."""
+def _save_uncertified(run: HonestRun, path: Path) -> None:
+    """Save the released tensors with other metadata: a model that no certificate pairs with.
+
+    It contains no deleted encoder, so only R-REPO-10 reports it. A re-saved
+    pre-deletion model fails R-REPO-12 instead.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(load_file(run.checkpoint / "model.safetensors"), path,
-              metadata={"note": "re-saved"})
+    save_file(load_file(run.model), path, metadata={"note": "re-saved"})
 
 
 def test_strict_fails_model_in_hidden_directory(honest_run: HonestRun,
@@ -174,7 +176,7 @@ def test_strict_fails_model_in_hidden_directory(honest_run: HonestRun,
                                                 tmp_path: Path) -> None:
     """R-REPO-10: a model under a hidden directory is published all the same."""
     root = _repo(honest_run, tmp_path / "repo", [])
-    _save_pre_deletion(honest_run, root / ".backup" / "weights.safetensors")
+    _save_uncertified(honest_run, root / ".backup" / "weights.safetensors")
     shutil.copy(honest_run.model, root / "models" / ".hidden.safetensors")
     outcome = _verify_repo(root, issuer_keys, "--strict")
     assert outcome.exit_code == 1, outcome.stderr
@@ -193,7 +195,7 @@ def test_strict_fails_model_under_other_name(honest_run: HonestRun, issuer_keys:
     names = ["models/weights.bin", "models/weights.SAFETENSORS",
              "models/weights.safetensors\u200b"]
     for name in names:
-        _save_pre_deletion(honest_run, root / name)
+        _save_uncertified(honest_run, root / name)
     outcome = _verify_repo(root, issuer_keys, "--strict")
     assert outcome.exit_code == 1, outcome.stderr
     assert outcome.report is not None
