@@ -51,8 +51,7 @@ def build_model(
             R-ARCH-9).
     """
     model = build_unloaded(architecture, config, tensors)
-    load_state_dict_strict(model, tensors)
-    model = model.to(dtype)
+    load_state_dict_strict(model, tensors, dtype=dtype)
     model.eval()
     return model
 

@@ -152,3 +152,51 @@ def test_build_model_float64_eval_mode():
     for name, value in model.state_dict().items():
         assert value.dtype == torch.float64, name
         assert torch.equal(value, source.state_dict()[name].to(torch.float64)), name
+
+
+def _arrays(model) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return {name: rng.standard_normal(tuple(t.shape)).astype(np.float32)
+            for name, t in model.state_dict().items()}
+
+
+def test_plain_load_matches_torch_load():
+    # The built-in model loads by setting each parameter; torch's own path must agree.
+    from mbd_cert._torch_model import build_model
+
+    tensors = _arrays(mbd.ARCHITECTURE.build(CONFIG))
+    fast = build_model(mbd.ARCHITECTURE, CONFIG, tensors)
+    reference = mbd.ARCHITECTURE.build(CONFIG)
+    reference.load_state_dict({n: torch.from_numpy(a) for n, a in tensors.items()})
+    reference = reference.to(torch.float64)
+    for (name, value), (_, expected) in zip(fast.named_parameters(),
+                                             reference.named_parameters(), strict=True):
+        assert value.dtype == torch.float64
+        assert torch.equal(value, expected), name
+        assert value.requires_grad
+
+
+class _Scaled(torch.nn.Module):
+    """A layer with a buffer, and a load hook that doubles the loaded weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 2)
+        self.register_buffer("scale", torch.ones(2))
+        self._register_load_state_dict_pre_hook(self._double)
+
+    @staticmethod
+    def _double(state, prefix, *args) -> None:
+        state[prefix + "layer.weight"] = state[prefix + "layer.weight"] * 2.0
+
+
+def test_buffers_and_hooks_take_torch_load():
+    from mbd_cert.arch import load_state_dict_strict
+
+    model = _Scaled()
+    tensors = _arrays(model)
+    load_state_dict_strict(model, tensors, dtype=torch.float64)
+    assert model.scale.dtype == torch.float64
+    assert torch.equal(model.scale, torch.from_numpy(tensors["scale"]).double())
+    doubled = torch.from_numpy(tensors["layer.weight"]).double() * 2.0
+    assert torch.equal(model.layer.weight, doubled)
