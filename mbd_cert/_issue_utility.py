@@ -19,6 +19,7 @@ import torch
 
 from mbd_cert._torch_model import build_model, predict, probe_batch
 from mbd_cert.arch import load_state_dict_strict
+from mbd_cert.arch._mbd_model import MBDModel
 from mbd_cert.checkpoint import ProbeSet
 from mbd_cert.metrics import regression_metrics
 
@@ -40,13 +41,32 @@ def utility_before_deletion(
         return None
     pre, batch, label = _evaluation_model(architecture, config, pre_tensors, evaluation,
                                           reuse)
-    present = batch["present"].clone()
-    present[:, evaluation.modalities.index(modality)] = False
-    missing = {**batch, "present": present}
+    if type(pre) is MBDModel:
+        both = _with_and_without(pre, batch, modality)
+    else:
+        present = batch["present"].clone()
+        present[:, evaluation.modalities.index(modality)] = False
+        both = predict(pre, batch), predict(pre, {**batch, "present": present})
     return {
-        "all": regression_metrics(predict(pre, batch), label),
-        f"missing_{modality}": regression_metrics(predict(pre, missing), label),
+        "all": regression_metrics(both[0], label),
+        f"missing_{modality}": regression_metrics(both[1], label),
     }
+
+
+def _with_and_without(model: MBDModel, batch: Mapping[str, Any],
+                      modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return the predictions with all modalities and with ``modality`` missing.
+
+    The encoders read only their inputs, so one encoder pass serves both: a sample
+    without ``modality`` has the state that ``state_with_reconstruction`` gives. The
+    values equal two calls of :func:`predict` bit for bit.
+    """
+    with torch.no_grad():
+        parts = model.forward_parts(batch["inputs"], batch["present"])
+        state = model.state_with_reconstruction(parts["state"], modality)
+        missing, _ = model.predict_from_parts(parts["shared"], parts["private"], state)
+    return (parts["prediction"].to(torch.float64).numpy(),
+            missing.to(torch.float64).numpy())
 
 
 def utility_after_deletion(

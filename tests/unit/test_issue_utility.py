@@ -59,3 +59,19 @@ def test_reused_removed_model_same_metrics():
     assert reused == fresh
     # The model now computes in float32, as released.
     assert model.head.weight.dtype == torch.float32
+
+
+def test_shared_encoder_pass_same_predictions():
+    # The pre-deletion metrics take both predictions from one encoder pass.
+    from mbd_cert._issue_utility import _with_and_without
+    from mbd_cert._torch_model import predict, probe_batch
+
+    config = ARCHITECTURE.validate_config(CONFIG)
+    model = build_model(ARCHITECTURE, config, _tensors(config), dtype=torch.float32)
+    batch = probe_batch(_evaluation(), dtype=torch.float32)
+    present = batch["present"].clone()
+    present[:, 1] = False
+    both = _with_and_without(model, batch, "audio")
+    assert np.array_equal(both[0], predict(model, batch))
+    assert np.array_equal(both[1], predict(model, {**batch, "present": present}))
+    assert not np.array_equal(both[0], both[1])
