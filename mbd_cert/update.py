@@ -87,7 +87,10 @@ def masked_update(
             :func:`mbd_cert.saliency.gradient_moments`).
         gradient: The mean gradient g at the starting point, from the same
             :func:`gradient_moments` call as ``fisher``. The first step then uses it
-            instead of computing it again.
+            instead of computing it again, but only with ``independent_samples``:
+            :func:`gradient_moments` averages gradients of batches of one sample, which
+            differ from the full-batch gradient of the steps when an objective reads
+            batch statistics.
 
     Returns:
         The clipped displacement.
@@ -112,7 +115,7 @@ def masked_update(
         for p in frozen:
             p.requires_grad_(False)
         gradients = _Gradients(model, moving, objective, batch, weights, closed_form,
-                               gradient)
+                               gradient if independent_samples else None)
         # The closed form runs the frozen layers once per step on plain tensors, where
         # the memo's bookkeeping would cost more than it saves.
         with contextlib.nullcontext(None) if gradients.closed_form else \

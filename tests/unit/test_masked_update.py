@@ -92,3 +92,35 @@ def test_precomputed_gradient_starts_the_steps():
     doubled = _run(model, batch, masks, weights, fisher,
                    {n: 2.0 * g for n, g in gradient.items()})
     assert doubled.norm_before_clip > 1.05 * own.norm_before_clip
+
+
+def _batch_mean_objective(model, batch):
+    # Each sample's value depends on the batch mean, so the gradient of the batch's
+    # mean value is not the mean of the batch-of-one gradients that gradient_moments
+    # takes per sample.
+    prediction = model(batch["x"]).squeeze(-1)
+    return (prediction - prediction.mean()) ** 2
+
+
+def test_batch_statistics_ignore_precomputed_gradient():
+    # Level 2 takes every step from the full-batch gradient. The per-sample mean that
+    # gradient_moments returns equals it only for independent samples.
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1).double()
+    batch = {"x": torch.randn(8, 3, dtype=torch.float64)}
+    weights = torch.ones(8, dtype=torch.float64)
+    masks = {"weight": np.ones((1, 3), dtype=bool), "bias": np.ones(1, dtype=bool)}
+    gradient, fisher = gradient_moments(model, ["bias", "weight"], _batch_mean_objective,
+                                        batch, weights, independent_samples=False)
+
+    def run(**kwargs):
+        return update.masked_update(model, masks, _batch_mean_objective, batch, weights,
+                                    steps=2, learning_rate=1e-1, damping=1e-3,
+                                    clip_norm=10.0, independent_samples=False,
+                                    fisher=fisher, **kwargs)
+
+    own = run()
+    handed = run(gradient=gradient)
+    assert handed.norm_before_clip == own.norm_before_clip
+    for name in masks:
+        np.testing.assert_array_equal(handed.displacement[name], own.displacement[name])
