@@ -36,6 +36,7 @@ def utility_before_deletion(
 
     ``reuse``, a model of the architecture built from ``config`` that nothing else uses
     any more, is cast to float32 and loaded with ``pre_tensors`` instead of a new build.
+    A new build is made all the same when a floating-point tensor is not float32.
     """
     if evaluation is None:
         return None
@@ -93,7 +94,7 @@ def _evaluation_model(
     evaluation: ProbeSet, reuse: torch.nn.Module | None,
 ) -> tuple[torch.nn.Module, dict[str, Any], np.ndarray]:
     """Return the float32 model, as it is released, with the evaluation batch and labels."""
-    if reuse is None:
+    if reuse is None or not _float32_or_integer(tensors):
         model = build_model(architecture, config, tensors, dtype=torch.float32)
     else:
         # Every parameter and buffer is loaded again, so nothing the issuer did to the
@@ -103,6 +104,16 @@ def _evaluation_model(
         model.eval()
     return (model, probe_batch(evaluation, dtype=torch.float32),
             evaluation.label.astype(np.float64))
+
+
+def _float32_or_integer(tensors: Mapping[str, np.ndarray]) -> bool:
+    """Tell whether each tensor has the dtype of its place in the reused float32 model.
+
+    A fresh build loads float16 or float64 weights in their own dtype before the cast,
+    but the strict load into the cast model rejects them.
+    """
+    return all(np.asarray(array).dtype == np.float32 or np.asarray(array).dtype.kind in "iub"
+               for array in tensors.values())
 
 
 def utility_member(evaluation: ProbeSet | None, before: dict[str, Any] | None,

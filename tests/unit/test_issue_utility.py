@@ -75,3 +75,22 @@ def test_shared_encoder_pass_same_predictions():
     assert np.array_equal(both[0], predict(model, batch))
     assert np.array_equal(both[1], predict(model, {**batch, "present": present}))
     assert not np.array_equal(both[0], both[1])
+
+
+def test_reused_model_of_float16_weights():
+    # A plugin may store its weights in another dtype than float32. A fresh build loads
+    # them in that dtype and then casts to float32, so the reused model must give the
+    # same metrics rather than reject the float16 tensors.
+    import dataclasses
+
+    half = dataclasses.replace(
+        ARCHITECTURE, build=lambda config: ARCHITECTURE.build(config).to(torch.float16),
+        weight_dtype="F16")
+    config = ARCHITECTURE.validate_config(CONFIG)
+    tensors = model_tensors(half.build(config), np.dtype(np.float16))
+    evaluation = _evaluation()
+    fresh = utility_before_deletion(half, config, tensors, evaluation, "audio")
+    reused = utility_before_deletion(half, config, tensors, evaluation, "audio",
+                                     reuse=build_model(half, config, tensors))
+    assert fresh is not None
+    assert reused == fresh
