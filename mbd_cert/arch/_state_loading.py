@@ -127,12 +127,14 @@ def load_state_dict_strict(model: torch.nn.Module, tensors: Mapping[str, np.ndar
         # A copy makes the array writable and contiguous (memory-mapped safetensors
         # arrays are read-only), and keeps the model independent of the caller's buffer.
         converted[name] = torch.from_numpy(np.array(array, order="C", copy=True))
-    if _plain_parameters(model):
+    parameters = dict(model.named_parameters())
+    # A tied parameter is listed once but has a state entry per name.
+    if set(parameters) == set(state) and _plain_parameters(model):
         # The same values in one pass over the parameters. torch's load_state_dict and
         # to() each walk every module in Python, about 1 ms per build of the MOSEI
         # model, while the issuer's two threads wait for the GIL.
         with torch.no_grad():
-            for name, parameter in model.named_parameters():
+            for name, parameter in parameters.items():
                 value = converted[name]
                 if dtype is not None and value.is_floating_point():
                     value = value.to(dtype)
@@ -147,8 +149,9 @@ def _plain_parameters(model: torch.nn.Module) -> bool:
     """Tell whether loading ``model`` only sets its parameters, each under its own name.
 
     A model qualifies when it has no buffers, and its modules keep torch's own loading
-    and state-dict code with no hook that renames or changes entries. Built models have
-    one tensor per name (R-ARCH-9), so no two parameters share memory.
+    and state-dict code with no hook that renames or changes entries. The caller also
+    checks that no parameter is tied under two names. Built models have one tensor per
+    name (R-ARCH-9), so no two of their parameters share memory.
     """
     import torch
 

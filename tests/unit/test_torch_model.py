@@ -200,3 +200,27 @@ def test_buffers_and_hooks_take_torch_load():
     assert torch.equal(model.scale, torch.from_numpy(tensors["scale"]).double())
     doubled = torch.from_numpy(tensors["layer.weight"]).double() * 2.0
     assert torch.equal(model.layer.weight, doubled)
+
+
+class _Tied(torch.nn.Module):
+    """Two layers that share one weight, so the state dict names it twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.nn.Linear(3, 3, bias=False)
+        self.second = torch.nn.Linear(3, 3, bias=False)
+        self.second.weight = self.first.weight
+
+
+def test_tied_weights_take_torch_load():
+    # named_parameters lists a tied weight once; torch's load copies every state name
+    # into it in turn, so the last name's values win.
+    from mbd_cert.arch import load_state_dict_strict
+
+    tensors = _arrays(_Tied())
+    model = _Tied()
+    load_state_dict_strict(model, tensors)
+    reference = _Tied()
+    reference.load_state_dict({n: torch.from_numpy(a) for n, a in tensors.items()})
+    assert torch.equal(model.first.weight, reference.first.weight)
+    assert model.second.weight is model.first.weight
