@@ -49,6 +49,12 @@ _CODE_SCAN_INCOMPLETE = "E_SCAN_INCOMPLETE"
 _REQUIREMENT = "R-REPO-12"
 # Copies named per file in a check's detail; its value counts them all.
 _MAX_NAMED = 5
+# The reason recorded for a file that the run's user may not open.
+_DENIED = "cannot be opened"
+
+
+class FileDenied(Exception):
+    """A file that the run's user may not open; the message states the reason."""
 
 
 @dataclass(frozen=True)
@@ -126,13 +132,17 @@ def _removed_tensors(link: Mapping[str, Any]) -> Iterator[tuple[str, int, str, i
 def search_file(path: Path, lengths: Set[int]) -> list[tuple[str, SpanDigest]]:
     """Return ``(where, span)`` for each span of a searched length in the file ``path``.
 
-    ``where`` names the zip member the span lies in, or is empty. An unreadable or
-    malformed file yields what was found before the fault.
+    ``where`` names the zip member the span lies in, or is empty. A malformed file, or
+    one that fails while it is read, yields what was found before the fault.
 
     Raises:
         ScanLimitExceeded: The file is over a limit of the search.
+        FileDenied: The run's user may not open the file.
     """
-    descriptor = open_regular(path)
+    try:
+        descriptor = open_regular(path, raise_denied=True)
+    except PermissionError as error:
+        raise FileDenied(f"{_DENIED}: {error.strerror or error}") from error
     if descriptor is None:
         return []
     found: list[tuple[str, SpanDigest]] = []
@@ -175,8 +185,8 @@ def check_published_encoders(root: Path, results: Sequence[RepoResult],
     A file that R-REPO-9 reported for a certificate (``reported``: certificate to
     files) fails there and is not reported again on it. A certificate that did not
     verify gets a warning instead, as in R-REPO-9. Each directory that cannot be listed
-    is added to ``unreadable`` and each file over a limit of the search to
-    ``unsearched``, with the reason.
+    is added to ``unreadable``, and each file over a limit of the search or that the
+    run's user may not open to ``unsearched``, with the reason.
 
     Returns:
         The files reported, relative to ``root`` with ``/`` separators.
@@ -190,8 +200,8 @@ def check_published_encoders(root: Path, results: Sequence[RepoResult],
     for path in repository_files(root, hidden=True, unreadable=unreadable):
         try:
             spans = search_file(path, lengths)
-        except ScanLimitExceeded as limit:
-            unsearched[path] = str(limit)
+        except (ScanLimitExceeded, FileDenied) as problem:
+            unsearched[path] = str(problem)
             continue
         name = path.relative_to(root).as_posix()
         for member, span in spans:
@@ -258,9 +268,10 @@ def _removed_by(tensor: RemovedTensor) -> str:
 
 
 def unsearched_files_check(root: Path, unsearched: Mapping[Path, str]) -> CheckResult | None:
-    """Return one failed check naming the files over the search's limits, or None.
+    """Return one failed check naming the files the search could not read, or None.
 
-    A deleted encoder's tensors could lie in such a file unreported, and the run
+    Those are the files over the search's limits and those that the run's user may not
+    open. A deleted encoder's tensors could lie in such a file unreported, and the run
     cannot decide that they do not, so the check fails rather than warns.
     """
     from mbd_cert._terminal import terminal_text
@@ -271,9 +282,17 @@ def unsearched_files_check(root: Path, unsearched: Mapping[Path, str]) -> CheckR
     names = ", ".join(f"{terminal_text(path.relative_to(root).as_posix())} ({reason})"
                       for path, reason in sorted(unsearched.items()))
     noun, pronoun = ("file", "it") if len(unsearched) == 1 else ("files", "them")
+    denied = any(reason.startswith(_DENIED) for reason in unsearched.values())
+    over_limit = not all(reason.startswith(_DENIED) for reason in unsearched.values())
     detail = (f"cannot search {noun} {names} for the tensors of a deleted encoder "
-              f"(R-REPO-12): the search stops at these limits so that a hostile archive "
-              f"cannot stall the run, so a copy in {pronoun} would pass unreported; move "
-              f"{pronoun} out of the repository")
+              f"(R-REPO-12), so a copy in {pronoun} would pass unreported. ")
+    if over_limit:
+        detail += ("The search stops at its limits so that a hostile archive cannot stall "
+                   "the run. ")
+    if denied:
+        detail += (f"Make {pronoun} readable to the user who runs verify-repo, or move "
+                   f"{pronoun} out of the repository")
+    else:
+        detail += f"Move {pronoun} out of the repository"
     return CheckResult(UNSEARCHED_FILE_CHECK, "fail", detail, code=_CODE_SCAN_INCOMPLETE,
                        requirement=_REQUIREMENT, value=len(unsearched), threshold=0)

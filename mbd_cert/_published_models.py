@@ -51,8 +51,9 @@ def header_index(root: Path, unreadable: dict[Path, str] | None = None) -> Heade
     """
     index: HeaderIndex = {}
     for path in repository_files(root, hidden=True, unreadable=unreadable):
-        # NOTE: a file that cannot be opened is skipped without a report, so a
-        # pre-deletion model that the CI user cannot read passes unseen.
+        # A file that cannot be opened is skipped here without a report. The search
+        # for deleted encoders (R-REPO-12) fails the run on it instead, whenever a
+        # certificate lists removed tensors.
         digest = _header_digest(path)
         if digest is not None:
             index.setdefault(digest, []).append(path)
@@ -110,12 +111,20 @@ def has_safetensors_layout(path: Path) -> bool:
     return 2 <= length <= size - 8 and start[8:] == b"{"
 
 
-def open_regular(path: Path) -> int | None:
-    """Return a read-only descriptor of ``path`` when it is a regular file, else None."""
+def open_regular(path: Path, *, raise_denied: bool = False) -> int | None:
+    """Return a read-only descriptor of ``path`` when it is a regular file, else None.
+
+    Raises:
+        PermissionError: With ``raise_denied``, the run's user may not open ``path``.
+    """
     # Non-blocking and without following links: a FIFO or a link swapped in after the
     # listing must not hang the run or leave the repository.
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except PermissionError:
+        if raise_denied:
+            raise
+        return None
     except OSError:
         return None
     try:

@@ -274,7 +274,7 @@ def test_zip_bomb_fails_as_unsearched(honest_run: HonestRun, issuer_keys: Issuer
     detail = outcome.check_detail("unsearched-file")
     assert detail.startswith("cannot search file bomb.zip (zip members that decompress to "
                              "more than ")
-    assert detail.endswith("move it out of the repository")
+    assert detail.endswith("Move it out of the repository")
     suites = {suite.get("name"): suite for suite in ElementTree.parse(junit).getroot()}
     [failure] = suites["verify-repo"].findall("testcase/failure")
     assert failure.get("type") == "E_SCAN_INCOMPLETE"
@@ -410,3 +410,34 @@ def test_forked_release_keeps_other_encoder(honest_run: HonestRun, issuer_keys: 
                                                  "'encoders.audio.")
     assert details["vision/cert.json"].startswith("audio/model.safetensors: tensor "
                                                   "'encoders.vision.")
+
+
+def test_unopenable_file_fails_as_unsearched(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """R-REPO-12: a file the run cannot open could hold the encoder, so the run fails.
+
+    The permission error is injected, because root opens any file.
+    """
+    import os
+
+    root = _repo(honest_run, tmp_path / "repo")
+    copy = root / "backup.safetensors"
+    save_file(_audio(_pre_deletion(honest_run)), copy)
+    real_open = os.open
+
+    def denying_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(path) == os.fspath(copy):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denying_open)
+    outcome = _verify(root, issuer_keys)
+
+    assert outcome.exit_code == 1, outcome.stderr
+    assert outcome.failed_codes == {"unsearched-file": "E_SCAN_INCOMPLETE"}
+    detail = outcome.check_detail("unsearched-file")
+    assert detail.startswith("cannot search file backup.safetensors (cannot be opened: "
+                             "Permission denied) ")
+    assert detail.endswith("Make it readable to the user who runs verify-repo, or move it "
+                           "out of the repository")
+    assert "hostile archive" not in detail
