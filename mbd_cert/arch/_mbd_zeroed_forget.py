@@ -131,8 +131,12 @@ def standard_layers(model: MBDModel) -> bool:
     The closed forms here and in :mod:`mbd_cert.arch._mbd_gradients` write out the
     forward pass of those modules. A builder that swapped one (a ReLU for a GELU, the
     tanh approximation of GELU, a ``nn.Linear`` subclass with its own ``forward``)
-    keeps the tensor names, so only the module types tell the change apart.
+    keeps the tensor names, so only the module types tell the change apart. A hook
+    changes the forward or backward pass too without changing a type, so a model with
+    one is rejected as well.
     """
+    if _has_hooks(model):
+        return False
     fusion: tuple[type[nn.Module], ...] = (nn.Linear, nn.GELU, nn.Dropout, nn.Linear, nn.GELU)
     generator: tuple[type[nn.Module], ...] = (nn.Linear, nn.GELU, nn.Linear)
     sequences: list[tuple[nn.Module, tuple[type[nn.Module], ...]]] = [(model.fusion, fusion)]
@@ -151,6 +155,24 @@ def standard_layers(model: MBDModel) -> bool:
             if kind is nn.GELU and layer.approximate != "none":
                 return False
     return type(model.head) is nn.Linear
+
+
+def _has_hooks(model: MBDModel) -> bool:
+    """Tell whether a module or parameter of ``model``, or every module, has a hook.
+
+    The hooks that torch registers for all modules live in private attributes of
+    ``torch.nn.modules.module`` (torch 2.x); a name missing there counts as no hook.
+    """
+    registry = torch.nn.modules.module
+    global_hooks = ("_global_forward_hooks", "_global_forward_pre_hooks",
+                    "_global_backward_hooks", "_global_backward_pre_hooks")
+    if any(getattr(registry, name, None) for name in global_hooks):
+        return True
+    for module in model.modules():
+        if module._forward_hooks or module._forward_pre_hooks or \
+                module._backward_hooks or module._backward_pre_hooks:
+            return True
+    return any(parameter._backward_hooks for parameter in model.parameters())
 
 
 def fusion_linears(model: MBDModel) -> tuple[nn.Linear, nn.Linear]:

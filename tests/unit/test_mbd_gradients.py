@@ -202,6 +202,30 @@ def test_swapped_layers_rejected(swap):
     assert zeroed_forget(pre, batch, "audio", entries) is None
 
 
+@pytest.mark.parametrize("hook", ["forward", "forward-pre", "parameter", "global"])
+def test_hooked_layers_rejected(hook):
+    # A builder can also change a late module's forward pass with a hook, which keeps
+    # the module types; autograd, as level 2 runs it, goes through the hook.
+    batch = _batch(11, seed=5)
+    pre = _model([])
+    handle = None
+    if hook == "forward":
+        pre.fusion[3].register_forward_hook(lambda module, args, output: 2.0 * output)
+    elif hook == "forward-pre":
+        pre.head.register_forward_pre_hook(lambda module, args: (2.0 * args[0],))
+    elif hook == "parameter":
+        pre.head.weight.register_hook(lambda grad: 2.0 * grad)
+    else:
+        handle = torch.nn.modules.module.register_module_forward_hook(
+            lambda module, args, output: output)
+    try:
+        assert LateLayerGradients.forget(pre, batch, "audio") is None
+        assert zeroed_forget(pre, batch, "audio", [("head.weight", 1)]) is None
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
 def test_builtin_objectives_only():
     architecture = get_architecture("mbd-sentiment")
     model, batch = _model([]), _batch(5, seed=1)
