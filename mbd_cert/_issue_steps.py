@@ -142,8 +142,9 @@ def _run(
             "recompute the mask or the update); nothing was written")
     forget_name = f"the forget objective of architecture {architecture.name!r}"
     retain_name = f"the retain objective of architecture {architecture.name!r}"
-    # The built-in objectives are deterministic, so they need no test run. Their
-    # gradients are written out for the late layers (mbd_cert.arch._mbd_gradients).
+    # The built-in objectives on a model of the built-in modules are deterministic, so
+    # they need no test run. Their gradients are written out for the late layers
+    # (mbd_cert.arch._mbd_gradients), which returns None for any other pairing.
     forget_gradients = _mbd_gradients.for_architecture(
         architecture, model_pre, cast(Batch, batch), modality, forget=True)
     if forget_gradients is None:

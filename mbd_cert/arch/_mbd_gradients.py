@@ -41,6 +41,7 @@ from mbd_cert import arch as registry
 from mbd_cert._linear_per_sample import weight_moments, within_square_range
 from mbd_cert.arch import Architecture, Batch
 from mbd_cert.arch._mbd_config import STATE_OBSERVED
+from mbd_cert.arch._mbd_layers import Encoder, Generator
 from mbd_cert.arch._mbd_model import MBDModel, eval_mode
 from mbd_cert.arch._mbd_zeroed_forget import (
     fusion_linears,
@@ -51,6 +52,11 @@ from mbd_cert.arch._mbd_zeroed_forget import (
 
 # The covered layers after the generators. Each generator's two layers are covered too.
 FUSION_LAYERS = ("fusion.0", "fusion.3", "head")
+# The types of the modules that MBDModel builds. The issuer skips the test runs for
+# determinism only on a model of these, because a swapped module may draw noise.
+_BUILT_TYPES = (MBDModel, Encoder, Generator, torch.nn.ModuleDict, torch.nn.Sequential,
+                torch.nn.Linear, torch.nn.LayerNorm, torch.nn.Dropout, torch.nn.GELU,
+                torch.nn.Embedding)
 # Samples per pass, so that memory stays bounded for a large probe set. Each pass keeps
 # a few [rows, width] activations per covered layer, as the issuer's batched Linear
 # route in mbd_cert.saliency does for chunks of the same size.
@@ -63,10 +69,14 @@ def for_architecture(architecture: Architecture, model: torch.nn.Module, batch: 
 
     Returns None unless the objective is the built-in one. A plugin may build an
     :class:`MBDModel` and pair it with objectives of its own, and tests replace an
-    objective of the built-in record.
+    objective of the built-in record. Also None unless every module of ``model`` has
+    a type that :class:`MBDModel` builds, so that the caller may take the objective
+    for deterministic.
     """
     from mbd_cert.arch import mbd
 
+    if not all(type(module) in _BUILT_TYPES for module in model.modules()):
+        return None
     if forget:
         builtin = architecture.forget_objective in (mbd.forget_objective, registry._forget_mbd)
         return LateLayerGradients.forget(model, batch, modality) if builtin else None

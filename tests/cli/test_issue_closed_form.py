@@ -134,3 +134,32 @@ def test_chain_covers_deleted_generator(monkeypatch, tmp_path, tiny_checkpoint,
     assert counts["mean_gradient"] == STEPS - 1
     assert any(name.startswith("generators.audio.") for name in _masked_tensors(second))
     _verify(second, issuer_keys, level=3)
+
+
+def test_random_encoder_still_tested(monkeypatch, tmp_path, tiny_checkpoint, issuer_keys):
+    # The built-in objectives skip the test runs for determinism only on a model of the
+    # modules MBDModel builds. A builder may swap in an encoder that draws noise, which
+    # level 2 rejects (R-ARCH-7), so the issuer must reject it first.
+    import torch
+
+    from mbd_cert.arch._mbd_layers import Encoder
+    from mbd_cert.errors import InputError
+
+    class NoisyEncoder(Encoder):
+        def forward(self, x):
+            shared, private = super().forward(x)
+            return shared + torch.randn_like(shared), private
+
+    builtin = get_architecture("mbd-sentiment")
+
+    def build(config):
+        model = builtin.build(config)
+        model.encoders["text"].__class__ = NoisyEncoder
+        return model
+
+    noisy = dataclasses.replace(builtin, build=build)
+    monkeypatch.setattr(_issue_preflight, "get_architecture", lambda name: noisy)
+    with pytest.raises(InputError) as raised:
+        _issue(tiny_checkpoint, tmp_path / "out", issuer_keys)
+    assert raised.value.code == "E_OBJECTIVE_NONDETERMINISTIC"
+    assert not (tmp_path / "out").exists()
