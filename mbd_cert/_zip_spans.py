@@ -6,10 +6,11 @@ that can contain a span of a searched length is searched as a byte stream
 (:func:`mbd_cert._tensor_spans.search_stream`). Nothing is unpickled, and an archive
 inside the archive is not opened.
 
-A hostile archive can hold millions of members or decompress a few kilobytes into
-gigabytes. The limits below are checked before :mod:`zipfile` reads the central
-directory, and on the bytes decompressed while searching, and a file over them
-raises :class:`ScanLimitExceeded`: the caller reports it rather than passing it.
+A hostile archive can hold millions of members, decompress a few kilobytes into
+gigabytes, or name one member's data in many entries. The limits below are checked
+before :mod:`zipfile` reads the central directory, on the members' compressed sizes,
+and on the bytes decompressed while searching, and a file over them raises
+:class:`ScanLimitExceeded`: the caller reports it rather than passing it.
 A malformed archive or member is skipped.
 
 Stability: internal.
@@ -78,8 +79,9 @@ def search_zip(handle: Any, size: int, lengths: Collection[int],
 
     Raises:
         ScanLimitExceeded: The archive's central directory is over
-            :data:`MAX_CENTRAL_DIRECTORY`, or its members decompress to more than
-            :data:`MAX_EXPANSION` times its size plus :data:`DECOMPRESSED_ALLOWANCE`.
+            :data:`MAX_CENTRAL_DIRECTORY`, its members decompress to more than
+            :data:`MAX_EXPANSION` times its size plus :data:`DECOMPRESSED_ALLOWANCE`,
+            or their compressed sizes add up to more than its size.
     """
     if not _directory_within_limits(handle, size):
         return
@@ -89,9 +91,10 @@ def search_zip(handle: Any, size: int, lengths: Collection[int],
         return
     budget = _Budget(MAX_EXPANSION * size + DECOMPRESSED_ALLOWANCE)
     with archive:
-        for info in archive.infolist():
-            if info.is_dir() or info.file_size < min_length:
-                continue
+        searched = [info for info in archive.infolist()
+                    if not info.is_dir() and info.file_size >= min_length]
+        _check_compressed_sizes(searched, size)
+        for info in searched:
 
             def open_member(info: zipfile.ZipInfo = info) -> _CountedMember:
                 return _CountedMember(archive.open(info), budget)
@@ -102,6 +105,23 @@ def search_zip(handle: Any, size: int, lengths: Collection[int],
                     yield info.filename, span
             except MALFORMED:
                 continue
+
+
+def _check_compressed_sizes(members: list[zipfile.ZipInfo], size: int) -> None:
+    """Reject members whose compressed data would add up to more than the archive.
+
+    Members of an honest archive do not overlap. Entries that share one member's data
+    would have it decompressed once per entry, and data that decompresses to nothing
+    costs that work without spending the budget of decompressed bytes.
+
+    Raises:
+        ScanLimitExceeded: The compressed sizes add up to more than ``size``.
+    """
+    total = sum(info.compress_size for info in members)
+    if total > size:
+        raise ScanLimitExceeded(
+            f"zip members whose compressed sizes add up to {total} bytes, more than the "
+            f"file's {size}: the members overlap")
 
 
 def _directory_within_limits(handle: ByteStream, size: int) -> bool:

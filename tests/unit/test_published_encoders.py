@@ -134,3 +134,38 @@ def test_object_npy_not_unpickled(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     [(_, span)] = search_file(tmp_path / "objects.npy", frozenset({len(data) - header_end}))
 
     assert span.digest == _digest(data[header_end:])
+
+
+def _overlapping_zip(member: bytes, entries: int) -> bytes:
+    """Return a zip archive whose ``entries`` directory entries all name one member."""
+    import struct
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a", member)
+    data = buffer.getvalue()
+    end = data.rfind(b"PK\x05\x06")
+    fields = struct.unpack("<4s4H2LH", data[end:end + 22])
+    directory_size, directory_offset = fields[5], fields[6]
+    directory = data[directory_offset:directory_offset + directory_size] * entries
+    end_record = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, entries, entries,
+                             len(directory), directory_offset, 0)
+    return data[:directory_offset] + directory + end_record
+
+
+def test_overlapping_zip_members_unsearched(tmp_path: Path):
+    # Entries that share one member's data make the search decompress it once per
+    # entry, so a small archive could stall the run with work that decompresses to
+    # nothing the budget counts. No honest archive has them.
+    weight = np.random.default_rng(1).standard_normal((4, 6)).astype(np.float32)
+    result = _result({"encoders.audio.proj.weight": weight})
+    archive = tmp_path / "overlap.zip"
+    archive.write_bytes(_overlapping_zip(weight.tobytes() * 1000, 50))
+    (tmp_path / "single.zip").write_bytes(_overlapping_zip(weight.tobytes(), 1))
+
+    found, unsearched = _search(tmp_path, result)
+
+    assert set(unsearched) == {archive}
+    assert unsearched[archive].startswith("zip members whose compressed sizes add up to ")
+    assert found == {"single.zip"}
