@@ -374,10 +374,8 @@ def _run(
             sealed=written.sealed,
             utility=utility,
         )
-        signed = certificate.sign_certificate(doc, private_key)
-        # Signing built the canonical bytes of everything but the signature.
-        (staging / "cert.json").write_bytes(
-            certificate.dump_certificate(signed, signable=True))
+        signed, text = certificate.sign_and_dump(doc, private_key)
+        (staging / "cert.json").write_bytes(text)
         set_modes(staging)
         swap_in(staging, out_dir, force=options.force)
     except OSError as exc:

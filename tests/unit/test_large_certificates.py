@@ -221,14 +221,18 @@ def test_issuer_refuses_what_the_verifier_would(monkeypatch: pytest.MonkeyPatch)
     assert "certificate to write has" in str(info.value)
 
 
-def test_signed_dump_checks_the_signature_member() -> None:
-    # issue passes signable=True after signing, which checked the rest already.
+def test_sign_and_dump_same_bytes() -> None:
+    # issue signs and dumps in one call, which checks the signature member alone.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from mbd_cert import signing
+
+    key = Ed25519PrivateKey.generate()
     doc = _doc()
-    assert certificate.dump_certificate(doc, signable=True) == certificate.dump_certificate(doc)
-    doc["signature"] = {"algorithm": "ed25519", "key_id": "x", "value": 1e400 * 0}
-    with pytest.raises(MalformedCertificate) as info:
-        certificate.dump_certificate(doc, signable=True)
-    assert info.value.code == "E_CANONICAL_NUMBER"
+    doc["issuer"] = {**doc["issuer"], "key_id": signing.key_id(key.public_key())}
+    signed, data = certificate.sign_and_dump(doc, key)
+    assert data == certificate.dump_certificate(signed)
+    assert certificate.parse_certificate(data) == signed
 
 
 def test_unsigned_dump_checks_everything() -> None:
