@@ -42,7 +42,8 @@ def utility_before_deletion(
         return None
     pre, batch, label = _evaluation_model(architecture, config, pre_tensors, evaluation,
                                           reuse)
-    if type(pre) is MBDModel:
+    # forward_parts bypasses hooks on the model itself, which a call would run.
+    if type(pre) is MBDModel and not pre._forward_hooks and not pre._forward_pre_hooks:
         both = _with_and_without(pre, batch, modality)
     else:
         present = batch["present"].clone()

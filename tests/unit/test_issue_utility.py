@@ -94,3 +94,17 @@ def test_reused_model_of_float16_weights():
                                      reuse=build_model(half, config, tensors))
     assert fresh is not None
     assert reused == fresh
+
+
+def test_model_hook_keeps_two_predictions():
+    # A hook on the model itself runs only when the model is called.
+    config = ARCHITECTURE.validate_config(CONFIG)
+    tensors, evaluation = _tensors(config), _evaluation()
+    plain = utility_before_deletion(ARCHITECTURE, config, tensors, evaluation, "audio")
+    model = build_model(ARCHITECTURE, config, tensors, dtype=torch.float32)
+    model.register_forward_hook(lambda module, args, output: output * 0.5)
+    hooked = utility_before_deletion(ARCHITECTURE, config, tensors, evaluation, "audio",
+                                     reuse=model)
+    assert hooked is not None and plain is not None
+    assert hooked["all"] != plain["all"]
+    assert hooked["missing_audio"] != plain["missing_audio"]
