@@ -115,7 +115,8 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
                        "ROOT/mbd-cert-policy.toml; none: level 1 without limits].")
     @click.option("--key", "key_paths", type=click.Path(path_type=Path, readable=False),
                   multiple=True,
-                  help="Trusted issuer public key, in addition to the policy's; repeatable.")
+                  help="Trusted issuer public key file (PEM, 64 hex digits or 32 raw bytes), in "
+                       "addition to the policy's; repeatable.")
     @click.option("--junit", "junit_path", type=click.Path(path_type=Path, readable=False),
                   default=None,
                   help="Write a JUnit XML file with one test suite per certificate.")

@@ -166,9 +166,9 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
         "key_paths",
         type=click.Path(path_type=Path),
         multiple=True,
-        help="Trusted issuer public key (PEM or raw 32 bytes). Required unless "
-        "--trust-dir is given. Repeat it once per issuer when the certificates of a "
-        "chain were signed with different keys.",
+        help="Trusted issuer public key file: PEM, 64 hex digits or 32 raw bytes. "
+        "Required unless --trust-dir is given. Repeat it once per issuer when the "
+        "certificates of a chain were signed with different keys.",
     )
     @click.option(
         "--trust-dir",
