@@ -18,7 +18,7 @@ there; elsewhere these functions change nothing.
 :class:`Interrupted` carries the text of the ``E_INTERRUPTED`` error that a command
 writes to its ``--json`` document and ``--junit`` file after Ctrl-C.
 :func:`output_left_text` returns the stderr line of a command whose ``--out`` was left
-as it was.
+as it was, or not created.
 
 Stability: internal.
 """
@@ -26,6 +26,7 @@ Stability: internal.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator, Mapping
@@ -61,6 +62,11 @@ class Interrupted(KeyboardInterrupt):
 def output_left_text(arguments: Mapping[str, Any]) -> str:
     """Return the Ctrl-C outcome of a command that left its ``--out`` directory as it was.
 
+    The command moves its finished output onto ``--out`` at its end, with Ctrl-C held
+    from then on (:func:`publishing`), so an ``--out`` that does not exist at the
+    interrupt did not exist before the command either. For such an ``--out`` the text
+    reads "was not created" in place of "was left as it was".
+
     Args:
         arguments: The command's keyword arguments, where ``out_dir`` is its ``--out``.
     """
@@ -69,7 +75,10 @@ def output_left_text(arguments: Mapping[str, Any]) -> str:
     out_dir = arguments.get("out_dir")
     if out_dir is None:
         return "the output directory was left as it was"
-    return f"the output directory {terminal_text(str(out_dir))} was left as it was"
+    name = terminal_text(str(out_dir))
+    if not os.path.lexists(out_dir):
+        return f"the output directory {name} was not created"
+    return f"the output directory {name} was left as it was"
 
 
 def interruption(interrupt: KeyboardInterrupt) -> Interrupted:

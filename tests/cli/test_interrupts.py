@@ -173,7 +173,7 @@ def test_ctrl_c_names_output_directory(target: str, arguments: list[str],
     assert outcome.exit_code == 130, outcome.stderr
     # The name is escaped, so a crafted --out cannot forge a second stderr line.
     assert outcome.stderr == (f"interrupted; the output directory {tmp_path}/out\\nwarning: "
-                              "done was left as it was\n")
+                              "done was not created\n")
     assert not out.exists()
 
 
@@ -279,8 +279,8 @@ def test_sigterm_in_issue_acts_as_ctrl_c(tmp_path: Path, issuer_keys):
     # code as Ctrl-C, not the default of dying at once with status 143.
     result = _issue_sending_sigterm(tmp_path, issuer_keys, "", "    time.sleep(60)\n")
     assert result.returncode == 130, result.stderr
-    assert result.stderr == (f"interrupted; the output directory {tmp_path / 'out'} was left "
-                             "as it was\n")
+    assert result.stderr == (f"interrupted; the output directory {tmp_path / 'out'} was not "
+                             "created\n")
     assert not (tmp_path / "out").exists()
 
 
@@ -291,8 +291,8 @@ def test_sigterm_stops_a_background_job(tmp_path: Path, issuer_keys):
         tmp_path, issuer_keys, "signal.signal(signal.SIGINT, signal.SIG_IGN)\n",
         "    time.sleep(20)\n    os._exit(99)\n")
     assert result.returncode == 130, result.stderr
-    assert result.stderr == (f"interrupted; the output directory {tmp_path / 'out'} was left "
-                             "as it was\n")
+    assert result.stderr == (f"interrupted; the output directory {tmp_path / 'out'} was not "
+                             "created\n")
     assert not (tmp_path / "out").exists()
 
 

@@ -250,11 +250,13 @@ def test_ranks_draw_own_dropout_masks(tmp_path, monkeypatch):
     ("0", "the output directory ck was left as it was"),
     ("1", "rank 1 writes no output; rank 0's message reports whether the checkpoint was written"),
 ])
-def test_interrupt_text_per_rank(monkeypatch, rank, expected):
+def test_interrupt_text_per_rank(monkeypatch, tmp_path, rank, expected):
     # Rank 0 may have published the checkpoint when Ctrl-C reaches the other ranks,
     # so only rank 0 can report that the output directory was left as it was.
     from trainer.cli import interrupted_text
 
+    monkeypatch.chdir(tmp_path)
+    Path("ck").mkdir()
     if rank is None:
         monkeypatch.delenv("RANK", raising=False)
     else:
