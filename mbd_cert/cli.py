@@ -288,15 +288,21 @@ class _Group(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:  # noqa: D102
         if cmd_name in self._TRAINER_COMMANDS and cmd_name not in self.commands:
-            _register_trainer(self)
+            try:
+                _register_trainer(self)
+            except KeyboardInterrupt:
+                # Ctrl-C while torch is imported, before the command has parsed its
+                # options, so its --out is untouched and cannot be named yet.
+                exit_interrupted(f"the {cmd_name} command stopped while loading and wrote "
+                                 "nothing")
         return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:  # noqa: D102
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
-            # A Ctrl-C outside a command's guard, mostly while the trainer's commands
-            # import torch. Click itself would print "Aborted!" and exit 1.
+            # A Ctrl-C outside a command's guard, such as while click parses the
+            # options. Click itself would print "Aborted!" and exit 1.
             exit_interrupted()
         except click.UsageError as error:
             name = ctx.invoked_subcommand or ""

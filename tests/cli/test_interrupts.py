@@ -125,7 +125,8 @@ def test_ctrl_c_loading_trainer_exits_130(command: str, tmp_path: Path, monkeypa
     monkeypatch.setattr(cli, "_register_trainer", interrupted_import)
     outcome = run_cli([command, "--help"])
     assert outcome.exit_code == 130, outcome.stderr
-    assert outcome.stderr.strip() == "interrupted; the command did not finish"
+    assert outcome.stderr.strip() == (f"interrupted; the {command} command stopped while "
+                                      "loading and wrote nothing")
     assert "Aborted" not in outcome.stderr + outcome.stdout
 
 
