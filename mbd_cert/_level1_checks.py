@@ -368,8 +368,11 @@ def check_policy(
     )
 
 
-def check_bundle(doc: Mapping[str, Any], bundle: Path) -> str:
+def check_bundle(doc: Mapping[str, Any], bundle: Path, *, level: int) -> str:
     """Check the audit bundle files against the certificate's digests (R-BUN-2).
+
+    ``level`` is the verification level, which decides the hint of a missing file:
+    only ``verify --bundle`` reads the bundle at level 1, where it can be dropped.
 
     Raises:
         FileMissing: A bundle file is absent.
@@ -380,10 +383,14 @@ def check_bundle(doc: Mapping[str, Any], bundle: Path) -> str:
         entry = doc["audit_bundle"][role]
         path = _paths.resolve_artefact(bundle, entry["path"])
         if not path.exists():
-            hint = ("levels 2 and 3 need the audit bundle: pass its directory with --bundle "
-                    "(verify), put its files beside the certificate (verify-repo), or give "
-                    "the sealed audit-bundle.sealed and --auditor-private-key; level 1 "
-                    "needs no bundle")
+            if level == 1:
+                hint = (f"restore {entry['path']} in the --bundle directory, or drop "
+                        "--bundle: level 1 then skips the bundle-digest check")
+            else:
+                hint = ("levels 2 and 3 need the audit bundle: pass its directory with "
+                        "--bundle (verify), put its files beside the certificate "
+                        "(verify-repo), or give the sealed audit-bundle.sealed and "
+                        "--auditor-private-key")
             if (bundle / "audit-bundle.sealed").is_file():
                 hint = ("this directory holds the sealed bundle audit-bundle.sealed: pass "
                         "the auditor's --auditor-private-key (verify or verify-repo) to "

@@ -318,7 +318,8 @@ def _verify_checked(cert_path: str | Path, model_path: str | Path, options: Veri
                     "or a policy of level 2 or 3 for verify-repo)")
     else:
         bundle = Path(options.bundle_dir)
-        report.run("bundle-digest", "R-BUN-2", lambda: check_bundle(doc, bundle))
+        report.run("bundle-digest", "R-BUN-2",
+                   lambda: check_bundle(doc, bundle, level=options.level))
 
     # R-LVL-3: levels 2 and 3 read only files that a trusted signature commits to.
     # Any other file is unauthenticated input, and its checks cannot change a verdict

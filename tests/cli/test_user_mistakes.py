@@ -256,6 +256,24 @@ def test_level_2_without_bundle_names_both_options(honest_run: HonestRun):
     assert "--auditor-private-key" in outcome.stderr
 
 
+@pytest.mark.parametrize(("level", "advice"), [
+    ("1", "or drop --bundle"),
+    ("2", "levels 2 and 3 need the audit bundle"),
+])
+def test_missing_bundle_file_hint_per_level(honest_run: HonestRun, tmp_path: Path,
+                                            level: str, advice: str):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    shutil.copy(honest_run.diff, bundle)
+    outcome = verify(honest_run.cert, honest_run.model, honest_run.public_key,
+                     "--level", level, "--bundle", bundle)
+    assert_input_error(outcome, "E_FILE_MISSING")
+    assert "probe.safetensors" in outcome.stderr
+    assert advice in outcome.stderr
+    # The run fails, so no hint may claim that level 1 can do without the bundle.
+    assert "needs no bundle" not in outcome.stderr
+
+
 def test_missing_certificate_hint_names_issue(honest_run: HonestRun, tmp_path: Path):
     outcome = verify(tmp_path / "cert.jsn", honest_run.model, honest_run.public_key)
     assert_input_error(outcome, "E_FILE_MISSING")
