@@ -135,7 +135,10 @@ def render_table(results: Sequence[RepoResult], exit_code: int, level: int,
         else:
             status, detail = "NOT VERIFIED", _failure_detail(result, note)
         if result.warnings:
-            status += " (warning)"
+            # Only on a verified row: after NOT VERIFIED or an error it would read as if
+            # the failure were only a warning. The detail names the note either way.
+            if result.exit_code == 0:
+                status += " (warning)"
             numbers = [note([f"warning: {warning}"]) for warning in result.warnings]
             detail = "; ".join([detail, f"warning {', '.join(numbers)} below"])
         # Paths, messages and check names come from the repository under test: escaped,
