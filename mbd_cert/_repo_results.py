@@ -221,7 +221,8 @@ def check_counts(checks: Sequence[Any]) -> str:
     Inconclusive checks are added to the text only when there are any.
     """
     statuses = [check.status for check in checks]
-    text = (f"{len(statuses)} checks: {statuses.count('pass')} passed, "
+    noun = "check" if len(statuses) == 1 else "checks"
+    text = (f"{len(statuses)} {noun}: {statuses.count('pass')} passed, "
             f"{statuses.count('fail')} failed, {statuses.count('skipped')} skipped")
     inconclusive = statuses.count("inconclusive")
     return text + (f", {inconclusive} inconclusive" if inconclusive else "")

@@ -1,10 +1,10 @@
-"""verify-repo's table: the result column."""
+"""verify-repo's table: the result column and the check counts."""
 
 from __future__ import annotations
 
 import pytest
 
-from mbd_cert._repo_results import RepoResult, render_table
+from mbd_cert._repo_results import RepoResult, check_counts, render_table
 from mbd_cert.report import CheckResult, VerificationReport
 
 WARNING = "models/diff.safetensors: confidential file of the issuer"
@@ -52,3 +52,20 @@ def test_verified_row_with_warning(capsys: pytest.CaptureFixture[str]) -> None:
     result = RepoResult("models/cert.json", "models/model.safetensors", exit_code=0,
                         report=_report("pass"), warnings=[WARNING])
     assert "models/cert.json verified (warning)" in _table([result], capsys)
+
+
+@pytest.mark.parametrize(("statuses", "expected"), [
+    (("fail",), "1 check: 0 passed, 1 failed, 0 skipped"),
+    (("pass", "skipped"), "2 checks: 1 passed, 0 failed, 1 skipped"),
+    ((), "0 checks: 0 passed, 0 failed, 0 skipped"),
+])
+def test_check_counts_number(statuses: tuple[str, ...], expected: str) -> None:
+    assert check_counts(_report(*statuses).checks) == expected
+
+
+def test_repository_row_counts_one_check(capsys: pytest.CaptureFixture[str]) -> None:
+    verified = RepoResult("models/cert.json", "models/model.safetensors", exit_code=0,
+                          report=_report("pass"))
+    run_result = RepoResult("verify-repo", "", exit_code=1, report=_report("fail"))
+    table = _table([verified], capsys, run_result=run_result)
+    assert "(verify-repo: the repository) FAILED 1 check: 0 passed, 1 failed" in table
