@@ -61,13 +61,13 @@ def verify_one(root: Path, certificate: Path, policy: Any, keys: Sequence[Any],
             # A link can point outside the repository, and CI would then report a model
             # the repository does not contain as verified.
             raise errors.InputError(
-                f"model of {result.certificate} is a symbolic link: {result.model}",
+                f"model is a symbolic link: {result.model}",
                 hint="commit the model file itself beside the certificate",
                 code="E_UNSAFE_PATH",
             )
         if not model.exists():
             raise errors.FileMissing(
-                f"model not found for {result.certificate}: expected {result.model}",
+                f"model not found: {result.model}",
                 hint="put the released model beside the certificate: cert.json pairs with "
                 "model.safetensors, NAME.cert.json with NAME.safetensors",
             )

@@ -246,6 +246,19 @@ def test_worst_result_wins(repo, tmp_path):
     assert "error [E_FILE_MISSING]: models/b/v2.cert.json: " in table.stderr
 
 
+def test_missing_model_names_certificate_once(repo):
+    # The record, the table row and the stderr line name the certificate already, so
+    # the message names only the model.
+    _policy(repo, "")
+    (repo / "models" / "b" / "v2.safetensors").unlink()
+    result = _run(repo, "--json")
+    assert result.exit_code == 2
+    second = json.loads(result.stdout)["results"][1]
+    assert second["error"]["message"] == "model not found: models/b/v2.safetensors"
+    assert ("error [E_FILE_MISSING]: models/b/v2.cert.json: model not found: "
+            "models/b/v2.safetensors\n") in result.stderr
+
+
 def test_git_lfs_pointer_named(repo):
     # A CI checkout without LFS leaves a text pointer where the model should be.
     _policy(repo, "")
@@ -571,6 +584,8 @@ def test_symlinked_model_is_refused(repo, tmp_path):
     results = json.loads(result.stdout)["results"]
     assert [r["exit_code"] for r in results] == [2, 0]
     assert results[0]["error"]["code"] == "E_UNSAFE_PATH"
+    assert results[0]["error"]["message"] == ("model is a symbolic link: "
+                                              "models/a/model.safetensors")
 
 
 def test_deep_directory_walk_completes(repo):
