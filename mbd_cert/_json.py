@@ -204,13 +204,9 @@ def load_json_strict(
     try:
         value = decoder.decode(text)
     except json.JSONDecodeError as exc:
-        # A copy cut short fails with an unterminated string or at the end of the text.
-        truncated = exc.msg.startswith("Unterminated") or exc.pos >= len(text.rstrip())
         raise error_class(
             f"{what} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
-            hint="the file ends early, so it looks truncated: copy it again from its source"
-            if truncated else "restore the file from its source; a signed file must not "
-            "be edited by hand",
+            hint=_syntax_error_hint(text, exc),
             code="E_JSON_SYNTAX",
         ) from exc
 
@@ -218,6 +214,17 @@ def load_json_strict(
     if hooks.rejected or _SURROGATE_ESCAPE.search(text):
         check_values(value, [], what, error_class)
     return value
+
+
+def _syntax_error_hint(text: str, error: json.JSONDecodeError) -> str:
+    """Return the hint for a JSON syntax error: an empty file, a cut copy or an edit."""
+    if not text.strip():
+        contents = "is empty" if not text else "contains only whitespace"
+        return f"the file {contents}: copy it again from its source"
+    # A copy cut short fails with an unterminated string or at the end of the text.
+    if error.msg.startswith("Unterminated") or error.pos >= len(text.rstrip()):
+        return "the file ends early, so it looks truncated: copy it again from its source"
+    return "restore the file from its source; a signed file must not be edited by hand"
 
 
 def read_json_file(

@@ -331,6 +331,17 @@ def test_truncated_file_hint(data: bytes) -> None:
     assert "(line 1, column" in info.value.message
 
 
+@pytest.mark.parametrize(("data", "contents"), [(b"", "is empty"),
+                                                 (b" \n", "contains only whitespace")],
+                         ids=["empty", "whitespace"])
+def test_empty_file_hint(data: bytes, contents: str) -> None:
+    with pytest.raises(MalformedCertificate) as info:
+        load(data)
+    assert info.value.code == "E_JSON_SYNTAX"
+    assert f"the file {contents}" in info.value.hint
+    assert "truncated" not in info.value.hint
+
+
 def test_syntax_error_inside_file_hint() -> None:
     with pytest.raises(MalformedCertificate) as info:
         load(b'{"a": 1,, "b": 2}')
