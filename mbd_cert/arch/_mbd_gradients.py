@@ -16,11 +16,12 @@ the gradient dy of the per-sample objective with respect to its output. The per-
 moments follow from those as in :mod:`mbd_cert._linear_per_sample`. The backward steps
 use torch's own derivative kernels (``tanh_backward``, ``gelu_backward``), so the
 values equal autograd's up to the order of summation. The tests compare them to 1e-12
-relative; on the CMU-MOSEI checkpoint they came out equal bit for bit. Where the forget
-objective's two terms (one per prediction) nearly cancel, the order matters more, and
-the random cases in the tests hold the difference to 1e-10 of the terms' size instead. There the
-saliency moments took 9.6 ms instead of 16.6 ms with autograd through module hooks,
-and the three update steps 11.6 ms instead of 20 to 35 ms (docs/benchmarks.md).
+relative. On the CMU-MOSEI checkpoint they came out equal bit for bit. Where the
+forget objective's two terms (one per prediction) nearly cancel, the order matters
+more, and the random cases in the tests hold the difference to 1e-10 of the terms'
+size instead. On that checkpoint the saliency moments took 15.2 ms with their encoder
+pass, against 19.3 ms with autograd through module hooks
+(``benchmarks/bench_saliency.py``, docs/benchmarks.md).
 
 Only the issuer uses this module. Level 2 recomputes the scores and the update with
 autograd (:mod:`mbd_cert._recompute`), so an error here shows up as a failed
