@@ -230,8 +230,8 @@ def _run(
             masked, NORMALITY_MIN_ENTRIES)
 
     # Step 5, first half: the pre-deletion utility metrics need only the checkpoint.
-    # The second thread computes them on model_pre once its proxy check is done; the
-    # main thread asks for them only after that thread has finished.
+    # The second thread computes them on model_pre once its proxy check is done. The
+    # main thread requests them only after that thread has finished.
     utility_before = FirstComer(lambda: utility_before_deletion(
         architecture, config, pre_tensors, evaluation, modality, reuse=model_pre))
     # Jobs the main thread offers the second one once its check is done; None ends them.
@@ -395,9 +395,10 @@ def _run(
 
 def _closed_form(architecture: Architecture, modality: str,
                  gradients: _mbd_gradients.LateLayerGradients | None) -> ClosedForm | None:
-    """Return the architecture's zeroed forget values for ``modality``, if it has them.
+    """Return a function computing the zeroed forget values for ``modality``, or None.
 
-    ``gradients`` are the built-in forget objective's, if the architecture has it. They
+    None means that the architecture has no ``zeroed_forget``. ``gradients`` are the
+    built-in forget objective's, if the architecture has it. They
     contain the encoders' outputs on the probe set, which spares the closed form one
     encoder pass.
     """

@@ -34,9 +34,9 @@ def utility_before_deletion(
 ) -> dict[str, Any] | None:
     """Return the pre-deletion metrics, with all modalities and without ``modality``.
 
-    ``reuse``, a model of the architecture built from ``config`` that nothing else uses
-    any more, is cast to float32 and loaded with ``pre_tensors`` instead of a new build.
-    A new build is made all the same when a floating-point tensor is not float32.
+    ``reuse`` is a model of the architecture, built from ``config``, that nothing else
+    uses any more. It is cast to float32 and loaded with ``pre_tensors`` in place of a
+    new build, unless a floating-point tensor is not float32.
     """
     if evaluation is None:
         return None

@@ -86,11 +86,11 @@ def masked_update(
             steps use it when it covers the moving tensors (see
             :func:`mbd_cert.saliency.gradient_moments`).
         gradient: The mean gradient g at the starting point, from the same
-            :func:`gradient_moments` call as ``fisher``. The first step then uses it
-            instead of computing it again, but only with ``independent_samples``:
-            :func:`gradient_moments` averages gradients of batches of one sample, which
-            differ from the full-batch gradient of the steps when an objective reads
-            batch statistics.
+            :func:`gradient_moments` call as ``fisher``. The first step uses it in
+            place of computing it again, but only with ``independent_samples``.
+            :func:`gradient_moments` averages the gradients of one-sample batches, which
+            differ from the steps' full-batch gradient when an objective reads batch
+            statistics.
 
     Returns:
         The clipped displacement.

@@ -71,8 +71,8 @@ def for_architecture(architecture: Architecture, model: torch.nn.Module, batch: 
     Returns None unless the objective is the built-in one. A plugin may build an
     :class:`MBDModel` and pair it with objectives of its own, and tests replace an
     objective of the built-in record. Also None unless every module of ``model`` has
-    a type that :class:`MBDModel` builds, so that the caller may take the objective
-    for deterministic.
+    a type that :class:`MBDModel` builds, because only then may the caller treat the
+    objective as deterministic.
     """
     from mbd_cert.arch import mbd
 
@@ -87,7 +87,7 @@ def for_architecture(architecture: Architecture, model: torch.nn.Module, batch: 
 
 @dataclass
 class _Call:
-    """A call of a covered layer in one pass: its input and its output's gradient."""
+    """One call of a covered layer in one pass, with its input and its output's gradient."""
 
     x: torch.Tensor
     dy: torch.Tensor
@@ -168,8 +168,8 @@ class LateLayerGradients:
         g_i is the gradient of sample i's objective value. Samples of weight 0 are left
         out. Returns None when a sum is not finite, for example after a square
         overflowed. Also None when an input or output gradient of a weight's layer
-        exceeds 1e75 in absolute value, because the second sum squares the two apart,
-        and dy**2 can then underflow to 0 where the product dy x is well within range.
+        exceeds 1e75 in absolute value. The second sum squares x and dy apart, and such
+        a square can overflow or underflow where the product dy x is well within range.
         The caller then takes its generic route, which reports the problem or computes
         the sums another way.
         """

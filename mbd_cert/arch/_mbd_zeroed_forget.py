@@ -60,7 +60,7 @@ def zeroed_values(model: MBDModel, batch: Batch, modality: str,
         modality: The modality whose forget objective is evaluated.
         entries: (parameter name, flat index) per copy.
         encoded: The encoders' shared and private parts for ``batch``, when the caller
-            has them (:class:`mbd_cert.arch._mbd_gradients.LateLayerGradients`); no
+            has them (:class:`mbd_cert.arch._mbd_gradients.LateLayerGradients`). No
             zeroed entry lies in an encoder, so they are the same for every copy.
 
     Returns:
@@ -158,10 +158,10 @@ def standard_layers(model: MBDModel) -> bool:
 
 
 def _has_hooks(model: MBDModel) -> bool:
-    """Tell whether a module or parameter of ``model``, or every module, has a hook.
+    """Tell whether ``model``, one of its modules or parameters, or all modules have a hook.
 
     The hooks that torch registers for all modules live in private attributes of
-    ``torch.nn.modules.module`` (torch 2.x); a name missing there counts as no hook.
+    ``torch.nn.modules.module`` (torch 2.x). A name missing there counts as no hook.
     """
     registry = torch.nn.modules.module
     global_hooks = ("_global_forward_hooks", "_global_forward_pre_hooks",

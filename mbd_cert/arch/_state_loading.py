@@ -88,7 +88,7 @@ def load_state_dict_strict(model: torch.nn.Module, tensors: Mapping[str, np.ndar
     Args:
         model: The freshly built model.
         tensors: Tensor name -> numpy array, as read from a safetensors file.
-        dtype: The floating-point dtype the loaded model computes in; None keeps the
+        dtype: The floating-point dtype the loaded model computes in. None keeps the
             built dtype.
 
     Raises:
