@@ -371,8 +371,8 @@ def check_policy(
 def check_bundle(doc: Mapping[str, Any], bundle: Path, *, level: int) -> str:
     """Check the audit bundle files against the certificate's digests (R-BUN-2).
 
-    ``level`` is the verification level, which decides the hint of a missing file:
-    only ``verify --bundle`` reads the bundle at level 1, where it can be dropped.
+    ``level`` is the verification level, which decides the hint for a missing file.
+    At level 1 only ``verify --bundle`` reads the bundle, so that hint offers to drop it.
 
     Raises:
         FileMissing: A bundle file is absent.
