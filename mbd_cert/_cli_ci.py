@@ -116,7 +116,7 @@ def register(main: click.Group, guarded: GuardFactory) -> None:
     @click.option("--key", "key_paths", type=click.Path(path_type=Path, readable=False),
                   multiple=True,
                   help="Trusted issuer public key file (PEM, 64 hex digits or 32 raw bytes), in "
-                       "addition to the policy's; repeatable.")
+                       "addition to the policy's keys. Repeat it for each key.")
     @click.option("--junit", "junit_path", type=click.Path(path_type=Path, readable=False),
                   default=None,
                   help="Write a JUnit XML file with one test suite per certificate.")

@@ -7,9 +7,9 @@ copy, byte for byte. Each certificate commits the pre-deletion digest of every t
 (``subject_model.pre_deletion.tensors``) and lists the tensors its deletion removed
 (``deletion.removed_tensors``, which level 1 checks against the architecture's
 encoder prefixes, R-DEL-1). The removed tensors' digests therefore identify the
-deleted encoder by content. This module hashes every span of a repository file that could be one of
-those tensors (:mod:`mbd_cert._tensor_spans`, :mod:`mbd_cert._zip_spans`) and fails
-each certificate whose removed tensor it finds.
+deleted encoder by content. This module hashes every span of a repository file that
+could be one of those tensors (:mod:`mbd_cert._tensor_spans`, :mod:`mbd_cert._zip_spans`)
+and fails each certificate whose removed tensor it finds.
 
 Stability: internal.
 """
@@ -47,14 +47,14 @@ UNSEARCHED_FILE_CHECK = "unsearched-file"
 _CODE = "E_DELETED_ENCODER_PUBLISHED"
 _CODE_SCAN_INCOMPLETE = "E_SCAN_INCOMPLETE"
 _REQUIREMENT = "R-REPO-12"
-# Copies named per file in a check's detail; its value counts them all.
+# Maximum copies named per file and deletion in a check's detail. Its value counts all.
 _MAX_NAMED = 5
 # The reason recorded for a file that the run's user may not open.
 _DENIED = "cannot be opened"
 
 
 class FileDenied(Exception):
-    """A file that the run's user may not open; the message states the reason."""
+    """Error for a file that the run's user may not open. The message states the reason."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def removed_tensor_index(results: Sequence[RepoResult]) -> TargetIndex:
 
     The model before an earlier deletion of a chain contains that deletion's encoder, so
     each link's own removed tensors are searched with their digests in that link's
-    pre-deletion model. Zero-size tensors are left out: they hold no bytes.
+    pre-deletion model. Zero-size tensors are left out because they contain no bytes.
     """
     index: TargetIndex = {}
     for result_index, result in enumerate(results):
@@ -106,8 +106,8 @@ def removed_tensor_index(results: Sequence[RepoResult]) -> TargetIndex:
 
 def _removed_tensors(link: Mapping[str, Any]) -> Iterator[tuple[str, int, str, int]]:
     """Yield name, byte length, digest and element size of each tensor the link removed."""
-    # A certificate that did not verify may be malformed anywhere; its tensors that do
-    # not parse are not searched, and it fails verification on its own.
+    # A certificate that did not verify may be malformed anywhere. Its tensors that do
+    # not parse are not searched, and the certificate fails verification on its own.
     try:
         removed = link["deletion"]["removed_tensors"]
         committed = link["subject_model"]["pre_deletion"]["tensors"]

@@ -30,7 +30,7 @@ from typing import Protocol
 
 CHUNK = 1024 * 1024
 # The safetensors header of a model with 100,000 tensors is about 10 MB. A larger
-# header is not parsed: its JSON could take gigabytes of memory to hold.
+# header is not parsed, because parsing its JSON could take gigabytes of memory.
 MAX_SCANNED_HEADER = 16 * 1024 * 1024
 # numpy writes headers of 64-byte multiples, and np.load rejects more than 10,000
 # bytes by default. A format 2.0 header may be longer, but not past this cap.
@@ -55,7 +55,10 @@ StreamOpener = Callable[[], AbstractContextManager[ByteStream]]
 
 
 class ScanLimitExceeded(Exception):
-    """A file needs more work than the search allows; the message states the limit."""
+    """Error for a file that needs more work than the search allows.
+
+    The message states the limit.
+    """
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ def read_exact(stream: ByteStream, size: int) -> bytes:
 
 
 def _skip(stream: ByteStream, count: int) -> bool:
-    """Move ``count`` bytes forward; return False at the end of a stream that cannot seek.
+    """Move ``count`` bytes forward, or return False at the end of a stream that cannot seek.
 
     A file seeks past the tensors it does not hash instead of reading them. Past its
     end, the next read returns nothing, which the caller treats as the end.
@@ -114,7 +117,7 @@ def digest_span(stream: ByteStream, length: int) -> tuple[str, int | None] | Non
     Returns None when the stream ends first.
     """
     hasher = hashlib.sha256()
-    # Each size that divides the length is a candidate; chunks are multiples of 8, so
+    # Each size that divides the length is a candidate. Chunks are multiples of 8, so
     # every chunk starts on an element boundary.
     periods = [size for size in _ELEMENT_SIZES if length % size == 0]
     first = b""
@@ -160,8 +163,8 @@ def search_stream(open_stream: StreamOpener, size: int,
                   lengths: Collection[int]) -> Iterator[SpanDigest]:
     """Yield the digest of each span of a searched length in one stream of ``size`` bytes.
 
-    ``open_stream`` opens the stream at its start; each layout reads it afresh, so a
-    zip member is decompressed again rather than held in memory.
+    ``open_stream`` opens the stream at its start. Each layout reads it afresh, so a
+    zip member is decompressed again rather than kept in memory.
 
     Raises:
         ScanLimitExceeded: A safetensors layout has a header over

@@ -1,16 +1,16 @@
 """Search the members of a zip archive for tensor data, for verify-repo (R-REPO-12).
 
-``torch.save`` writes a zip archive whose ``<name>/data/<n>`` members hold each
+``torch.save`` writes a zip archive whose ``<name>/data/<n>`` members contain each
 storage's raw bytes, and ``np.savez`` one whose members are ``.npy`` files. Each member
 that can contain a span of a searched length is searched as a byte stream
 (:func:`mbd_cert._tensor_spans.search_stream`). Nothing is unpickled, and an archive
 inside the archive is not opened.
 
-A hostile archive can hold millions of members, decompress a few kilobytes into
+A hostile archive can contain millions of members, decompress a few kilobytes into
 gigabytes, or name one member's data in many entries. The limits below are checked
 before :mod:`zipfile` reads the central directory, on the members' compressed sizes,
-and on the bytes decompressed while searching, and a file over them raises
-:class:`ScanLimitExceeded`: the caller reports it rather than passing it.
+and on the bytes decompressed while searching. A file over them raises
+:class:`ScanLimitExceeded`, which the caller reports rather than passing the file.
 A malformed archive or member is skipped.
 
 Stability: internal.
@@ -33,12 +33,12 @@ from mbd_cert._tensor_spans import (
     search_stream,
 )
 
-# zipfile keeps one object per entry of the central directory, and an entry takes 46
-# bytes plus the name, so this bounds the members to about 200,000 of 80 bytes.
+# zipfile keeps one object per entry of the central directory. An entry takes 46 bytes
+# plus its name, so this allows about 200,000 members whose entries are 80 bytes.
 # torch.save writes one member per storage plus about six, np.savez one per array, so
 # a model checkpoint stays far below it.
-# NOTE: an estimated limit; an honest archive above it (a data set of a million files)
-# fails the run as unsearched.
+# NOTE: the limit is an estimate. An honest archive above it (a data set of a million
+# files) fails the run as unsearched.
 MAX_CENTRAL_DIRECTORY = 16 * 1024 * 1024
 # Trained float weights compress by far less than 4x (an estimate), so an honest
 # archive decompresses to less than 4x its size. The allowance covers small archives
@@ -128,7 +128,7 @@ def _directory_within_limits(handle: ByteStream, size: int) -> bool:
     """Check the declared central directory size before zipfile reads the directory.
 
     Returns False when no end record is found or the directory would not fit in the
-    file: zipfile cannot read such an archive.
+    file, because zipfile cannot read such an archive.
 
     Raises:
         ScanLimitExceeded: The declared size is over :data:`MAX_CENTRAL_DIRECTORY`.
