@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 @contextlib.contextmanager
 def progress_bar(enabled: bool, total: int,
                  unit: str = "epoch") -> Iterator[Callable[[str], None]]:
-    """Show a rich progress bar of ``total`` steps on stderr; yield ``advance(status)``.
+    """Show a rich progress bar of ``total`` steps on stderr and yield ``advance(status)``.
 
     Args:
         enabled: False yields an ``advance`` that does nothing and shows no bar.
