@@ -1,7 +1,7 @@
 """The example GitHub workflow checks a pull request against its base branch's policy.
 
 The workflow's step scripts run here with bash, without GitHub. ``origin`` is a local
-bare repository, and the checkout holds only the pull request's commit, as
+bare repository, and the checkout contains only the pull request's commit, as
 actions/checkout leaves it. The environment carries what GitHub sets on a
 pull_request event (``GITHUB_BASE_REF``, ``RUNNER_TEMP``) and the job's ``env``.
 """

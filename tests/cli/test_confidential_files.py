@@ -256,7 +256,7 @@ def test_pre_deletion_model_hidden_place(honest_run: HonestRun, issuer_keys: Iss
 
 def _assert_unreadable_directory_fails(root: Path, keys: IssuerKeys, junit: Path,
                                        reason: str) -> None:
-    """Run verify-repo on ``root`` with .backup unlistable; expect the run-level failure."""
+    """Run verify-repo on ``root`` with .backup unlistable and expect the run-level failure."""
     outcome = run_cli(["verify-repo", root, "--key", keys.public, "--json", "--junit", junit])
     assert outcome.exit_code == 1, outcome.stderr
     assert outcome.report is not None
@@ -281,7 +281,7 @@ def _assert_unreadable_directory_fails(root: Path, keys: IssuerKeys, junit: Path
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads any directory")
 def test_unreadable_hidden_directory_fails(honest_run: HonestRun, issuer_keys: IssuerKeys,
                                            tmp_path: Path):
-    """R-REPO-9: a hidden directory the scan cannot list, here holding the old model, fails."""
+    """R-REPO-9: a hidden directory the scan cannot list, here containing the old model, fails."""
     root = _repo_with(honest_run, tmp_path / "repo", ["cert.json", "model.safetensors"])
     (root / ".backup").mkdir()
     shutil.copy(honest_run.checkpoint / "model.safetensors", root / ".backup" / "old.bin")

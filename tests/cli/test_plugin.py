@@ -178,11 +178,11 @@ def test_plugin_issue_never_takes_closed_form(issued, monkeypatch, tmp_path):
         results.append(real(*args, **kwargs))
         return results[-1]
 
-    def refused(*args, **kwargs):
+    def fail_on_build(*args, **kwargs):
         raise AssertionError("the plugin model reached the closed form")
 
     monkeypatch.setattr(_mbd_gradients, "for_architecture", recorded)
-    monkeypatch.setattr(_mbd_gradients.LateLayerGradients, "__init__", refused)
+    monkeypatch.setattr(_mbd_gradients.LateLayerGradients, "__init__", fail_on_build)
     base, _ = issued
     result = CliRunner().invoke(main, [
         "issue", "--checkpoint", str(base / "ck"), "--modality", "audio", "--epsilon", "1",

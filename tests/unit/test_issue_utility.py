@@ -1,4 +1,4 @@
-"""The issue's utility metrics on a reused model equal those of a fresh build."""
+"""Utility metrics computed on a reused model equal those of a fresh build."""
 
 from __future__ import annotations
 

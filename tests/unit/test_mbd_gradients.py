@@ -39,7 +39,7 @@ def _retain(model, batch):
 
 
 def _assert_moments(gradients, model, batch, objective, weights):
-    """Check the closed form's moment sums against autograd's means; return the sums."""
+    """Check the closed form's moment sums against autograd's means, and return the sums."""
     assert gradients is not None
     sums = gradients.moment_sums(NAMES, weights)
     assert sums is not None
@@ -83,7 +83,7 @@ def test_retain_moments_match(deleted):
 
 
 def test_sequences_and_missing_rows():
-    # Encoders pool over padded steps; the late layers see only their outputs.
+    # Encoders pool over padded steps, and the late layers see only their outputs.
     config = {**CONFIG, "seq_len": {"text": 4, "audio": 3, "vision": 2}}
     model = MBDModel(config, seed=5).to(torch.float64).eval()
     generator = torch.Generator().manual_seed(11)
@@ -205,7 +205,7 @@ def test_swapped_layers_rejected(swap):
 @pytest.mark.parametrize("hook", ["forward", "forward-pre", "parameter", "global"])
 def test_hooked_layers_rejected(hook):
     # A builder can also change a late module's forward pass with a hook, which keeps
-    # the module types; autograd, as level 2 runs it, goes through the hook.
+    # the module types. Autograd, as level 2 runs it, goes through the hook.
     batch = _batch(11, seed=5)
     pre = _model([])
     handle = None
@@ -369,7 +369,7 @@ def test_zeroed_forget_reuses_encoders():
 
 
 # Random built-in models, batches and eligible names against autograd. The default run
-# draws a few seeded cases; `-m fuzz` runs the long sweep (docs/fuzzing.md).
+# draws a few seeded cases, and `-m fuzz` runs the long sweep (docs/fuzzing.md).
 QUICK = settings(max_examples=12, deadline=None, derandomize=True,
                  suppress_health_check=[HealthCheck.too_slow])
 LONG = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -161,7 +161,7 @@ def _arrays(model) -> dict[str, np.ndarray]:
 
 
 def test_plain_load_matches_torch_load():
-    # The built-in model loads by setting each parameter; torch's own path must agree.
+    # The built-in model loads by setting each parameter, and torch's own path must agree.
     from mbd_cert._torch_model import build_model
 
     tensors = _arrays(mbd.ARCHITECTURE.build(CONFIG))
@@ -213,7 +213,7 @@ class _Tied(torch.nn.Module):
 
 
 def test_tied_weights_take_torch_load():
-    # named_parameters lists a tied weight once; torch's load copies every state name
+    # named_parameters lists a tied weight once. torch's load copies every state name
     # into it in turn, so the last name's values win.
     from mbd_cert.arch import load_state_dict_strict
 
