@@ -214,7 +214,8 @@ def sign_and_dump(doc: Mapping[str, Any],
 
     Signing builds the canonical bytes of everything but the signature, which checks
     the same values as :func:`dump_certificate`, so only the signature member is
-    checked again. That saves 2.3 ms of a warm ``issue`` on the CMU-MOSEI subset.
+    checked again. The full check took 2.3 ms for a CMU-MOSEI certificate (36 KB),
+    timed once in one process with ``time.perf_counter``.
     """
     signed = sign_certificate(doc, private_key)
     canonical.canonical_bytes(dict(signed[SIGNATURE_FIELD]))

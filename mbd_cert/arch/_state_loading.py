@@ -131,8 +131,9 @@ def load_state_dict_strict(model: torch.nn.Module, tensors: Mapping[str, np.ndar
     # A tied parameter is listed once but has a state entry per name.
     if set(parameters) == set(state) and _plain_parameters(model):
         # The same values in one pass over the parameters. torch's load_state_dict and
-        # to() each walk every module in Python, about 1 ms per build of the MOSEI
-        # model, while the issuer's two threads wait for the GIL.
+        # to() each walk every module in Python: together 1.2 ms per build of the
+        # MOSEI model (0.69 and 0.47 ms, timed once in one process), while the
+        # issuer's two threads wait for the GIL.
         with torch.no_grad():
             for name, parameter in parameters.items():
                 value = converted[name]
