@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from mbd_cert._published_models import open_regular
 from mbd_cert._repo_results import RepoResult
@@ -51,10 +51,44 @@ _REQUIREMENT = "R-REPO-12"
 _MAX_NAMED = 5
 # The reason recorded for a file that the run's user may not open.
 _DENIED = "cannot be opened"
+# The reason recorded for a file whose read failed before its end.
+_UNREAD = "failed while read"
 
 
 class FileDenied(Exception):
     """Error for a file that the run's user may not open. The message states the reason."""
+
+
+class FileUnread(Exception):
+    """Error for a file whose read failed before its end. The message states the reason."""
+
+
+class _FailedReads:
+    """A file whose failed reads raise :class:`FileUnread` instead of ``OSError``.
+
+    The zip parsers take an ``OSError`` for a malformed file (a seek to a negative
+    offset), which is no match. A
+    failed read of a regular file is an I/O error instead, after which the rest of the
+    file is unsearched, so it must not be taken for a malformed file.
+    """
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            return self._handle.read(size)
+        except OSError as error:
+            raise FileUnread(f"{_UNREAD}: {error.strerror or error}") from error
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def seekable(self) -> bool:
+        return True
 
 
 @dataclass(frozen=True)
@@ -132,12 +166,13 @@ def _removed_tensors(link: Mapping[str, Any]) -> Iterator[tuple[str, int, str, i
 def search_file(path: Path, lengths: Set[int]) -> list[tuple[str, SpanDigest]]:
     """Return ``(where, span)`` for each span of a searched length in the file ``path``.
 
-    ``where`` names the zip member the span lies in, or is empty. A malformed file, or
-    one that fails while it is read, yields what was found before the fault.
+    ``where`` names the zip member the span lies in, or is empty. A malformed file
+    yields what was found before the fault.
 
     Raises:
         ScanLimitExceeded: The file is over a limit of the search.
         FileDenied: The run's user may not open the file.
+        FileUnread: A read of the file failed, so its rest was not searched.
     """
     try:
         descriptor = open_regular(path, raise_denied=True)
@@ -153,13 +188,14 @@ def search_file(path: Path, lengths: Set[int]) -> list[tuple[str, SpanDigest]]:
         prefix = os.pread(descriptor, 16, 0)
         tail = os.pread(descriptor, END_RECORD_SIZE, size - END_RECORD_SIZE) \
             if size >= END_RECORD_SIZE else b""
-    except OSError:
+    except OSError as error:
         os.close(descriptor)
-        return []
+        raise FileUnread(f"{_UNREAD}: {error.strerror or error}") from error
     if not has_searched_layout(prefix, size, lengths) and not is_zip(prefix, tail):
         os.close(descriptor)
         return []
-    with os.fdopen(descriptor, "rb") as handle:
+    with os.fdopen(descriptor, "rb") as opened:
+        handle = _FailedReads(opened)
         try:
 
             def from_start() -> contextlib.nullcontext[Any]:
@@ -185,8 +221,8 @@ def check_published_encoders(root: Path, results: Sequence[RepoResult],
     A file that R-REPO-9 reported for a certificate (``reported``: certificate to
     files) fails there and is not reported again on it. A certificate that did not
     verify gets a warning instead, as in R-REPO-9. Each directory that cannot be listed
-    is added to ``unreadable``, and each file over a limit of the search or that the
-    run's user may not open to ``unsearched``, with the reason.
+    is added to ``unreadable``, and each file over a limit of the search, that the
+    run's user may not open, or whose read failed to ``unsearched``, with the reason.
 
     Returns:
         The files reported, relative to ``root`` with ``/`` separators.
@@ -200,7 +236,7 @@ def check_published_encoders(root: Path, results: Sequence[RepoResult],
     for path in repository_files(root, hidden=True, unreadable=unreadable):
         try:
             spans = search_file(path, lengths)
-        except (ScanLimitExceeded, FileDenied) as problem:
+        except (ScanLimitExceeded, FileDenied, FileUnread) as problem:
             unsearched[path] = str(problem)
             continue
         name = path.relative_to(root).as_posix()
@@ -270,9 +306,10 @@ def _removed_by(tensor: RemovedTensor) -> str:
 def unsearched_files_check(root: Path, unsearched: Mapping[Path, str]) -> CheckResult | None:
     """Return one failed check naming the files the search could not read, or None.
 
-    Those are the files over the search's limits and those that the run's user may not
-    open. A deleted encoder's tensors could lie in such a file unreported, and the run
-    cannot decide that they do not, so the check fails rather than warns.
+    Those are the files over the search's limits, those that the run's user may not
+    open, and those whose read failed before their end. A deleted encoder's tensors
+    could lie in such a file unreported, and the run cannot decide that they do not,
+    so the check fails rather than warns.
     """
     from mbd_cert._terminal import terminal_text
     from mbd_cert.report import CheckResult
@@ -283,16 +320,21 @@ def unsearched_files_check(root: Path, unsearched: Mapping[Path, str]) -> CheckR
                       for path, reason in sorted(unsearched.items()))
     noun, pronoun = ("file", "it") if len(unsearched) == 1 else ("files", "them")
     denied = any(reason.startswith(_DENIED) for reason in unsearched.values())
-    over_limit = not all(reason.startswith(_DENIED) for reason in unsearched.values())
+    unread = any(reason.startswith(_UNREAD) for reason in unsearched.values())
+    over_limit = any(not reason.startswith((_DENIED, _UNREAD))
+                     for reason in unsearched.values())
     detail = (f"cannot search {noun} {names} for the tensors of a deleted encoder "
               f"(R-REPO-12), so a copy in {pronoun} would pass unreported. ")
     if over_limit:
         detail += ("The search stops at its limits so that a hostile archive cannot stall "
                    "the run. ")
+    fixes = []
     if denied:
-        detail += (f"Make {pronoun} readable to the user who runs verify-repo, or move "
-                   f"{pronoun} out of the repository")
-    else:
-        detail += f"Move {pronoun} out of the repository"
+        fixes.append(f"make {pronoun} readable to the user who runs verify-repo")
+    if unread:
+        fixes.append("fix the storage fault that stopped the read")
+    fixes.append(f"move {pronoun} out of the repository")
+    joined = ", or ".join(fixes)
+    detail += joined[0].upper() + joined[1:]
     return CheckResult(UNSEARCHED_FILE_CHECK, "fail", detail, code=_CODE_SCAN_INCOMPLETE,
                        requirement=_REQUIREMENT, value=len(unsearched), threshold=0)

@@ -441,3 +441,70 @@ def test_unopenable_file_fails_as_unsearched(honest_run: HonestRun, issuer_keys:
     assert detail.endswith("Make it readable to the user who runs verify-repo, or move it "
                            "out of the repository")
     assert "hostile archive" not in detail
+
+
+def test_file_whose_read_fails_fails_as_unsearched(honest_run: HonestRun,
+                                                    issuer_keys: IssuerKeys, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch):
+    """R-REPO-12: a file whose read fails partway was not searched, so the run fails.
+
+    The storage fault is injected: every read of the copy after its first one raises.
+    """
+    import io
+    import os
+
+    root = _repo(honest_run, tmp_path / "repo")
+    copy = root / "backup.safetensors"
+    save_file(_audio(_pre_deletion(honest_run)), copy)
+    real_fdopen = os.fdopen
+
+    class FailingReader(io.BufferedReader):
+        reads = 0
+
+        def read(self, size: int | None = -1, /) -> bytes:
+            self.reads += 1
+            if self.reads > 1:
+                raise OSError(5, "Input/output error")
+            return super().read(size)
+
+    def failing_fdopen(descriptor: int, *args: Any, **kwargs: Any) -> Any:
+        if os.fstat(descriptor).st_ino == copy.stat().st_ino:
+            return FailingReader(io.FileIO(descriptor, "rb"))
+        return real_fdopen(descriptor, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fdopen", failing_fdopen)
+    outcome = _verify(root, issuer_keys)
+
+    assert outcome.exit_code == 1, outcome.stderr
+    assert outcome.failed_codes == {"unsearched-file": "E_SCAN_INCOMPLETE"}
+    detail = outcome.check_detail("unsearched-file")
+    assert detail.startswith("cannot search file backup.safetensors (failed while read: "
+                             "Input/output error) ")
+    assert detail.endswith("Fix the storage fault that stopped the read, or move it out of "
+                           "the repository")
+    assert "hostile archive" not in detail
+
+
+def test_first_read_fault_fails_as_unsearched(honest_run: HonestRun, issuer_keys: IssuerKeys,
+                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """R-REPO-12: a fault in the first reads, which tell the layout, fails the run too."""
+    import os
+
+    root = _repo(honest_run, tmp_path / "repo")
+    copy = root / "backup.safetensors"
+    save_file(_audio(_pre_deletion(honest_run)), copy)
+    real_pread = os.pread
+
+    def failing_pread(descriptor: int, *args: Any) -> bytes:
+        if os.fstat(descriptor).st_ino == copy.stat().st_ino:
+            raise OSError(5, "Input/output error")
+        return real_pread(descriptor, *args)
+
+    monkeypatch.setattr(os, "pread", failing_pread)
+    outcome = _verify(root, issuer_keys)
+
+    assert outcome.exit_code == 1, outcome.stderr
+    assert outcome.failed_codes == {"unsearched-file": "E_SCAN_INCOMPLETE"}
+    detail = outcome.check_detail("unsearched-file")
+    assert detail.startswith("cannot search file backup.safetensors (failed while read: "
+                             "Input/output error) ")
