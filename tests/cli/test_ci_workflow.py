@@ -28,6 +28,8 @@ BASE_POLICY = 'trusted_keys = ["keys/issuer.pub"]\nmax_cumulative_epsilon = 2.0\
 # The hostile pull request's policy lists the key file that it replaced and drops the
 # epsilon limit.
 PR_POLICY = 'trusted_keys = ["keys/issuer.pub"]\n'
+# A base branch policy that names the directory holding the key instead of the key.
+FOLDER_KEY_POLICY = 'trusted_keys = ["keys"]\nmax_cumulative_epsilon = 2.0\n'
 # No user or system git configuration, so the results do not depend on this machine.
 GIT_ENV = {
     "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
@@ -84,7 +86,8 @@ def origin(honest_run: HonestRun, tmp_path: Path) -> Path:
     Pull request ``honest`` adds a README. ``hostile`` re-signs the certificate with its
     own key, puts that key in place of the trusted one and loosens the policy.
     ``first-policy`` starts from ``bare-main``, which has no policy, and adds one.
-    ``keyless-main`` has a policy but not the key that it lists.
+    ``keyless-main`` has a policy but not the key that it lists. ``folder-key-main``
+    has the key, but its policy lists the key's directory.
     """
     work = tmp_path / "maintainer"
     work.mkdir()
@@ -100,6 +103,8 @@ def origin(honest_run: HonestRun, tmp_path: Path) -> Path:
     _commit(work, trust, "add the policy")
     _git(work, "checkout", "--quiet", "-b", "main")
 
+    _git(work, "checkout", "--quiet", "-b", "folder-key-main", "main")
+    _commit(work, {"mbd-cert-policy.toml": FOLDER_KEY_POLICY}, "list the key directory")
     _git(work, "checkout", "--quiet", "-b", "honest", "main")
     _commit(work, {"README.md": "models\n"}, "add a README")
 
@@ -206,6 +211,17 @@ def test_key_missing_on_base_fails(origin, tmp_path, runner_temp):
     checkout = _checkout(origin, "honest", tmp_path / "checkout")
     copied = _run_step(COPY_STEP, checkout, runner_temp, base_ref="keyless-main")
     assert copied.returncode == 1, copied.stdout + copied.stderr
-    assert "trusted_keys lists 'keys/issuer.pub', which is not on the base branch" \
+    assert "trusted_keys lists 'keys/issuer.pub', which is not a file on the base branch" \
         in copied.stdout
+    assert not (runner_temp / "mbd-cert-trusted" / "keys").exists()
+
+
+def test_key_directory_on_base_fails(origin, tmp_path, runner_temp):
+    # git cat-file -e accepts a tree, so the step checks that the key is a file.
+    checkout = _checkout(origin, "honest", tmp_path / "checkout")
+    copied = _run_step(COPY_STEP, checkout, runner_temp, base_ref="folder-key-main")
+    assert copied.returncode == 1, copied.stdout + copied.stderr
+    assert ("::error::trusted_keys lists 'keys', which is not a file on the base branch "
+            "'folder-key-main'. Add the key file there or correct trusted_keys in "
+            "mbd-cert-policy.toml.") in copied.stdout
     assert not (runner_temp / "mbd-cert-trusted" / "keys").exists()
