@@ -52,7 +52,7 @@ _MAX_NAMED = 5
 # The reason recorded for a file that the run's user may not open.
 _DENIED = "cannot be opened"
 # The reason recorded for a file whose read failed before its end.
-_UNREAD = "failed while read"
+_UNREAD = "read failed"
 
 
 class FileDenied(Exception):

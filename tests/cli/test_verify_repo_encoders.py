@@ -51,6 +51,16 @@ def _verify(root: Path, keys: IssuerKeys, *extra: object) -> Outcome:
     return outcome
 
 
+def _unsearched_detail(outcome: Outcome, reason: str) -> str:
+    """Check that the run failed only as unsearched for ``reason``; return the detail."""
+    assert outcome.exit_code == 1, outcome.stderr
+    assert outcome.failed_codes == {"unsearched-file": "E_SCAN_INCOMPLETE"}
+    detail = outcome.check_detail("unsearched-file")
+    assert detail.startswith(f"cannot search file backup.safetensors ({reason}) ")
+    assert "hostile archive" not in detail
+    return detail
+
+
 def _checks(outcome: Outcome) -> dict[str, dict[str, Any]]:
     """Return the checks of the run's only certificate, by name."""
     assert outcome.report is not None
@@ -433,14 +443,9 @@ def test_unopenable_file_fails_as_unsearched(honest_run: HonestRun, issuer_keys:
     monkeypatch.setattr(os, "open", denying_open)
     outcome = _verify(root, issuer_keys)
 
-    assert outcome.exit_code == 1, outcome.stderr
-    assert outcome.failed_codes == {"unsearched-file": "E_SCAN_INCOMPLETE"}
-    detail = outcome.check_detail("unsearched-file")
-    assert detail.startswith("cannot search file backup.safetensors (cannot be opened: "
-                             "Permission denied) ")
+    detail = _unsearched_detail(outcome, "cannot be opened: Permission denied")
     assert detail.endswith("Make it readable to the user who runs verify-repo, or move it "
                            "out of the repository")
-    assert "hostile archive" not in detail
 
 
 def test_file_whose_read_fails_fails_as_unsearched(honest_run: HonestRun,
@@ -475,14 +480,9 @@ def test_file_whose_read_fails_fails_as_unsearched(honest_run: HonestRun,
     monkeypatch.setattr(os, "fdopen", failing_fdopen)
     outcome = _verify(root, issuer_keys)
 
-    assert outcome.exit_code == 1, outcome.stderr
-    assert outcome.failed_codes == {"unsearched-file": "E_SCAN_INCOMPLETE"}
-    detail = outcome.check_detail("unsearched-file")
-    assert detail.startswith("cannot search file backup.safetensors (failed while read: "
-                             "Input/output error) ")
+    detail = _unsearched_detail(outcome, "read failed: Input/output error")
     assert detail.endswith("Fix the storage fault that stopped the read, or move it out of "
                            "the repository")
-    assert "hostile archive" not in detail
 
 
 def test_first_read_fault_fails_as_unsearched(honest_run: HonestRun, issuer_keys: IssuerKeys,
@@ -503,8 +503,4 @@ def test_first_read_fault_fails_as_unsearched(honest_run: HonestRun, issuer_keys
     monkeypatch.setattr(os, "pread", failing_pread)
     outcome = _verify(root, issuer_keys)
 
-    assert outcome.exit_code == 1, outcome.stderr
-    assert outcome.failed_codes == {"unsearched-file": "E_SCAN_INCOMPLETE"}
-    detail = outcome.check_detail("unsearched-file")
-    assert detail.startswith("cannot search file backup.safetensors (failed while read: "
-                             "Input/output error) ")
+    _unsearched_detail(outcome, "read failed: Input/output error")
