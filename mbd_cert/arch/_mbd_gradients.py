@@ -87,7 +87,7 @@ def for_architecture(architecture: Architecture, model: torch.nn.Module, batch: 
 
 @dataclass
 class _Call:
-    """One call of a covered layer in one pass, with its input and its output's gradient."""
+    """A call of a covered layer in a pass: its input and its output's gradient."""
 
     x: torch.Tensor
     dy: torch.Tensor
@@ -304,13 +304,13 @@ class _Pass:
         dh = torch.ops.aten.gelu_backward(dg, self.h)
         recorded = {"head": _Call(self.v, draw.unsqueeze(1)), "fusion.3": _Call(self.g, du),
                     "fusion.0": _Call(self.x, dh)}
-        wanted = {layer.split(".")[1] for layer in layers if layer.startswith("generators.")}
-        if wanted:
+        requested = {layer.split(".")[1] for layer in layers if layer.startswith("generators.")}
+        if requested:
             dx = dh @ first.weight
             shared_dim = model.property_embedding.embedding_dim
             width = shared_dim + int(model.config["private_dim"])
             for index, name in enumerate(model.modalities):
-                if name in wanted:
+                if name in requested:
                     # The fusion input is [slot, private part] per modality, in order.
                     dslot = dx[:, index * width:index * width + shared_dim]
                     recorded.update(self._generator(name, index, dslot))
